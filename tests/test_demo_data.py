@@ -1,0 +1,184 @@
+"""Tests for the offline demo's digits dataset and pretraining."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from sklearn.datasets import load_digits
+from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
+
+from cnncodes.demo_data import (
+    IMAGE_SIZE,
+    SOURCE_CLASSES,
+    TARGET_CLASSES,
+    digits_net,
+    load_image_folder,
+    pretrain,
+    write_digits_dataset,
+)
+
+
+@pytest.fixture(scope="module")
+def digits_target():
+    return load_digits().target
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("digits")
+    return write_digits_dataset(root)
+
+
+@pytest.fixture(scope="module")
+def pretrained(dataset, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ckpt")
+    first = pretrain(dataset["source"], out / "a.pt", seed=0)
+    second = pretrain(dataset["source"], out / "b.pt", seed=0)
+    return first, second
+
+
+def _files(folder):
+    return sorted(
+        os.path.relpath(os.path.join(d, f), folder) for d, _, fs in os.walk(folder) for f in fs
+    )
+
+
+def test_dataset_counts(dataset, digits_target):
+    n_source = int(np.isin(digits_target, SOURCE_CLASSES).sum())
+    n_target = int(np.isin(digits_target, TARGET_CLASSES).sum())
+    assert dataset["counts"] == {
+        "source": n_source,
+        "target_train": 5 * len(TARGET_CLASSES),
+        "target_test": n_target - 5 * len(TARGET_CLASSES),
+    }
+    for d in SOURCE_CLASSES:
+        files = os.listdir(os.path.join(dataset["source"], str(d)))
+        assert len(files) == int((digits_target == d).sum())
+    for d in TARGET_CLASSES:
+        train = set(os.listdir(os.path.join(dataset["target_train"], str(d))))
+        test = set(os.listdir(os.path.join(dataset["target_test"], str(d))))
+        assert len(train) == 5
+        assert not train & test
+        assert len(train) + len(test) == int((digits_target == d).sum())
+    assert sorted(os.listdir(dataset["source"])) == [str(d) for d in SOURCE_CLASSES]
+    assert sorted(os.listdir(dataset["target_test"])) == [str(d) for d in TARGET_CLASSES]
+
+
+def test_png_format_and_pixels(dataset):
+    digits = load_digits()
+    folder = os.path.join(dataset["target_train"], "7")
+    name = min(os.listdir(folder))
+    index = int(name.removesuffix(".png"))
+    assert digits.target[index] == 7
+    with Image.open(os.path.join(folder, name)) as im:
+        assert im.format == "PNG"
+        assert im.mode == "RGB"
+        assert im.size == (IMAGE_SIZE, IMAGE_SIZE)
+        rgb = np.asarray(im)
+    assert (rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 0] == rgb[..., 2]).all()
+    # sklearn's convention, ink high: the brightest pixels follow the digit's ink.
+    src = digits.images[index]
+    assert rgb[0, 0, 0] == 0 and rgb[..., 0].max() > 200
+    small = np.asarray(Image.fromarray(rgb[..., 0]).resize((8, 8), Image.Resampling.BOX))
+    assert np.corrcoef(small.ravel(), src.ravel())[0, 1] > 0.9
+
+
+def test_dataset_idempotent(dataset):
+    root = dataset["root"]
+    before = {f: os.stat(os.path.join(root, f)).st_mtime_ns for f in _files(root)}
+    again = write_digits_dataset(root)
+    assert again["created"] is False
+    assert again["counts"] == dataset["counts"]
+    after = {f: os.stat(os.path.join(root, f)).st_mtime_ns for f in _files(root)}
+    assert after == before
+
+
+def test_dataset_rebuilds_on_new_parameters_or_damage(tmp_path):
+    first = write_digits_dataset(tmp_path, n_target_train_per_class=3, seed=1)
+    assert first["counts"]["target_train"] == 15
+    marker = json.loads((tmp_path / "dataset.json").read_text())
+    assert marker["params"]["n_target_train_per_class"] == 3
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+    second = write_digits_dataset(tmp_path, n_target_train_per_class=4, seed=1)
+    assert second["created"] is True
+    for d in TARGET_CLASSES:
+        assert len(os.listdir(tmp_path / "target_train" / str(d))) == 4
+
+    # A missing file makes the dataset incomplete, so it is rebuilt.
+    victim = next((tmp_path / "source" / "0").iterdir())
+    victim.unlink()
+    third = write_digits_dataset(tmp_path, n_target_train_per_class=4, seed=1)
+    assert third["created"] is True and victim.exists()
+
+
+def test_target_split_depends_on_seed(tmp_path):
+    a = write_digits_dataset(tmp_path / "a", seed=0)
+    b = write_digits_dataset(tmp_path / "b", seed=1)
+    assert _files(a["target_train"]) != _files(b["target_train"])
+
+
+def test_invalid_n_target_train(tmp_path):
+    with pytest.raises(ValueError):
+        write_digits_dataset(tmp_path, n_target_train_per_class=0)
+
+
+def test_load_image_folder(dataset):
+    x, y, classes = load_image_folder(dataset["target_train"])
+    assert classes == [str(d) for d in TARGET_CLASSES]
+    assert x.shape == (25, 3, IMAGE_SIZE, IMAGE_SIZE) and x.dtype == torch.float32
+    assert y.tolist() == sorted(list(range(5)) * 5)
+    assert x.min() >= -1.0 and x.max() <= 1.0
+    assert x.min() == -1.0  # background is black (ink high)
+
+
+def test_node_names_and_shapes():
+    model = digits_net().eval()
+    train_nodes, eval_nodes = get_graph_node_names(model)
+    expected = ["x"] + [f"features.{i}" for i in range(12)] + ["avgpool", "flatten", "fc"]
+    assert eval_nodes == expected
+    assert train_nodes == expected
+    extractor = create_feature_extractor(model, ["features.7", "features.11", "flatten", "fc"])
+    with torch.no_grad():
+        out = extractor(torch.zeros(2, 3, IMAGE_SIZE, IMAGE_SIZE))
+    assert out["features.7"].shape == (2, 32, 8, 8)
+    assert out["features.11"].shape == (2, 64, 4, 4)
+    assert out["flatten"].shape == (2, 64)
+    assert out["fc"].shape == (2, 5)
+    n_params = sum(p.numel() for p in model.parameters())
+    assert 10_000 < n_params < 100_000
+
+
+def test_pretrain_accuracy_and_checkpoint(pretrained, dataset):
+    result, _ = pretrained
+    assert result["val_accuracy"] >= 0.95
+    assert result["train_accuracy"] >= 0.95
+    assert result["n_images"] == dataset["counts"]["source"]
+    assert result["epochs"] == 8
+    assert result["seconds"] < 30
+    state = torch.load(result["checkpoint"], map_location="cpu", weights_only=True)
+    model = digits_net(5)
+    model.load_state_dict(state, strict=True)
+    assert not [p for p in os.listdir(os.path.dirname(result["checkpoint"])) if p.endswith(".tmp")]
+
+
+def test_pretrain_deterministic(pretrained):
+    a, b = (torch.load(r["checkpoint"], weights_only=True) for r in pretrained)
+    assert a.keys() == b.keys()
+    # Same seed, same process, CPU: expected to be bit-identical.
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert pretrained[0]["val_accuracy"] == pretrained[1]["val_accuracy"]
+
+
+def test_pretrain_leaves_global_state(dataset, tmp_path):
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    flag = torch.are_deterministic_algorithms_enabled()
+    pretrain(dataset["source"], tmp_path / "c.pt", epochs=1)
+    assert torch.equal(torch.rand(3), expected)
+    assert torch.are_deterministic_algorithms_enabled() == flag
