@@ -1,0 +1,351 @@
+"""Decode image files into fully loaded RGB PIL images under one fixed policy.
+
+Every image that reaches a network goes through :func:`load_image` (or
+:func:`load_image_bytes`), so that two runs on the same file always see the same
+pixels.  The policy, whose version is :data:`DECODE_POLICY`, is:
+
+Files
+    Only regular files are opened.  A FIFO, directory, socket or device is
+    refused with ``ImageLoadError("not a regular file")`` without reading from it
+    (``Image.open`` on a FIFO would block forever).  The file is opened with
+    ``O_NONBLOCK`` and checked again with ``fstat`` so a file swapped for a FIFO
+    between the two checks cannot hang the caller either.  Missing files and
+    permission errors are reported as ``"file not found"`` and
+    ``"permission denied"``.
+
+Formats
+    Any format Pillow reads.  Only the first frame of an animation or a
+    multi-page file is used.
+
+Decompression bombs
+    The declared ``width * height`` is compared with ``max_pixels`` right after
+    the header is parsed and before any pixel data is decoded.  Pillow's own
+    ``DecompressionBombWarning``/``DecompressionBombError`` are turned into
+    :class:`ImageLoadError` as well.  Global Pillow state (``Image.MAX_IMAGE_PIXELS``)
+    is never changed, so a ``max_pixels`` above twice Pillow's limit cannot lift
+    Pillow's own hard error.
+
+Orientation
+    The EXIF orientation tag is applied (``ImageOps.exif_transpose``).  When the
+    EXIF block is broken the image is used as stored rather than refused.
+
+Colour
+    The result is always mode ``"RGB"``.  Alpha (``RGBA``, ``LA``, ``PA``,
+    ``RGBa``, ``La``, an RGBA palette, or a ``transparency`` key on ``P``,
+    ``L``, ``RGB`` or ``1`` images) is composited over a white background, not dropped.
+    16-bit grayscale (``I;16*``) is scaled from 0..65535 to 0..255 (divide by
+    257, round) because ``convert("RGB")`` would saturate it.  32-bit ``I``
+    images whose maximum is at most 255 are taken as 8-bit, otherwise clipped to
+    0..65535 and scaled like 16-bit.  Float ``F`` images whose maximum is at
+    most 1.0 are scaled by 255, otherwise clipped to 0..255 (NaN becomes 0).
+    Every other mode (``1``, ``L``, ``P``, ``CMYK``, ``YCbCr``, ``LAB``, ``HSV``,
+    ...) goes through Pillow's ``convert("RGB")``.  ICC profiles are not applied.
+
+Errors
+    Truncated or corrupt data raises :class:`ImageLoadError` because the whole
+    image is decoded inside the call; ``ImageFile.LOAD_TRUNCATED_IMAGES`` is never
+    set.  Any exception Pillow raises while decoding becomes an
+    :class:`ImageLoadError` carrying the original message, except
+    ``MemoryError`` and ``KeyboardInterrupt``, which propagate.
+
+The returned image is detached from the file: the file is closed before the
+function returns.
+
+Bump :data:`DECODE_POLICY` whenever a change here would change decoded pixels:
+it is part of cache keys.
+
+Note that the bomb check uses ``warnings.catch_warnings``, which on Python 3.11
+swaps process-wide warning filters; the explicit size check makes the result
+correct even if another thread races on those filters.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import stat
+import warnings
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+__all__ = [
+    "DECODE_POLICY",
+    "MAX_PIXELS",
+    "ImageLoadError",
+    "load_image",
+    "load_image_bytes",
+]
+
+DECODE_POLICY: str = "pil-rgb-v1:alpha=white:16bit=scale:exif=1:frame=0"
+
+MAX_PIXELS: int = 89_478_485
+
+_WHITE = (255, 255, 255, 255)
+_BOMB_PIXELS_RE = re.compile(r"\((\d+) pixels\)")
+
+
+def _display(path: str) -> str:
+    """Return ``path`` with undecodable file-name bytes shown as ``\\xNN`` escapes."""
+    try:
+        path.encode("utf-8")
+        return path
+    except UnicodeEncodeError:
+        return os.fsencode(path).decode("utf-8", errors="backslashreplace")
+
+
+class ImageLoadError(ValueError):
+    """Raised when an image file cannot be turned into RGB pixels.
+
+    Parameters
+    ----------
+    path : str, bytes or os.PathLike
+        The file (or the ``name`` given to :func:`load_image_bytes`).
+    reason : str
+        Short human-readable reason, e.g. ``"not a regular file"``.
+
+    Attributes
+    ----------
+    path : str
+        ``os.fsdecode(path)``; undecodable bytes are kept as surrogate escapes
+        so ``os.fsencode(err.path)`` gives back the original name.
+    reason : str
+        The reason given.
+
+    Notes
+    -----
+    ``str(err)`` is ``f"{path}: {reason}"``, except that undecodable bytes of a
+    non-UTF-8 file name are written as ``\\xNN`` so the message can always be
+    printed or logged.
+
+    Examples
+    --------
+    >>> err = ImageLoadError("a.jpg", "file not found")
+    >>> str(err)
+    'a.jpg: file not found'
+    """
+
+    def __init__(self, path, reason: str):
+        self.path = path if isinstance(path, str) else os.fsdecode(path)
+        self.reason = reason
+        super().__init__(f"{_display(self.path)}: {reason}")
+
+    def __reduce__(self):
+        # The default reduce would call cls(message) and fail on the second
+        # argument, which breaks passing the error between worker processes.
+        return (type(self), (self.path, self.reason))
+
+
+def load_image(path, *, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Open an image file and return it fully decoded as an RGB PIL image.
+
+    Parameters
+    ----------
+    path : str, bytes or os.PathLike
+        The file to read.  Only regular files are opened.
+    max_pixels : int, optional
+        Refuse images whose declared ``width * height`` exceeds this.  Defaults
+        to :data:`MAX_PIXELS` (Pillow's own default).
+
+    Returns
+    -------
+    PIL.Image.Image
+        A loaded image of mode ``"RGB"``, detached from the (closed) file.
+
+    Raises
+    ------
+    ImageLoadError
+        The file is missing, unreadable, not a regular file, not an image,
+        truncated or corrupt, or too large.
+
+    Examples
+    --------
+    >>> img = load_image("photo.jpg")  # doctest: +SKIP
+    >>> img.mode
+    'RGB'
+    """
+    name = os.fsdecode(path)
+    try:
+        # stat first so that opening has no side effects on devices.
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise ImageLoadError(name, "not a regular file")
+        flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+        fd = os.open(path, flags | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        raise ImageLoadError(name, "file not found") from None
+    except PermissionError:
+        raise ImageLoadError(name, "permission denied") from None
+    except OSError as e:
+        raise ImageLoadError(name, f"cannot open file: {e.strerror or e}") from None
+    with os.fdopen(fd, "rb") as fp:
+        try:
+            # The path may have been replaced between stat and open.
+            if not stat.S_ISREG(os.fstat(fp.fileno()).st_mode):
+                raise ImageLoadError(name, "not a regular file")
+        except OSError as e:
+            raise ImageLoadError(name, f"cannot open file: {e.strerror or e}") from None
+        return _decode(fp, name, max_pixels)
+
+
+def load_image_bytes(
+    data: bytes, *, name: str = "<bytes>", max_pixels: int = MAX_PIXELS
+) -> Image.Image:
+    """Decode image file bytes already in memory, under the same policy as :func:`load_image`.
+
+    Use this when the file has already been read (for example to hash it) and the
+    exact same bytes must be decoded without reading the file a second time.
+
+    Parameters
+    ----------
+    data : bytes-like
+        The complete contents of an image file.
+    name : str, bytes or os.PathLike, optional
+        Used only in error messages.
+    max_pixels : int, optional
+        Refuse images whose declared ``width * height`` exceeds this.
+
+    Returns
+    -------
+    PIL.Image.Image
+        A loaded image of mode ``"RGB"``.
+
+    Raises
+    ------
+    ImageLoadError
+        The bytes are not an image, are truncated or corrupt, or are too large.
+
+    Examples
+    --------
+    >>> data = open("photo.jpg", "rb").read()  # doctest: +SKIP
+    >>> load_image_bytes(data, name="photo.jpg").size  # doctest: +SKIP
+    (640, 480)
+    """
+    label = name if isinstance(name, str) else os.fsdecode(name)
+    return _decode(io.BytesIO(data), label, max_pixels)
+
+
+def _decode(fp, name: str, max_pixels: int) -> Image.Image:
+    """Decode the first frame of the open image file ``fp`` into RGB, or raise ImageLoadError."""
+    pillow_limit = Image.MAX_IMAGE_PIXELS
+    # Pillow's warning threshold is its soft limit; only make it fatal when our
+    # own limit is at least as strict, so a larger max_pixels still works.
+    strict = pillow_limit is not None and max_pixels <= pillow_limit
+    with warnings.catch_warnings():
+        warnings.simplefilter("error" if strict else "ignore", Image.DecompressionBombWarning)
+        try:
+            with Image.open(fp) as opened:
+                _check_pixels(name, opened.size, max_pixels)
+                opened.seek(0)
+                # Decode everything now so truncation surfaces here, not later.
+                opened.load()
+                img = _exif_transpose(opened)
+        except (Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
+            raise _bomb_error(name, e, max_pixels, pillow_limit) from None
+        except UnidentifiedImageError:
+            raise ImageLoadError(name, "cannot identify image file") from None
+        except (ImageLoadError, MemoryError):
+            raise
+        except OSError as e:
+            if e.errno is not None:
+                # A real I/O failure (EIO, ...), not a Pillow decoding complaint.
+                raise ImageLoadError(name, f"read error: {e.strerror or e}") from e
+            raise ImageLoadError(name, f"truncated or corrupt image data: {e}") from e
+        except Exception as e:
+            raise ImageLoadError(name, f"truncated or corrupt image data: {_msg(e)}") from e
+    try:
+        return _to_rgb(img)
+    except MemoryError:
+        raise
+    except Exception as e:
+        raise ImageLoadError(name, f"cannot convert mode {img.mode!r} to RGB: {_msg(e)}") from e
+
+
+def _msg(e: BaseException) -> str:
+    """Return the exception's message, or its type name when the message is empty."""
+    return str(e) or type(e).__name__
+
+
+def _check_pixels(name: str, size: tuple[int, int], max_pixels: int) -> None:
+    """Raise ImageLoadError when ``size`` declares more than ``max_pixels`` pixels."""
+    pixels = size[0] * size[1]
+    if pixels > max_pixels:
+        raise ImageLoadError(name, _bomb_reason(pixels, max_pixels))
+    if pixels == 0:
+        raise ImageLoadError(name, f"empty image ({size[0]}x{size[1]})")
+
+
+def _bomb_reason(pixels: int, limit: int) -> str:
+    """Format the decompression bomb reason."""
+    return f"decompression bomb: {pixels:,} pixels exceeds the limit of {limit:,}"
+
+
+def _bomb_error(name: str, e: BaseException, max_pixels: int, pillow_limit) -> ImageLoadError:
+    """Turn Pillow's decompression bomb warning or error into ImageLoadError."""
+    m = _BOMB_PIXELS_RE.search(str(e))
+    if m is None:
+        return ImageLoadError(name, f"decompression bomb: {e}")
+    pixels = int(m.group(1))
+    if pixels > max_pixels:
+        limit = max_pixels
+    elif isinstance(e, Image.DecompressionBombError) and pillow_limit is not None:
+        limit = 2 * pillow_limit
+    else:
+        limit = pillow_limit
+    return ImageLoadError(name, _bomb_reason(pixels, limit))
+
+
+def _exif_transpose(img: Image.Image) -> Image.Image:
+    """Apply the EXIF orientation; keep the image as stored if the EXIF data is broken."""
+    try:
+        out = ImageOps.exif_transpose(img)
+    except MemoryError:
+        raise
+    except Exception:  # noqa: BLE001 - broken EXIF raises many types; orientation is optional
+        return img.copy()
+    # exif_transpose returns None only with in_place=True; keep the type checker happy.
+    return out if out is not None else img.copy()
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """Convert a loaded, detached image of any mode to "RGB" under the module policy."""
+    mode = img.mode
+    if mode == "RGB" and "transparency" not in img.info:
+        return img
+    if mode.startswith("I;16"):
+        return _gray_to_rgb(_scale_16bit(np.asarray(img)))
+    if mode == "I":
+        a = np.asarray(img)
+        if a.max() <= 255:
+            return _gray_to_rgb(np.clip(a, 0, 255).astype(np.uint8))
+        return _gray_to_rgb(_scale_16bit(a))
+    if mode == "F":
+        a = np.nan_to_num(np.asarray(img, dtype=np.float64), nan=0.0, posinf=255.0, neginf=0.0)
+        if a.max() <= 1.0:
+            a = a * 255.0
+        return _gray_to_rgb(np.rint(np.clip(a, 0.0, 255.0)).astype(np.uint8))
+    if mode == "La":
+        # Pillow cannot convert premultiplied La directly; RGBa it can.
+        lum, alpha = img.split()
+        img, mode = Image.merge("RGBa", (lum, lum, lum, alpha)), "RGBa"
+    # Covers alpha bands, a ``transparency`` key in info and RGBA palettes.
+    if img.has_transparency_data:
+        return _over_white(img.convert("RGBA"))
+    return img.convert("RGB")
+
+
+def _scale_16bit(a: np.ndarray) -> np.ndarray:
+    """Map 0..65535 integers (clipping outside values) to 0..255 uint8 by dividing by 257."""
+    a = np.clip(a.astype(np.int64), 0, 65535)
+    return ((a + 128) // 257).astype(np.uint8)
+
+
+def _gray_to_rgb(a: np.ndarray) -> Image.Image:
+    """Build an RGB image from a 2-D uint8 array of gray levels."""
+    return Image.fromarray(np.ascontiguousarray(a)).convert("RGB")
+
+
+def _over_white(rgba: Image.Image) -> Image.Image:
+    """Composite an RGBA image over an opaque white background."""
+    background = Image.new("RGBA", rgba.size, _WHITE)
+    return Image.alpha_composite(background, rgba).convert("RGB")
