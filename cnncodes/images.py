@@ -61,6 +61,7 @@ correct even if another thread races on those filters.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import re
@@ -76,6 +77,8 @@ __all__ = [
     "ImageLoadError",
     "load_image",
     "load_image_bytes",
+    "read_file",
+    "file_digest",
 ]
 
 DECODE_POLICY: str = "pil-rgb-v1:alpha=white:16bit=scale:exif=1:frame=0"
@@ -165,6 +168,21 @@ def load_image(path, *, max_pixels: int = MAX_PIXELS) -> Image.Image:
     >>> img.mode
     'RGB'
     """
+    return _decode(io.BytesIO(read_file(path)), os.fsdecode(path), max_pixels)
+
+
+def read_file(path) -> bytes:
+    """Read a whole image file, refusing anything but a regular file (a FIFO never blocks).
+
+    Raises
+    ------
+    ImageLoadError
+        The file is missing, unreadable or not a regular file.
+
+    Examples
+    --------
+    >>> data = read_file("photo.jpg")  # doctest: +SKIP
+    """
     name = os.fsdecode(path)
     try:
         # stat first so that opening has no side effects on devices.
@@ -183,9 +201,48 @@ def load_image(path, *, max_pixels: int = MAX_PIXELS) -> Image.Image:
             # The path may have been replaced between stat and open.
             if not stat.S_ISREG(os.fstat(fp.fileno()).st_mode):
                 raise ImageLoadError(name, "not a regular file")
+            return fp.read()
         except OSError as e:
-            raise ImageLoadError(name, f"cannot open file: {e.strerror or e}") from None
-        return _decode(fp, name, max_pixels)
+            raise ImageLoadError(name, f"read error: {e.strerror or e}") from None
+
+
+_DIGESTS: dict = {}
+
+
+def file_digest(path) -> str:
+    """SHA-256 hex digest of an image file's bytes: the file's identity in the cache.
+
+    Memoised in this process on (path, size, mtime, ctime, inode), which only skips re-reading an
+    unchanged file; the identity itself is always the content hash.
+
+    Raises
+    ------
+    ImageLoadError
+        As :func:`read_file`.
+    """
+    try:
+        st = os.stat(path)
+    except OSError:
+        st = None
+    if st is not None and stat.S_ISREG(st.st_mode):
+        memo_key = (os.fsdecode(path), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+        digest = _DIGESTS.get(memo_key)
+        if digest is not None:
+            return digest
+    return remember_digest(path, read_file(path))
+
+
+def remember_digest(path, data: bytes) -> str:
+    """Hash ``data`` (the bytes just read from ``path``) and memoise it for :func:`file_digest`."""
+    digest = hashlib.sha256(data).hexdigest()
+    try:
+        st = os.stat(path)
+    except OSError:
+        return digest
+    if len(_DIGESTS) > 1_000_000:
+        _DIGESTS.clear()
+    _DIGESTS[(os.fsdecode(path), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)] = digest
+    return digest
 
 
 def load_image_bytes(

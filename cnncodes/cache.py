@@ -1,0 +1,483 @@
+"""The on-disk store of CNN codes: immutable HDF5 shards, content-addressed (h5py and numpy only).
+
+Layout::
+
+    <cache_dir>/
+      <config_key>/                 one folder per configuration (model, weights, layer, pooling, ...)
+        config.json                 the configuration, human- and machine-readable
+        <time>-<pid>-<rand>.h5      immutable shards: datasets "keys" (n,) and "codes" (n, d)
+
+A row's key is the SHA-256 of the image file's bytes, so the same picture under two names is
+extracted once and a rewritten file is recomputed. A configuration's key is the SHA-256 of its
+canonical JSON, which holds everything that changes the numbers and nothing that does not.
+
+Why shards (measured, see RELIABILITY.md): a single appendable HDF5 file was silently damaged by a
+kill during ``flush``, and HDF5's own locking blocks even readers. Here every shard is written to a
+temporary file, ``fsync``-ed, then renamed into place (``os.replace``) and the folder ``fsync``-ed: a
+kill loses at most the rows not yet committed and never exposes a partial shard. Writers never
+touch an existing shard, so any number of processes can extract into one cache at once; a row
+computed twice is simply stored twice and read once. :meth:`CodeStore.compact` merges small shards
+under an advisory lock.
+
+Only files this module wrote are read: a shard must be a regular file (not a link) with exactly the
+expected datasets, hard links only, no external or virtual storage, and attributes naming this
+configuration. Anything else is warned about and ignored, never followed.
+
+Plain h5py reads everything::
+
+    import h5py, json
+    with h5py.File(shard) as f:
+        keys, codes = f["keys"][:], f["codes"][:]
+        config = json.loads(f.attrs["config"])
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import secrets
+import time
+import warnings
+
+import h5py
+import numpy as np
+
+__all__ = [
+    "FORMAT_VERSION",
+    "CacheWarning",
+    "CodeStore",
+    "config_key",
+    "resolve_cache_dir",
+    "list_configs",
+    "DEFAULT_CACHE_DIR",
+]
+
+FORMAT_VERSION = 1
+DEFAULT_CACHE_DIR = "cache"
+_SHARD_FORMAT = "cnncodes-shard"
+_KEY_DTYPE = "S64"
+_TMP_PREFIX = ".tmp-"
+_COMPACT_LOCK = ".compact.lock"
+
+
+class CacheWarning(UserWarning):
+    """A cache file was unreadable or not one of ours; it is ignored and its rows recomputed."""
+
+
+def resolve_cache_dir(cache_dir="auto"):
+    """Where codes are cached: ``None`` turns caching off; ``"auto"`` reads ``$CNNCODES_CACHE``,
+    else ``./cache``; anything else is a folder path.
+
+    Examples
+    --------
+    >>> resolve_cache_dir(None) is None
+    True
+    """
+    if cache_dir is None or cache_dir is False:
+        return None
+    if isinstance(cache_dir, str) and cache_dir == "auto":
+        cache_dir = os.environ.get("CNNCODES_CACHE") or DEFAULT_CACHE_DIR
+    if not isinstance(cache_dir, (str, os.PathLike)):
+        raise TypeError(
+            f"cache_dir={cache_dir!r}: expected 'auto', None (no cache) or a folder path"
+        )
+    path = os.path.abspath(os.fspath(cache_dir))
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(f"cache_dir={os.fspath(cache_dir)!r} exists and is not a folder")
+    return path
+
+
+def config_key(config):
+    """Stable key of a configuration dict: SHA-256 of its canonical JSON, 24 hex digits."""
+    text = json.dumps(config, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def _fsync_dir(path):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _atomic_write_bytes(path, data):
+    tmp = os.path.join(os.path.dirname(path), f"{_TMP_PREFIX}{os.getpid()}-{secrets.token_hex(4)}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+    _fsync_dir(os.path.dirname(path))
+
+
+def _pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+# Shards are immutable, so what was read from one stays true for as long as the file exists.
+_SHARD_INDEX = {}
+
+
+class CodeStore:
+    """The codes of one configuration in a cache folder.
+
+    Parameters
+    ----------
+    root : str
+        The cache folder (see :func:`resolve_cache_dir`).
+    config : dict
+        JSON-serialisable description of everything that changes the codes.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> store = CodeStore(tempfile.mkdtemp(), {"model": "demo"})
+    >>> _ = store.write(["ab" * 32], np.ones((1, 3), np.float32))
+    >>> store.read(["ab" * 32]).shape
+    (1, 3)
+    """
+
+    def __init__(self, root, config):
+        self.root = os.fspath(root)
+        self.config = config
+        self.key = config_key(config)
+        self.path = os.path.join(self.root, self.key)
+        self._config_json = json.dumps(config, sort_keys=True, indent=1)
+
+    # -- layout ------------------------------------------------------------------------------
+
+    def _ensure_dir(self):
+        if not os.path.isdir(self.path):
+            os.makedirs(self.path, exist_ok=True)
+            _fsync_dir(self.root)
+        config_path = os.path.join(self.path, "config.json")
+        if not os.path.isfile(config_path):
+            body = {"config_key": self.key, "format_version": FORMAT_VERSION, "config": self.config}
+            _atomic_write_bytes(config_path, json.dumps(body, sort_keys=True, indent=1).encode())
+
+    def shard_paths(self):
+        """Committed shard files, oldest first (temporary files are never listed)."""
+        try:
+            names = os.listdir(self.path)
+        except FileNotFoundError:
+            return []
+        return [
+            os.path.join(self.path, n)
+            for n in sorted(names)
+            if n.endswith(".h5") and not n.startswith(_TMP_PREFIX)
+        ]
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def _validate(self, f, path):
+        """Raise ``ValueError`` unless ``f`` is a shard this module wrote for this configuration."""
+        if set(f.keys()) != {"keys", "codes"}:
+            raise ValueError(f"unexpected members {sorted(f.keys())}")
+        for name in ("keys", "codes"):
+            link = f.get(name, getlink=True)
+            if not isinstance(link, h5py.HardLink):
+                raise ValueError(f"{name!r} is a {type(link).__name__}, not a plain dataset")
+            dset = f[name]
+            if not isinstance(dset, h5py.Dataset) or dset.external or dset.is_virtual:
+                raise ValueError(f"{name!r} uses external or virtual storage")
+        attrs = f.attrs
+        if attrs.get("format") != _SHARD_FORMAT or attrs.get("format_version") != FORMAT_VERSION:
+            raise ValueError("not a cnncodes shard of this format version")
+        if attrs.get("config_key") != self.key:
+            raise ValueError("belongs to another configuration")
+        keys, codes = f["keys"], f["codes"]
+        if keys.dtype != np.dtype(_KEY_DTYPE) or keys.ndim != 1:
+            raise ValueError("malformed 'keys' dataset")
+        if codes.dtype != np.float32 or codes.ndim != 2 or codes.shape[0] != keys.shape[0]:
+            raise ValueError("malformed 'codes' dataset")
+
+    def _open(self, path):
+        st = os.lstat(path)
+        if not os.path.isfile(path) or os.path.islink(path):
+            raise ValueError("not a regular file")
+        f = h5py.File(path, "r", locking=False)
+        try:
+            self._validate(f, path)
+        except BaseException:
+            f.close()
+            raise
+        return f, st
+
+    def _shard_keys(self, path):
+        """Keys and code width of one shard, memoised; ``None`` for a shard that must be ignored."""
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return None
+        memo = _SHARD_INDEX.get(path)
+        if memo is not None and memo[0] == (st.st_ino, st.st_size, st.st_mtime_ns):
+            return memo[1]
+        try:
+            f, st = self._open(path)
+            with f:
+                keys = [k.decode() for k in f["keys"][:]]
+                width = f["codes"].shape[1]
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError) as exc:
+            warnings.warn(f"ignoring cache file {path}: {exc}", CacheWarning, stacklevel=3)
+            return None
+        entry = (keys, width)
+        _SHARD_INDEX[path] = ((st.st_ino, st.st_size, st.st_mtime_ns), entry)
+        return entry
+
+    def index(self):
+        """``{key: (shard_path, row)}`` over all valid shards (the newest shard wins a duplicate)."""
+        out = {}
+        width = None
+        for path in self.shard_paths():
+            entry = self._shard_keys(path)
+            if entry is None:
+                continue
+            keys, w = entry
+            if width is None:
+                width = w
+            elif w != width:
+                warnings.warn(
+                    f"ignoring cache file {path}: {w} features, others have {width}",
+                    CacheWarning,
+                    stacklevel=2,
+                )
+                continue
+            for row, key in enumerate(keys):
+                out[key] = (path, row)
+        return out
+
+    def contains(self, keys):
+        """Boolean array: which of ``keys`` are stored."""
+        idx = self.index()
+        return np.array([k in idx for k in keys], dtype=bool)
+
+    def read(self, keys, out=None, rows=None):
+        """Codes of ``keys`` (all must be stored), as float32 ``(len(keys), d)``.
+
+        With ``out`` (and optionally ``rows``, the target rows of ``out``), fill it in place instead.
+        """
+        for _attempt in range(3):
+            idx = self.index()
+            try:
+                return self._read(idx, keys, out, rows)
+            except FileNotFoundError:
+                continue  # a concurrent compaction removed a shard; list again
+        return self._read(self.index(), keys, out, rows)
+
+    def _read(self, idx, keys, out, rows):
+        missing = [k for k in keys if k not in idx]
+        if missing:
+            raise KeyError(f"{len(missing)} codes are not in the cache (first: {missing[0]})")
+        by_shard = {}
+        for i, key in enumerate(keys):
+            path, row = idx[key]
+            by_shard.setdefault(path, []).append((row, i))
+        result = None
+        for path, pairs in by_shard.items():
+            f, _ = self._open(path)
+            with f:
+                dset = f["codes"]
+                src = np.array([r for r, _ in pairs])
+                dst = np.array([i for _, i in pairs])
+                if len(pairs) * 4 >= dset.shape[0]:
+                    block = dset[...][src]
+                else:
+                    order = np.argsort(src)
+                    uniq, inverse = np.unique(src[order], return_inverse=True)
+                    block = np.empty((len(src), dset.shape[1]), np.float32)
+                    block[order] = dset[uniq][inverse]
+            if out is None and result is None:
+                result = np.empty((len(keys), block.shape[1]), np.float32)
+            target = out if out is not None else result
+            target[dst if rows is None else np.asarray(rows)[dst]] = block
+        if out is not None:
+            return out
+        return result if result is not None else np.empty((0, 0), np.float32)
+
+    # -- writing -----------------------------------------------------------------------------
+
+    def write(self, keys, codes):
+        """Commit rows as a new immutable shard; returns its path. Crash-safe and concurrent-safe."""
+        codes = np.ascontiguousarray(codes, dtype=np.float32)
+        if codes.ndim != 2 or codes.shape[0] != len(keys):
+            raise ValueError(f"codes of shape {codes.shape} do not match {len(keys)} keys")
+        if not len(keys):
+            return None
+        self._ensure_dir()
+        name = f"{time.time_ns():020d}-{os.getpid()}-{secrets.token_hex(4)}.h5"
+        final = os.path.join(self.path, name)
+        tmp = os.path.join(self.path, f"{_TMP_PREFIX}{os.getpid()}-{secrets.token_hex(4)}.part")
+        key_array = np.array([k.encode() for k in keys], dtype=_KEY_DTYPE)
+        try:
+            with h5py.File(tmp, "w", locking=False) as f:
+                f.create_dataset("keys", data=key_array)
+                f.create_dataset("codes", data=codes)
+                f.attrs["format"] = _SHARD_FORMAT
+                f.attrs["format_version"] = FORMAT_VERSION
+                f.attrs["config_key"] = self.key
+                f.attrs["config"] = self._config_json
+                f.attrs["created"] = time.time()
+                f.attrs["checksum"] = _checksum(key_array, codes)
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)  # h5py's flush() never fsyncs
+            finally:
+                os.close(fd)
+            os.replace(tmp, final)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+        _fsync_dir(self.path)
+        return final
+
+    @contextlib.contextmanager
+    def _compact_lock(self, blocking):
+        self._ensure_dir()
+        fd = os.open(os.path.join(self.path, _COMPACT_LOCK), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+            except OSError as exc:
+                if exc.errno in (errno.EAGAIN, errno.EACCES):
+                    yield False
+                    return
+                raise
+            yield True
+        finally:
+            os.close(fd)
+
+    def compact(self, min_shards=2, blocking=False):
+        """Merge all shards into one (duplicates dropped); returns the number of shards merged.
+
+        Readers are never disturbed: the merged shard is committed before the old ones are removed.
+        Another process already compacting makes this a no-op unless ``blocking``.
+        """
+        with self._compact_lock(blocking) as locked:
+            if not locked:
+                return 0
+            self._remove_stale_temporaries()
+            paths = [p for p in self.shard_paths() if self._shard_keys(p) is not None]
+            if len(paths) < min_shards:
+                return 0
+            idx = {}
+            for path in paths:
+                for row, key in enumerate(self._shard_keys(path)[0]):
+                    idx.setdefault(key, (path, row))
+            keys = list(idx)
+            codes = self._read(idx, keys, None, None)
+            self.write(keys, codes)
+            for path in paths:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+                _SHARD_INDEX.pop(path, None)
+            _fsync_dir(self.path)
+            return len(paths)
+
+    def _remove_stale_temporaries(self):
+        """Delete temporary files left by writers that were killed (their process is gone)."""
+        for name in os.listdir(self.path):
+            if not name.startswith(_TMP_PREFIX):
+                continue
+            try:
+                pid = int(name[len(_TMP_PREFIX) :].split("-")[0])
+            except ValueError:
+                continue
+            if not _pid_alive(pid):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(self.path, name))
+
+    # -- inspection --------------------------------------------------------------------------
+
+    def info(self):
+        """Counts and sizes: ``{"key", "config", "rows", "unique", "features", "shards", "bytes"}``."""
+        paths = self.shard_paths()
+        rows, width, size, keys = 0, None, 0, set()
+        for path in paths:
+            entry = self._shard_keys(path)
+            with contextlib.suppress(FileNotFoundError):
+                size += os.path.getsize(path)
+            if entry is None:
+                continue
+            rows += len(entry[0])
+            keys.update(entry[0])
+            width = entry[1] if width is None else width
+        return {
+            "key": self.key,
+            "config": self.config,
+            "rows": rows,
+            "unique": len(keys),
+            "features": width,
+            "shards": len(paths),
+            "bytes": size,
+        }
+
+    def check_shards(self):
+        """Integrity of every shard: a list of ``(path, problem or None)``."""
+        report = []
+        for path in self.shard_paths():
+            try:
+                f, _ = self._open(path)
+                with f:
+                    keys, codes = f["keys"][:], f["codes"][:]
+                    stored = f.attrs.get("checksum")
+                if stored != _checksum(keys, codes):
+                    raise ValueError("checksum mismatch: the file was altered after it was written")
+                if not np.isfinite(codes).all():
+                    raise ValueError("holds non-finite codes")
+                report.append((path, None))
+            except (OSError, ValueError, KeyError) as exc:
+                report.append((path, str(exc)))
+        return report
+
+
+def _checksum(keys, codes):
+    digest = hashlib.sha256(np.ascontiguousarray(keys).tobytes())
+    digest.update(np.ascontiguousarray(codes, dtype=np.float32).tobytes())
+    return digest.hexdigest()
+
+
+def list_configs(root):
+    """All configurations in a cache folder: ``[(CodeStore, info dict)]``, newest config first.
+
+    Folders without a readable ``config.json`` written by cnncodes are skipped with a warning.
+    """
+    root = os.fspath(root)
+    out = []
+    try:
+        names = sorted(os.listdir(root))
+    except FileNotFoundError:
+        return out
+    for name in names:
+        folder = os.path.join(root, name)
+        config_path = os.path.join(folder, "config.json")
+        if not os.path.isdir(folder) or not os.path.isfile(config_path):
+            continue
+        try:
+            with open(config_path, encoding="utf-8") as f:
+                body = json.load(f)
+            config = body["config"]
+            if config_key(config) != name:
+                raise ValueError("its key does not match its folder")
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            warnings.warn(f"ignoring cache folder {folder}: {exc}", CacheWarning, stacklevel=2)
+            continue
+        store = CodeStore(root, config)
+        out.append((store, store.info()))
+    return out

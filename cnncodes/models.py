@@ -1,0 +1,795 @@
+"""Names to networks: architectures, weights, preprocessing and layers (torch only).
+
+A model is a torchvision classification model name (``"resnet50"``, ``"mobilenet_v2"``, ...) or the
+user's own architecture given as ``"package.module:callable"`` returning an ``nn.Module``.
+
+Weights are one of
+
+- a torchvision weights name: ``"DEFAULT"``, ``"IMAGENET1K_V1"`` or ``"ResNet50_Weights.IMAGENET1K_V1"``;
+- ``"none"``: random initialisation from ``seed``;
+- a path to a checkpoint file: a state_dict, or a dict holding one under ``state_dict``,
+  ``model_state_dict``, ``model``, ``net`` or ``module``; ``module.`` (DataParallel) and ``_orig_mod.``
+  (``torch.compile``) prefixes are stripped; loaded on the CPU with ``weights_only=True``; the file's
+  identity is its SHA-256.
+
+``weights=None`` means ``"DEFAULT"`` for a torchvision model and "as the callable builds it" for the
+user's own architecture.
+
+Nothing here downloads at import or resolution time. Torchvision weights are read from
+``$TORCH_HOME/hub/checkpoints`` (checked against the hash in their published file name and loaded with
+``weights_only=True``, unlike torchvision's own loader); a missing file is downloaded the way
+torchvision does it, and where that fails (offline) :class:`WeightsUnavailableError` says where to put
+the file and how to pass a local checkpoint instead.
+
+Resolution is cheap: :func:`resolve_spec` builds the architecture on the ``meta`` device (no memory,
+no initialisation) to fingerprint it and name its layers; :func:`build_model` loads real weights only
+when images actually have to go through the network.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import hashlib
+import importlib
+import os
+import re
+import urllib.error
+from dataclasses import asdict, dataclass
+
+import torch
+import torchvision
+from torch import nn
+from torchvision.models import feature_extraction
+
+from .pooling import POOLINGS, code_size
+
+__all__ = [
+    "ModelSpec",
+    "Preprocessing",
+    "LayerInfo",
+    "ModelError",
+    "WeightsError",
+    "WeightsUnavailableError",
+    "LayerError",
+    "resolve_spec",
+    "resolve_layers",
+    "build_model",
+    "build_extractor",
+    "list_layers",
+    "file_sha256",
+    "PENULTIMATE",
+]
+
+PENULTIMATE = "penultimate"
+_CHECKPOINT_KEYS = ("state_dict", "model_state_dict", "model", "net", "module")
+_PREFIXES = ("module.", "_orig_mod.")
+_INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos")
+_IMAGENET_MEAN = (0.485, 0.456, 0.406)
+_IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class ModelError(ValueError):
+    """An unknown model name or a callable that does not build an ``nn.Module``."""
+
+
+class WeightsError(ValueError):
+    """Weights that do not exist, do not fit the architecture, or changed on disk."""
+
+
+class WeightsUnavailableError(WeightsError):
+    """Named torchvision weights that are neither on disk nor downloadable (offline)."""
+
+
+class LayerError(ValueError):
+    """A layer name that is not a node of the model's graph, or whose output cannot be pooled."""
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How an RGB image becomes the network's input tensor.
+
+    Resize the shorter side to ``resize`` (or to exactly ``(height, width)`` when two values are
+    given), centre-crop ``crop`` (``(height, width)``), scale to [0, 1], normalise with ``mean`` and
+    ``std``. Resizing is done by Pillow (``impl="pil"``), which is part of the cache key because
+    another implementation changes the codes slightly.
+    """
+
+    resize: tuple
+    crop: tuple | None
+    mean: tuple
+    std: tuple
+    interpolation: str = "bilinear"
+    impl: str = "pil"
+
+    @property
+    def input_size(self):
+        """``(height, width)`` of the tensor the network receives."""
+        if self.crop is not None:
+            return tuple(self.crop)
+        return tuple(self.resize)
+
+    def to_dict(self):
+        """A JSON-ready description, used in cache keys and reports."""
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A fully resolved model: everything that changes the network's numbers, and nothing else.
+
+    Cheap to build, hash and pickle (no tensors). ``weights_id`` is the identity of the weights:
+    the torchvision enum name, ``"sha256:<hex>"`` of a checkpoint file, ``"none:seed=<n>"``, or the
+    SHA-256 of the state the user's callable built. ``arch_id`` fingerprints the architecture itself.
+    """
+
+    model: str
+    weights: str
+    weights_id: str
+    arch_id: str
+    seed: int
+    preprocessing: Preprocessing
+
+    def to_dict(self):
+        """A JSON-ready description (cache keys, reports, ``--out`` files)."""
+        out = asdict(self)
+        out["preprocessing"] = self.preprocessing.to_dict()
+        return out
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """One graph node: its output shape (without the batch axis) and the code size per pooling."""
+
+    name: str
+    shape: tuple
+    code_sizes: dict
+
+
+# ----------------------------------------------------------------------------- architectures
+
+
+def _is_callable_name(model):
+    return ":" in model
+
+
+def _torchvision_names():
+    return sorted(torchvision.models.list_models(module=torchvision.models))
+
+
+def _load_callable(model):
+    """Import ``package.module:callable``."""
+    module_name, _, attr = model.partition(":")
+    if not module_name or not attr:
+        raise ModelError(f"model={model!r}: expected 'package.module:callable'")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ModelError(f"model={model!r}: cannot import module {module_name!r} ({exc})") from None
+    obj = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise ModelError(f"model={model!r}: module {module_name!r} has no attribute {attr!r}")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise ModelError(f"model={model!r}: {attr!r} is not callable")
+    return obj
+
+
+def _check_model_name(model):
+    if not isinstance(model, str) or not model:
+        raise ModelError(
+            f"model={model!r}: expected a torchvision model name such as 'resnet50' or "
+            "'package.module:callable'"
+        )
+    if _is_callable_name(model):
+        return
+    names = _torchvision_names()
+    if model not in names:
+        close = difflib.get_close_matches(model, names, n=5, cutoff=0.5)
+        hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+        raise ModelError(
+            f"model={model!r} is not a torchvision classification model.{hint} "
+            "See torchvision.models.list_models(), or give your own architecture as "
+            "'package.module:callable'."
+        )
+
+
+def _weights_enum(model):
+    return torchvision.models.get_model_weights(model)
+
+
+def _arch_kwargs(model, weights_enum):
+    """Constructor arguments torchvision's own builders set when pretrained weights are used."""
+    if weights_enum is None:
+        return {}
+    meta = weights_enum.meta
+    kwargs = {}
+    if "categories" in meta and meta["categories"] is not None:
+        kwargs["num_classes"] = len(meta["categories"])
+    if model in ("inception_v3", "googlenet"):
+        kwargs.update(transform_input=True, aux_logits=True, init_weights=False)
+    if model.startswith("vit_") and "min_size" in meta:
+        kwargs["image_size"] = meta["min_size"][0]
+    return kwargs
+
+
+def _construct(model, weights_enum, seed):
+    """Build the architecture with a deterministic random initialisation."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if _is_callable_name(model):
+            net = _load_callable(model)()
+        else:
+            net = torchvision.models.get_model(
+                model, weights=None, **_arch_kwargs(model, weights_enum)
+            )
+    if not isinstance(net, nn.Module):
+        raise ModelError(f"model={model!r} returned {type(net).__name__}, not a torch.nn.Module")
+    return net.eval()
+
+
+@functools.lru_cache(maxsize=32)
+def _meta_model(model, weights_name):
+    """The architecture on the meta device: no memory, no initialisation; for names and shapes."""
+    enum = _parse_named_weights(model, weights_name) if weights_name else None
+    with torch.device("meta"):
+        return _construct(model, enum, 0)
+
+
+def _arch_fingerprint(net):
+    digest = hashlib.sha256(repr(net).encode())
+    for name, t in list(net.state_dict().items()):
+        digest.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
+    return digest.hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------- weights
+
+
+def file_sha256(path):
+    """SHA-256 hex digest of a file, memoised on (path, size, mtime, inode)."""
+    st = os.stat(path)
+    return _file_sha256(os.path.abspath(path), st.st_size, st.st_mtime_ns, st.st_ino)
+
+
+@functools.lru_cache(maxsize=64)
+def _file_sha256(path, size, mtime_ns, ino):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _looks_like_path(weights):
+    return (
+        os.sep in weights
+        or "/" in weights
+        or weights.endswith((".pth", ".pt", ".th", ".bin", ".ckpt", ".tar"))
+        or os.path.exists(weights)
+    )
+
+
+def _parse_named_weights(model, weights):
+    """``DEFAULT`` / ``IMAGENET1K_V1`` / ``ResNet50_Weights.IMAGENET1K_V1`` -> the enum member."""
+    if _is_callable_name(model):
+        raise WeightsError(
+            f"weights={weights!r}: named torchvision weights only apply to torchvision models, "
+            f"not to {model!r}; pass a checkpoint file path, 'none', or leave weights unset"
+        )
+    enum = _weights_enum(model)
+    members = [m.name for m in enum]
+    cls_name, _, member = weights.rpartition(".")
+    if cls_name and cls_name != enum.__name__:
+        raise WeightsError(
+            f"weights={weights!r} are for another model: {model!r} takes {enum.__name__} "
+            f"({', '.join(['DEFAULT', *members])})"
+        )
+    if member == "DEFAULT":
+        return enum.DEFAULT
+    if member not in members:
+        raise WeightsError(
+            f"weights={weights!r} is not one of {enum.__name__}: "
+            f"{', '.join(['DEFAULT', *members])}, 'none', or a checkpoint file path"
+        )
+    return enum[member]
+
+
+def _hub_checkpoint_path(url):
+    return os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(url))
+
+
+def _fetch_named_weights(enum_member):
+    """Path to the verified local file of torchvision weights, downloading it if possible."""
+    path = _hub_checkpoint_path(enum_member.url)
+    match = re.search(r"-([a-f0-9]+)\.", os.path.basename(path))
+    prefix = match.group(1) if match else None
+    name = f"{type(enum_member).__name__}.{enum_member.name}"
+    if not os.path.exists(path):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        try:
+            torch.hub.download_url_to_file(
+                enum_member.url, path, hash_prefix=prefix, progress=False
+            )
+        except (urllib.error.URLError, OSError, RuntimeError) as exc:
+            raise WeightsUnavailableError(
+                f"weights {name} are not on this machine and could not be downloaded ({exc}).\n"
+                f"torchvision looks for them at {path} (set TORCH_HOME to change "
+                f"{torch.hub.get_dir()}). Either copy the file {os.path.basename(path)} there, or "
+                "pass a local checkpoint instead: weights='/path/to/checkpoint.pth' "
+                "(--weights /path/to/checkpoint.pth)."
+            ) from None
+    if prefix and not file_sha256(path).startswith(prefix):
+        raise WeightsError(
+            f"{path} does not match the SHA-256 prefix {prefix!r} published for {name}: the file "
+            "was altered or is incomplete; delete it and supply the original"
+        )
+    return path
+
+
+def _unwrap_state_dict(obj, path):
+    """Find the state_dict inside a checkpoint and strip wrapper prefixes."""
+    if isinstance(obj, nn.Module):
+        obj = obj.state_dict()
+    if not isinstance(obj, dict):
+        raise WeightsError(f"{path}: holds a {type(obj).__name__}, not a state_dict")
+    if not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        for key in _CHECKPOINT_KEYS:
+            inner = obj.get(key)
+            if (
+                isinstance(inner, dict)
+                and inner
+                and all(isinstance(v, torch.Tensor) for v in inner.values())
+            ):
+                obj = inner
+                break
+        else:
+            raise WeightsError(
+                f"{path}: no state_dict found; expected a dict of tensors, or one under "
+                f"{', '.join(map(repr, _CHECKPOINT_KEYS))} (top-level keys: "
+                f"{', '.join(map(repr, list(obj)[:8]))})"
+            )
+    out = {}
+    for key, value in obj.items():
+        for prefix in _PREFIXES:
+            while key.startswith(prefix):
+                key = key[len(prefix) :]
+        out[key] = value
+    return out
+
+
+def _read_checkpoint(path):
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise WeightsError(f"weights file not found: {path}") from None
+    except Exception as exc:  # unpickling raises many types; all mean "not a safe checkpoint"
+        raise WeightsError(
+            f"{path}: cannot be read as a checkpoint with weights_only=True ({exc}). cnncodes never "
+            "loads checkpoints that need arbitrary code; save a plain state_dict with torch.save"
+        ) from None
+    return _unwrap_state_dict(obj, path)
+
+
+def _load_state(net, state, source):
+    own = net.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    wrong = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+        for k in own
+        if k in state and tuple(state[k].shape) != tuple(own[k].shape)
+    ]
+    if missing or unexpected or wrong:
+        parts = []
+        if missing:
+            parts.append(
+                f"missing keys: {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}"
+            )
+        if unexpected:
+            parts.append(
+                f"unexpected keys: {', '.join(unexpected[:5])}{' ...' if len(unexpected) > 5 else ''}"
+            )
+        if wrong:
+            parts.append(f"shape mismatches: {'; '.join(wrong[:5])}")
+        raise WeightsError(f"{source} does not fit this architecture: {'; '.join(parts)}")
+    net.load_state_dict(state, strict=True)
+
+
+def _state_fingerprint(net):
+    digest = hashlib.sha256()
+    for name, t in net.state_dict().items():
+        digest.update(name.encode())
+        digest.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+# ----------------------------------------------------------------------------- preprocessing
+
+
+def _pair(value, name, allow_single):
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = (value,)
+    try:
+        value = tuple(int(v) for v in value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}={value!r}: expected an int or (height, width)") from None
+    if not value or len(value) > 2:
+        raise ValueError(f"{name}={value!r}: expected an int or (height, width)")
+    if any(v <= 0 for v in value):
+        raise ValueError(f"{name}={value!r}: sizes must be positive")
+    if len(value) == 1 and not allow_single:
+        value = value * 2
+    return value
+
+
+def _triple(value, name):
+    if isinstance(value, (int, float)):
+        value = (value,) * 3
+    try:
+        value = tuple(float(v) for v in value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}={value!r}: expected a float or three floats (R, G, B)") from None
+    if len(value) != 3:
+        raise ValueError(f"{name}={value!r}: expected a float or three floats (R, G, B)")
+    return value
+
+
+def resolve_preprocessing(
+    weights_enum=None, *, resize=None, crop=None, mean=None, std=None, interpolation=None
+):
+    """Preprocessing with a fixed precedence: explicit argument > the weights' own > ImageNet default.
+
+    The ImageNet default is the standard evaluation transform: shorter side to 256, centre crop 224,
+    bilinear, ImageNet mean and std. ``crop=0`` (or ``"none"``) turns cropping off, which requires
+    ``resize`` to be ``(height, width)`` so that every image has the same size.
+    """
+    base = {
+        "resize": (256,),
+        "crop": (224, 224),
+        "mean": _IMAGENET_MEAN,
+        "std": _IMAGENET_STD,
+        "interpolation": "bilinear",
+    }
+    if weights_enum is not None:
+        t = weights_enum.transforms()
+        for attr, key in (("resize_size", "resize"), ("crop_size", "crop")):
+            if getattr(t, attr, None) is not None:
+                base[key] = tuple(getattr(t, attr))
+        if len(base["crop"]) == 1:
+            base["crop"] = base["crop"] * 2
+        base["mean"] = tuple(getattr(t, "mean", base["mean"]))
+        base["std"] = tuple(getattr(t, "std", base["std"]))
+        interp = getattr(t, "interpolation", None)
+        if interp is not None:
+            base["interpolation"] = getattr(interp, "value", str(interp))
+    if resize is not None:
+        base["resize"] = _pair(resize, "resize", allow_single=True)
+    if crop is not None:
+        base["crop"] = (
+            None if crop in (0, "none", "None") else _pair(crop, "crop", allow_single=False)
+        )
+    if mean is not None:
+        base["mean"] = _triple(mean, "mean")
+    if std is not None:
+        base["std"] = _triple(std, "std")
+        if any(s <= 0 for s in base["std"]):
+            raise ValueError(f"std={std!r}: values must be positive")
+    if interpolation is not None:
+        if interpolation not in _INTERPOLATIONS:
+            raise ValueError(
+                f"interpolation={interpolation!r}: choose one of {', '.join(_INTERPOLATIONS)}"
+            )
+        base["interpolation"] = interpolation
+    if base["crop"] is None and len(base["resize"]) != 2:
+        raise ValueError(
+            f"crop=None needs resize=(height, width) so all images share one size, not "
+            f"resize={base['resize'][0]!r}"
+        )
+    base["resize"] = tuple(base["resize"])
+    return Preprocessing(**base)
+
+
+# ----------------------------------------------------------------------------- resolution
+
+
+def resolve_spec(
+    model, weights=None, *, seed=0, resize=None, crop=None, mean=None, std=None, interpolation=None
+):
+    """Resolve names to a :class:`ModelSpec`, without loading any weights.
+
+    Parameters
+    ----------
+    model : str
+        A torchvision model name or ``"package.module:callable"``.
+    weights : str or path-like, optional
+        See the module docstring. ``None`` means ``"DEFAULT"`` for torchvision models.
+    seed : int
+        Seed of the random initialisation (``weights="none"``, or parameters a checkpoint lacks).
+    resize, crop, mean, std, interpolation : optional
+        Overrides of the weights' own preprocessing (see :func:`resolve_preprocessing`).
+
+    Examples
+    --------
+    >>> spec = resolve_spec("resnet18", "none")
+    >>> spec.weights_id, spec.preprocessing.crop
+    ('none:seed=0', (224, 224))
+    """
+    _check_model_name(model)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(f"seed={seed!r}: expected an int")
+    if weights is not None and not isinstance(weights, (str, os.PathLike)):
+        raise WeightsError(
+            f"weights={weights!r}: expected a weights name, 'none', or a checkpoint file path"
+        )
+    weights = os.fspath(weights) if weights is not None else None
+    enum = None
+    if weights is None:
+        if _is_callable_name(model):
+            weights_name, weights_id = "callable", None
+        else:
+            weights = "DEFAULT"
+    if weights is not None and weights.lower() == "none":
+        weights_name, weights_id = "none", f"none:seed={seed}"
+    elif weights is not None and _looks_like_path(weights):
+        path = os.path.abspath(weights)
+        if not os.path.isfile(path):
+            raise WeightsError(f"weights file not found: {weights}")
+        weights_name, weights_id = path, f"sha256:{file_sha256(path)}"
+    elif weights is not None:
+        enum = _parse_named_weights(model, weights)
+        weights_name = weights_id = f"{type(enum).__name__}.{enum.name}"
+    meta = _meta_model(model, weights_name if enum is not None else None)
+    if weights_id is None:
+        # The callable decides its own weights: identify them by content (exact, built once).
+        weights_id = f"state-sha256:{_built_state_id(model, seed)}"
+    pre = resolve_preprocessing(
+        enum, resize=resize, crop=crop, mean=mean, std=std, interpolation=interpolation
+    )
+    return ModelSpec(model, weights_name, weights_id, _arch_fingerprint(meta), seed, pre)
+
+
+@functools.lru_cache(maxsize=8)
+def _built_state_id(model, seed):
+    return _state_fingerprint(_construct(model, None, seed))
+
+
+def build_model(spec):
+    """The network of ``spec`` with its real weights, in eval mode, gradients off, on the CPU.
+
+    A checkpoint file is re-verified against the SHA-256 in the spec, so a file that changed since
+    the spec (or a saved pipeline) was made is refused rather than silently used.
+    """
+    enum = None
+    if spec.weights not in ("none", "callable") and not spec.weights_id.startswith("sha256:"):
+        enum = _parse_named_weights(spec.model, spec.weights)
+    net = _construct(spec.model, enum, spec.seed)
+    if enum is not None:
+        path = _fetch_named_weights(enum)
+        _load_state(net, _read_checkpoint(path), path)
+    elif spec.weights_id.startswith("sha256:"):
+        if not os.path.isfile(spec.weights):
+            raise WeightsError(f"weights file not found: {spec.weights}")
+        actual = file_sha256(spec.weights)
+        if f"sha256:{actual}" != spec.weights_id:
+            raise WeightsError(
+                f"{spec.weights} changed: its SHA-256 is now {actual}, but these codes were "
+                f"configured with {spec.weights_id[7:]}; refit, or restore the original file"
+            )
+        _load_state(net, _read_checkpoint(spec.weights), spec.weights)
+    elif spec.weights_id.startswith("state-sha256:"):
+        if f"state-sha256:{_state_fingerprint(net)}" != spec.weights_id:
+            raise WeightsError(
+                f"{spec.model} now builds different weights than when this configuration was made"
+            )
+    net.requires_grad_(False)
+    return net.eval()
+
+
+# ----------------------------------------------------------------------------- layers
+
+
+def _node_names(net):
+    """Graph-node names of the eval-mode graph, or ``None`` where the model cannot be traced.
+
+    Besides the leaf nodes, a submodule's name (``"layer3"``, ``"features.7"``) names its output;
+    it is listed right after its last node.
+    """
+    try:
+        nodes = feature_extraction.get_graph_node_names(net)[1]
+    except Exception:  # FX raises many kinds of errors on untraceable Python control flow
+        return None
+    modules = [m for m in _module_names(net) if m not in set(nodes)]
+    out = []
+    for i, node in enumerate(nodes):
+        out.append(node)
+        following = nodes[i + 1] if i + 1 < len(nodes) else ""
+        closing = [
+            m for m in modules if node.startswith(m + ".") and not following.startswith(m + ".")
+        ]
+        out.extend(sorted(closing, key=len, reverse=True))
+    return out
+
+
+def _module_names(net):
+    return [name for name, _ in net.named_modules() if name]
+
+
+def _penultimate(net, nodes):
+    """The input node of the model's last ``nn.Linear``: the classic "CNN codes" layer."""
+    modules = dict(net.named_modules())
+    last = None
+    if nodes is not None:
+        for name in nodes:
+            if isinstance(modules.get(name), nn.Linear):
+                last = name
+        if last is not None:
+            return nodes[nodes.index(last) - 1]
+    linear = [name for name, m in modules.items() if isinstance(m, nn.Linear)]
+    names = _module_names(net)
+    if linear:
+        idx = names.index(linear[-1])
+        if idx > 0:
+            return names[idx - 1]
+    raise LayerError(
+        "layer='penultimate' needs a model that ends in an nn.Linear; name a layer instead "
+        "(see cnncodes.list_layers or `cnncodes layers MODEL`)"
+    )
+
+
+def _traceable(spec_or_net):
+    net = spec_or_net
+    if isinstance(spec_or_net, ModelSpec):
+        net = _meta_for_spec(spec_or_net)
+    return net
+
+
+def _meta_for_spec(spec):
+    named = spec.weights if spec.weights not in ("none", "callable") else None
+    if named is not None and spec.weights_id.startswith("sha256:"):
+        named = None
+    return _meta_model(spec.model, named)
+
+
+def resolve_layers(spec, layers):
+    """Validate layer names against the model's graph; expand ``"penultimate"``.
+
+    Raises :class:`LayerError` naming the closest valid names for an unknown layer.
+    """
+    if isinstance(layers, str):
+        layers = [layers]
+    layers = list(layers)
+    if not layers:
+        raise LayerError("layer: give at least one layer name")
+    net = _traceable(spec)
+    nodes = _node_names(net)
+    valid = nodes if nodes is not None else _module_names(net)
+    out = []
+    for layer in layers:
+        if not isinstance(layer, str) or not layer:
+            raise LayerError(f"layer={layer!r}: expected a graph-node name such as 'layer4'")
+        if layer == PENULTIMATE:
+            layer = _penultimate(net, nodes)
+        elif layer not in valid:
+            close = difflib.get_close_matches(layer, valid, n=6, cutoff=0.4)
+            hint = f" Closest: {', '.join(close)}." if close else ""
+            model = spec.model if isinstance(spec, ModelSpec) else type(net).__name__
+            raise LayerError(
+                f"layer={layer!r} is not a node of {model}.{hint} "
+                f"List them with cnncodes.list_layers({model!r}) or `cnncodes layers {model}`."
+            )
+        if layer not in out:
+            out.append(layer)
+    return out
+
+
+class _Stop(Exception):
+    """Raised by a forward hook to skip the layers after the deepest requested one."""
+
+
+class _HookExtractor(nn.Module):
+    """Fallback for models FX cannot trace: forward hooks on named submodules, stopping early."""
+
+    def __init__(self, net, layers):
+        super().__init__()
+        self.net = net
+        self.layers = list(layers)
+        self._modules_by_name = dict(net.named_modules())
+        order = _module_names(net)
+        self._last = max(self.layers, key=order.index)
+
+    def forward(self, x):
+        out = {}
+        handles = []
+
+        def hook_for(name):
+            def hook(_module, _inputs, output):
+                out[name] = output
+                if len(out) == len(self.layers):
+                    raise _Stop
+
+            return hook
+
+        for name in self.layers:
+            handles.append(self._modules_by_name[name].register_forward_hook(hook_for(name)))
+        try:
+            self.net(x)
+        except _Stop:
+            pass
+        finally:
+            for h in handles:
+                h.remove()
+        missing = [name for name in self.layers if name not in out]
+        if missing:
+            raise LayerError(f"layers {missing} were not reached by the forward pass")
+        return out
+
+
+def build_extractor(net, layers):
+    """A module returning ``{layer: activation}``; the graph is cut after the deepest layer."""
+    layers = list(layers)
+    if _node_names(net) is not None:
+        return feature_extraction.create_feature_extractor(net, return_nodes=layers).eval()
+    return _HookExtractor(net, layers).eval()
+
+
+def _check_output(name, out):
+    if not isinstance(out, torch.Tensor) or not out.is_floating_point():
+        kind = type(out).__name__ if not isinstance(out, torch.Tensor) else f"{out.dtype} tensor"
+        raise LayerError(
+            f"layer={name!r} outputs a {kind}, not a float tensor; choose another layer"
+        )
+    return out
+
+
+def layer_shapes(spec, layers):
+    """Output shape (without batch) of each layer, computed on the meta device (no real compute)."""
+    net = _meta_for_spec(spec)
+    extractor = build_extractor(net, layers)
+    h, w = spec.preprocessing.input_size
+    with torch.no_grad():
+        outputs = extractor(torch.empty(1, 3, h, w, device="meta"))
+    return {name: tuple(_check_output(name, outputs[name]).shape[1:]) for name in layers}
+
+
+def list_layers(model, weights=None, **kwargs):
+    """Every layer of a model with its output shape and code size under each pooling.
+
+    Parameters
+    ----------
+    model : str or ModelSpec
+        A model name (resolved with ``weights`` and ``kwargs`` as in :func:`resolve_spec`).
+
+    Returns
+    -------
+    list of LayerInfo
+        In graph order. Nodes whose output is not a float tensor are left out.
+
+    Examples
+    --------
+    >>> [layer.name for layer in list_layers("resnet18", "none")][-3:]
+    ['avgpool', 'flatten', 'fc']
+    """
+    spec = model if isinstance(model, ModelSpec) else resolve_spec(model, weights, **kwargs)
+    net = _meta_for_spec(spec)
+    nodes = _node_names(net)
+    names = nodes if nodes is not None else _module_names(net)
+    extractor = build_extractor(net, names)
+    h, w = spec.preprocessing.input_size
+    with torch.no_grad():
+        outputs = extractor(torch.empty(1, 3, h, w, device="meta"))
+    infos = []
+    for name in names:
+        out = outputs.get(name)
+        if not isinstance(out, torch.Tensor) or not out.is_floating_point() or out.ndim < 2:
+            continue
+        shape = tuple(out.shape[1:])
+        sizes = {}
+        for pooling in POOLINGS:
+            try:
+                sizes[pooling] = code_size(shape, pooling)
+            except ValueError:
+                sizes[pooling] = None
+        infos.append(LayerInfo(name, shape, sizes))
+    return infos
