@@ -726,12 +726,37 @@ class _HookExtractor(nn.Module):
         return out
 
 
+class _GraphExtractor(nn.Module):
+    """A torchvision feature extractor that also answers to submodule names (``"layer3"``).
+
+    FX returns one output per graph node, so a submodule's name is mapped to its last node.
+    """
+
+    def __init__(self, net, layers, leaves):
+        super().__init__()
+        self.alias = {}
+        for name in layers:
+            if name in leaves:
+                self.alias[name] = name
+            else:
+                inside = [n for n in leaves if n.startswith(name + ".")]
+                self.alias[name] = inside[-1] if inside else name
+        nodes = list(dict.fromkeys(self.alias.values()))
+        self.graph = feature_extraction.create_feature_extractor(net, return_nodes=nodes)
+
+    def forward(self, x):
+        out = self.graph(x)
+        return {name: out[node] for name, node in self.alias.items()}
+
+
 def build_extractor(net, layers):
     """A module returning ``{layer: activation}``; the graph is cut after the deepest layer."""
     layers = list(layers)
-    if _node_names(net) is not None:
-        return feature_extraction.create_feature_extractor(net, return_nodes=layers).eval()
-    return _HookExtractor(net, layers).eval()
+    try:
+        leaves = feature_extraction.get_graph_node_names(net)[1]
+    except Exception:  # not traceable by FX: fall back to forward hooks
+        return _HookExtractor(net, layers).eval()
+    return _GraphExtractor(net, layers, leaves).eval()
 
 
 def _check_output(name, out):

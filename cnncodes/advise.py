@@ -1,0 +1,240 @@
+"""Which of the four transfer-learning scenarios a dataset is in, and which recipe to run.
+
+The scenarios (CS231n, "Transfer Learning"; ``FIELD.md``):
+
+1. small dataset, similar to the pretraining data: a linear classifier on top-layer codes;
+2. large, similar: fine-tune the whole network;
+3. small, different: a linear classifier or SVM on codes from earlier layers;
+4. large, different: fine-tune from the pretrained weights.
+
+"Small" is judged from the images per class. "Similar" is measured, on a stratified subsample:
+the cross-validated accuracy of a linear classifier on top-layer codes against the same on codes
+of an earlier layer (when the top layer is no better, its ImageNet-specific features do not fit
+the data), and, where the network still has its pretrained classifier, how confident that
+classifier is on these images (the mean of its top softmax probability).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from .extract import extract_codes
+from .models import list_layers, resolve_layers, resolve_spec
+
+__all__ = ["Advice", "advise", "SMALL_PER_CLASS"]
+
+SMALL_PER_CLASS = 1000
+_RECIPES = {1: "linear_probe", 2: None, 3: "layer_sweep_svm", 4: None}
+
+
+@dataclass
+class Advice:
+    """A recommendation: the scenario, the recipe, the command, and the evidence behind them."""
+
+    scenario: int
+    recipe: str | None
+    command: str
+    reasons: list = field(default_factory=list)
+    n_images: int = 0
+    n_classes: int = 0
+    min_per_class: int = 0
+    median_per_class: float = 0.0
+    small: bool = True
+    similar: bool = True
+    top_layer: str = ""
+    early_layer: str = ""
+    top_score: float | None = None
+    early_score: float | None = None
+    confidence: float | None = None
+
+    def to_dict(self):
+        """JSON-ready form."""
+        return asdict(self)
+
+
+def _early_layer(spec, top):
+    """A block about two thirds of the way through the network, with a spatial (or token) output.
+
+    Blocks are the layers at the shallowest naming depth that has several spatial layers
+    (``layer1``..``layer4`` in a ResNet, ``features.0``..``features.18`` in a MobileNet).
+    """
+    infos = list_layers(spec)
+    position = {info.name: i / max(1, len(infos) - 1) for i, info in enumerate(infos)}
+    spatial = [i.name for i in infos if len(i.shape) in (2, 3) and i.shape[1] > 1 and i.name != top]
+    if not spatial:
+        return None
+    for depth in range(0, 4):
+        blocks = [n for n in spatial if n.count(".") == depth]
+        if len(blocks) >= 4:
+            break
+    else:
+        blocks = spatial
+    return min(blocks, key=lambda n: abs(position[n] - 2 / 3))
+
+
+def _subsample(labels, per_class, seed):
+    rng = np.random.default_rng(seed)
+    labels = np.asarray(labels)
+    keep = []
+    for label in np.unique(labels):
+        idx = np.flatnonzero(labels == label)
+        keep.extend(rng.permutation(idx)[:per_class].tolist())
+    return np.sort(np.array(keep, dtype=int))
+
+
+def _cv_score(codes, labels, seed):
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    _, counts = np.unique(labels, return_counts=True)
+    folds = int(min(5, counts.min()))
+    if folds < 2:
+        return None
+    clf = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=1000))
+    cv = StratifiedKFold(folds, shuffle=True, random_state=seed)
+    return float(cross_val_score(clf, codes, labels, cv=cv).mean())
+
+
+def _head_layer(spec):
+    """The model's final output node (its pretrained classifier), if it ends in a Linear layer."""
+    infos = list_layers(spec)
+    if infos and len(infos[-1].shape) == 1:
+        return infos[-1].name
+    return None
+
+
+def advise(
+    paths,
+    labels,
+    *,
+    model="resnet50",
+    weights=None,
+    per_class=20,
+    seed=0,
+    data_label="DATA",
+    **extract_kwargs,
+):
+    """Recommend a scenario and a recipe for a labelled image dataset.
+
+    Parameters
+    ----------
+    paths, labels : sequences
+        The images and their class labels.
+    model, weights : str
+        The pretrained network to judge similarity against (see :func:`cnncodes.resolve_spec`).
+    per_class : int
+        Images per class used for the similarity measurement (a stratified subsample).
+    data_label : str
+        How the data is named in the suggested command line.
+    **extract_kwargs
+        Passed to :func:`cnncodes.extract_codes` (cache_dir, batch_size, device, ...).
+
+    Returns
+    -------
+    Advice
+
+    Examples
+    --------
+    >>> advice = advise(paths, labels, model="mobilenet_v2", weights="mnv2.pth")  # doctest: +SKIP
+    >>> advice.scenario, advice.recipe  # doctest: +SKIP
+    (1, 'linear_probe')
+    """
+    labels = np.asarray(labels)
+    if len(paths) != len(labels):
+        raise ValueError(f"{len(paths)} images but {len(labels)} labels")
+    classes, counts = np.unique(labels, return_counts=True)
+    if len(classes) < 2:
+        raise ValueError("advise needs labelled images of at least two classes")
+    spec = resolve_spec(model, weights, seed=seed)
+    top = resolve_layers(spec, "penultimate")[0]
+    early = _early_layer(spec, top)
+    advice = Advice(
+        scenario=0,
+        recipe=None,
+        command="",
+        n_images=len(paths),
+        n_classes=len(classes),
+        min_per_class=int(counts.min()),
+        median_per_class=float(np.median(counts)),
+        top_layer=top,
+        early_layer=early or "",
+    )
+    advice.small = advice.median_per_class < SMALL_PER_CLASS
+    size_word = "small" if advice.small else "large"
+    advice.reasons.append(
+        f"{advice.n_images} images in {advice.n_classes} classes, median "
+        f"{advice.median_per_class:g} per class (fewest {advice.min_per_class}): {size_word} "
+        f"(threshold {SMALL_PER_CLASS} per class)."
+    )
+
+    keep = _subsample(labels, per_class, seed)
+    sub_paths = [paths[i] for i in keep]
+    sub_labels = labels[keep]
+    layers = [top] + ([early] if early else [])
+    head = _head_layer(spec)
+    if head and head not in layers and spec.weights != "none":
+        layers.append(head)
+    result = extract_codes(sub_paths, spec, layers, "avg", on_error="skip", **extract_kwargs)
+    y = sub_labels[result.kept]
+    advice.top_score = _cv_score(result.codes[top], y, seed)
+    if early:
+        advice.early_score = _cv_score(result.codes[early], y, seed)
+    if head in result.codes:
+        logits = result.codes[head].astype(np.float64)
+        logits -= logits.max(1, keepdims=True)
+        probs = np.exp(logits)
+        probs /= probs.sum(1, keepdims=True)
+        advice.confidence = float(probs.max(1).mean())
+
+    votes = []
+    if advice.top_score is not None and advice.early_score is not None:
+        margin = advice.top_score - advice.early_score
+        votes.append(margin > -0.02)
+        advice.reasons.append(
+            f"Cross-validated accuracy on {len(y)} images: top layer {top!r} "
+            f"{advice.top_score:.2f}, earlier layer {early!r} {advice.early_score:.2f} "
+            f"({'top layer at least as good: similar' if votes[-1] else 'earlier layer better: different'})."
+        )
+    if advice.confidence is not None:
+        n_out = result.codes[head].shape[1]
+        # Confident pretrained predictions mean the images look like the pretraining classes.
+        threshold = max(0.3, 5.0 / n_out)
+        votes.append(advice.confidence >= threshold)
+        advice.reasons.append(
+            f"The pretrained classifier's mean top probability is {advice.confidence:.2f} over "
+            f"{n_out} classes ({'confident: similar' if votes[-1] else 'unsure: different'})."
+        )
+    if spec.weights == "none" or spec.weights_id.startswith("none:"):
+        advice.reasons.append(
+            "The network is untrained ('none' weights): similarity is not meaningful."
+        )
+        votes = [False]
+    # A tie counts as different: the layer sweep of scenario 3 also tries the top layer.
+    advice.similar = bool(votes) and sum(votes) * 2 > len(votes)
+
+    advice.scenario = {(True, True): 1, (False, True): 2, (True, False): 3, (False, False): 4}[
+        (advice.small, advice.similar)
+    ]
+    advice.recipe = _RECIPES[advice.scenario]
+    weights_opt = f" --weights {weights}" if weights else ""
+    if advice.recipe:
+        advice.command = (
+            f"cnncodes fit {data_label} --pipeline {advice.recipe} --model {model}{weights_opt}"
+        )
+        if advice.scenario == 3 and early:
+            advice.command += f" --layer {early} --layer {top}"
+    else:
+        advice.command = (
+            f"cnncodes fit {data_label} --pipeline "
+            f"{'linear_probe' if advice.similar else 'layer_sweep_svm'} --model {model}{weights_opt}"
+        )
+        advice.reasons.append(
+            "With this much data, fine-tuning the whole network (from the pretrained weights) "
+            "should beat any fixed codes; cnncodes does not fine-tune, so the command below is the "
+            "strongest fixed-code baseline to compare a fine-tuned model against."
+        )
+    return advice
