@@ -1,0 +1,190 @@
+"""Scenario 3 (small dataset, very different from the pretraining data): sweep the layers.
+
+Codes from several depths, early to top, x pooling -> L2 normalisation -> ``SVC`` with a linear
+and an RBF kernel, ``C`` (and ``gamma``) swept. On data far from ImageNet the top layer is too
+specialised to the source task; features from earlier in the network transfer better (CS231n's
+scenario 3; Razavian et al. 2014 and Head2Toe found the best depth depends on the task), so the
+layer is a hyperparameter chosen by cross-validation like ``C``. Which depths exist depends on the
+model: pass ``layers=[...]`` (see ``cnncodes.list_layers``), or let :func:`default_layers` pick the
+stage outputs of common torchvision families. :func:`layer_table` reports the best score of every
+layer and the best layer.
+
+The search runs the network once per image, layer and pooling (the cache serves every other fold
+and candidate); a layer that only differs in ``C`` or the kernel costs no extraction at all.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import Normalizer
+from sklearn.svm import SVC
+
+from ._common import codes_step, grid_values, split_options
+
+__all__ = ["build", "default_layers", "layer_table", "DEFAULT_CS", "DEFAULT_GAMMAS"]
+
+DEFAULT_CS = np.logspace(-2, 4, 7)
+#: For L2-normalised codes squared distances lie in [0, 4]; "scale" is 1 / (n_features * var).
+DEFAULT_GAMMAS = ("scale", 0.1, 1.0, 10.0)
+DEFAULT_POOLINGS = ("avg", "max")
+
+# Stage outputs (strides 4, 8, 16, 32) of torchvision families, early to top.
+_STAGES = (
+    (r"(resnet|resnext|wide_resnet)\d", ["layer1", "layer2", "layer3", "layer4"]),
+    (r"mobilenet_v2$", ["features.3", "features.6", "features.13", "features.18"]),
+    (r"mobilenet_v3_large$", ["features.3", "features.6", "features.12", "features.16"]),
+    (r"mobilenet_v3_small$", ["features.1", "features.3", "features.8", "features.12"]),
+    (r"efficientnet_b\d$", ["features.2", "features.3", "features.5", "features.8"]),
+    (r"convnext_", ["features.1", "features.3", "features.5", "features.7"]),
+    (
+        r"densenet\d",
+        ["features.transition1", "features.transition2", "features.transition3", "features.norm5"],
+    ),
+)
+
+
+def default_layers(model):
+    """Stage outputs, early to top, of a torchvision model family.
+
+    Raises
+    ------
+    ValueError
+        For other models: name the layers yourself (``layers=[...]``).
+
+    Examples
+    --------
+    >>> default_layers("resnet50")
+    ['layer1', 'layer2', 'layer3', 'layer4']
+    """
+    for pattern, layers in _STAGES:
+        if isinstance(model, str) and re.match(pattern, model):
+            return list(layers)
+    raise ValueError(
+        f"layer_sweep_svm has no default layers for model={model!r}: pass layers=[...] "
+        f"(early to top; list them with cnncodes.list_layers({model!r}) or "
+        f"`cnncodes layers {model}`)"
+    )
+
+
+def build(**overrides):
+    """The layer-sweep pipeline and its grid.
+
+    Parameters
+    ----------
+    **overrides
+        CNNCodes parameters (``model``, ``weights``, ``cache_dir``, ...) and the recipe options
+
+        - ``layers``: the depths to sweep, early to top (default :func:`default_layers`); an
+          entry may itself be a list (multi-layer codes);
+        - ``poolings``: default ``("avg", "max")``;
+        - ``Cs``: ``clf__C`` (default :data:`DEFAULT_CS`);
+        - ``gammas``: ``clf__gamma`` of the RBF kernel (default :data:`DEFAULT_GAMMAS`);
+        - ``kernels``: default ``("linear", "rbf")``.
+
+    Returns
+    -------
+    pipeline : Pipeline
+        Steps ``cnncodes``, ``l2``, ``clf``.
+    param_grid : list of dict
+        One grid per kernel, each over ``cnncodes__layer`` x ``cnncodes__pooling``.
+
+    Examples
+    --------
+    >>> pipe, grid = build(model="resnet18", weights="none", poolings=["avg"], kernels=["linear"])
+    >>> grid[0]["cnncodes__layer"]
+    ['layer1', 'layer2', 'layer3', 'layer4']
+    """
+    codes, options = split_options(
+        "layer_sweep_svm", overrides, ("layers", "poolings", "Cs", "gammas", "kernels")
+    )
+    model = codes.get("model", "resnet50")
+    layers = options.get("layers")
+    layers = default_layers(model) if layers is None else grid_values("layers", layers)
+    codes.setdefault("layer", layers[-1])
+    poolings = grid_values("poolings", options.get("poolings", DEFAULT_POOLINGS))
+    cs = grid_values("Cs", options.get("Cs", DEFAULT_CS))
+    kernels = grid_values("kernels", options.get("kernels", ("linear", "rbf")))
+    pipe = Pipeline(
+        [
+            ("cnncodes", codes_step(**codes)),
+            ("l2", Normalizer(norm="l2")),
+            ("clf", SVC()),
+        ]
+    )
+    grid = []
+    for kernel in kernels:
+        part = {
+            "cnncodes__layer": layers,
+            "cnncodes__pooling": poolings,
+            "clf__kernel": [kernel],
+            "clf__C": cs,
+        }
+        if kernel in ("rbf", "poly", "sigmoid"):
+            part["clf__gamma"] = grid_values("gammas", options.get("gammas", DEFAULT_GAMMAS))
+        grid.append(part)
+    return pipe, grid
+
+
+def _label(layer):
+    return layer if isinstance(layer, str) else "+".join(map(str, layer))
+
+
+def layer_table(search, param="cnncodes__layer"):
+    """The best cross-validated score of every swept layer, and which layer won.
+
+    Parameters
+    ----------
+    search : fitted GridSearchCV (or any search with ``cv_results_`` and ``best_params_``)
+    param : str, default="cnncodes__layer"
+        The grid parameter holding the layer.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per layer, in sweep order: ``layer``, ``mean_test_score``, ``std_test_score``
+        (of that layer's best candidate), ``params`` (that candidate's other parameters) and
+        ``best`` (True for the layer of ``search.best_params_``).
+
+    Examples
+    --------
+    >>> search.fit(paths, labels)  # doctest: +SKIP
+    >>> print(layer_table(search).to_string(index=False))  # doctest: +SKIP
+    """
+    import pandas as pd
+
+    results = getattr(search, "cv_results_", None)
+    if results is None:
+        raise ValueError("layer_table needs a fitted search (it has no cv_results_)")
+    column = f"param_{param}"
+    if column not in results:
+        swept = [k[len("param_") :] for k in results if k.startswith("param_")]
+        raise ValueError(
+            f"the search did not sweep {param!r}; it swept {', '.join(swept) or 'nothing'}"
+        )
+    rows = {}
+    for i, params in enumerate(results["params"]):
+        if param not in params:
+            continue
+        label = _label(params[param])
+        score = results["mean_test_score"][i]
+        row = rows.get(label)
+        better = row is None or (
+            np.isfinite(score)
+            and (not np.isfinite(row["mean_test_score"]) or score > row["mean_test_score"])
+        )
+        if better:
+            rows[label] = {
+                "layer": label,
+                "mean_test_score": float(score),
+                "std_test_score": float(results["std_test_score"][i]),
+                "params": {k: v for k, v in params.items() if k != param},
+            }
+    best = _label(search.best_params_[param]) if param in search.best_params_ else None
+    table = pd.DataFrame(
+        list(rows.values()), columns=["layer", "mean_test_score", "std_test_score", "params"]
+    )
+    table["best"] = table["layer"] == best
+    return table

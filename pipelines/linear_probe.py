@@ -1,0 +1,56 @@
+"""Scenario 1 (small dataset, similar to the pretraining data): the linear probe.
+
+Top-layer codes -> StandardScaler -> L2-regularised multinomial logistic regression (L-BFGS,
+``max_iter=1000``), with the inverse regularisation strength ``C`` swept over twelve decades.
+This is the protocol the field uses to measure "a linear classifier on CNN codes" (CLIP,
+Kornblith et al. 2019; see FIELD.md): the best ``C`` for the same features spans more than five
+orders of magnitude across datasets, so the sweep is the method, not a detail.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
+
+from ._common import codes_step, grid_values, split_options
+
+__all__ = ["build", "DEFAULT_CS"]
+
+#: One value per decade over [1e-6, 1e6]; pass ``Cs=np.logspace(-6, 6, 97)`` for a finer sweep.
+DEFAULT_CS = np.logspace(-6, 6, 13)
+
+
+def build(**overrides):
+    """The linear-probe pipeline and its grid.
+
+    Parameters
+    ----------
+    **overrides
+        CNNCodes parameters (``model``, ``weights``, ``layer`` (default ``"penultimate"``),
+        ``pooling``, ``cache_dir``, ...) and the recipe option ``Cs`` (values of
+        ``clf__C``; default :data:`DEFAULT_CS`).
+
+    Returns
+    -------
+    pipeline : Pipeline
+        Steps ``cnncodes``, ``scale``, ``clf``.
+    param_grid : dict
+        ``{"clf__C": Cs}``.
+
+    Examples
+    --------
+    >>> pipe, grid = build(model="resnet18", weights="none", Cs=[0.1, 1, 10])
+    >>> grid
+    {'clf__C': [0.1, 1, 10]}
+    """
+    codes, options = split_options("linear_probe", overrides, ("Cs",))
+    pipe = Pipeline(
+        [
+            ("cnncodes", codes_step(**codes)),
+            ("scale", StandardScaler()),
+            ("clf", LogisticRegression(solver="lbfgs", max_iter=1000)),
+        ]
+    )
+    return pipe, {"clf__C": grid_values("Cs", options.get("Cs", DEFAULT_CS))}

@@ -1,0 +1,54 @@
+"""Larger labelled sets (thousands of images and up): a linear model trained by SGD.
+
+Codes -> StandardScaler -> ``SGDClassifier`` (hinge loss, i.e. a linear SVM; ``loss="log_loss"``
+for probabilities), with the L2 strength ``alpha`` swept over seven decades. With many images,
+L-BFGS and SVC fits grow slow, while SGD is linear in the number of images. This is the linear
+option of scenarios 1 and 3 at scale; for large sets the field's stronger choice is fine-tuning
+(scenarios 2 and 4), which is outside cnncodes, and these codes remain its baseline.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.linear_model import SGDClassifier
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
+
+from ._common import codes_step, grid_values, split_options
+
+__all__ = ["build", "DEFAULT_ALPHAS"]
+
+DEFAULT_ALPHAS = np.logspace(-7, 0, 8)
+
+
+def build(**overrides):
+    """The SGD pipeline and its grid.
+
+    Parameters
+    ----------
+    **overrides
+        CNNCodes parameters and the recipe options ``alphas`` (``clf__alpha``, default
+        :data:`DEFAULT_ALPHAS`), ``loss`` (default ``"hinge"``) and ``random_state`` (default 0).
+
+    Returns
+    -------
+    pipeline : Pipeline
+        Steps ``cnncodes``, ``scale``, ``clf``.
+    param_grid : dict
+
+    Examples
+    --------
+    >>> pipe, grid = build(model="resnet18", weights="none", loss="log_loss")
+    >>> pipe.named_steps["clf"].loss, len(grid["clf__alpha"])
+    ('log_loss', 8)
+    """
+    codes, options = split_options("sgd", overrides, ("alphas", "loss", "random_state"))
+    clf = SGDClassifier(
+        loss=options.get("loss", "hinge"),
+        penalty="l2",
+        max_iter=2000,
+        tol=1e-4,
+        random_state=options.get("random_state", 0),
+    )
+    pipe = Pipeline([("cnncodes", codes_step(**codes)), ("scale", StandardScaler()), ("clf", clf)])
+    return pipe, {"clf__alpha": grid_values("alphas", options.get("alphas", DEFAULT_ALPHAS))}

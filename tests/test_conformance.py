@@ -1,0 +1,240 @@
+"""scikit-learn conformance of the project's estimators.
+
+Numeric steps run the full ``parametrize_with_checks`` suite. ``CNNCodes`` takes file paths, so
+its tags honestly say "not a 2-D array" and ``check_estimator`` cannot exercise it (RELIABILITY.md):
+it runs the data-independent checks directly, and the data-dependent ones ported to image
+fixtures below.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import pickle
+import pickletools
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+from sklearn.base import clone
+from sklearn.exceptions import NotFittedError
+from sklearn.utils import estimator_checks
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+from cnncodes.transformers import CNNCodes, SignedPower
+
+
+@parametrize_with_checks([SignedPower(), SignedPower(alpha=2.0)])
+def test_numeric_steps(estimator, check):
+    check(estimator)
+
+
+def test_signed_power_values_and_errors():
+    X = np.array([[4.0, -9.0, 0.0]])
+    np.testing.assert_allclose(SignedPower(alpha=0.5).fit_transform(X), [[2.0, -3.0, 0.0]])
+    np.testing.assert_array_equal(SignedPower(alpha=1.0).fit_transform(X), X)
+    for alpha in (0, -1.0, float("nan"), "half", True):
+        with pytest.raises(ValueError, match=r"alpha=.*expected a float > 0"):
+            SignedPower(alpha=alpha).fit(X)
+
+
+# -------------------------------------------------------------------------------- fixtures
+
+
+def _extractor(cache_dir, **params):
+    return CNNCodes(
+        model="cnncodes.demo_data:digits_net",
+        weights="none",
+        layer=["features.7", "penultimate"],
+        resize=32,
+        crop=32,
+        cache_dir=cache_dir,
+        num_workers=0,
+        **params,
+    )
+
+
+@pytest.fixture
+def extractor(tmp_path):
+    return _extractor(str(tmp_path / "cache"))
+
+
+@pytest.fixture
+def paths(tmp_path):
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "img"
+    folder.mkdir()
+    out = []
+    for i in range(9):
+        size = (20 + 3 * i, 30 - i)
+        path = folder / f"{i}.{'png' if i % 2 else 'jpg'}"
+        Image.fromarray(rng.integers(0, 255, (*size, 3), dtype=np.uint8)).save(path)
+        out.append(str(path))
+    return out
+
+
+# -------------------------------------------------------------------------------- data-independent
+
+DATA_INDEPENDENT = [
+    "check_no_attributes_set_in_init",
+    "check_parameters_default_constructible",
+    "check_get_params_invariance",
+    "check_set_params",
+    "check_estimator_repr",
+    "check_estimator_cloneable",
+    "check_do_not_raise_errors_in_init_or_set_params",
+    "check_valid_tag_types",
+    "check_mixin_order",
+    "check_estimator_tags_renamed",
+    "check_transformers_unfitted",
+    "check_estimators_unfitted",
+    "check_get_feature_names_out_error",
+]
+
+
+@pytest.mark.parametrize("name", DATA_INDEPENDENT)
+@pytest.mark.parametrize(
+    "params",
+    [
+        {},
+        {"model": "resnet18", "weights": "none", "layer": ["layer3", "layer4"], "cache_dir": None},
+    ],
+    ids=["defaults", "configured"],
+)
+def test_data_independent_checks(name, params):
+    getattr(estimator_checks, name)("CNNCodes", CNNCodes(**params))
+
+
+def test_tags_say_paths_not_arrays():
+    tags = CNNCodes().__sklearn_tags__()
+    assert tags.input_tags.two_d_array is False
+    assert tags.input_tags.string is True
+    assert tags.requires_fit is True and tags.non_deterministic is False
+    assert tags.transformer_tags.preserves_dtype == []
+    # check_estimator honestly cannot test an estimator that takes paths, and says so.
+    with pytest.warns(UserWarning, match="Can't test estimator CNNCodes"):
+        estimator_checks.check_estimator(CNNCodes(), on_fail=None)
+
+
+# -------------------------------------------------------------------------------- ported checks
+
+
+def test_fit_returns_self(extractor, paths):
+    assert extractor.fit(paths) is extractor
+
+
+def test_output_is_float32_of_shape_n_by_n_features_out(extractor, paths):
+    out = extractor.fit(paths).transform(paths)
+    assert out.dtype == np.float32
+    assert out.shape == (len(paths), extractor.n_features_out_) == (9, 32 + 64)
+    assert np.isfinite(out).all()
+
+
+def test_transform_is_idempotent_and_fit_transform_agrees(extractor, paths):
+    a = extractor.fit_transform(paths)
+    np.testing.assert_array_equal(extractor.transform(paths), a)
+    np.testing.assert_array_equal(extractor.transform(paths), a)
+
+
+def test_invariant_to_batch_split_and_batch_size(tmp_path, paths):
+    whole = _extractor(None, batch_size=32).fit(paths).transform(paths)
+    one = _extractor(None, batch_size=1).fit(paths).transform(paths)
+    np.testing.assert_allclose(one, whole, rtol=1e-5, atol=1e-6)
+    est = _extractor(None).fit(paths)
+    halves = np.vstack([est.transform(paths[:4]), est.transform(paths[4:])])
+    np.testing.assert_allclose(halves, whole, rtol=1e-5, atol=1e-6)
+
+
+def test_invariant_to_sample_order(extractor, paths):
+    out = extractor.fit(paths).transform(paths)
+    order = np.random.default_rng(1).permutation(len(paths))
+    np.testing.assert_array_equal(extractor.transform([paths[i] for i in order]), out[order])
+
+
+def test_methods_subset_invariance(extractor, paths):
+    out = extractor.fit(paths).transform(paths)
+    for i, path in enumerate(paths):
+        np.testing.assert_array_equal(extractor.transform([path])[0], out[i])
+
+
+def test_clone_and_pickle_round_trips_give_equal_output(extractor, paths):
+    out = extractor.fit(paths).transform(paths)
+    np.testing.assert_array_equal(clone(extractor).fit(paths).transform(paths), out)
+    restored = pickle.loads(pickle.dumps(extractor))
+    np.testing.assert_array_equal(restored.transform(paths), out)
+    assert restored.spec_ == extractor.spec_
+    cloned = clone(extractor)
+    assert not hasattr(cloned, "spec_") and cloned.get_params() == extractor.get_params()
+
+
+def test_pickle_is_small_and_holds_no_tensor(extractor, paths):
+    extractor.fit(paths).transform(paths)
+    for est in (extractor, CNNCodes("resnet50", weights="none", layer="layer4").fit(paths)):
+        data = pickle.dumps(est)
+        assert len(data) < 20_000, len(data)
+        modules = {
+            arg.split(" ")[0]
+            for op, arg, _ in pickletools.genops(data)
+            if op.name in ("GLOBAL", "STACK_GLOBAL") and isinstance(arg, str)
+        }
+        strings = {arg for op, arg, _ in pickletools.genops(data) if isinstance(arg, str)}
+        assert not any(s.startswith("torch") for s in modules | strings)
+
+
+@pytest.mark.parametrize("kind", ["list", "array", "frame"])
+def test_input_is_not_mutated(extractor, paths, kind):
+    X = {
+        "list": list(paths),
+        "array": np.array(paths, dtype=object),
+        "frame": pd.DataFrame({"path": paths}),
+    }[kind]
+    before = copy.deepcopy(X)
+    extractor.fit(X).transform(X)
+    extractor.fit_transform(X)
+    if kind == "frame":
+        pd.testing.assert_frame_equal(X, before)
+    else:
+        assert list(X) == list(before)
+
+
+def test_get_feature_names_out(extractor, paths):
+    with pytest.raises(NotFittedError):
+        extractor.get_feature_names_out()
+    names = extractor.fit(paths).get_feature_names_out()
+    assert names.dtype == object and len(names) == extractor.n_features_out_
+    assert len(set(names)) == len(names)
+    assert names[0] == "features.7__avg0" and names[-1] == "flatten__avg63"
+
+
+def test_set_output_pandas(extractor, paths):
+    out = extractor.set_output(transform="pandas").fit(paths).transform(paths)
+    assert isinstance(out, pd.DataFrame) and out.shape == (9, 96)
+    assert list(out.columns) == list(extractor.get_feature_names_out())
+    assert (out.dtypes == np.float32).all()
+    np.testing.assert_array_equal(
+        out.to_numpy(), extractor.set_output(transform="default").transform(paths)
+    )
+
+
+def test_empty_input_is_a_clear_value_error(extractor, paths):
+    with pytest.raises(ValueError, match="X is empty: CNNCodes needs at least one image path"):
+        extractor.fit([])
+    extractor.fit(paths)
+    with pytest.raises(ValueError, match="X is empty"):
+        extractor.transform([])
+
+
+def test_numeric_input_is_a_type_error_saying_what_is_expected(extractor, paths):
+    X = np.random.default_rng(0).normal(size=(5, 3))
+    with pytest.raises(TypeError, match=r"expects a sequence of image file paths .* got an array"):
+        extractor.fit(X)
+    extractor.fit(paths)
+    with pytest.raises(TypeError, match="one-column DataFrame of paths"):
+        extractor.transform(X)
+
+
+def test_unfitted_transform_raises_not_fitted(extractor, paths):
+    with pytest.raises(NotFittedError):
+        extractor.transform(paths)
+    assert not os.path.exists(extractor.cache_dir)

@@ -1,0 +1,265 @@
+"""Tests for pipelines/: the recipes, loading them by name or path, and make_cv."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+from sklearn.base import clone
+from sklearn.model_selection import GridSearchCV, ParameterGrid, StratifiedKFold
+from sklearn.pipeline import Pipeline
+
+import pipelines
+from cnncodes.models import resolve_layers, resolve_spec
+from cnncodes.transformers import CNNCodes
+from pipelines import layer_sweep_svm, make_cv
+
+FAST = {
+    "model": "cnncodes.demo_data:digits_net",
+    "weights": "none",
+    "resize": 32,
+    "crop": 32,
+    "num_workers": 0,
+}
+
+
+@pytest.fixture
+def data(tmp_path):
+    """16 images in two classes that differ in brightness, and their labels."""
+    rng = np.random.default_rng(0)
+    paths, y = [], []
+    for i in range(16):
+        label = i % 2
+        pixels = np.clip((180 if label else 50) + rng.integers(-40, 40, (26, 26, 3)), 0, 255)
+        path = tmp_path / "img" / f"{i}.png"
+        path.parent.mkdir(exist_ok=True)
+        Image.fromarray(pixels.astype(np.uint8)).save(path)
+        paths.append(str(path))
+        y.append(["dark", "bright"][label])
+    return paths, np.array(y)
+
+
+def _grid_size(grid):
+    return len(ParameterGrid(grid))
+
+
+# -------------------------------------------------------------------------------- registry
+
+
+def test_available_recipes_load_by_name():
+    assert pipelines.available() == ["layer_sweep_svm", "linear_probe", "linear_svm", "sgd"]
+    for name in pipelines.available():
+        module = pipelines.get(name)
+        assert module.__name__ == f"pipelines.{name}"
+        assert "Scenario" in module.__doc__ or "scenario" in module.__doc__
+
+
+def test_unknown_recipe_names_the_choices():
+    with pytest.raises(
+        ValueError,
+        match=r"unknown recipe 'linear_prob'\. Did you mean "
+        r"'linear_probe'\? Available: layer_sweep_svm",
+    ):
+        pipelines.get("linear_prob")
+    with pytest.raises(ValueError, match="recipe=None"):
+        pipelines.get(None)
+
+
+def test_a_users_recipe_file_loads_by_path(tmp_path):
+    recipe = tmp_path / "my_recipe.py"
+    recipe.write_text(
+        "from sklearn.pipeline import Pipeline\n"
+        "from sklearn.svm import SVC\n"
+        "from cnncodes.transformers import CNNCodes\n"
+        "def build(**overrides):\n"
+        "    pipe = Pipeline([('cnncodes', CNNCodes(**overrides)), ('clf', SVC())])\n"
+        "    return pipe, {'clf__C': [1.0, 10.0]}\n"
+    )
+    for ref in (str(recipe), recipe):
+        pipe, grid = pipelines.get(ref).build(model="resnet18")
+        assert pipe.named_steps["cnncodes"].model == "resnet18" and grid == {"clf__C": [1.0, 10.0]}
+    assert pipelines.load(recipe).build()[1] == {"clf__C": [1.0, 10.0]}
+
+
+def test_bad_recipe_files_are_refused(tmp_path):
+    with pytest.raises(ValueError, match=r"recipe file not found: .*missing\.py"):
+        pipelines.get(str(tmp_path / "missing.py"))
+    empty = tmp_path / "empty.py"
+    empty.write_text("x = 1\n")
+    with pytest.raises(ValueError, match=r"empty\.py defines no build"):
+        pipelines.load(empty)
+    text = tmp_path / "recipe.txt"
+    text.write_text("")
+    with pytest.raises(ValueError, match="is not a .py file"):
+        pipelines.load(text)
+
+
+# -------------------------------------------------------------------------------- recipes
+
+
+@pytest.mark.parametrize("name", ["linear_probe", "linear_svm", "layer_sweep_svm", "sgd"])
+def test_every_grid_point_is_a_valid_setting_and_overrides_reach_cnncodes(name, tmp_path):
+    overrides = {"model": "resnet18", "weights": "none", "cache_dir": str(tmp_path), "seed": 3}
+    pipe, grid = pipelines.get(name).build(**overrides)
+    assert isinstance(pipe, Pipeline)
+    assert [n for n, _ in pipe.steps][0] == "cnncodes" and pipe.steps[-1][0] == "clf"
+    step = pipe.named_steps["cnncodes"]
+    assert isinstance(step, CNNCodes)
+    assert {k: step.get_params()[k] for k in overrides} == overrides
+    for params in ParameterGrid(grid):
+        clone(pipe).set_params(**params)  # raises on a parameter the pipeline does not have
+
+
+def test_unknown_override_is_a_type_error_listing_the_options():
+    with pytest.raises(
+        TypeError,
+        match=r"linear_probe\.build\(\) got unknown option\(s\) 'C'\. "
+        r"Recipe options: Cs; CNNCodes parameters: model",
+    ):
+        pipelines.get("linear_probe").build(C=1.0)
+
+
+def test_linear_probe_sweeps_c_over_many_decades():
+    pipe, grid = pipelines.get("linear_probe").build()
+    cs = np.array(grid["clf__C"])
+    assert cs.min() <= 1e-6 and cs.max() >= 1e6 and len(cs) >= 13
+    assert np.allclose(np.diff(np.log10(cs)), 1.0)
+    clf = pipe.named_steps["clf"]
+    assert (clf.solver, clf.max_iter) == ("lbfgs", 1000)
+    assert pipe.named_steps["cnncodes"].layer == "penultimate"
+    assert pipelines.get("linear_probe").build(Cs=np.logspace(-6, 6, 97))[1]["clf__C"][48] == 1.0
+
+
+def test_linear_svm_normalises_before_the_svm():
+    pipe, grid = pipelines.get("linear_svm").build(Cs=[1.0])
+    assert [n for n, _ in pipe.steps] == ["cnncodes", "power", "l2", "clf"]
+    assert pipe.named_steps["l2"].norm == "l2"
+    assert grid == {"power__alpha": [1.0, 0.5], "clf__C": [1.0]}
+
+
+def test_sgd_options():
+    pipe, grid = pipelines.get("sgd").build(loss="log_loss", alphas=[1e-4], random_state=5)
+    clf = pipe.named_steps["clf"]
+    assert (clf.loss, clf.random_state, grid) == ("log_loss", 5, {"clf__alpha": [1e-4]})
+
+
+@pytest.mark.parametrize(
+    "model",
+    [
+        "resnet18",
+        "resnext50_32x4d",
+        "mobilenet_v2",
+        "mobilenet_v3_small",
+        "efficientnet_b0",
+        "convnext_tiny",
+        "densenet121",
+    ],
+)
+def test_default_layers_exist_and_go_from_early_to_top(model):
+    layers = layer_sweep_svm.default_layers(model)
+    spec = resolve_spec(model, "none")
+    assert resolve_layers(spec, layers) == layers
+    from cnncodes.models import layer_shapes
+
+    shapes = layer_shapes(spec, layers)
+    sides = [shapes[name][-1] for name in layers]
+    assert sides == sorted(sides, reverse=True) and sides[0] > sides[-1]
+
+
+def test_layer_sweep_needs_layers_for_other_models():
+    with pytest.raises(ValueError, match=r"no default layers for model='vgg16': pass layers="):
+        layer_sweep_svm.build(model="vgg16")
+    pipe, grid = layer_sweep_svm.build(
+        model="vgg16", layers=["features.9", ["features.9", "features.30"]]
+    )
+    assert grid[0]["cnncodes__layer"] == ["features.9", ["features.9", "features.30"]]
+    assert [g["clf__kernel"] for g in grid] == [["linear"], ["rbf"]]
+    assert "clf__gamma" in grid[1] and "clf__gamma" not in grid[0]
+
+
+def test_layer_sweep_end_to_end_and_layer_table(data, tmp_path):
+    paths, y = data
+    pipe, grid = layer_sweep_svm.build(
+        **FAST,
+        cache_dir=str(tmp_path / "cache"),
+        layers=["features.3", "features.7", "flatten"],
+        poolings=["avg"],
+        Cs=[0.1, 10.0],
+        gammas=["scale"],
+    )
+    assert _grid_size(grid) == 3 * 2 + 3 * 2
+    search = GridSearchCV(pipe, grid, cv=make_cv(y, n_splits=4)).fit(paths, y)
+    table = layer_sweep_svm.layer_table(search)
+    print(table.to_string(index=False))
+    assert list(table["layer"]) == ["features.3", "features.7", "flatten"]
+    results = search.cv_results_
+    for _, row in table.iterrows():
+        mask = np.array([p["cnncodes__layer"] == row["layer"] for p in results["params"]])
+        assert row["mean_test_score"] == results["mean_test_score"][mask].max()
+        assert 0.0 <= row["mean_test_score"] <= 1.0
+        assert "cnncodes__layer" not in row["params"] and "clf__C" in row["params"]
+    assert table["best"].sum() == 1
+    best = table.loc[table["best"], "layer"].item()
+    assert best == search.best_params_["cnncodes__layer"]
+    assert table.loc[table["best"], "mean_test_score"].item() == search.best_score_
+
+
+def test_layer_table_errors():
+    with pytest.raises(ValueError, match="needs a fitted search"):
+        layer_sweep_svm.layer_table(GridSearchCV(Pipeline([("c", CNNCodes())]), {}))
+
+    class Done:
+        cv_results_ = {"params": [{"clf__C": 1}], "param_clf__C": [1]}
+
+    with pytest.raises(ValueError, match=r"did not sweep 'cnncodes__layer'; it swept clf__C"):
+        layer_sweep_svm.layer_table(Done())
+
+
+@pytest.mark.parametrize("name", ["linear_probe", "linear_svm", "sgd"])
+def test_recipes_fit_and_predict_end_to_end(name, data, tmp_path):
+    paths, y = data
+    pipe, grid = pipelines.get(name).build(**FAST, cache_dir=str(tmp_path / "cache"))
+    grid = {k: list(v)[:: max(1, len(v) // 3)] for k, v in grid.items()}  # spread over the sweep
+    search = GridSearchCV(pipe, grid, cv=make_cv(y, n_splits=3)).fit(paths, y)
+    assert set(search.predict(paths)) <= {"dark", "bright"}
+    # Brightness survives an untrained network: every recipe separates the two classes.
+    assert search.best_score_ >= 0.8
+
+
+# -------------------------------------------------------------------------------- make_cv
+
+
+def test_make_cv_adapts_to_the_smallest_class():
+    y = ["a"] * 10 + ["b"] * 3
+    cv = make_cv(y)
+    assert isinstance(cv, StratifiedKFold) and cv.get_n_splits() == 3 and cv.shuffle
+    assert make_cv(["a"] * 10 + ["b"] * 10).get_n_splits() == 5
+    assert make_cv(["a"] * 10 + ["b"] * 10, n_splits=10).get_n_splits() == 10
+    folds = [test for _, test in cv.split(np.zeros(len(y)), y)]
+    assert all(sum(np.array(y)[f] == "b") == 1 for f in folds)
+    a = [t.tolist() for _, t in make_cv(y, seed=1).split(np.zeros(13), y)]
+    b = [t.tolist() for _, t in make_cv(y, seed=1).split(np.zeros(13), y)]
+    assert a == b
+
+
+def test_make_cv_errors_name_the_class():
+    with pytest.raises(ValueError, match=r"class 'bees' has only 1 image; stratified cross-"):
+        make_cv(["ants", "ants", "bees", "wasps", "wasps"])
+    with pytest.raises(ValueError, match=r"class 3 has only 1 image.*\(too small: 3 \(1 image\)"):
+        make_cv(np.array([1, 1, 2, 2, 3]))
+    with pytest.raises(ValueError, match=r"only the class 'ants': a classifier needs"):
+        make_cv(["ants"] * 4)
+    with pytest.raises(ValueError, match=r"n_splits=1: expected an int >= 2"):
+        make_cv(["a", "a", "b", "b"], n_splits=1)
+    with pytest.raises(ValueError, match=r"y has shape \(2, 2\)"):
+        make_cv([[0, 1], [1, 0]])
+
+
+def test_recipe_modules_import_only_the_public_api():
+    folder = os.path.dirname(pipelines.__file__)
+    for name in os.listdir(folder):
+        if name.endswith(".py"):
+            text = open(os.path.join(folder, name), encoding="utf-8").read()
+            assert "cnncodes.extract" not in text and "cnncodes.cache" not in text, name

@@ -1,0 +1,447 @@
+"""Tests for cnncodes.transformers: CNNCodes, skipped images, grid searches that reuse codes."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import GridSearchCV, StratifiedKFold
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
+
+import cnncodes.extract
+from cnncodes.cache import CodeStore
+from cnncodes.images import ImageLoadError
+from cnncodes.models import LayerError, ModelError, WeightsError, file_sha256
+from cnncodes.transformers import (
+    CNNCodes,
+    SkippedImagesError,
+    SkippedImagesWarning,
+    filter_readable,
+    warm_cache,
+)
+
+NET = "cnncodes.demo_data:digits_net"
+SMALL = {"resize": 32, "crop": 32, "num_workers": 0}
+
+
+def write_images(folder, n, seed=0, size=(24, 28)):
+    """``n`` distinct small PNGs; odd ones bright, even ones dark (two learnable classes)."""
+    os.makedirs(folder, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(n):
+        base = 170 if i % 2 else 40
+        pixels = np.clip(base + rng.integers(-40, 40, (*size, 3)), 0, 255).astype(np.uint8)
+        path = os.path.join(folder, f"img{i:03d}.png")
+        Image.fromarray(pixels).save(path)
+        paths.append(path)
+    return paths
+
+
+@pytest.fixture
+def images(tmp_path):
+    return write_images(tmp_path / "img", 12)
+
+
+@pytest.fixture
+def labels():
+    return np.array([i % 2 for i in range(12)])
+
+
+def codes(tmp_path, **params):
+    params = {
+        "model": NET,
+        "weights": "none",
+        "cache_dir": str(tmp_path / "cache"),
+        **SMALL,
+        **params,
+    }
+    return CNNCodes(**params)
+
+
+class NetworkSpy:
+    """Counts (image, layer) pairs pushed through the network by extract._run_network."""
+
+    def __init__(self, monkeypatch):
+        self.calls = []
+        original = cnncodes.extract._run_network
+
+        def spy(spec, layers, pooling, paths, groups, todo, *args, **kwargs):
+            self.calls.append((tuple(layers), pooling, len(todo)))
+            return original(spec, layers, pooling, paths, groups, todo, *args, **kwargs)
+
+        monkeypatch.setattr(cnncodes.extract, "_run_network", spy)
+
+    @property
+    def image_configs(self):
+        return sum(len(layers) * n for layers, _, n in self.calls)
+
+
+# -------------------------------------------------------------------------------- construction
+
+
+def test_init_only_stores_even_a_missing_checkpoint(tmp_path):
+    missing = tmp_path / "nope.pth"
+    est = CNNCodes(model="no_such_model", weights=missing, layer=["x"], batch_size=-3)
+    assert est.weights is missing and est.layer == ["x"] and est.batch_size == -3
+    with pytest.raises(WeightsError, match="nope.pth"):
+        CNNCodes(model=NET, weights=str(missing)).fit(["a.png"])
+
+
+def test_fit_reads_no_image_and_resolves_names(tmp_path, monkeypatch):
+    spy = NetworkSpy(monkeypatch)
+    est = codes(tmp_path, layer=["features.7", "penultimate"], pooling="avgmax")
+    assert est.fit(["never/created.png"]) is est
+    assert spy.calls == []
+    assert est.layers_ == ["features.7", "flatten"]
+    assert est.layer_sizes_ == {"features.7": 64, "flatten": 64}
+    assert est.n_features_out_ == 128 and est.n_features_in_ == 1
+    assert est.spec_.weights_id == "none:seed=0"
+    assert not os.path.exists(tmp_path / "cache")
+
+
+@pytest.mark.parametrize(
+    ("params", "error", "match"),
+    [
+        ({"layer": "layer9"}, LayerError, r"layer='layer9' is not a node"),
+        ({"layer": []}, ValueError, r"layer=\[\]: expected a layer name"),
+        ({"pooling": "mean"}, ValueError, r"pooling='mean' is not supported; choose one of avg"),
+        ({"on_error": "ignore"}, ValueError, r"on_error='ignore': choose one of 'raise', 'skip'"),
+        ({"precision": "fp64"}, ValueError, r"precision='fp64': choose one of"),
+        ({"batch_size": 0}, ValueError, r"batch_size=0: expected an int >= 1"),
+        ({"num_workers": -1}, ValueError, r"num_workers=-1: expected an int >= 0 or None"),
+        ({"device": "tpu"}, ValueError, r"device='tpu'"),
+        ({"cache_dir": 3}, TypeError, r"cache_dir=3"),
+        ({"model": "resnet5O"}, ModelError, r"'resnet5O' is not a torchvision"),
+        (
+            {"crop": 224, "resize": 256, "layer": "features.0", "pooling": "flatten"},
+            ValueError,
+            r"layer='features.0': pooling='flatten' would make",
+        ),
+        ({"progress": "yes"}, ValueError, r"progress='yes'"),
+    ],
+)
+def test_fit_fails_early_on_bad_configuration(tmp_path, params, error, match):
+    with pytest.raises(error, match=match):
+        codes(tmp_path, **params).fit(["a.png"])
+
+
+# -------------------------------------------------------------------------------- input forms
+
+
+@pytest.mark.parametrize(
+    ("X", "error", "match"),
+    [
+        (np.zeros((4, 3)), TypeError, r"expects a sequence of image file paths.*dtype float64"),
+        ([1.0, 2.0], TypeError, r"X\[0\]=1.0 is a float; CNNCodes expects"),
+        (["a.png", 7], TypeError, r"X\[1\]=7 is a int"),
+        ("a.png", TypeError, r"single path.*\['a.png'\]"),
+        ([], ValueError, r"X is empty"),
+        (np.array([], dtype=object), ValueError, r"X is empty"),
+        (pd.DataFrame({"a": ["x"], "b": ["y"]}), ValueError, r"2 columns \['a', 'b'\]"),
+        (np.array([["a", "b"]], dtype=object), ValueError, r"one image path per row"),
+        (42, TypeError, r"got int"),
+    ],
+)
+def test_bad_input_is_refused_with_what_is_expected(tmp_path, X, error, match):
+    est = codes(tmp_path)
+    with pytest.raises(error, match=match):
+        est.fit(X)
+    est.fit(["a.png"])
+    with pytest.raises(error, match=match):
+        est.transform(X)
+
+
+def test_accepted_input_forms_give_equal_codes(tmp_path, images):
+    est = codes(tmp_path).fit(images)
+    expected = est.transform(images)
+    forms = [
+        [os.fspath(p) for p in images],
+        [type(tmp_path)(p) for p in images],
+        tuple(images),
+        np.array(images),
+        np.array(images, dtype=object).reshape(-1, 1),
+        pd.Series(images),
+        pd.DataFrame({"path": images}),
+    ]
+    for X in forms:
+        np.testing.assert_array_equal(est.transform(X), expected)
+
+
+def test_dataframe_column_name_is_remembered(tmp_path, images):
+    est = codes(tmp_path).fit(pd.DataFrame({"path": images}))
+    assert list(est.feature_names_in_) == ["path"]
+    with pytest.raises(ValueError, match=r"column \['file'\].*fitted with column \['path'\]"):
+        est.transform(pd.DataFrame({"file": images}))
+    est.fit(images)
+    assert not hasattr(est, "feature_names_in_")
+
+
+# -------------------------------------------------------------------------------- codes
+
+
+def test_codes_are_float32_one_row_per_input_and_cached(tmp_path, images, monkeypatch):
+    spy = NetworkSpy(monkeypatch)
+    est = codes(tmp_path)
+    first = est.fit_transform(images)
+    assert first.dtype == np.float32 and first.shape == (12, 64)
+    assert spy.image_configs == 12
+    second = clone_fit(est, images).transform(images[::-1])
+    assert spy.image_configs == 12  # every code came from the cache
+    np.testing.assert_array_equal(second, first[::-1])
+
+
+def clone_fit(est, X):
+    from sklearn.base import clone
+
+    return clone(est).fit(X)
+
+
+def test_multi_layer_codes_are_the_layers_side_by_side(tmp_path, images):
+    both = codes(tmp_path, layer=["features.7", "features.3"], pooling="max").fit(images)
+    a = codes(tmp_path, layer="features.7", pooling="max").fit(images).transform(images)
+    b = codes(tmp_path, layer="features.3", pooling="max").fit(images).transform(images)
+    np.testing.assert_array_equal(both.transform(images), np.hstack([a, b]))
+    names = both.get_feature_names_out()
+    assert list(names[:2]) == ["features.7__max0", "features.7__max1"]
+    assert names[32] == "features.3__max0" and len(names) == 48
+
+
+def test_without_cache_codes_are_computed_every_time(tmp_path, images, monkeypatch):
+    spy = NetworkSpy(monkeypatch)
+    est = codes(tmp_path, cache_dir=None).fit(images)
+    a, b = est.transform(images), est.transform(images)
+    np.testing.assert_array_equal(a, b)
+    assert spy.image_configs == 24
+    assert not os.path.exists(tmp_path / "cache")
+
+
+def test_set_output_pandas_keeps_the_index(tmp_path, images):
+    est = codes(tmp_path).set_output(transform="pandas")
+    X = pd.DataFrame({"path": images}, index=[f"id{i}" for i in range(12)])
+    out = est.fit_transform(X)
+    assert isinstance(out, pd.DataFrame)
+    assert list(out.index) == list(X.index)
+    assert list(out.columns) == list(est.get_feature_names_out())
+
+
+# -------------------------------------------------------------------------------- checkpoints
+
+
+def _checkpoint(path, seed):
+    from cnncodes.demo_data import digits_net
+
+    torch.manual_seed(seed)
+    torch.save(digits_net().state_dict(), path)
+    return str(path)
+
+
+def test_changed_checkpoint_is_refused_even_on_a_warm_cache(tmp_path, images):
+    ckpt = _checkpoint(tmp_path / "net.pth", seed=1)
+    est = codes(tmp_path, weights=ckpt)
+    est.fit_transform(images)  # codes are now cached
+    old = file_sha256(ckpt)
+    _checkpoint(ckpt, seed=2)
+    new = file_sha256(ckpt)
+    assert old != new
+    with pytest.raises(WeightsError, match=rf"net\.pth changed.*now {new}.*made with {old}"):
+        est.transform(images)
+    os.remove(ckpt)
+    with pytest.raises(WeightsError, match=rf"weights file not found: .*net\.pth.*{old}"):
+        est.transform(images)
+
+
+def test_checkpoint_weights_change_the_codes(tmp_path, images):
+    a = codes(tmp_path, weights=_checkpoint(tmp_path / "a.pth", 1)).fit_transform(images)
+    b = codes(tmp_path, weights=_checkpoint(tmp_path / "b.pth", 2)).fit_transform(images)
+    assert not np.allclose(a, b)
+
+
+# -------------------------------------------------------------------------------- bad images
+
+
+@pytest.fixture
+def with_bad(tmp_path, images):
+    bad = tmp_path / "img" / "broken.png"
+    bad.write_bytes(Image.new("RGB", (8, 8)).tobytes()[:40])  # not an image
+    paths = images[:5] + [str(bad)] + images[5:]
+    y = np.array([i % 2 for i in range(13)])
+    return paths, y, str(bad)
+
+
+def test_raise_names_the_bad_file(tmp_path, with_bad):
+    paths, _, bad = with_bad
+    est = codes(tmp_path).fit(paths)
+    with pytest.raises(ImageLoadError, match="broken.png"):
+        est.transform(paths)
+
+
+def test_skip_keeps_rows_aligned_with_nan_and_names_the_file(tmp_path, with_bad, images):
+    paths, _, bad = with_bad
+    clean = codes(tmp_path).fit_transform(images)
+    est = codes(tmp_path, on_error="skip").fit(paths)
+    with pytest.warns(SkippedImagesWarning, match=r"(?s)1 of 13 images.*\[5\] .*broken\.png"):
+        out = est.transform(paths)
+    assert out.shape == (13, 64)
+    assert np.isnan(out[5]).all()
+    np.testing.assert_array_equal(np.delete(out, 5, axis=0), clean)
+
+
+def test_skip_with_labels_refuses_rather_than_misalign(tmp_path, with_bad):
+    paths, y, bad = with_bad
+    est = codes(tmp_path, on_error="skip")
+    with pytest.raises(
+        SkippedImagesError, match=r"(?s)1 of 13 training images.*broken\.png"
+    ) as info:
+        est.fit_transform(paths, y)
+    assert [(s.index, s.path) for s in info.value.skipped] == [(5, bad)]
+    pipe = Pipeline([("cnncodes", est), ("clf", LogisticRegression())])
+    with pytest.raises(SkippedImagesError, match="filter_readable"):
+        pipe.fit(paths, y)
+
+
+@pytest.mark.parametrize("use_extractor", [True, False])
+@pytest.mark.parametrize("kind", ["list", "array", "frame"])
+def test_filter_readable_drops_images_with_their_labels(tmp_path, with_bad, use_extractor, kind):
+    paths, y, bad = with_bad
+    y = np.array([f"label-of-{os.path.basename(p)}" for p in paths])
+    X = {
+        "list": list(paths),
+        "array": np.array(paths, dtype=object),
+        "frame": pd.DataFrame({"path": paths}),
+    }[kind]
+    pipe = Pipeline(
+        [("cnncodes", codes(tmp_path, on_error="raise")), ("clf", LogisticRegression())]
+    )
+    X_ok, y_ok, skipped = filter_readable(X, y, extractor=pipe if use_extractor else None)
+    assert type(X_ok) is type(X)
+    kept = list(X_ok["path"]) if kind == "frame" else list(X_ok)
+    assert bad not in kept and len(kept) == 12
+    assert list(y_ok) == [f"label-of-{os.path.basename(p)}" for p in kept]
+    assert [(s.index, s.path) for s in skipped] == [(5, bad)]
+    assert isinstance(skipped[0].reason, str) and skipped[0].reason
+
+
+def test_filter_readable_fills_the_cache_for_the_fit_that_follows(tmp_path, with_bad, monkeypatch):
+    paths, y, _ = with_bad
+    pipe = Pipeline(
+        [("cnncodes", codes(tmp_path)), ("scale", StandardScaler()), ("clf", LogisticRegression())]
+    )
+    X_ok, y_ok, _ = filter_readable(paths, y, extractor=pipe)
+    spy = NetworkSpy(monkeypatch)
+    pipe.fit(X_ok, y_ok)
+    assert spy.calls == []
+    assert filter_readable(X_ok, y_ok, extractor=pipe) == (X_ok, y_ok, [])
+
+
+def test_filter_readable_checks_lengths(tmp_path, images):
+    with pytest.raises(ValueError, match="12 images but y has 3 labels"):
+        filter_readable(images, [0, 1, 0])
+    with pytest.raises(ValueError, match="LogisticRegression has no CNNCodes step"):
+        filter_readable(images, extractor=LogisticRegression())
+
+
+# -------------------------------------------------------------------------------- grid search
+
+
+def _search(tmp_path, n_jobs=1, **params):
+    pipe = Pipeline(
+        [
+            ("cnncodes", codes(tmp_path, **params)),
+            ("scale", StandardScaler()),
+            ("clf", LogisticRegression(max_iter=200)),
+        ]
+    )
+    grid = {
+        "cnncodes__layer": ["features.3", "features.7"],
+        "cnncodes__pooling": ["avg", "max"],
+        "clf__C": [0.1, 10.0],
+    }
+    cv = StratifiedKFold(3, shuffle=True, random_state=0)
+    return GridSearchCV(pipe, grid, cv=cv, n_jobs=n_jobs)
+
+
+def test_grid_search_runs_the_network_once_per_image_and_configuration(
+    tmp_path, images, labels, monkeypatch
+):
+    spy = NetworkSpy(monkeypatch)
+    search = _search(tmp_path).fit(images, labels)
+    # 2 layers x 2 poolings = 4 configurations; 8 candidates x 3 folds + refit read the cache.
+    assert spy.image_configs == 12 * 4
+    assert {(layers, pooling) for layers, pooling, _ in spy.calls} == {
+        (("features.3",), "avg"),
+        (("features.3",), "max"),
+        (("features.7",), "avg"),
+        (("features.7",), "max"),
+    }
+    before = list(spy.calls)
+    again = _search(tmp_path).fit(images, labels)
+    assert spy.calls == before
+    np.testing.assert_array_equal(
+        search.cv_results_["mean_test_score"], again.cv_results_["mean_test_score"]
+    )
+
+
+def test_grid_search_without_cache_recomputes_every_fold(tmp_path, images, labels, monkeypatch):
+    spy = NetworkSpy(monkeypatch)
+    pipe = Pipeline([("cnncodes", codes(tmp_path, cache_dir=None)), ("clf", LogisticRegression())])
+    GridSearchCV(pipe, {"clf__C": [0.1, 1.0]}, cv=3).fit(images, labels)
+    # Every candidate and fold pushes its train and test images, then the refit all of them.
+    assert spy.image_configs == 2 * 3 * 12 + 12
+
+
+def _shards(root):
+    return sorted(
+        os.path.join(d, f) for d, _, files in os.walk(root) for f in files if f.endswith(".h5")
+    )
+
+
+def test_warm_cache_then_parallel_search_never_runs_the_network(
+    tmp_path, images, labels, monkeypatch
+):
+    spy = NetworkSpy(monkeypatch)
+    search = _search(tmp_path, n_jobs=2)
+    summary = warm_cache(search, images)
+    # One forward pass per pooling serves both layers.
+    assert sorted(spy.calls) == [
+        (("features.3", "features.7"), "avg", 12),
+        (("features.3", "features.7"), "max", 12),
+    ]
+    assert summary == {"runs": 2, "configurations": 4, "computed": 24, "cached": 0, "skipped": []}
+    shards = _shards(tmp_path / "cache")
+    search.fit(images, labels)  # joblib worker processes share the on-disk cache
+    assert _shards(tmp_path / "cache") == shards  # no worker wrote (so computed) anything
+    serial = _search(tmp_path).fit(images, labels)
+    assert len(spy.calls) == 2
+    np.testing.assert_allclose(
+        search.cv_results_["mean_test_score"], serial.cv_results_["mean_test_score"]
+    )
+    again = warm_cache(search, images)
+    assert (again["computed"], again["cached"]) == (0, 24)
+
+
+def test_parallel_search_on_a_cold_cache_matches_serial(tmp_path, images, labels):
+    parallel = _search(tmp_path / "a", n_jobs=2).fit(images, labels)
+    serial = _search(tmp_path / "b").fit(images, labels)
+    np.testing.assert_allclose(
+        parallel.cv_results_["mean_test_score"], serial.cv_results_["mean_test_score"]
+    )
+    # Every configuration's codes ended up in the shared cache, each image at least once.
+    for layer in ("features.3", "features.7"):
+        for pooling in ("avg", "max"):
+            est = codes(tmp_path / "a", layer=layer, pooling=pooling).fit(images)
+            config = cnncodes.extract.code_config(est.spec_, layer, pooling, "fp32")
+            assert len(CodeStore(tmp_path / "a" / "cache", config).index()) == 12
+
+
+def test_warm_cache_needs_a_cache_and_a_grid(tmp_path, images):
+    with pytest.raises(ValueError, match="cache_dir=None keeps nothing"):
+        warm_cache(codes(tmp_path, cache_dir=None), images, {"layer": ["features.3"]})
+    with pytest.raises(ValueError, match="param_grid is required for a CNNCodes"):
+        warm_cache(codes(tmp_path), images)
