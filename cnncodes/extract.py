@@ -28,7 +28,15 @@ from .images import (
     read_file,
     remember_digest,
 )
-from .models import build_extractor, build_model, layer_shapes, resolve_layers
+from .models import (
+    WeightsError,
+    build_extractor,
+    build_model,
+    file_sha256,
+    layer_shapes,
+    resolve_layers,
+    resolve_spec,
+)
 from .pooling import check_pooling, code_size, pool
 
 __all__ = [
@@ -40,6 +48,7 @@ __all__ = [
     "preprocess",
     "resolve_device",
     "resolve_precision",
+    "spec_from_config",
 ]
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -135,6 +144,76 @@ def code_config(spec, layer, pooling, precision):
         "precision": precision,
         "decode": DECODE_POLICY,
     }
+
+
+def spec_from_config(config, weights_path=None, seed=0):
+    """Rebuild the :class:`~cnncodes.models.ModelSpec` that made a cache configuration.
+
+    The inverse of :func:`code_config`, used to recompute stored codes. A configuration made from
+    a checkpoint file stores only the file's SHA-256, so the file must be supplied
+    (``weights_path``: a path or a list of candidate paths; the one with the right hash is used).
+    Torchvision weights are rebuilt by name, ``none:seed=N`` from its seed, and a user's callable
+    with ``seed``.
+
+    Raises
+    ------
+    ValueError
+        Saying why the exact configuration cannot be rebuilt (a :class:`WeightsError` for a
+        missing or different checkpoint; a plain ``ValueError`` when the rebuilt configuration
+        differs, e.g. after a change of the decode policy or the format version).
+
+    Examples
+    --------
+    >>> from cnncodes.models import resolve_spec
+    >>> spec = resolve_spec("resnet18", "none", seed=3, resize=40, crop=32)
+    >>> spec_from_config(code_config(spec, "avgpool", "avg", "fp32")) == spec
+    True
+    """
+    try:
+        model, weights_id = config["model"], config["weights"]
+        pre = config["preprocessing"]
+        overrides = {
+            "resize": pre["resize"],
+            "crop": pre["crop"] if pre["crop"] is not None else 0,
+            "mean": pre["mean"],
+            "std": pre["std"],
+            "interpolation": pre["interpolation"],
+        }
+        layer, pooling, precision = config["layer"], config["pooling"], config["precision"]
+    except (KeyError, TypeError) as exc:
+        raise ValueError(f"not a cnncodes code configuration (missing {exc})") from None
+    if weights_id.startswith("none:seed="):
+        spec = resolve_spec(model, "none", seed=int(weights_id[len("none:seed=") :]), **overrides)
+    elif weights_id.startswith("sha256:"):
+        digest = weights_id[len("sha256:") :]
+        if weights_path is None:
+            raise WeightsError(
+                f"made from a checkpoint file with SHA-256 {digest}, whose path is not stored; "
+                "pass the file (weights_path=..., --weights PATH)"
+            )
+        candidates = (
+            [weights_path] if isinstance(weights_path, (str, os.PathLike)) else weights_path
+        )
+        found = [p for p in candidates if os.path.isfile(p) and file_sha256(p) == digest]
+        if not found:
+            raise WeightsError(
+                f"made from a checkpoint file with SHA-256 {digest}; none of the given weights "
+                f"files ({', '.join(map(os.fspath, candidates))}) has that hash"
+            )
+        spec = resolve_spec(model, found[0], seed=seed, **overrides)
+    elif weights_id.startswith("state-sha256:"):
+        spec = resolve_spec(model, None, seed=seed, **overrides)
+    else:
+        spec = resolve_spec(model, weights_id, seed=seed, **overrides)
+    rebuilt = code_config(spec, layer, pooling, precision)
+    if rebuilt != config:
+        fields = sorted(k for k in set(rebuilt) | set(config) if rebuilt.get(k) != config.get(k))
+        raise ValueError(
+            f"the configuration cannot be rebuilt exactly: {', '.join(fields)} differ(s) "
+            f"(stored {', '.join(f'{k}={config.get(k)!r}' for k in fields)}; "
+            f"now {', '.join(f'{k}={rebuilt.get(k)!r}' for k in fields)})"
+        )
+    return spec
 
 
 def preprocess(image, preprocessing):

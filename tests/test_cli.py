@@ -1,0 +1,385 @@
+"""Tests for the command line (cnncodes.cli), run in-process through ``main([...])``.
+
+One test runs the installed console script, to check that exit statuses reach the shell.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from cnncodes import cli
+from cnncodes.cache import list_configs
+from cnncodes.datasets import load_dataset
+from cnncodes.extract import code_config, extract_codes, spec_from_config
+from cnncodes.models import WeightsError, resolve_spec
+from tests.tiny_nets import TinyCNN
+
+# An untrained resnet18 on 32x32 crops: fast on a CPU. Decoding in-process keeps tests quick.
+MODEL = ["--model", "resnet18", "--weights", "none", "--resize", "40", "--crop", "32"]
+FAST = ["--workers", "0"]
+
+
+@pytest.fixture
+def data(tmp_path, make_images):
+    """A class-folder dataset: 3 images of 'ants', 3 of 'bees'."""
+    root = tmp_path / "data"
+    make_images(3, folder=root / "ants", seed=1)
+    make_images(3, folder=root / "bees", seed=2)
+    return root
+
+
+@pytest.fixture
+def cache(tmp_path):
+    return tmp_path / "cache"
+
+
+def run(capsys, *argv):
+    """``main(argv)`` -> (exit status, stdout, stderr)."""
+    code = cli.main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def run_json(capsys, *argv):
+    code, out, err = run(capsys, *argv, "--json")
+    assert code == 0, err
+    return json.loads(out)
+
+
+def extract(capsys, data, cache, *extra):
+    return run_json(capsys, "extract", data, *MODEL, *FAST, "--cache-dir", cache, *extra)
+
+
+def assert_one_line_error(err, *fragments):
+    """One error line, last on stderr (after any progress notes), without a traceback."""
+    lines = err.strip().splitlines()
+    errors = [line for line in lines if line.startswith("cnncodes: error: ")]
+    assert errors == lines[-1:], err
+    assert "Traceback" not in err
+    for fragment in fragments:
+        assert fragment in errors[0]
+
+
+# ----------------------------------------------------------------------------- help
+
+
+def test_help_lists_commands_and_examples(capsys):
+    code, out, _ = run(capsys, "--help")
+    assert code == 0
+    for command in ("extract", "layers", "cache"):
+        assert command in out
+    code, out, _ = run(capsys, "extract", "--help")
+    assert code == 0
+    assert "examples:" in out and "--cache-dir D | --no-cache" in out
+    code, out, _ = run(capsys, "cache", "verify", "--help")
+    assert code == 0 and "--data DATA" in out
+
+
+def test_usage_errors_are_one_line_with_status_2(capsys):
+    code, out, err = run(capsys)
+    assert code == 2 and out == ""
+    assert_one_line_error(err, "COMMAND")
+    code, _, err = run(capsys, "extract", "somewhere")
+    assert code == 2
+    assert_one_line_error(err, "extract: the following arguments are required: --model")
+    code, _, err = run(capsys, "extract", "x", *MODEL, "--batch-size", "0")
+    assert code == 2
+    assert_one_line_error(err, "--batch-size: '0': expected a positive integer")
+
+
+# ----------------------------------------------------------------------------- extract
+
+
+def test_extract_json_then_everything_cached(capsys, data, cache):
+    first = extract(capsys, data, cache)
+    assert first["images"] == 6
+    assert (first["computed"], first["cached"], first["skipped"]) == (6, 0, 0)
+    assert first["skipped_files"] == []
+    assert first["layers"] == ["flatten"]  # penultimate of resnet18: the input of fc
+    assert first["features"] == 512
+    assert first["classes"] == {"ants": 3, "bees": 3}
+    assert first["cache_dir"] == str(cache)
+    assert first["out"] is None
+    assert first["weights"] == "none:seed=0" and first["precision"] == "fp32"
+
+    second = extract(capsys, data, cache)
+    assert (second["computed"], second["cached"]) == (0, second["images"])
+
+
+def test_extract_human_output_and_quiet(capsys, data, cache):
+    code, out, err = run(capsys, "extract", data, *MODEL, *FAST, "--cache-dir", cache)
+    assert code == 0
+    assert "6 images: 6 computed, 0 cached, 0 skipped" in out
+    assert "6 images in" in err and "(2 classes)" in err
+    code, out, err = run(capsys, "extract", data, *MODEL, *FAST, "--no-cache", "--quiet")
+    assert code == 0 and out == "" and err == ""
+
+
+def test_extract_out_h5_and_npz(capsys, data, cache, tmp_path):
+    h5_path, npz_path = tmp_path / "codes.h5", tmp_path / "codes.npz"
+    layers = ["--layer", "layer3", "--layer", "avgpool"]
+    summary = extract(capsys, data, cache, *layers, "--out", h5_path)
+    assert summary["out"] == str(h5_path)
+    assert summary["features_per_layer"] == {"layer3": 256, "avgpool": 512}
+    extract(capsys, data, cache, *layers, "--out", npz_path)
+    expected_paths = load_dataset(data).paths
+
+    with h5py.File(h5_path, "r") as f:
+        codes = f["codes"][:]
+        assert codes.shape == (6, 768) and codes.dtype == np.float32
+        assert list(f["paths"].asstr()[:]) == expected_paths
+        assert list(f["labels"].asstr()[:]) == ["ants"] * 3 + ["bees"] * 3
+        assert list(f["kept"][:]) == list(range(6))
+        np.testing.assert_array_equal(f["layers/layer3"][:], codes[:, :256])
+        np.testing.assert_array_equal(f["layers/avgpool"][:], codes[:, 256:])
+        config = json.loads(f.attrs["config"])
+    assert config["layers"] == ["layer3", "avgpool"]
+    assert config["configs"]["avgpool"]["weights"] == "none:seed=0"
+
+    npz = np.load(npz_path)  # no pickles needed
+    np.testing.assert_array_equal(npz["codes"], codes)
+    assert list(npz["paths"]) == expected_paths
+    assert list(npz["labels"]) == ["ants"] * 3 + ["bees"] * 3
+    np.testing.assert_array_equal(npz["layers/avgpool"], codes[:, 256:])
+    assert json.loads(str(npz["config"]))["spec"]["model"] == "resnet18"
+
+    # The same numbers as the library gives directly.
+    spec = resolve_spec("resnet18", "none", resize=40, crop=32)
+    direct = extract_codes(expected_paths, spec, "avgpool", cache_dir=None, num_workers=0)
+    np.testing.assert_allclose(codes[:, 256:], direct.codes["avgpool"], rtol=1e-5, atol=1e-6)
+    assert not [n for n in os.listdir(tmp_path) if ".tmp-" in n]  # no temporary left behind
+
+
+def test_extract_out_is_checked_before_any_work(capsys, data, cache, tmp_path):
+    code, _, err = run(capsys, "extract", data, *MODEL, "--cache-dir", cache, "--out", "c.csv")
+    assert code == 2
+    assert_one_line_error(err, "--out 'c.csv': unknown extension '.csv'")
+    code, _, err = run(
+        capsys, "extract", data, *MODEL, "--cache-dir", cache, "--out", tmp_path / "no" / "c.h5"
+    )
+    assert code == 2
+    assert_one_line_error(err, "does not exist")
+    assert not cache.exists()
+
+
+def test_extract_skip_reports_corrupt_file(capsys, data, cache, tmp_path):
+    bad = data / "bees" / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    out_path = tmp_path / "codes.h5"
+    summary = extract(capsys, data, cache, "--on-error", "skip", "--out", out_path)
+    assert summary["images"] == 7
+    assert summary["skipped"] == 1
+    [skipped] = summary["skipped_files"]
+    assert skipped["path"] == str(bad) and skipped["reason"]
+    assert summary["computed"] == 6
+    with h5py.File(out_path, "r") as f:
+        assert f["codes"].shape == (6, 512)
+        assert str(bad) not in list(f["paths"].asstr()[:])
+        assert list(f["kept"][:]) == [0, 1, 2, 4, 5, 6]  # broken.png sorts first in 'bees'
+
+    code, _, err = run(capsys, "extract", data, *MODEL, *FAST, "--cache-dir", cache)
+    assert code == 2
+    assert_one_line_error(err, "broken.png", "--on-error skip")
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--model", "resnet1", "--weights", "none"], "model='resnet1' is not a torchvision"),
+        ([*MODEL, "--layer", "layr3"], "layer='layr3' is not a node of resnet18. Closest: layer3"),
+        (["--model", "resnet18", "--weights", "/no/such.pth"], "weights file not found"),
+        (["--model", "resnet18", "--weights", "IMAGENET9K"], "weights='IMAGENET9K' is not one of"),
+        ([*MODEL, "--device", "tpu"], "device='tpu'"),
+    ],
+)
+def test_bad_model_inputs_exit_2_with_one_line(capsys, data, cache, args, fragment):
+    code, out, err = run(capsys, "extract", data, *args, "--cache-dir", cache)
+    assert code == 2 and out == ""
+    assert_one_line_error(err, fragment)
+
+
+def test_bad_data_exits_2(capsys, tmp_path, cache):
+    code, _, err = run(capsys, "extract", tmp_path / "missing", *MODEL, "--cache-dir", cache)
+    assert code == 2
+    assert_one_line_error(err, "missing: no such folder or file")
+    (tmp_path / "empty").mkdir()
+    code, _, err = run(capsys, "extract", tmp_path / "empty", *MODEL, "--cache-dir", cache)
+    assert code == 2
+    assert_one_line_error(err, "no images found in")
+
+
+def test_unexpected_errors_exit_1_and_interrupts_130(capsys, data, cache, monkeypatch):
+    def boom(*args, **kwargs):
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(cli, "extract_codes", boom)
+    code, _, err = run(capsys, "extract", data, *MODEL, "--cache-dir", cache)
+    assert code == 1
+    assert_one_line_error(err, "RuntimeError: disk on fire", "CNNCODES_DEBUG=1")
+
+    monkeypatch.setenv("CNNCODES_DEBUG", "1")
+    code, _, err = run(capsys, "extract", data, *MODEL, "--cache-dir", cache)
+    assert code == 1 and "Traceback" in err
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "extract_codes", interrupt)
+    code, _, err = run(capsys, "extract", data, *MODEL, "--cache-dir", cache)
+    assert code == 130 and "interrupted" in err
+
+
+# ----------------------------------------------------------------------------- layers
+
+
+def test_layers_table_and_json(capsys):
+    code, out, _ = run(capsys, "layers", "resnet18", "--weights", "none", "--crop", "32")
+    assert code == 0
+    assert "input 3x32x32" in out
+    [avgpool] = [line for line in out.splitlines() if line.split()[:1] == ["avgpool"]]
+    assert avgpool.split()[1:4] == ["512x1x1", "512", "512"]
+    assert "* flatten" in out and "penultimate = flatten" in out
+
+    data = run_json(capsys, "layers", "resnet18", "--weights", "none", "--crop", "32")
+    layers = {layer["name"]: layer for layer in data["layers"]}
+    assert data["penultimate"] == "flatten"
+    assert layers["layer4"]["shape"] == [512, 1, 1]
+    assert layers["layer3"]["code_sizes"]["avgmax"] == 512
+    assert layers["layer3"]["code_sizes"]["pyramid"] == 5 * 256
+
+    code, _, err = run(capsys, "layers", "resnet18x")
+    assert code == 2
+    assert_one_line_error(err, "model='resnet18x'")
+
+
+# ----------------------------------------------------------------------------- cache
+
+
+def test_cache_info_lists_configurations(capsys, data, cache):
+    info = run_json(capsys, "cache", "info", "--cache-dir", cache)
+    assert info["configs"] == []
+    extract(capsys, data, cache, "--layer", "avgpool", "--layer", "layer3")
+
+    info = run_json(capsys, "cache", "info", "--cache-dir", cache)
+    by_layer = {c["layer"]: c for c in info["configs"]}
+    assert set(by_layer) == {"avgpool", "layer3"}
+    avgpool = by_layer["avgpool"]
+    assert avgpool["model"] == "resnet18" and avgpool["weights"] == "none:seed=0"
+    assert (avgpool["rows"], avgpool["unique"], avgpool["features"]) == (6, 6, 512)
+    assert avgpool["shards"] == 1 and avgpool["size_mb"] > 0
+
+    code, out, _ = run(capsys, "cache", "info", "--cache-dir", cache)
+    assert code == 0
+    assert avgpool["key"][:12] in out and "2 configuration(s)" in out
+
+
+def test_cache_verify_confirms_then_detects_tampering(capsys, data, cache):
+    extract(capsys, data, cache, "--layer", "avgpool")
+
+    report = run_json(capsys, "cache", "verify", "--cache-dir", cache, "--workers", "0")
+    assert report["ok"] and report["rechecked"] is False
+    code, out, _ = run(capsys, "cache", "verify", "--cache-dir", cache)
+    assert code == 0 and "codes not re-checked (integrity only)" in out
+
+    argv = [
+        "cache",
+        "verify",
+        "--cache-dir",
+        cache,
+        "--data",
+        data,
+        "--sample",
+        "4",
+        "--workers",
+        "0",
+    ]
+    report = run_json(capsys, *argv, "--seed", "1")
+    [config] = report["configs"]
+    assert config["problems"] == []
+    assert config["recheck"]["status"] == "ok" and config["recheck"]["checked"] == 4
+    assert config["recheck"]["max_abs_diff"] <= 1e-4
+
+    [(store, _)] = list_configs(cache)
+    [shard] = store.shard_paths()
+    with h5py.File(shard, "r+") as f:
+        f["codes"][0, 0] += 1.0
+    code, out, _ = run(capsys, *argv, "--sample", "6")
+    assert code == 1
+    assert "checksum mismatch" in out and "MISMATCH (1 differ" in out
+
+
+def test_cache_verify_recomputes_wrong_codes(capsys, data, cache):
+    """Codes stored under a configuration that did not make them fail the re-check."""
+    extract(capsys, data, cache, "--layer", "avgpool")
+    [(store, _)] = list_configs(cache)
+    keys = list(store.index())
+    store.write(keys, np.full((len(keys), 512), 7.0, np.float32))  # a well-formed shard of lies
+    code, out, _ = run(
+        capsys, "cache", "verify", "--cache-dir", cache, "--data", data, "--workers", "0", "--json"
+    )
+    assert code == 1
+    report = json.loads(out)
+    assert report["ok"] is False
+    [config] = report["configs"]
+    assert config["problems"] == []  # each shard is intact: only recomputing finds it
+    assert config["recheck"]["status"] == "mismatch" and config["recheck"]["mismatched"] == 6
+
+
+def test_cache_verify_with_a_checkpoint_needs_the_file(capsys, data, cache, tmp_path):
+    ckpt = tmp_path / "tiny.pth"
+    torch.manual_seed(5)
+    torch.save(TinyCNN().state_dict(), ckpt)
+    model = ["--model", "tests.tiny_nets:tiny_cnn", "--weights", ckpt, "--crop", "32"]
+    run_json(capsys, "extract", data, *model, *FAST, "--cache-dir", cache, "--layer", "conv2")
+    base = ["cache", "verify", "--cache-dir", cache, "--data", data, "--workers", "0"]
+
+    [config] = run_json(capsys, *base)["configs"]
+    assert config["recheck"]["status"] == "not re-checked"
+    assert "pass the file" in config["recheck"]["reason"]
+
+    other = tmp_path / "other.pth"
+    torch.save(TinyCNN().state_dict(), other)
+    [config] = run_json(capsys, *base, "--weights", other)["configs"]
+    assert "none of the given weights files" in config["recheck"]["reason"]
+
+    report = run_json(capsys, *base, "--weights", other, "--weights", ckpt)
+    assert report["ok"] and report["configs"][0]["recheck"]["status"] == "ok"
+
+
+def test_spec_from_config_round_trip_and_refusals(tmp_path):
+    spec = resolve_spec("resnet18", "none", seed=4, resize=(40, 48), crop=0)
+    config = code_config(spec, "layer2", "max", "fp32")
+    assert spec_from_config(json.loads(json.dumps(config))) == spec
+    with pytest.raises(ValueError, match=r"decode differ"):
+        spec_from_config({**config, "decode": "some-older-policy"})
+    with pytest.raises(WeightsError, match=r"SHA-256 ab12, whose path is not stored"):
+        spec_from_config({**config, "weights": "sha256:ab12"})
+    with pytest.raises(ValueError, match="missing 'pooling'"):
+        spec_from_config({k: v for k, v in config.items() if k != "pooling"})
+
+
+# ----------------------------------------------------------------------------- console script
+
+
+def test_installed_console_script_propagates_exit_status(tmp_path):
+    script = Path(sys.executable).with_name("cnncodes")
+    if not script.exists():
+        pytest.skip(f"console script not installed at {script} (run `make setup`)")
+    bad = subprocess.run(
+        [script, "extract", tmp_path / "missing", "--model", "resnet18", "--weights", "none"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert bad.returncode == 2
+    assert bad.stdout == ""
+    assert_one_line_error(bad.stderr, "missing: no such folder or file")
