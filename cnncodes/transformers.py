@@ -125,6 +125,57 @@ def _check_int(value, name, minimum, allow_none=False):
         raise ValueError(f"{name}={value!r}: expected {accepted}")
 
 
+_RESOLVED = {}
+
+
+def _weights_key(weights):
+    """Identity of ``weights`` for the resolution memo: a file by (path, size, mtime, inode)."""
+    if weights is None or not isinstance(weights, (str, os.PathLike)):
+        return repr(weights)
+    path = os.fspath(weights)
+    try:
+        st = os.stat(path)
+    except OSError:
+        return path
+    return (os.path.abspath(path), st.st_size, st.st_mtime_ns, st.st_ino)
+
+
+def _resolve(est, layers):
+    """``(spec, layers, code sizes)`` of an estimator's settings, memoised in this process.
+
+    A grid search fits a fresh clone for every candidate and fold; resolving again each time
+    (fingerprinting the architecture, tracing its graph) would cost more than reading the codes.
+    A checkpoint file is keyed by its size, mtime and inode, so a changed file is resolved anew.
+    """
+    params = (est.model, est.seed, est.resize, est.crop, est.mean, est.std, est.interpolation)
+    key = (repr(params), _weights_key(est.weights), repr(layers), est.pooling)
+    found = _RESOLVED.get(key)
+    if found is not None:
+        return found[0], list(found[1]), dict(found[2])
+    spec = resolve_spec(
+        est.model,
+        est.weights,
+        seed=est.seed,
+        resize=est.resize,
+        crop=est.crop,
+        mean=est.mean,
+        std=est.std,
+        interpolation=est.interpolation,
+    )
+    resolved = resolve_layers(spec, layers)
+    shapes = layer_shapes(spec, resolved)
+    sizes = {}
+    for name in resolved:
+        try:
+            sizes[name] = code_size(shapes[name], est.pooling)
+        except ValueError as exc:
+            raise ValueError(f"layer={name!r}: {exc}") from None
+    if len(_RESOLVED) >= 256:
+        _RESOLVED.clear()
+    _RESOLVED[key] = (spec, tuple(resolved), dict(sizes))
+    return spec, resolved, sizes
+
+
 class CNNCodes(TransformerMixin, BaseEstimator):
     """Image file paths -> CNN codes: pooled activations of a frozen network's layer(s).
 
@@ -302,24 +353,7 @@ class CNNCodes(TransformerMixin, BaseEstimator):
         """
         layers = self._check_params()
         _, names = _as_path_list(X)
-        spec = resolve_spec(
-            self.model,
-            self.weights,
-            seed=self.seed,
-            resize=self.resize,
-            crop=self.crop,
-            mean=self.mean,
-            std=self.std,
-            interpolation=self.interpolation,
-        )
-        resolved = resolve_layers(spec, layers)
-        shapes = layer_shapes(spec, resolved)
-        sizes = {}
-        for name in resolved:
-            try:
-                sizes[name] = code_size(shapes[name], self.pooling)
-            except ValueError as exc:
-                raise ValueError(f"layer={name!r}: {exc}") from None
+        spec, resolved, sizes = _resolve(self, layers)
         self.spec_ = spec
         self.layers_ = resolved
         self.layer_sizes_ = sizes

@@ -445,3 +445,23 @@ def test_warm_cache_needs_a_cache_and_a_grid(tmp_path, images):
         warm_cache(codes(tmp_path, cache_dir=None), images, {"layer": ["features.3"]})
     with pytest.raises(ValueError, match="param_grid is required for a CNNCodes"):
         warm_cache(codes(tmp_path), images)
+
+
+def test_refit_after_a_checkpoint_change_uses_the_new_file(tmp_path, images, monkeypatch):
+    import cnncodes.transformers as transformers
+
+    calls = []
+    original = transformers.resolve_spec
+    monkeypatch.setattr(
+        transformers, "resolve_spec", lambda *a, **k: calls.append(a) or original(*a, **k)
+    )
+    ckpt = _checkpoint(tmp_path / "net.pth", seed=1)
+    est = codes(tmp_path, weights=ckpt)
+    first = est.fit_transform(images)
+    codes(tmp_path, weights=ckpt).fit(images)
+    assert len(calls) == 1  # a clone's fit reuses the resolution
+    _checkpoint(ckpt, seed=2)
+    refitted = est.fit_transform(images)
+    assert len(calls) == 2
+    assert est.spec_.weights_id == f"sha256:{file_sha256(ckpt)}"
+    assert not np.allclose(refitted, first)
