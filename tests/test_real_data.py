@@ -24,7 +24,7 @@ SIGNS = os.path.join(ASSETS, "data", "sign_language_digits")
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(
-        not os.path.isfile(MOBILENET),
+        not (os.path.isfile(MOBILENET) and os.path.isdir(HYMENOPTERA) and os.path.isdir(SIGNS)),
         reason=f"real weights and data not found under {os.path.normpath(ASSETS)}",
     ),
 ]
