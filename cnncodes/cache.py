@@ -40,6 +40,7 @@ import hashlib
 import json
 import os
 import secrets
+import stat
 import time
 import warnings
 
@@ -208,9 +209,14 @@ class CodeStore:
 
     def _open(self, path):
         st = os.lstat(path)
-        if not os.path.isfile(path) or os.path.islink(path):
+        if not stat.S_ISREG(st.st_mode):  # lstat: a symlink is not a regular file
             raise ValueError("not a regular file")
-        f = h5py.File(path, "r", locking=False)
+        try:
+            f = h5py.File(path, "r", locking=False)
+        except OSError:
+            if not os.path.lexists(path):  # removed by a concurrent compaction meanwhile
+                raise FileNotFoundError(errno.ENOENT, "shard removed", path) from None
+            raise
         try:
             self._validate(f, path)
         except BaseException:
@@ -243,11 +249,22 @@ class CodeStore:
 
     def index(self):
         """``{key: (shard_path, row)}`` over all valid shards (the newest shard wins a duplicate)."""
+        for _attempt in range(3):
+            out, vanished = self._index()
+            if not vanished:
+                break
+            # A concurrent compaction removed a listed shard after committing the merged one,
+            # which a fresh listing shows.
+        return out
+
+    def _index(self):
         out = {}
         width = None
+        vanished = False
         for path in self.shard_paths():
             entry = self._shard_keys(path)
             if entry is None:
+                vanished = vanished or not os.path.lexists(path)
                 continue
             keys, w = entry
             if width is None:
@@ -261,7 +278,7 @@ class CodeStore:
                 continue
             for row, key in enumerate(keys):
                 out[key] = (path, row)
-        return out
+        return out, vanished
 
     def contains(self, keys):
         """Boolean array: which of ``keys`` are stored."""
@@ -442,6 +459,8 @@ class CodeStore:
                 if not np.isfinite(codes).all():
                     raise ValueError("holds non-finite codes")
                 report.append((path, None))
+            except FileNotFoundError:
+                continue  # merged away by a concurrent compaction
             except (OSError, ValueError, KeyError) as exc:
                 report.append((path, str(exc)))
         return report

@@ -233,8 +233,12 @@ def _construct(model, weights_enum, seed):
 def _meta_model(model, weights_name):
     """The architecture on the meta device: no memory, no initialisation; for names and shapes."""
     enum = _parse_named_weights(model, weights_name) if weights_name else None
-    with torch.device("meta"):
-        return _construct(model, enum, 0)
+    try:
+        with torch.device("meta"):
+            return _construct(model, enum, 0)
+    except (NotImplementedError, RuntimeError):
+        # Some builders compute with tensors (regnet's block widths), which meta cannot do.
+        return _construct(model, enum, 0).to("meta")
 
 
 def _arch_fingerprint(net):
@@ -374,7 +378,9 @@ def _read_checkpoint(path):
 
 def _load_state(net, state, source):
     own = net.state_dict()
-    missing = [k for k in own if k not in state]
+    # Checkpoints saved before PyTorch 0.4.1 lack BatchNorm's num_batches_tracked; the modules
+    # fill it in themselves and it never changes an eval-mode output.
+    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in state if k not in own]
     wrong = [
         f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
@@ -770,12 +776,29 @@ def _check_output(name, out):
 
 def layer_shapes(spec, layers):
     """Output shape (without batch) of each layer, computed on the meta device (no real compute)."""
-    net = _meta_for_spec(spec)
-    extractor = build_extractor(net, layers)
+    outputs = _probe(spec, _meta_for_spec(spec), layers)
+    return {name: tuple(_check_output(name, outputs[name]).shape[1:]) for name in layers}
+
+
+def _probe(spec, meta_net, layers):
+    """Layer outputs for one dummy image: on the meta device (free), or, for a model whose
+    forward branches on tensor values (impossible on meta), once on a real zero image."""
     h, w = spec.preprocessing.input_size
     with torch.no_grad():
-        outputs = extractor(torch.empty(1, 3, h, w, device="meta"))
-    return {name: tuple(_check_output(name, outputs[name]).shape[1:]) for name in layers}
+        try:
+            return build_extractor(meta_net, layers)(torch.empty(1, 3, h, w, device="meta"))
+        except (RuntimeError, NotImplementedError):  # e.g. "cannot call .item() on meta tensors"
+            named = spec.weights if spec.weights not in ("none", "callable") else None
+            if named is not None and spec.weights_id.startswith("sha256:"):
+                named = None
+            enum = _parse_named_weights(spec.model, named) if named else None
+            net = _construct(spec.model, enum, spec.seed)
+            try:
+                return build_extractor(net, layers)(torch.zeros(1, 3, h, w))
+            except RuntimeError as exc:
+                raise LayerError(
+                    f"{spec.model} cannot run on a {h}x{w} input (resize/crop too small?): {exc}"
+                ) from None
 
 
 def list_layers(model, weights=None, **kwargs):
@@ -800,10 +823,7 @@ def list_layers(model, weights=None, **kwargs):
     net = _meta_for_spec(spec)
     nodes = _node_names(net)
     names = nodes if nodes is not None else _module_names(net)
-    extractor = build_extractor(net, names)
-    h, w = spec.preprocessing.input_size
-    with torch.no_grad():
-        outputs = extractor(torch.empty(1, 3, h, w, device="meta"))
+    outputs = _probe(spec, net, names)
     infos = []
     for name in names:
         out = outputs.get(name)

@@ -1,0 +1,118 @@
+"""Shared fixtures: tiny generated images, small untrained models, the real assets, call counters."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+# The project's real weights and datasets live beside the repository, never inside it.
+ASSETS = ROOT.parent / "shared" / "assets"
+
+# User architectures are given as "tests.module:callable", also when pytest is run as a script.
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+requires_assets = pytest.mark.skipif(
+    not ASSETS.is_dir(), reason=f"real weights and datasets not found at {ASSETS}"
+)
+
+
+def write_images(folder, n, sizes=((48, 40), (40, 56), (64, 64)), seed=0, prefix="img"):
+    """Write ``n`` small random images (JPEG and PNG in turn) into ``folder``; return their paths.
+
+    ``sizes`` are ``(width, height)`` pairs used in turn. Smooth gradients plus noise, so that
+    JPEG keeps the content distinct and resizing has something to average.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(n):
+        w, h = sizes[i % len(sizes)]
+        y, x = np.mgrid[0:h, 0:w]
+        base = rng.uniform(0, 255, 3)[None, None, :]
+        slope = rng.uniform(-4, 4, (2, 3))
+        img = base + x[..., None] * slope[0] + y[..., None] * slope[1]
+        img = img + rng.normal(0, 25, (h, w, 3))
+        img = np.clip(img, 0, 255).astype(np.uint8)
+        ext = "jpg" if i % 2 == 0 else "png"
+        path = folder / f"{prefix}{i:03d}.{ext}"
+        Image.fromarray(img).save(path, **({"quality": 95} if ext == "jpg" else {}))
+        paths.append(str(path))
+    return paths
+
+
+@pytest.fixture
+def make_images(tmp_path):
+    """Factory ``make_images(n, sizes=..., seed=0, folder=None)`` writing images under tmp_path."""
+
+    def make(n, sizes=((48, 40), (40, 56), (64, 64)), seed=0, folder=None, prefix="img"):
+        return write_images(folder or tmp_path / "images", n, sizes, seed, prefix)
+
+    return make
+
+
+@pytest.fixture
+def assets():
+    """The folder of real weights and datasets; skips the test where it is absent."""
+    if not ASSETS.is_dir():
+        pytest.skip(f"real weights and datasets not found at {ASSETS}")
+    return ASSETS
+
+
+@pytest.fixture(scope="session")
+def tiny_spec():
+    """An untrained resnet18 (seed 0) on 32x32 crops of images resized to 40: fast on a CPU."""
+    from cnncodes.models import resolve_spec
+
+    return resolve_spec("resnet18", "none", seed=0, resize=40, crop=32)
+
+
+@pytest.fixture(scope="session")
+def cnn_spec():
+    """The tiny two-convolution user network of tests/tiny_nets.py on 32x32 crops: near-instant."""
+    from cnncodes.models import resolve_spec
+
+    return resolve_spec("tests.tiny_nets:tiny_cnn", resize=40, crop=32)
+
+
+class ForwardCounter:
+    """Counts what goes through the networks that :func:`cnncodes.extract.extract_codes` builds."""
+
+    def __init__(self):
+        self.builds = 0
+        self.batches = 0
+        self.images = 0
+
+
+@pytest.fixture
+def forward_counter(monkeypatch):
+    """Wrap the extractor that extraction builds so every forward pass (and image) is counted."""
+    import torch
+
+    from cnncodes import extract
+
+    counter = ForwardCounter()
+    real_build = extract.build_extractor
+
+    class Counting(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            counter.batches += 1
+            counter.images += x.shape[0]
+            return self.inner(x)
+
+    def build(net, layers):
+        counter.builds += 1
+        return Counting(real_build(net, layers))
+
+    monkeypatch.setattr(extract, "build_extractor", build)
+    return counter

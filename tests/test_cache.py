@@ -1,0 +1,379 @@
+"""Tests for cnncodes.cache: the sharded HDF5 code store."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import multiprocessing
+import os
+import time
+
+import h5py
+import numpy as np
+import pytest
+
+from cnncodes.cache import (
+    DEFAULT_CACHE_DIR,
+    CacheWarning,
+    CodeStore,
+    config_key,
+    list_configs,
+    resolve_cache_dir,
+)
+
+CONFIG = {"model": "resnet18", "layer": "avgpool", "pooling": "avg"}
+
+
+def _keys(n, start=0):
+    """Fake content hashes (64 hex digits), distinct and deterministic."""
+    return [f"{i:064x}" for i in range(start, start + n)]
+
+
+def _codes(n, d=4, seed=0):
+    return np.random.default_rng(seed).normal(size=(n, d)).astype(np.float32)
+
+
+@pytest.fixture
+def store(tmp_path):
+    return CodeStore(tmp_path / "cache", CONFIG)
+
+
+def _fake_shard(path, store, keys_data=None, codes_data=None, **attrs):
+    """A file that copies our shard layout; the caller may replace members with ``*_data``."""
+    with h5py.File(path, "w") as f:
+        if keys_data is None:
+            f.create_dataset("keys", data=np.array([k.encode() for k in _keys(2)], "S64"))
+        else:
+            keys_data(f)
+        if codes_data is None:
+            f.create_dataset("codes", data=_codes(2))
+        else:
+            codes_data(f)
+        f.attrs["format"] = "cnncodes-shard"
+        f.attrs["format_version"] = 1
+        f.attrs["config_key"] = store.key
+        for name, value in attrs.items():
+            f.attrs[name] = value
+
+
+# ----------------------------------------------------------------------------- reading and writing
+
+
+def test_write_read_roundtrip_in_requested_order(store):
+    keys, codes = _keys(5), _codes(5)
+    path = store.write(keys, codes)
+    assert os.path.dirname(path) == store.path and path.endswith(".h5")
+    order = [3, 0, 4, 1]
+    np.testing.assert_array_equal(store.read([keys[i] for i in order]), codes[order])
+    out = np.full((6, 4), -1, np.float32)
+    store.read([keys[2], keys[4]], out=out, rows=[5, 0])
+    np.testing.assert_array_equal(out[[5, 0]], codes[[2, 4]])
+    assert (out[1:5] == -1).all()
+    np.testing.assert_array_equal(store.contains([keys[1], "f" * 64]), [True, False])
+
+
+def test_reads_across_shards(store):
+    store.write(_keys(3), _codes(3, seed=1))
+    store.write(_keys(3, start=3), _codes(3, seed=2))
+    wanted = _keys(6)[::-1]
+    expected = np.concatenate([_codes(3, seed=1), _codes(3, seed=2)])[::-1]
+    np.testing.assert_array_equal(store.read(wanted), expected)
+
+
+def test_read_of_missing_keys_and_bad_writes(store):
+    store.write(_keys(1), _codes(1))
+    with pytest.raises(KeyError, match="1 codes are not in the cache"):
+        store.read(_keys(2))
+    with pytest.raises(ValueError, match=r"codes of shape \(3, 4\) do not match 2 keys"):
+        store.write(_keys(2), _codes(3))
+    assert store.write([], np.zeros((0, 4), np.float32)) is None
+
+
+def test_shards_are_self_describing_for_plain_h5py(store):
+    path = store.write(_keys(2), _codes(2))
+    with h5py.File(path, "r") as f:
+        assert [k.decode() for k in f["keys"][:]] == _keys(2)
+        np.testing.assert_array_equal(f["codes"][:], _codes(2))
+        assert json.loads(f.attrs["config"]) == CONFIG
+        assert f.attrs["config_key"] == store.key
+    with open(os.path.join(store.path, "config.json")) as f:
+        assert json.load(f)["config"] == CONFIG
+
+
+def test_index_and_duplicates_newest_wins(store):
+    first = store.write(_keys(2), _codes(2, seed=1))
+    second = store.write(_keys(1), _codes(1, seed=2))
+    index = store.index()
+    assert index == {_keys(2)[0]: (second, 0), _keys(2)[1]: (first, 1)}
+    np.testing.assert_array_equal(store.read(_keys(1)), _codes(1, seed=2))
+    info = store.info()
+    assert (info["rows"], info["unique"], info["shards"]) == (3, 2, 2)
+
+
+def test_config_key_covers_content_not_order():
+    assert config_key({"a": 1, "b": [1, 2]}) == config_key({"b": [1, 2], "a": 1})
+    assert config_key({"a": 1}) != config_key({"a": 2})
+    assert len(config_key(CONFIG)) == 24
+    assert CodeStore("x", CONFIG).key == config_key(CONFIG)
+
+
+# ----------------------------------------------------------------------------- compaction
+
+
+def test_compaction_keeps_every_row(store):
+    keys, codes = _keys(15), _codes(15)
+    for i in range(0, 15, 3):
+        store.write(keys[i : i + 3], codes[i : i + 3])
+    store.write(keys[:2], codes[:2])  # duplicates of rows already stored
+    assert store.compact(min_shards=10) == 0
+    assert store.compact() == 6
+    assert len(store.shard_paths()) == 1
+    np.testing.assert_array_equal(store.read(keys), codes)
+    info = store.info()
+    assert (info["rows"], info["unique"], info["features"]) == (15, 15, 4)
+    assert store.check_shards() == [(store.shard_paths()[0], None)]
+
+
+def test_compaction_is_skipped_while_another_process_holds_the_lock(store):
+    store.write(_keys(1), _codes(1))
+    store.write(_keys(1, start=1), _codes(1))
+    fd = os.open(os.path.join(store.path, ".compact.lock"), os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        assert store.compact() == 0
+    finally:
+        os.close(fd)
+    assert store.compact() == 2
+
+
+def test_compaction_removes_temporaries_of_dead_writers_only(store):
+    store.write(_keys(1), _codes(1))
+    store.write(_keys(1, start=1), _codes(1))
+    dead = os.path.join(store.path, ".tmp-999999999-abcd.part")
+    alive = os.path.join(store.path, f".tmp-{os.getpid()}-abcd.part")
+    for path in (dead, alive):
+        with open(path, "wb") as f:
+            f.write(b"partial")
+    assert all(not p.startswith(".tmp-") for p in map(os.path.basename, store.shard_paths()))
+    store.compact()
+    assert not os.path.exists(dead)
+    assert os.path.exists(alive)
+
+
+def _reader(root, stop, results, seed):
+    """Read random rows until told to stop; report (reads, first error or None)."""
+    store = CodeStore(root, CONFIG)
+    keys, codes = _keys(40), _codes(40)
+    rng = np.random.default_rng(seed)
+    reads, error = 0, None
+    try:
+        while not stop.is_set():
+            pick = rng.choice(40, 7, replace=False)
+            np.testing.assert_array_equal(store.read([keys[i] for i in pick]), codes[pick])
+            assert len(store.index()) >= 40
+            reads += 1
+    except Exception as exc:  # reported to the test process
+        error = repr(exc)
+    results.put((reads, error))
+
+
+def test_readers_in_other_processes_see_every_row_during_compaction(store):
+    keys, codes = _keys(40), _codes(40)
+    for i in range(0, 40, 4):
+        store.write(keys[i : i + 4], codes[i : i + 4])
+    ctx = multiprocessing.get_context("fork")  # the readers use numpy and h5py only
+    stop, results = ctx.Event(), ctx.Queue()
+    readers = [ctx.Process(target=_reader, args=(store.root, stop, results, s)) for s in range(2)]
+    for p in readers:
+        p.start()
+    try:
+        deadline = time.monotonic() + 2.5
+        rounds = 0
+        while time.monotonic() < deadline:
+            store.write(_keys(2, start=100 + 2 * rounds), _codes(2, seed=rounds))
+            store.write(keys[rounds % 40 : rounds % 40 + 1], codes[rounds % 40 : rounds % 40 + 1])
+            assert store.compact(blocking=True) >= 2
+            rounds += 1
+    finally:
+        stop.set()
+        outcomes = [results.get(timeout=30) for _ in readers]
+        for p in readers:
+            p.join(timeout=30)
+    assert [error for _, error in outcomes] == [None, None]
+    assert all(reads > 0 for reads, _ in outcomes)
+    assert rounds > 5
+    np.testing.assert_array_equal(store.read(keys), codes)
+    assert len(store.shard_paths()) == 1
+
+
+# ----------------------------------------------------------------------------- files not ours
+
+
+def test_foreign_hdf5_file_is_ignored_with_a_warning(store):
+    store.write(_keys(2), _codes(2))
+    foreign = os.path.join(store.path, "foreign.h5")
+    with h5py.File(foreign, "w") as f:
+        f.create_dataset("data", data=np.arange(4))
+    with pytest.warns(CacheWarning, match=r"ignoring cache file .*foreign\.h5: unexpected members"):
+        index = store.index()
+    assert set(index) == set(_keys(2))
+    with pytest.warns(CacheWarning):
+        np.testing.assert_array_equal(store.read(_keys(2)), _codes(2))
+
+
+@pytest.mark.parametrize(
+    "attrs, match",
+    [
+        ({"format": "other"}, "not a cnncodes shard of this format version"),
+        ({"format_version": 99}, "not a cnncodes shard of this format version"),
+        ({"config_key": "0" * 24}, "belongs to another configuration"),
+    ],
+)
+def test_lookalike_shards_with_wrong_attributes_are_ignored(store, attrs, match):
+    store.write(_keys(1, start=7), _codes(1))
+    _fake_shard(os.path.join(store.path, "zz-lookalike.h5"), store, **attrs)
+    with pytest.warns(CacheWarning, match=match):
+        assert set(store.index()) == set(_keys(1, start=7))
+
+
+def test_unreadable_shard_is_ignored(store):
+    store.write(_keys(1), _codes(1))
+    with open(os.path.join(store.path, "zz-garbage.h5"), "wb") as f:
+        f.write(b"\x89HDF\r\n\x1a\n" + b"\x00" * 100)
+    with pytest.warns(CacheWarning, match="zz-garbage.h5"):
+        assert list(store.index()) == _keys(1)
+
+
+def test_symlinked_shard_is_never_followed(store, tmp_path):
+    store.write(_keys(1), _codes(1))
+    elsewhere = CodeStore(tmp_path / "elsewhere", CONFIG)
+    real = elsewhere.write(_keys(1, start=50), _codes(1, seed=5))  # a valid shard of this config
+    os.symlink(real, os.path.join(store.path, "zz-link.h5"))
+    with pytest.warns(CacheWarning, match=r"zz-link\.h5: not a regular file"):
+        assert list(store.index()) == _keys(1)
+
+
+def _external_link(other):
+    def make(f):
+        f["codes"] = h5py.ExternalLink(str(other), "/codes")
+
+    return make
+
+
+def _external_storage(secret):
+    def make(f):
+        f.create_dataset("codes", shape=(2, 4), dtype="f4", external=[(str(secret), 0, 32)])
+
+    return make
+
+
+def _virtual(other):
+    def make(f):
+        layout = h5py.VirtualLayout(shape=(2, 4), dtype="f4")
+        layout[:] = h5py.VirtualSource(str(other), "codes", shape=(2, 4))
+        f.create_virtual_dataset("codes", layout)
+
+    return make
+
+
+@pytest.mark.parametrize(
+    "member, match",
+    [
+        (_external_link, "'codes' is a ExternalLink, not a plain dataset"),
+        (_external_storage, "'codes' uses external or virtual storage"),
+        (_virtual, "'codes' uses external or virtual storage"),
+    ],
+)
+def test_external_storage_and_links_are_never_followed(store, tmp_path, member, match):
+    # The target would be perfectly readable: it is refused for what it is, not for failing.
+    target = tmp_path / "target.h5"
+    with h5py.File(target, "w") as f:
+        f.create_dataset("codes", data=_codes(2, seed=9))
+    if member is _external_storage:
+        target = tmp_path / "secret.bin"
+        target.write_bytes(_codes(2, seed=9).tobytes())
+    store.write(_keys(1, start=7), _codes(1))
+    _fake_shard(os.path.join(store.path, "zz-external.h5"), store, codes_data=member(target))
+    with pytest.warns(CacheWarning, match=match):
+        index = store.index()
+    assert set(index) == set(_keys(1, start=7))
+    report = dict(store.check_shards())
+    assert match.split("'codes' ")[1] in report[os.path.join(store.path, "zz-external.h5")]
+
+
+def test_check_shards_detects_a_tampered_byte(store):
+    codes = _codes(3)
+    path = store.write(_keys(3), codes)
+    good = store.write(_keys(1, start=3), _codes(1))
+    assert store.check_shards() == [(path, None), (good, None)]
+    data = bytearray(open(path, "rb").read())
+    at = bytes(data).find(codes.tobytes())
+    assert at > 0
+    data[at + 5] ^= 0x01
+    with open(path, "r+b") as f:
+        f.write(data)
+    report = dict(store.check_shards())
+    assert "checksum mismatch" in report[path]
+    assert report[good] is None
+
+
+def test_temporary_files_are_not_shards(store):
+    store.write(_keys(1), _codes(1))
+    with open(os.path.join(store.path, ".tmp-1-abcd.part"), "wb") as f:
+        f.write(b"partial")
+    assert len(store.shard_paths()) == 1
+    assert list(store.index()) == _keys(1)
+
+
+# ----------------------------------------------------------------------------- inspection
+
+
+def test_info_counts_and_sizes(store):
+    empty = store.info()
+    assert (empty["rows"], empty["shards"], empty["features"], empty["bytes"]) == (0, 0, None, 0)
+    store.write(_keys(3), _codes(3, d=6))
+    store.write(_keys(2, start=2), _codes(2, d=6))
+    info = store.info()
+    assert info["key"] == store.key and info["config"] == CONFIG
+    assert (info["rows"], info["unique"], info["features"], info["shards"]) == (5, 4, 6, 2)
+    assert info["bytes"] == sum(os.path.getsize(p) for p in store.shard_paths())
+
+
+def test_list_configs(tmp_path):
+    root = tmp_path / "cache"
+    assert list_configs(root) == []
+    a = CodeStore(root, {**CONFIG, "layer": "layer3"})
+    b = CodeStore(root, CONFIG)
+    a.write(_keys(2), _codes(2))
+    b.write(_keys(1), _codes(1))
+    (root / "not-a-config").mkdir()
+    found = {store.key: (store.config, info["rows"]) for store, info in list_configs(root)}
+    assert found == {a.key: (a.config, 2), b.key: (CONFIG, 1)}
+
+
+def test_list_configs_warns_about_folders_not_ours(tmp_path):
+    root = tmp_path / "cache"
+    CodeStore(root, CONFIG).write(_keys(1), _codes(1))
+    bad = root / ("0" * 24)
+    bad.mkdir()
+    (bad / "config.json").write_text(json.dumps({"config": {"model": "other"}}))
+    with pytest.warns(CacheWarning, match="its key does not match its folder"):
+        configs = list_configs(root)
+    assert [store.config for store, _ in configs] == [CONFIG]
+
+
+def test_resolve_cache_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("CNNCODES_CACHE", str(tmp_path / "from-env"))
+    assert resolve_cache_dir("auto") == str(tmp_path / "from-env")
+    assert resolve_cache_dir() == str(tmp_path / "from-env")
+    monkeypatch.delenv("CNNCODES_CACHE")
+    monkeypatch.chdir(tmp_path)
+    assert resolve_cache_dir("auto") == str(tmp_path / DEFAULT_CACHE_DIR)
+    assert resolve_cache_dir(None) is None
+    assert resolve_cache_dir(tmp_path / "x") == str(tmp_path / "x")
+    assert resolve_cache_dir("rel") == str(tmp_path / "rel")
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ValueError, match="cache_dir='.*file' exists and is not a folder"):
+        resolve_cache_dir(tmp_path / "file")
+    with pytest.raises(TypeError, match="cache_dir=3: expected 'auto', None"):
+        resolve_cache_dir(3)

@@ -1,0 +1,50 @@
+"""Tiny user-defined networks for tests, given to cnncodes as ``"tests.tiny_nets:<callable>"``."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class TinyCNN(nn.Module):
+    """Two convolutions, global average pool and a linear head; traceable by torch.fx."""
+
+    def __init__(self, num_classes=5):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, 2, 1)
+        self.relu1 = nn.ReLU()
+        self.conv2 = nn.Conv2d(8, 16, 3, 2, 1)
+        self.relu2 = nn.ReLU()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.flatten = nn.Flatten()
+        self.head = nn.Linear(16, num_classes)
+
+    def forward(self, x):
+        x = self.relu2(self.conv2(self.relu1(self.conv1(x))))
+        return self.head(self.flatten(self.pool(x)))
+
+
+class DynamicCNN(TinyCNN):
+    """The same network with data-dependent Python control flow, which torch.fx cannot trace."""
+
+    def forward(self, x):
+        x = self.relu1(self.conv1(x))
+        if x.abs().amax() > 1e4:  # rescale runaway activations: a branch on tensor values
+            x = x / x.abs().amax()
+        x = self.relu2(self.conv2(x))
+        return self.head(self.flatten(self.pool(x)))
+
+
+def tiny_cnn():
+    """A :class:`TinyCNN` with 5 classes."""
+    return TinyCNN()
+
+
+def dynamic_cnn():
+    """A :class:`DynamicCNN` with 5 classes."""
+    return DynamicCNN()
+
+
+def not_a_module():
+    """A callable that builds something other than an ``nn.Module``."""
+    return torch.zeros(3)
