@@ -1,14 +1,17 @@
 """Batched extraction of CNN codes from image files, through the cache (no scikit-learn here).
 
 :func:`extract_codes` hashes every file, serves the codes the cache already has, and pushes only
-the missing images through the network: decoded by worker processes while the network runs,
-batched, under ``torch.inference_mode``, cut after the deepest requested layer. Codes are committed
-to the cache every few hundred rows and whenever the run stops (an error, Ctrl-C), so nothing
-computed is lost and an interrupted run resumes where it stopped.
+the missing images through the network: decoded while the network runs (by worker processes, or
+by a background thread where there are none), batched, under ``torch.inference_mode``, cut after
+the deepest requested layer, with BatchNorm folded into the convolutions before it and
+channels_last memory. Codes are committed to the cache every few hundred rows and whenever the run
+stops (an error, Ctrl-C), so nothing computed is lost and an interrupted run resumes where it
+stopped. Speed measurements and the reasons for the defaults: ``bench/RESULTS.md``.
 """
 
 from __future__ import annotations
 
+import copy
 import os
 import sys
 import time
@@ -40,6 +43,7 @@ from .models import (
 from .pooling import check_pooling, code_size, pool
 
 __all__ = [
+    "CPU_FORWARD_BATCH",
     "PRECISIONS",
     "ExtractionResult",
     "SkippedImage",
@@ -53,6 +57,8 @@ __all__ = [
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+#: Largest forward pass on the CPU; bigger loader batches go through in chunks of this size.
+CPU_FORWARD_BATCH = 8
 ON_ERROR = ("raise", "skip")
 
 
@@ -222,16 +228,29 @@ def preprocess(image, preprocessing):
     Normalisation happens later, on the whole batch (on the GPU when there is one), so that
     worker processes send 4x less data.
     """
+    return TF.pil_to_tensor(_resize_crop(image, preprocessing))
+
+
+def _resize_crop(image, preprocessing):
     mode = InterpolationMode(preprocessing.interpolation)
     size = list(preprocessing.resize)
     image = TF.resize(image, size, interpolation=mode, antialias=True)
     if preprocessing.crop is not None:
         image = TF.center_crop(image, list(preprocessing.crop))
-    return TF.pil_to_tensor(image)
+    return image
+
+
+def _pixels_hwc(image, preprocessing):
+    """:func:`preprocess` as a uint8 ``(H, W, 3)`` array: stacked, it is already channels_last."""
+    return np.asarray(_resize_crop(image, preprocessing), dtype=np.uint8)
 
 
 class _Decode:
-    """Picklable per-image work for DataLoader workers: read, hash, decode, resize, crop."""
+    """Picklable per-image work for DataLoader workers: read, hash, decode, resize, crop.
+
+    Pixels come back as uint8 ``(H, W, 3)`` numpy arrays (no torch in the decoding thread or
+    process): a stack of them is an ``NHWC`` block, i.e. a channels_last batch without a copy.
+    """
 
     def __init__(self, items, preprocessing):
         self.items = items
@@ -246,11 +265,114 @@ class _Decode:
             data = read_file(path)
             actual = remember_digest(path, data)
             image = load_image_bytes(data, name=path)
-            return digest, actual, preprocess(image, self.preprocessing), None
+            return digest, actual, _pixels_hwc(image, self.preprocessing), None
         except ImageLoadError as exc:
             return digest, None, None, exc.reason
         except Exception as exc:  # resize of a degenerate image, etc.: report per file
             return digest, None, None, f"cannot preprocess: {exc}"
+
+
+def _foldable(conv, bn, uses):
+    """Whether ``bn(conv(x))`` may be replaced by one convolution (stock eval-mode modules, unshared)."""
+    return (
+        type(conv) is torch.nn.Conv2d
+        and type(bn) is torch.nn.BatchNorm2d
+        and not conv.training
+        and not bn.training
+        and bn.track_running_stats
+        and bn.running_mean is not None
+        and bn.running_var is not None
+        and uses[id(conv)] == 1
+        and uses[id(bn)] == 1
+    )
+
+
+def _fuse(conv, bn):
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    return fuse_conv_bn_eval(conv, bn).requires_grad_(False)
+
+
+def _fold_sequential(seq, uses):
+    """Fold ``Conv2d, BatchNorm2d`` neighbours inside a plain ``nn.Sequential`` (an FX leaf).
+
+    Returns ``(module, folded)``: a shallow copy with the folded children where anything was folded
+    (the original, which the caller's network still holds, is left untouched), else ``seq``.
+    """
+    plain = isinstance(seq, torch.nn.Sequential)
+    if not plain or type(seq).forward is not torch.nn.Sequential.forward:
+        return seq, 0
+    children = dict(seq._modules)
+    folded = 0
+    for name, child in children.items():
+        children[name], n = _fold_sequential(child, uses)
+        folded += n
+    names = list(children)
+    for first, second in zip(names, names[1:]):
+        conv, bn = children[first], children[second]
+        if _foldable(conv, bn, uses):
+            children[first], children[second] = _fuse(conv, bn), torch.nn.Identity()
+            folded += 1
+    if not folded:
+        return seq, 0
+    clone = copy.copy(seq)
+    clone._modules = children
+    return clone, folded
+
+
+def _fold_batchnorm(extractor):
+    """Fold every eval-mode ``BatchNorm2d`` into the ``Conv2d`` feeding it, in the FX graphs inside.
+
+    Inference-only and exact up to float rounding (about 1e-7 relative): ``y = bn(conv(x))`` becomes
+    one convolution with rescaled weights and a bias, which saves a full pass over every activation
+    map (measured on 2 CPU cores: see bench/RESULTS.md). Pairs are folded where they are consecutive
+    graph nodes, and inside plain ``nn.Sequential`` leaves (torchvision's ``Conv2dNormActivation``).
+    A pair is left alone where the convolution's output is also used elsewhere (a requested layer),
+    where either module is reachable more than once (shared weights) or is not exactly the stock
+    torch class. Models without an FX graph (forward hooks) are left unchanged. Returns the number
+    of pairs folded.
+    """
+    from torch import fx
+
+    uses = {}
+    for _, module in extractor.named_modules(remove_duplicate=False):
+        uses[id(module)] = uses.get(id(module), 0) + 1
+    folded = 0
+    for gm in [m for m in extractor.modules() if isinstance(m, fx.GraphModule)]:
+        modules = dict(gm.named_modules())
+        calls = {}
+        for node in gm.graph.nodes:
+            if node.op == "call_module":
+                calls[node.target] = calls.get(node.target, 0) + 1
+        changed = False
+        for node in list(gm.graph.nodes):
+            if node.op != "call_module" or len(node.args) != 1 or node.kwargs:
+                continue
+            prev = node.args[0]
+            if not isinstance(prev, fx.Node) or prev.op != "call_module" or len(prev.users) != 1:
+                continue
+            conv, bn = modules.get(prev.target), modules.get(node.target)
+            if calls[prev.target] != 1 or calls[node.target] != 1 or not _foldable(conv, bn, uses):
+                continue
+            parent, _, name = prev.target.rpartition(".")
+            setattr(gm.get_submodule(parent) if parent else gm, name, _fuse(conv, bn))
+            node.replace_all_uses_with(prev)
+            gm.graph.erase_node(node)
+            changed = True
+            folded += 1
+        if changed:
+            gm.graph.lint()
+            gm.delete_all_unused_submodules()
+            gm.recompile()
+        for target in calls:
+            if target not in modules:
+                continue
+            module, n = _fold_sequential(modules[target], uses)
+            if n:
+                parent, _, name = target.rpartition(".")
+                setattr(gm.get_submodule(parent) if parent else gm, name, module)
+                folded += n
+    return folded
 
 
 def _worker_init(_worker_id):
@@ -260,6 +382,57 @@ def _worker_init(_worker_id):
 
 def _collate(batch):
     return batch
+
+
+_DONE = object()
+
+
+def _prefetch(iterable, depth=1):
+    """Iterate ``iterable`` in a background thread, ``depth`` items ahead.
+
+    Used when decoding happens in this process (``num_workers=0``): Pillow releases the GIL while
+    it decodes and resizes, so the next batch is decoded while the network runs on this one
+    (measured on 2 cores: MobileNetV2 about +6%, ResNet-18 unchanged; no worker processes to
+    start). Exceptions are re-raised in the consumer; closing the generator stops the thread.
+    """
+    import queue
+    import threading
+
+    items = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item):
+        while not stop.is_set():
+            try:
+                items.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def run():
+        try:
+            for item in iterable:
+                if not put((item, None)):
+                    return
+        except BaseException as exc:  # handed to the consumer, which re-raises it
+            put((_DONE, exc))
+            return
+        put((_DONE, None))
+
+    thread = threading.Thread(target=run, name="cnncodes-decode", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, exc = items.get()
+            if item is _DONE:
+                if exc is not None:
+                    raise exc
+                return
+            yield item
+    finally:
+        stop.set()
+        thread.join()
 
 
 class _Committer:
@@ -308,8 +481,37 @@ def _as_paths(images):
     return paths
 
 
-def _default_workers():
-    return min(4, os.cpu_count() or 1)
+def _default_workers(device):
+    """Decoding processes when ``num_workers`` is not given.
+
+    On the CPU the network already keeps every core busy (intra-op threads), so on a small machine
+    decoding workers only take cores from it: measured on 2 cores, 0 workers beat 1 and 2 (see
+    bench/RESULTS.md). A GPU, or a larger CPU machine, gets up to 4 workers.
+    """
+    cores = os.cpu_count() or 1
+    if device.type == "cpu" and cores <= 4:
+        return 0
+    return min(4, cores)
+
+
+def _cached_widths(stores, layers):
+    """Code widths of configurations the cache already holds, or None where any is new.
+
+    Shards are only written for a valid configuration, with its code width, so a stored width
+    spares probing the network's shapes (a graph trace: most of a warm call's fixed cost).
+    """
+    if not stores:
+        return None
+    widths = {}
+    for layer in layers:
+        store = stores[layer]
+        if not store.shard_paths():
+            return None
+        width = store.info()["features"]
+        if width is None:
+            return None
+        widths[layer] = width
+    return widths
 
 
 def extract_codes(
@@ -343,9 +545,12 @@ def extract_codes(
     cache_dir : "auto", None or path
         Where codes are cached (see :func:`cnncodes.cache.resolve_cache_dir`); None: no cache.
     batch_size : int
-        Images per forward pass. Does not change the codes.
+        Images decoded together and pushed through the network together: in one forward pass on
+        a GPU, in passes of at most :data:`CPU_FORWARD_BATCH` on the CPU (faster there). Does not
+        change the codes.
     num_workers : int, optional
-        Decoding processes (0: decode in this process). Default: ``min(4, cpu_count)``.
+        Decoding processes (0: decode in this process). Default: 0 on the CPU of a machine with at
+        most 4 cores (the network needs them all), else ``min(4, cpu_count)``.
     device : str
         ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
     precision : str
@@ -378,18 +583,23 @@ def extract_codes(
         raise ValueError(f"on_error={on_error!r}: choose 'raise' or 'skip'")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size={batch_size!r}: expected a positive int")
-    if num_workers is None:
-        num_workers = _default_workers()
-    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+    if num_workers is not None and (
+        isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0
+    ):
         raise ValueError(f"num_workers={num_workers!r}: expected an int >= 0")
     dev = resolve_device(device)
+    if num_workers is None:
+        num_workers = _default_workers(dev)
     precision = resolve_precision(precision, dev)
     layers = resolve_layers(spec, layers)
-    shapes = layer_shapes(spec, layers)
-    widths = {layer: code_size(shapes[layer], pooling) for layer in layers}
     configs = {layer: code_config(spec, layer, pooling, precision) for layer in layers}
     root = _cache.resolve_cache_dir(cache_dir)
     stores = {layer: _cache.CodeStore(root, configs[layer]) for layer in layers} if root else {}
+    widths = _cached_widths(stores, layers)
+    if widths is None:
+        # Checks the pooling against each layer's shape before any image is read.
+        shapes = layer_shapes(spec, layers)
+        widths = {layer: code_size(shapes[layer], pooling) for layer in layers}
 
     # 1. Identify every input by content.
     skipped = {}
@@ -487,7 +697,9 @@ def _run_network(
     from tqdm.auto import tqdm
 
     net = build_model(spec)
-    extractor = build_extractor(net, layers).to(dev)
+    extractor = build_extractor(net, layers)
+    _fold_batchnorm(extractor)
+    extractor = extractor.to(dev)
     channels_last = True
     extractor = extractor.to(memory_format=torch.channels_last)
     mean = torch.tensor(spec.preprocessing.mean, device=dev).view(1, 3, 1, 1)
@@ -505,9 +717,13 @@ def _run_network(
     show = sys.stderr.isatty() if progress is None else bool(progress)
     bar = tqdm(total=len(todo), unit="img", desc="extracting", disable=not show, leave=False)
     computed = 0
+    # On the CPU, small forward passes are faster (activations stay in cache; measured in
+    # bench/RESULTS.md): the loader's batch is pushed through in chunks. A GPU takes it whole.
+    chunk = batch_size if dev.type == "cuda" else min(batch_size, CPU_FORWARD_BATCH)
     autocast = torch.autocast(dev.type, dtype=_DTYPES.get(precision), enabled=precision in _DTYPES)
+    batches = _prefetch(loader) if loader.num_workers == 0 and len(todo) > batch_size else loader
     try:
-        for batch in loader:
+        for batch in batches:
             good = [(d, a, t) for d, a, t, reason in batch if reason is None]
             for digest, _a, _t, reason in batch:
                 if reason is not None:
@@ -516,17 +732,24 @@ def _run_network(
                     for i in groups[digest]:
                         skipped[i] = reason
             if good:
-                x = torch.stack([t for _, _, t in good]).to(dev, non_blocking=True)
-                x = (x.float().div_(255) - mean) / std
+                # (N, H, W, 3) uint8 viewed as NCHW: channels_last strides, no copy.
+                x = torch.from_numpy(np.stack([t for _, _, t in good])).permute(0, 3, 1, 2)
+                x = (x.to(dev, non_blocking=True).float().div_(255) - mean) / std
                 if channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                with torch.inference_mode(), autocast:
-                    feats = extractor(x)
+                    x = x.contiguous(memory_format=torch.channels_last)  # a no-op: already is
+                pooled = {layer: [] for layer in layers}
+                with torch.inference_mode():
+                    for start in range(0, len(x), chunk):
+                        with autocast:
+                            feats = extractor(x[start : start + chunk])
+                        for layer in layers:
+                            pooled[layer].append(pool(feats[layer], pooling))
+                        del feats  # activations of early layers are large; free before the next
                 rows = [groups[d] for d, _, _ in good]
                 # A file rewritten since it was hashed is stored under the hash of what was decoded.
                 keys = [a for _, a, _ in good]
                 for layer in layers:
-                    codes = pool(feats[layer], pooling).cpu().numpy()
+                    codes = torch.cat(pooled[layer]).cpu().numpy()
                     for r, idx in enumerate(rows):
                         out[layer][idx] = codes[r]
                     if layer in stores:
@@ -537,6 +760,8 @@ def _run_network(
                 committer.step(len(good))
             bar.update(len(batch))
     finally:
+        if batches is not loader:
+            batches.close()
         committer.commit()
         bar.close()
     return computed
