@@ -33,6 +33,7 @@ Plain h5py reads everything::
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import errno
 import fcntl
@@ -132,6 +133,43 @@ def _pid_alive(pid):
 
 # Shards are immutable, so what was read from one stays true for as long as the file exists.
 _SHARD_INDEX = {}
+
+# Codes of shards read whole in this process, keyed like _SHARD_INDEX (a grid search reads the same
+# codes for every fold and candidate; see bench/RESULTS.md). Small shards only, bounded in total,
+# least recently used dropped first. Read-only arrays: callers get copies (fancy indexing).
+_SHARD_CODES = collections.OrderedDict()
+_HOLD_MAX_SHARD_BYTES = 64 * 2**20
+_HOLD_MAX_BYTES = 128 * 2**20
+
+
+def _stat_key(path):
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _held_codes(path):
+    entry = _SHARD_CODES.get(path)
+    if entry is None:
+        return None
+    if entry[0] != _stat_key(path):
+        del _SHARD_CODES[path]
+        return None
+    _SHARD_CODES.move_to_end(path)
+    return entry[1]
+
+
+def _hold_codes(path, st, codes):
+    if codes.nbytes > _HOLD_MAX_SHARD_BYTES:
+        return
+    codes.flags.writeable = False
+    _SHARD_CODES[path] = ((st.st_ino, st.st_size, st.st_mtime_ns), codes)
+    total = sum(c.nbytes for _, c in _SHARD_CODES.values())
+    while total > _HOLD_MAX_BYTES and len(_SHARD_CODES) > 1:
+        _, (_, dropped) = _SHARD_CODES.popitem(last=False)
+        total -= dropped.nbytes
 
 
 class CodeStore:
@@ -308,13 +346,23 @@ class CodeStore:
             by_shard.setdefault(path, []).append((row, i))
         result = None
         for path, pairs in by_shard.items():
-            f, _ = self._open(path)
+            src = np.array([r for r, _ in pairs])
+            dst = np.array([i for _, i in pairs])
+            held = _held_codes(path)
+            if held is not None:
+                block = held[src]
+                if out is None and result is None:
+                    result = np.empty((len(keys), block.shape[1]), np.float32)
+                target = out if out is not None else result
+                target[dst if rows is None else np.asarray(rows)[dst]] = block
+                continue
+            f, st = self._open(path)
             with f:
                 dset = f["codes"]
-                src = np.array([r for r, _ in pairs])
-                dst = np.array([i for _, i in pairs])
                 if len(pairs) * 4 >= dset.shape[0]:
-                    block = dset[...][src]
+                    whole = dset[...]
+                    _hold_codes(path, st, whole)
+                    block = whole[src]
                 else:
                     order = np.argsort(src)
                     uniq, inverse = np.unique(src[order], return_inverse=True)
@@ -404,6 +452,7 @@ class CodeStore:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(path)
                 _SHARD_INDEX.pop(path, None)
+                _SHARD_CODES.pop(path, None)
             _fsync_dir(self.path)
             return len(paths)
 

@@ -628,10 +628,12 @@ def extract_codes(
             store.read(hits, out=out[layer], rows=rows)
     todo = [d for d in groups if any(d not in have[layer] for layer in layers)]
     cached = len(groups) - len(todo)
+    # The same picture under several names: copy its row (only where there are such inputs).
+    duplicates = [(d, g) for d, g in groups.items() if len(g) > 1]
     for layer in layers:
-        for d in have[layer]:
-            first, *rest = groups[d]
-            out[layer][rest] = out[layer][first]
+        for d, (first, *rest) in duplicates:
+            if d in have[layer]:
+                out[layer][rest] = out[layer][first]
 
     # 3. Compute the rest.
     computed = 0
@@ -660,7 +662,10 @@ def extract_codes(
         if len(store.shard_paths()) > 64:
             store.compact()
 
-    kept = np.array([i for i in range(len(paths)) if i not in skipped], dtype=np.int64)
+    if skipped:
+        kept = np.array([i for i in range(len(paths)) if i not in skipped], dtype=np.int64)
+    else:
+        kept = np.arange(len(paths), dtype=np.int64)
     codes = {layer: (arr if len(kept) == len(paths) else arr[kept]) for layer, arr in out.items()}
     return ExtractionResult(
         codes=codes,
