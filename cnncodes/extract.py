@@ -12,6 +12,7 @@ stopped. Speed measurements and the reasons for the defaults: ``bench/RESULTS.md
 from __future__ import annotations
 
 import copy
+import json
 import os
 import sys
 import time
@@ -494,6 +495,23 @@ def _default_workers(device):
     return min(4, cores)
 
 
+# Per process: code widths by (spec, layers, pooling), and stores by configuration. A grid search
+# asks for the same codes once per fold and candidate; these spare it re-hashing configurations
+# and re-reading shard metadata (measured in bench/RESULTS.md).
+_WIDTHS = {}
+_STORES = {}
+
+
+def _store(root, config):
+    key = (root, json.dumps(config, sort_keys=True))
+    store = _STORES.get(key)
+    if store is None:
+        if len(_STORES) >= 256:
+            _STORES.clear()
+        store = _STORES[key] = _cache.CodeStore(root, copy.deepcopy(config))
+    return store
+
+
 def _cached_widths(stores, layers):
     """Code widths of configurations the cache already holds, or None where any is new.
 
@@ -594,12 +612,13 @@ def extract_codes(
     layers = resolve_layers(spec, layers)
     configs = {layer: code_config(spec, layer, pooling, precision) for layer in layers}
     root = _cache.resolve_cache_dir(cache_dir)
-    stores = {layer: _cache.CodeStore(root, configs[layer]) for layer in layers} if root else {}
-    widths = _cached_widths(stores, layers)
+    stores = {layer: _store(root, configs[layer]) for layer in layers} if root else {}
+    widths = _WIDTHS.get((spec, tuple(layers), pooling)) or _cached_widths(stores, layers)
     if widths is None:
         # Checks the pooling against each layer's shape before any image is read.
         shapes = layer_shapes(spec, layers)
         widths = {layer: code_size(shapes[layer], pooling) for layer in layers}
+    _WIDTHS[(spec, tuple(layers), pooling)] = widths
 
     # 1. Identify every input by content.
     skipped = {}
