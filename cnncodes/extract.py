@@ -723,6 +723,8 @@ def _run_network(
     net = build_model(spec)
     extractor = build_extractor(net, layers)
     _fold_batchnorm(extractor)
+    # The extractor holds what it runs; the layers after the cut and the unfolded originals go.
+    del net
     extractor = extractor.to(dev)
     channels_last = True
     extractor = extractor.to(memory_format=torch.channels_last)
