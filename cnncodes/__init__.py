@@ -1,6 +1,7 @@
 """cnncodes: CNN codes from frozen pretrained networks, cached, for scikit-learn."""
 
 from .cache import CodeStore, list_configs, resolve_cache_dir
+from .datasets import ImageDataset, load_dataset
 from .extract import ExtractionResult, SkippedImage, extract_codes
 from .images import ImageLoadError, load_image
 from .models import (
@@ -14,10 +15,26 @@ from .models import (
     list_layers,
     resolve_spec,
 )
+from .transformers import (
+    CNNCodes,
+    SignedPower,
+    SkippedImagesError,
+    SkippedImagesWarning,
+    filter_readable,
+    warm_cache,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "CNNCodes",
+    "SignedPower",
+    "SkippedImagesError",
+    "SkippedImagesWarning",
+    "filter_readable",
+    "warm_cache",
+    "ImageDataset",
+    "load_dataset",
     "CodeStore",
     "ExtractionResult",
     "ImageLoadError",

@@ -952,10 +952,126 @@ def _verify_lines(root, exists, reports, cache_warnings, by_digest):
     return lines
 
 
+# ----------------------------------------------------------------------------- advise
+
+_ADVISE_EPILOG = """\
+examples:
+  cnncodes advise photos/ --model resnet50
+  cnncodes advise photos/ --model mobilenet_v2 --weights mobilenet_v2.pth --json
+"""
+
+
+def add_advise_parser(subparsers):
+    """``cnncodes advise DATA``."""
+    parser = subparsers.add_parser(
+        "advise",
+        help="recommend a transfer-learning scenario and recipe for a dataset",
+        description=_fill(
+            "Count images per class (small or large) and measure how close DATA is to what the "
+            "network was trained on (cross-validated accuracy of top-layer against earlier-layer "
+            "codes on a subsample, and the pretrained classifier's confidence); name scenario 1-4, "
+            "the recipe and the command to run, with the reasons."
+        ),
+        epilog=_ADVISE_EPILOG,
+        formatter_class=_Formatter,
+    )
+    _add_data_options(parser)
+    group = parser.add_argument_group("model")
+    group.add_argument("--model", default="resnet50", help="default: %(default)s")
+    _add_weights_options(group)
+    parser.add_argument(
+        "--per-class", type=int, default=20, help="images per class measured (default: 20)"
+    )
+    _add_cache_dir_option(parser)
+    _add_output_options(parser)
+    parser.set_defaults(run=run_advise)
+
+
+def run_advise(args):
+    """Print the recommendation."""
+    from .advise import advise
+
+    output = _Output(args)
+    dataset = _load_data(args, output)
+    if dataset.labels is None:
+        raise UsageError(
+            f"{args.data}: advise needs labelled images (class sub-folders or a label column)"
+        )
+    result = advise(
+        dataset.paths,
+        dataset.labels,
+        model=args.model,
+        weights=args.weights,
+        seed=args.seed,
+        per_class=args.per_class,
+        data_label=args.data,
+        cache_dir=_cache_dir_from_args(args),
+        progress=output.progress,
+    )
+    lines = [f"scenario {result.scenario}: recipe {result.recipe or '(fine-tuning; see below)'}"]
+    lines += [f"  - {r}" for r in result.reasons]
+    lines.append(f"run: {result.command}")
+    output.result(result.to_dict(), lines)
+    return EXIT_OK
+
+
+# ----------------------------------------------------------------------------- demo
+
+
+def add_demo_parser(subparsers):
+    """``cnncodes demo``."""
+    parser = subparsers.add_parser(
+        "demo",
+        help="offline demo: does pre-training help with a few labelled images?",
+        description=_fill(
+            "Build a small real image dataset from scikit-learn's handwritten digits, pretrain a "
+            "small CNN on digits 0-4, and on digits 5-9 with a few labelled images per class "
+            "compare codes of the pretrained network (top and earlier layer) with an untrained "
+            "network and raw pixels. A second run reuses the checkpoint and the cached codes."
+        ),
+        formatter_class=_Formatter,
+    )
+    parser.add_argument("--out-dir", default="demo-output", help="default: %(default)s")
+    parser.add_argument(
+        "--shots", type=int, default=5, help="labelled images per class (default: 5)"
+    )
+    _add_cache_dir_option(parser)
+    _add_output_options(parser)
+    parser.set_defaults(run=run_demo_command)
+
+
+def run_demo_command(args):
+    """Run the demo and print its table."""
+    from .demo import run_demo
+
+    output = _Output(args)
+    report = run_demo(
+        args.out_dir,
+        cache_dir=_cache_dir_from_args(args),
+        shots=args.shots,
+        progress=output.progress,
+        log=(lambda line: None) if output.json else output.note,
+    )
+    output.result(report, [])
+    if not output.json:
+        output.note(
+            "With ImageNet weights on this machine, run the same comparison on your own folder: "
+            "cnncodes advise DATA --model resnet50 --weights IMAGENET1K_V1 (the file goes in "
+            "$TORCH_HOME/hub/checkpoints), or --weights /path/to/checkpoint.pth."
+        )
+    return EXIT_OK
+
+
 # ----------------------------------------------------------------------------- main
 
 # One add_<command>_parser per command, in --help order; each sets ``run`` to its run_<command>.
-COMMANDS = [add_extract_parser, add_layers_parser, add_cache_parser]
+COMMANDS = [
+    add_extract_parser,
+    add_layers_parser,
+    add_cache_parser,
+    add_advise_parser,
+    add_demo_parser,
+]
 
 
 def build_parser():

@@ -666,6 +666,18 @@ def resolve_layers(spec, layers):
     if isinstance(layers, str):
         layers = [layers]
     layers = list(layers)
+    if isinstance(spec, ModelSpec) and all(isinstance(name, str) for name in layers):
+        # Tracing the graph costs 20-300 ms; a grid search asks again for every fold.
+        return list(_resolve_layers_memo(spec, tuple(layers)))
+    return _resolve_layers(spec, layers)
+
+
+@functools.lru_cache(maxsize=256)
+def _resolve_layers_memo(spec, layers):
+    return tuple(_resolve_layers(spec, list(layers)))
+
+
+def _resolve_layers(spec, layers):
     if not layers:
         raise LayerError("layer: give at least one layer name")
     net = _traceable(spec)
@@ -776,6 +788,11 @@ def _check_output(name, out):
 
 def layer_shapes(spec, layers):
     """Output shape (without batch) of each layer, computed on the meta device (no real compute)."""
+    return dict(_layer_shapes_memo(spec, tuple(layers)))
+
+
+@functools.lru_cache(maxsize=256)
+def _layer_shapes_memo(spec, layers):
     outputs = _probe(spec, _meta_for_spec(spec), layers)
     return {name: tuple(_check_output(name, outputs[name]).shape[1:]) for name in layers}
 
