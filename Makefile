@@ -20,7 +20,7 @@ demo: setup
 	$(BIN)/cnncodes demo
 
 lint: setup
-	$(BIN)/ruff check cnncodes pipelines tests bench
+	$(BIN)/ruff check .
 
 test: setup lint
 	$(BIN)/python -m pytest
