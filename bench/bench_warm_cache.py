@@ -1,0 +1,176 @@
+"""Warm against cold extraction of the same images: what the cache saves.
+
+Each repetition starts from an empty cache folder and times three calls of
+``extract_codes(paths, resnet18 untrained, "penultimate", cache_dir=...)`` on the same JPEGs:
+
+- cold: in a fresh process, nothing cached: every image goes through the network;
+- warm, same process: the same call again right after, in that process (file hashes memoised);
+- warm, fresh process: the same call in a new interpreter (nothing memoised in memory: every file
+  is read and hashed again, every shard index read from disk).
+
+Each time is measured inside the process around the call (imports excluded) and also as the whole
+subprocess' wall time (interpreter start and ``import torch`` included: what a CLI user waits).
+The warm calls are checked to compute nothing (``computed == 0``). Where
+``cnncodes.transformers.CNNCodes`` exists, a warm ``CNNCodes(...).fit_transform`` in a third
+fresh process is timed too.
+
+Usage::
+
+    .venv/bin/python bench/bench_warm_cache.py           # 1,000 JPEGs of 500x375, 3 repetitions
+    .venv/bin/python bench/bench_warm_cache.py --quick   # 200 JPEGs
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import _common as C  # noqa: E402
+
+MODEL = "resnet18"
+
+
+def child(args):
+    """Runs in the subprocess: time the requested calls, print one JSON line."""
+    t_import = time.perf_counter()
+    from cnncodes.extract import extract_codes
+    from cnncodes.models import resolve_spec
+
+    import_s = time.perf_counter() - t_import
+    with open(args.paths_file) as f:
+        paths = json.load(f)
+    out = {"import_s": import_s, "calls": []}
+    for label in args.calls.split(","):
+        if label == "sklearn":
+            from cnncodes.transformers import CNNCodes
+
+            start = time.perf_counter()
+            est = CNNCodes(model=MODEL, weights="none", cache_dir=args.cache, progress=False)
+            codes = est.fit_transform(paths)
+            seconds = time.perf_counter() - start
+            out["calls"].append({"label": label, "seconds": seconds, "shape": list(codes.shape)})
+            continue
+        start = time.perf_counter()
+        spec = resolve_spec(MODEL, "none")
+        res = extract_codes(paths, spec, "penultimate", cache_dir=args.cache, progress=False)
+        seconds = time.perf_counter() - start
+        out["calls"].append(
+            {
+                "label": label,
+                "seconds": seconds,
+                "computed": res.computed,
+                "cached": res.cached,
+                "checksum": float(res.concatenated().astype("float64").sum()),
+            }
+        )
+    print(json.dumps(out))
+
+
+def run_child(paths_file, cache, calls):
+    cmd = [sys.executable, os.path.abspath(__file__), "--child", "--paths-file", paths_file]
+    cmd += ["--cache", cache, "--calls", calls]
+    env = dict(os.environ)
+    env["PYTHONPATH"] = C.ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=C.ROOT)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise RuntimeError(f"child failed:\n{proc.stderr[-4000:]}")
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result["process_wall_s"] = wall
+    return result
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="200 images instead of 1,000")
+    ap.add_argument("--n", type=int, default=None)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--out", default="warm_cache.json")
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--paths-file", help=argparse.SUPPRESS)
+    ap.add_argument("--cache", help=argparse.SUPPRESS)
+    ap.add_argument("--calls", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.child:
+        return child(args)
+
+    n = args.n or (200 if args.quick else 1000)
+    info = C.print_machine()
+    paths = C.make_jpegs(n)
+    print(f"{n} JPEGs of 500x375, mean {C.folder_bytes(paths):.1f} KB; model {MODEL} untrained")
+    work = os.path.join(C.OUT, "warm_cache")
+    os.makedirs(work, exist_ok=True)
+    paths_file = os.path.join(work, "paths.json")
+    with open(paths_file, "w") as f:
+        json.dump(paths, f)
+    try:
+        import cnncodes.transformers  # noqa: F401
+
+        has_sklearn = True
+    except ImportError:
+        has_sklearn = False
+    rows = []
+    for rep in range(args.reps):
+        cache = os.path.join(work, f"cache-{rep}")
+        shutil.rmtree(cache, ignore_errors=True)
+        first = run_child(paths_file, cache, "cold,warm_same")
+        second = run_child(paths_file, cache, "warm_fresh")
+        third = run_child(paths_file, cache, "sklearn") if has_sklearn else None
+        cold, warm_same = first["calls"]
+        warm_fresh = second["calls"][0]
+        assert cold["computed"] == n, cold
+        assert warm_same["computed"] == 0 and warm_fresh["computed"] == 0, (warm_same, warm_fresh)
+        assert warm_same["checksum"] == cold["checksum"] == warm_fresh["checksum"]
+        row = {
+            "cold_s": cold["seconds"],
+            "warm_same_s": warm_same["seconds"],
+            "warm_fresh_s": warm_fresh["seconds"],
+            "cold_process_s": first["process_wall_s"] - warm_same["seconds"],
+            "warm_fresh_process_s": second["process_wall_s"],
+            "import_s": second["import_s"],
+        }
+        if has_sklearn:
+            row["sklearn_warm_fresh_s"] = third["calls"][0]["seconds"]
+        rows.append(row)
+        print(
+            f"rep {rep + 1}: cold {row['cold_s']:.2f} s, warm same process "
+            f"{row['warm_same_s']:.3f} s, warm fresh process {row['warm_fresh_s']:.3f} s "
+            f"(whole process {row['warm_fresh_process_s']:.2f} s)",
+            flush=True,
+        )
+        shutil.rmtree(cache, ignore_errors=True)
+    summary = {k: C.med([r[k] for r in rows]) for k in rows[0]}
+    ratios = {
+        "cold/warm_same": summary["cold_s"] / summary["warm_same_s"],
+        "cold/warm_fresh": summary["cold_s"] / summary["warm_fresh_s"],
+        "cold/warm_fresh (whole processes)": summary["cold_process_s"]
+        / summary["warm_fresh_process_s"],
+    }
+    if has_sklearn:
+        ratios["cold/CNNCodes.fit_transform warm_fresh"] = (
+            summary["cold_s"] / summary["sklearn_warm_fresh_s"]
+        )
+    print()
+    print(f"| measure (median of {args.reps}) | seconds | images/s |")
+    print("|---|---|---|")
+    for k, v in summary.items():
+        print(f"| {k} | {v:.3f} | {n / v:,.0f} |")
+    print()
+    for k, v in ratios.items():
+        print(f"ratio {k}: {v:,.0f}x")
+    C.save_json(
+        args.out,
+        {"machine": info, "n_images": n, "runs": rows, "medians": summary, "ratios": ratios},
+    )
+
+
+if __name__ == "__main__":
+    main()
