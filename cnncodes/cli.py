@@ -27,7 +27,7 @@ import numpy as np
 
 from . import __version__
 from .cache import CacheWarning, list_configs, resolve_cache_dir
-from .datasets import DatasetError, load_dataset
+from .datasets import DatasetError, load_dataset, load_files
 from .extract import PRECISIONS, extract_codes, spec_from_config
 from .images import ImageLoadError, file_digest
 from .models import list_layers, resolve_layers, resolve_spec
@@ -245,16 +245,20 @@ def _add_preprocessing_options(group):
     group.add_argument("--interpolation", choices=_INTERPOLATIONS, help="resize interpolation")
 
 
-def _add_model_options(parser, *, model=True, layers=True):
-    """The network: --model, --weights, --seed, --layer, --pooling and the preprocessing."""
+def _add_model_options(parser, *, model=True, layers=True, required=True, layer_help=None):
+    """The network: --model, --weights, --seed, --layer, --pooling and the preprocessing.
+
+    With ``required=False`` (``fit``), --model and --pooling default to None: the recipe decides.
+    """
     group = parser.add_argument_group("model")
     if model:
         group.add_argument(
             "--model",
             "-m",
-            required=True,
+            required=required,
             metavar="M",
-            help="torchvision model name (resnet50, mobilenet_v2, ...) or package.module:callable",
+            help="torchvision model name (resnet50, mobilenet_v2, ...) or package.module:callable"
+            + ("" if required else " (default: the recipe's, resnet50)"),
         )
     _add_weights_options(group)
     if layers:
@@ -263,7 +267,8 @@ def _add_model_options(parser, *, model=True, layers=True):
             "-l",
             action="append",
             metavar="L",
-            help="graph-node name (see 'cnncodes layers M'); repeat for several layers, whose "
+            help=layer_help
+            or "graph-node name (see 'cnncodes layers M'); repeat for several layers, whose "
             "codes are concatenated in order (default: penultimate, the input of the last "
             "linear layer)",
         )
@@ -271,8 +276,9 @@ def _add_model_options(parser, *, model=True, layers=True):
             "--pooling",
             "-p",
             choices=POOLINGS,
-            default="avg",
-            help="how spatial maps become vectors (default: %(default)s)",
+            default="avg" if required else None,
+            help="how spatial maps become vectors (default: "
+            + ("%(default)s)" if required else "the recipe's)"),
         )
     _add_preprocessing_options(parser.add_argument_group("preprocessing"))
 
@@ -952,6 +958,444 @@ def _verify_lines(root, exists, reports, cache_warnings, by_digest):
     return lines
 
 
+# ----------------------------------------------------------------------------- fit
+
+_FIT_EPILOG = """\
+examples:
+  # scenario 1: a linear probe on resnet50's top-layer codes, a quarter of the images held out
+  cnncodes fit photos/ --pipeline linear_probe --model resnet50 --test-size 0.25 \\
+      --out model.skops --report report/
+
+  # scenario 3: sweep four depths of a local checkpoint with SVMs, separate test folder
+  cnncodes fit train/ --pipeline layer_sweep_svm --model mobilenet_v2 --weights mnv2.pth \\
+      --layer features.3 --layer features.6 --layer features.13 --layer features.18 \\
+      --test test/ --report report/ --n-jobs 2
+
+  # your own recipe file (defines build(**overrides) -> (pipeline, param_grid))
+  cnncodes fit photos/ --pipeline my_recipe.py --model resnet18 --json
+
+Recipes: linear_probe (scenario 1), linear_svm (1), layer_sweep_svm (3), sgd (larger sets).
+Every image goes through the network once per configuration before the search starts; the
+folds and candidates read the cache. --report DIR writes metrics.json, cv_results.csv,
+confusion_matrix.png, layer_sweep.png (layer sweeps) and config.json (how to reproduce the run).
+"""
+
+_FIT_LAYER_HELP = (
+    "graph-node name (see 'cnncodes layers M'); repeat for several. A recipe that sweeps layers "
+    "(layer_sweep_svm) tries each one; other recipes concatenate their codes (default: the "
+    "recipe's, e.g. penultimate)"
+)
+
+
+def add_fit_parser(subparsers):
+    """``cnncodes fit DATA --pipeline NAME ...``."""
+    import pipelines
+
+    parser = subparsers.add_parser(
+        "fit",
+        help="grid-search a recipe on labelled images, evaluate it, save the model",
+        description=_fill(
+            "Run a recipe's grid search (stratified cross-validation) on the labelled images of "
+            "DATA, print every candidate's score, the best parameters and the held-out metrics "
+            "(accuracy, balanced accuracy, per-class precision and recall), and save the best "
+            "pipeline refitted on all training images."
+        ),
+        epilog=_FIT_EPILOG,
+        formatter_class=_Formatter,
+    )
+    _add_data_options(parser)
+    parser.add_argument(
+        "--pipeline",
+        "-P",
+        default="linear_probe",
+        metavar="NAME|PATH",
+        help=f"a recipe ({', '.join(pipelines.available())}) or a .py file defining "
+        "build(**overrides) (default: %(default)s)",
+    )
+    _add_model_options(parser, required=False, layer_help=_FIT_LAYER_HELP)
+    evaluation = parser.add_argument_group("evaluation")
+    held_out = evaluation.add_mutually_exclusive_group()
+    held_out.add_argument(
+        "--test", metavar="DATA2", help="labelled images to evaluate on (folder or CSV manifest)"
+    )
+    held_out.add_argument(
+        "--test-size",
+        type=_fraction,
+        metavar="F",
+        help="hold out this stratified fraction of DATA for the evaluation (e.g. 0.25)",
+    )
+    evaluation.add_argument(
+        "--cv",
+        type=_positive_int,
+        default=5,
+        metavar="K",
+        help="cross-validation folds, lowered to the smallest class (default: %(default)s)",
+    )
+    evaluation.add_argument(
+        "--scoring",
+        default=None,
+        metavar="S",
+        help="the search's score: accuracy (default), balanced_accuracy, f1_macro, ...",
+    )
+    evaluation.add_argument(
+        "--n-jobs", type=int, default=None, metavar="N", help="parallel fits of the search"
+    )
+    evaluation.add_argument(
+        "--random-state",
+        type=int,
+        default=0,
+        metavar="N",
+        help="seed of the test split and the folds (default: %(default)s)",
+    )
+    _add_runtime_options(parser)
+    out = parser.add_argument_group("results")
+    out.add_argument(
+        "--out", "-o", metavar="FILE", help="save the fitted pipeline: .joblib or .skops"
+    )
+    out.add_argument(
+        "--report",
+        metavar="DIR",
+        help="write metrics.json, cv_results.csv, plots and config.json into DIR",
+    )
+    parser.set_defaults(run=run_fit)
+
+
+def _fraction(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a fraction such as 0.25") from None
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a fraction between 0 and 1")
+    return value
+
+
+def _codes_overrides(args):
+    """CNNCodes parameters given on the command line (None: the recipe's default)."""
+    given = {
+        "model": getattr(args, "model", None),
+        "weights": args.weights,
+        "resize": args.resize,
+        "crop": args.crop,
+        "mean": args.mean,
+        "std": args.std,
+        "interpolation": args.interpolation,
+        "layer": args.layer,
+        "pooling": args.pooling,
+        "num_workers": args.workers,
+        "precision": None if args.precision == "auto" else args.precision,
+        "device": None if args.device == "auto" else args.device,
+    }
+    overrides = {k: v for k, v in given.items() if v is not None}
+    overrides["seed"] = args.seed
+    overrides["batch_size"] = args.batch_size
+    overrides["cache_dir"] = _cache_dir_from_args(args)
+    return overrides
+
+
+def _fmt(value, digits=3):
+    return "-" if value is None or value != value else f"{value:.{digits}f}"
+
+
+def _fit_lines(result, dataset, test_note, out_path, written, limit=15):
+    metrics = result.metrics
+    table = result.table
+    params = [c for c in table.columns if c not in ("rank", "mean", "std", "fit_seconds")]
+    rows = [
+        [r["rank"], *(r[p] for p in params), _fmt(r["mean"]), _fmt(r["std"])]
+        for r in table.head(limit).to_dict("records")
+    ]
+    cv = metrics["cv"]
+    lines = [
+        f"{result.recipe}: {cv['n_candidates']} candidate(s) x {cv['n_splits']} folds, "
+        f"cross-validated {metrics['scoring']} (mean and std over folds)"
+    ]
+    lines += _table(["rank", *params, "mean", "std"], rows, right=("rank", "mean", "std"))
+    if len(table) > limit:
+        lines.append(f"... {len(table) - limit} more candidates (--report DIR: cv_results.csv)")
+    best = ", ".join(f"{k}={v}" for k, v in metrics["best_params"].items()) or "(no parameters)"
+    lines.append(
+        f"best: {best}  (cv {metrics['scoring']} {_fmt(cv['best_score'])} "
+        f"+- {_fmt(cv['best_std'])})"
+    )
+    if result.layers is not None:
+        lines.append("best score per layer:")
+        lines += [
+            f"  {'*' if r.best else ' '} {r.layer}: {_fmt(r.mean_test_score)} "
+            f"+- {_fmt(r.std_test_score)}"
+            for r in result.layers.itertuples()
+        ]
+    evaluated = metrics["test"]
+    if evaluated is None:
+        evaluated = cv.get("predictions")
+        head = "no held-out images (--test DATA2 or --test-size F); cross-validated predictions"
+    else:
+        head = f"test ({test_note}, {evaluated['n']} images)"
+    if evaluated is not None:
+        lines.append(
+            f"{head}: accuracy {_fmt(evaluated['accuracy'])}, balanced accuracy "
+            f"{_fmt(evaluated['balanced_accuracy'])}"
+        )
+        lines += _table(
+            ["class", "precision", "recall", "support"],
+            [
+                [c, _fmt(m["precision"]), _fmt(m["recall"]), m["support"]]
+                for c, m in evaluated["per_class"].items()
+            ],
+            right=("precision", "recall", "support"),
+        )
+    if out_path:
+        lines.append(f"saved model: {_display(out_path)}")
+    if written:
+        folder = os.path.dirname(next(iter(written.values())))
+        lines.append(f"report: {_display(folder)} ({', '.join(written)})")
+    return lines
+
+
+def run_fit(args):
+    """Grid-search the recipe; print the table and metrics; save the model and the report."""
+    from . import persistence
+    from .experiment import jsonable, run_experiment
+
+    output = _Output(args)
+    out_path = _check_out_path(args.out, persistence.FORMATS)
+    if args.report is not None and os.path.exists(args.report) and not os.path.isdir(args.report):
+        raise UsageError(f"--report {args.report!r} exists and is not a folder")
+    dataset = _load_data(args, output)
+    if dataset.labels is None:
+        raise UsageError(
+            f"{args.data}: fit needs labelled images (class sub-folders, or a manifest with a "
+            "'label' column)"
+        )
+    test = None
+    test_note = None
+    if args.test is not None:
+        test_set = load_dataset(args.test, allow_outside_root=args.allow_outside_root)
+        if test_set.labels is None:
+            raise UsageError(f"--test {args.test}: the test images need labels")
+        test = (test_set.paths, test_set.labels)
+        test_note = _display(test_set.root)
+    elif args.test_size is not None:
+        test_note = f"{args.test_size:g} of DATA held out"
+    try:
+        result = run_experiment(
+            dataset.paths,
+            dataset.labels,
+            args.pipeline,
+            overrides=_codes_overrides(args),
+            test=test,
+            test_size=args.test_size,
+            cv=max(args.cv, 2),
+            scoring=args.scoring,
+            n_jobs=args.n_jobs,
+            seed=args.random_state,
+            on_error=args.on_error,
+            progress=output.progress,
+            log=output.note,
+        )
+    except ImageLoadError as exc:
+        raise UsageError(f"{exc} (--on-error skip leaves unreadable images out)") from None
+    except TypeError as exc:  # a recipe option the recipe does not take
+        raise UsageError(str(exc)) from None
+    if out_path is not None:
+        persistence.save(result.estimator, out_path)
+    written = {}
+    if args.report is not None:
+        from .report import write_report
+
+        written = write_report(result, args.report)
+    for items in result.skipped.values():
+        _note_skipped(output, items)
+    summary = {
+        "command": "fit",
+        "data": dataset.root,
+        "recipe": result.recipe,
+        "metrics": result.metrics,
+        "candidates": result.table.to_dict("records"),
+        "layers": None
+        if result.layers is None
+        else [
+            {
+                "layer": r.layer,
+                "mean_test_score": r.mean_test_score,
+                "std_test_score": r.std_test_score,
+                "best": bool(r.best),
+            }
+            for r in result.layers.itertuples()
+        ],
+        "extraction": result.extraction,
+        "skipped": {p: _skipped_json(items) for p, items in result.skipped.items()},
+        "out": out_path,
+        "report": written or None,
+        "seconds": round(result.seconds, 3),
+    }
+    output.result(jsonable(summary), _fit_lines(result, dataset, test_note, out_path, written))
+    return EXIT_OK
+
+
+# ----------------------------------------------------------------------------- predict
+
+_PREDICT_EPILOG = """\
+examples:
+  cnncodes predict model.skops new-photos/ --out predictions.csv
+  cnncodes predict model.skops a.jpg b.jpg c.png --proba --json
+  cnncodes predict model.joblib test.csv --on-error skip --out predictions.csv
+
+A folder of class folders (or a manifest with labels) adds a true_label column and the accuracy.
+A .skops file only loads the types known to be safe; name others with --trust if you trust the
+file. A .joblib file runs code when loaded: use only your own.
+"""
+
+
+def add_predict_parser(subparsers):
+    """``cnncodes predict MODEL DATA_OR_FILES...``."""
+    parser = subparsers.add_parser(
+        "predict",
+        help="predict the class of images with a model saved by 'cnncodes fit'",
+        description=_fill(
+            "Predict one row per image: path, predicted label, and the probability of that "
+            "label (or the classifier's decision score); with --proba, every class's "
+            "probability. The model's extractor is verified first: a checkpoint whose SHA-256 "
+            "changed, or a model that now builds differently, is refused."
+        ),
+        epilog=_PREDICT_EPILOG,
+        formatter_class=_Formatter,
+    )
+    parser.add_argument("model_file", metavar="MODEL", help="a .skops or .joblib file")
+    parser.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="DATA_OR_FILES",
+        help="a folder (of images or of class folders), a CSV manifest, or image files",
+    )
+    parser.add_argument(
+        "--allow-outside-root",
+        action="store_true",
+        help="accept manifest entries and links that resolve outside their folder",
+    )
+    parser.add_argument("--proba", action="store_true", help="add one probability column per class")
+    parser.add_argument(
+        "--trust",
+        action="append",
+        metavar="TYPE",
+        help=".skops only: a further type to accept (module.QualName); repeat for several",
+    )
+    group = parser.add_argument_group("runtime")
+    _add_cache_dir_option(group)
+    _add_compute_options(group)
+    group.add_argument(
+        "--on-error",
+        choices=("raise", "skip"),
+        default="raise",
+        help="an unreadable image stops the run (raise) or gets a row with its error (skip) "
+        "(default: %(default)s)",
+    )
+    _add_output_options(group)
+    parser.add_argument("--out", "-o", metavar="FILE", help="write the predictions to FILE (.csv)")
+    parser.set_defaults(run=run_predict)
+
+
+def _predict_inputs(args):
+    """Paths and labels (or None) from folders, manifests and files, in the order given."""
+    paths, labels, files = [], [], []
+    for item in args.inputs:
+        if os.path.isdir(item) or item.lower().endswith(".csv"):
+            dataset = load_dataset(item, allow_outside_root=args.allow_outside_root)
+            paths += dataset.paths
+            labels += dataset.labels or [None] * len(dataset)
+        else:
+            files.append(item)
+    if files:
+        loose = load_files(files)
+        paths += loose.paths
+        labels += [None] * len(loose)
+    return paths, (labels if all(label is not None for label in labels) else None)
+
+
+def run_predict(args):
+    """Predict every input image; print a table or JSON; optionally write a CSV."""
+    from . import persistence
+    from .experiment import classification_metrics, jsonable, predict_images
+    from .transformers import _find_codes_step
+
+    output = _Output(args)
+    out_path = _check_out_path(args.out, (".csv",))
+    estimator = persistence.load(args.model_file, trusted=args.trust)
+    try:
+        step, prefix = _find_codes_step(estimator)
+    except ValueError:
+        raise UsageError(
+            f"{args.model_file}: not a cnncodes model (no CNNCodes step); save one with "
+            "'cnncodes fit --out'"
+        ) from None
+    runtime = {"progress": output.progress is not False, "batch_size": args.batch_size}
+    runtime["cache_dir"] = _cache_dir_from_args(args)
+    if args.workers is not None:
+        runtime["num_workers"] = args.workers
+    if args.device != "auto":
+        runtime["device"] = args.device
+    estimator.set_params(**{f"{prefix}{k}": v for k, v in runtime.items()})
+    paths, labels = _predict_inputs(args)
+    output.note(f"{len(paths)} image(s) to predict with {_display(args.model_file)}")
+    try:
+        table = predict_images(
+            estimator, paths, labels=labels, proba=args.proba, on_error=args.on_error
+        )
+    except ImageLoadError as exc:
+        raise UsageError(f"{exc} (--on-error skip reports unreadable images instead)") from None
+    accuracy = None
+    if labels is not None:
+        done = table[table["label"].notna()]
+        if len(done):
+            metrics = classification_metrics(done["true_label"], done["label"])
+            accuracy = {k: metrics[k] for k in ("n", "accuracy", "balanced_accuracy")}
+    if out_path is not None:
+        with _atomic_output(out_path) as tmp:
+            table.to_csv(tmp, index=False)
+    failed = table["label"].isna()
+    for row in table[failed].itertuples():
+        output.note(f"skipped {_display(row.path)}: {row.error}")
+    rows = table.to_dict("records")
+    data = {
+        "command": "predict",
+        "model": os.path.abspath(args.model_file),
+        "images": len(table),
+        "skipped": int(failed.sum()),
+        "accuracy": accuracy,
+        "out": out_path,
+        "predictions": rows,
+    }
+    score_kind = table["score_kind"].iloc[0] if len(table) else "none"
+    shown = rows[:20] if out_path else rows
+    columns = ["path", "label", "score"] + (["true_label"] if labels is not None else [])
+    lines = _table(
+        columns,
+        [
+            [
+                _display(r["path"]),
+                r["label"],
+                _fmt(r["score"]),
+                *([r["true_label"]] if labels is not None else []),
+            ]
+            for r in shown
+        ],
+        right=("score",),
+    )
+    if len(shown) < len(rows):
+        lines.append(f"... {len(rows) - len(shown)} more rows in {_display(out_path)}")
+    kind = "probability" if score_kind == "probability" else "decision value"
+    lines.append(f"score: the {kind} of the predicted label")
+    if accuracy is not None:
+        lines.append(
+            f"accuracy on {accuracy['n']} labelled image(s): {_fmt(accuracy['accuracy'])} "
+            f"(balanced {_fmt(accuracy['balanced_accuracy'])})"
+        )
+    if out_path:
+        lines.append(f"wrote {_display(out_path)}")
+    output.result(jsonable(data), lines)
+    return EXIT_OK
+
+
 # ----------------------------------------------------------------------------- advise
 
 _ADVISE_EPILOG = """\
@@ -1066,6 +1510,8 @@ def run_demo_command(args):
 
 # One add_<command>_parser per command, in --help order; each sets ``run`` to its run_<command>.
 COMMANDS = [
+    add_fit_parser,
+    add_predict_parser,
     add_extract_parser,
     add_layers_parser,
     add_cache_parser,

@@ -24,8 +24,17 @@ from sklearn.svm import SVC
 
 from ._common import codes_step, grid_values, split_options
 
-__all__ = ["build", "default_layers", "layer_table", "DEFAULT_CS", "DEFAULT_GAMMAS"]
+__all__ = [
+    "OPTIONS",
+    "build",
+    "default_layers",
+    "layer_table",
+    "DEFAULT_CS",
+    "DEFAULT_GAMMAS",
+]
 
+#: The recipe's own options of ``build(**overrides)`` (besides CNNCodes parameters).
+OPTIONS = ("layers", "poolings", "Cs", "gammas", "kernels")
 DEFAULT_CS = np.logspace(-2, 4, 7)
 #: For L2-normalised codes squared distances lie in [0, 4]; "scale" is 1 / (n_features * var).
 DEFAULT_GAMMAS = ("scale", 0.1, 1.0, 10.0)
@@ -97,9 +106,7 @@ def build(**overrides):
     >>> grid[0]["cnncodes__layer"]
     ['layer1', 'layer2', 'layer3', 'layer4']
     """
-    codes, options = split_options(
-        "layer_sweep_svm", overrides, ("layers", "poolings", "Cs", "gammas", "kernels")
-    )
+    codes, options = split_options("layer_sweep_svm", overrides, OPTIONS)
     model = codes.get("model", "resnet50")
     layers = options.get("layers")
     layers = default_layers(model) if layers is None else grid_values("layers", layers)

@@ -16,7 +16,10 @@ from sklearn.preprocessing import StandardScaler
 
 from ._common import codes_step, grid_values, split_options
 
-__all__ = ["build", "DEFAULT_CS"]
+__all__ = ["OPTIONS", "build", "DEFAULT_CS"]
+
+#: The recipe's own options of ``build(**overrides)`` (besides CNNCodes parameters).
+OPTIONS = ("Cs",)
 
 #: One value per decade over [1e-6, 1e6]; pass ``Cs=np.logspace(-6, 6, 97)`` for a finer sweep.
 DEFAULT_CS = np.logspace(-6, 6, 13)
@@ -45,7 +48,7 @@ def build(**overrides):
     >>> grid
     {'clf__C': [0.1, 1, 10]}
     """
-    codes, options = split_options("linear_probe", overrides, ("Cs",))
+    codes, options = split_options("linear_probe", overrides, OPTIONS)
     pipe = Pipeline(
         [
             ("cnncodes", codes_step(**codes)),

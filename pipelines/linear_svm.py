@@ -18,7 +18,10 @@ from cnncodes.transformers import SignedPower
 
 from ._common import codes_step, grid_values, split_options
 
-__all__ = ["build", "DEFAULT_CS", "DEFAULT_POWERS"]
+__all__ = ["OPTIONS", "build", "DEFAULT_CS", "DEFAULT_POWERS"]
+
+#: The recipe's own options of ``build(**overrides)`` (besides CNNCodes parameters).
+OPTIONS = ("Cs", "powers")
 
 DEFAULT_CS = np.logspace(-4, 4, 9)
 DEFAULT_POWERS = (1.0, 0.5)
@@ -46,7 +49,7 @@ def build(**overrides):
     >>> sorted(grid)
     ['clf__C', 'power__alpha']
     """
-    codes, options = split_options("linear_svm", overrides, ("Cs", "powers"))
+    codes, options = split_options("linear_svm", overrides, OPTIONS)
     pipe = Pipeline(
         [
             ("cnncodes", codes_step(**codes)),

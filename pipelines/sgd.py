@@ -16,7 +16,10 @@ from sklearn.preprocessing import StandardScaler
 
 from ._common import codes_step, grid_values, split_options
 
-__all__ = ["build", "DEFAULT_ALPHAS"]
+__all__ = ["OPTIONS", "build", "DEFAULT_ALPHAS"]
+
+#: The recipe's own options of ``build(**overrides)`` (besides CNNCodes parameters).
+OPTIONS = ("alphas", "loss", "random_state")
 
 DEFAULT_ALPHAS = np.logspace(-7, 0, 8)
 
@@ -42,7 +45,7 @@ def build(**overrides):
     >>> pipe.named_steps["clf"].loss, len(grid["clf__alpha"])
     ('log_loss', 8)
     """
-    codes, options = split_options("sgd", overrides, ("alphas", "loss", "random_state"))
+    codes, options = split_options("sgd", overrides, OPTIONS)
     clf = SGDClassifier(
         loss=options.get("loss", "hinge"),
         penalty="l2",

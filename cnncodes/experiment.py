@@ -1,0 +1,688 @@
+"""Experiments on codes: a recipe's grid search with held-out evaluation, and predictions.
+
+This is what ``cnncodes fit`` and ``cnncodes predict`` run; the command line only parses,
+prints and writes files. Everything here works on image paths and labels and returns plain
+objects (DataFrames, dicts), so the same experiment is one call from Python:
+
+>>> result = run_experiment(train.paths, train.labels, "linear_probe",
+...                         overrides={"model": "resnet18"}, test_size=0.25)  # doctest: +SKIP
+>>> result.metrics["test"]["accuracy"]  # doctest: +SKIP
+0.93
+
+The network runs once per image and configuration: :func:`~cnncodes.transformers.warm_cache`
+extracts every code the grid will ask for before the search starts (with a progress bar), so
+the folds and candidates, and the refit, only read the cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import __version__
+from .models import ModelError, resolve_spec
+from .transformers import CNNCodes, _find_codes_step, filter_readable, warm_cache
+
+__all__ = [
+    "ExperimentResult",
+    "classification_metrics",
+    "cv_table",
+    "predict_images",
+    "run_experiment",
+    "verify_model",
+]
+
+
+@dataclass
+class ExperimentResult:
+    """The outcome of :func:`run_experiment`.
+
+    Attributes
+    ----------
+    search : GridSearchCV
+        The fitted search (``cv_results_``, ``best_params_``, ``best_estimator_``).
+    estimator : Pipeline
+        The best pipeline, refitted on all training images: the model to save.
+    recipe : str
+        The recipe's name (or the path of the recipe file).
+    metrics : dict
+        ``"cv"``: the best candidate's mean and std cross-validated score, plus metrics of its
+        cross-validated predictions when there is no test set; ``"test"``: metrics on the held-out
+        images (see :func:`classification_metrics`), or None.
+    table : pandas.DataFrame
+        Every candidate, best first (see :func:`cv_table`).
+    layers : pandas.DataFrame or None
+        The best score of every layer, when the grid sweeps ``cnncodes__layer`` over more than one
+        value (see :func:`pipelines.layer_sweep_svm.layer_table`).
+    config : dict
+        Everything needed to rerun the experiment (JSON-ready).
+    skipped : dict
+        ``{"train": [...], "test": [...]}``: unreadable images left out (``on_error="skip"``).
+    extraction : dict
+        What :func:`~cnncodes.transformers.warm_cache` did (``computed``, ``cached``, ...).
+    seconds : float
+    """
+
+    search: object
+    estimator: object
+    recipe: str
+    metrics: dict
+    table: object
+    layers: object
+    config: dict
+    skipped: dict = field(default_factory=dict)
+    extraction: dict = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def jsonable(value):
+    """``value`` made JSON-ready: numpy scalars and arrays, tuples, NaN (None), other objects (repr)."""
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return [jsonable(v) for v in value.tolist()]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not np.isfinite(value):
+        return None  # JSON has no NaN or infinity
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    return repr(value)
+
+
+def _short_param(name):
+    """``cnncodes__layer`` -> ``layer``, ``clf__C`` -> ``C`` (for tables)."""
+    return name.split("__")[-1]
+
+
+def _data_fingerprint(paths, labels):
+    """SHA-256 of the (path, label) list: tells whether a rerun saw the same images."""
+    h = hashlib.sha256()
+    for i, path in enumerate(paths):
+        label = "" if labels is None else str(labels[i])
+        h.update(os.fsencode(path) + b"\0" + label.encode("utf-8", "surrogateescape") + b"\n")
+    return h.hexdigest()
+
+
+def _versions():
+    import h5py
+    import sklearn
+    import torch
+    import torchvision
+
+    return {
+        "cnncodes": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "scikit-learn": sklearn.__version__,
+        "numpy": np.__version__,
+        "h5py": h5py.__version__,
+    }
+
+
+def _check_labelled(paths, labels, name):
+    if labels is None:
+        raise ValueError(
+            f"{name}: the images have no labels; use class sub-folders or a manifest with a "
+            "'label' column"
+        )
+    if len(labels) != len(paths):
+        raise ValueError(f"{name}: {len(paths)} images but {len(labels)} labels")
+
+
+# ----------------------------------------------------------------------------- metrics
+
+
+def classification_metrics(y_true, y_pred, labels=None):
+    """Accuracy, balanced accuracy, per-class precision/recall/support and the confusion matrix.
+
+    Parameters
+    ----------
+    y_true, y_pred : array-like of shape (n_samples,)
+    labels : list, optional
+        Class order of the per-class entries and the confusion matrix (default: the sorted union).
+
+    Returns
+    -------
+    dict
+        ``n``, ``accuracy``, ``balanced_accuracy``, ``per_class`` (``{label: {"precision",
+        "recall", "f1", "support"}}``), ``labels`` and ``confusion_matrix`` (rows: true class,
+        columns: predicted class, in ``labels`` order).
+
+    Examples
+    --------
+    >>> m = classification_metrics(["a", "a", "b", "b"], ["a", "b", "b", "b"])
+    >>> m["accuracy"], m["balanced_accuracy"], m["per_class"]["b"]["precision"]
+    (0.75, 0.75, 0.6666666666666666)
+    """
+    import warnings
+
+    from sklearn.exceptions import UndefinedMetricWarning
+    from sklearn.metrics import (
+        accuracy_score,
+        confusion_matrix,
+        precision_recall_fscore_support,
+    )
+
+    y_true = np.asarray(y_true)
+    y_pred = np.asarray(y_pred)
+    if labels is None:
+        labels = sorted(set(y_true.tolist()) | set(y_pred.tolist()))
+    labels = list(labels)
+    with warnings.catch_warnings():
+        # A class never predicted has no precision (reported as 0) - not worth a warning here.
+        warnings.simplefilter("ignore", UndefinedMetricWarning)
+        precision, recall, f1, support = precision_recall_fscore_support(
+            y_true, y_pred, labels=labels, zero_division=0
+        )
+    present = support > 0
+    balanced = float(np.mean(recall[present])) if present.any() else float("nan")
+    return {
+        "n": int(len(y_true)),
+        "accuracy": float(accuracy_score(y_true, y_pred)),
+        "balanced_accuracy": balanced,
+        "per_class": {
+            str(label): {
+                "precision": float(p),
+                "recall": float(r),
+                "f1": float(f),
+                "support": int(s),
+            }
+            for label, p, r, f, s in zip(labels, precision, recall, f1, support)
+        },
+        "labels": [str(label) for label in labels],
+        "confusion_matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
+    }
+
+
+def cv_table(search):
+    """Every candidate of a fitted search, best first.
+
+    Columns: ``rank``, one column per parameter that varies between candidates (named by its
+    last ``__`` part, e.g. ``layer``, ``C``), ``mean``, ``std`` (of the cross-validated test
+    score) and ``fit_seconds`` (mean per fold).
+    """
+    import pandas as pd
+
+    results = search.cv_results_
+    params = results["params"]
+    names = []
+    for p in params:
+        for k in p:
+            if k not in names:
+                names.append(k)
+    varying = [
+        k for k in names if len({repr(p.get(k, "-")) for p in params}) > 1 or len(params) == 1
+    ]
+    rows = []
+    for i, p in enumerate(params):
+        row = {"rank": int(results["rank_test_score"][i])}
+        for k in varying:
+            v = p.get(k, "-")
+            if isinstance(v, (list, tuple)):
+                v = "+".join(map(str, v))
+            elif isinstance(v, float):
+                v = f"{v:.4g}"
+            row[_short_param(k)] = v
+        row["mean"] = float(results["mean_test_score"][i])
+        row["std"] = float(results["std_test_score"][i])
+        row["fit_seconds"] = float(results["mean_fit_time"][i])
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    return table.sort_values(["rank", "mean"], ascending=[True, False], kind="stable").reset_index(
+        drop=True
+    )
+
+
+# ----------------------------------------------------------------------------- fit
+
+
+def _split(paths, labels, test_size, seed):
+    from sklearn.model_selection import train_test_split
+
+    if not 0 < test_size < 1:
+        raise ValueError(f"test_size={test_size!r}: expected a fraction between 0 and 1")
+    labels = np.asarray(labels)
+    classes, counts = np.unique(labels, return_counts=True)
+    n_test = int(np.ceil(test_size * len(paths)))
+    if n_test < len(classes):
+        raise ValueError(
+            f"test_size={test_size}: {n_test} test image(s) cannot hold one of each of the "
+            f"{len(classes)} classes; use a larger fraction or a separate test set"
+        )
+    small = [str(c) for c, n in zip(classes, counts) if n < 3]
+    if small:
+        raise ValueError(
+            f"test_size={test_size}: class(es) {', '.join(map(repr, small))} have fewer than 3 "
+            "images, too few to hold one out and still cross-validate; add images or give a "
+            "separate test set"
+        )
+    idx = np.arange(len(paths))
+    train_idx, test_idx = train_test_split(
+        idx, test_size=test_size, stratify=labels, random_state=seed
+    )
+    train_idx, test_idx = np.sort(train_idx), np.sort(test_idx)
+    return (
+        [paths[i] for i in train_idx],
+        labels[train_idx].tolist(),
+        [paths[i] for i in test_idx],
+        labels[test_idx].tolist(),
+    )
+
+
+def _apply_overrides(recipe_module, overrides):
+    """Build the recipe with ``overrides``: CNNCodes parameters and the recipe's options.
+
+    ``layer`` and ``pooling`` given by the user take over a grid that sweeps them: the recipe's
+    own ``layers`` / ``poolings`` option when it has one, else the grid values are replaced.
+    """
+    overrides = dict(overrides or {})
+    options = tuple(getattr(recipe_module, "OPTIONS", ()))
+    user_layers = overrides.pop("layer", None)
+    user_pooling = overrides.pop("pooling", None)
+    if isinstance(user_layers, str):
+        user_layers = [user_layers]
+    if user_layers is not None:
+        if "layers" in options:
+            overrides["layers"] = list(user_layers)
+        else:
+            overrides["layer"] = user_layers[0] if len(user_layers) == 1 else list(user_layers)
+    if user_pooling is not None:
+        if "poolings" in options:
+            overrides["poolings"] = [user_pooling]
+        else:
+            overrides["pooling"] = user_pooling
+    pipe, grid = recipe_module.build(**overrides)
+    grids = [grid] if isinstance(grid, dict) else [dict(g) for g in grid]
+    for g in grids:
+        if user_layers is not None and "cnncodes__layer" in g and "layers" not in options:
+            g["cnncodes__layer"] = list(user_layers)
+        if user_pooling is not None and "cnncodes__pooling" in g and "poolings" not in options:
+            g["cnncodes__pooling"] = [user_pooling]
+    return pipe, grids if isinstance(grid, list) else grids[0]
+
+
+def _sweeps_layers(param_grid):
+    grids = [param_grid] if isinstance(param_grid, dict) else param_grid
+    values = []
+    for g in grids:
+        for v in g.get("cnncodes__layer", ()):
+            if v not in values:
+                values.append(v)
+    return len(values) > 1
+
+
+def run_experiment(
+    paths,
+    labels,
+    recipe="linear_probe",
+    *,
+    overrides=None,
+    test=None,
+    test_size=None,
+    cv=5,
+    scoring=None,
+    n_jobs=None,
+    seed=0,
+    on_error="raise",
+    progress=None,
+    log=None,
+):
+    """Run a recipe's grid search on labelled images and evaluate the best pipeline.
+
+    Parameters
+    ----------
+    paths, labels : sequences
+        The training images (all of them, when ``test_size`` splits off the test images).
+    recipe : str or module
+        A recipe name (``pipelines.available()``), the path of a recipe ``.py`` file, or a
+        module with ``build(**overrides)``.
+    overrides : dict, optional
+        CNNCodes parameters and recipe options passed to ``build``. ``layer`` (a name or a list)
+        and ``pooling`` replace what the recipe sweeps (see the module docstring of
+        :mod:`pipelines`); elsewhere a list of layers means multi-layer codes.
+    test : (paths, labels), optional
+        Held-out images to evaluate the best pipeline on.
+    test_size : float, optional
+        Instead of ``test``: hold out this stratified fraction of ``paths`` (seeded by ``seed``).
+    cv : int
+        Folds of the stratified cross-validation (lowered to the smallest class size).
+    scoring : str, optional
+        The search's scoring (default: accuracy).
+    n_jobs : int, optional
+        Parallel fits of the search (the codes are extracted once beforehand, in this process).
+    seed : int
+        Seed of the split and of the folds' shuffle.
+    on_error : {"raise", "skip"}
+        Unreadable images stop the run, or are left out (with their labels) and reported.
+    progress : bool or None
+        Progress bar while images go through the network (None: on a terminal).
+    log : callable, optional
+        Receives one-line notes on what is happening.
+
+    Returns
+    -------
+    ExperimentResult
+
+    Raises
+    ------
+    ValueError
+        Unlabelled images, a class with fewer than 2 training images, bad ``test_size``, unknown
+        recipe, bad parameters; :class:`~cnncodes.images.ImageLoadError` for an unreadable image
+        with ``on_error="raise"``.
+    """
+    import pipelines
+
+    log = log or (lambda line: None)
+    started = time.perf_counter()
+    if test is not None and test_size is not None:
+        raise ValueError("give either test (held-out images) or test_size (a fraction), not both")
+    if on_error not in ("raise", "skip"):
+        raise ValueError(f"on_error={on_error!r}: choose 'raise' or 'skip'")
+    paths = [os.fspath(p) for p in paths]
+    _check_labelled(paths, labels, "training data")
+    labels = [str(label) for label in labels]
+    recipe_module = pipelines.get(recipe) if isinstance(recipe, (str, os.PathLike)) else recipe
+    recipe_name = os.fspath(recipe) if isinstance(recipe, (str, os.PathLike)) else recipe.__name__
+
+    split = None
+    if test_size is not None:
+        paths, labels, test_paths, test_labels = _split(paths, labels, test_size, seed)
+        split = {"test_size": test_size, "seed": seed}
+    elif test is not None:
+        test_paths, test_labels = [os.fspath(p) for p in test[0]], test[1]
+        _check_labelled(test_paths, test_labels, "test data")
+        test_labels = [str(label) for label in test_labels]
+    else:
+        test_paths = test_labels = None
+
+    overrides = dict(overrides or {})
+    overrides["on_error"] = on_error
+    if progress is not None:
+        overrides.setdefault("progress", progress)
+    pipe, grid = _apply_overrides(recipe_module, overrides)
+    step, prefix = _find_codes_step(pipe)
+    # Fail on a bad model, layer or parameter before any image is read.
+    CNNCodes(**step.get_params()).fit(paths[:1])
+
+    skipped = {"train": [], "test": []}
+    if on_error == "skip":
+        paths, labels, skipped["train"] = filter_readable(paths, labels, extractor=pipe)
+        if test_paths is not None:
+            test_paths, test_labels, skipped["test"] = filter_readable(
+                test_paths, test_labels, extractor=pipe
+            )
+        for part, items in skipped.items():
+            if items:
+                log(f"left out {len(items)} unreadable {part} image(s)")
+        if not paths:
+            raise ValueError("no readable training images")
+
+    folds = pipelines.make_cv(labels, n_splits=cv, seed=seed)
+    extraction = {}
+    everything = paths + (test_paths or [])
+    if step.cache_dir is not None:
+        log(f"codes: extracting what the grid needs for {len(everything)} images (once)")
+        extraction = warm_cache(pipe, everything, grid)
+        extraction = {k: v for k, v in extraction.items() if k != "skipped"}
+        log(
+            f"codes: {extraction['computed']} computed, {extraction['cached']} from the cache "
+            f"({extraction['configurations']} configuration(s))"
+        )
+    # The search itself only reads codes: no progress bars for each fold.
+    pipe.set_params(**{f"{prefix}progress": False})
+
+    from sklearn.model_selection import GridSearchCV, ParameterGrid, cross_val_predict
+
+    n_candidates = len(ParameterGrid(grid))
+    log(
+        f"grid search: {n_candidates} candidate(s) x {folds.get_n_splits()} folds "
+        f"on {len(paths)} images, {len(set(labels))} classes"
+    )
+    search = GridSearchCV(
+        pipe, grid, cv=folds, scoring=scoring, n_jobs=n_jobs, refit=True, error_score="raise"
+    )
+    search.fit(paths, labels)
+    best = search.best_estimator_
+    classes = [str(c) for c in best.classes_]
+
+    metrics = {
+        "scoring": scoring or "accuracy",
+        "cv": {
+            "best_score": float(search.best_score_),
+            "best_std": float(search.cv_results_["std_test_score"][search.best_index_]),
+            "n_splits": int(folds.get_n_splits()),
+            "n_candidates": int(n_candidates),
+        },
+        "best_params": jsonable(search.best_params_),
+        "test": None,
+    }
+    if test_paths is not None:
+        predicted = best.predict(test_paths)
+        metrics["test"] = classification_metrics(test_labels, predicted, labels=classes)
+        unseen = sorted(set(test_labels) - set(classes))
+        if unseen:
+            metrics["test"]["unseen_classes"] = unseen
+            log(f"test images of class(es) never seen in training: {', '.join(unseen)}")
+    else:
+        # No held-out images: describe the best candidate by its cross-validated predictions.
+        predicted = cross_val_predict(search.best_estimator_, paths, labels, cv=folds)
+        metrics["cv"]["predictions"] = classification_metrics(labels, predicted, labels=classes)
+
+    layers = None
+    if _sweeps_layers(grid):
+        from pipelines.layer_sweep_svm import layer_table
+
+        layers = layer_table(search)
+
+    best_codes = _find_codes_step(best)[0]
+    config = {
+        "recipe": recipe_name,
+        "overrides": jsonable({k: v for k, v in overrides.items() if k != "progress"}),
+        "param_grid": jsonable(grid),
+        "cv": {"n_splits": int(folds.get_n_splits()), "shuffle": True, "seed": seed},
+        "scoring": scoring or "accuracy",
+        "split": split,
+        "train": {
+            "n_images": len(paths),
+            "classes": {c: labels.count(c) for c in sorted(set(labels))},
+            "sha256": _data_fingerprint(paths, labels),
+        },
+        "test": None
+        if test_paths is None
+        else {
+            "n_images": len(test_paths),
+            "sha256": _data_fingerprint(test_paths, test_labels),
+        },
+        "best_params": jsonable(search.best_params_),
+        "extractor": jsonable(best_codes.spec_.to_dict()),
+        "layers": list(best_codes.layers_),
+        "versions": _versions(),
+        "platform": platform.platform(),
+        "argv": list(sys.argv),
+    }
+    return ExperimentResult(
+        search=search,
+        estimator=best,
+        recipe=recipe_name,
+        metrics=metrics,
+        table=cv_table(search),
+        layers=layers,
+        config=config,
+        skipped=skipped,
+        extraction=extraction,
+        seconds=time.perf_counter() - started,
+    )
+
+
+# ----------------------------------------------------------------------------- predict
+
+
+def verify_model(estimator):
+    """Check that a fitted pipeline's extractor can be rebuilt exactly as it was fitted.
+
+    A checkpoint file must still have the SHA-256 it had at fit time, and the architecture and
+    preprocessing that its names resolve to today must equal the fitted ones (a user's model
+    code or a library upgrade can change them). Nothing is loaded but file hashes and the
+    architecture on the meta device.
+
+    Raises
+    ------
+    cnncodes.models.WeightsError
+        The checkpoint is missing or changed (both SHA-256 are named).
+    cnncodes.models.ModelError
+        The architecture or preprocessing differs (both are named).
+    ValueError
+        The estimator has no fitted CNNCodes step.
+    """
+    from sklearn.utils.validation import check_is_fitted
+
+    step, _ = _find_codes_step(estimator)
+    check_is_fitted(step)
+    step._verify_weights()
+    fitted = step.spec_
+    weights = fitted.weights if fitted.weights != "callable" else None
+    now = resolve_spec(
+        fitted.model,
+        weights,
+        seed=fitted.seed,
+        resize=step.resize,
+        crop=step.crop,
+        mean=step.mean,
+        std=step.std,
+        interpolation=step.interpolation,
+    )
+    if now.arch_id != fitted.arch_id:
+        raise ModelError(
+            f"{fitted.model} no longer builds the architecture this model was fitted with "
+            f"(fingerprint {fitted.arch_id[:16]} at fit time, {now.arch_id[:16]} now); refit"
+        )
+    if now.weights_id != fitted.weights_id:
+        raise ModelError(
+            f"{fitted.model} weights are now {now.weights_id}, but the model was fitted with "
+            f"{fitted.weights_id}; refit, or restore the original weights"
+        )
+    if now.preprocessing != fitted.preprocessing:
+        raise ModelError(
+            f"{fitted.model} preprocessing is now {now.preprocessing.to_dict()}, but the model "
+            f"was fitted with {fitted.preprocessing.to_dict()}; refit"
+        )
+
+
+def _split_pipeline(estimator):
+    """(feature part, classifier) of a Pipeline, so the codes are made once for all outputs."""
+    steps = getattr(estimator, "steps", None)
+    if steps is not None and len(steps) > 1:
+        return estimator[:-1], estimator[-1]
+    return None, estimator
+
+
+def _scores(clf, X, proba):
+    """(predicted labels, score of the predicted class, probabilities or None, score kind)."""
+    predicted = clf.predict(X)
+    if hasattr(clf, "predict_proba"):
+        p = clf.predict_proba(X)
+        return predicted, p.max(axis=1), (p if proba else None), "probability"
+    if hasattr(clf, "decision_function"):
+        d = np.asarray(clf.decision_function(X), dtype=np.float64)
+        # Binary classifiers give one value, positive for classes_[1]: its size is the margin.
+        return predicted, (np.abs(d) if d.ndim == 1 else d.max(axis=1)), None, "decision"
+    return predicted, np.full(len(predicted), np.nan), None, "none"
+
+
+def predict_images(estimator, paths, *, labels=None, proba=False, on_error="raise"):
+    """Predict the class of each image, one row per input image.
+
+    Parameters
+    ----------
+    estimator : fitted Pipeline with a CNNCodes step
+    paths : sequence of image paths
+    labels : sequence, optional
+        True labels (a labelled folder): added as ``true_label``.
+    proba : bool
+        Add one ``proba_<class>`` column per class (classifiers with ``predict_proba`` only).
+    on_error : {"raise", "skip"}
+        ``"skip"``: an unreadable image gets a row with an empty ``label`` and its ``error``.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``path``, ``label`` (predicted), ``score`` (probability of the predicted class, or the
+        classifier's decision value), ``score_kind``, optionally ``true_label``, ``proba_*`` and,
+        with ``on_error="skip"``, ``error``.
+    """
+    import pandas as pd
+
+    if on_error not in ("raise", "skip"):
+        raise ValueError(f"on_error={on_error!r}: choose 'raise' or 'skip'")
+    paths = [os.fspath(p) for p in paths]
+    features, clf = _split_pipeline(estimator)
+    if proba and not hasattr(clf, "predict_proba"):
+        raise ValueError(
+            f"the model's classifier ({type(clf).__name__}) gives no probabilities; predict "
+            "without proba (a decision score is reported instead)"
+        )
+    verify_model(estimator)
+    classes = [str(c) for c in estimator.classes_]
+    step, prefix = _find_codes_step(estimator)
+    errors = {}
+    kept_paths = paths
+    if on_error == "skip":
+        kept_paths, _, skipped = filter_readable(paths, extractor=estimator)
+        errors = {s.index: s.reason for s in skipped}
+    previous = step.on_error
+    estimator.set_params(**{f"{prefix}on_error": "raise"})
+    try:
+        if kept_paths:
+            X = kept_paths if features is None else features.transform(kept_paths)
+            predicted, score, probabilities, kind = _scores(clf, X, proba)
+        else:
+            predicted, score, probabilities, kind = [], [], None, "none"
+    finally:
+        estimator.set_params(**{f"{prefix}on_error": previous})
+    rows = []
+    k = 0
+    for i, path in enumerate(paths):
+        row = {"path": path}
+        if i in errors:
+            row.update(label=None, score=np.nan, score_kind=kind)
+        else:
+            row.update(label=str(predicted[k]), score=float(score[k]), score_kind=kind)
+            if probabilities is not None:
+                row.update({f"proba_{c}": float(v) for c, v in zip(classes, probabilities[k])})
+            k += 1
+        if labels is not None:
+            row["true_label"] = str(labels[i])
+        if on_error == "skip":
+            row["error"] = errors.get(i)
+        rows.append(row)
+    columns = ["path", "label", "score", "score_kind"]
+    if labels is not None:
+        columns.append("true_label")
+    if proba:
+        columns += [f"proba_{c}" for c in classes]
+    if on_error == "skip":
+        columns.append("error")
+    return pd.DataFrame(rows, columns=columns)
+
+
+def to_json_file(data, path):
+    """Write ``data`` (made JSON-ready) to ``path``, indented."""
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(jsonable(data), f, indent=1, sort_keys=False)
+        f.write("\n")

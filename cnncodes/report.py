@@ -1,0 +1,152 @@
+"""The report folder of an experiment: metrics, every candidate, plots and the configuration.
+
+:func:`write_report` writes, for an :class:`~cnncodes.experiment.ExperimentResult`:
+
+================================  ===========================================================
+``metrics.json``                  cross-validated score of the best candidate, best parameters,
+                                  held-out accuracy, balanced accuracy, per-class precision and
+                                  recall, confusion matrix; the images left out
+``cv_results.csv``                scikit-learn's ``cv_results_``, one row per candidate
+``confusion_matrix.png``          on the test images (or the cross-validated predictions)
+``layer_sweep.png``               best cross-validated score per layer (layer sweeps only)
+``layer_sweep.csv``               the same numbers (layer sweeps only)
+``config.json``                   recipe, overrides, grid, folds, split, data fingerprints,
+                                  the extractor (model, weights SHA-256, preprocessing),
+                                  library versions, the command line
+================================  ===========================================================
+
+Plots are drawn with matplotlib's object API (no pyplot state, no display needed).
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from .experiment import jsonable, to_json_file
+
+__all__ = ["write_report", "plot_confusion_matrix", "plot_layer_sweep"]
+
+
+def _figure(width, height):
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), layout="constrained")
+
+
+def plot_confusion_matrix(matrix, labels, path, title="Confusion matrix"):
+    """Save a confusion matrix (rows: true class, columns: predicted) as an image at ``path``."""
+    matrix = np.asarray(matrix)
+    n = len(labels)
+    size = min(12.0, 2.5 + 0.45 * n)
+    fig = _figure(size + 1.0, size)
+    ax = fig.add_subplot()
+    image = ax.imshow(matrix, cmap="Blues", vmin=0)
+    fig.colorbar(image, ax=ax, shrink=0.8, label="images")
+    ax.set_xticks(range(n), labels, rotation=45 if n > 4 else 0, ha="right" if n > 4 else "center")
+    ax.set_yticks(range(n), labels)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    if n <= 30:
+        high = matrix.max() if matrix.size else 0
+        for i in range(n):
+            for j in range(n):
+                ax.text(
+                    j,
+                    i,
+                    str(matrix[i, j]),
+                    ha="center",
+                    va="center",
+                    fontsize=8,
+                    color="white" if high and matrix[i, j] > high / 2 else "black",
+                )
+    fig.savefig(path, dpi=110)
+
+
+def plot_layer_sweep(table, path, scoring="accuracy"):
+    """Save the best cross-validated score of every layer (with its std) as an image."""
+    fig = _figure(max(5.0, 1.0 + 0.9 * len(table)), 3.6)
+    ax = fig.add_subplot()
+    x = np.arange(len(table))
+    ax.errorbar(x, table["mean_test_score"], yerr=table["std_test_score"], marker="o", capsize=3)
+    best = np.flatnonzero(table["best"].to_numpy())
+    if best.size:
+        ax.plot(x[best], table["mean_test_score"].to_numpy()[best], "r*", ms=14, label="best")
+        ax.legend(loc="lower right")
+    ax.set_xticks(x, table["layer"], rotation=30, ha="right")
+    ax.set_xlabel("layer (early to top)")
+    ax.set_ylabel(f"cross-validated {scoring}")
+    ax.set_title("Best score of each layer")
+    ax.grid(alpha=0.3)
+    fig.savefig(path, dpi=110)
+
+
+def write_report(result, folder):
+    """Write the report files of ``result`` into ``folder`` (created if needed).
+
+    Returns
+    -------
+    dict
+        ``{name: path}`` of the files written.
+    """
+    import pandas as pd
+
+    os.makedirs(folder, exist_ok=True)
+    written = {}
+
+    metrics = dict(result.metrics)
+    metrics["recipe"] = result.recipe
+    metrics["extraction"] = result.extraction
+    metrics["skipped"] = {
+        part: [{"path": s.path, "reason": s.reason} for s in items]
+        for part, items in result.skipped.items()
+    }
+    if result.layers is not None:
+        metrics["layers"] = [
+            {
+                "layer": row.layer,
+                "mean_test_score": row.mean_test_score,
+                "std_test_score": row.std_test_score,
+                "best": bool(row.best),
+            }
+            for row in result.layers.itertuples()
+        ]
+    metrics["seconds"] = round(result.seconds, 3)
+    written["metrics.json"] = os.path.join(folder, "metrics.json")
+    to_json_file(metrics, written["metrics.json"])
+
+    results = pd.DataFrame(
+        {
+            k: (jsonable(list(v)) if k.startswith("param") else v)
+            for k, v in result.search.cv_results_.items()
+        }
+    )
+    written["cv_results.csv"] = os.path.join(folder, "cv_results.csv")
+    results.to_csv(written["cv_results.csv"], index=False)
+
+    test = result.metrics.get("test")
+    where = test if test is not None else result.metrics["cv"].get("predictions")
+    if where is not None:
+        title = (
+            "Confusion matrix, test images"
+            if test is not None
+            else ("Confusion matrix, cross-validated predictions")
+        )
+        written["confusion_matrix.png"] = os.path.join(folder, "confusion_matrix.png")
+        plot_confusion_matrix(
+            where["confusion_matrix"], where["labels"], written["confusion_matrix.png"], title
+        )
+
+    if result.layers is not None:
+        written["layer_sweep.png"] = os.path.join(folder, "layer_sweep.png")
+        plot_layer_sweep(result.layers, written["layer_sweep.png"], result.metrics["scoring"])
+        written["layer_sweep.csv"] = os.path.join(folder, "layer_sweep.csv")
+        result.layers.assign(
+            params=result.layers["params"].map(lambda p: repr(jsonable(p)))
+        ).to_csv(written["layer_sweep.csv"], index=False)
+
+    written["config.json"] = os.path.join(folder, "config.json")
+    to_json_file(result.config, written["config.json"])
+    return written

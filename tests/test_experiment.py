@@ -1,0 +1,308 @@
+"""Tests for cnncodes.experiment (the grid search + evaluation behind `cnncodes fit` / `predict`)
+and cnncodes.report (the report folder)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cnncodes.experiment import (
+    classification_metrics,
+    jsonable,
+    predict_images,
+    run_experiment,
+    verify_model,
+)
+from cnncodes.images import ImageLoadError
+from cnncodes.models import ModelError, WeightsError
+from cnncodes.report import write_report
+
+FAST = {
+    "model": "cnncodes.demo_data:digits_net",
+    "weights": "none",
+    "resize": 32,
+    "crop": 32,
+    "mean": 0.5,
+    "std": 0.5,
+    "num_workers": 0,
+}
+SMALL_C = {"Cs": [0.01, 1.0, 100.0]}
+
+
+def write_classes(folder, per_class=8, seed=0, classes=("bright", "dark")):
+    """Class folders of small PNGs whose classes differ in brightness; returns (paths, labels)."""
+    rng = np.random.default_rng(seed)
+    paths, labels = [], []
+    for c, name in enumerate(classes):
+        level = 200 - 150 * c / max(1, len(classes) - 1)
+        os.makedirs(os.path.join(folder, name), exist_ok=True)
+        for i in range(per_class):
+            pixels = np.clip(level + rng.integers(-40, 40, (26, 26, 3)), 0, 255).astype(np.uint8)
+            path = os.path.join(folder, name, f"{i:02d}.png")
+            Image.fromarray(pixels).save(path)
+            paths.append(path)
+            labels.append(name)
+    return paths, labels
+
+
+@pytest.fixture
+def data(tmp_path):
+    return write_classes(str(tmp_path / "photos"))
+
+
+def test_classification_metrics():
+    m = classification_metrics(["a", "a", "b", "b", "c"], ["a", "b", "b", "b", "a"])
+    assert m["n"] == 5
+    assert m["accuracy"] == pytest.approx(3 / 5)
+    # Recall: a 1/2, b 2/2, c 0/1 -> balanced accuracy is their mean.
+    assert m["balanced_accuracy"] == pytest.approx((0.5 + 1 + 0) / 3)
+    assert m["per_class"]["b"] == {"precision": 2 / 3, "recall": 1.0, "f1": 0.8, "support": 2}
+    assert m["per_class"]["c"]["precision"] == 0.0  # never predicted: 0, no warning
+    assert m["labels"] == ["a", "b", "c"]
+    assert m["confusion_matrix"] == [[1, 1, 0], [0, 2, 0], [1, 0, 0]]
+
+
+def test_jsonable_makes_strict_json():
+    value = {"a": np.float32(0.5), "b": (1, np.int64(2)), "c": float("nan"), "d": np.arange(2)}
+    text = json.dumps(jsonable(value), allow_nan=False)
+    assert json.loads(text) == {"a": 0.5, "b": [1, 2], "c": None, "d": [0, 1]}
+
+
+def test_linear_probe_with_a_held_out_split(data, tmp_path, forward_counter):
+    paths, labels = data
+    overrides = dict(FAST, cache_dir=str(tmp_path / "cache"), **SMALL_C)
+    result = run_experiment(paths, labels, "linear_probe", overrides=overrides, test_size=0.25)
+    # 16 images: 4 held out (2 per class), 12 for the search; each image through the net once.
+    assert forward_counter.images == 16
+    assert result.config["train"]["n_images"] == 12 and result.config["test"]["n_images"] == 4
+    assert result.config["split"] == {"test_size": 0.25, "seed": 0}
+    assert result.metrics["cv"]["n_candidates"] == 3
+    assert result.metrics["test"]["n"] == 4
+    assert set(result.metrics["test"]["per_class"]) == {"bright", "dark"}
+    # Brightness survives an untrained network.
+    assert result.metrics["test"]["accuracy"] == 1.0
+    assert result.metrics["best_params"] == {"clf__C": result.search.best_params_["clf__C"]}
+    assert list(result.table["rank"]) == sorted(result.table["rank"])
+    assert list(result.table.columns) == ["rank", "C", "mean", "std", "fit_seconds"]
+    assert result.layers is None
+    assert result.extraction["computed"] == 16
+    assert result.config["extractor"]["model"] == FAST["model"]
+    assert set(result.estimator.predict(paths)) <= {"bright", "dark"}
+
+    # Run again: every code comes from the cache, the network never runs.
+    again = run_experiment(paths, labels, "linear_probe", overrides=overrides, test_size=0.25)
+    assert forward_counter.images == 16
+    assert again.extraction == {**result.extraction, "computed": 0, "cached": 16}
+    assert again.metrics["best_params"] == result.metrics["best_params"]
+
+
+def test_layer_sweep_runs_the_network_once_per_image(data, tmp_path, forward_counter):
+    paths, labels = data
+    overrides = dict(
+        FAST,
+        cache_dir=str(tmp_path / "cache"),
+        layer=["features.3", "flatten"],
+        pooling="avg",
+        Cs=[1.0],
+        gammas=["scale"],
+    )
+    result = run_experiment(paths, labels, "layer_sweep_svm", overrides=overrides, cv=3)
+    # Both layers come from one forward pass per image (warm_cache groups them).
+    assert forward_counter.images == len(paths)
+    assert list(result.layers["layer"]) == ["features.3", "flatten"]
+    assert result.layers["best"].sum() == 1
+    grid = result.config["param_grid"]
+    assert [g["cnncodes__layer"] for g in grid] == [["features.3", "flatten"]] * 2
+    assert [g["cnncodes__pooling"] for g in grid] == [["avg"]] * 2
+    # No test set: the best candidate is described by its cross-validated predictions.
+    assert result.metrics["test"] is None
+    assert result.metrics["cv"]["predictions"]["n"] == len(paths)
+
+
+def test_user_layers_become_multi_layer_codes_in_other_recipes(data, tmp_path):
+    paths, labels = data
+    overrides = dict(FAST, cache_dir=str(tmp_path / "cache"), layer=["features.3", "flatten"])
+    result = run_experiment(paths, labels, "linear_svm", overrides=overrides, cv=2)
+    step = result.estimator.steps[0][1]
+    assert step.layers_ == ["features.3", "flatten"]
+    assert result.layers is None
+
+
+def test_a_separate_test_set(data, tmp_path):
+    paths, labels = data
+    test_paths, test_labels = write_classes(str(tmp_path / "test"), per_class=3, seed=1)
+    result = run_experiment(
+        paths,
+        labels,
+        "linear_probe",
+        overrides=dict(FAST, cache_dir=None, **SMALL_C),
+        test=(test_paths, test_labels),
+        cv=2,
+    )
+    assert result.metrics["test"]["n"] == 6
+    assert result.extraction == {}  # no cache: nothing to warm
+    assert result.config["test"]["sha256"] != result.config["train"]["sha256"]
+
+
+def test_unreadable_training_images_are_left_out_with_their_labels(data, tmp_path):
+    paths, labels = data
+    bad = tmp_path / "photos" / "dark" / "broken.png"
+    bad.write_bytes(b"not an image")
+    paths, labels = paths + [str(bad)], labels + ["dark"]
+    overrides = dict(FAST, cache_dir=str(tmp_path / "cache"), **SMALL_C)
+    with pytest.raises(ImageLoadError, match="broken.png"):
+        run_experiment(paths, labels, "linear_probe", overrides=overrides, cv=2)
+    result = run_experiment(
+        paths, labels, "linear_probe", overrides=overrides, cv=2, on_error="skip"
+    )
+    assert [s.path for s in result.skipped["train"]] == [str(bad)]
+    assert result.config["train"]["n_images"] == 16
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"test_size": 0.2, "test": ([], [])}, "either test"),
+        ({"test_size": 1.5}, "between 0 and 1"),
+        ({"test_size": 0.01}, "cannot hold one of each"),
+        ({"on_error": "ignore"}, "on_error='ignore'"),
+    ],
+)
+def test_bad_arguments(data, kwargs, message):
+    paths, labels = data
+    with pytest.raises(ValueError, match=message):
+        run_experiment(paths, labels, overrides=dict(FAST, cache_dir=None), **kwargs)
+
+
+def test_bad_data(data):
+    paths, labels = data
+    with pytest.raises(ValueError, match="no labels"):
+        run_experiment(paths, None, overrides=dict(FAST, cache_dir=None))
+    with pytest.raises(ValueError, match="class 'odd' has only 1 image"):
+        run_experiment(paths + [paths[0]], labels + ["odd"], overrides=dict(FAST, cache_dir=None))
+    with pytest.raises(ValueError, match="unknown recipe 'linear_prob'. Did you mean"):
+        run_experiment(paths, labels, "linear_prob", overrides=dict(FAST, cache_dir=None))
+    with pytest.raises(ValueError, match="layer"):
+        run_experiment(paths, labels, overrides=dict(FAST, cache_dir=None, layer="no_such_layer"))
+
+
+def _checkpoint(path, seed):
+    from cnncodes.demo_data import digits_net
+
+    torch.manual_seed(seed)
+    torch.save(digits_net().state_dict(), path)
+    return str(path)
+
+
+def test_predict_images_and_a_changed_checkpoint(data, tmp_path):
+    paths, labels = data
+    weights = _checkpoint(tmp_path / "net.pth", seed=1)
+    overrides = dict(FAST, weights=weights, cache_dir=str(tmp_path / "cache"), **SMALL_C)
+    model = run_experiment(paths, labels, "linear_probe", overrides=overrides, cv=2).estimator
+
+    table = predict_images(model, paths, labels=labels, proba=True)
+    assert list(table.columns) == [
+        "path",
+        "label",
+        "score",
+        "score_kind",
+        "true_label",
+        "proba_bright",
+        "proba_dark",
+    ]
+    assert list(table["path"]) == paths
+    assert (table["label"] == table["true_label"]).mean() == 1.0
+    np.testing.assert_allclose(table[["proba_bright", "proba_dark"]].sum(axis=1), 1.0, rtol=1e-6)
+    assert (table["score"] == table[["proba_bright", "proba_dark"]].max(axis=1)).all()
+
+    # An unreadable image: its own row with the reason, the others predicted.
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8 truncated")
+    table = predict_images(model, [paths[0], str(bad)], on_error="skip")
+    assert table["label"].tolist()[0] in ("bright", "dark") and table["label"].isna().tolist()[1]
+    assert table["error"].isna().tolist() == [True, False]
+    with pytest.raises(ImageLoadError, match="broken.jpg"):
+        predict_images(model, [paths[0], str(bad)])
+
+    # The checkpoint changes: refused, naming the file and both SHA-256.
+    import hashlib
+
+    before = hashlib.sha256(open(weights, "rb").read()).hexdigest()
+    _checkpoint(weights, seed=2)
+    after = hashlib.sha256(open(weights, "rb").read()).hexdigest()
+    with pytest.raises(WeightsError) as info:
+        predict_images(model, paths)
+    assert weights in str(info.value) and before in str(info.value) and after in str(info.value)
+
+
+def test_predict_scores_without_probabilities(data, tmp_path):
+    paths, labels = data
+    overrides = dict(FAST, cache_dir=str(tmp_path / "cache"), Cs=[1.0])
+    model = run_experiment(paths, labels, "linear_svm", overrides=overrides, cv=2).estimator
+    table = predict_images(model, paths[:3])
+    assert set(table["score_kind"]) == {"decision"} and (table["score"] >= 0).all()
+    with pytest.raises(ValueError, match=r"\(LinearSVC\) gives no probabilities"):
+        predict_images(model, paths[:3], proba=True)
+
+
+def test_verify_model_refuses_a_model_that_now_builds_differently(data, tmp_path):
+    paths, labels = data
+    overrides = dict(FAST, cache_dir=None, Cs=[1.0])
+    model = run_experiment(paths, labels, "linear_probe", overrides=overrides, cv=2).estimator
+    verify_model(model)
+    step = model.steps[0][1]
+    fitted = step.spec_
+    step.spec_ = fitted.__class__(**{**fitted.__dict__, "arch_id": "0" * 64})
+    with pytest.raises(ModelError, match="no longer builds the architecture"):
+        verify_model(model)
+    step.spec_ = fitted
+    step.set_params(resize=36)  # preprocessing now resolves differently from the fitted one
+    with pytest.raises(ModelError, match="preprocessing is now"):
+        verify_model(model)
+    with pytest.raises(ValueError, match="has no CNNCodes step"):
+        verify_model(model.steps[-1][1])
+
+
+def test_write_report(data, tmp_path):
+    paths, labels = data
+    overrides = dict(
+        FAST,
+        cache_dir=str(tmp_path / "cache"),
+        layer=["features.3", "flatten"],
+        pooling="avg",
+        Cs=[1.0],
+        kernels=["linear"],
+    )
+    result = run_experiment(
+        paths, labels, "layer_sweep_svm", overrides=overrides, cv=2, test_size=0.25
+    )
+    written = write_report(result, str(tmp_path / "report"))
+    assert sorted(written) == [
+        "config.json",
+        "confusion_matrix.png",
+        "cv_results.csv",
+        "layer_sweep.csv",
+        "layer_sweep.png",
+        "metrics.json",
+    ]
+    for path in written.values():
+        assert os.path.getsize(path) > 0
+    with open(written["metrics.json"]) as f:
+        metrics = json.loads(f.read(), parse_constant=lambda c: pytest.fail(f"{c} in JSON"))
+    assert metrics["test"]["n"] == 4
+    assert [row["layer"] for row in metrics["layers"]] == ["features.3", "flatten"]
+    with open(written["config.json"]) as f:
+        config = json.load(f)
+    assert config["recipe"] == "layer_sweep_svm"
+    assert config["extractor"]["preprocessing"]["crop"] == [32, 32]
+    assert {"torch", "scikit-learn", "cnncodes"} <= set(config["versions"])
+    import pandas as pd
+
+    results = pd.read_csv(written["cv_results.csv"])
+    assert len(results) == 2 and "mean_test_score" in results
+    assert Image.open(written["confusion_matrix.png"]).size[0] > 100
