@@ -91,8 +91,9 @@ def jsonable(value):
         return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return [jsonable(v) for v in value.tolist()]
+    if isinstance(value, np.ndarray):  # masked entries of cv_results_ become None
+        value = value.tolist()
+        return [jsonable(v) for v in value] if isinstance(value, list) else jsonable(value)
     if isinstance(value, np.generic):
         value = value.item()
     if isinstance(value, float) and not np.isfinite(value):

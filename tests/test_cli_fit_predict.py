@@ -1,0 +1,198 @@
+"""Tests for `cnncodes fit` and `cnncodes predict`, run in-process through ``main([...])``."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pandas as pd
+import pytest
+import torch
+
+from tests.test_cli import assert_one_line_error, run
+from tests.test_experiment import write_classes
+
+MODEL = [
+    "--model", "cnncodes.demo_data:digits_net",
+    "--resize", "32", "--crop", "32", "--mean", "0.5", "--std", "0.5",
+    "--workers", "0",
+]  # fmt: skip
+
+
+@pytest.fixture
+def photos(tmp_path):
+    write_classes(str(tmp_path / "photos"), per_class=8)
+    write_classes(str(tmp_path / "test"), per_class=3, seed=1)
+    return tmp_path
+
+
+@pytest.fixture
+def weights(tmp_path):
+    from cnncodes.demo_data import digits_net
+
+    torch.manual_seed(3)
+    path = tmp_path / "net.pth"
+    torch.save(digits_net().state_dict(), path)
+    return path
+
+
+def fit(capsys, root, *extra):
+    return run(capsys, "fit", root / "photos", *MODEL, "--cache-dir", root / "cache", *extra)
+
+
+def test_help_has_examples(capsys):
+    for command in ("fit", "predict"):
+        code, out, _ = run(capsys, command, "--help")
+        assert code == 0
+        assert "examples:" in out and f"cnncodes {command} " in out
+
+
+def test_fit_then_predict(capsys, photos, weights):
+    model = photos / "model.skops"
+    report = photos / "report"
+    code, out, err = run(
+        capsys,
+        "fit", photos / "photos", "--pipeline", "linear_probe", *MODEL, "--weights", weights,
+        "--test", photos / "test", "--cv", "3", "--cache-dir", photos / "cache",
+        "--out", model, "--report", report,
+    )  # fmt: skip
+    assert code == 0, err
+    # The table of candidates, the best parameters, the held-out metrics per class.
+    assert "linear_probe: 13 candidate(s) x 3 folds" in out
+    assert "best: clf__C=" in out
+    assert "test (" in out and "6 images): accuracy 1.000, balanced accuracy 1.000" in out
+    assert "bright" in out and "precision" in out and "recall" in out
+    assert "16 images in" in err and "codes: 22 computed, 0 from the cache" in err
+    assert model.is_file()
+    for name in ("metrics.json", "cv_results.csv", "confusion_matrix.png", "config.json"):
+        assert (report / name).is_file(), name
+    assert not (report / "layer_sweep.png").exists()  # not a layer sweep
+
+    out_csv = photos / "predictions.csv"
+    code, out, err = run(
+        capsys, "predict", model, photos / "test", "--proba", "--out", out_csv,
+        "--cache-dir", photos / "cache", "--workers", "0",
+    )  # fmt: skip
+    assert code == 0, err
+    table = pd.read_csv(out_csv)
+    assert len(table) == 6
+    assert list(table.columns) == [
+        "path", "label", "score", "score_kind", "true_label", "proba_bright", "proba_dark",
+    ]  # fmt: skip
+    assert (table["label"] == table["true_label"]).all()
+    assert "accuracy on 6 labelled image(s): 1.000" in out
+
+    # Single files, JSON output.
+    files = sorted(str(p) for p in (photos / "test" / "dark").iterdir())
+    code, out, err = run(
+        capsys, "predict", model, *files, "--json", "--cache-dir", photos / "cache",
+        "--workers", "0",
+    )  # fmt: skip
+    assert code == 0, err
+    data = json.loads(out)
+    assert [r["path"] for r in data["predictions"]] == files
+    assert {r["label"] for r in data["predictions"]} == {"dark"}
+    assert data["accuracy"] is None and data["skipped"] == 0
+
+    # The checkpoint changes after fitting: refused, naming the file and both SHA-256.
+    before = hashlib.sha256(weights.read_bytes()).hexdigest()
+    torch.save({k: v + 1 for k, v in torch.load(weights).items()}, weights)
+    after = hashlib.sha256(weights.read_bytes()).hexdigest()
+    code, out, err = run(capsys, "predict", model, photos / "test", "--cache-dir", photos / "cache")
+    assert code == 2
+    assert_one_line_error(err, str(weights), before, after)
+
+
+def test_fit_json_and_a_layer_sweep_report(capsys, photos):
+    code, out, err = fit(
+        capsys, photos, "--pipeline", "layer_sweep_svm",
+        "--layer", "features.3", "--layer", "flatten", "--pooling", "avg",
+        "--test-size", "0.25", "--cv", "2", "--report", photos / "report", "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    data = json.loads(out)
+    assert data["recipe"] == "layer_sweep_svm"
+    assert [row["layer"] for row in data["layers"]] == ["features.3", "flatten"]
+    assert data["metrics"]["test"]["n"] == 4
+    assert len(data["candidates"]) == data["metrics"]["cv"]["n_candidates"] == 2 * 7 * 5
+    assert (photos / "report" / "layer_sweep.png").is_file()
+    config = json.loads((photos / "report" / "config.json").read_text())
+    assert config["split"] == {"test_size": 0.25, "seed": 0}
+
+
+def test_fit_without_held_out_images_reports_cross_validated_predictions(capsys, photos):
+    code, out, err = fit(capsys, photos, "--pipeline", "sgd", "--cv", "2")
+    assert code == 0, err
+    assert "no held-out images" in out and "cross-validated predictions: accuracy" in out
+
+
+def test_fit_skips_unreadable_images_only_when_asked(capsys, photos):
+    (photos / "photos" / "dark" / "broken.png").write_bytes(b"garbage")
+    code, out, err = fit(capsys, photos, "--cv", "2")
+    assert code == 2
+    assert_one_line_error(err, "broken.png", "--on-error skip")
+    code, out, err = run(
+        capsys, "fit", photos / "photos", *MODEL, "--cache-dir", photos / "cache", "--cv", "2",
+        "--on-error", "skip",
+    )  # fmt: skip
+    assert code == 0, err
+    assert "skipped 1 unreadable image(s)" in err and "broken.png" in err
+
+
+@pytest.mark.parametrize(
+    "argv, fragments",
+    [
+        (["--pipeline", "linear_prob"], ["unknown recipe 'linear_prob'", "Did you mean"]),
+        (["--out", "model.pkl"], ["--out", "'.pkl'", ".joblib, .skops"]),
+        (["--test-size", "1.5"], ["--test-size", "between 0 and 1"]),
+        (["--test-size", "0.2", "--test", "x"], ["not allowed with argument"]),
+        (["--layer", "no_such_layer"], ["no_such_layer"]),
+        (["--pipeline", "linear_probe", "--cv", "0"], ["--cv", "positive integer"]),
+    ],
+)
+def test_fit_usage_errors(capsys, photos, argv, fragments):
+    code, out, err = fit(capsys, photos, *argv)
+    assert code == 2
+    assert_one_line_error(err, *fragments)
+    assert not (photos / "cache").exists()  # refused before any image went through a network
+
+
+def test_fit_needs_labels(capsys, tmp_path, make_images):
+    make_images(4, folder=tmp_path / "loose")
+    code, out, err = run(capsys, "fit", tmp_path / "loose", *MODEL, "--no-cache")
+    assert code == 2
+    assert_one_line_error(err, "fit needs labelled images")
+
+
+def test_predict_errors(capsys, photos, tmp_path):
+    code, out, err = fit(capsys, photos, "--pipeline", "linear_svm", "--cv", "2",
+                         "--out", photos / "svm.joblib")  # fmt: skip
+    assert code == 0, err
+    model = photos / "svm.joblib"
+    common = ["--cache-dir", photos / "cache", "--workers", "0"]
+    code, out, err = run(capsys, "predict", model, photos / "test", "--proba", *common)
+    assert code == 2
+    assert_one_line_error(err, "LinearSVC", "no probabilities")
+
+    broken = photos / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8\xff")
+    good = next((photos / "test" / "dark").iterdir())
+    code, out, err = run(capsys, "predict", model, good, broken, *common)
+    assert code == 2
+    assert_one_line_error(err, "broken.jpg", "--on-error skip")
+    code, out, err = run(
+        capsys, "predict", model, good, broken, *common, "--on-error", "skip",
+        "--out", photos / "p.csv",
+    )  # fmt: skip
+    assert code == 0, err
+    table = pd.read_csv(photos / "p.csv")
+    assert table["label"].isna().tolist() == [False, True]
+    assert table["error"].isna().tolist() == [True, False]
+    assert "skipped" in err and "broken.jpg" in err
+
+    code, out, err = run(capsys, "predict", photos / "nothing.skops", good)
+    assert code == 2
+    assert_one_line_error(err, "model file not found", "nothing.skops")
+    code, out, err = run(capsys, "predict", model, good, "--out", photos / "p.txt")
+    assert code == 2
+    assert_one_line_error(err, "--out", ".csv")
