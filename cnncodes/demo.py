@@ -16,9 +16,11 @@ the cached codes: nothing goes through the network again.
 from __future__ import annotations
 
 import json
+import numbers
 import os
 import time
 import warnings
+from pathlib import Path
 
 import numpy as np
 
@@ -30,8 +32,8 @@ from .models import resolve_spec
 
 __all__ = ["run_demo", "FEATURE_SETS", "raw_pixels"]
 
+# The network declares its own preprocessing (32x32, mean and std 0.5): demo_data.PREPROCESSING.
 MODEL = "cnncodes.demo_data:digits_net"
-_PRE = {"resize": demo_data.IMAGE_SIZE, "crop": demo_data.IMAGE_SIZE, "mean": 0.5, "std": 0.5}
 #: (name, description, weights ("pretrained" | "none" | None for pixels), layer, pooling)
 FEATURE_SETS = (
     ("pretrained-top", "pretrained CNN, top layer (flatten)", "pretrained", "flatten", "avg"),
@@ -54,28 +56,73 @@ def raw_pixels(paths):
     return np.stack(rows)
 
 
-def _pretrain(workdir, data, seed, log):
+def _pretrain(workdir, data, seed, epochs, log):
     checkpoint = os.path.join(workdir, "digits_net_source.pth")
     marker = os.path.join(workdir, "pretrain.json")
     if os.path.isfile(checkpoint) and os.path.isfile(marker):
-        with open(marker, encoding="utf-8") as f:
-            info = json.load(f)
-        if info.get("seed") == seed:
+        try:
+            with open(marker, encoding="utf-8") as f:
+                info = json.load(f)
+        except (OSError, ValueError):  # unreadable marker: pretrain again rather than trust it
+            info = {}
+        if isinstance(info, dict) and info.get("seed") == seed and info.get("epochs") == epochs:
             log(
                 f"source network: reusing {checkpoint} "
                 f"(validation accuracy {info['val_accuracy']:.3f})"
             )
             return checkpoint, info
     log("source network: pretraining on digits 0-4 ...")
-    info = demo_data.pretrain(data["source"], checkpoint, seed=seed)
+    info = demo_data.pretrain(data["source"], checkpoint, seed=seed, epochs=epochs)
     info["seed"] = seed
-    with open(marker, "w", encoding="utf-8") as f:
-        json.dump(info, f, indent=1)
+    _write_json(marker, info)
     log(
         f"source network: {info['n_images']} images, validation accuracy "
         f"{info['val_accuracy']:.3f}, {info['seconds']:.1f} s"
     )
     return checkpoint, info
+
+
+def _write_json(path, obj):
+    """Write ``obj`` as JSON atomically, so an interrupted run never leaves half a file."""
+    data = (json.dumps(obj, indent=1) + "\n").encode("utf-8")
+    demo_data._atomic_write_bytes(Path(path), data)
+
+
+def _subsample(dataset, per_class, seed):
+    """``(paths, labels)`` with at most ``per_class`` images of each class (seeded, sorted)."""
+    if per_class is None:
+        return list(dataset.paths), list(dataset.labels)
+    rng = np.random.default_rng(seed)
+    labels = np.array(dataset.labels)
+    keep = []
+    for label in sorted(set(dataset.labels)):
+        idx = np.flatnonzero(labels == label)
+        keep.extend(np.sort(rng.choice(idx, size=min(per_class, len(idx)), replace=False)))
+    return [dataset.paths[i] for i in keep], [dataset.labels[i] for i in keep]
+
+
+def _check_options(shots, test_per_class, epochs, Cs):
+    def positive_int(value):
+        return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1
+
+    if not positive_int(shots) or shots < 2:
+        raise ValueError(
+            f"shots={shots!r}: expected an int >= 2 (cross-validation needs two labelled images "
+            "per class)"
+        )
+    if test_per_class is not None and not positive_int(test_per_class):
+        raise ValueError(f"test_per_class={test_per_class!r}: expected None or an int >= 1")
+    if not positive_int(epochs):
+        raise ValueError(f"epochs={epochs!r}: expected an int >= 1")
+    if Cs is not None:
+        try:
+            values = [float(c) for c in Cs]
+        except (TypeError, ValueError):
+            values = []
+        if not values or not all(np.isfinite(c) and c > 0 for c in values):
+            raise ValueError(f"Cs={Cs!r}: expected None or a non-empty list of positive numbers")
+        return values
+    return None
 
 
 def _feature_step(name, weights, layer, pooling, checkpoint, cache_dir, progress):
@@ -93,11 +140,21 @@ def _feature_step(name, weights, layer, pooling, checkpoint, cache_dir, progress
         cache_dir=cache_dir,
         num_workers=0,
         progress=progress,
-        **_PRE,
     )
 
 
-def run_demo(out_dir="demo-output", *, cache_dir="auto", shots=5, seed=0, progress=None, log=print):
+def run_demo(
+    out_dir="demo-output",
+    *,
+    cache_dir="auto",
+    shots=5,
+    seed=0,
+    test_per_class=None,
+    epochs=8,
+    Cs=None,
+    progress=None,
+    log=print,
+):
     """Run the demo; returns the report (also written to ``out_dir/report.json``).
 
     Parameters
@@ -106,10 +163,29 @@ def run_demo(out_dir="demo-output", *, cache_dir="auto", shots=5, seed=0, progre
         Where the data, the checkpoint and the report go.
     cache_dir : "auto", None or str
         The code cache (see :func:`cnncodes.cache.resolve_cache_dir`).
-    shots : int
-        Labelled target images per class.
+    shots : int, default 5
+        Labelled target images per class (at least 2, for cross-validation).
+    seed : int, default 0
+        Seed of the labelled images' choice, the pretraining and the cross-validation.
+    test_per_class : int, optional
+        Test on at most this many target images per class (a seeded choice); by default on
+        every target image that is not labelled (about 170 per class).
+    epochs : int, default 8
+        Pretraining epochs of the source network.
+    Cs : list of float, optional
+        The regularisation values both recipes search (``clf__C``); by default each recipe's own
+        sweep. Fewer values make a quicker, coarser demo.
+    progress : bool, optional
+        Progress bars while codes are computed (``None``: on a terminal).
     log : callable
         Receives progress lines (``print`` by default).
+
+    Returns
+    -------
+    dict
+        ``accuracy`` (per feature set and recipe), ``extraction`` (images ``computed`` by a
+        network and ``cached``), ``pretraining``, ``best_params``, ``verdict``, the settings,
+        and ``seconds``.
 
     Examples
     --------
@@ -122,28 +198,29 @@ def run_demo(out_dir="demo-output", *, cache_dir="auto", shots=5, seed=0, progre
 
     import pipelines
 
+    Cs = _check_options(shots, test_per_class, epochs, Cs)
     started = time.perf_counter()
     os.makedirs(out_dir, exist_ok=True)
     data = demo_data.write_digits_dataset(
         os.path.join(out_dir, "data"), n_target_train_per_class=shots, seed=seed
     )
+    train = load_dataset(data["target_train"])
+    test_paths, test_labels = _subsample(load_dataset(data["target_test"]), test_per_class, seed)
     counts = data["counts"]
     log(
         f"data: {counts['source']} source images (digits 0-4); target digits 5-9: "
-        f"{counts['target_train']} labelled ({shots} per class), {counts['target_test']} to test"
+        f"{counts['target_train']} labelled ({shots} per class), {len(test_paths)} to test"
     )
-    checkpoint, pre_info = _pretrain(out_dir, data, seed, log)
-    train = load_dataset(data["target_train"])
-    test = load_dataset(data["target_test"])
+    checkpoint, pre_info = _pretrain(out_dir, data, seed, epochs, log)
 
     # Extract once up front so the grid searches below only ever hit the cache.
     extraction = {"computed": 0, "cached": 0}
     for _name, _desc, weights, layer, pooling in FEATURE_SETS:
         if weights is None:
             continue
-        spec = resolve_spec(MODEL, checkpoint if weights == "pretrained" else "none", **_PRE)
+        spec = resolve_spec(MODEL, checkpoint if weights == "pretrained" else "none")
         result = extract_codes(
-            train.paths + test.paths,
+            train.paths + test_paths,
             spec,
             layer,
             pooling,
@@ -158,20 +235,25 @@ def run_demo(out_dir="demo-output", *, cache_dir="auto", shots=5, seed=0, progre
         f"{extraction['cached']} served from the cache"
     )
 
-    y_train, y_test = np.array(train.labels), np.array(test.labels)
+    y_train, y_test = np.array(train.labels), np.array(test_labels)
     accuracy, best_params = {}, {}
     for name, _desc, weights, layer, pooling in FEATURE_SETS:
         step = _feature_step(name, weights, layer, pooling, checkpoint, cache_dir, progress)
         for recipe in RECIPES:
             pipe, grid = pipelines.get(recipe).build()
             pipe.set_params(cnncodes=step)
+            if "random_state" in pipe.named_steps["clf"].get_params():
+                # LinearSVC's dual solver shuffles: unseeded, the table changed from run to run.
+                pipe.set_params(clf__random_state=seed)
             grid = {k: v for k, v in grid.items() if not k.startswith("cnncodes__")}
+            if Cs is not None:
+                grid["clf__C"] = Cs
             search = GridSearchCV(pipe, grid, cv=pipelines.make_cv(y_train, seed=seed))
             with warnings.catch_warnings():
                 # Tiny C grids on 25 images leave liblinear unconverged at the extremes; harmless.
                 warnings.simplefilter("ignore", ConvergenceWarning)
                 search.fit(train.paths, y_train)
-            acc = float(np.mean(search.predict(test.paths) == y_test))
+            acc = float(np.mean(search.predict(test_paths) == y_test))
             accuracy.setdefault(name, {})[recipe] = acc
             best_params.setdefault(name, {})[recipe] = {
                 k: (v if isinstance(v, (int, float, str)) else repr(v))
@@ -185,8 +267,12 @@ def run_demo(out_dir="demo-output", *, cache_dir="auto", shots=5, seed=0, progre
     log(verdict)
     report = {
         "shots_per_class": shots,
+        "seed": seed,
+        "test_per_class": test_per_class,
+        "epochs": epochs,
+        "Cs": Cs,
         "n_target_train": len(train.paths),
-        "n_target_test": len(test.paths),
+        "n_target_test": len(test_paths),
         "pretraining": pre_info,
         "extraction": extraction,
         "accuracy": accuracy,
@@ -195,8 +281,7 @@ def run_demo(out_dir="demo-output", *, cache_dir="auto", shots=5, seed=0, progre
         "verdict": verdict,
         "seconds": time.perf_counter() - started,
     }
-    with open(os.path.join(out_dir, "report.json"), "w", encoding="utf-8") as f:
-        json.dump(report, f, indent=1)
+    _write_json(os.path.join(out_dir, "report.json"), report)
     _plot(accuracy, os.path.join(out_dir, "comparison.png"))
     log(
         f"report: {os.path.join(out_dir, 'report.json')}, {os.path.join(out_dir, 'comparison.png')}"

@@ -18,6 +18,7 @@ from torch import nn
 __all__ = [
     "IMAGE_SIZE",
     "MEAN",
+    "PREPROCESSING",
     "SOURCE_CLASSES",
     "STD",
     "TARGET_CLASSES",
@@ -230,6 +231,10 @@ class DigitsNet(nn.Module):
 def digits_net(num_classes: int = 5) -> DigitsNet:
     """Build an untrained :class:`DigitsNet`.
 
+    The function carries the preprocessing the network expects as its ``preprocessing``
+    attribute (:data:`PREPROCESSING`), so ``model="cnncodes.demo_data:digits_net"`` needs no
+    resize, crop, mean or std arguments (see :func:`cnncodes.models.resolve_spec`).
+
     Parameters
     ----------
     num_classes : int, default 5
@@ -241,6 +246,11 @@ def digits_net(num_classes: int = 5) -> DigitsNet:
         A freshly initialised network (weights drawn from torch's global RNG).
     """
     return DigitsNet(num_classes)
+
+
+#: How images reach :class:`DigitsNet`: what :func:`load_image_folder` does for pretraining.
+PREPROCESSING = {"resize": IMAGE_SIZE, "crop": IMAGE_SIZE, "mean": MEAN, "std": STD}
+digits_net.preprocessing = PREPROCESSING
 
 
 def load_image_folder(folder) -> tuple[torch.Tensor, torch.Tensor, list[str]]:

@@ -1,7 +1,9 @@
 """Names to networks: architectures, weights, preprocessing and layers (torch only).
 
 A model is a torchvision classification model name (``"resnet50"``, ``"mobilenet_v2"``, ...) or the
-user's own architecture given as ``"package.module:callable"`` returning an ``nn.Module``.
+user's own architecture given as ``"package.module:callable"`` returning an ``nn.Module``; such a
+callable may declare the preprocessing its network expects in a ``preprocessing`` attribute
+(see :func:`resolve_spec`).
 
 Weights are one of
 
@@ -32,9 +34,11 @@ import difflib
 import functools
 import hashlib
 import importlib
+import inspect
 import os
 import re
 import urllib.error
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
 import torch
@@ -47,12 +51,14 @@ from .pooling import POOLINGS, code_size
 __all__ = [
     "ModelSpec",
     "Preprocessing",
+    "PREPROCESSING_KEYS",
     "LayerInfo",
     "ModelError",
     "WeightsError",
     "WeightsUnavailableError",
     "LayerError",
     "resolve_spec",
+    "resolve_preprocessing",
     "resolve_layers",
     "build_model",
     "build_extractor",
@@ -64,13 +70,16 @@ __all__ = [
 PENULTIMATE = "penultimate"
 _CHECKPOINT_KEYS = ("state_dict", "model_state_dict", "model", "net", "module")
 _PREFIXES = ("module.", "_orig_mod.")
+#: Keys of the ``preprocessing`` dict a user's callable may declare (see :func:`resolve_spec`).
+PREPROCESSING_KEYS = ("resize", "crop", "mean", "std", "interpolation")
 _INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos")
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class ModelError(ValueError):
-    """An unknown model name or a callable that does not build an ``nn.Module``."""
+    """An unknown model name, a callable that does not build an ``nn.Module``, or one whose
+    declared ``preprocessing`` is invalid."""
 
 
 class WeightsError(ValueError):
@@ -442,14 +451,100 @@ def _triple(value, name):
     return value
 
 
+def _apply_preprocessing(base, values, label):
+    """Validate ``values`` (argument forms) into ``base``; ``label(key)`` names each in errors."""
+    if "resize" in values:
+        base["resize"] = _pair(values["resize"], label("resize"), allow_single=True)
+    if "crop" in values:
+        crop = values["crop"]
+        base["crop"] = (
+            None if crop in (0, "none", "None") else _pair(crop, label("crop"), allow_single=False)
+        )
+    if "mean" in values:
+        base["mean"] = _triple(values["mean"], label("mean"))
+    if "std" in values:
+        base["std"] = _triple(values["std"], label("std"))
+        if any(s <= 0 for s in base["std"]):
+            raise ValueError(f"{label('std')}={values['std']!r}: values must be positive")
+    if "interpolation" in values:
+        interpolation = values["interpolation"]
+        if interpolation not in _INTERPOLATIONS:
+            raise ValueError(
+                f"{label('interpolation')}={interpolation!r}: choose one of "
+                f"{', '.join(_INTERPOLATIONS)}"
+            )
+        base["interpolation"] = interpolation
+
+
+def _check_declared(declared, declared_by):
+    """Refuse a declaration that is not a dict of known, non-None keys (before any value check)."""
+    where = f"{declared_by}.preprocessing"
+    if not isinstance(declared, Mapping):
+        raise ModelError(
+            f"{where}={declared!r}: expected a dict with any of the keys "
+            f"{', '.join(PREPROCESSING_KEYS)}"
+        )
+    unknown = [key for key in declared if key not in PREPROCESSING_KEYS]
+    if unknown:
+        raise ModelError(
+            f"{where} has unknown key(s) {', '.join(map(repr, unknown))}; accepted keys: "
+            f"{', '.join(PREPROCESSING_KEYS)}"
+        )
+    unset = [key for key in PREPROCESSING_KEYS if key in declared and declared[key] is None]
+    if unset:
+        raise ModelError(
+            f"{where}[{unset[0]!r}]=None: leave the key out to use the default"
+            + (" (crop=0 or 'none' turns cropping off)" if unset[0] == "crop" else "")
+        )
+
+
 def resolve_preprocessing(
-    weights_enum=None, *, resize=None, crop=None, mean=None, std=None, interpolation=None
+    weights_enum=None,
+    *,
+    declared=None,
+    declared_by="model",
+    resize=None,
+    crop=None,
+    mean=None,
+    std=None,
+    interpolation=None,
 ):
-    """Preprocessing with a fixed precedence: explicit argument > the weights' own > ImageNet default.
+    """Preprocessing with a fixed precedence: explicit argument > the model's own > ImageNet default.
+
+    The model's own preprocessing is that of its torchvision weights (``weights_enum.transforms()``)
+    or, for the user's own architecture, the ``declared`` dict its callable carries as its
+    ``preprocessing`` attribute (see :func:`resolve_spec`); the two never meet, since torchvision
+    weights only apply to torchvision models. Each key is resolved on its own: an explicit ``crop``
+    keeps the model's ``mean``.
 
     The ImageNet default is the standard evaluation transform: shorter side to 256, centre crop 224,
     bilinear, ImageNet mean and std. ``crop=0`` (or ``"none"``) turns cropping off, which requires
     ``resize`` to be ``(height, width)`` so that every image has the same size.
+
+    Parameters
+    ----------
+    weights_enum : torchvision weights enum member, optional
+        Named torchvision weights whose ``transforms()`` give the model's own preprocessing.
+    declared : dict, optional
+        Preprocessing declared by a user's callable: any of the keys ``resize``, ``crop``, ``mean``,
+        ``std``, ``interpolation``, with the same value forms as the arguments below.
+    declared_by : str
+        Who declared it (``"package.module:callable"``), named in error messages.
+    resize, crop, mean, std, interpolation : optional
+        Explicit values; ``None`` leaves the key to the model or the default.
+
+    Raises
+    ------
+    ModelError
+        ``declared`` is not a dict, has an unknown key, or a bad value (the message names
+        ``declared_by``, the key and the value).
+    ValueError
+        A bad explicit value.
+
+    Examples
+    --------
+    >>> resolve_preprocessing(declared={"resize": 32, "crop": 32, "mean": 0.5}, std=0.25).std
+    (0.25, 0.25, 0.25)
     """
     base = {
         "resize": (256,),
@@ -458,6 +553,7 @@ def resolve_preprocessing(
         "std": _IMAGENET_STD,
         "interpolation": "bilinear",
     }
+    origin = {}
     if weights_enum is not None:
         t = weights_enum.transforms()
         for attr, key in (("resize_size", "resize"), ("crop_size", "crop")):
@@ -470,31 +566,45 @@ def resolve_preprocessing(
         interp = getattr(t, "interpolation", None)
         if interp is not None:
             base["interpolation"] = getattr(interp, "value", str(interp))
-    if resize is not None:
-        base["resize"] = _pair(resize, "resize", allow_single=True)
-    if crop is not None:
-        base["crop"] = (
-            None if crop in (0, "none", "None") else _pair(crop, "crop", allow_single=False)
-        )
-    if mean is not None:
-        base["mean"] = _triple(mean, "mean")
-    if std is not None:
-        base["std"] = _triple(std, "std")
-        if any(s <= 0 for s in base["std"]):
-            raise ValueError(f"std={std!r}: values must be positive")
-    if interpolation is not None:
-        if interpolation not in _INTERPOLATIONS:
-            raise ValueError(
-                f"interpolation={interpolation!r}: choose one of {', '.join(_INTERPOLATIONS)}"
+    if declared is not None:
+        _check_declared(declared, declared_by)
+        try:
+            _apply_preprocessing(
+                base, declared, lambda key: f"{declared_by}.preprocessing[{key!r}]"
             )
-        base["interpolation"] = interpolation
+        except ValueError as exc:
+            raise ModelError(str(exc)) from None
+        origin.update((key, f"{declared_by}.preprocessing[{key!r}]") for key in declared)
+    explicit = {
+        "resize": resize,
+        "crop": crop,
+        "mean": mean,
+        "std": std,
+        "interpolation": interpolation,
+    }
+    explicit = {key: value for key, value in explicit.items() if value is not None}
+    _apply_preprocessing(base, explicit, lambda key: key)
+    origin.update((key, key) for key in explicit)
     if base["crop"] is None and len(base["resize"]) != 2:
         raise ValueError(
-            f"crop=None needs resize=(height, width) so all images share one size, not "
+            f"{origin.get('crop', 'crop')}=None needs "
+            f"{origin.get('resize', 'resize')}=(height, width) so all images share one size, not "
             f"resize={base['resize'][0]!r}"
         )
     base["resize"] = tuple(base["resize"])
     return Preprocessing(**base)
+
+
+def _declared_preprocessing(model):
+    """The ``preprocessing`` attribute of a user's callable, or ``None`` (torchvision models)."""
+    if not _is_callable_name(model):
+        return None
+    obj = _load_callable(model)
+    declared = getattr(obj, "preprocessing", None)
+    if isinstance(obj, type) and (inspect.isroutine(declared) or isinstance(declared, property)):
+        # A class whose instances have a preprocessing *method* declares nothing.
+        return None
+    return declared
 
 
 # ----------------------------------------------------------------------------- resolution
@@ -514,13 +624,35 @@ def resolve_spec(
     seed : int
         Seed of the random initialisation (``weights="none"``, or parameters a checkpoint lacks).
     resize, crop, mean, std, interpolation : optional
-        Overrides of the weights' own preprocessing (see :func:`resolve_preprocessing`).
+        Overrides of the model's own preprocessing (see :func:`resolve_preprocessing`).
+
+    Notes
+    -----
+    Preprocessing is resolved key by key: an explicit argument, else the model's own, else the
+    ImageNet evaluation transform. A torchvision model's own is its weights' ``transforms()``.
+    The user's own architecture declares its own with a ``preprocessing`` attribute on the
+    callable (a function attribute, or a class attribute of an ``nn.Module`` class): a dict with
+    any of the keys ``resize``, ``crop``, ``mean``, ``std``, ``interpolation``, in the forms the
+    arguments take::
+
+        def my_net():
+            return MyNet()
+
+        my_net.preprocessing = {"resize": 32, "crop": 32, "mean": 0.5, "std": 0.5}
+
+    It is read at every resolution and becomes part of :attr:`ModelSpec.preprocessing`, hence of
+    the cache key: changing it makes new codes instead of reusing stale ones. A declaration that
+    is not such a dict, an unknown key, or a bad value raises :class:`ModelError` naming the
+    callable and the key. (A class with a ``preprocessing`` *method* declares nothing.)
 
     Examples
     --------
     >>> spec = resolve_spec("resnet18", "none")
     >>> spec.weights_id, spec.preprocessing.crop
     ('none:seed=0', (224, 224))
+    >>> spec = resolve_spec("cnncodes.demo_data:digits_net", "none", std=0.25)
+    >>> spec.preprocessing.crop, spec.preprocessing.mean, spec.preprocessing.std
+    ((32, 32), (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
     """
     _check_model_name(model)
     if isinstance(seed, bool) or not isinstance(seed, int):
@@ -551,7 +683,14 @@ def resolve_spec(
         # The callable decides its own weights: identify them by content (exact, built once).
         weights_id = f"state-sha256:{_built_state_id(model, seed)}"
     pre = resolve_preprocessing(
-        enum, resize=resize, crop=crop, mean=mean, std=std, interpolation=interpolation
+        enum,
+        declared=_declared_preprocessing(model),
+        declared_by=model,
+        resize=resize,
+        crop=crop,
+        mean=mean,
+        std=std,
+        interpolation=interpolation,
     )
     return ModelSpec(model, weights_name, weights_id, _arch_fingerprint(meta), seed, pre)
 

@@ -10,6 +10,7 @@ from PIL import Image
 from sklearn.datasets import load_digits
 from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
 
+from cnncodes import extract_codes
 from cnncodes.demo_data import (
     IMAGE_SIZE,
     SOURCE_CLASSES,
@@ -19,6 +20,7 @@ from cnncodes.demo_data import (
     pretrain,
     write_digits_dataset,
 )
+from cnncodes.models import resolve_spec
 
 
 @pytest.fixture(scope="module")
@@ -181,3 +183,30 @@ def test_pretrain_leaves_global_state(dataset, tmp_path):
     pretrain(dataset["source"], tmp_path / "c.pt", epochs=1)
     assert torch.equal(torch.rand(3), expected)
     assert torch.are_deterministic_algorithms_enabled() == flag
+
+
+def test_digits_net_declares_the_pretraining_preprocessing(pretrained, dataset, tmp_path):
+    spec = resolve_spec("cnncodes.demo_data:digits_net", pretrained[0]["checkpoint"])
+    explicit = resolve_spec(
+        "cnncodes.demo_data:digits_net",
+        pretrained[0]["checkpoint"],
+        resize=IMAGE_SIZE,
+        crop=IMAGE_SIZE,
+        mean=0.5,
+        std=0.5,
+    )
+    # What the demo passed explicitly before the declaration: the same cache configuration.
+    assert spec == explicit
+    assert spec.preprocessing.input_size == (IMAGE_SIZE, IMAGE_SIZE)
+    # Codes see the images exactly as pretraining did (load_image_folder's tensors).
+    folder = dataset["target_train"]
+    x, _, classes = load_image_folder(folder)
+    paths = [
+        os.path.join(folder, c, f) for c in classes for f in sorted(os.listdir(os.path.join(folder, c)))
+    ]
+    codes = extract_codes(paths, spec, "fc", "avg", cache_dir=None, num_workers=0).codes["fc"]
+    model = digits_net(5)
+    model.load_state_dict(torch.load(pretrained[0]["checkpoint"], weights_only=True))
+    with torch.no_grad():
+        expected = model.eval()(x).numpy()
+    np.testing.assert_allclose(codes, expected, rtol=1e-4, atol=1e-4)

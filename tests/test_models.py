@@ -14,6 +14,8 @@ import torch
 from torchvision.models.feature_extraction import get_graph_node_names
 
 from cnncodes import extract_codes
+from cnncodes.cache import config_key
+from cnncodes.extract import code_config, spec_from_config
 from cnncodes.models import (
     LayerError,
     ModelError,
@@ -436,6 +438,115 @@ def test_explicit_preprocessing_wins():
 def test_bad_preprocessing_values(kwargs, match):
     with pytest.raises(ValueError, match=match):
         resolve_spec("resnet18", "none", **kwargs)
+
+
+# ----------------------------------------------------------------------------- declared preprocessing
+
+
+@pytest.fixture
+def declare(monkeypatch):
+    """``declare(value, target=tiny_nets.tiny_cnn)``: set a callable's ``preprocessing`` attribute."""
+    from tests import tiny_nets
+
+    def set_(value, target=tiny_nets.tiny_cnn):
+        monkeypatch.setattr(target, "preprocessing", value, raising=False)
+
+    return set_
+
+
+def test_declared_preprocessing_sits_between_explicit_and_default(declare):
+    declare({"resize": (40, 48), "crop": 32, "mean": 0.5, "interpolation": "bicubic"})
+    pre = resolve_spec(TINY).preprocessing
+    assert (pre.resize, pre.crop, pre.interpolation) == ((40, 48), (32, 32), "bicubic")
+    assert (pre.mean, pre.std) == ((0.5,) * 3, IMAGENET_STD)  # std not declared: the default
+
+    pre = resolve_spec(TINY, "none", crop=0, std=0.25, interpolation="nearest").preprocessing
+    assert (pre.resize, pre.crop, pre.mean) == ((40, 48), None, (0.5,) * 3)
+    assert (pre.std, pre.interpolation) == ((0.25,) * 3, "nearest")
+
+
+def test_a_class_can_declare_preprocessing(declare):
+    declare({"resize": 36, "crop": (32, 28), "std": (0.2, 0.3, 0.4)}, TinyCNN)
+    pre = resolve_spec("tests.tiny_nets:TinyCNN").preprocessing
+    assert (pre.resize, pre.crop, pre.std) == ((36,), (32, 28), (0.2, 0.3, 0.4))
+    assert (pre.mean, pre.input_size) == (IMAGENET_MEAN, (32, 28))
+    # A preprocessing *method* on a module class is not a declaration.
+    declare(lambda self, x: x, TinyCNN)
+    assert resolve_spec("tests.tiny_nets:TinyCNN").preprocessing.crop == (224, 224)
+
+
+def test_without_a_declaration_the_default_applies():
+    pre = resolve_spec(TINY).preprocessing
+    assert (pre.resize, pre.crop, pre.mean) == ((256,), (224, 224), IMAGENET_MEAN)
+
+
+def test_declared_preprocessing_is_part_of_the_cache_key(declare, make_images, tmp_path):
+    paths = make_images(4)
+    cache = tmp_path / "cache"
+    declare({"resize": 40, "crop": 32, "mean": 0.5, "std": 0.5})
+    spec = resolve_spec(TINY, "none")
+    key = config_key(code_config(spec, "flatten", "avg", "fp32"))
+    # The same values given explicitly are the same configuration; the config rebuilds the spec.
+    explicit = resolve_spec(TINY, "none", resize=40, crop=32, mean=0.5, std=0.5)
+    assert config_key(code_config(explicit, "flatten", "avg", "fp32")) == key
+    assert spec_from_config(code_config(spec, "flatten", "avg", "fp32")) == spec
+    first = extract_codes(paths, spec, "flatten", "avg", cache_dir=cache, num_workers=0)
+    assert (first.computed, first.cached) == (4, 0)
+
+    declare({"resize": 40, "crop": 32, "mean": 0.5, "std": 0.25})
+    changed = resolve_spec(TINY, "none")
+    assert changed.preprocessing.std == (0.25,) * 3
+    assert config_key(code_config(changed, "flatten", "avg", "fp32")) != key
+    second = extract_codes(paths, changed, "flatten", "avg", cache_dir=cache, num_workers=0)
+    assert (second.computed, second.cached) == (4, 0)  # not the stale codes of the old std
+    assert not np.allclose(second.codes["flatten"], first.codes["flatten"])
+
+    declare({"resize": 40, "crop": 32, "mean": 0.5, "std": 0.5})
+    again = extract_codes(
+        paths, resolve_spec(TINY, "none"), "flatten", "avg", cache_dir=cache, num_workers=0
+    )
+    assert (again.computed, again.cached) == (0, 4)
+    np.testing.assert_array_equal(again.codes["flatten"], first.codes["flatten"])
+
+
+WHERE = r"tests\.tiny_nets:tiny_cnn\.preprocessing"
+
+
+@pytest.mark.parametrize(
+    "declared, match",
+    [
+        ((32, 32), WHERE + r"=\(32, 32\): expected a dict with any of the keys resize, crop, mean"),
+        ("resize=32", WHERE + r"='resize=32': expected a dict"),
+        (
+            {"resize": 32, "size": 32, "normalize": True},
+            WHERE + r" has unknown key\(s\) 'size', 'normalize'; accepted keys: resize, crop, "
+            "mean, std, interpolation",
+        ),
+        ({"resize": 0}, WHERE + r"\['resize'\]=\(0,\): sizes must be positive"),
+        ({"resize": "big"}, WHERE + r"\['resize'\]='big': expected an int or \(height, width\)"),
+        ({"crop": (32, 32, 3)}, WHERE + r"\['crop'\]=\(32, 32, 3\): expected an int or"),
+        ({"mean": (0.5, 0.5)}, WHERE + r"\['mean'\]=\(0.5, 0.5\): expected a float or three"),
+        ({"std": -1}, WHERE + r"\['std'\]=-1: values must be positive"),
+        ({"interpolation": "cubic"}, WHERE + r"\['interpolation'\]='cubic': choose one of"),
+        ({"crop": None}, WHERE + r"\['crop'\]=None: leave the key out .*crop=0 or 'none'"),
+        ({"mean": None}, WHERE + r"\['mean'\]=None: leave the key out to use the default$"),
+    ],
+)
+def test_bad_declared_preprocessing_is_refused(declare, declared, match):
+    declare(declared)
+    with pytest.raises(ModelError, match=match):
+        resolve_spec(TINY, "none")
+    # Explicit arguments do not hide a broken declaration.
+    with pytest.raises(ModelError, match=match):
+        resolve_spec(TINY, "none", resize=32, crop=32, mean=0.5, std=0.5, interpolation="bilinear")
+
+
+def test_declared_crop_off_needs_a_two_value_resize(declare):
+    declare({"resize": 40, "crop": "none"})
+    with pytest.raises(ValueError, match=WHERE + r"\['crop'\]=None needs " + WHERE + r"\['resize'\]"):
+        resolve_spec(TINY, "none")
+    pre = resolve_spec(TINY, "none", resize=(40, 48)).preprocessing
+    assert pre.crop is None and pre.input_size == (40, 48)
 
 
 # ----------------------------------------------------------------------------- layers
