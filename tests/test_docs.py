@@ -1,0 +1,98 @@
+"""The README's examples, executed.
+
+Every fenced ``python`` block runs, in order and in one namespace, in a fresh working folder.
+Every line of a ``bash`` block that starts with ``cnncodes`` runs through ``cnncodes.cli.main``
+in that folder (``make`` lines are the setup commands: CI runs ``make test`` itself). The
+user's folders the examples name (``photos/``, ``new-photos/``) are generated there first.
+
+Commands that use torchvision's ImageNet weights run with an empty ``$TORCH_HOME``, as on a
+machine without internet: each must then stop with exit status 2 and the message that says which
+file to supply and where; a later command that reads a model such a command would have saved
+must stop with "model file not found". Every other command must succeed.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+from cnncodes import cli
+from tests.conftest import write_images
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+_FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.S | re.M)
+
+
+def blocks(language):
+    """The README's fenced blocks of ``language``, in order."""
+    text = README.read_text(encoding="utf-8")
+    return [body for lang, body in _FENCE.findall(text) if lang == language]
+
+
+def commands():
+    """``cnncodes ...`` command lines of the bash blocks (continuations joined, comments cut)."""
+    found = []
+    for body in blocks("bash"):
+        for line in body.replace("\\\n", " ").splitlines():
+            argv = shlex.split(line, comments=True)
+            if not argv or argv[0] == "make":
+                continue
+            assert argv[0] == "cnncodes", f"README bash line is not a cnncodes command: {line}"
+            found.append(argv[1:])
+    return found
+
+
+def test_readme_has_the_examples_this_test_runs():
+    assert len(blocks("python")) >= 2
+    names = {argv[0] for argv in commands()}
+    assert {"demo", "layers", "extract", "advise", "fit", "predict", "cache"} <= names
+    # The two commands of the README are what CI and the demo run.
+    assert "make demo" in blocks("bash")[0] and "make test" in blocks("bash")[0]
+    ci = (README.parent / ".ci" / "run").read_text()
+    assert "make test" in ci
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("CNNCODES_CACHE", raising=False)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))  # no weights: offline
+    for name in ("cats", "dogs"):
+        write_images(tmp_path / "photos" / name, 4, seed=len(name))
+    write_images(tmp_path / "new-photos", 3, seed=7)
+    return tmp_path
+
+
+def test_python_examples_run(workdir, capsys):
+    namespace = {"__name__": "__readme__"}
+    for body in blocks("python"):
+        exec(compile(body, str(README), "exec"), namespace)  # noqa: S102 - our own README
+    out = capsys.readouterr().out
+    assert out.strip(), "the quick start prints its result"
+    assert set(namespace["best"]) == {"clf__C", "cnncodes__layer"}
+    assert namespace["result"].layers is not None
+    # The cache example found and read shards (it would pass vacuously on an empty glob).
+    assert namespace["codes"].dtype == "float32" and len(namespace["keys"]) > 0
+
+
+def test_command_line_examples_run(workdir, capsys):
+    missing_models = set()  # files a command would have saved, had weights been available
+    for argv in commands():
+        code = cli.main(argv)
+        captured = capsys.readouterr()
+        line = "cnncodes " + shlex.join(argv)
+        if code == 0:
+            continue
+        err = captured.err
+        assert code == 2, f"{line}: exit {code}\n{err}"
+        assert "Traceback" not in err
+        if "hub/checkpoints" in err:  # ImageNet weights absent, as CI and any offline machine
+            assert "--weights" in err, err  # ... and the message says how to supply them
+            if "--out" in argv and argv[0] == "fit":
+                missing_models.add(argv[argv.index("--out") + 1])
+            continue
+        model = argv[1] if argv[0] == "predict" else None
+        assert model in missing_models and "model file not found" in err, f"{line}: {err}"
