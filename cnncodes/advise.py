@@ -16,6 +16,8 @@ classifier is on these images (the mean of its top softmax probability).
 
 from __future__ import annotations
 
+import numbers
+import shlex
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -91,9 +93,9 @@ def _cv_score(codes, labels, seed):
     from sklearn.preprocessing import StandardScaler
 
     _, counts = np.unique(labels, return_counts=True)
-    folds = int(min(5, counts.min()))
-    if folds < 2:
+    if len(counts) < 2 or counts.min() < 2:  # e.g. unreadable images left a class too small
         return None
+    folds = int(min(5, counts.min()))
     clf = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=1000))
     cv = StratifiedKFold(folds, shuffle=True, random_state=seed)
     return float(cross_val_score(clf, codes, labels, cv=cv).mean())
@@ -127,7 +129,8 @@ def advise(
     model, weights : str
         The pretrained network to judge similarity against (see :func:`cnncodes.resolve_spec`).
     per_class : int
-        Images per class used for the similarity measurement (a stratified subsample).
+        Images per class used for the similarity measurement (a stratified subsample; at least
+        2, for cross-validation).
     data_label : str
         How the data is named in the suggested command line.
     **extract_kwargs
@@ -143,6 +146,10 @@ def advise(
     >>> advice.scenario, advice.recipe  # doctest: +SKIP
     (1, 'linear_probe')
     """
+    if isinstance(per_class, bool) or not isinstance(per_class, numbers.Integral) or per_class < 2:
+        raise ValueError(
+            f"per_class={per_class!r}: expected an int >= 2 (images per class to cross-validate on)"
+        )
     labels = np.asarray(labels)
     if len(paths) != len(labels):
         raise ValueError(f"{len(paths)} images but {len(labels)} labels")
@@ -179,6 +186,17 @@ def advise(
     if head and head not in layers and spec.weights != "none":
         layers.append(head)
     result = extract_codes(sub_paths, spec, layers, "avg", on_error="skip", **extract_kwargs)
+    if result.skipped:
+        first = result.skipped[0]
+        if len(result.kept) == 0:
+            raise ValueError(
+                f"none of the {len(sub_paths)} measured images could be read "
+                f"(first: {first.path}: {first.reason})"
+            )
+        advice.reasons.append(
+            f"{len(result.skipped)} of the {len(sub_paths)} measured images could not be read "
+            f"and were left out (first: {first.path}: {first.reason})."
+        )
     y = sub_labels[result.kept]
     advice.top_score = _cv_score(result.codes[top], y, seed)
     if early:
@@ -220,18 +238,18 @@ def advise(
         (advice.small, advice.similar)
     ]
     advice.recipe = _RECIPES[advice.scenario]
-    weights_opt = f" --weights {weights}" if weights else ""
+    def command(recipe, *extra):
+        # Quoted for a POSIX shell: data folders and checkpoint paths may hold spaces.
+        argv = ["cnncodes", "fit", str(data_label), "--pipeline", recipe, "--model", model]
+        if weights:
+            argv += ["--weights", str(weights)]
+        return shlex.join([*argv, *extra])
+
     if advice.recipe:
-        advice.command = (
-            f"cnncodes fit {data_label} --pipeline {advice.recipe} --model {model}{weights_opt}"
-        )
-        if advice.scenario == 3 and early:
-            advice.command += f" --layer {early} --layer {top}"
+        layers = ["--layer", early, "--layer", top] if advice.scenario == 3 and early else []
+        advice.command = command(advice.recipe, *layers)
     else:
-        advice.command = (
-            f"cnncodes fit {data_label} --pipeline "
-            f"{'linear_probe' if advice.similar else 'layer_sweep_svm'} --model {model}{weights_opt}"
-        )
+        advice.command = command("linear_probe" if advice.similar else "layer_sweep_svm")
         advice.reasons.append(
             "With this much data, fine-tuning the whole network (from the pretrained weights) "
             "should beat any fixed codes; cnncodes does not fine-tune, so the command below is the "

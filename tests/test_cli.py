@@ -5,8 +5,10 @@ One test runs the installed console script, to check that exit statuses reach th
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -365,6 +367,163 @@ def test_spec_from_config_round_trip_and_refusals(tmp_path):
         spec_from_config({**config, "weights": "sha256:ab12"})
     with pytest.raises(ValueError, match="missing 'pooling'"):
         spec_from_config({k: v for k, v in config.items() if k != "pooling"})
+
+
+# ----------------------------------------------------------------------------- advise
+
+# The demo's small CNN, untrained: it declares its own 32x32 preprocessing, so advise (which has
+# no preprocessing options) runs it on tiny inputs.
+ADVISE_MODEL = ["--model", "cnncodes.demo_data:digits_net", "--weights", "none"]
+
+
+def test_advise_names_scenario_recipe_and_command(capsys, data, cache):
+    code, out, err = run(capsys, "advise", data, *ADVISE_MODEL, "--cache-dir", cache)
+    assert code == 0, err
+    lines = out.splitlines()
+    # Few images per class, and an untrained network is never "similar": scenario 3.
+    assert lines[0] == "scenario 3: recipe layer_sweep_svm"
+    assert lines[-1].startswith("run: cnncodes fit ")
+    reasons = lines[1:-1]
+    assert reasons and all(line.startswith("  - ") for line in reasons)
+    assert "6 images in 2 classes" in reasons[0] and "small" in reasons[0]
+    assert any("untrained ('none' weights)" in line for line in reasons)
+    assert "6 images in" in err and "(2 classes)" in err
+
+
+def test_advise_json_command_runs_as_written(capsys, tmp_path, make_images, cache):
+    data = tmp_path / "my photos"  # a space, so the suggested command must quote it
+    make_images(3, folder=data / "ants", seed=1)
+    make_images(3, folder=data / "bees", seed=2)
+    code, out, err = run(capsys, "advise", data, *ADVISE_MODEL, "--cache-dir", cache, "--json")
+    assert code == 0, err
+    advice = json.loads(out)
+    assert {"scenario", "recipe", "command", "reasons"} <= set(advice)
+    assert (advice["scenario"], advice["recipe"]) == (3, "layer_sweep_svm")
+    assert (advice["n_images"], advice["n_classes"], advice["small"]) == (6, 2, True)
+    assert advice["top_layer"] == "flatten" and advice["early_layer"].startswith("features.")
+    assert all(isinstance(r, str) and r for r in advice["reasons"])
+    argv = shlex.split(advice["command"])
+    assert argv[:3] == ["cnncodes", "fit", str(data)]
+    for option, value in [
+        ("--pipeline", "layer_sweep_svm"),
+        ("--model", "cnncodes.demo_data:digits_net"),
+        ("--weights", "none"),
+    ]:
+        assert argv[argv.index(option) + 1] == value
+    assert [argv[i + 1] for i, a in enumerate(argv) if a == "--layer"] == [
+        advice["early_layer"],
+        "flatten",
+    ]
+
+
+def test_advise_unlabelled_data_exits_2(capsys, tmp_path, make_images, cache):
+    make_images(4, folder=tmp_path / "flat")
+    code, out, err = run(capsys, "advise", tmp_path / "flat", *ADVISE_MODEL, "--cache-dir", cache)
+    assert code == 2 and out == ""
+    assert_one_line_error(err, "advise needs labelled images")
+    assert not cache.exists()  # refused before any network ran
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--model", "resnet5O"], "model='resnet5O' is not a torchvision classification model"),
+        (["--model", "no_such_pkg.nets:net"], "cannot import module 'no_such_pkg.nets'"),
+        ([*ADVISE_MODEL, "--per-class", "1"], "per_class=1: expected an int >= 2"),
+    ],
+)
+def test_advise_bad_inputs_exit_2(capsys, data, cache, args, fragment):
+    code, out, err = run(capsys, "advise", data, *args, "--cache-dir", cache)
+    assert code == 2 and out == ""
+    assert_one_line_error(err, fragment)
+
+
+def test_advise_needs_two_classes(capsys, tmp_path, make_images, cache):
+    make_images(4, folder=tmp_path / "one" / "ants")
+    code, _, err = run(capsys, "advise", tmp_path / "one", *ADVISE_MODEL, "--cache-dir", cache)
+    assert code == 2
+    assert_one_line_error(err, "at least two classes")
+
+
+def test_advise_reports_unreadable_images(capsys, tmp_path, make_images, cache):
+    data = tmp_path / "data"
+    make_images(3, folder=data / "ants")
+    for i in range(3):  # no readable 'bees': the similarity cannot be cross-validated
+        (data / "bees").mkdir(exist_ok=True)
+        (data / "bees" / f"broken{i}.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    code, out, err = run(capsys, "advise", data, *ADVISE_MODEL, "--cache-dir", cache, "--json")
+    assert code == 0, err
+    advice = json.loads(out)
+    assert (advice["scenario"], advice["top_score"], advice["early_score"]) == (3, None, None)
+    assert any(
+        r.startswith("3 of the 6 measured images could not be read") and "broken" in r
+        for r in advice["reasons"]
+    )
+
+    for path in (data / "ants").iterdir():
+        path.write_bytes(b"not an image")
+    code, _, err = run(capsys, "advise", data, *ADVISE_MODEL, "--cache-dir", cache)
+    assert code == 2
+    assert_one_line_error(err, "none of the 6 measured images could be read")
+
+# ----------------------------------------------------------------------------- demo
+
+
+@pytest.fixture
+def small_demo(monkeypatch):
+    """The demo with its size knobs turned down (the CLI passes out-dir, cache, shots, output).
+
+    A shorter pretraining, 10 test images per class and two values of C instead of every
+    target image and each recipe's full sweep: the same steps in seconds rather than a minute.
+    """
+    from cnncodes import demo
+
+    small = functools.partial(demo.run_demo, test_per_class=10, epochs=3, Cs=[0.01, 0.1])
+    monkeypatch.setattr(demo, "run_demo", small)
+
+
+def test_demo_writes_its_report_then_reuses_the_cache(capsys, tmp_path, small_demo):
+    out_dir, cache = tmp_path / "demo", tmp_path / "cache"
+    argv = ["demo", "--shots", "2", "--out-dir", out_dir, "--cache-dir", cache]
+    code, out, err = run(capsys, *argv, "--json")
+    assert code == 0, err
+    report = json.loads(out)
+    assert json.loads((out_dir / "report.json").read_text()) == report
+    with open(out_dir / "comparison.png", "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    assert (report["shots_per_class"], report["n_target_train"], report["n_target_test"]) == (
+        2,
+        10,
+        50,
+    )
+    # Three network feature sets (pretrained top and early, untrained top) of 60 images each.
+    assert report["extraction"] == {"computed": 180, "cached": 0}
+    names = ["pretrained-top", "pretrained-early", "untrained-top", "raw-pixels"]
+    assert list(report["accuracy"]) == names
+    for row in report["accuracy"].values():
+        assert set(row) == {"linear_probe", "linear_svm"}
+        assert all(0.0 <= acc <= 1.0 for acc in row.values())
+    assert report["verdict"].startswith("Pre-training")
+    assert report["pretraining"]["epochs"] == 3
+
+    # Second run, human output: the checkpoint and every code come back from disk.
+    code, out, err = run(capsys, *argv)
+    assert code == 0, err
+    assert "source network: reusing" in err
+    assert "codes: 0 images through a network, 180 served from the cache" in err
+    assert "test accuracy on digits 5-9" in out + err and report["verdict"] in out + err
+    assert "Traceback" not in err
+    again = json.loads((out_dir / "report.json").read_text())
+    assert again["extraction"] == {"computed": 0, "cached": 180}
+    assert again["accuracy"] == report["accuracy"]  # same codes, seeded classifiers
+
+
+def test_demo_bad_shots_exit_2_before_any_work(capsys, tmp_path):
+    out_dir = tmp_path / "demo"
+    code, out, err = run(capsys, "demo", "--shots", "1", "--out-dir", out_dir)
+    assert code == 2 and out == ""
+    assert_one_line_error(err, "shots=1: expected an int >= 2")
+    assert not out_dir.exists()
 
 
 # ----------------------------------------------------------------------------- console script
