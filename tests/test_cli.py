@@ -480,6 +480,12 @@ def small_demo(monkeypatch):
 
     small = functools.partial(demo.run_demo, test_per_class=10, epochs=3, Cs=[0.01, 0.1])
     monkeypatch.setattr(demo, "run_demo", small)
+    # A network this small gains nothing from a second thread, while two OpenMP threads on a
+    # busy 2-core machine spin against other processes (pretraining took 25 s instead of 1.3 s).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def test_demo_writes_its_report_then_reuses_the_cache(capsys, tmp_path, small_demo):
