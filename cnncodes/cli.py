@@ -179,6 +179,16 @@ def _positive_int(text):
     return value
 
 
+def _at_least_two(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected an integer >= 2") from None
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected an integer >= 2")
+    return value
+
+
 def _count(text):
     try:
         value = int(text)
@@ -1424,7 +1434,11 @@ def add_advise_parser(subparsers):
     group.add_argument("--model", default="resnet50", help="default: %(default)s")
     _add_weights_options(group)
     parser.add_argument(
-        "--per-class", type=int, default=20, help="images per class measured (default: 20)"
+        "--per-class",
+        type=_at_least_two,
+        default=20,
+        metavar="N",
+        help="images per class measured, at least 2 (default: %(default)s)",
     )
     _add_cache_dir_option(parser)
     _add_output_options(parser)
@@ -1485,8 +1499,8 @@ def add_demo_parser(subparsers):
 
 
 def run_demo_command(args):
-    """Run the demo and print its table."""
-    from .demo import run_demo
+    """Run the demo; its table and verdict are the result (stdout), progress goes to stderr."""
+    from .demo import local_imagenet_weights, run_demo, summary_lines
 
     output = _Output(args)
     report = run_demo(
@@ -1494,14 +1508,24 @@ def run_demo_command(args):
         cache_dir=_cache_dir_from_args(args),
         shots=args.shots,
         progress=output.progress,
-        log=(lambda line: None) if output.json else output.note,
+        log=output.note,
+        log_table=False,
     )
-    output.result(report, [])
-    if not output.json:
+    output.result(report, summary_lines(report))
+    local = local_imagenet_weights()
+    if local:
+        model, weights = local[0]
         output.note(
-            "With ImageNet weights on this machine, run the same comparison on your own folder: "
-            "cnncodes advise DATA --model resnet50 --weights IMAGENET1K_V1 (the file goes in "
-            "$TORCH_HOME/hub/checkpoints), or --weights /path/to/checkpoint.pth."
+            f"ImageNet weights found on this machine ({', '.join(f'{m} {w}' for m, w in local)}):"
+            f" compare layers on your own folder with: cnncodes advise DATA --model {model} "
+            f"--weights {weights}"
+        )
+    else:
+        output.note(
+            "To run the same comparison with ImageNet weights on your own folder, put a "
+            "torchvision weights file in $TORCH_HOME/hub/checkpoints (e.g. resnet50-0676ba61.pth) "
+            "and run: cnncodes advise DATA --model resnet50 --weights IMAGENET1K_V1 (or pass a "
+            "checkpoint: --weights /path/to/checkpoint.pth)"
         )
     return EXIT_OK
 
@@ -1558,6 +1582,10 @@ def main(argv=None):
     0
     """
     debug = os.environ.get("CNNCODES_DEBUG", "") not in ("", "0")
+    # `--model package.module:callable` finds the user's modules in the working folder, as
+    # `python -m` would (appended: it never shadows an installed package).
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.append(os.getcwd())
     with warnings.catch_warnings():
         warnings.simplefilter("default", CacheWarning)  # a bad cache file is recomputed, not fatal
         warnings.showwarning = _show_warning

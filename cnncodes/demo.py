@@ -30,7 +30,7 @@ from .extract import extract_codes
 from .images import load_image
 from .models import resolve_spec
 
-__all__ = ["run_demo", "FEATURE_SETS", "raw_pixels"]
+__all__ = ["run_demo", "FEATURE_SETS", "local_imagenet_weights", "raw_pixels", "summary_lines"]
 
 # The network declares its own preprocessing (32x32, mean and std 0.5): demo_data.PREPROCESSING.
 MODEL = "cnncodes.demo_data:digits_net"
@@ -154,6 +154,7 @@ def run_demo(
     Cs=None,
     progress=None,
     log=print,
+    log_table=True,
 ):
     """Run the demo; returns the report (also written to ``out_dir/report.json``).
 
@@ -179,6 +180,9 @@ def run_demo(
         Progress bars while codes are computed (``None``: on a terminal).
     log : callable
         Receives progress lines (``print`` by default).
+    log_table : bool, default True
+        Also send the results table and the verdict to ``log`` (the command line prints them
+        as its result instead: :func:`summary_lines`).
 
     Returns
     -------
@@ -260,11 +264,10 @@ def run_demo(
                 for k, v in search.best_params_.items()
             }
 
-    lines = _table(accuracy)
-    for line in lines:
-        log(line)
     verdict = _verdict(accuracy)
-    log(verdict)
+    if log_table:
+        for line in [*_table(accuracy), verdict]:
+            log(line)
     report = {
         "shots_per_class": shots,
         "seed": seed,
@@ -287,6 +290,33 @@ def run_demo(
         f"report: {os.path.join(out_dir, 'report.json')}, {os.path.join(out_dir, 'comparison.png')}"
     )
     return report
+
+
+def summary_lines(report):
+    """The results table of a demo report and its verdict, as lines of text."""
+    return [*_table(report["accuracy"]), report["verdict"]]
+
+
+def local_imagenet_weights(limit=3):
+    """``[(model name, weights name)]`` of torchvision weights already in ``$TORCH_HOME``.
+
+    Only file names are compared (nothing is read or fetched); at most ``limit`` entries.
+    """
+    import torch
+    import torchvision
+
+    folder = os.path.join(torch.hub.get_dir(), "checkpoints")
+    if not os.path.isdir(folder):
+        return []
+    present = set(os.listdir(folder))
+    found = []
+    for name in torchvision.models.list_models(module=torchvision.models):
+        for member in torchvision.models.get_model_weights(name):
+            if os.path.basename(member.url) in present:
+                found.append((name, member.name))
+                if len(found) >= limit:
+                    return found
+    return found
 
 
 def _table(accuracy):

@@ -19,9 +19,10 @@ user's own architecture.
 
 Nothing here downloads at import or resolution time. Torchvision weights are read from
 ``$TORCH_HOME/hub/checkpoints`` (checked against the hash in their published file name and loaded with
-``weights_only=True``, unlike torchvision's own loader); a missing file is downloaded the way
-torchvision does it, and where that fails (offline) :class:`WeightsUnavailableError` says where to put
-the file and how to pass a local checkpoint instead.
+``weights_only=True``, unlike torchvision's own loader). Nothing is fetched from the internet
+unless ``CNNCODES_DOWNLOAD=1`` is set (then a missing file is downloaded the way torchvision does
+it); otherwise :class:`WeightsUnavailableError` says where to put the file, its URL, and how to
+pass a local checkpoint instead.
 
 Resolution is cheap: :func:`resolve_spec` builds the architecture on the ``meta`` device (no memory,
 no initialisation) to fingerprint it and name its layers; :func:`build_model` loads real weights only
@@ -313,13 +314,32 @@ def _hub_checkpoint_path(url):
     return os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(url))
 
 
+def _downloads_allowed():
+    return os.environ.get("CNNCODES_DOWNLOAD", "").strip().lower() in ("1", "true", "yes")
+
+
 def _fetch_named_weights(enum_member):
-    """Path to the verified local file of torchvision weights, downloading it if possible."""
+    """Path to the verified local file of torchvision weights.
+
+    Nothing is fetched from the internet unless ``CNNCODES_DOWNLOAD=1`` is set: a missing file
+    is a :class:`WeightsUnavailableError` that names the file, where it goes and its URL.
+    """
     path = _hub_checkpoint_path(enum_member.url)
     match = re.search(r"-([a-f0-9]+)\.", os.path.basename(path))
     prefix = match.group(1) if match else None
     name = f"{type(enum_member).__name__}.{enum_member.name}"
     if not os.path.exists(path):
+        where = (
+            f"torchvision looks for them at {path} (set TORCH_HOME to change "
+            f"{torch.hub.get_dir()}). Either copy the file {os.path.basename(path)} there (it is "
+            f"published at {enum_member.url}), or pass a local checkpoint instead: "
+            "weights='/path/to/checkpoint.pth' (--weights /path/to/checkpoint.pth)"
+        )
+        if not _downloads_allowed():
+            raise WeightsUnavailableError(
+                f"weights {name} are not on this machine.\n{where}, or set CNNCODES_DOWNLOAD=1 "
+                "to let cnncodes download them."
+            )
         os.makedirs(os.path.dirname(path), exist_ok=True)
         try:
             torch.hub.download_url_to_file(
@@ -328,10 +348,7 @@ def _fetch_named_weights(enum_member):
         except (urllib.error.URLError, OSError, RuntimeError) as exc:
             raise WeightsUnavailableError(
                 f"weights {name} are not on this machine and could not be downloaded ({exc}).\n"
-                f"torchvision looks for them at {path} (set TORCH_HOME to change "
-                f"{torch.hub.get_dir()}). Either copy the file {os.path.basename(path)} there, or "
-                "pass a local checkpoint instead: weights='/path/to/checkpoint.pth' "
-                "(--weights /path/to/checkpoint.pth)."
+                f"{where}."
             ) from None
     if prefix and not file_sha256(path).startswith(prefix):
         raise WeightsError(

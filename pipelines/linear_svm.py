@@ -55,7 +55,7 @@ def build(**overrides):
             ("cnncodes", codes_step(**codes)),
             ("power", SignedPower(alpha=1.0)),
             ("l2", Normalizer(norm="l2")),
-            ("clf", LinearSVC(dual="auto", max_iter=10_000)),
+            ("clf", LinearSVC(dual="auto", max_iter=10_000, random_state=0)),
         ]
     )
     grid = {

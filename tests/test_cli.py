@@ -429,7 +429,10 @@ def test_advise_unlabelled_data_exits_2(capsys, tmp_path, make_images, cache):
     [
         (["--model", "resnet5O"], "model='resnet5O' is not a torchvision classification model"),
         (["--model", "no_such_pkg.nets:net"], "cannot import module 'no_such_pkg.nets'"),
-        ([*ADVISE_MODEL, "--per-class", "1"], "per_class=1: expected an int >= 2"),
+        (
+            [*ADVISE_MODEL, "--per-class", "1"],
+            "argument --per-class: '1': expected an integer >= 2",
+        ),
     ],
 )
 def test_advise_bad_inputs_exit_2(capsys, data, cache, args, fragment):
@@ -465,6 +468,7 @@ def test_advise_reports_unreadable_images(capsys, tmp_path, make_images, cache):
     code, _, err = run(capsys, "advise", data, *ADVISE_MODEL, "--cache-dir", cache)
     assert code == 2
     assert_one_line_error(err, "none of the 6 measured images could be read")
+
 
 # ----------------------------------------------------------------------------- demo
 
@@ -517,7 +521,9 @@ def test_demo_writes_its_report_then_reuses_the_cache(capsys, tmp_path, small_de
     assert code == 0, err
     assert "source network: reusing" in err
     assert "codes: 0 images through a network, 180 served from the cache" in err
-    assert "test accuracy on digits 5-9" in out + err and report["verdict"] in out + err
+    # The table and the verdict are the result (stdout); progress and hints go to stderr.
+    assert "test accuracy on digits 5-9" in out and report["verdict"] in out
+    assert "test accuracy" not in err and "$TORCH_HOME/hub/checkpoints" in err
     assert "Traceback" not in err
     again = json.loads((out_dir / "report.json").read_text())
     assert again["extraction"] == {"computed": 0, "cached": 180}
@@ -548,3 +554,23 @@ def test_installed_console_script_propagates_exit_status(tmp_path):
     assert bad.returncode == 2
     assert bad.stdout == ""
     assert_one_line_error(bad.stderr, "missing: no such folder or file")
+
+
+def test_console_script_finds_the_users_model_module_in_the_working_folder(tmp_path):
+    script = Path(sys.executable).with_name("cnncodes")
+    if not script.exists():
+        pytest.skip(f"console script not installed at {script} (run `make setup`)")
+    (tmp_path / "my_nets.py").write_text(
+        "from tests.tiny_nets import TinyCNN\n\ndef small():\n    return TinyCNN(3)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    done = subprocess.run(
+        [script, "layers", "my_nets:small", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["penultimate"] == "flatten"

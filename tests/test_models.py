@@ -154,8 +154,10 @@ def _offline(monkeypatch, calls):
     monkeypatch.setattr(torch.hub, "download_url_to_file", download)
 
 
-def test_named_weights_offline_say_where_to_put_them(tmp_path, monkeypatch):
+@pytest.mark.parametrize("download", ["", "1"])
+def test_named_weights_offline_say_where_to_put_them(tmp_path, monkeypatch, download):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setenv("CNNCODES_DOWNLOAD", download)
     calls = []
     _offline(monkeypatch, calls)
     spec = resolve_spec("resnet18", "IMAGENET1K_V1")  # resolving is offline-safe
@@ -167,9 +169,17 @@ def test_named_weights_offline_say_where_to_put_them(tmp_path, monkeypatch):
     assert "ResNet18_Weights.IMAGENET1K_V1 are not on this machine" in message
     assert str(target) in message and "TORCH_HOME" in message
     assert str(tmp_path / "hub") in message
+    assert "https://download.pytorch.org/models/resnet18-f37072fd.pth" in message
     assert "weights='/path/to/checkpoint.pth'" in message
-    assert info.value.__cause__ is None and info.value.__suppress_context__
-    assert [dst for _, dst in calls] == [str(target)]
+    assert info.value.__cause__ is None and info.value.__context__ is None or (
+        info.value.__suppress_context__
+    )
+    if download:  # downloading was allowed, and failed
+        assert "could not be downloaded (<urlopen error no network (test)>)" in message
+        assert [dst for _, dst in calls] == [str(target)]
+    else:  # nothing is fetched unless the user allows it
+        assert "CNNCODES_DOWNLOAD=1" in message
+        assert calls == []
     assert not target.exists()
 
 
