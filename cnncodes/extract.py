@@ -11,6 +11,7 @@ stopped. Speed measurements and the reasons for the defaults: ``bench/RESULTS.md
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
@@ -49,6 +50,7 @@ __all__ = [
     "ExtractionResult",
     "SkippedImage",
     "code_config",
+    "exact_fp32",
     "extract_codes",
     "preprocess",
     "resolve_device",
@@ -133,6 +135,69 @@ def resolve_precision(precision, device):
     if precision == "auto":
         return "bf16" if torch.device(device).type == "cuda" else "fp32"
     return precision
+
+
+# Where the PyTorch version has them (2.9+), the per-operation float32 precision switches that
+# CUDA kernels read: cuBLAS matrix products and cuDNN convolutions ("tf32" lets them round inputs
+# to TF32; cuDNN convolutions default to it). Older versions have the legacy ``allow_tf32`` flags.
+_FP32_SWITCHES = {"cuda": (("cuda", "matmul"), ("cudnn", "conv"))}
+_FP32_LEGACY = {"cuda": (("cuda", "matmul"), ("cudnn",))}
+
+
+def _backend(path):
+    module = torch.backends
+    for part in path:
+        module = getattr(module, part, None)
+        if module is None:
+            return None
+    return module
+
+
+def _fp32_switches(device_type):
+    """``[(object, attribute, exact value)]``: the switches that keep float32 work exact."""
+    switches = []
+    for path in _FP32_SWITCHES.get(device_type, ()):
+        module = _backend(path)
+        try:
+            _ = module.fp32_precision
+        except (AttributeError, RuntimeError):
+            break  # a PyTorch without the new API: use the legacy flags below
+        switches.append((module, "fp32_precision", "ieee"))
+    else:
+        return switches
+    return [
+        (module, "allow_tf32", False)
+        for module in map(_backend, _FP32_LEGACY.get(device_type, ()))
+        if module is not None
+    ]
+
+
+@contextlib.contextmanager
+def exact_fp32(device_type):
+    """Full IEEE float32 matrix products and convolutions on ``device_type`` while the block runs.
+
+    On CUDA, PyTorch lets cuDNN convolutions use TF32 by default, and cuBLAS matrix products when
+    the user asked for it (``torch.backends.cuda.matmul``, ``torch.set_float32_matmul_precision``).
+    TF32 keeps 10 mantissa bits, so "fp32" codes made that way differ from CPU fp32 codes by about
+    1e-3 while being stored under the same cache key. This turns TF32 off for the duration (the
+    per-operation ``fp32_precision = "ieee"``, or ``allow_tf32 = False`` on PyTorch < 2.9) and
+    restores the previous settings on exit, even when the block raises. A no-op on the CPU.
+
+    Examples
+    --------
+    >>> with exact_fp32("cuda"):
+    ...     torch.backends.cudnn.conv.fp32_precision
+    'ieee'
+    """
+    saved = []
+    try:
+        for module, attribute, exact in _fp32_switches(device_type):
+            saved.append((module, attribute, getattr(module, attribute)))
+            setattr(module, attribute, exact)
+        yield
+    finally:
+        for module, attribute, value in reversed(saved):
+            setattr(module, attribute, value)
 
 
 def code_config(spec, layer, pooling, precision):
@@ -656,27 +721,30 @@ def extract_codes(
 
     # 3. Compute the rest.
     computed = 0
+    # fp32 codes on a GPU must be the CPU's fp32 codes (same cache key): no TF32 while they are made.
+    exact = exact_fp32(dev.type) if precision == "fp32" else contextlib.nullcontext()
     if todo:
-        computed = _run_network(
-            spec,
-            layers,
-            pooling,
-            paths,
-            groups,
-            todo,
-            out,
-            have,
-            stores,
-            skipped,
-            dev,
-            precision,
-            batch_size,
-            num_workers,
-            on_error,
-            progress,
-            commit_rows,
-            commit_seconds,
-        )
+        with exact:
+            computed = _run_network(
+                spec,
+                layers,
+                pooling,
+                paths,
+                groups,
+                todo,
+                out,
+                have,
+                stores,
+                skipped,
+                dev,
+                precision,
+                batch_size,
+                num_workers,
+                on_error,
+                progress,
+                commit_rows,
+                commit_seconds,
+            )
     for store in stores.values():
         if len(store.shard_paths()) > 64:
             store.compact()

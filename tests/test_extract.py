@@ -12,8 +12,9 @@ import pytest
 import torch
 from PIL import Image
 
+import cnncodes.extract as extract_module
 from cnncodes.cache import CodeStore, config_key
-from cnncodes.extract import code_config, extract_codes
+from cnncodes.extract import code_config, exact_fp32, extract_codes
 from cnncodes.images import ImageLoadError, file_digest
 from cnncodes.models import WeightsError, build_model, resolve_spec
 from tests.tiny_nets import TinyCNN
@@ -114,6 +115,69 @@ def test_bf16_on_cpu_agrees_with_fp32(tiny_spec, make_images):
     assert cosine.min() > 0.99
     assert not np.array_equal(a, b)  # it really ran in bfloat16
     assert bf16.configs["avgpool"]["precision"] == "bf16"
+
+
+def _tf32_state():
+    return {
+        name: module.fp32_precision
+        for name, module in (
+            ("matmul", torch.backends.cuda.matmul),
+            ("conv", torch.backends.cudnn.conv),
+        )
+    }
+
+
+@pytest.fixture
+def tf32_on():
+    """TF32 allowed for CUDA matrix products and convolutions (settable without a GPU)."""
+    if not hasattr(torch.backends.cudnn, "conv"):
+        pytest.skip("this PyTorch has no per-operation fp32_precision switches (added in 2.9)")
+    before = _tf32_state()
+    torch.backends.cuda.matmul.fp32_precision = "tf32"
+    torch.backends.cudnn.conv.fp32_precision = "tf32"
+    yield {"matmul": "tf32", "conv": "tf32"}
+    torch.backends.cuda.matmul.fp32_precision = before["matmul"]
+    torch.backends.cudnn.conv.fp32_precision = before["conv"]
+
+
+def test_exact_fp32_turns_tf32_off_and_restores_it(tf32_on):
+    with exact_fp32("cuda"):
+        assert _tf32_state() == {"matmul": "ieee", "conv": "ieee"}
+    assert _tf32_state() == tf32_on
+    with pytest.raises(KeyError, match="boom"), exact_fp32("cuda"):
+        assert _tf32_state() == {"matmul": "ieee", "conv": "ieee"}
+        raise KeyError("boom")
+    assert _tf32_state() == tf32_on
+    # Nothing to switch on the CPU.
+    with exact_fp32("cpu"):
+        assert _tf32_state() == tf32_on
+
+
+@pytest.mark.parametrize("precision, inside", [("fp32", "ieee"), ("bf16", "tf32")])
+@pytest.mark.parametrize("fails", [False, True])
+def test_cuda_fp32_extraction_runs_without_tf32(
+    cnn_spec, make_images, monkeypatch, tf32_on, precision, inside, fails
+):
+    # The network step is replaced, so this runs without a GPU: what matters is the state the
+    # CUDA kernels would see while codes are made, and that it is restored afterwards.
+    seen = []
+
+    def network(*args, **kwargs):
+        seen.append(_tf32_state())
+        if fails:
+            raise RuntimeError("out of memory")
+        return 0
+
+    monkeypatch.setattr(extract_module, "resolve_device", lambda device: torch.device("cuda"))
+    monkeypatch.setattr(extract_module, "_run_network", network)
+    images = make_images(2)
+    if fails:
+        with pytest.raises(RuntimeError, match="out of memory"):
+            extract_codes(images, cnn_spec, "pool", cache_dir=None, precision=precision)
+    else:
+        extract_codes(images, cnn_spec, "pool", cache_dir=None, precision=precision)
+    assert seen == [{"matmul": inside, "conv": inside}]
+    assert _tf32_state() == tf32_on
 
 
 def test_worker_processes_give_the_same_codes(tiny_spec, make_images):
