@@ -323,13 +323,16 @@ class CodeStore:
         idx = self.index()
         return np.array([k in idx for k in keys], dtype=bool)
 
-    def read(self, keys, out=None, rows=None):
+    def read(self, keys, out=None, rows=None, index=None):
         """Codes of ``keys`` (all must be stored), as float32 ``(len(keys), d)``.
 
         With ``out`` (and optionally ``rows``, the target rows of ``out``), fill it in place instead.
+        ``index``: what :meth:`index` just returned, to spare listing the shards again (a shard
+        removed since by a concurrent compaction makes it list them anew).
         """
         for _attempt in range(3):
-            idx = self.index()
+            idx = self.index() if index is None else index
+            index = None
             try:
                 return self._read(idx, keys, out, rows)
             except FileNotFoundError:

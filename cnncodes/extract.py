@@ -536,6 +536,8 @@ def _as_paths(images):
         raise TypeError(
             f"images={images!r}: expected a sequence of image file paths, not a single path"
         )
+    if isinstance(images, (list, tuple)) and all(type(p) is str for p in images):
+        return list(images)  # the common case, checked in one pass (warm calls are ~1 ms)
     paths = []
     for i, p in enumerate(images):
         if not isinstance(p, (str, os.PathLike)):
@@ -709,8 +711,11 @@ def extract_codes(
         have[layer] = set(hits)
         if hits:
             rows = [groups[d][0] for d in hits]
-            store.read(hits, out=out[layer], rows=rows)
-    todo = [d for d in groups if any(d not in have[layer] for layer in layers)]
+            store.read(hits, out=out[layer], rows=rows, index=index)
+    if len(layers) == 1:
+        todo = [d for d in groups if d not in have[layers[0]]] if have[layers[0]] else list(groups)
+    else:
+        todo = [d for d in groups if any(d not in have[layer] for layer in layers)]
     cached = len(groups) - len(todo)
     # The same picture under several names: copy its row (only where there are such inputs).
     duplicates = [(d, g) for d, g in groups.items() if len(g) > 1]
