@@ -207,6 +207,89 @@ class Meter:
         return False
 
 
+def wait_quiet(max_cores=0.1, window=2.0, timeout=600.0):
+    """Wait until other processes keep fewer than ``max_cores`` cores busy over ``window`` seconds.
+
+    On a small shared machine one foreign busy core slows a 2-thread torch run several times over
+    (its threads wait for each other), so timed runs start only once the machine is quiet. Returns
+    the last measured foreign load in cores (above ``max_cores`` when ``timeout`` ran out), or
+    None where /proc/stat is unavailable.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        busy0, own0 = _machine_busy_seconds(), _own_cpu_seconds()
+        if busy0 is None:
+            return None
+        t0 = time.perf_counter()
+        time.sleep(window)
+        seconds = time.perf_counter() - t0
+        load = max(0.0, (_machine_busy_seconds() - busy0) - (_own_cpu_seconds() - own0)) / seconds
+        if load < max_cores or time.monotonic() >= deadline:
+            return load
+
+
+class Quiet:
+    """Runs timed blocks only on a quiet machine, and repeats a block that was disturbed.
+
+    ``run(fn, *args)`` waits for :func:`wait_quiet`, times ``fn`` with a :class:`Meter` and
+    repeats it (up to ``retries`` more times) while other processes used more than
+    ``max_foreign`` cores meanwhile. Returns ``(meter, result)`` of the last attempt; every
+    discarded attempt is kept in ``discarded`` (label, seconds, foreign cores) for the report.
+    ``max_foreign=None`` turns both the waiting and the repeating off.
+    """
+
+    def __init__(self, max_foreign=0.1, retries=5, quiet_timeout=600.0):
+        self.max_foreign = max_foreign
+        self.retries = retries
+        self.quiet_timeout = quiet_timeout
+        self.discarded = []
+
+    def run(self, label, fn, *args, **kwargs):
+        for attempt in range(self.retries + 1):
+            if self.max_foreign is not None:
+                wait_quiet(self.max_foreign, timeout=self.quiet_timeout)
+            with Meter() as meter:
+                result = fn(*args, **kwargs)
+            disturbed = self.max_foreign is not None and meter.foreign_cores > self.max_foreign
+            if not disturbed or attempt == self.retries:
+                meter.attempts = attempt + 1
+                meter.disturbed = disturbed
+                return meter, result
+            self.discarded.append(
+                {"label": label, "seconds": meter.seconds, "foreign_cores": meter.foreign_cores}
+            )
+            print(
+                f"  ({label}: {meter.seconds:.2f} s discarded, other processes used "
+                f"{meter.foreign_cores:.2f} cores meanwhile; repeating)",
+                flush=True,
+            )
+
+
+def add_quiet_args(parser):
+    """The command-line options of :class:`Quiet` (shared by the timing scripts)."""
+    parser.add_argument(
+        "--max-foreign",
+        type=float,
+        default=0.1,
+        help="repeat a timed run during which other processes used more cores than this "
+        "(default 0.1); a negative value turns waiting and repeating off",
+    )
+    parser.add_argument(
+        "--retries", type=int, default=5, help="repeats of a disturbed run (default 5)"
+    )
+    parser.add_argument(
+        "--quiet-timeout",
+        type=float,
+        default=600.0,
+        help="longest wait for a quiet machine before a run, in seconds (default 600)",
+    )
+
+
+def quiet_from_args(args):
+    max_foreign = None if args.max_foreign < 0 else args.max_foreign
+    return Quiet(max_foreign, args.retries, args.quiet_timeout)
+
+
 def folder_bytes(paths):
     """Mean file size in KB."""
     return sum(os.path.getsize(p) for p in paths) / len(paths) / 1e3

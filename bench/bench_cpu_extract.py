@@ -84,13 +84,27 @@ def cosine_min(a, b):
 
 
 FOREIGN = []  # other processes' CPU use during each timed run, in cores (noise indicator)
+QUIET = C.Quiet()  # replaced in main() by the command-line settings
 
 
 def timed(fn, *args, **kwargs):
-    with C.Meter() as meter:
-        out = fn(*args, **kwargs)
+    label = f"{fn.__name__} {args[1] if len(args) > 1 else ''} {len(args[0])} images"
+    meter, out = QUIET.run(label, fn, *args, **kwargs)
     FOREIGN.append(meter.foreign_cores)
     return meter.seconds, out
+
+
+def matmul_peak(dtype, size=2048, reps=5):
+    """GFLOP/s of one large matrix product (all threads): what this CPU's cores can do at best."""
+    a = torch.randn(size, size).to(dtype)
+    b = torch.randn(size, size).to(dtype)
+    torch.mm(a, b)
+    best = 0.0
+    for _ in range(reps):
+        start = time.perf_counter()
+        torch.mm(a, b)
+        best = max(best, 2 * size**3 / (time.perf_counter() - start) / 1e9)
+    return best
 
 
 def network_ceiling(model, batch_size, reps=3):
@@ -105,10 +119,13 @@ def network_ceiling(model, batch_size, reps=3):
     x1 = torch.randn(1, 3, 224, 224)
     xb = torch.randn(batch_size, 3, 224, 224).contiguous(memory_format=torch.channels_last)
     key = f"folded_channels_last_b{chunk}"
-    out = {"naive_b1": [], key: []}
+    out = {"naive_b1": [], key: [], key + "_bf16": []}
+    bf16 = torch.autocast("cpu", dtype=torch.bfloat16)
     with torch.inference_mode():
         naive_net(x1)
         tuned(xb[:chunk])
+        with bf16:
+            tuned(xb[:chunk])
         for _ in range(reps):
             t = time.perf_counter()
             for _ in range(batch_size):
@@ -118,6 +135,11 @@ def network_ceiling(model, batch_size, reps=3):
             for start in range(0, batch_size, chunk):
                 tuned(xb[start : start + chunk])
             out[key].append(batch_size / (time.perf_counter() - t))
+            t = time.perf_counter()
+            for start in range(0, batch_size, chunk):
+                with bf16:
+                    tuned(xb[start : start + chunk])
+            out[key + "_bf16"].append(batch_size / (time.perf_counter() - t))
     return {k: C.med(v) for k, v in out.items()}
 
 
@@ -190,7 +212,10 @@ def main(argv=None):
     ap.add_argument("--bf16-images", type=int, default=32, help="subset for the bf16 speed probe")
     ap.add_argument("--skip-bf16", action="store_true")
     ap.add_argument("--out", default="cpu_extract.json")
+    C.add_quiet_args(ap)
     args = ap.parse_args(argv)
+    global QUIET
+    QUIET = C.quiet_from_args(args)
     n = args.n or (100 if args.quick else 500)
     info = C.print_machine()
     paths = C.make_jpegs(n)
@@ -203,6 +228,16 @@ def main(argv=None):
     report = {"machine": info, "n_images": n, "reps": args.reps, "cnncodes_kwargs": kwargs}
     report["decode_ms_per_image_1_thread"] = decode_ms(paths[:100])
     print(f"decode+resize+crop: {report['decode_ms_per_image_1_thread']:.2f} ms/image (1 thread)")
+    C.wait_quiet(QUIET.max_foreign or 0.1, timeout=QUIET.quiet_timeout)
+    report["matmul_peak_gflops"] = {
+        "fp32": matmul_peak(torch.float32),
+        "bf16": matmul_peak(torch.bfloat16),
+    }
+    print(
+        "matrix product peak (2048^3, all threads): "
+        + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in report["matmul_peak_gflops"].items()),
+        flush=True,
+    )
     models = args.models.split(",")
     per_model = {}
     for model in models:
@@ -234,7 +269,10 @@ def main(argv=None):
         r["ratio_fp32_per_rep"] = [a / b for a, b in zip(r["naive_s"], r["fp32_s"])]
         r["flops_per_image"] = flops_per_image(model)
         bs = kwargs.get("batch_size", 32)
-        r["network_alone_img_s"] = network_ceiling(model, bs)
+        ceiling_meter, r["network_alone_img_s"] = QUIET.run(
+            f"network alone {model}", network_ceiling, model, bs
+        )
+        r["network_alone_foreign_cores"] = ceiling_meter.foreign_cores
         r["headline"] = {"precision": "fp32", "ratio": r["ratio_fp32"]}
         if not args.skip_bf16:
             sub = paths[: args.bf16_images]
@@ -285,6 +323,8 @@ def main(argv=None):
             + f"; headline precision {r['headline']['precision']} {r['headline']['ratio']:.2f}x"
         )
     report["models"] = per_model
+    report["discarded_runs"] = QUIET.discarded
+    report["quiet"] = {"max_foreign": QUIET.max_foreign, "retries": QUIET.retries}
     C.save_json(args.out, report)
     return report
 

@@ -56,7 +56,9 @@ def main(argv=None):
     ap.add_argument("--n-jobs", type=int, default=1, help="GridSearchCV n_jobs (both searches)")
     ap.add_argument("--model", default="resnet18")
     ap.add_argument("--out", default="gridsearch.json")
+    C.add_quiet_args(ap)
     args = ap.parse_args(argv)
+    quiet = C.quiet_from_args(args)
     try:
         from cnncodes.transformers import CNNCodes
     except ImportError as exc:
@@ -92,11 +94,12 @@ def main(argv=None):
     pipeline_search()  # warm-up: imports, memoised resolution
     array_search()
     times = {"pipeline": [], "arrays": []}
+    foreign = {"pipeline": [], "arrays": []}
     for rep in range(args.reps):
         for label, fn in (("pipeline", pipeline_search), ("arrays", array_search)):
-            with C.Meter() as m:
-                result = fn()
+            m, result = quiet.run(label, fn)
             times[label].append(m.seconds)
+            foreign[label].append(m.foreign_cores)
             if label == "pipeline":
                 p_scores = result.cv_results_["mean_test_score"]
             else:
@@ -105,7 +108,8 @@ def main(argv=None):
         print(
             f"rep {rep + 1}: pipeline {times['pipeline'][-1]:.2f} s, arrays "
             f"{times['arrays'][-1]:.2f} s ({times['pipeline'][-1] / times['arrays'][-1]:.2f}x); "
-            f"identical scores: {same}",
+            f"identical scores: {same}; other processes' load {foreign['pipeline'][-1]:.2f} / "
+            f"{foreign['arrays'][-1]:.2f} cores",
             flush=True,
         )
         assert same, (p_scores, a_scores)
@@ -129,6 +133,9 @@ def main(argv=None):
             "grid_C": grid_c.tolist(),
             "fits": fits,
             "times": times,
+            "foreign_cores": foreign,
+            "discarded_runs": quiet.discarded,
+            "ratio_per_rep": [p / a for p, a in zip(times["pipeline"], times["arrays"])],
             "median_pipeline_s": med_p,
             "median_arrays_s": med_a,
             "ratio": ratio,

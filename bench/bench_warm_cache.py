@@ -94,6 +94,7 @@ def main(argv=None):
     ap.add_argument("--n", type=int, default=None)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--out", default="warm_cache.json")
+    C.add_quiet_args(ap)
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--paths-file", help=argparse.SUPPRESS)
     ap.add_argument("--cache", help=argparse.SUPPRESS)
@@ -117,13 +118,22 @@ def main(argv=None):
         has_sklearn = True
     except ImportError:
         has_sklearn = False
+    quiet = C.quiet_from_args(args)
+
+    def cold_then_warm(cache):
+        shutil.rmtree(cache, ignore_errors=True)  # a repeated (disturbed) run starts cold again
+        return run_child(paths_file, cache, "cold,warm_same")
+
     rows = []
     for rep in range(args.reps):
         cache = os.path.join(work, f"cache-{rep}")
-        shutil.rmtree(cache, ignore_errors=True)
-        first = run_child(paths_file, cache, "cold,warm_same")
-        second = run_child(paths_file, cache, "warm_fresh")
-        third = run_child(paths_file, cache, "sklearn") if has_sklearn else None
+        m1, first = quiet.run("cold + warm same process", cold_then_warm, cache)
+        m2, second = quiet.run("warm fresh process", run_child, paths_file, cache, "warm_fresh")
+        meters = [m1, m2]
+        third = None
+        if has_sklearn:
+            m3, third = quiet.run("CNNCodes warm fresh", run_child, paths_file, cache, "sklearn")
+            meters.append(m3)
         cold, warm_same = first["calls"]
         warm_fresh = second["calls"][0]
         assert cold["computed"] == n, cold
@@ -136,6 +146,7 @@ def main(argv=None):
             "cold_process_s": first["process_wall_s"] - warm_same["seconds"],
             "warm_fresh_process_s": second["process_wall_s"],
             "import_s": second["import_s"],
+            "foreign_cores": [m.foreign_cores for m in meters],
         }
         if has_sklearn:
             row["sklearn_warm_fresh_s"] = third["calls"][0]["seconds"]
@@ -143,11 +154,19 @@ def main(argv=None):
         print(
             f"rep {rep + 1}: cold {row['cold_s']:.2f} s, warm same process "
             f"{row['warm_same_s']:.3f} s, warm fresh process {row['warm_fresh_s']:.3f} s "
-            f"(whole process {row['warm_fresh_process_s']:.2f} s)",
+            f"(whole process {row['warm_fresh_process_s']:.2f} s)"
+            + (
+                f", CNNCodes.fit_transform warm fresh process {row['sklearn_warm_fresh_s']:.3f} s"
+                if has_sklearn
+                else ""
+            )
+            + "; other processes' load "
+            + " / ".join(f"{f:.2f}" for f in row["foreign_cores"])
+            + " cores",
             flush=True,
         )
         shutil.rmtree(cache, ignore_errors=True)
-    summary = {k: C.med([r[k] for r in rows]) for k in rows[0]}
+    summary = {k: C.med([r[k] for r in rows]) for k in rows[0] if k != "foreign_cores"}
     ratios = {
         "cold/warm_same": summary["cold_s"] / summary["warm_same_s"],
         "cold/warm_fresh": summary["cold_s"] / summary["warm_fresh_s"],
@@ -168,7 +187,14 @@ def main(argv=None):
         print(f"ratio {k}: {v:,.0f}x")
     C.save_json(
         args.out,
-        {"machine": info, "n_images": n, "runs": rows, "medians": summary, "ratios": ratios},
+        {
+            "machine": info,
+            "n_images": n,
+            "runs": rows,
+            "medians": summary,
+            "ratios": ratios,
+            "discarded_runs": quiet.discarded,
+        },
     )
 
 
