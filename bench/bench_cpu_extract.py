@@ -297,6 +297,7 @@ def main(argv=None):
                 for _ in range(args.reps):
                     ts_n.append(timed(naive_codes, paths, model)[0])
                     ts_b.append(timed(cnncodes_codes, paths, model, "bf16", **kwargs)[0])
+                bf["naive_s_full"], bf["bf16_s_full"] = ts_n, ts_b
                 bf["ratio_full"] = C.med(ts_n) / C.med(ts_b)
                 if bf["ratio_full"] > r["ratio_fp32"]:
                     r["headline"] = {"precision": "bf16", "ratio": bf["ratio_full"]}
