@@ -1338,7 +1338,7 @@ def run_predict(args):
             f"{args.model_file}: not a cnncodes model (no CNNCodes step); save one with "
             "'cnncodes fit --out'"
         ) from None
-    runtime = {"progress": output.progress is not False, "batch_size": args.batch_size}
+    runtime = {"progress": output.progress, "batch_size": args.batch_size}
     runtime["cache_dir"] = _cache_dir_from_args(args)
     if args.workers is not None:
         runtime["num_workers"] = args.workers
