@@ -8,7 +8,13 @@ weight values do not change speed), bf16 autocast and channels_last everywhere, 
   (Resize 256, CenterCrop 224, ToTensor, Normalize) with ``cpu_count - 1`` workers, pinned
   memory, codes copied back to the CPU (how most tools do it);
 - cnncodes: ``extract_codes(paths, resnet50, "avgpool", device="cuda", cache_dir=None)``, end to
-  end from the files (hashing included), with its default and with ``cpu_count - 1`` workers.
+  end from the files (hashing included), with its default and with ``cpu_count - 1`` workers;
+- cnncodes ``impl="torch"``: the same call with ``resolve_spec(..., impl="torch")``: JPEGs decoded
+  by nvJPEG (batched), oriented, resized and cropped on the GPU, in a background thread on a
+  second CUDA stream (no worker processes).
+
+Before timing, the codes of the ``torch`` path are compared with those of the default ``pil`` path
+on the first images (cosine similarity, printed and saved).
 
 Runs are interleaved and repeated; medians are reported. The issue's goal is 5,000 images/s on one
 H100 (../shared/docs/FIELD.md has reference numbers for that machine).
@@ -111,13 +117,14 @@ def standard_loader(net, device, paths, batch_size, workers, dtype):
     return len(paths) / seconds
 
 
-def cnncodes_run(paths, device, batch_size, workers, precision):
+def cnncodes_codes(paths, device, batch_size, workers, precision, impl="pil"):
+    """``(images/s, codes)`` of one uncached cnncodes extraction."""
     from cnncodes import images as _images
     from cnncodes.extract import extract_codes
     from cnncodes.models import resolve_spec
 
     _images._DIGESTS.clear()  # hash every file again, as a fresh process would
-    spec = resolve_spec("resnet50", "none")
+    spec = resolve_spec("resnet50", "none", impl=impl)
     start = time.perf_counter()
     res = extract_codes(
         paths,
@@ -133,7 +140,21 @@ def cnncodes_run(paths, device, batch_size, workers, precision):
     sync(device)
     seconds = time.perf_counter() - start
     assert res.computed == len(paths), res.computed
-    return len(paths) / seconds
+    return len(paths) / seconds, res.codes["avgpool"]
+
+
+def cnncodes_run(paths, device, batch_size, workers, precision, impl="pil"):
+    return cnncodes_codes(paths, device, batch_size, workers, precision, impl)[0]
+
+
+def agreement(paths, device, batch_size, precision):
+    """Cosine similarity of ``impl="torch"`` codes against ``impl="pil"`` codes: (min, median)."""
+    import numpy as np
+
+    a = cnncodes_codes(paths, device, batch_size, None, precision, "pil")[1]
+    b = cnncodes_codes(paths, device, batch_size, None, precision, "torch")[1]
+    cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    return float(cos.min()), float(np.median(cos))
 
 
 def main(argv=None):
@@ -175,15 +196,26 @@ def main(argv=None):
     warm = paths[: min(len(paths), 2 * args.batch_size)]
     standard_loader(net, device, warm, args.batch_size, workers, dtype)
     cnncodes_run(warm, device, args.batch_size, workers, precision)
+    cnncodes_run(warm, device, args.batch_size, None, precision, "torch")
+    cos_min, cos_median = agreement(warm, device, args.batch_size, precision)
+    print(
+        f"impl='torch' against impl='pil' codes ({len(warm)} images, {precision}): cosine min "
+        f"{cos_min:.6f}, median {cos_median:.6f}",
+        flush=True,
+    )
     runs = {"model alone (random tensors)": [], f"standard DataLoader, {workers} workers": []}
     runs["cnncodes, default workers"] = []
     runs[f"cnncodes, {workers} workers"] = []
+    runs["cnncodes impl='torch'"] = []
     for rep in range(args.reps):
         keys = list(runs)
         runs[keys[0]].append(model_alone(net, device, args.batch_size, n, dtype))
         runs[keys[1]].append(standard_loader(net, device, paths, args.batch_size, workers, dtype))
         runs[keys[2]].append(cnncodes_run(paths, device, args.batch_size, None, precision))
         runs[keys[3]].append(cnncodes_run(paths, device, args.batch_size, workers, precision))
+        runs[keys[4]].append(
+            cnncodes_run(paths, device, args.batch_size, None, precision, impl="torch")
+        )
         print(f"rep {rep + 1}: " + ", ".join(f"{k} {v[-1]:,.0f} img/s" for k, v in runs.items()))
     print()
     print(f"| path ({device}) | images/s (median of {args.reps}) | runs |")
@@ -200,6 +232,7 @@ def main(argv=None):
             "n_images": n,
             "batch_size": args.batch_size,
             "workers": workers,
+            "torch_vs_pil_cosine": {"min": cos_min, "median": cos_median, "images": len(warm)},
             "runs": runs,
             "medians": {k: C.med(v) for k, v in runs.items()},
         },

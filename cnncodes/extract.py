@@ -7,6 +7,10 @@ the deepest requested layer, with BatchNorm folded into the convolutions before 
 channels_last memory. Codes are committed to the cache every few hundred rows and whenever the run
 stops (an error, Ctrl-C), so nothing computed is lost and an interrupted run resumes where it
 stopped. Speed measurements and the reasons for the defaults: ``bench/RESULTS.md``.
+
+With ``spec.preprocessing.impl == "torch"`` the images are decoded and preprocessed as tensors on
+the extraction device instead (JPEG by torchvision: nvJPEG on a GPU, batched), in a background
+thread of this process and, on a GPU, on a second CUDA stream; see :func:`preprocess_bytes`.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import json
 import os
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -29,6 +34,7 @@ from .images import (
     DECODE_POLICY,
     ImageLoadError,
     file_digest,
+    jpeg_orientation,
     load_image_bytes,
     read_file,
     remember_digest,
@@ -53,6 +59,7 @@ __all__ = [
     "exact_fp32",
     "extract_codes",
     "preprocess",
+    "preprocess_bytes",
     "resolve_device",
     "resolve_precision",
     "spec_from_config",
@@ -250,6 +257,7 @@ def spec_from_config(config, weights_path=None, seed=0):
             "mean": pre["mean"],
             "std": pre["std"],
             "interpolation": pre["interpolation"],
+            "impl": pre.get("impl", "pil"),
         }
         layer, pooling, precision = config["layer"], config["pooling"], config["precision"]
     except (KeyError, TypeError) as exc:
@@ -336,6 +344,166 @@ class _Decode:
             return digest, None, None, exc.reason
         except Exception as exc:  # resize of a degenerate image, etc.: report per file
             return digest, None, None, f"cannot preprocess: {exc}"
+
+
+# ImageOps.exif_transpose's transpositions (EXIF orientation 2-8) on (C, H, W) tensors.
+_ORIENT = {
+    2: lambda t: t.flip(-1),
+    3: lambda t: t.flip(-2, -1),
+    4: lambda t: t.flip(-2),
+    5: lambda t: t.transpose(-2, -1),
+    6: lambda t: t.rot90(-1, (-2, -1)),
+    7: lambda t: t.transpose(-2, -1).flip(-2, -1),
+    8: lambda t: t.rot90(1, (-2, -1)),
+}
+
+
+def _quiet_torchvision_io():
+    # torchvision 0.29 warns on every decode call that its image I/O is deprecated; the user
+    # chose impl="torch" and cannot act on it.
+    warnings.filterwarnings(
+        "ignore",
+        message="The image decoding and encoding capabilities of TorchVision",
+        category=DeprecationWarning,
+    )
+
+
+def _decode_jpegs(blobs, device):
+    """JPEG bytes -> uint8 RGB ``(3, H, W)`` tensors on ``device``; None where torchvision fails.
+
+    One call decodes the whole list (batched nvJPEG on a GPU); one bad file fails that call, so
+    then each file is decoded on its own.
+    """
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    if not blobs:
+        return []
+    _quiet_torchvision_io()
+    tensors = [torch.frombuffer(bytearray(blob), dtype=torch.uint8) for blob in blobs]
+    try:
+        return list(decode_jpeg(tensors, mode=ImageReadMode.RGB, device=device))
+    except RuntimeError:
+        pass
+    out = []
+    for tensor in tensors:
+        try:
+            out.append(decode_jpeg(tensor, mode=ImageReadMode.RGB, device=device))
+        except RuntimeError:
+            out.append(None)
+    return out
+
+
+def _resize_crop_tensor(pixels, preprocessing):
+    """:func:`_resize_crop` for a uint8 ``(3, H, W)`` tensor, on the tensor's device."""
+    mode = InterpolationMode(preprocessing.interpolation)
+    pixels = TF.resize(pixels, list(preprocessing.resize), interpolation=mode, antialias=True)
+    if preprocessing.crop is not None:
+        pixels = TF.center_crop(pixels, list(preprocessing.crop))
+    return pixels
+
+
+def preprocess_bytes(data, preprocessing, *, name="<bytes>", device="cpu"):
+    """Decode, orient, resize and crop image file bytes with ``impl="torch"``.
+
+    The ``impl="torch"`` counterpart of :func:`preprocess` (which takes a decoded PIL image):
+    a JPEG that :func:`cnncodes.images.jpeg_orientation` accepts is decoded by torchvision on
+    ``device``, anything else (or a JPEG torchvision fails on) by
+    :func:`cnncodes.images.load_image_bytes`. Returns a uint8 ``(3, H, W)`` tensor on ``device``.
+
+    Raises
+    ------
+    ImageLoadError
+        The bytes are not an image the decode policy accepts (the same error as with Pillow).
+
+    Examples
+    --------
+    >>> from cnncodes.models import resolve_preprocessing
+    >>> pre = resolve_preprocessing(resize=40, crop=32, impl="torch")
+    >>> preprocess_bytes(open("photo.jpg", "rb").read(), pre).shape  # doctest: +SKIP
+    torch.Size([3, 32, 32])
+    """
+    [(_, _, pixels, reason)] = _TorchDecode([], preprocessing, device).batch([(None, name)], [data])
+    if reason is not None:
+        raise ImageLoadError(name, reason)
+    return pixels
+
+
+class _TorchDecode:
+    """``impl="torch"`` work, batch by batch: read, hash, decode, orient, resize, crop.
+
+    JPEG files go through torchvision on ``device`` together (batched nvJPEG on a GPU), every
+    other file through the Pillow policy; then each image is oriented, resized and cropped on
+    ``device`` by itself (sizes differ). Iterating yields ``(batch, ready)``: ``batch`` is a list
+    of ``(digest, actual digest, uint8 (3, H, W) tensor, reason)`` like :class:`_Decode`'s
+    items, ``ready`` a CUDA event recorded on the side stream that made the tensors (None on the
+    CPU), so that this can run in a background thread while the network runs on the main stream.
+    """
+
+    def __init__(self, items, preprocessing, device, batch_size=32):
+        self.items = items
+        self.preprocessing = preprocessing
+        self.device = torch.device(device)
+        self.batch_size = batch_size
+
+    def __iter__(self):
+        stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
+        for start in range(0, len(self.items), self.batch_size):
+            items = self.items[start : start + self.batch_size]
+            if stream is None:
+                yield self.batch(items), None
+                continue
+            with torch.cuda.stream(stream):
+                batch = self.batch(items)
+                ready = torch.cuda.Event()
+                ready.record(stream)
+            yield batch, ready
+
+    def batch(self, items, blobs=None):
+        """Process ``items`` (``(digest, path)``); ``blobs``: their bytes, already read."""
+        out = [[digest, None, None, None] for digest, _ in items]
+        datas = [None] * len(items)
+        orientations = [None] * len(items)
+        for i, (_, path) in enumerate(items):
+            if blobs is not None:
+                datas[i] = blobs[i]
+                continue
+            try:
+                datas[i] = read_file(path)
+            except ImageLoadError as exc:
+                out[i][3] = exc.reason
+                continue
+            out[i][1] = remember_digest(path, datas[i])
+        for i, data in enumerate(datas):
+            if data is not None:
+                orientations[i] = jpeg_orientation(data)
+        jpegs = [i for i, o in enumerate(orientations) if o is not None]
+        for i, pixels in zip(jpegs, _decode_jpegs([datas[i] for i in jpegs], self.device)):
+            if pixels is not None:
+                out[i][2] = _ORIENT[orientations[i]](pixels) if orientations[i] != 1 else pixels
+        for i, (_, path) in enumerate(items):
+            if datas[i] is None:
+                continue
+            try:
+                if out[i][2] is None:
+                    image = load_image_bytes(datas[i], name=path)
+                    out[i][2] = TF.pil_to_tensor(image).to(self.device)
+                out[i][2] = _resize_crop_tensor(out[i][2], self.preprocessing)
+            except ImageLoadError as exc:
+                out[i][2], out[i][3] = None, exc.reason
+            except Exception as exc:  # resize of a degenerate image, etc.: report per file
+                out[i][2], out[i][3] = None, f"cannot preprocess: {exc}"
+        return [tuple(row) for row in out]
+
+
+def _stack_ready(pixels, ready, device):
+    """Stack the ``(3, H, W)`` tensors of a :class:`_TorchDecode` batch once they are made."""
+    if ready is not None:
+        current = torch.cuda.current_stream(device)
+        current.wait_event(ready)
+        for tensor in pixels:
+            # Made on the side stream, read on this one: keep the allocator from reusing them early.
+            tensor.record_stream(current)
+    return torch.stack(pixels).contiguous(memory_format=torch.channels_last)
 
 
 def _foldable(conv, bn, uses):
@@ -635,7 +803,8 @@ def extract_codes(
         change the codes.
     num_workers : int, optional
         Decoding processes (0: decode in this process). Default: 0 on the CPU of a machine with at
-        most 4 cores (the network needs them all), else ``min(4, cpu_count)``.
+        most 4 cores (the network needs them all), else ``min(4, cpu_count)``. Not used when
+        ``spec.preprocessing.impl == "torch"``: that decodes in a thread of this process.
     device : str
         ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
     precision : str
@@ -803,15 +972,20 @@ def _run_network(
     extractor = extractor.to(memory_format=torch.channels_last)
     mean = torch.tensor(spec.preprocessing.mean, device=dev).view(1, 3, 1, 1)
     std = torch.tensor(spec.preprocessing.std, device=dev).view(1, 3, 1, 1)
-    dataset = _Decode([(d, paths[groups[d][0]]) for d in todo], spec.preprocessing)
-    loader = torch.utils.data.DataLoader(
-        dataset,
-        batch_size=batch_size,
-        num_workers=num_workers if len(todo) > 1 else 0,
-        collate_fn=_collate,
-        worker_init_fn=_worker_init if num_workers else None,
-        pin_memory=dev.type == "cuda",
-    )
+    items = [(d, paths[groups[d][0]]) for d in todo]
+    tensors = spec.preprocessing.impl == "torch"
+    if tensors:
+        # Decoded in this process (a background thread), on the extraction device.
+        loader = _TorchDecode(items, spec.preprocessing, dev, batch_size)
+    else:
+        loader = torch.utils.data.DataLoader(
+            _Decode(items, spec.preprocessing),
+            batch_size=batch_size,
+            num_workers=num_workers if len(todo) > 1 else 0,
+            collate_fn=_collate,
+            worker_init_fn=_worker_init if num_workers else None,
+            pin_memory=dev.type == "cuda",
+        )
     committer = _Committer(stores, commit_rows, commit_seconds)
     show = sys.stderr.isatty() if progress is None else bool(progress)
     bar = tqdm(total=len(todo), unit="img", desc="extracting", disable=not show, leave=False)
@@ -820,9 +994,12 @@ def _run_network(
     # bench/RESULTS.md): the loader's batch is pushed through in chunks. A GPU takes it whole.
     chunk = batch_size if dev.type == "cuda" else min(batch_size, CPU_FORWARD_BATCH)
     autocast = torch.autocast(dev.type, dtype=_DTYPES.get(precision), enabled=precision in _DTYPES)
-    batches = _prefetch(loader) if loader.num_workers == 0 and len(todo) > batch_size else loader
+    in_process = tensors or loader.num_workers == 0
+    batches = _prefetch(loader) if in_process and len(todo) > batch_size else loader
     try:
         for batch in batches:
+            if tensors:
+                batch, ready = batch
             good = [(d, a, t) for d, a, t, reason in batch if reason is None]
             for digest, _a, _t, reason in batch:
                 if reason is not None:
@@ -831,9 +1008,14 @@ def _run_network(
                     for i in groups[digest]:
                         skipped[i] = reason
             if good:
-                # (N, H, W, 3) uint8 viewed as NCHW: channels_last strides, no copy.
-                x = torch.from_numpy(np.stack([t for _, _, t in good])).permute(0, 3, 1, 2)
-                x = (x.to(dev, non_blocking=True).float().div_(255) - mean) / std
+                if tensors:
+                    # Already on the device; stacked as channels_last.
+                    x = _stack_ready([t for _, _, t in good], ready, dev)
+                    x = (x.float().div_(255) - mean) / std
+                else:
+                    # (N, H, W, 3) uint8 viewed as NCHW: channels_last strides, no copy.
+                    x = torch.from_numpy(np.stack([t for _, _, t in good])).permute(0, 3, 1, 2)
+                    x = (x.to(dev, non_blocking=True).float().div_(255) - mean) / std
                 if channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)  # a no-op: already is
                 pooled = {layer: [] for layer in layers}

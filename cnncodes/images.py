@@ -51,6 +51,15 @@ Errors
 The returned image is detached from the file: the file is closed before the
 function returns.
 
+Other decoders
+    The ``"torch"`` preprocessing (:class:`cnncodes.models.Preprocessing`) decodes
+    JPEG files with torchvision (libjpeg-turbo on the CPU, nvJPEG on a GPU) under
+    this same policy: :func:`jpeg_orientation` lets through only complete
+    single-frame JPEG files of mode ``RGB`` or ``L`` within ``max_pixels`` (their
+    pixels need no colour rule beyond grey -> RGB) and gives their EXIF orientation;
+    every other file, and every file torchvision fails on, goes through
+    :func:`load_image_bytes`, so errors are the same under both.
+
 Bump :data:`DECODE_POLICY` whenever a change here would change decoded pixels:
 it is part of cache keys.
 
@@ -79,6 +88,7 @@ __all__ = [
     "load_image_bytes",
     "read_file",
     "file_digest",
+    "jpeg_orientation",
 ]
 
 DECODE_POLICY: str = "pil-rgb-v1:alpha=white:16bit=scale:exif=1:frame=0"
@@ -280,6 +290,51 @@ def load_image_bytes(
     """
     label = name if isinstance(name, str) else os.fsdecode(name)
     return _decode(io.BytesIO(data), label, max_pixels)
+
+
+_ORIENTATION_TAG = 0x0112
+_JPEG_EOI = b"\xff\xd9"
+
+
+def jpeg_orientation(data: bytes, *, max_pixels: int = MAX_PIXELS) -> int | None:
+    """EXIF orientation of a JPEG that a decoder other than Pillow may decode under the policy.
+
+    Only the header is parsed. The answer is ``None`` (decode with :func:`load_image_bytes`, which
+    gives the policy's pixels or its error) unless ``data`` is a JPEG (not MPO) of mode ``RGB``
+    or ``L``, declares between 1 and ``max_pixels`` pixels and ends with the end-of-image marker
+    (a truncated file never reaches the other decoder). Otherwise it is the orientation
+    ``ImageOps.exif_transpose`` would apply: 2-8, or 1 for none, an unknown value or broken EXIF
+    data.
+
+    Examples
+    --------
+    >>> jpeg_orientation(open("photo.jpg", "rb").read())  # doctest: +SKIP
+    1
+    """
+    if not data.endswith(_JPEG_EOI):
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            with Image.open(io.BytesIO(data)) as opened:
+                width, height = opened.size
+                if (
+                    opened.format != "JPEG"
+                    or opened.mode not in ("RGB", "L")
+                    or not 0 < width * height <= max_pixels
+                ):
+                    return None
+                try:
+                    orientation = opened.getexif().get(_ORIENTATION_TAG, 1)
+                except MemoryError:
+                    raise
+                except Exception:  # noqa: BLE001 - broken EXIF: used as stored (_exif_transpose)
+                    return 1
+        except MemoryError:
+            raise
+        except Exception:  # noqa: BLE001 - anything odd is left to the policy's own decoder
+            return None
+    return int(orientation) if orientation in (2, 3, 4, 5, 6, 7, 8) else 1
 
 
 def _decode(fp, name: str, max_pixels: int) -> Image.Image:

@@ -53,6 +53,7 @@ __all__ = [
     "ModelSpec",
     "Preprocessing",
     "PREPROCESSING_KEYS",
+    "PREPROCESSING_IMPLS",
     "LayerInfo",
     "ModelError",
     "WeightsError",
@@ -74,6 +75,8 @@ _PREFIXES = ("module.", "_orig_mod.")
 #: Keys of the ``preprocessing`` dict a user's callable may declare (see :func:`resolve_spec`).
 PREPROCESSING_KEYS = ("resize", "crop", "mean", "std", "interpolation")
 _INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos")
+#: Implementations of :class:`Preprocessing` (``impl``), and the interpolations each supports.
+PREPROCESSING_IMPLS = {"pil": _INTERPOLATIONS, "torch": ("bilinear", "bicubic")}
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -101,8 +104,17 @@ class Preprocessing:
 
     Resize the shorter side to ``resize`` (or to exactly ``(height, width)`` when two values are
     given), centre-crop ``crop`` (``(height, width)``), scale to [0, 1], normalise with ``mean`` and
-    ``std``. Resizing is done by Pillow (``impl="pil"``), which is part of the cache key because
-    another implementation changes the codes slightly.
+    ``std``.
+
+    ``impl`` says which code does it, and is part of the cache key because the two change the
+    codes slightly:
+
+    - ``"pil"`` (default): Pillow decodes, resizes and crops, on the CPU.
+    - ``"torch"``: JPEG files are decoded by ``torchvision.io.decode_jpeg`` on the extraction
+      device (nvJPEG on a GPU, libjpeg-turbo on the CPU), other files by Pillow; EXIF orientation,
+      resizing (``interpolation`` must be ``"bilinear"`` or ``"bicubic"``, antialiased) and
+      cropping are tensor operations on the device. The decode policy
+      (:data:`cnncodes.images.DECODE_POLICY`) is the same.
     """
 
     resize: tuple
@@ -525,6 +537,7 @@ def resolve_preprocessing(
     mean=None,
     std=None,
     interpolation=None,
+    impl="pil",
 ):
     """Preprocessing with a fixed precedence: explicit argument > the model's own > ImageNet default.
 
@@ -549,6 +562,9 @@ def resolve_preprocessing(
         Who declared it (``"package.module:callable"``), named in error messages.
     resize, crop, mean, std, interpolation : optional
         Explicit values; ``None`` leaves the key to the model or the default.
+    impl : {"pil", "torch"}
+        Which implementation preprocesses (see :class:`Preprocessing`). ``"torch"`` supports only
+        the ``"bilinear"`` and ``"bicubic"`` interpolations.
 
     Raises
     ------
@@ -556,13 +572,17 @@ def resolve_preprocessing(
         ``declared`` is not a dict, has an unknown key, or a bad value (the message names
         ``declared_by``, the key and the value).
     ValueError
-        A bad explicit value.
+        A bad explicit value, an unknown ``impl``, or an interpolation ``impl`` does not support.
 
     Examples
     --------
     >>> resolve_preprocessing(declared={"resize": 32, "crop": 32, "mean": 0.5}, std=0.25).std
     (0.25, 0.25, 0.25)
+    >>> resolve_preprocessing(impl="torch").impl
+    'torch'
     """
+    if not isinstance(impl, str) or impl not in PREPROCESSING_IMPLS:
+        raise ValueError(f"impl={impl!r}: choose one of {', '.join(PREPROCESSING_IMPLS)}")
     base = {
         "resize": (256,),
         "crop": (224, 224),
@@ -608,8 +628,14 @@ def resolve_preprocessing(
             f"{origin.get('resize', 'resize')}=(height, width) so all images share one size, not "
             f"resize={base['resize'][0]!r}"
         )
+    supported = PREPROCESSING_IMPLS[impl]
+    if base["interpolation"] not in supported:
+        raise ValueError(
+            f"{origin.get('interpolation', 'interpolation')}={base['interpolation']!r} is not "
+            f"supported by impl={impl!r}; choose one of {', '.join(supported)} (or impl='pil')"
+        )
     base["resize"] = tuple(base["resize"])
-    return Preprocessing(**base)
+    return Preprocessing(**base, impl=impl)
 
 
 def _declared_preprocessing(model):
@@ -628,7 +654,16 @@ def _declared_preprocessing(model):
 
 
 def resolve_spec(
-    model, weights=None, *, seed=0, resize=None, crop=None, mean=None, std=None, interpolation=None
+    model,
+    weights=None,
+    *,
+    seed=0,
+    resize=None,
+    crop=None,
+    mean=None,
+    std=None,
+    interpolation=None,
+    impl="pil",
 ):
     """Resolve names to a :class:`ModelSpec`, without loading any weights.
 
@@ -642,6 +677,9 @@ def resolve_spec(
         Seed of the random initialisation (``weights="none"``, or parameters a checkpoint lacks).
     resize, crop, mean, std, interpolation : optional
         Overrides of the model's own preprocessing (see :func:`resolve_preprocessing`).
+    impl : {"pil", "torch"}
+        Which implementation preprocesses the images (see :class:`Preprocessing`); part of the
+        cache key.
 
     Notes
     -----
@@ -708,6 +746,7 @@ def resolve_spec(
         mean=mean,
         std=std,
         interpolation=interpolation,
+        impl=impl,
     )
     return ModelSpec(model, weights_name, weights_id, _arch_fingerprint(meta), seed, pre)
 
