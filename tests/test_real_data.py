@@ -109,3 +109,47 @@ def test_sign_language_layer_sweep(cache_dir):
     assert best["layer"] in layers and best["layer"] == search.best_params_["cnncodes__layer"]
     assert best["mean_test_score"] == pytest.approx(search.best_score_)
     assert search.best_score_ > 0.3  # ten classes: chance is 0.1
+
+
+def test_fit_and_predict_commands_on_hymenoptera(cache_dir, tmp_path, capsys):
+    """The command line end to end on real photos: fit on train, evaluate on val, predict val."""
+    import json
+
+    import pandas as pd
+
+    from cnncodes import cli
+
+    model_file, report = tmp_path / "model.skops", tmp_path / "report"
+    common = ["--mean", "0.5", "--std", "0.5", "--cache-dir", cache_dir, "--workers", "2"]
+    code = cli.main(
+        [
+            "fit", os.path.join(HYMENOPTERA, "train"), "--pipeline", "linear_probe",
+            "--model", "mobilenet_v2", "--weights", MOBILENET, *common,
+            "--test", os.path.join(HYMENOPTERA, "val"),
+            "--out", str(model_file), "--report", str(report), "--json",
+        ]
+    )  # fmt: skip
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    result = json.loads(captured.out)
+    test = result["metrics"]["test"]
+    assert test["n"] == 153 and test["accuracy"] >= 0.90
+    assert set(test["per_class"]) == {"ants", "bees"}
+    config = json.loads((report / "config.json").read_text())
+    assert config["extractor"]["weights_id"].startswith("sha256:")
+
+    predictions = tmp_path / "val.csv"
+    code = cli.main(
+        [
+            "predict", str(model_file), os.path.join(HYMENOPTERA, "val"), "--proba",
+            "--out", str(predictions), "--cache-dir", cache_dir, "--json",
+        ]
+    )  # fmt: skip
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    table = pd.read_csv(predictions)
+    assert len(table) == 153
+    accuracy = float((table["label"] == table["true_label"]).mean())
+    assert accuracy == pytest.approx(test["accuracy"])  # the saved model is the evaluated one
+    assert json.loads(captured.out)["accuracy"]["accuracy"] == pytest.approx(accuracy)
+    print(f"fit: val accuracy {test['accuracy']:.3f}, balanced {test['balanced_accuracy']:.3f}")
