@@ -117,6 +117,7 @@ def advise(
     weights=None,
     per_class=20,
     seed=0,
+    preprocessing=None,
     data_label="DATA",
     **extract_kwargs,
 ):
@@ -131,6 +132,9 @@ def advise(
     per_class : int
         Images per class used for the similarity measurement (a stratified subsample; at least
         2, for cross-validation).
+    preprocessing : dict, optional
+        Overrides of the weights' preprocessing (``resize``, ``crop``, ``mean``, ``std``,
+        ``interpolation``), as in :func:`cnncodes.resolve_spec`; repeated in the command.
     data_label : str
         How the data is named in the suggested command line.
     **extract_kwargs
@@ -156,7 +160,8 @@ def advise(
     classes, counts = np.unique(labels, return_counts=True)
     if len(classes) < 2:
         raise ValueError("advise needs labelled images of at least two classes")
-    spec = resolve_spec(model, weights, seed=seed)
+    preprocessing = {k: v for k, v in (preprocessing or {}).items() if v is not None}
+    spec = resolve_spec(model, weights, seed=seed, **preprocessing)
     top = resolve_layers(spec, "penultimate")[0]
     early = _early_layer(spec, top)
     advice = Advice(
@@ -243,6 +248,9 @@ def advise(
         argv = ["cnncodes", "fit", str(data_label), "--pipeline", recipe, "--model", model]
         if weights:
             argv += ["--weights", str(weights)]
+        for key, value in preprocessing.items():
+            text = ",".join(map(str, value)) if isinstance(value, (tuple, list)) else str(value)
+            argv += [f"--{key}", text]
         return shlex.join([*argv, *extra])
 
     if advice.recipe:

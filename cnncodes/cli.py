@@ -1433,6 +1433,7 @@ def add_advise_parser(subparsers):
     group = parser.add_argument_group("model")
     group.add_argument("--model", default="resnet50", help="default: %(default)s")
     _add_weights_options(group)
+    _add_preprocessing_options(parser.add_argument_group("preprocessing"))
     parser.add_argument(
         "--per-class",
         type=_at_least_two,
@@ -1462,6 +1463,13 @@ def run_advise(args):
         weights=args.weights,
         seed=args.seed,
         per_class=args.per_class,
+        preprocessing={
+            "resize": args.resize,
+            "crop": args.crop,
+            "mean": args.mean,
+            "std": args.std,
+            "interpolation": args.interpolation,
+        },
         data_label=args.data,
         cache_dir=_cache_dir_from_args(args),
         progress=output.progress,

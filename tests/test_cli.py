@@ -416,6 +416,19 @@ def test_advise_json_command_runs_as_written(capsys, tmp_path, make_images, cach
     ]
 
 
+def test_advise_passes_preprocessing_on_to_its_command(capsys, data, cache):
+    code, out, err = run(
+        capsys, "advise", data, *ADVISE_MODEL, "--resize", "36", "--crop", "32,32",
+        "--mean", "0.4", "--cache-dir", cache, "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    argv = shlex.split(json.loads(out)["command"])
+    options = {a: argv[i + 1] for i, a in enumerate(argv) if a in ("--resize", "--crop", "--mean")}
+    assert options == {"--resize": "36", "--crop": "32,32", "--mean": "0.4"}
+    args = cli.build_parser().parse_args(argv[1:])  # the command parses as written
+    assert (args.resize, args.crop, args.mean) == (36, (32, 32), 0.4)
+
+
 def test_advise_unlabelled_data_exits_2(capsys, tmp_path, make_images, cache):
     make_images(4, folder=tmp_path / "flat")
     code, out, err = run(capsys, "advise", tmp_path / "flat", *ADVISE_MODEL, "--cache-dir", cache)

@@ -153,3 +153,26 @@ def test_fit_and_predict_commands_on_hymenoptera(cache_dir, tmp_path, capsys):
     assert accuracy == pytest.approx(test["accuracy"])  # the saved model is the evaluated one
     assert json.loads(captured.out)["accuracy"]["accuracy"] == pytest.approx(accuracy)
     print(f"fit: val accuracy {test['accuracy']:.3f}, balanced {test['balanced_accuracy']:.3f}")
+
+
+def test_advise_on_real_photos_names_a_scenario_and_a_runnable_command(cache_dir, capsys):
+    import json
+    import shlex
+
+    from cnncodes import cli
+
+    data = os.path.join(HYMENOPTERA, "train")
+    code = cli.main(
+        ["advise", data, "--model", "mobilenet_v2", "--weights", MOBILENET, "--mean", "0.5",
+         "--std", "0.5", "--per-class", "10", "--cache-dir", cache_dir, "--json"]
+    )  # fmt: skip
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    advice = json.loads(captured.out)
+    print(f"advise hymenoptera: scenario {advice['scenario']}, reasons {advice['reasons']}")
+    assert advice["scenario"] in (1, 2, 3, 4) and advice["small"] is True
+    argv = shlex.split(advice["command"])
+    assert argv[:3] == ["cnncodes", "fit", data]
+    # The preprocessing the measurement used is part of the command it suggests.
+    assert argv[argv.index("--mean") + 1] == "0.5" and argv[argv.index("--std") + 1] == "0.5"
+    assert cli.build_parser().parse_args(argv[1:]).weights == MOBILENET
