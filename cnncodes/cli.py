@@ -28,7 +28,7 @@ import numpy as np
 from . import __version__
 from .cache import CacheWarning, list_configs, resolve_cache_dir
 from .datasets import DatasetError, load_dataset, load_files
-from .extract import PRECISIONS, extract_codes, spec_from_config
+from .extract import GPU_DECODER, PRECISIONS, extract_codes, resolve_device, spec_from_config
 from .images import ImageLoadError, file_digest
 from .models import list_layers, resolve_layers, resolve_spec
 from .pooling import POOLINGS
@@ -253,6 +253,15 @@ def _add_preprocessing_options(group):
     group.add_argument("--mean", type=_floats, metavar="M|R,G,B", help="normalisation mean")
     group.add_argument("--std", type=_floats, metavar="S|R,G,B", help="normalisation std")
     group.add_argument("--interpolation", choices=_INTERPOLATIONS, help="resize interpolation")
+    group.add_argument(
+        "--impl",
+        choices=("pil", "torch"),
+        default="pil",
+        help="preprocessing implementation: pil (Pillow decodes and resizes on the CPU) or torch "
+        "(JPEG files decoded by torchvision on the extraction device, nvJPEG on a GPU; resize and "
+        "crop as tensor operations; bilinear or bicubic only); part of the cache key (default: "
+        "%(default)s)",
+    )
 
 
 def _add_model_options(parser, *, model=True, layers=True, required=True, layer_help=None):
@@ -376,6 +385,7 @@ def _spec_from_args(args, model=None):
         mean=args.mean,
         std=args.std,
         interpolation=args.interpolation,
+        impl=args.impl,
     )
 
 
@@ -854,8 +864,11 @@ def _recheck(store, by_digest, args, rng, output):
         return {"status": "not re-checked", "reason": "none of the DATA images is stored here"}
     try:
         spec = spec_from_config(config, weights_path=args.weights)
+        device = resolve_device(args.device)
     except ValueError as exc:
         return {"status": "not re-checked", "reason": str(exc).replace("\n", " ")}
+    if str(config.get("decode", "")).endswith(GPU_DECODER) and device.type != "cuda":
+        return {"status": "not re-checked", "reason": "decoded by nvJPEG: needs --device cuda"}
     sample = rng.sample(candidates, min(args.sample, len(candidates)))
     output.note(f"  recomputing {len(sample)} code(s) of {store.key[:12]} ({config.get('layer')})")
     try:
@@ -1090,6 +1103,7 @@ def _codes_overrides(args):
         "mean": args.mean,
         "std": args.std,
         "interpolation": args.interpolation,
+        "impl": None if args.impl == "pil" else args.impl,
         "layer": args.layer,
         "pooling": args.pooling,
         "num_workers": args.workers,
@@ -1469,6 +1483,7 @@ def run_advise(args):
             "mean": args.mean,
             "std": args.std,
             "interpolation": args.interpolation,
+            "impl": None if args.impl == "pil" else args.impl,
         },
         data_label=args.data,
         cache_dir=_cache_dir_from_args(args),

@@ -567,6 +567,7 @@ def verify_model(estimator):
         mean=step.mean,
         std=step.std,
         interpolation=step.interpolation,
+        impl=getattr(step, "impl", "pil"),
     )
     if now.arch_id != fitted.arch_id:
         raise ModelError(

@@ -207,11 +207,21 @@ def exact_fp32(device_type):
             setattr(module, attribute, value)
 
 
-def code_config(spec, layer, pooling, precision):
+#: Appended to the decode policy for ``impl="torch"`` on a GPU: nvJPEG decodes slightly
+#: differently from libjpeg-turbo, so those codes are cached apart from CPU-decoded ones.
+GPU_DECODER = "+nvjpeg"
+
+
+def code_config(spec, layer, pooling, precision, device_type="cpu"):
     """The cache configuration of one layer's codes: everything that changes the numbers.
 
     Batch size, worker count and device count are deliberately absent: they do not change codes.
+    The device matters only where it changes the numbers: its default precision (``precision``
+    is already resolved) and, with ``impl="torch"``, the JPEG decoder (nvJPEG on a GPU).
     """
+    decode = DECODE_POLICY
+    if spec.preprocessing.impl == "torch" and device_type == "cuda":
+        decode += GPU_DECODER
     return {
         "format": _cache.FORMAT_VERSION,
         "model": spec.model,
@@ -221,7 +231,7 @@ def code_config(spec, layer, pooling, precision):
         "pooling": pooling,
         "preprocessing": spec.preprocessing.to_dict(),
         "precision": precision,
-        "decode": DECODE_POLICY,
+        "decode": decode,
     }
 
 
@@ -285,7 +295,8 @@ def spec_from_config(config, weights_path=None, seed=0):
         spec = resolve_spec(model, None, seed=seed, **overrides)
     else:
         spec = resolve_spec(model, weights_id, seed=seed, **overrides)
-    rebuilt = code_config(spec, layer, pooling, precision)
+    gpu = isinstance(config.get("decode"), str) and config["decode"].endswith(GPU_DECODER)
+    rebuilt = code_config(spec, layer, pooling, precision, "cuda" if gpu else "cpu")
     if rebuilt != config:
         fields = sorted(k for k in set(rebuilt) | set(config) if rebuilt.get(k) != config.get(k))
         raise ValueError(
@@ -846,7 +857,7 @@ def extract_codes(
         num_workers = _default_workers(dev)
     precision = resolve_precision(precision, dev)
     layers = resolve_layers(spec, layers)
-    configs = {layer: code_config(spec, layer, pooling, precision) for layer in layers}
+    configs = {layer: code_config(spec, layer, pooling, precision, dev.type) for layer in layers}
     root = _cache.resolve_cache_dir(cache_dir)
     stores = {layer: _store(root, configs[layer]) for layer in layers} if root else {}
     widths = _WIDTHS.get((spec, tuple(layers), pooling)) or _cached_widths(stores, layers)

@@ -147,7 +147,9 @@ def _resolve(est, layers):
     (fingerprinting the architecture, tracing its graph) would cost more than reading the codes.
     A checkpoint file is keyed by its size, mtime and inode, so a changed file is resolved anew.
     """
-    params = (est.model, est.seed, est.resize, est.crop, est.mean, est.std, est.interpolation)
+    params = (
+        est.model, est.seed, est.resize, est.crop, est.mean, est.std, est.interpolation, est.impl
+    )  # fmt: skip
     key = (repr(params), _weights_key(est.weights), repr(layers), est.pooling)
     found = _RESOLVED.get(key)
     if found is not None:
@@ -161,6 +163,7 @@ def _resolve(est, layers):
         mean=est.mean,
         std=est.std,
         interpolation=est.interpolation,
+        impl=est.impl,
     )
     resolved = resolve_layers(spec, layers)
     shapes = layer_shapes(spec, resolved)
@@ -208,6 +211,11 @@ class CNNCodes(TransformerMixin, BaseEstimator):
     resize, crop, mean, std, interpolation : optional
         Overrides of the weights' own preprocessing (see
         :func:`cnncodes.models.resolve_preprocessing`).
+    impl : {"pil", "torch"}, default="pil"
+        Which code preprocesses the images: ``"pil"`` (Pillow on the CPU) or ``"torch"`` (JPEG
+        files decoded by torchvision on the extraction device, nvJPEG on a GPU; resizing and
+        cropping as tensor operations; bilinear or bicubic only; other files fall back to
+        Pillow). Part of the cache key: the two give slightly different codes.
     cache_dir : "auto", None or path, default="auto"
         The code cache: ``"auto"`` is ``$CNNCODES_CACHE`` or ``./cache``; None disables it.
     batch_size : int, default=32
@@ -282,6 +290,7 @@ class CNNCodes(TransformerMixin, BaseEstimator):
         mean=None,
         std=None,
         interpolation=None,
+        impl="pil",
         cache_dir="auto",
         batch_size=32,
         num_workers=None,
@@ -300,6 +309,7 @@ class CNNCodes(TransformerMixin, BaseEstimator):
         self.mean = mean
         self.std = std
         self.interpolation = interpolation
+        self.impl = impl
         self.cache_dir = cache_dir
         self.batch_size = batch_size
         self.num_workers = num_workers
@@ -307,6 +317,11 @@ class CNNCodes(TransformerMixin, BaseEstimator):
         self.precision = precision
         self.on_error = on_error
         self.progress = progress
+
+    def __setstate__(self, state):
+        # Estimators saved before ``impl`` existed preprocessed with Pillow.
+        state.setdefault("impl", "pil")
+        super().__setstate__(state)
 
     # -- fitting -------------------------------------------------------------------------------
 

@@ -249,3 +249,68 @@ def test_cuda_torch_impl_agrees_with_the_cpu(make_images):
     options = {**FAST, "device": "cuda"}
     gpu = extract_codes(paths, spec, "avgpool", batch_size=5, precision="fp32", **options)
     assert _cosines(cpu, gpu.codes["avgpool"]).min() >= 0.999
+
+
+# ----------------------------------------------------------------------------- wiring
+
+
+def test_gpu_decoded_codes_have_their_own_key_and_rebuild():
+    _, spec = _specs()
+    pil, _ = _specs()
+    cpu = code_config(spec, "avgpool", "avg", "fp32", "cpu")
+    gpu = code_config(spec, "avgpool", "avg", "fp32", "cuda")
+    assert gpu["decode"] == cpu["decode"] + extract_module.GPU_DECODER
+    assert config_key(gpu) != config_key(cpu)
+    # The Pillow path decodes on the CPU whatever the device: one key for both.
+    assert code_config(pil, "avgpool", "avg", "fp32", "cuda") == code_config(
+        pil, "avgpool", "avg", "fp32", "cpu"
+    )
+    assert spec_from_config(gpu) == spec and spec_from_config(cpu) == spec
+
+
+def test_cnncodes_impl_parameter_reaches_the_spec(make_images, tmp_path):
+    import pickle
+
+    from sklearn.base import clone
+
+    from cnncodes.transformers import CNNCodes
+
+    paths = make_images(3, sizes=SIZES)
+    est = CNNCodes("resnet18", weights="none", resize=40, crop=32, impl="torch", cache_dir=None)
+    assert clone(est).get_params()["impl"] == "torch"
+    est.fit(paths)
+    assert est.spec_.preprocessing.impl == "torch"
+    codes = est.transform(paths)
+    pil = CNNCodes("resnet18", weights="none", resize=40, crop=32, cache_dir=None).fit(paths)
+    assert _cosines(codes, pil.transform(paths)).min() >= 0.999
+    with pytest.raises(ValueError, match="impl='gpu'"):
+        CNNCodes("resnet18", weights="none", impl="gpu").fit(paths)
+    # An estimator saved before the parameter existed unpickles as the Pillow path.
+    state = pil.__getstate__()
+    del state["impl"]
+    old = CNNCodes.__new__(CNNCodes)
+    old.__setstate__(state)
+    assert old.impl == "pil" and clone(old).get_params()["impl"] == "pil"
+    assert pickle.loads(pickle.dumps(est)).impl == "torch"
+
+
+def test_cli_impl_option(make_images, tmp_path, capsys):
+    import json
+
+    from cnncodes import cli
+
+    make_images(2, folder=tmp_path / "data" / "a", sizes=SIZES)
+    make_images(2, folder=tmp_path / "data" / "b", sizes=SIZES, seed=1)
+    argv = ["extract", str(tmp_path / "data"), "--model", "resnet18", "--weights", "none",
+            "--resize", "40", "--crop", "32", "--cache-dir", str(tmp_path / "cache"), "--json"]  # fmt: skip
+    assert cli.main([*argv, "--impl", "torch"]) == 0
+    assert cli.main(argv) == 0
+    capsys.readouterr()
+    assert cli.main(["cache", "info", "--cache-dir", str(tmp_path / "cache"), "--json"]) == 0
+    configs = json.loads(capsys.readouterr().out)["configs"]
+    impls = sorted(
+        json.load(open(f"{c['path']}/config.json"))["config"]["preprocessing"]["impl"]
+        for c in configs
+    )
+    assert impls == ["pil", "torch"]
+    assert cli.main(["extract", "x", "--model", "resnet18", "--impl", "gpu"]) == 2
