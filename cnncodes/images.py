@@ -175,7 +175,7 @@ def load_image(path, *, max_pixels: int = MAX_PIXELS) -> Image.Image:
     Examples
     --------
     >>> img = load_image("photo.jpg")  # doctest: +SKIP
-    >>> img.mode
+    >>> img.mode  # doctest: +SKIP
     'RGB'
     """
     return _decode(io.BytesIO(read_file(path)), os.fsdecode(path), max_pixels)
