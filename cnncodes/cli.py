@@ -1345,6 +1345,7 @@ def run_predict(args):
     output = _Output(args)
     out_path = _check_out_path(args.out, (".csv",))
     estimator = persistence.load(args.model_file, trusted=args.trust)
+    estimator = getattr(estimator, "best_estimator_", estimator)  # a saved search: its best
     try:
         step, prefix = _find_codes_step(estimator)
     except ValueError:

@@ -613,6 +613,7 @@ def predict_images(estimator, paths, *, labels=None, proba=False, on_error="rais
     Parameters
     ----------
     estimator : fitted Pipeline with a CNNCodes step
+        Or a fitted search (GridSearchCV, ...) over one: its ``best_estimator_`` is used.
     paths : sequence of image paths
     labels : sequence, optional
         True labels (a labelled folder): added as ``true_label``.
@@ -633,6 +634,7 @@ def predict_images(estimator, paths, *, labels=None, proba=False, on_error="rais
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error={on_error!r}: choose 'raise' or 'skip'")
     paths = [os.fspath(p) for p in paths]
+    estimator = getattr(estimator, "best_estimator_", estimator)
     features, clf = _split_pipeline(estimator)
     if proba and not hasattr(clf, "predict_proba"):
         raise ValueError(

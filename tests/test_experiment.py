@@ -306,3 +306,34 @@ def test_write_report(data, tmp_path):
     results = pd.read_csv(written["cv_results.csv"])
     assert len(results) == 2 and "mean_test_score" in results
     assert Image.open(written["confusion_matrix.png"]).size[0] > 100
+
+
+def test_test_classes_never_seen_in_training_are_reported(data, tmp_path):
+    paths, labels = data
+    test_paths, test_labels = write_classes(
+        str(tmp_path / "test"), per_class=2, seed=2, classes=("bright", "grey", "dark")
+    )
+    logged = []
+    result = run_experiment(
+        paths,
+        labels,
+        "linear_probe",
+        overrides=dict(FAST, cache_dir=None, Cs=[1.0]),
+        test=(test_paths, test_labels),
+        cv=2,
+        log=logged.append,
+    )
+    test = result.metrics["test"]
+    assert test["unseen_classes"] == ["grey"]
+    assert test["n"] == 6 and test["accuracy"] <= 4 / 6  # a 'grey' image is never right
+    assert set(test["per_class"]) == {"bright", "dark"}
+    assert any("never seen in training: grey" in line for line in logged)
+
+
+def test_predict_images_accepts_a_fitted_search(data, tmp_path):
+    paths, labels = data
+    result = run_experiment(
+        paths, labels, "linear_probe", overrides=dict(FAST, cache_dir=None, Cs=[1.0]), cv=2
+    )
+    table = predict_images(result.search, paths[:2])
+    assert list(table["label"]) == list(result.estimator.predict(paths[:2]))
