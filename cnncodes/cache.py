@@ -142,6 +142,14 @@ _HOLD_MAX_SHARD_BYTES = 64 * 2**20
 _HOLD_MAX_BYTES = 128 * 2**20
 
 
+#: Fresh listings a reader tries when concurrent compactions keep removing the shards it listed.
+_RACE_RETRIES = 50
+
+
+def _back_off(attempt):
+    time.sleep(min(0.05, 0.001 * (attempt + 1)))
+
+
 def _stat_key(path):
     try:
         st = os.lstat(path)
@@ -287,12 +295,13 @@ class CodeStore:
 
     def index(self):
         """``{key: (shard_path, row)}`` over all valid shards (the newest shard wins a duplicate)."""
-        for _attempt in range(3):
+        for attempt in range(_RACE_RETRIES):
             out, vanished = self._index()
             if not vanished:
                 break
             # A concurrent compaction removed a listed shard after committing the merged one,
             # which a fresh listing shows.
+            _back_off(attempt)
         return out
 
     def _index(self):
@@ -330,14 +339,18 @@ class CodeStore:
         ``index``: what :meth:`index` just returned, to spare listing the shards again (a shard
         removed since by a concurrent compaction makes it list them anew).
         """
-        for _attempt in range(3):
+        for attempt in range(_RACE_RETRIES):
             idx = self.index() if index is None else index
             index = None
             try:
                 return self._read(idx, keys, out, rows)
             except FileNotFoundError:
-                continue  # a concurrent compaction removed a shard; list again
-        return self._read(self.index(), keys, out, rows)
+                # A concurrent compaction removed a shard after committing the merged one: a
+                # fresh listing has every row. Only a reader starved through many compactions
+                # in a row gets here again; it backs off so the compactor can finish.
+                if attempt == _RACE_RETRIES - 1:
+                    raise
+                _back_off(attempt)
 
     def _read(self, idx, keys, out, rows):
         missing = [k for k in keys if k not in idx]
