@@ -16,6 +16,7 @@ the folds and candidates, and the refit, only read the cache.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -318,6 +319,34 @@ def _apply_overrides(recipe_module, overrides):
     return pipe, grids if isinstance(grid, list) else grids[0]
 
 
+class _CountingScorer:
+    """A scorer that advances a progress bar: it is called once per fitted fold."""
+
+    def __init__(self, scorer, bar):
+        self.scorer = scorer
+        self.bar = bar
+
+    def __call__(self, estimator, X, y):
+        score = self.scorer(estimator, X, y)
+        self.bar.update(1)
+        return score
+
+
+@contextlib.contextmanager
+def _fit_progress(estimator, scoring, fits, progress, n_jobs):
+    """The scoring to search with: ``scoring`` itself, or (for a sequential search with a
+    progress bar) a scorer that counts the fits. Parallel workers cannot share a bar."""
+    if progress is False or n_jobs not in (None, 1):
+        yield scoring
+        return
+    from sklearn.metrics import check_scoring
+    from tqdm.auto import tqdm
+
+    disable = None if progress is None else False  # None: on a terminal only
+    with tqdm(total=fits, desc="grid search", unit="fit", disable=disable) as bar:
+        yield _CountingScorer(check_scoring(estimator, scoring=scoring), bar)
+
+
 def _sweeps_layers(param_grid):
     grids = [param_grid] if isinstance(param_grid, dict) else param_grid
     values = []
@@ -455,10 +484,12 @@ def run_experiment(
         f"grid search: {n_candidates} candidate(s) x {folds.get_n_splits()} folds "
         f"on {len(paths)} images, {len(set(labels))} classes"
     )
-    search = GridSearchCV(
-        pipe, grid, cv=folds, scoring=scoring, n_jobs=n_jobs, refit=True, error_score="raise"
-    )
-    search.fit(paths, labels)
+    fits = n_candidates * folds.get_n_splits()
+    with _fit_progress(pipe, scoring, fits, progress, n_jobs) as scorer:
+        search = GridSearchCV(
+            pipe, grid, cv=folds, scoring=scorer, n_jobs=n_jobs, refit=True, error_score="raise"
+        )
+        search.fit(paths, labels)
     best = search.best_estimator_
     classes = [str(c) for c in best.classes_]
 

@@ -337,3 +337,18 @@ def test_predict_images_accepts_a_fitted_search(data, tmp_path):
     )
     table = predict_images(result.search, paths[:2])
     assert list(table["label"]) == list(result.estimator.predict(paths[:2]))
+
+
+def test_a_sequential_search_shows_its_fits_as_progress(data, tmp_path, capsys):
+    paths, labels = data
+    overrides = dict(FAST, cache_dir=str(tmp_path / "cache"), **SMALL_C)
+    quiet = run_experiment(paths, labels, overrides=overrides, cv=2, progress=False)
+    assert "grid search" not in capsys.readouterr().err
+    shown = run_experiment(paths, labels, overrides=overrides, cv=2, progress=True)
+    err = capsys.readouterr().err
+    assert "grid search" in err and "6/6" in err  # 3 values of C x 2 folds
+    # Counting the fits changes nothing in the search.
+    np.testing.assert_array_equal(
+        shown.search.cv_results_["mean_test_score"], quiet.search.cv_results_["mean_test_score"]
+    )
+    assert shown.metrics["best_params"] == quiet.metrics["best_params"]
