@@ -169,34 +169,24 @@ def _floats(text):
     return values[0] if len(values) == 1 else tuple(values)
 
 
-def _positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected a positive integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected a positive integer")
-    return value
+def _int_at_least(minimum, what):
+    """An argparse type: an int >= ``minimum``, else an error saying ``what`` was expected."""
+
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < minimum:
+            raise argparse.ArgumentTypeError(f"{text!r}: expected {what}")
+        return value
+
+    return parse
 
 
-def _at_least_two(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected an integer >= 2") from None
-    if value < 2:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected an integer >= 2")
-    return value
-
-
-def _count(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected an integer >= 0") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected an integer >= 0")
-    return value
+_positive_int = _int_at_least(1, "a positive integer")
+_at_least_two = _int_at_least(2, "an integer >= 2")
+_count = _int_at_least(0, "an integer >= 0")
 
 
 # ----------------------------------------------------------------------------- shared options
