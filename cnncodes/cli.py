@@ -364,18 +364,26 @@ def _add_runtime_options(parser):
 # ----------------------------------------------------------------------------- shared steps
 
 
+def _preprocessing_from_args(args):
+    """The preprocessing options given on the command line (the rest keep their defaults)."""
+    given = {
+        "resize": args.resize,
+        "crop": args.crop,
+        "mean": args.mean,
+        "std": args.std,
+        "interpolation": args.interpolation,
+        "impl": None if args.impl == "pil" else args.impl,
+    }
+    return {k: v for k, v in given.items() if v is not None}
+
+
 def _spec_from_args(args, model=None):
     """Resolve --model/--weights/--seed and the preprocessing overrides (no weights loaded)."""
     return resolve_spec(
         model if model is not None else args.model,
         args.weights,
         seed=args.seed,
-        resize=args.resize,
-        crop=args.crop,
-        mean=args.mean,
-        std=args.std,
-        interpolation=args.interpolation,
-        impl=args.impl,
+        **_preprocessing_from_args(args),
     )
 
 
@@ -496,22 +504,19 @@ def run_extract(args):
     dataset = _load_data(args, output)
     spec = _spec_from_args(args)
     layers = resolve_layers(spec, args.layer or ["penultimate"])
-    try:
-        result = extract_codes(
-            dataset.paths,
-            spec,
-            layers,
-            args.pooling,
-            cache_dir=_cache_dir_from_args(args),
-            batch_size=args.batch_size,
-            num_workers=args.workers,
-            device=args.device,
-            precision=args.precision,
-            on_error=args.on_error,
-            progress=output.progress,
-        )
-    except ImageLoadError as exc:
-        raise UsageError(f"{exc} (--on-error skip leaves unreadable images out)") from None
+    result = extract_codes(
+        dataset.paths,
+        spec,
+        layers,
+        args.pooling,
+        cache_dir=_cache_dir_from_args(args),
+        batch_size=args.batch_size,
+        num_workers=args.workers,
+        device=args.device,
+        precision=args.precision,
+        on_error=args.on_error,
+        progress=output.progress,
+    )
     if out_path is not None:
         _write_codes(out_path, dataset, result, spec, args.pooling)
     _note_skipped(output, result.skipped)
@@ -1088,12 +1093,7 @@ def _codes_overrides(args):
     given = {
         "model": getattr(args, "model", None),
         "weights": args.weights,
-        "resize": args.resize,
-        "crop": args.crop,
-        "mean": args.mean,
-        "std": args.std,
-        "interpolation": args.interpolation,
-        "impl": None if args.impl == "pil" else args.impl,
+        **_preprocessing_from_args(args),
         "layer": args.layer,
         "pooling": args.pooling,
         "num_workers": args.workers,
@@ -1207,8 +1207,6 @@ def run_fit(args):
             progress=output.progress,
             log=output.note,
         )
-    except ImageLoadError as exc:
-        raise UsageError(f"{exc} (--on-error skip leaves unreadable images out)") from None
     except TypeError as exc:  # a recipe option the recipe does not take
         raise UsageError(str(exc)) from None
     if out_path is not None:
@@ -1352,12 +1350,9 @@ def run_predict(args):
     estimator.set_params(**{f"{prefix}{k}": v for k, v in runtime.items()})
     paths, labels = _predict_inputs(args)
     output.note(f"{len(paths)} image(s) to predict with {_display(args.model_file)}")
-    try:
-        table = predict_images(
-            estimator, paths, labels=labels, proba=args.proba, on_error=args.on_error
-        )
-    except ImageLoadError as exc:
-        raise UsageError(f"{exc} (--on-error skip reports unreadable images instead)") from None
+    table = predict_images(
+        estimator, paths, labels=labels, proba=args.proba, on_error=args.on_error
+    )
     accuracy = None
     if labels is not None:
         done = table[table["label"].notna()]
@@ -1468,14 +1463,7 @@ def run_advise(args):
         weights=args.weights,
         seed=args.seed,
         per_class=args.per_class,
-        preprocessing={
-            "resize": args.resize,
-            "crop": args.crop,
-            "mean": args.mean,
-            "std": args.std,
-            "interpolation": args.interpolation,
-            "impl": None if args.impl == "pil" else args.impl,
-        },
+        preprocessing=_preprocessing_from_args(args),
         data_label=args.data,
         cache_dir=_cache_dir_from_args(args),
         progress=output.progress,
@@ -1616,6 +1604,11 @@ def main(argv=None):
                 file=sys.stderr,
             )
             return EXIT_INTERRUPTED
+        except ImageLoadError as exc:  # only commands with --on-error let one through
+            if debug:
+                traceback.print_exc()
+            _error(f"{exc} (--on-error skip carries on without unreadable images, listing them)")
+            return EXIT_USAGE
         except (UsageError, DatasetError, ValueError) as exc:
             if debug:
                 traceback.print_exc()
