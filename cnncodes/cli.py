@@ -1111,7 +1111,7 @@ def _fmt(value, digits=3):
     return "-" if value is None or value != value else f"{value:.{digits}f}"
 
 
-def _fit_lines(result, dataset, test_note, out_path, written, limit=15):
+def _fit_lines(result, test_note, out_path, written, limit=15):
     metrics = result.metrics
     table = result.table
     params = [c for c in table.columns if c not in ("rank", "mean", "std", "fit_seconds")]
@@ -1241,7 +1241,7 @@ def run_fit(args):
         "report": written or None,
         "seconds": round(result.seconds, 3),
     }
-    output.result(jsonable(summary), _fit_lines(result, dataset, test_note, out_path, written))
+    output.result(jsonable(summary), _fit_lines(result, test_note, out_path, written))
     return EXIT_OK
 
 
