@@ -638,6 +638,34 @@ def _scores(clf, X, proba):
     return predicted, np.full(len(predicted), np.nan), None, "none"
 
 
+def _codes_for_prediction(estimator, features, step, paths, on_error):
+    """(classifier input for the readable images, {index: reason} of the unreadable ones).
+
+    When the CNNCodes step opens the pipeline (the recipes' shape), each image goes through the
+    network once, unreadable ones dropped on the way; otherwise they are screened first with
+    :func:`filter_readable` (the screening's codes land in the cache, if there is one).
+    """
+    leading = features is not None and features.steps[0][1] is step
+    if on_error == "skip" and leading:
+        step.set_params(on_error="skip")  # the caller restores it
+        result = step._extract(paths)
+        errors = {s.index: s.reason for s in result.skipped}
+        X = np.asarray(result.concatenated(), dtype=np.float32)
+        if not len(X):
+            return X, errors
+        for _name, transformer in features.steps[1:]:
+            if transformer is not None and transformer != "passthrough":
+                X = transformer.transform(X)
+        return X, errors
+    errors = {}
+    if on_error == "skip":
+        paths, _, skipped = filter_readable(paths, extractor=estimator)
+        errors = {s.index: s.reason for s in skipped}
+    if not paths:
+        return np.empty((0, 0)), errors
+    return (paths if features is None else features.transform(paths)), errors
+
+
 def predict_images(estimator, paths, *, labels=None, proba=False, on_error="raise"):
     """Predict the class of each image, one row per input image.
 
@@ -675,16 +703,11 @@ def predict_images(estimator, paths, *, labels=None, proba=False, on_error="rais
     verify_model(estimator)
     classes = [str(c) for c in estimator.classes_]
     step, prefix = _find_codes_step(estimator)
-    errors = {}
-    kept_paths = paths
-    if on_error == "skip":
-        kept_paths, _, skipped = filter_readable(paths, extractor=estimator)
-        errors = {s.index: s.reason for s in skipped}
     previous = step.on_error
     estimator.set_params(**{f"{prefix}on_error": "raise"})
     try:
-        if kept_paths:
-            X = kept_paths if features is None else features.transform(kept_paths)
+        X, errors = _codes_for_prediction(estimator, features, step, paths, on_error)
+        if len(X):
             predicted, score, probabilities, kind = _scores(clf, X, proba)
         else:
             predicted, score, probabilities, kind = [], [], None, "none"

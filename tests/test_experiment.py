@@ -240,6 +240,25 @@ def test_predict_images_and_a_changed_checkpoint(data, tmp_path):
     assert weights in str(info.value) and before in str(info.value) and after in str(info.value)
 
 
+def test_predict_skipping_without_a_cache_runs_each_image_once(data, tmp_path, forward_counter):
+    paths, labels = data
+    overrides = dict(FAST, cache_dir=None, Cs=[1.0])
+    model = run_experiment(paths, labels, "linear_probe", overrides=overrides, cv=2).estimator
+    expected = predict_images(model, paths[:4])
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"\x89PNG not really")
+    forward_counter.images = 0
+    table = predict_images(model, [paths[0], str(bad), *paths[1:4]], on_error="skip")
+    assert forward_counter.images == 4  # not screened and then extracted again
+    assert table["error"].notna().tolist() == [False, True, False, False, False]
+    assert table["label"].drop(index=1).tolist() == expected["label"].tolist()
+    np.testing.assert_allclose(table["score"].drop(index=1), expected["score"], rtol=1e-6)
+    assert model.steps[0][1].on_error == "raise"  # the model's own setting is left as it was
+
+    only_bad = predict_images(model, [str(bad)], on_error="skip")
+    assert only_bad["label"].isna().all() and only_bad["error"].notna().all()
+
+
 def test_predict_scores_without_probabilities(data, tmp_path):
     paths, labels = data
     overrides = dict(FAST, cache_dir=str(tmp_path / "cache"), Cs=[1.0])
