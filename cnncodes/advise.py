@@ -243,6 +243,7 @@ def advise(
         (advice.small, advice.similar)
     ]
     advice.recipe = _RECIPES[advice.scenario]
+
     def command(recipe, *extra):
         # Quoted for a POSIX shell: data folders and checkpoint paths may hold spaces.
         argv = ["cnncodes", "fit", str(data_label), "--pipeline", recipe, "--model", model]

@@ -26,6 +26,7 @@ import warnings
 import numpy as np
 
 from . import __version__
+from ._json import jsonable
 from .cache import CacheWarning, list_configs, resolve_cache_dir
 from .datasets import DatasetError, load_dataset, load_files
 from .extract import GPU_DECODER, PRECISIONS, extract_codes, resolve_device, spec_from_config
@@ -93,20 +94,10 @@ class _Output:
     def result(self, data, lines):
         """The command's result: ``data`` as JSON with ``--json``, else ``lines`` on stdout."""
         if self.json:
-            print(json.dumps(data, indent=1, default=_json_default))
+            print(json.dumps(jsonable(data), indent=1))
         elif not self.quiet:
             for line in lines:
                 print(line)
-
-
-def _json_default(obj):
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, np.floating):
-        return float(obj)
-    if isinstance(obj, (tuple, set)):
-        return list(obj)
-    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
 
 
 def _table(headers, rows, right=()):
@@ -578,7 +569,7 @@ def _write_codes(path, dataset, result, spec, pooling):
         "source": {"kind": dataset.kind, "root": _display(dataset.root)},
         "skipped": _skipped_json(result.skipped),
     }
-    config_json = json.dumps(config, sort_keys=True, default=_json_default)
+    config_json = json.dumps(jsonable(config), sort_keys=True)
     with _atomic_output(path) as tmp:
         if path.lower().endswith(".npz"):
             arrays = {
@@ -1169,7 +1160,7 @@ def _fit_lines(result, test_note, out_path, written, limit=15):
 def run_fit(args):
     """Grid-search the recipe; print the table and metrics; save the model and the report."""
     from . import persistence
-    from .experiment import jsonable, run_experiment
+    from .experiment import run_experiment
 
     output = _Output(args)
     out_path = _check_out_path(args.out, persistence.FORMATS)
@@ -1327,7 +1318,7 @@ def _predict_inputs(args):
 def run_predict(args):
     """Predict every input image; print a table or JSON; optionally write a CSV."""
     from . import persistence
-    from .experiment import classification_metrics, jsonable, predict_images
+    from .experiment import classification_metrics, predict_images
     from .transformers import _find_codes_step
 
     output = _Output(args)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
 import platform
 import sys
@@ -28,6 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import __version__
+from ._json import jsonable
 from .models import ModelError, resolve_spec
 from .transformers import CNNCodes, _find_codes_step, filter_readable, warm_cache
 
@@ -84,26 +84,6 @@ class ExperimentResult:
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def jsonable(value):
-    """``value`` made JSON-ready: numpy scalars and arrays, tuples, NaN (None), other objects (repr)."""
-    if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):  # masked entries of cv_results_ become None
-        value = value.tolist()
-        return [jsonable(v) for v in value] if isinstance(value, list) else jsonable(value)
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not np.isfinite(value):
-        return None  # JSON has no NaN or infinity
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    if isinstance(value, os.PathLike):
-        return os.fspath(value)
-    return repr(value)
 
 
 def _short_param(name):
@@ -737,10 +717,3 @@ def predict_images(estimator, paths, *, labels=None, proba=False, on_error="rais
     if on_error == "skip":
         columns.append("error")
     return pd.DataFrame(rows, columns=columns)
-
-
-def to_json_file(data, path):
-    """Write ``data`` (made JSON-ready) to ``path``, indented."""
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(jsonable(data), f, indent=1, sort_keys=False)
-        f.write("\n")

@@ -24,7 +24,7 @@ import os
 
 import numpy as np
 
-from .experiment import jsonable, to_json_file
+from ._json import jsonable, to_json_file
 
 __all__ = ["write_report", "plot_confusion_matrix", "plot_layer_sweep"]
 

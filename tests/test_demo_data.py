@@ -202,7 +202,9 @@ def test_digits_net_declares_the_pretraining_preprocessing(pretrained, dataset, 
     folder = dataset["target_train"]
     x, _, classes = load_image_folder(folder)
     paths = [
-        os.path.join(folder, c, f) for c in classes for f in sorted(os.listdir(os.path.join(folder, c)))
+        os.path.join(folder, c, f)
+        for c in classes
+        for f in sorted(os.listdir(os.path.join(folder, c)))
     ]
     codes = extract_codes(paths, spec, "fc", "avg", cache_dir=None, num_workers=0).codes["fc"]
     model = digits_net(5)

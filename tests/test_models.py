@@ -171,8 +171,10 @@ def test_named_weights_offline_say_where_to_put_them(tmp_path, monkeypatch, down
     assert str(tmp_path / "hub") in message
     assert "https://download.pytorch.org/models/resnet18-f37072fd.pth" in message
     assert "weights='/path/to/checkpoint.pth'" in message
-    assert info.value.__cause__ is None and info.value.__context__ is None or (
-        info.value.__suppress_context__
+    assert (
+        info.value.__cause__ is None
+        and info.value.__context__ is None
+        or (info.value.__suppress_context__)
     )
     if download:  # downloading was allowed, and failed
         assert "could not be downloaded (<urlopen error no network (test)>)" in message
@@ -553,7 +555,9 @@ def test_bad_declared_preprocessing_is_refused(declare, declared, match):
 
 def test_declared_crop_off_needs_a_two_value_resize(declare):
     declare({"resize": 40, "crop": "none"})
-    with pytest.raises(ValueError, match=WHERE + r"\['crop'\]=None needs " + WHERE + r"\['resize'\]"):
+    with pytest.raises(
+        ValueError, match=WHERE + r"\['crop'\]=None needs " + WHERE + r"\['resize'\]"
+    ):
         resolve_spec(TINY, "none")
     pre = resolve_spec(TINY, "none", resize=(40, 48)).preprocessing
     assert pre.crop is None and pre.input_size == (40, 48)
