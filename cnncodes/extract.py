@@ -492,17 +492,37 @@ class _TorchDecode:
             if pixels is not None:
                 out[i][2] = _ORIENT[orientations[i]](pixels) if orientations[i] != 1 else pixels
         for i, (_, path) in enumerate(items):
-            if datas[i] is None:
+            if datas[i] is None or out[i][2] is not None:
                 continue
             try:
-                if out[i][2] is None:
-                    image = load_image_bytes(datas[i], name=path)
-                    out[i][2] = TF.pil_to_tensor(image).to(self.device)
-                out[i][2] = _resize_crop_tensor(out[i][2], self.preprocessing)
+                image = load_image_bytes(datas[i], name=path)
+                out[i][2] = TF.pil_to_tensor(image).to(self.device)
             except ImageLoadError as exc:
-                out[i][2], out[i][3] = None, exc.reason
-            except Exception as exc:  # resize of a degenerate image, etc.: report per file
-                out[i][2], out[i][3] = None, f"cannot preprocess: {exc}"
+                out[i][3] = exc.reason
+            except Exception as exc:  # noqa: BLE001 - reported per file, like _Decode
+                out[i][3] = f"cannot preprocess: {exc}"
+        # Images of one size are resized and cropped together: one call (a few kernel launches
+        # on a GPU) instead of one per image. Same arithmetic, image by image.
+        sizes = {}
+        for i, row in enumerate(out):
+            if row[2] is not None:
+                sizes.setdefault(tuple(row[2].shape), []).append(i)
+        for group in sizes.values():
+            if len(group) > 1:
+                try:
+                    stacked = torch.stack([out[i][2] for i in group])
+                    resized = _resize_crop_tensor(stacked, self.preprocessing).unbind(0)
+                except Exception:  # retried image by image below, to name the file
+                    resized = None
+                if resized is not None:
+                    for i, pixels in zip(group, resized):
+                        out[i][2] = pixels
+                    continue
+            for i in group:
+                try:
+                    out[i][2] = _resize_crop_tensor(out[i][2], self.preprocessing)
+                except Exception as exc:  # resize of a degenerate image, etc.: report per file
+                    out[i][2], out[i][3] = None, f"cannot preprocess: {exc}"
         return [tuple(row) for row in out]
 
 

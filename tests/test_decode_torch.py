@@ -165,6 +165,56 @@ def test_a_batch_with_a_file_torchvision_cannot_decode_decodes_the_others():
     assert out[0].shape == out[2].shape == (3, 20, 30)
 
 
+def test_images_of_one_size_are_resized_together_with_the_same_pixels(monkeypatch):
+    pre = resolve_preprocessing(resize=40, crop=32, impl="torch")
+    blobs = [
+        _jpeg_bytes(_gradient(60, 80, seed=0)),
+        _jpeg_bytes(_gradient(50, 50, seed=1)),
+        _jpeg_bytes(_gradient(60, 80, seed=2)),
+        b"\x89PNG\r\n\x1a\n not a picture",
+        _jpeg_bytes(_gradient(60, 80, seed=3)),
+    ]
+    alone = []
+    for data in blobs:
+        try:
+            alone.append(preprocess_bytes(data, pre, name="x.jpg"))
+        except ImageLoadError as exc:
+            alone.append(exc.reason)
+    calls = []
+    real = extract_module._resize_crop_tensor
+
+    def counting(pixels, preprocessing):
+        calls.append(tuple(pixels.shape))
+        return real(pixels, preprocessing)
+
+    monkeypatch.setattr(extract_module, "_resize_crop_tensor", counting)
+    items = [(f"d{i}", f"{i}.jpg") for i in range(len(blobs))]
+    batch = extract_module._TorchDecode([], pre, "cpu").batch(items, blobs)
+    assert sorted(calls) == [(3, 3, 60, 80), (3, 50, 50)]  # one call for the three 60x80 images
+    for (_, _, pixels, reason), expected in zip(batch, alone):
+        if isinstance(expected, str):
+            assert pixels is None and reason == expected
+        else:
+            assert reason is None and torch.equal(pixels, expected)
+
+
+def test_a_group_that_fails_to_resize_is_retried_image_by_image(monkeypatch):
+    pre = resolve_preprocessing(resize=40, crop=32, impl="torch")
+    blobs = [_jpeg_bytes(_gradient(60, 80, seed=i)) for i in range(3)]
+    real = extract_module._resize_crop_tensor
+
+    def fails_on_batches(pixels, preprocessing):
+        if pixels.ndim == 4:
+            raise RuntimeError("out of memory")
+        return real(pixels, preprocessing)
+
+    monkeypatch.setattr(extract_module, "_resize_crop_tensor", fails_on_batches)
+    items = [(f"d{i}", f"{i}.jpg") for i in range(3)]
+    batch = extract_module._TorchDecode([], pre, "cpu").batch(items, blobs)
+    assert [reason for *_, reason in batch] == [None] * 3
+    assert all(tuple(p.shape) == (3, 32, 32) for _, _, p, _ in batch)
+
+
 # ----------------------------------------------------------------------------- extraction
 
 
