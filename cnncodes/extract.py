@@ -33,9 +33,10 @@ from . import cache as _cache
 from .images import (
     DECODE_POLICY,
     ImageLoadError,
-    file_digest,
+    file_digests,
     jpeg_orientation,
     load_image_bytes,
+    read_and_hash_all,
     read_file,
     remember_digest,
 )
@@ -472,18 +473,17 @@ class _TorchDecode:
     def batch(self, items, blobs=None):
         """Process ``items`` (``(digest, path)``); ``blobs``: their bytes, already read."""
         out = [[digest, None, None, None] for digest, _ in items]
-        datas = [None] * len(items)
+        if blobs is not None:
+            datas = list(blobs)
+        else:
+            # Read and hashed by a pool of threads: this thread feeds a GPU.
+            datas = []
+            for i, (data, actual, error) in enumerate(read_and_hash_all([p for _, p in items])):
+                datas.append(data)
+                out[i][1] = actual
+                if error is not None:
+                    out[i][3] = error.reason
         orientations = [None] * len(items)
-        for i, (_, path) in enumerate(items):
-            if blobs is not None:
-                datas[i] = blobs[i]
-                continue
-            try:
-                datas[i] = read_file(path)
-            except ImageLoadError as exc:
-                out[i][3] = exc.reason
-                continue
-            out[i][1] = remember_digest(path, datas[i])
         for i, data in enumerate(datas):
             if data is not None:
                 orientations[i] = jpeg_orientation(data)
@@ -889,14 +889,13 @@ def extract_codes(
 
     # 1. Identify every input by content.
     skipped = {}
-    digests = [None] * len(paths)
-    for i, path in enumerate(paths):
-        try:
-            digests[i] = file_digest(path)
-        except ImageLoadError as exc:
+    digests = file_digests(paths)
+    for i, digest in enumerate(digests):
+        if isinstance(digest, ImageLoadError):
             if on_error == "raise":
-                raise
-            skipped[i] = exc.reason
+                raise digest
+            skipped[i] = digest.reason
+            digests[i] = None
     groups = {}
     for i, digest in enumerate(digests):
         if digest is not None:

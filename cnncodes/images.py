@@ -230,16 +230,68 @@ def file_digest(path) -> str:
     ImageLoadError
         As :func:`read_file`.
     """
+    digest = _memoised_digest(path)
+    return digest if digest is not None else remember_digest(path, read_file(path))
+
+
+def _memoised_digest(path):
+    """The memoised digest of ``path`` if the file is unchanged since it was hashed, else None."""
     try:
         st = os.stat(path)
     except OSError:
-        st = None
-    if st is not None and stat.S_ISREG(st.st_mode):
-        memo_key = (os.fsdecode(path), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
-        digest = _DIGESTS.get(memo_key)
-        if digest is not None:
-            return digest
-    return remember_digest(path, read_file(path))
+        return None
+    if not stat.S_ISREG(st.st_mode):
+        return None
+    return _DIGESTS.get((os.fsdecode(path), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino))
+
+
+def _read_and_hash(path):
+    """``(bytes, digest, None)`` of one file, or ``(None, None, ImageLoadError)``."""
+    try:
+        data = read_file(path)
+    except ImageLoadError as exc:
+        return None, None, exc
+    return data, remember_digest(path, data), None
+
+
+def read_and_hash_all(paths, threads=None, keep_bytes=True):
+    """:func:`_read_and_hash` of every path, in order, by a pool of ``threads`` threads.
+
+    Reading and SHA-256 release the GIL, so threads overlap them (a GPU extraction must not wait
+    for one thread hashing file after file). ``threads``: default ``min(8, cpu_count)``; 1 or a
+    single path: no pool. ``keep_bytes=False`` drops each file's bytes once hashed.
+    """
+    threads = threads or min(8, os.cpu_count() or 1)
+
+    def work(path):
+        data, digest, error = _read_and_hash(path)
+        return (data if keep_bytes else None), digest, error
+
+    if threads <= 1 or len(paths) < 2 * _PER_TASK:
+        return [work(p) for p in paths]
+    from concurrent.futures import ThreadPoolExecutor
+
+    # Runs of files per task: handing over single small files costs more than hashing them.
+    runs = [paths[i : i + _PER_TASK] for i in range(0, len(paths), _PER_TASK)]
+    with ThreadPoolExecutor(min(threads, len(runs)), thread_name_prefix="cnncodes-hash") as pool:
+        return [item for run in pool.map(lambda r: [work(p) for p in r], runs) for item in run]
+
+
+_PER_TASK = 16
+
+
+def file_digests(paths, threads=None):
+    """:func:`file_digest` of every path: a digest, or the :class:`ImageLoadError`, per path.
+
+    Memoised digests are looked up first; the other files are read and hashed by
+    :func:`read_and_hash_all`'s threads.
+    """
+    out = [_memoised_digest(p) for p in paths]
+    missing = [i for i, d in enumerate(out) if d is None]
+    done = read_and_hash_all([paths[i] for i in missing], threads, keep_bytes=False)
+    for i, (_, digest, error) in zip(missing, done):
+        out[i] = digest if error is None else error
+    return out
 
 
 def remember_digest(path, data: bytes) -> str:

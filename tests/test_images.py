@@ -471,3 +471,38 @@ def test_load_truncated_images_never_set(tmp_path):
     with pytest.raises(ImageLoadError):
         load_image(p)
     assert ImageFile.LOAD_TRUNCATED_IMAGES is False
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_file_digests_hash_many_files_in_order_with_errors_in_place(tmp_path, monkeypatch, threads):
+    import hashlib
+
+    paths = []
+    for i in range(7):
+        p = tmp_path / f"{i}.bin"
+        p.write_bytes(bytes([i]) * (5000 + i))
+        paths.append(str(p))
+    paths.insert(2, str(tmp_path / "missing.jpg"))
+    paths.insert(5, str(tmp_path))  # a folder
+    monkeypatch.setattr(images, "_PER_TASK", 2)  # several runs of files, even for 9 paths
+    images._DIGESTS.clear()
+    out = images.file_digests(paths, threads=threads)
+    assert isinstance(out[2], ImageLoadError) and "missing.jpg" in str(out[2])
+    assert isinstance(out[5], ImageLoadError) and "not a regular file" in str(out[5])
+    for path, digest in zip(paths, out):
+        if path.endswith(".bin"):
+            assert digest == hashlib.sha256(open(path, "rb").read()).hexdigest()
+            assert digest == images.file_digest(path)
+
+    # A second call reads no unchanged file again; a rewritten one is hashed anew.
+    reads = []
+    real = images.read_file
+    monkeypatch.setattr(images, "read_file", lambda p: reads.append(p) or real(p))
+    (tmp_path / "3.bin").write_bytes(b"new content" * 500)
+    again = images.file_digests(paths, threads=threads)
+    assert sorted(reads) == sorted([str(tmp_path / "3.bin"), paths[2], paths[5]])
+    rewritten = paths.index(str(tmp_path / "3.bin"))
+    assert again[rewritten] == hashlib.sha256(b"new content" * 500).hexdigest()
+    for i, path in enumerate(paths):
+        if path.endswith(".bin") and i != rewritten:
+            assert again[i] == out[i]
