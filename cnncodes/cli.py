@@ -30,7 +30,7 @@ from ._json import jsonable
 from .cache import CacheWarning, list_configs, resolve_cache_dir
 from .datasets import DatasetError, load_dataset, load_files
 from .extract import GPU_DECODER, PRECISIONS, extract_codes, resolve_device, spec_from_config
-from .images import ImageLoadError, file_digest
+from .images import ImageLoadError, file_digests
 from .models import list_layers, resolve_layers, resolve_spec
 from .pooling import POOLINGS
 
@@ -833,11 +833,9 @@ def _hash_data(args, output):
     """``{content hash: path}`` of DATA's readable files."""
     dataset = _load_data(args, output)
     by_digest = {}
-    for path in dataset.paths:
-        try:
-            by_digest.setdefault(file_digest(path), path)
-        except ImageLoadError:
-            continue
+    for path, digest in zip(dataset.paths, file_digests(dataset.paths)):
+        if not isinstance(digest, ImageLoadError):
+            by_digest.setdefault(digest, path)
     return by_digest
 
 
