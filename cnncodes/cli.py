@@ -323,7 +323,8 @@ def _add_compute_options(group):
         "--workers",
         type=_count,
         metavar="N",
-        help="image-decoding processes, 0 to decode in the main process (default: min(4, CPUs))",
+        help="image-decoding processes, 0 to decode in the main process (default: on a GPU, CPUs - 1 "
+        "up to 16; on the CPU, 0 with up to 4 CPUs, else 4)",
     )
     group.add_argument(
         "--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)"

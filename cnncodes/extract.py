@@ -748,17 +748,20 @@ def _as_paths(images):
     return paths
 
 
-def _default_workers(device):
+def _default_workers(device, cores=None):
     """Decoding processes when ``num_workers`` is not given.
 
     On the CPU the network already keeps every core busy (intra-op threads), so on a small machine
     decoding workers only take cores from it: measured on 2 cores, 0 workers beat 1 and 2 (see
-    bench/RESULTS.md). A GPU, or a larger CPU machine, gets up to 4 workers.
+    bench/RESULTS.md); a larger CPU machine gets up to 4. A GPU needs the CPU only to decode: every
+    core but one (for this process), up to 16. Pillow decodes about 190 JPEGs of 500x375 per
+    second per core (../shared/docs/FIELD.md: 1 / 4 / 15 workers, 191 / 612 / 1,180 images/s on
+    an H100 machine), far below what the GPU takes.
     """
-    cores = os.cpu_count() or 1
-    if device.type == "cpu" and cores <= 4:
-        return 0
-    return min(4, cores)
+    cores = cores or os.cpu_count() or 1
+    if device.type == "cpu":
+        return 0 if cores <= 4 else 4
+    return min(16, max(1, cores - 1))
 
 
 # Per process: code widths by (spec, layers, pooling), and stores by configuration. A grid search
@@ -833,8 +836,9 @@ def extract_codes(
         a GPU, in passes of at most :data:`CPU_FORWARD_BATCH` on the CPU (faster there). Does not
         change the codes.
     num_workers : int, optional
-        Decoding processes (0: decode in this process). Default: 0 on the CPU of a machine with at
-        most 4 cores (the network needs them all), else ``min(4, cpu_count)``. Not used when
+        Decoding processes (0: decode in this process). Default: on the CPU, 0 on a machine with at
+        most 4 cores (the network needs them all), else 4; on a GPU, every core but one, up to
+        16. Not used when
         ``spec.preprocessing.impl == "torch"``: that decodes in a thread of this process.
     device : str
         ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.

@@ -221,7 +221,8 @@ class CNNCodes(TransformerMixin, BaseEstimator):
     batch_size : int, default=32
         Images per forward pass (does not change the codes).
     num_workers : int, default=None
-        Image-decoding processes; None: ``min(4, cpu_count)``.
+        Image-decoding processes; None: on a GPU every core but one (up to 16), on the CPU 0
+        with at most 4 cores (the network needs them), else 4.
     device : str, default="auto"
         ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
     precision : {"auto", "fp32", "bf16", "fp16"}, default="auto"

@@ -477,3 +477,11 @@ def test_raise_on_a_missing_file_before_any_work(cnn_spec, make_images, tmp_path
     with pytest.raises(ImageLoadError, match=r"nope\.jpg: file not found"):
         extract_codes(good + [missing], cnn_spec, "pool", cache_dir=tmp_path / "c", **FAST)
     assert forward_counter.builds == 0
+
+
+def test_default_decoding_workers_follow_the_device_and_the_cores():
+    from cnncodes.extract import _default_workers
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert [_default_workers(cpu, n) for n in (1, 2, 4, 8, 64)] == [0, 0, 0, 4, 4]
+    assert [_default_workers(gpu, n) for n in (1, 2, 4, 16, 64)] == [1, 1, 3, 15, 16]
