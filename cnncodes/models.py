@@ -198,6 +198,20 @@ def _load_callable(model):
     return obj
 
 
+def _call_without_arguments(model):
+    builder = _load_callable(model)
+    try:
+        inspect.signature(builder).bind()
+    except TypeError as exc:  # needs arguments (torch.nn:Linear, ...)
+        raise ModelError(
+            f"model={model!r} cannot be called without arguments ({exc}): give a callable that "
+            "builds the whole network by itself, e.g. a function in your own module"
+        ) from None
+    except ValueError:  # no signature to inspect (some builtins): just try
+        pass
+    return builder()
+
+
 def _check_model_name(model):
     if not isinstance(model, str) or not model:
         raise ModelError(
@@ -241,7 +255,7 @@ def _construct(model, weights_enum, seed):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         if _is_callable_name(model):
-            net = _load_callable(model)()
+            net = _call_without_arguments(model)
         else:
             net = torchvision.models.get_model(
                 model, weights=None, **_arch_kwargs(model, weights_enum)
@@ -251,9 +265,33 @@ def _construct(model, weights_enum, seed):
     return net.eval()
 
 
-@functools.lru_cache(maxsize=32)
+def model_identity(model):
+    """What the in-process memos key a model on: its name, and for ``package.module:callable``
+    also the callable object itself and its declared ``preprocessing`` (a reloaded module or an
+    edited declaration is resolved anew, not served from a memo). None if it cannot be imported.
+    """
+    if not isinstance(model, str) or not _is_callable_name(model):
+        return (model, None, None)
+    try:
+        obj = _load_callable(model)
+    except ModelError:
+        return None
+    declared = repr(getattr(obj, "preprocessing", None))
+    try:
+        hash(obj)
+    except TypeError:  # an instance with __eq__ and no __hash__
+        return (model, id(obj), declared)
+    return (model, obj, declared)
+
+
 def _meta_model(model, weights_name):
     """The architecture on the meta device: no memory, no initialisation; for names and shapes."""
+    return _meta_model_memo(model_identity(model), weights_name)
+
+
+@functools.lru_cache(maxsize=32)
+def _meta_model_memo(identity, weights_name):
+    model = identity[0]
     enum = _parse_named_weights(model, weights_name) if weights_name else None
     try:
         with torch.device("meta"):
@@ -751,9 +789,13 @@ def resolve_spec(
     return ModelSpec(model, weights_name, weights_id, _arch_fingerprint(meta), seed, pre)
 
 
-@functools.lru_cache(maxsize=8)
 def _built_state_id(model, seed):
-    return _state_fingerprint(_construct(model, None, seed))
+    return _built_state_id_memo(model_identity(model), seed)
+
+
+@functools.lru_cache(maxsize=8)
+def _built_state_id_memo(identity, seed):
+    return _state_fingerprint(_construct(identity[0], None, seed))
 
 
 def build_model(spec):

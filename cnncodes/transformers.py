@@ -20,7 +20,14 @@ from sklearn.utils.validation import FLOAT_DTYPES, check_is_fitted, validate_dat
 
 from . import cache as _cache
 from .extract import ON_ERROR, PRECISIONS, extract_codes, resolve_device
-from .models import WeightsError, file_sha256, layer_shapes, resolve_layers, resolve_spec
+from .models import (
+    WeightsError,
+    file_sha256,
+    layer_shapes,
+    model_identity,
+    resolve_layers,
+    resolve_spec,
+)
 from .pooling import check_pooling, code_size
 
 __all__ = [
@@ -150,7 +157,8 @@ def _resolve(est, layers):
     params = (
         est.model, est.seed, est.resize, est.crop, est.mean, est.std, est.interpolation, est.impl
     )  # fmt: skip
-    key = (repr(params), _weights_key(est.weights), repr(layers), est.pooling)
+    identity = model_identity(est.model) if isinstance(est.model, str) else None
+    key = (repr(params), identity, _weights_key(est.weights), repr(layers), est.pooling)
     found = _RESOLVED.get(key)
     if found is not None:
         return found[0], list(found[1]), dict(found[2])

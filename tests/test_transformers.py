@@ -465,3 +465,56 @@ def test_refit_after_a_checkpoint_change_uses_the_new_file(tmp_path, images, mon
     assert len(calls) == 2
     assert est.spec_.weights_id == f"sha256:{file_sha256(ckpt)}"
     assert not np.allclose(refitted, first)
+
+
+# -------------------------------------------------------------------------------- memos
+
+
+USER_NET = '''
+import torch.nn as nn
+
+
+def net():
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1), nn.{act}(), nn.AdaptiveAvgPool2d(1), nn.Flatten()
+    )
+
+
+net.preprocessing = {{"resize": 20, "crop": 16, "mean": 0.5, "std": 0.5}}
+'''
+
+
+def test_a_reloaded_or_edited_user_model_is_not_served_from_a_memo(tmp_path, monkeypatch, images):
+    import importlib
+    import sys
+
+    module = tmp_path / "stale_user_net.py"
+    module.write_text(USER_NET.format(act="ReLU"))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "stale_user_net", raising=False)
+    params = dict(
+        model="stale_user_net:net", weights="none", layer="3", cache_dir=str(tmp_path / "c")
+    )
+    first = CNNCodes(**params).fit(images)
+    before = first.transform(images)
+
+    # The declared preprocessing is edited in place: resolved anew, new codes.
+    mod = importlib.import_module("stale_user_net")
+    mod.net.preprocessing["mean"] = 0.1
+    edited = CNNCodes(**params).fit(images)
+    assert edited.spec_.preprocessing.mean == (0.1, 0.1, 0.1)
+    assert not np.allclose(edited.transform(images), before)
+
+    # The module is rewritten and reloaded with another architecture: a new fingerprint.
+    module.write_text(USER_NET.format(act="Tanh"))
+    importlib.invalidate_caches()
+    os.utime(module, ns=(1, 1))  # a new mtime, so the import system does not reuse its .pyc
+    importlib.reload(mod)
+    reloaded = CNNCodes(**params).fit(images)
+    assert reloaded.spec_.arch_id != first.spec_.arch_id
+    assert not np.allclose(reloaded.transform(images), before)
+
+
+def test_a_model_that_needs_arguments_is_refused_naming_it(tmp_path):
+    with pytest.raises(ModelError, match=r"model='torch.nn:Linear' cannot be called without"):
+        codes(tmp_path, model="torch.nn:Linear").fit(["a.png"])
