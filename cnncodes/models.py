@@ -286,7 +286,14 @@ def model_identity(model):
 
 def _meta_model(model, weights_name):
     """The architecture on the meta device: no memory, no initialisation; for names and shapes."""
-    return _meta_model_memo(model_identity(model), weights_name)
+    return _meta_model_memo(_identity_or_raise(model), weights_name)
+
+
+def _identity_or_raise(model):
+    identity = model_identity(model)
+    if identity is None:
+        _load_callable(model)  # raises the ModelError that says why
+    return identity
 
 
 @functools.lru_cache(maxsize=32)
@@ -790,7 +797,7 @@ def resolve_spec(
 
 
 def _built_state_id(model, seed):
-    return _built_state_id_memo(model_identity(model), seed)
+    return _built_state_id_memo(_identity_or_raise(model), seed)
 
 
 @functools.lru_cache(maxsize=8)
