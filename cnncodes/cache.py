@@ -87,6 +87,11 @@ def resolve_cache_dir(cache_dir="auto"):
         raise TypeError(
             f"cache_dir={cache_dir!r}: expected 'auto', None (no cache) or a folder path"
         )
+    if not os.fspath(cache_dir):
+        raise ValueError(
+            "cache_dir='': expected a folder path ('.' for the current folder), "
+            "'auto' or None (no cache)"
+        )
     path = os.path.abspath(os.fspath(cache_dir))
     if os.path.exists(path) and not os.path.isdir(path):
         raise ValueError(f"cache_dir={os.fspath(cache_dir)!r} exists and is not a folder")
@@ -208,6 +213,18 @@ class CodeStore:
 
     # -- layout ------------------------------------------------------------------------------
 
+    def ensure_writable(self):
+        """Create this configuration's folder now, so that no code is computed for a cache that
+        cannot take it; raises ``OSError`` naming the folder."""
+        try:
+            self._ensure_dir()
+        except OSError as exc:
+            raise OSError(
+                exc.errno,
+                f"cannot write to the cache folder {self.root} ({exc.strerror or exc}): choose "
+                "a writable cache_dir, or cache_dir=None to keep no codes",
+            ) from None
+
     def _ensure_dir(self):
         if not os.path.isdir(self.path):
             os.makedirs(self.path, exist_ok=True)
@@ -221,7 +238,7 @@ class CodeStore:
         """Committed shard files, oldest first (temporary files are never listed)."""
         try:
             names = os.listdir(self.path)
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):  # nothing stored (yet)
             return []
         return [
             os.path.join(self.path, n)
@@ -546,7 +563,7 @@ def list_configs(root):
     out = []
     try:
         names = sorted(os.listdir(root))
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return out
     for name in names:
         folder = os.path.join(root, name)

@@ -1608,6 +1608,11 @@ def main(argv=None):
             with contextlib.suppress(OSError):
                 sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silence the flush at exit
             return EXIT_FAILURE
+        except OSError as exc:  # a folder that cannot be written, a full disk, ...
+            if debug:
+                traceback.print_exc()
+            _error(exc)
+            return EXIT_FAILURE
         except Exception as exc:
             if debug:
                 traceback.print_exc()

@@ -42,6 +42,7 @@ from .images import (
 )
 from .models import (
     WeightsError,
+    _is_int,
     build_extractor,
     build_model,
     file_sha256,
@@ -870,12 +871,12 @@ def extract_codes(
     check_pooling(pooling)
     if on_error not in ON_ERROR:
         raise ValueError(f"on_error={on_error!r}: choose 'raise' or 'skip'")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+    if not _is_int(batch_size) or batch_size < 1:
         raise ValueError(f"batch_size={batch_size!r}: expected a positive int")
-    if num_workers is not None and (
-        isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0
-    ):
+    if num_workers is not None and (not _is_int(num_workers) or num_workers < 0):
         raise ValueError(f"num_workers={num_workers!r}: expected an int >= 0")
+    batch_size = int(batch_size)
+    num_workers = None if num_workers is None else int(num_workers)
     dev = resolve_device(device)
     if num_workers is None:
         num_workers = _default_workers(dev)
@@ -932,6 +933,9 @@ def extract_codes(
     # fp32 codes on a GPU must be the CPU's fp32 codes (same cache key): no TF32 while they are made.
     exact = exact_fp32(dev.type) if precision == "fp32" else contextlib.nullcontext()
     if todo:
+        for layer in layers:
+            if layer in stores and have[layer] != set(groups):
+                stores[layer].ensure_writable()
         with exact:
             computed = _run_network(
                 spec,

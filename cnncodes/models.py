@@ -36,12 +36,14 @@ import functools
 import hashlib
 import importlib
 import inspect
+import numbers
 import os
 import re
 import urllib.error
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import torch
 import torchvision
 from torch import nn
@@ -74,6 +76,7 @@ _CHECKPOINT_KEYS = ("state_dict", "model_state_dict", "model", "net", "module")
 _PREFIXES = ("module.", "_orig_mod.")
 #: Keys of the ``preprocessing`` dict a user's callable may declare (see :func:`resolve_spec`).
 PREPROCESSING_KEYS = ("resize", "crop", "mean", "std", "interpolation")
+MAX_SIDE = 4096  # pixels; larger resize or crop values are mistakes (a 4096^2 batch of 32 is 6 GB)
 _INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos")
 #: Implementations of :class:`Preprocessing` (``impl``), and the interpolations each supports.
 PREPROCESSING_IMPLS = {"pil": _INTERPOLATIONS, "torch": ("bilinear", "bicubic")}
@@ -497,24 +500,33 @@ def _state_fingerprint(net):
 # ----------------------------------------------------------------------------- preprocessing
 
 
+def _is_int(value):
+    """An integer, numpy's included (a grid written with np.arange), but not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+
+
 def _pair(value, name, allow_single):
-    if isinstance(value, int) and not isinstance(value, bool):
+    given = value
+    if _is_int(value):
         value = (value,)
     try:
-        value = tuple(int(v) for v in value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name}={value!r}: expected an int or (height, width)") from None
-    if not value or len(value) > 2:
-        raise ValueError(f"{name}={value!r}: expected an int or (height, width)")
+        value = tuple(value)
+    except TypeError:
+        raise ValueError(f"{name}={given!r}: expected an int or (height, width)") from None
+    if not value or len(value) > 2 or not all(_is_int(v) for v in value):
+        raise ValueError(f"{name}={given!r}: expected an int or (height, width)")
+    value = tuple(int(v) for v in value)
     if any(v <= 0 for v in value):
-        raise ValueError(f"{name}={value!r}: sizes must be positive")
+        raise ValueError(f"{name}={given!r}: sizes must be positive")
+    if any(v > MAX_SIDE for v in value):
+        raise ValueError(f"{name}={given!r}: at most {MAX_SIDE} pixels a side")
     if len(value) == 1 and not allow_single:
         value = value * 2
     return value
 
 
 def _triple(value, name):
-    if isinstance(value, (int, float)):
+    if isinstance(value, numbers.Real):
         value = (value,) * 3
     try:
         value = tuple(float(v) for v in value)
@@ -673,6 +685,15 @@ def resolve_preprocessing(
             f"{origin.get('resize', 'resize')}=(height, width) so all images share one size, not "
             f"resize={base['resize'][0]!r}"
         )
+    if base["crop"] is not None:
+        # Larger than the resized image, the crop would be padded with black.
+        room = base["resize"] * 2 if len(base["resize"]) == 1 else base["resize"]
+        if any(c > r for c, r in zip(base["crop"], room)):
+            raise ValueError(
+                f"{origin.get('crop', 'crop')}={base['crop']!r} is larger than "
+                f"{origin.get('resize', 'resize')}={base['resize']!r}: the crop would be padded; "
+                "make every crop side at most the resize"
+            )
     supported = PREPROCESSING_IMPLS[impl]
     if base["interpolation"] not in supported:
         raise ValueError(
@@ -755,8 +776,9 @@ def resolve_spec(
     ((32, 32), (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
     """
     _check_model_name(model)
-    if isinstance(seed, bool) or not isinstance(seed, int):
+    if not _is_int(seed):
         raise ValueError(f"seed={seed!r}: expected an int")
+    seed = int(seed)
     if weights is not None and not isinstance(weights, (str, os.PathLike)):
         raise WeightsError(
             f"weights={weights!r}: expected a weights name, 'none', or a checkpoint file path"

@@ -16,12 +16,18 @@ import numpy as np
 from sklearn.base import BaseEstimator, OneToOneFeatureMixin, TransformerMixin, clone
 from sklearn.model_selection import ParameterGrid
 from sklearn.utils import _safe_indexing
-from sklearn.utils.validation import FLOAT_DTYPES, check_is_fitted, validate_data
+from sklearn.utils.validation import (
+    FLOAT_DTYPES,
+    _check_feature_names_in,
+    check_is_fitted,
+    validate_data,
+)
 
 from . import cache as _cache
 from .extract import ON_ERROR, PRECISIONS, extract_codes, resolve_device
 from .models import (
     WeightsError,
+    _is_int,
     file_sha256,
     layer_shapes,
     model_identity,
@@ -73,6 +79,14 @@ def _describe_skipped(skipped, limit=10):
     return "\n".join(lines)
 
 
+def _iter_once(X):
+    """True for an iterator (a generator, ``map``, ...): reading it uses it up."""
+    try:
+        return iter(X) is X
+    except TypeError:
+        return False
+
+
 def _as_path_list(X):
     """Validate ``X`` as image paths; return ``(paths, feature_names_or_None)``."""
     if isinstance(X, (str, bytes, os.PathLike)):
@@ -106,6 +120,11 @@ def _as_path_list(X):
             )
         values = arr.tolist()
     else:
+        if _iter_once(X):
+            raise TypeError(
+                f"X is a {type(X).__name__}, which can be read only once; CNNCodes expects "
+                f"{_EXPECTED_X} (e.g. list(X))"
+            )
         try:
             values = list(X)
         except TypeError:
@@ -127,7 +146,7 @@ def _as_path_list(X):
 def _check_int(value, name, minimum, allow_none=False):
     if value is None and allow_none:
         return
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+    if not _is_int(value) or value < minimum:
         accepted = f"an int >= {minimum}" + (" or None" if allow_none else "")
         raise ValueError(f"{name}={value!r}: expected {accepted}")
 
@@ -502,13 +521,16 @@ class CNNCodes(TransformerMixin, BaseEstimator):
 
         Parameters
         ----------
-        input_features : ignored
+        input_features : array-like of str, optional
+            Checked like any scikit-learn transformer's (it must be the input column name
+            seen in fit, if any); the output names do not depend on it.
 
         Returns
         -------
         ndarray of str objects, shape (n_features_out_,)
         """
         check_is_fitted(self)
+        _check_feature_names_in(self, input_features)
         names = [
             f"{layer}__{self.pooling}{i}"
             for layer, size in self.layer_sizes_.items()
@@ -698,6 +720,25 @@ def _codes_grid(param_grid, prefix):
     return out
 
 
+def _search_grid(search, estimator):
+    """The grid a search carries: ``param_grid``, or distributions that are all lists."""
+    if search is not None and hasattr(search, "param_grid"):
+        return search.param_grid
+    distributions = getattr(search, "param_distributions", None)
+    if distributions is not None:
+        grids = [distributions] if isinstance(distributions, dict) else list(distributions)
+        if all(isinstance(v, (list, tuple, np.ndarray)) for g in grids for v in g.values()):
+            return distributions  # every value it can draw, as a grid
+        raise ValueError(
+            f"{type(search).__name__} draws from distributions that are not lists of values; "
+            "pass param_grid= with the CNNCodes settings it may try (layer, pooling, ...)"
+        )
+    raise ValueError(
+        f"param_grid is required for a {type(estimator).__name__} (only a search carries its "
+        "own grid)"
+    )
+
+
 def warm_cache(estimator, X, param_grid=None):
     """Extract, once, every code that a grid search over ``estimator`` will ask for.
 
@@ -709,12 +750,14 @@ def warm_cache(estimator, X, param_grid=None):
 
     Parameters
     ----------
-    estimator : GridSearchCV, Pipeline or CNNCodes
-        A search (its ``estimator`` and ``param_grid`` are used) or the estimator to search over.
+    estimator : search, Pipeline or CNNCodes
+        A search (GridSearchCV, HalvingGridSearchCV, RandomizedSearchCV over lists: its
+        ``estimator`` and grid are used) or the estimator to search over.
     X : image paths
         All the images the search will see.
     param_grid : dict or list of dict, optional
-        Required unless ``estimator`` is a GridSearchCV.
+        Required unless ``estimator`` is a search that carries its own; given with a search, it
+        replaces the search's grid.
 
     Returns
     -------
@@ -729,14 +772,12 @@ def warm_cache(estimator, X, param_grid=None):
     >>> warm_cache(search, paths)["computed"]  # doctest: +SKIP
     412
     """
+    # A search over the estimator (GridSearchCV, HalvingGridSearchCV, RandomizedSearchCV, ...).
+    search = estimator if hasattr(estimator, "estimator") and hasattr(estimator, "cv") else None
     if param_grid is None:
-        if not hasattr(estimator, "param_grid"):
-            raise ValueError(
-                f"param_grid is required for a {type(estimator).__name__} (only a GridSearchCV "
-                "carries its own)"
-            )
-        param_grid = estimator.param_grid
-        estimator = estimator.estimator
+        param_grid = _search_grid(search, estimator)
+    if search is not None:
+        estimator = search.estimator
     step, prefix = _find_codes_step(estimator)
     paths, _ = _as_path_list(X)
     if _cache.resolve_cache_dir(step.cache_dir) is None:

@@ -435,7 +435,13 @@ def test_explicit_preprocessing_wins():
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        ({"resize": 0}, r"resize=\(0,\): sizes must be positive"),
+        ({"resize": 0}, r"resize=0: sizes must be positive"),
+        ({"resize": 30.5}, r"resize=30.5: expected an int or \(height, width\)"),
+        ({"resize": (30.0, 30)}, r"resize=\(30.0, 30\): expected an int"),
+        ({"crop": 10**6, "resize": 10**6}, r"resize=1000000: at most 4096 pixels a side"),
+        ({"resize": 32, "crop": 64}, r"crop=\(64, 64\) is larger than resize=\(32,\)"),
+        ({"resize": (40, 30), "crop": (32, 32)}, r"crop=\(32, 32\) is larger than resize"),
+        ({"seed": True}, "seed=True: expected an int"),
         ({"resize": "big"}, "resize='big': expected an int or"),
         ({"resize": (1, 2, 3)}, r"resize=\(1, 2, 3\): expected an int or \(height, width\)"),
         ({"crop": (32, -1)}, "sizes must be positive"),
@@ -450,6 +456,14 @@ def test_explicit_preprocessing_wins():
 def test_bad_preprocessing_values(kwargs, match):
     with pytest.raises(ValueError, match=match):
         resolve_spec("resnet18", "none", **kwargs)
+
+
+def test_numpy_integers_are_integers():
+    plain = resolve_spec("resnet18", "none", seed=3, resize=(40, 48), crop=32)
+    numpy = resolve_spec(
+        "resnet18", "none", seed=np.int64(3), resize=np.array([40, 48]), crop=np.int32(32)
+    )
+    assert numpy == plain and type(numpy.seed) is int
 
 
 # ----------------------------------------------------------------------------- declared preprocessing
@@ -534,7 +548,7 @@ WHERE = r"tests\.tiny_nets:tiny_cnn\.preprocessing"
             WHERE + r" has unknown key\(s\) 'size', 'normalize'; accepted keys: resize, crop, "
             "mean, std, interpolation",
         ),
-        ({"resize": 0}, WHERE + r"\['resize'\]=\(0,\): sizes must be positive"),
+        ({"resize": 0}, WHERE + r"\['resize'\]=0: sizes must be positive"),
         ({"resize": "big"}, WHERE + r"\['resize'\]='big': expected an int or \(height, width\)"),
         ({"crop": (32, 32, 3)}, WHERE + r"\['crop'\]=\(32, 32, 3\): expected an int or"),
         ({"mean": (0.5, 0.5)}, WHERE + r"\['mean'\]=\(0.5, 0.5\): expected a float or three"),

@@ -518,3 +518,67 @@ def test_a_reloaded_or_edited_user_model_is_not_served_from_a_memo(tmp_path, mon
 def test_a_model_that_needs_arguments_is_refused_naming_it(tmp_path):
     with pytest.raises(ModelError, match=r"model='torch.nn:Linear' cannot be called without"):
         codes(tmp_path, model="torch.nn:Linear").fit(["a.png"])
+
+
+def test_warm_cache_takes_any_search_that_carries_a_grid(tmp_path, images, monkeypatch):
+    from scipy.stats import uniform
+    from sklearn.experimental import enable_halving_search_cv  # noqa: F401
+    from sklearn.model_selection import HalvingGridSearchCV, RandomizedSearchCV
+
+    pipe = Pipeline([("cnncodes", codes(tmp_path)), ("clf", LogisticRegression())])
+    grid = {"cnncodes__layer": ["features.3", "features.7"], "clf__C": [0.1, 1.0]}
+    spy = NetworkSpy(monkeypatch)
+    assert warm_cache(HalvingGridSearchCV(pipe, grid), images)["configurations"] == 2
+    random = RandomizedSearchCV(pipe, grid, n_iter=2)
+    assert warm_cache(random, images) == {
+        "runs": 1, "configurations": 2, "computed": 0, "cached": 12, "skipped": []
+    }  # fmt: skip
+    assert len(spy.calls) == 1
+    drawn = RandomizedSearchCV(pipe, {"clf__C": uniform(0, 1)}, n_iter=2)
+    with pytest.raises(ValueError, match="pass param_grid= with the CNNCodes settings"):
+        warm_cache(drawn, images)
+    assert warm_cache(drawn, images, {"cnncodes__layer": ["features.3"]})["cached"] == 12
+
+
+def test_numpy_values_in_a_grid_work_like_python_ones(tmp_path, images, labels):
+    pipe = Pipeline(
+        [("cnncodes", codes(tmp_path, batch_size=np.int32(5))), ("clf", LogisticRegression())]
+    )
+    grid = {"cnncodes__seed": np.arange(2), "cnncodes__num_workers": np.array([0])}
+    cv = StratifiedKFold(2)
+    search = GridSearchCV(pipe, grid, cv=cv, error_score="raise").fit(images, labels)
+    plain = GridSearchCV(pipe, {"cnncodes__seed": [0, 1]}, cv=cv).fit(images, labels)
+    np.testing.assert_array_equal(
+        search.cv_results_["mean_test_score"], plain.cv_results_["mean_test_score"]
+    )
+
+
+def test_an_iterator_is_refused_rather_than_used_up(tmp_path, images):
+    with pytest.raises(TypeError, match="X is a generator, which can be read only once"):
+        codes(tmp_path).fit_transform(p for p in images)
+    with pytest.raises(TypeError, match="X is a map, which can be read only once"):
+        codes(tmp_path).fit(map(str, images))
+
+
+def test_feature_names_out_checks_input_features(tmp_path, images):
+    est = codes(tmp_path).fit(images)
+    assert len(est.get_feature_names_out(["x0"])) == est.n_features_out_
+    with pytest.raises(ValueError, match="input_features should have length equal to"):
+        est.get_feature_names_out(["a", "b"])
+    named = codes(tmp_path).fit(pd.DataFrame({"path": images}))
+    with pytest.raises(ValueError, match="input_features is not equal to feature_names_in_"):
+        named.get_feature_names_out(["file"])
+
+
+def test_a_cache_that_cannot_be_written_fails_before_any_image_is_computed(
+    tmp_path, images, monkeypatch
+):
+    with pytest.raises(ValueError, match=r"cache_dir='': expected a folder path \('.'"):
+        codes(tmp_path, cache_dir="").fit(images)
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    spy = NetworkSpy(monkeypatch)
+    est = codes(tmp_path, cache_dir=str(blocker / "cache")).fit(images)
+    with pytest.raises(OSError, match=r"cannot write to the cache folder .*a_file.cache"):
+        est.transform(images)
+    assert spy.calls == []
