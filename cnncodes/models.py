@@ -963,8 +963,13 @@ def _resolve_layers(spec, layers):
                 f"layer={layer!r} is not a node of {model}.{hint} "
                 f"List them with cnncodes.list_layers({model!r}) or `cnncodes layers {model}`."
             )
-        if layer not in out:
-            out.append(layer)
+        if layer in out:
+            alias = f" ({PENULTIMATE!r} is {layer!r} here)" if PENULTIMATE in layers else ""
+            raise LayerError(
+                f"layer={list(layers)!r} names {layer!r} twice{alias}: each layer's codes "
+                "would be repeated; list every layer once"
+            )
+        out.append(layer)
     return out
 
 

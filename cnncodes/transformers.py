@@ -789,14 +789,13 @@ def warm_cache(estimator, X, param_grid=None):
     groups = {}
     for grid in _codes_grid(param_grid, prefix):
         for params in ParameterGrid(grid):
-            candidate = clone(step).set_params(**params)
-            layer = candidate.layer
-            layers = [layer] if isinstance(layer, str) else list(layer)
+            # Fitting resolves the layer names (aliases such as "penultimate"), reading no image.
+            candidate = clone(step).set_params(**params).fit(paths)
             others = candidate.get_params()
             others.pop("layer")
             key = repr(sorted(others.items()))
             entry = groups.setdefault(key, (others, []))
-            for name in layers:
+            for name in candidate.layers_:
                 if name not in entry[1]:
                     entry[1].append(name)
     summary = {"runs": 0, "configurations": 0, "computed": 0, "cached": 0, "skipped": None}

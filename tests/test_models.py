@@ -700,3 +700,10 @@ def test_untraceable_model_falls_back_to_hooks_and_stops_early(make_images):
     )
     for layer in ("flatten", "conv2"):
         np.testing.assert_allclose(dynamic.codes[layer], static.codes[layer], rtol=1e-6, atol=1e-6)
+
+
+def test_a_layer_named_twice_is_refused():
+    with pytest.raises(LayerError, match=r"names 'layer4' twice: each layer's codes"):
+        resolve_layers(resolve_spec("resnet18", "none"), ["layer4", "layer3", "layer4"])
+    with pytest.raises(LayerError, match=r"names 'flatten' twice \('penultimate' is 'flatten'"):
+        resolve_layers(resolve_spec("resnet18", "none"), ["penultimate", "flatten"])

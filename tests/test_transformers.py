@@ -534,6 +534,9 @@ def test_warm_cache_takes_any_search_that_carries_a_grid(tmp_path, images, monke
         "runs": 1, "configurations": 2, "computed": 0, "cached": 12, "skipped": []
     }  # fmt: skip
     assert len(spy.calls) == 1
+    # An alias and the name it stands for are one layer: one forward pass, no duplicate codes.
+    aliased = {"cnncodes__layer": ["penultimate", "flatten"]}
+    assert warm_cache(pipe, images, aliased)["configurations"] == 1
     drawn = RandomizedSearchCV(pipe, {"clf__C": uniform(0, 1)}, n_iter=2)
     with pytest.raises(ValueError, match="pass param_grid= with the CNNCodes settings"):
         warm_cache(drawn, images)
