@@ -295,16 +295,19 @@ class CodeStore:
             return None
         memo = _SHARD_INDEX.get(path)
         if memo is not None and memo[0] == (st.st_ino, st.st_size, st.st_mtime_ns):
-            return memo[1]
+            return memo[1]  # None for a shard already found bad (warned about once)
         try:
             f, st = self._open(path)
             with f:
-                keys = [k.decode() for k in f["keys"][:]]
+                key_array = f["keys"][:]
                 width = f["codes"].shape[1]
+                _verify(f, path, st, key_array)
+            keys = [k.decode() for k in key_array]
         except FileNotFoundError:
             return None
         except (OSError, ValueError, KeyError) as exc:
             warnings.warn(f"ignoring cache file {path}: {exc}", CacheWarning, stacklevel=3)
+            _SHARD_INDEX[path] = ((st.st_ino, st.st_size, st.st_mtime_ns), None)
             return None
         entry = (keys, width)
         _SHARD_INDEX[path] = ((st.st_ino, st.st_size, st.st_mtime_ns), entry)
@@ -552,6 +555,34 @@ def _checksum(keys, codes):
     digest = hashlib.sha256(np.ascontiguousarray(keys).tobytes())
     digest.update(np.ascontiguousarray(codes, dtype=np.float32).tobytes())
     return digest.hexdigest()
+
+
+#: Shards whose codes take at most this many bytes are checked against their checksum the first
+#: time this process lists them (a bit flip is ignored with a CacheWarning and recomputed, not
+#: served); larger ones only by ``cnncodes cache verify`` (reading them whole would cost more than
+#: the rows a call needs).
+_VERIFY_MAX_BYTES = 256 * 2**20
+
+
+def _verify(f, path, st, key_array):
+    """Check an open shard's checksum (small enough shards); hold its codes if they are small."""
+    dset = f["codes"]
+    nbytes = dset.shape[0] * dset.shape[1] * 4
+    if nbytes > _VERIFY_MAX_BYTES:
+        return
+    digest = hashlib.sha256(np.ascontiguousarray(key_array).tobytes())
+    if nbytes <= _HOLD_MAX_SHARD_BYTES:
+        codes = dset[...]
+        digest.update(codes.tobytes())
+    else:
+        codes = None
+        step = max(1, (16 * 2**20) // max(1, dset.shape[1] * 4))
+        for start in range(0, dset.shape[0], step):
+            digest.update(np.ascontiguousarray(dset[start : start + step]).tobytes())
+    if f.attrs.get("checksum") != digest.hexdigest():
+        raise ValueError("checksum mismatch: the file was altered after it was written")
+    if codes is not None:
+        _hold_codes(path, st, codes)  # read anyway: the next read of these codes needs no I/O
 
 
 def list_configs(root):

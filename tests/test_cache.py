@@ -12,6 +12,7 @@ import h5py
 import numpy as np
 import pytest
 
+import cnncodes.cache
 from cnncodes.cache import (
     DEFAULT_CACHE_DIR,
     CacheWarning,
@@ -217,8 +218,8 @@ def test_foreign_hdf5_file_is_ignored_with_a_warning(store):
     with pytest.warns(CacheWarning, match=r"ignoring cache file .*foreign\.h5: unexpected members"):
         index = store.index()
     assert set(index) == set(_keys(2))
-    with pytest.warns(CacheWarning):
-        np.testing.assert_array_equal(store.read(_keys(2)), _codes(2))
+    # Said once per process and file (a grid search lists the shards for every fold).
+    np.testing.assert_array_equal(store.read(_keys(2)), _codes(2))
 
 
 @pytest.mark.parametrize(
@@ -315,6 +316,43 @@ def test_check_shards_detects_a_tampered_byte(store):
     report = dict(store.check_shards())
     assert "checksum mismatch" in report[path]
     assert report[good] is None
+
+
+def _flip_a_bit(path, codes):
+    data = bytearray(open(path, "rb").read())
+    at = bytes(data).find(codes.tobytes())
+    assert at > 0
+    data[at + 5] ^= 0x01
+    with open(path, "r+b") as f:
+        f.write(data)
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+def test_a_tampered_shard_is_never_served(store, monkeypatch, streamed):
+    if streamed:  # larger than the shards held in memory: hashed in runs of rows
+        monkeypatch.setattr(cnncodes.cache, "_HOLD_MAX_SHARD_BYTES", 8)
+    codes = _codes(3)
+    path = store.write(_keys(3), codes)
+    good = store.write(_keys(1, start=3), _codes(1))
+    _flip_a_bit(path, codes)
+    cnncodes.cache._SHARD_INDEX.clear()
+    cnncodes.cache._SHARD_CODES.clear()
+    with pytest.warns(CacheWarning, match=r"ignoring cache file .*checksum mismatch"):
+        index = store.index()
+    assert sorted(index) == _keys(1, start=3)  # the altered rows are missing: computed again
+    np.testing.assert_array_equal(store.read(_keys(1, start=3)), _codes(1))
+    assert good in {p for p, _ in index.values()}
+
+
+def test_shards_too_large_to_check_on_every_listing_are_left_to_cache_verify(store, monkeypatch):
+    monkeypatch.setattr(cnncodes.cache, "_VERIFY_MAX_BYTES", 8)
+    codes = _codes(3)
+    path = store.write(_keys(3), codes)
+    _flip_a_bit(path, codes)
+    cnncodes.cache._SHARD_INDEX.clear()
+    cnncodes.cache._SHARD_CODES.clear()
+    assert sorted(store.index()) == _keys(3)
+    assert "checksum mismatch" in dict(store.check_shards())[path]
 
 
 def test_temporary_files_are_not_shards(store):

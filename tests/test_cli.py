@@ -316,7 +316,9 @@ def test_cache_verify_confirms_then_detects_tampering(capsys, data, cache):
         f["codes"][0, 0] += 1.0
     code, out, _ = run(capsys, *argv, "--sample", "6")
     assert code == 1
-    assert "checksum mismatch" in out and "MISMATCH (1 differ" in out
+    assert "checksum mismatch" in out and "1 BAD shard(s)" in out
+    # The altered shard serves nothing: its rows are gone from the cache (computed again on use).
+    assert "0 rows" in out and "none of the DATA images is stored here" in out
 
 
 def test_cache_verify_recomputes_wrong_codes(capsys, data, cache):
