@@ -804,10 +804,15 @@ def resolve_spec(
     if weights_id is None:
         # The callable decides its own weights: identify them by content (exact, built once).
         weights_id = f"state-sha256:{_built_state_id(model, seed)}"
+    declared, declared_by = _declared_preprocessing(model), model
+    own = getattr(meta, "preprocessing", None)
+    if declared is None and isinstance(own, Mapping) and _is_callable_name(model):
+        # Declared on the network the callable returns (a submodule of that name is not this).
+        declared, declared_by = own, f"{model}()"
     pre = resolve_preprocessing(
         enum,
-        declared=_declared_preprocessing(model),
-        declared_by=model,
+        declared=declared,
+        declared_by=declared_by,
         resize=resize,
         crop=crop,
         mean=mean,

@@ -604,7 +604,7 @@ def test_penultimate_is_the_input_of_the_last_linear(model, expected):
 
 
 def test_module_names_are_layers(tiny_spec):
-    assert resolve_layers(tiny_spec, ["layer3", "layer1.0", "layer3"]) == ["layer3", "layer1.0"]
+    assert resolve_layers(tiny_spec, ["layer3", "layer1.0"]) == ["layer3", "layer1.0"]
     assert layer_shapes(tiny_spec, ["layer3", "layer1.0", "avgpool"]) == {
         "layer3": (256, 2, 2),
         "layer1.0": (64, 8, 8),
@@ -707,3 +707,12 @@ def test_a_layer_named_twice_is_refused():
         resolve_layers(resolve_spec("resnet18", "none"), ["layer4", "layer3", "layer4"])
     with pytest.raises(LayerError, match=r"names 'flatten' twice \('penultimate' is 'flatten'"):
         resolve_layers(resolve_spec("resnet18", "none"), ["penultimate", "flatten"])
+
+
+def test_the_network_a_callable_returns_can_declare_preprocessing():
+    pre = resolve_spec("tests.tiny_nets:self_declaring_cnn").preprocessing
+    assert (pre.resize, pre.crop, pre.mean, pre.std) == ((40,), (32, 32), (0.5,) * 3, (0.5,) * 3)
+    assert resolve_spec("tests.tiny_nets:self_declaring_cnn", crop=24).preprocessing.crop == (24, 24)
+    # A submodule called "preprocessing" declares nothing.
+    pre = resolve_spec("tests.tiny_nets:cnn_with_a_preprocessing_module").preprocessing
+    assert pre.crop == (224, 224)

@@ -48,3 +48,17 @@ def dynamic_cnn():
 def not_a_module():
     """A callable that builds something other than an ``nn.Module``."""
     return torch.zeros(3)
+
+
+def self_declaring_cnn():
+    """A :class:`TinyCNN` whose instance declares its input (not the function)."""
+    net = TinyCNN()
+    net.preprocessing = {"resize": 40, "crop": 32, "mean": 0.5, "std": 0.5}
+    return net
+
+
+def cnn_with_a_preprocessing_module():
+    """A :class:`TinyCNN` with a submodule that happens to be called ``preprocessing``."""
+    net = TinyCNN()
+    net.preprocessing = torch.nn.Identity()
+    return net
