@@ -11,10 +11,16 @@ the file itself is not saved, and is re-verified whenever codes are made or read
 
 from __future__ import annotations
 
+import gzip
+import lzma
 import os
+import pickle
+import struct
 import tempfile
+import zipfile
+import zlib
 
-__all__ = ["FORMATS", "PROJECT_TYPES", "UntrustedTypesError", "load", "save"]
+__all__ = ["FORMATS", "PROJECT_TYPES", "ModelFileError", "UntrustedTypesError", "load", "save"]
 
 FORMATS = (".joblib", ".skops")
 
@@ -43,6 +49,49 @@ class UntrustedTypesError(ValueError):
             "run arbitrary code. If you trust this file, pass them explicitly: "
             f"load({os.fspath(path)!r}, trusted={self.types!r})"
         )
+
+
+class ModelFileError(ValueError):
+    """A model file that cannot be read: corrupt, truncated, or not written by :func:`save`."""
+
+
+# What joblib, pickle, zipfile and skops raise for damaged bytes: a truncated pickle (EOF, frame
+# exhausted, short array data), junk (unknown opcodes, memo misses), a broken zip (bad central
+# directory, CRC, missing member). Errors that are clear as they are stay unwrapped: OSError (cannot
+# read), ImportError and AttributeError (code the file refers to is missing), MemoryError.
+_DAMAGED = (
+    pickle.UnpicklingError,
+    EOFError,
+    struct.error,
+    IndexError,
+    KeyError,
+    ValueError,
+    NotImplementedError,  # zipfile: a damaged header naming an unknown compression method
+    zipfile.BadZipFile,
+    zlib.error,
+    lzma.LZMAError,
+    gzip.BadGzipFile,
+)
+
+
+def _damaged(path, exc):
+    """The :class:`ModelFileError` for a file whose reader failed with ``exc``."""
+    if os.path.getsize(path) == 0:
+        reason = "the file is empty"
+    elif str(exc):
+        reason = f"{type(exc).__name__}: {exc}"
+    elif isinstance(exc, EOFError):
+        reason = "EOFError: the data ends early"
+    else:
+        reason = type(exc).__name__
+    return ModelFileError(
+        f"{os.fspath(path)}: not a readable cnncodes model file (corrupt or truncated: {reason})"
+    )
+
+
+def _is_damage(exc):
+    """Whether ``exc`` means damaged bytes (the project's own errors are explicit already)."""
+    return isinstance(exc, _DAMAGED) and not type(exc).__module__.startswith("cnncodes.")
 
 
 def _format(path):
@@ -130,6 +179,8 @@ def load(path, trusted=None):
     ------
     UntrustedTypesError
         A ``.skops`` file holds other types (they are listed; nothing was loaded).
+    ModelFileError
+        The file is corrupt or truncated (the message gives the reader's own reason).
 
     Warnings
     --------
@@ -152,12 +203,27 @@ def load(path, trusted=None):
             )
         import joblib
 
-        return joblib.load(path)
+        try:
+            return joblib.load(path)
+        except Exception as exc:
+            if _is_damage(exc):
+                raise _damaged(path, exc) from exc
+            raise
     import skops.io
 
     allowed = set(PROJECT_TYPES) | {_type_name(t) for t in (trusted or ())}
-    untrusted = skops.io.get_untrusted_types(file=path)
+    try:
+        untrusted = skops.io.get_untrusted_types(file=path)
+    except Exception as exc:
+        if _is_damage(exc):
+            raise _damaged(path, exc) from exc
+        raise
     refused = sorted(t for t in untrusted if t not in allowed)
     if refused:
         raise UntrustedTypesError(path, refused)
-    return skops.io.load(path, trusted=list(untrusted))
+    try:
+        return skops.io.load(path, trusted=list(untrusted))
+    except Exception as exc:
+        if _is_damage(exc):
+            raise _damaged(path, exc) from exc
+        raise

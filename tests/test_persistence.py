@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
+import zipfile
 
 import numpy as np
 import pytest
@@ -20,7 +22,13 @@ from sklearn.preprocessing import StandardScaler
 import pipelines
 from cnncodes.demo_data import digits_net
 from cnncodes.models import WeightsError, file_sha256
-from cnncodes.persistence import PROJECT_TYPES, UntrustedTypesError, load, save
+from cnncodes.persistence import (
+    PROJECT_TYPES,
+    ModelFileError,
+    UntrustedTypesError,
+    load,
+    save,
+)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -176,3 +184,79 @@ def test_bad_paths_and_options(fitted, tmp_path):
         load(tmp_path / "m.joblib", trusted=["x.Y"])
     with pytest.raises(ValueError, match="unknown file type"):
         load(tmp_path / "m")
+
+
+# ----------------------------------------------------------------------------- damaged files
+
+DAMAGED = r"{}: not a readable cnncodes model file \(corrupt or truncated: {}\)$"
+
+
+def _damaged(path):
+    return DAMAGED.format(re.escape(str(path)), "{}")
+
+
+def test_truncated_or_junk_skops_is_a_clear_error(fitted, tmp_path):
+    pipe, _, _ = fitted
+    data = (tmp_path / save(pipe, tmp_path / "m.skops")).read_bytes()
+    bad = tmp_path / "bad.skops"
+    not_zip = _damaged(bad).format("BadZipFile: File is not a zip file")
+    bad.write_bytes(data[:5000])
+    with pytest.raises(ModelFileError, match=not_zip) as e:
+        load(bad)
+    assert isinstance(e.value, ValueError)
+    bad.write_bytes(b"hello world junk")
+    with pytest.raises(ModelFileError, match=not_zip):
+        load(bad)
+    with zipfile.ZipFile(bad, "w") as z:  # a zip, but not one skops wrote
+        z.writestr("x.txt", "hi")
+    with pytest.raises(ModelFileError, match=_damaged(bad).format("KeyError: .*schema\\.json.*")):
+        load(bad)
+
+
+def test_truncated_or_junk_joblib_is_a_clear_error(fitted, tmp_path):
+    pipe, _, _ = fitted
+    data = (tmp_path / save(pipe, tmp_path / "m.joblib")).read_bytes()
+    bad = tmp_path / "bad.joblib"
+    assert len(data) > 1000
+    for cut in (15, len(data) // 3, len(data) // 2, len(data) - 1):
+        bad.write_bytes(data[:cut])
+        with pytest.raises(ModelFileError, match=_damaged(bad).format(".+")):
+            load(bad)
+    bad.write_bytes(b"hello world junk")
+    with pytest.raises(ModelFileError, match=_damaged(bad).format("UnpicklingError: Memo value.*")):
+        load(bad)
+    bad.write_bytes(b"")
+    with pytest.raises(ModelFileError, match=_damaged(bad).format("the file is empty")):
+        load(bad)
+
+
+def test_clear_errors_are_not_wrapped(tmp_path):
+    with pytest.raises(ValueError, match=r"model file not found") as e:
+        load(tmp_path / "absent.joblib")
+    assert not isinstance(e.value, ModelFileError)
+    needs_code = tmp_path / "code.joblib"  # a pickle of a class whose module is not installed
+    needs_code.write_bytes(b"cno_such_module_for_cnncodes_tests\nThing\n.")
+    with pytest.raises(ModuleNotFoundError, match="no_such_module_for_cnncodes_tests"):
+        load(needs_code)
+    risky = Pipeline([("shift", Shift()), ("clf", LogisticRegression())])
+    risky.fit(np.arange(8.0).reshape(4, 2), [0, 1, 0, 1])
+    save(risky, tmp_path / "risky.skops")
+    with pytest.raises(UntrustedTypesError):
+        load(tmp_path / "risky.skops")
+
+
+@pytest.mark.parametrize("suffix", [".joblib", ".skops"])
+def test_cli_predict_with_a_damaged_model_exits_2(fitted, tmp_path, capsys, suffix):
+    from cnncodes import cli
+
+    pipe, paths, _ = fitted
+    data = (tmp_path / save(pipe, tmp_path / f"m{suffix}")).read_bytes()
+    bad = tmp_path / f"bad{suffix}"
+    bad.write_bytes(data[: len(data) // 2])
+    code = cli.main(["predict", str(bad), paths[0]])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(lines) == 1
+    assert lines[0].startswith(
+        f"cnncodes: error: {bad}: not a readable cnncodes model file (corrupt or truncated: "
+    )
