@@ -6,9 +6,12 @@ Three sources, one result (:class:`ImageDataset`: absolute paths, optional label
   (:data:`IMAGE_EXTENSIONS`, case-insensitive) are the images, and the names of the folder's
   first-level sub-folders are their class labels (``root/<label>/.../<image>``). A folder holding
   only images, with no class sub-folders, gives an unlabelled dataset. Hidden files and folders
-  (names starting with ``.``) are skipped; the order is sorted and deterministic.
+  (names starting with ``.``) are skipped; the order is sorted and deterministic. A class folder
+  holding no images is left out with a :class:`DatasetWarning`.
 - a **CSV manifest** (``*.csv``) with a ``path`` column and optionally a ``label`` column; relative
-  paths are resolved against the manifest's folder.
+  paths are resolved against the manifest's folder. Every row has one value per header column
+  (quote values that contain commas), and every listed file must exist: a manifest's mistakes are
+  reported with its line number when it is read, not when the images are decoded.
 - an explicit list of image files (:func:`load_files`).
 
 Paths from a folder or a manifest must resolve (symbolic links followed) to a location inside the
@@ -21,12 +24,14 @@ from __future__ import annotations
 
 import csv
 import os
+import warnings
 from collections import Counter
 from dataclasses import dataclass
 
 __all__ = [
     "IMAGE_EXTENSIONS",
     "DatasetError",
+    "DatasetWarning",
     "ImageDataset",
     "load_dataset",
     "load_files",
@@ -50,6 +55,10 @@ _KINDS = ("folder", "manifest", "files")
 
 class DatasetError(ValueError):
     """A dataset source that cannot be read: missing, empty, malformed, or escaping its root."""
+
+
+class DatasetWarning(UserWarning):
+    """Something left out of a dataset that is still usable, e.g. a class folder without images."""
 
 
 @dataclass(frozen=True)
@@ -141,7 +150,12 @@ def load_dataset(source, *, allow_outside_root=False):
     ------
     DatasetError
         The source does not exist, holds no images, is malformed (the message names the file
-        and, for a manifest, the line), or points outside its root.
+        and, for a manifest, the line), lists files that do not exist, or points outside its root.
+
+    Warns
+    -----
+    DatasetWarning
+        A class folder holds no images (it is left out).
 
     Examples
     --------
@@ -173,7 +187,8 @@ def _load_folder(source, allow_outside_root):
     root = os.path.abspath(source)
     real_root = os.path.realpath(root)
     found = []  # (path, first-level sub-folder name or None)
-    _walk(root, None, real_root, {real_root}, allow_outside_root, found)
+    folders = []  # first-level sub-folders read
+    _walk(root, None, real_root, {real_root}, allow_outside_root, found, folders)
     if not found:
         raise _no_images_error(root)
     loose = [path for path, label in found if label is None]
@@ -187,10 +202,18 @@ def _load_folder(source, allow_outside_root):
         )
     paths = [path for path, _ in found]
     labels = None if loose else [label for _, label in found]
+    if labels is not None:
+        for name in sorted(set(folders) - set(labels)):
+            warnings.warn(
+                f"{_display(root)}: class folder {_display(name)!r} holds no images: left out "
+                "(no file in it has an image extension; hidden files are skipped)",
+                DatasetWarning,
+                stacklevel=3,
+            )
     return ImageDataset(paths, labels, root, "folder")
 
 
-def _walk(folder, label, real_root, visited, allow_outside_root, found):
+def _walk(folder, label, real_root, visited, allow_outside_root, found, folders):
     """Depth-first, sorted; follows symbolic links that stay inside the root (or any, if allowed)."""
     try:
         entries = sorted(os.scandir(folder), key=lambda e: e.name)
@@ -218,6 +241,8 @@ def _walk(folder, label, real_root, visited, allow_outside_root, found):
             real = os.path.realpath(path)
             if real in visited:  # a link back to a folder already read: a cycle or a duplicate
                 continue
+            if label is None:
+                folders.append(entry.name)
             _walk(
                 path,
                 entry.name if label is None else label,
@@ -225,6 +250,7 @@ def _walk(folder, label, real_root, visited, allow_outside_root, found):
                 visited | {real},
                 allow_outside_root,
                 found,
+                folders,
             )
         elif _is_image_name(entry.name):
             found.append((path, label))
@@ -239,6 +265,7 @@ def _load_manifest(source, allow_outside_root):
     real_root = os.path.realpath(root)
     name = _display(manifest)
     paths, labels = [], []
+    missing = []  # (line, cell, path): reported together, after the rest of the manifest is checked
     try:
         with open(manifest, encoding="utf-8-sig", newline="") as f:
             reader = csv.reader(f)
@@ -253,17 +280,25 @@ def _load_manifest(source, allow_outside_root):
                 )
             path_col = columns.index("path")
             label_col = columns.index("label") if "label" in columns else None
+            end = reader.line_num
             for row in reader:
-                line = reader.line_num
+                line, end = end + 1, reader.line_num  # first line (a quoted value may span more)
                 if not row or all(not cell.strip() for cell in row):
                     continue  # blank line
-                cell = row[path_col].strip() if path_col < len(row) else ""
+                _check_width(row, header, name, line)
+                cell = row[path_col].strip()
                 if not cell:
                     raise DatasetError(f"{name}, line {line}: empty 'path'")
                 path = _resolve_manifest_path(cell, root, real_root, allow_outside_root, name, line)
+                if os.path.isdir(path):
+                    raise DatasetError(
+                        f"{name}, line {line}: path {cell!r} is a folder; list image files"
+                    )
+                if not os.path.exists(path):
+                    missing.append((line, cell, path))
                 paths.append(path)
                 if label_col is not None:
-                    label = row[label_col].strip() if label_col < len(row) else ""
+                    label = row[label_col].strip()
                     if not label:
                         raise DatasetError(f"{name}, line {line}: empty 'label' for {cell!r}")
                     labels.append(label)
@@ -273,9 +308,38 @@ def _load_manifest(source, allow_outside_root):
         raise DatasetError(f"{name}: malformed CSV ({exc})") from None
     except OSError as exc:
         raise DatasetError(f"{name}: cannot read ({exc.strerror or exc})") from None
+    if missing:
+        raise _missing_error(name, missing, len(paths))
     if not paths:
         raise DatasetError(f"{name}: the manifest lists no images (only a header row)")
     return ImageDataset(paths, labels if label_col is not None else None, root, "manifest")
+
+
+def _check_width(row, header, name, line):
+    """Refuse a row whose number of values differs from the header's (values would be misread)."""
+    if len(row) == len(header):
+        return
+    n = len(row)
+    fields = f"{n} field{'s' if n != 1 else ''} but the header has {len(header)}"
+    if n > len(header):
+        raise DatasetError(f"{name}, line {line}: {fields}; quote values that contain commas")
+    raise DatasetError(f"{name}, line {line}: {fields}; give a value for every column")
+
+
+def _missing_error(name, missing, total):
+    """The error for manifest entries whose files do not exist: the first, and others' lines."""
+    line, cell, path = missing[0]
+    message = f"{name}, line {line}: file not found: {cell!r}"
+    if cell != path:
+        message += f" (resolved to {_display(path)})"
+    rest = len(missing) - 1
+    if rest:
+        lines = ", ".join(str(m[0]) for m in missing[1:6]) + (", ..." if rest > 5 else "")
+        message += (
+            f"; {rest} more of the {total} listed files {'are' if rest > 1 else 'is'} missing "
+            f"(line{'s' if rest > 1 else ''} {lines})"
+        )
+    return DatasetError(message)
 
 
 def _resolve_manifest_path(cell, root, real_root, allow_outside_root, name, line):

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
+import warnings
 
 import pytest
 
-from cnncodes.datasets import DatasetError, ImageDataset, load_dataset, load_files
+from cnncodes.datasets import DatasetError, DatasetWarning, ImageDataset, load_dataset, load_files
 
 
 def touch(path, data=b"x"):
@@ -66,7 +67,9 @@ def test_folder_of_loose_images_is_unlabelled(tmp_path):
     touch(tmp_path / "b.png")
     touch(tmp_path / "a.webp")
     (tmp_path / "empty").mkdir()  # a sub-folder without images does not make classes
-    ds = load_dataset(tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DatasetWarning)  # and is no class left out
+        ds = load_dataset(tmp_path)
     assert ds.labels is None
     assert [os.path.basename(p) for p in ds.paths] == ["a.webp", "b.png"]
     assert ds.classes == [] and ds.counts() == {}
@@ -79,6 +82,30 @@ def test_loose_images_beside_class_folders_are_an_error_naming_one(tmp_path):
         DatasetError, match=r"both directly inside it \(e\.g\. 'stray\.jpg'\).*cats"
     ):
         load_dataset(tmp_path)
+
+
+def test_class_folder_without_images_is_left_out_with_a_warning(tmp_path):
+    touch(tmp_path / "ants" / "a.png")
+    touch(tmp_path / "bees" / "b.png")
+    (tmp_path / "wasps").mkdir()
+    touch(tmp_path / "moths" / "notes.txt")
+    touch(tmp_path / "flies" / ".hidden.png")
+    with pytest.warns(DatasetWarning) as record:
+        ds = load_dataset(tmp_path)
+    assert ds.classes == ["ants", "bees"]
+    messages = [str(w.message) for w in record]
+    assert len(messages) == 3
+    for name, message in zip(["flies", "moths", "wasps"], messages, strict=True):
+        assert message.startswith(f"{tmp_path}: class folder '{name}' holds no images: left out")
+    assert record[0].filename == __file__  # points at the caller of load_dataset
+
+
+def test_class_folders_with_images_warn_nothing(tmp_path):
+    touch(tmp_path / "ants" / "deep" / "a.png")
+    touch(tmp_path / "bees" / "b.png")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DatasetWarning)
+        assert load_dataset(tmp_path).classes == ["ants", "bees"]
 
 
 def test_hidden_files_and_folders_are_skipped(tmp_path):
@@ -170,6 +197,8 @@ def test_manifest_with_labels_resolves_relative_paths(tmp_path):
 
 
 def test_manifest_without_label_column_and_extra_columns(tmp_path):
+    touch(tmp_path / "a b.png")
+    touch(tmp_path / "c,d.png")
     manifest = write_csv(tmp_path / "m.CSV", 'id,Path \n7,a b.png\n8,"c,d.png"\n')
     ds = load_dataset(manifest)
     assert ds.labels is None
@@ -177,6 +206,7 @@ def test_manifest_without_label_column_and_extra_columns(tmp_path):
 
 
 def test_manifest_with_utf8_bom_and_crlf(tmp_path):
+    touch(tmp_path / "x.png")
     manifest = write_csv(tmp_path / "m.csv", "path,label\r\nx.png,é\r\n", bom=True)
     ds = load_dataset(manifest)
     assert ds.paths == [str(tmp_path / "x.png")]
@@ -187,6 +217,7 @@ def test_manifest_parent_escape_is_refused_with_line_number(tmp_path):
     folder = tmp_path / "m"
     folder.mkdir()
     touch(tmp_path / "outside.png")
+    touch(folder / "ok.png")
     manifest = write_csv(folder / "m.csv", "path,label\nok.png,a\n../outside.png,b\n")
     with pytest.raises(DatasetError, match=r"m\.csv, line 3: path '\.\./outside\.png' resolves to"):
         load_dataset(manifest)
@@ -217,6 +248,7 @@ def test_manifest_symlink_escape_is_refused(tmp_path):
 
 
 def test_manifest_dotdot_that_stays_inside_is_fine(tmp_path):
+    touch(tmp_path / "b.png")
     manifest = write_csv(tmp_path / "m.csv", "path\na/../b.png\n")
     assert load_dataset(manifest).paths == [str(tmp_path / "b.png")]
 
@@ -228,13 +260,53 @@ def test_manifest_dotdot_that_stays_inside_is_fine(tmp_path):
         ("file,label\nx.png,a\n", r"m\.csv, line 1: no 'path' column \(columns: 'file', 'label'\)"),
         ("path,label\n", r"m\.csv: the manifest lists no images"),
         ("path,label\nx.png,a\n,b\n", r"m\.csv, line 3: empty 'path'"),
-        ("label,path\na,x.png\nb\n", r"m\.csv, line 3: empty 'path'"),
+        ("label,path\na,x.png\nb\n", r"m\.csv, line 3: 1 field but the header has 2; give a"),
+        (
+            "path,label\nimg/x.jpg,ant, red\n",
+            r"m\.csv, line 2: 3 fields but the header has 2; quote values that contain commas",
+        ),
+        ("path\nx.png\n\ny.png,z\n", r"m\.csv, line 4: 2 fields but the header has 1; quote"),
+        ('path,label\n"a\nb.png",x\nc.png\n', r"m\.csv, line 4: 1 field but"),  # line 2 spans 2
+        ("path,label\nx.png,a,\n", r"m\.csv, line 2: 3 fields but the header has 2"),
+        ("id,path,label\n1,x.png\n", r"m\.csv, line 2: 2 fields but the header has 3"),
         ("path,label\nx.png,a\ny.png,\n", r"m\.csv, line 3: empty 'label' for 'y\.png'"),
     ],
 )
 def test_malformed_manifests_name_file_and_line(tmp_path, text, message):
     manifest = write_csv(tmp_path / "m.csv", text)
     with pytest.raises(DatasetError, match=message):
+        load_dataset(manifest)
+
+
+def test_manifest_quoted_commas_are_one_value(tmp_path):
+    touch(tmp_path / "img" / "x.jpg")
+    manifest = write_csv(tmp_path / "m.csv", 'path,label\nimg/x.jpg,"ant, red"\n')
+    assert load_dataset(manifest).labels == ["ant, red"]
+
+
+def test_manifest_files_must_exist_and_missing_ones_are_named_with_lines(tmp_path):
+    touch(tmp_path / "img" / "here.png")
+    manifest = write_csv(
+        tmp_path / "m.csv", "path,label\nimg/here.png,a\n\nimg/gone.png,b\nimg/lost.png,a\n"
+    )
+    with pytest.raises(
+        DatasetError,
+        match=r"m\.csv, line 4: file not found: 'img/gone\.png' \(resolved to .*img/gone\.png\); "
+        r"1 more of the 3 listed files is missing \(line 5\)$",
+    ):
+        load_dataset(manifest)
+    many = "".join(f"n{i}.png\n" for i in range(8))
+    with pytest.raises(
+        DatasetError,
+        match=r"line 2: .*'n0\.png' .*; 7 more of the 8 .* \(lines 3, 4, 5, 6, 7, \.\.\.\)$",
+    ):
+        load_dataset(write_csv(tmp_path / "many.csv", "path\n" + many))
+
+
+def test_manifest_entry_that_is_a_folder_is_refused(tmp_path):
+    (tmp_path / "img").mkdir()
+    manifest = write_csv(tmp_path / "m.csv", "path\nimg\n")
+    with pytest.raises(DatasetError, match=r"m\.csv, line 2: path 'img' is a folder"):
         load_dataset(manifest)
 
 
