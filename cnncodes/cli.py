@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import difflib
 import json
 import os
 import random
@@ -1034,23 +1035,28 @@ def add_fit_parser(subparsers):
     )
     evaluation.add_argument(
         "--cv",
-        type=_positive_int,
+        type=_at_least_two,
         default=5,
         metavar="K",
         help="cross-validation folds, lowered to the smallest class (default: %(default)s)",
     )
     evaluation.add_argument(
         "--scoring",
+        type=_scoring,
         default=None,
         metavar="S",
         help="the search's score: accuracy (default), balanced_accuracy, f1_macro, ...",
     )
     evaluation.add_argument(
-        "--n-jobs", type=int, default=None, metavar="N", help="parallel fits of the search"
+        "--n-jobs",
+        type=_n_jobs,
+        default=None,
+        metavar="N",
+        help="parallel fits of the search (-1: one per CPU)",
     )
     evaluation.add_argument(
         "--random-state",
-        type=int,
+        type=_seed,
         default=0,
         metavar="N",
         help="seed of the test split and the folds (default: %(default)s)",
@@ -1066,6 +1072,40 @@ def add_fit_parser(subparsers):
         help="write metrics.json, cv_results.csv, plots and config.json into DIR",
     )
     parser.set_defaults(run=run_fit)
+
+
+def _scoring(text):
+    from sklearn.metrics import get_scorer_names
+
+    names = get_scorer_names()
+    if text not in names:
+        close = difflib.get_close_matches(text, names, n=4, cutoff=0.5)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a scikit-learn scorer{hint} (e.g. accuracy, balanced_accuracy, "
+            "f1_macro; all: sklearn.metrics.get_scorer_names())"
+        )
+    return text
+
+
+def _n_jobs(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value == 0 or value < -1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a positive integer, or -1 for all CPUs")
+    return value
+
+
+def _seed(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected an integer from 0 to 2**32 - 1")
+    return value
 
 
 def _fraction(text):
@@ -1340,6 +1380,14 @@ def run_predict(args):
     estimator.set_params(**{f"{prefix}{k}": v for k, v in runtime.items()})
     paths, labels = _predict_inputs(args)
     output.note(f"{len(paths)} image(s) to predict with {_display(args.model_file)}")
+    if labels is not None:
+        known = {str(c) for c in estimator.classes_}
+        unseen = sorted({str(label) for label in labels} - known)
+        if unseen:
+            output.note(
+                f"warning: class(es) the model never learned: {', '.join(unseen)} (it knows "
+                f"{', '.join(sorted(known))}); their images can only be predicted wrong"
+            )
     table = predict_images(
         estimator, paths, labels=labels, proba=args.proba, on_error=args.on_error
     )

@@ -254,11 +254,24 @@ def _split(paths, labels, test_size, seed):
             "images, too few to hold one out and still cross-validate; add images or give a "
             "separate test set"
         )
+
+    def too_few(n_train):
+        return ValueError(
+            f"test_size={test_size}: leaves {n_train} training image(s) for {len(classes)} "
+            "classes, fewer than 2 of some class; cross-validation needs at least 2 of each: "
+            "hold out a smaller fraction"
+        )
+
+    if len(paths) - n_test < 2 * len(classes):
+        raise too_few(len(paths) - n_test)
     idx = np.arange(len(paths))
     train_idx, test_idx = train_test_split(
         idx, test_size=test_size, stratify=labels, random_state=seed
     )
     train_idx, test_idx = np.sort(train_idx), np.sort(test_idx)
+    left, left_counts = np.unique(labels[train_idx], return_counts=True)
+    if len(left) < len(classes) or left_counts.min() < 2:
+        raise too_few(len(train_idx))
     return (
         [paths[i] for i in train_idx],
         labels[train_idx].tolist(),
@@ -407,6 +420,12 @@ def run_experiment(
     paths = [os.fspath(p) for p in paths]
     _check_labelled(paths, labels, "training data")
     labels = [str(label) for label in labels]
+    if len(set(labels)) < 2:
+        found = f"only the class {labels[0]!r}" if labels else "no images"
+        raise ValueError(
+            f"training data: {found}; a classifier needs at least two classes (two class "
+            "sub-folders, or two labels in the manifest)"
+        )
     recipe_module = pipelines.get(recipe) if isinstance(recipe, (str, os.PathLike)) else recipe
     recipe_name = os.fspath(recipe) if isinstance(recipe, (str, os.PathLike)) else recipe.__name__
 

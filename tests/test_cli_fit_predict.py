@@ -147,7 +147,7 @@ def test_fit_skips_unreadable_images_only_when_asked(capsys, photos):
         (["--test-size", "1.5"], ["--test-size", "between 0 and 1"]),
         (["--test-size", "0.2", "--test", "x"], ["not allowed with argument"]),
         (["--layer", "no_such_layer"], ["no_such_layer"]),
-        (["--pipeline", "linear_probe", "--cv", "0"], ["--cv", "positive integer"]),
+        (["--pipeline", "linear_probe", "--cv", "0"], ["--cv", "an integer >= 2"]),
     ],
 )
 def test_fit_usage_errors(capsys, photos, argv, fragments):
@@ -196,3 +196,37 @@ def test_predict_errors(capsys, photos, tmp_path):
     code, out, err = run(capsys, "predict", model, good, "--out", photos / "p.txt")
     assert code == 2
     assert_one_line_error(err, "--out", ".csv")
+
+
+def test_predict_warns_about_classes_the_model_never_learned(capsys, photos):
+    code, out, err = fit(capsys, photos, "--pipeline", "linear_svm", "--cv", "2",
+                         "--out", photos / "svm.joblib")  # fmt: skip
+    assert code == 0, err
+    write_classes(str(photos / "other"), per_class=2, classes=("bright", "grey"))
+    code, out, err = run(capsys, "predict", photos / "svm.joblib", photos / "other",
+                         "--cache-dir", photos / "cache", "--workers", "0")  # fmt: skip
+    assert code == 0, err
+    assert "class(es) the model never learned: grey (it knows bright, dark)" in err
+
+
+@pytest.mark.parametrize(
+    "option, match",
+    [
+        (["--cv", "1"], "argument --cv: '1': expected an integer >= 2"),
+        (["--n-jobs", "0"], "argument --n-jobs: '0': expected a positive integer, or -1"),
+        (["--random-state", "-1"], "argument --random-state: '-1': expected an integer from 0"),
+        (["--scoring", "acuracy"], "'acuracy' is not a scikit-learn scorer; did you mean accuracy"),
+        (["--test-size", "0.9"], "test_size=0.9: leaves 1 training image(s) for 2 classes"),
+    ],
+)
+def test_fit_options_are_checked_naming_the_option(capsys, photos, option, match):
+    code, out, err = fit(capsys, photos, "--pipeline", "linear_svm", *option)
+    assert code == 2
+    assert match in err and "Traceback" not in err
+
+
+def test_fit_on_a_single_class_names_the_problem(capsys, photos, tmp_path):
+    write_classes(str(tmp_path / "one"), per_class=4, classes=("bright",))
+    code, out, err = run(capsys, "fit", tmp_path / "one", *MODEL, "--cache-dir", tmp_path / "c")
+    assert code == 2
+    assert_one_line_error(err, "only the class 'bright'", "at least two classes")
