@@ -1,7 +1,7 @@
 """cnncodes: CNN codes from frozen pretrained networks, cached, for scikit-learn."""
 
 from .cache import CodeStore, list_configs, resolve_cache_dir
-from .datasets import ImageDataset, load_dataset
+from .datasets import DatasetWarning, ImageDataset, load_dataset
 from .extract import ExtractionResult, SkippedImage, extract_codes
 from .images import ImageLoadError, load_image
 from .models import (
@@ -15,6 +15,7 @@ from .models import (
     list_layers,
     resolve_spec,
 )
+from .persistence import ModelFileError
 from .transformers import (
     CNNCodes,
     SignedPower,
@@ -33,8 +34,10 @@ __all__ = [
     "SkippedImagesWarning",
     "filter_readable",
     "warm_cache",
+    "DatasetWarning",
     "ImageDataset",
     "load_dataset",
+    "ModelFileError",
     "CodeStore",
     "ExtractionResult",
     "ImageLoadError",
