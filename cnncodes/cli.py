@@ -770,7 +770,11 @@ def add_cache_parser(subparsers):
 
 def _existing_cache_root(args):
     root = resolve_cache_dir(args.cache_dir)
-    return root, os.path.isdir(root)
+    exists = os.path.isdir(root)
+    if not exists and args.cache_dir != "auto":
+        # A folder named on purpose that is not there is more likely a typo than an empty cache.
+        raise UsageError(f"--cache-dir {args.cache_dir!r}: no such folder")
+    return root, exists
 
 
 def _config_summary(store, info):
@@ -1421,7 +1425,7 @@ def run_predict(args):
         [
             [
                 _display(r["path"]),
-                r["label"],
+                r["label"] if isinstance(r["label"], str) else "(skipped)",
                 _fmt(r["score"]),
                 *([r["true_label"]] if labels is not None else []),
             ]

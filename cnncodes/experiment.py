@@ -117,6 +117,14 @@ def _versions():
     }
 
 
+def _shared_images(train, test):
+    """How many test images have the content of a training image (a leak into the test score)."""
+    from .images import file_digests
+
+    seen = {d for d in file_digests(train) if isinstance(d, str)}
+    return sum(1 for d in file_digests(test) if isinstance(d, str) and d in seen)
+
+
 def _check_labelled(paths, labels, name):
     if labels is None:
         raise ValueError(
@@ -462,6 +470,12 @@ def run_experiment(
         if not paths:
             raise ValueError("no readable training images")
 
+    overlap = _shared_images(paths, test_paths) if test_paths is not None else 0
+    if overlap:
+        log(
+            f"warning: {overlap} test image(s) are also training images (same file content): "
+            "the test score overstates accuracy on new images"
+        )
     folds = pipelines.make_cv(labels, n_splits=cv, seed=seed)
     extraction = {}
     everything = paths + (test_paths or [])
@@ -506,6 +520,7 @@ def run_experiment(
     if test_paths is not None:
         predicted = best.predict(test_paths)
         metrics["test"] = classification_metrics(test_labels, predicted, labels=classes)
+        metrics["test"]["overlap_with_training"] = overlap
         unseen = sorted(set(test_labels) - set(classes))
         if unseen:
             metrics["test"]["unseen_classes"] = unseen

@@ -267,6 +267,12 @@ def test_layers_table_and_json(capsys):
 
 
 def test_cache_info_lists_configurations(capsys, data, cache):
+    # A folder named on purpose that is not there: a typo, not an empty cache.
+    for command in ("info", "verify"):
+        code, out, err = run(capsys, "cache", command, "--cache-dir", cache)
+        assert code == 2
+        assert_one_line_error(err, f"--cache-dir '{cache}': no such folder")
+    os.makedirs(cache)
     info = run_json(capsys, "cache", "info", "--cache-dir", cache)
     assert info["configs"] == []
     extract(capsys, data, cache, "--layer", "avgpool", "--layer", "layer3")

@@ -83,6 +83,7 @@ def test_linear_probe_with_a_held_out_split(data, tmp_path, forward_counter):
     assert result.config["split"] == {"test_size": 0.25, "seed": 0}
     assert result.metrics["cv"]["n_candidates"] == 3
     assert result.metrics["test"]["n"] == 4
+    assert result.metrics["test"]["overlap_with_training"] == 0
     assert set(result.metrics["test"]["per_class"]) == {"bright", "dark"}
     # Brightness survives an untrained network.
     assert result.metrics["test"]["accuracy"] == 1.0
@@ -371,3 +372,15 @@ def test_a_sequential_search_shows_its_fits_as_progress(data, tmp_path, capsys):
         shown.search.cv_results_["mean_test_score"], quiet.search.cv_results_["mean_test_score"]
     )
     assert shown.metrics["best_params"] == quiet.metrics["best_params"]
+
+
+def test_test_images_that_are_training_images_are_reported(data, tmp_path):
+    paths, labels = data
+    notes = []
+    overrides = dict(FAST, cache_dir=str(tmp_path / "cache"), Cs=[1.0])
+    result = run_experiment(
+        paths, labels, "linear_probe", overrides=overrides, cv=2,
+        test=(paths[:3], labels[:3]), log=notes.append,
+    )  # fmt: skip
+    assert result.metrics["test"]["overlap_with_training"] == 3
+    assert any("3 test image(s) are also training images" in n for n in notes)
