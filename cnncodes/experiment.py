@@ -483,9 +483,12 @@ def run_experiment(
         log(f"codes: extracting what the grid needs for {len(everything)} images (once)")
         extraction = warm_cache(pipe, everything, grid)
         extraction = {k: v for k, v in extraction.items() if k != "skipped"}
+        runs = extraction["runs"]
+        per = f" over {runs} passes of the images (one per setting other than the layer)"
         log(
-            f"codes: {extraction['computed']} computed, {extraction['cached']} from the cache "
-            f"({extraction['configurations']} configuration(s))"
+            f"codes: {extraction['computed']} image codes computed, {extraction['cached']} "
+            f"from the cache{per if runs > 1 else ''}; {extraction['configurations']} "
+            "configuration(s) of layer and settings"
         )
     # The search itself only reads codes: no progress bars for each fold.
     pipe.set_params(**{f"{prefix}progress": False})
