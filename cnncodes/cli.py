@@ -161,24 +161,31 @@ def _floats(text):
     return values[0] if len(values) == 1 else tuple(values)
 
 
-def _int_at_least(minimum, what):
-    """An argparse type: an int >= ``minimum``, else an error saying ``what`` was expected."""
+def _int_where(ok, what):
+    """An argparse type: an int for which ``ok(value)``, else an error saying ``what`` is expected."""
 
     def parse(text):
         try:
             value = int(text)
         except ValueError:
             value = None
-        if value is None or value < minimum:
+        if value is None or not ok(value):
             raise argparse.ArgumentTypeError(f"{text!r}: expected {what}")
         return value
 
     return parse
 
 
+def _int_at_least(minimum, what):
+    """An argparse type: an int >= ``minimum``."""
+    return _int_where(lambda value: value >= minimum, what)
+
+
 _positive_int = _int_at_least(1, "a positive integer")
 _at_least_two = _int_at_least(2, "an integer >= 2")
 _count = _int_at_least(0, "an integer >= 0")
+_n_jobs = _int_where(lambda v: v == -1 or v > 0, "a positive integer, or -1 for all CPUs")
+_seed = _int_where(lambda v: 0 <= v < 2**32, "an integer from 0 to 2**32 - 1")
 
 
 # ----------------------------------------------------------------------------- shared options
@@ -1090,26 +1097,6 @@ def _scoring(text):
             "f1_macro; all: sklearn.metrics.get_scorer_names())"
         )
     return text
-
-
-def _n_jobs(text):
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value == 0 or value < -1:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected a positive integer, or -1 for all CPUs")
-    return value
-
-
-def _seed(text):
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if not 0 <= value < 2**32:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected an integer from 0 to 2**32 - 1")
-    return value
 
 
 def _fraction(text):
