@@ -462,7 +462,7 @@ def _read_checkpoint(path):
     return _unwrap_state_dict(obj, path)
 
 
-def _load_state(net, state, source):
+def _load_state(net, state, source, model=None):
     own = net.state_dict()
     # Checkpoints saved before PyTorch 0.4.1 lack BatchNorm's num_batches_tracked; the modules
     # fill it in themselves and it never changes an eval-mode output.
@@ -485,8 +485,29 @@ def _load_state(net, state, source):
             )
         if wrong:
             parts.append(f"shape mismatches: {'; '.join(wrong[:5])}")
-        raise WeightsError(f"{source} does not fit this architecture: {'; '.join(parts)}")
+        raise WeightsError(
+            f"{source} does not fit this architecture: {'; '.join(parts)}"
+            + _head_hint(net, state, missing + unexpected + [w.split()[0] for w in wrong], model)
+        )
     net.load_state_dict(state, strict=True)
+
+
+def _head_hint(net, state, problems, model=None):
+    """Advice when only the classifier head differs (a checkpoint fine-tuned on other classes)."""
+    linears = [(name, m) for name, m in net.named_modules() if isinstance(m, nn.Linear)]
+    if not linears or not problems:
+        return ""
+    head = linears[-1][0]
+    if not all(key.rsplit(".", 1)[0] == head for key in problems):
+        return ""
+    weight = state.get(f"{head}.weight")
+    classes = f"num_classes={weight.shape[0]}" if weight is not None and weight.ndim == 2 else ""
+    name = model if isinstance(model, str) and not _is_callable_name(model) else "<name>"
+    return (
+        f". Only the classifier head {head!r} differs (a checkpoint fine-tuned on other classes?): "
+        f"give the architecture with that head as your own callable, e.g. a function returning "
+        f"torchvision.models.{name}({classes or 'num_classes=N'}), as --model module:function"
+    )
 
 
 def _state_fingerprint(net):
@@ -854,7 +875,7 @@ def build_model(spec):
                 f"{spec.weights} changed: its SHA-256 is now {actual}, but these codes were "
                 f"configured with {spec.weights_id[7:]}; refit, or restore the original file"
             )
-        _load_state(net, _read_checkpoint(spec.weights), spec.weights)
+        _load_state(net, _read_checkpoint(spec.weights), spec.weights, spec.model)
     elif spec.weights_id.startswith("state-sha256:"):
         if f"state-sha256:{_state_fingerprint(net)}" != spec.weights_id:
             raise WeightsError(

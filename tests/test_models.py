@@ -282,11 +282,26 @@ def test_mismatched_keys_are_listed(tmp_path):
         build_model(resolve_spec(TINY, str(path)))
     assert "missing keys: head.bias" in str(info.value)
     assert "unexpected keys: extra.weight" in str(info.value)
+    assert "Only the classifier head" not in str(info.value)  # extra.weight is not the head
     state = _tiny_state(0)
     state["head.weight"] = torch.zeros(7, 16)
+    state["head.bias"] = torch.zeros(7)
     torch.save(state, path)
     with pytest.raises(WeightsError, match=r"shape mismatches: head.weight \(7, 16\) vs \(5, 16\)"):
         build_model(resolve_spec(TINY, str(path)))
+
+
+def test_a_checkpoint_with_another_head_gets_advice(tmp_path):
+    import torchvision
+
+    path = tmp_path / "finetuned.pth"
+    torch.save(torchvision.models.resnet18(num_classes=10).state_dict(), path)
+    with pytest.raises(WeightsError) as info:
+        build_model(resolve_spec("resnet18", str(path)))
+    message = str(info.value)
+    assert "fc.weight (10, 512) vs (1000, 512)" in message
+    assert "Only the classifier head 'fc' differs" in message
+    assert "torchvision.models.resnet18(num_classes=10), as --model module:function" in message
 
 
 def test_pickles_that_need_code_are_refused(tmp_path):
