@@ -238,6 +238,15 @@ def advise(
         votes = [False]
     # A tie counts as different: the layer sweep of scenario 3 also tries the top layer.
     advice.similar = bool(votes) and sum(votes) * 2 > len(votes)
+    if len(votes) == 2 and sum(votes) == 1:
+        advice.reasons.append(
+            "The two measurements disagree, so the data counts as different: the layer sweep "
+            "below also tries the top layer, so it loses nothing if the data is similar after all."
+        )
+    if 0 < len(y) < 40:
+        advice.reasons.append(
+            f"Only {len(y)} images were measured: the similarity verdict is a rough guide."
+        )
 
     advice.scenario = {(True, True): 1, (False, True): 2, (True, False): 3, (False, False): 4}[
         (advice.small, advice.similar)

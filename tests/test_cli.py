@@ -395,6 +395,8 @@ def test_advise_names_scenario_recipe_and_command(capsys, data, cache):
     assert reasons and all(line.startswith("  - ") for line in reasons)
     assert "6 images in 2 classes" in reasons[0] and "small" in reasons[0]
     assert any("untrained ('none' weights)" in line for line in reasons)
+    rough = "Only 6 images were measured: the similarity verdict is a rough guide"
+    assert any(rough in line for line in reasons)
     assert "6 images in" in err and "(2 classes)" in err
 
 
