@@ -1308,6 +1308,12 @@ def add_predict_parser(subparsers):
     )
     parser.add_argument("--proba", action="store_true", help="add one probability column per class")
     parser.add_argument(
+        "--weights",
+        metavar="PATH",
+        help="the model's checkpoint file in a new place (another machine, a moved file); it "
+        "must have the SHA-256 the model was fitted with",
+    )
+    parser.add_argument(
         "--trust",
         action="append",
         metavar="TYPE",
@@ -1348,7 +1354,7 @@ def _predict_inputs(args):
 def run_predict(args):
     """Predict every input image; print a table or JSON; optionally write a CSV."""
     from . import persistence
-    from .experiment import classification_metrics, predict_images
+    from .experiment import classification_metrics, predict_images, relocate_weights
     from .transformers import _find_codes_step
 
     output = _Output(args)
@@ -1362,6 +1368,8 @@ def run_predict(args):
             f"{args.model_file}: not a cnncodes model (no CNNCodes step); save one with "
             "'cnncodes fit --out'"
         ) from None
+    if args.weights is not None:
+        relocate_weights(estimator, args.weights)
     runtime = {"progress": output.progress, "batch_size": args.batch_size}
     runtime["cache_dir"] = _cache_dir_from_args(args)
     if args.workers is not None:

@@ -582,6 +582,53 @@ def run_experiment(
 # ----------------------------------------------------------------------------- predict
 
 
+def relocate_weights(estimator, path):
+    """Point a fitted pipeline's extractor at its checkpoint file in a new place.
+
+    A saved model records the checkpoint's absolute path and SHA-256; on another machine, or
+    after the file moved, give its new path here. The file must have the SHA-256 the model was
+    fitted with, so the codes (and the cache, keyed by content) stay exactly the same.
+
+    Raises
+    ------
+    cnncodes.models.WeightsError
+        The file is missing or has other contents (both SHA-256 named).
+    ValueError
+        The model was not fitted with a checkpoint file.
+
+    Examples
+    --------
+    >>> model = persistence.load("model.skops")  # doctest: +SKIP
+    >>> relocate_weights(model, "/data/weights/finetuned.pth")  # doctest: +SKIP
+    """
+    import dataclasses
+
+    from sklearn.utils.validation import check_is_fitted
+
+    from .models import WeightsError, file_sha256
+
+    step, prefix = _find_codes_step(getattr(estimator, "best_estimator_", estimator))
+    check_is_fitted(step)
+    spec = step.spec_
+    if not spec.weights_id.startswith("sha256:"):
+        raise ValueError(
+            f"weights={os.fspath(path)!r}: this model was fitted with {spec.weights_id}, not a "
+            "checkpoint file, so there is no file to relocate"
+        )
+    path = os.path.abspath(os.fspath(path))
+    if not os.path.isfile(path):
+        raise WeightsError(f"weights file not found: {path}")
+    expected, actual = spec.weights_id[len("sha256:") :], file_sha256(path)
+    if actual != expected:
+        raise WeightsError(
+            f"{path} is not the checkpoint this model was fitted with: its SHA-256 is {actual}, "
+            f"the model's is {expected} (fitted with {spec.weights})"
+        )
+    step.weights = path
+    step.spec_ = dataclasses.replace(spec, weights=path)
+    return estimator
+
+
 def verify_model(estimator):
     """Check that a fitted pipeline's extractor can be rebuilt exactly as it was fitted.
 

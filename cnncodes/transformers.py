@@ -430,7 +430,8 @@ class CNNCodes(TransformerMixin, BaseEstimator):
         if not os.path.isfile(spec.weights):
             raise WeightsError(
                 f"weights file not found: {spec.weights} (this CNNCodes was fitted with it, "
-                f"SHA-256 {expected})"
+                f"SHA-256 {expected}); if it moved, give its new path: `cnncodes predict "
+                "--weights PATH`, or cnncodes.experiment.relocate_weights(model, PATH)"
             )
         actual = file_sha256(spec.weights)
         if actual != expected:

@@ -230,3 +230,34 @@ def test_fit_on_a_single_class_names_the_problem(capsys, photos, tmp_path):
     code, out, err = run(capsys, "fit", tmp_path / "one", *MODEL, "--cache-dir", tmp_path / "c")
     assert code == 2
     assert_one_line_error(err, "only the class 'bright'", "at least two classes")
+
+
+def test_predict_with_a_checkpoint_that_moved(capsys, photos, weights, forward_counter):
+    model = photos / "model.skops"
+    code, out, err = run(
+        capsys, "fit", photos / "photos", "--pipeline", "linear_probe", *MODEL,
+        "--weights", weights, "--cv", "2", "--cache-dir", photos / "cache", "--out", model,
+    )  # fmt: skip
+    assert code == 0, err
+    common = ["--cache-dir", photos / "cache", "--workers", "0", "--json"]
+    code, out, err = run(capsys, "predict", model, photos / "photos", *common)
+    assert code == 0, err
+    expected = json.loads(out)["predictions"]
+
+    moved = photos / "elsewhere" / "renamed.pth"
+    moved.parent.mkdir()
+    weights.rename(moved)
+    code, out, err = run(capsys, "predict", model, photos / "photos", *common)
+    assert code == 2
+    assert_one_line_error(err, "weights file not found", "predict --weights PATH")
+    forward_counter.images = 0
+    code, out, err = run(capsys, "predict", model, photos / "photos", *common, "--weights", moved)
+    assert code == 0, err
+    assert json.loads(out)["predictions"] == expected
+    assert forward_counter.images == 0  # same content, same cache key: every code is cached
+
+    other = photos / "other.pth"
+    torch.save({k: v + 1 for k, v in torch.load(moved).items()}, other)
+    code, out, err = run(capsys, "predict", model, photos / "photos", *common, "--weights", other)
+    assert code == 2
+    assert_one_line_error(err, "is not the checkpoint this model was fitted with", "other.pth")

@@ -384,3 +384,13 @@ def test_test_images_that_are_training_images_are_reported(data, tmp_path):
     )  # fmt: skip
     assert result.metrics["test"]["overlap_with_training"] == 3
     assert any("3 test image(s) are also training images" in n for n in notes)
+
+
+def test_relocate_weights_needs_a_checkpoint_model(data, tmp_path):
+    from cnncodes.experiment import relocate_weights
+
+    paths, labels = data
+    overrides = dict(FAST, cache_dir=None, Cs=[1.0])
+    model = run_experiment(paths, labels, "linear_probe", overrides=overrides, cv=2).estimator
+    with pytest.raises(ValueError, match="not a checkpoint file, so there is no file to relocate"):
+        relocate_weights(model, tmp_path / "x.pth")
