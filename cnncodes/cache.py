@@ -287,30 +287,36 @@ class CodeStore:
             raise
         return f, st
 
-    def _shard_keys(self, path):
-        """Keys and code width of one shard, memoised; ``None`` for a shard that must be ignored."""
+    def _shard_keys(self, path, verify=True):
+        """Keys and code width of one shard, memoised; ``None`` for a shard that must be ignored.
+
+        ``verify``: check the shard's checksum first (once per process and file; see
+        :data:`_VERIFY_MAX_BYTES`). ``info`` lists without it, reading only the keys.
+        """
         try:
             st = os.lstat(path)
         except FileNotFoundError:
             return None
+        stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
         memo = _SHARD_INDEX.get(path)
-        if memo is not None and memo[0] == (st.st_ino, st.st_size, st.st_mtime_ns):
+        if memo is not None and memo[0] == stamp and (memo[2] or not verify):
             return memo[1]  # None for a shard already found bad (warned about once)
         try:
             f, st = self._open(path)
             with f:
                 key_array = f["keys"][:]
                 width = f["codes"].shape[1]
-                _verify(f, path, st, key_array)
+                if verify:
+                    _verify(f, path, st, key_array)
             keys = [k.decode() for k in key_array]
         except FileNotFoundError:
             return None
         except (OSError, ValueError, KeyError) as exc:
             warnings.warn(f"ignoring cache file {path}: {exc}", CacheWarning, stacklevel=3)
-            _SHARD_INDEX[path] = ((st.st_ino, st.st_size, st.st_mtime_ns), None)
+            _SHARD_INDEX[path] = ((st.st_ino, st.st_size, st.st_mtime_ns), None, True)
             return None
         entry = (keys, width)
-        _SHARD_INDEX[path] = ((st.st_ino, st.st_size, st.st_mtime_ns), entry)
+        _SHARD_INDEX[path] = ((st.st_ino, st.st_size, st.st_mtime_ns), entry, verify)
         return entry
 
     def index(self):
@@ -512,7 +518,8 @@ class CodeStore:
         paths = self.shard_paths()
         rows, width, size, keys = 0, None, 0, set()
         for path in paths:
-            entry = self._shard_keys(path)
+            # Keys only: summing up a large cache must not read every code (cache verify does).
+            entry = self._shard_keys(path, verify=False)
             with contextlib.suppress(FileNotFoundError):
                 size += os.path.getsize(path)
             if entry is None:

@@ -410,3 +410,18 @@ def test_resolve_cache_dir(tmp_path, monkeypatch):
         resolve_cache_dir(tmp_path / "file")
     with pytest.raises(TypeError, match="cache_dir=3: expected 'auto', None"):
         resolve_cache_dir(3)
+
+
+def test_info_reads_keys_only_and_a_later_read_still_checks(store, monkeypatch):
+    codes = _codes(3)
+    path = store.write(_keys(3), codes)
+    _flip_a_bit(path, codes)
+    cnncodes.cache._SHARD_INDEX.clear()
+    cnncodes.cache._SHARD_CODES.clear()
+    checked = []
+    real = cnncodes.cache._verify
+    monkeypatch.setattr(cnncodes.cache, "_verify", lambda *a: checked.append(a[1]) or real(*a))
+    assert store.info()["rows"] == 3 and checked == []  # no code read to count rows
+    with pytest.warns(CacheWarning, match="checksum mismatch"):
+        assert store.index() == {}  # the listing for a read checks, memo or not
+    assert checked == [path]
