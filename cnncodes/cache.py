@@ -441,7 +441,7 @@ class CodeStore:
                 f.attrs["config_key"] = self.key
                 f.attrs["config"] = self._config_json
                 f.attrs["created"] = time.time()
-                f.attrs["checksum"] = _checksum(key_array, codes)
+                f.attrs["checksum"] = _checksum(key_array, [codes])
             fd = os.open(tmp, os.O_RDONLY)
             try:
                 os.fsync(fd)  # h5py's flush() never fsyncs
@@ -546,7 +546,7 @@ class CodeStore:
                 with f:
                     keys, codes = f["keys"][:], f["codes"][:]
                     stored = f.attrs.get("checksum")
-                if stored != _checksum(keys, codes):
+                if stored != _checksum(keys, [codes]):
                     raise ValueError("checksum mismatch: the file was altered after it was written")
                 if not np.isfinite(codes).all():
                     raise ValueError("holds non-finite codes")
@@ -558,9 +558,11 @@ class CodeStore:
         return report
 
 
-def _checksum(keys, codes):
+def _checksum(keys, blocks):
+    """SHA-256 of a shard's keys and its codes, given as consecutive blocks of rows."""
     digest = hashlib.sha256(np.ascontiguousarray(keys).tobytes())
-    digest.update(np.ascontiguousarray(codes, dtype=np.float32).tobytes())
+    for block in blocks:
+        digest.update(np.ascontiguousarray(block, dtype=np.float32).tobytes())
     return digest.hexdigest()
 
 
@@ -577,16 +579,14 @@ def _verify(f, path, st, key_array):
     nbytes = dset.shape[0] * dset.shape[1] * 4
     if nbytes > _VERIFY_MAX_BYTES:
         return
-    digest = hashlib.sha256(np.ascontiguousarray(key_array).tobytes())
     if nbytes <= _HOLD_MAX_SHARD_BYTES:
         codes = dset[...]
-        digest.update(codes.tobytes())
-    else:
+        blocks = [codes]
+    else:  # read in runs of rows of about 16 MB
         codes = None
         step = max(1, (16 * 2**20) // max(1, dset.shape[1] * 4))
-        for start in range(0, dset.shape[0], step):
-            digest.update(np.ascontiguousarray(dset[start : start + step]).tobytes())
-    if f.attrs.get("checksum") != digest.hexdigest():
+        blocks = (dset[start : start + step] for start in range(0, dset.shape[0], step))
+    if f.attrs.get("checksum") != _checksum(key_array, blocks):
         raise ValueError("checksum mismatch: the file was altered after it was written")
     if codes is not None:
         _hold_codes(path, st, codes)  # read anyway: the next read of these codes needs no I/O

@@ -1220,7 +1220,7 @@ def run_fit(args):
             overrides=_codes_overrides(args),
             test=test,
             test_size=args.test_size,
-            cv=max(args.cv, 2),
+            cv=args.cv,  # --cv accepts 2 and more only
             scoring=args.scoring,
             n_jobs=args.n_jobs,
             seed=args.random_state,

@@ -607,7 +607,7 @@ def relocate_weights(estimator, path):
 
     from .models import WeightsError, file_sha256
 
-    step, prefix = _find_codes_step(getattr(estimator, "best_estimator_", estimator))
+    step, _ = _find_codes_step(getattr(estimator, "best_estimator_", estimator))
     check_is_fitted(step)
     spec = step.spec_
     if not spec.weights_id.startswith("sha256:"):
