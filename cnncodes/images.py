@@ -88,6 +88,7 @@ __all__ = [
     "load_image_bytes",
     "read_file",
     "file_digest",
+    "file_stamp",
     "jpeg_orientation",
 ]
 
@@ -219,10 +220,24 @@ def read_file(path) -> bytes:
 _DIGESTS: dict = {}
 
 
+def file_stamp(path, st=None) -> tuple:
+    """What tells, without reading it, that a file is unchanged since it was last hashed.
+
+    ``(path, size, mtime_ns, ctime_ns, inode, device)``: every in-process memo of a content hash
+    (image digests here, checkpoint SHA-256 in :mod:`cnncodes.models`) is keyed on it. The ctime
+    matters: a file rewritten in place with its mtime restored (``os.utime``, ``cp -p``,
+    ``rsync -t``) keeps path, size, mtime and inode, but the kernel moves its ctime, which no
+    user call can set back. ``st``: an ``os.stat`` result already at hand.
+    """
+    if st is None:
+        st = os.stat(path)
+    return (os.fsdecode(path), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev)
+
+
 def file_digest(path) -> str:
     """SHA-256 hex digest of an image file's bytes: the file's identity in the cache.
 
-    Memoised in this process on (path, size, mtime, ctime, inode), which only skips re-reading an
+    Memoised in this process on the file's :func:`file_stamp`, which only skips re-reading an
     unchanged file; the identity itself is always the content hash.
 
     Raises
@@ -242,7 +257,7 @@ def _memoised_digest(path):
         return None
     if not stat.S_ISREG(st.st_mode):
         return None
-    return _DIGESTS.get((os.fsdecode(path), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino))
+    return _DIGESTS.get(file_stamp(path, st))
 
 
 def _read_and_hash(path):
@@ -303,7 +318,7 @@ def remember_digest(path, data: bytes) -> str:
         return digest
     if len(_DIGESTS) > 1_000_000:
         _DIGESTS.clear()
-    _DIGESTS[(os.fsdecode(path), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)] = digest
+    _DIGESTS[file_stamp(path, st)] = digest
     return digest
 
 

@@ -49,6 +49,7 @@ import torchvision
 from torch import nn
 from torchvision.models import feature_extraction
 
+from .images import file_stamp
 from .pooling import POOLINGS, code_size
 
 __all__ = [
@@ -322,13 +323,17 @@ def _arch_fingerprint(net):
 
 
 def file_sha256(path):
-    """SHA-256 hex digest of a file, memoised on (path, size, mtime, inode)."""
-    st = os.stat(path)
-    return _file_sha256(os.path.abspath(path), st.st_size, st.st_mtime_ns, st.st_ino)
+    """SHA-256 hex digest of a file, memoised on its :func:`~cnncodes.images.file_stamp`.
+
+    A file rewritten in place, even with its size and mtime kept, is hashed again (its ctime
+    moved), so a checkpoint's new bytes are never taken for the old ones.
+    """
+    return _file_sha256(file_stamp(path))
 
 
 @functools.lru_cache(maxsize=64)
-def _file_sha256(path, size, mtime_ns, ino):
+def _file_sha256(stamp):
+    path = stamp[0]
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):

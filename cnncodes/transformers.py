@@ -25,6 +25,7 @@ from sklearn.utils.validation import (
 
 from . import cache as _cache
 from .extract import ON_ERROR, PRECISIONS, extract_codes, resolve_device
+from .images import file_stamp
 from .models import (
     WeightsError,
     _is_int,
@@ -155,15 +156,14 @@ _RESOLVED = {}
 
 
 def _weights_key(weights):
-    """Identity of ``weights`` for the resolution memo: a file by (path, size, mtime, inode)."""
+    """Identity of ``weights`` for the resolution memo: a file by its change stamp."""
     if weights is None or not isinstance(weights, (str, os.PathLike)):
         return repr(weights)
     path = os.fspath(weights)
     try:
-        st = os.stat(path)
+        return (os.path.abspath(path), *file_stamp(path)[1:])
     except OSError:
         return path
-    return (os.path.abspath(path), st.st_size, st.st_mtime_ns, st.st_ino)
 
 
 def _resolve(est, layers):
@@ -171,7 +171,8 @@ def _resolve(est, layers):
 
     A grid search fits a fresh clone for every candidate and fold; resolving again each time
     (fingerprinting the architecture, tracing its graph) would cost more than reading the codes.
-    A checkpoint file is keyed by its size, mtime and inode, so a changed file is resolved anew.
+    A checkpoint file is keyed by its change stamp (:func:`cnncodes.images.file_stamp`: size,
+    mtime, ctime, inode), so a changed file is resolved anew, even one rewritten in place.
     """
     params = (
         est.model, est.seed, est.resize, est.crop, est.mean, est.std, est.interpolation, est.impl

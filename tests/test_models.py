@@ -6,6 +6,7 @@ import glob
 import hashlib
 import os
 import shutil
+import time
 import urllib.error
 
 import numpy as np
@@ -23,6 +24,7 @@ from cnncodes.models import (
     WeightsUnavailableError,
     build_extractor,
     build_model,
+    file_sha256,
     layer_shapes,
     list_layers,
     resolve_layers,
@@ -270,6 +272,39 @@ def test_checkpoint_identity_is_the_files_sha256(tmp_path):
     os.remove(path)
     with pytest.raises(WeightsError, match=r"weights file not found: .*a\.pth"):
         build_model(changed)
+
+
+def overwrite_in_place(path, data):
+    """Rewrite ``path`` with ``data`` (same size) in place and restore its times, as a user's
+    copy tool or a malicious process can: same path, size, mtime and inode, other bytes."""
+    st = os.stat(path)
+    assert len(data) == st.st_size
+    # File times tick at the kernel's clock granularity (a few ms): let the change be visible.
+    while time.time_ns() < st.st_ctime_ns + 50_000_000:
+        time.sleep(0.01)
+    with open(path, "r+b") as f:
+        f.write(data)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    after = os.stat(path)
+    assert (after.st_size, after.st_mtime_ns, after.st_ino) == (
+        st.st_size,
+        st.st_mtime_ns,
+        st.st_ino,
+    )
+
+
+def test_weights_overwritten_in_place_with_mtime_restored_are_hashed_again(tmp_path):
+    path, other = tmp_path / "a.pth", tmp_path / "b.pth"
+    torch.save(_tiny_state(1), path)
+    torch.save(_tiny_state(2), other)
+    old, new = file_sha256(path), file_sha256(other)
+    assert old != new
+    spec = resolve_spec(TINY, str(path))
+    overwrite_in_place(path, other.read_bytes())
+    assert file_sha256(path) == new  # not the memoised digest of the old bytes
+    assert resolve_spec(TINY, str(path)).weights_id == f"sha256:{new}"
+    with pytest.raises(WeightsError, match=rf"a\.pth changed: its SHA-256 is now {new}"):
+        build_model(spec)
 
 
 def test_mismatched_keys_are_listed(tmp_path):
@@ -727,7 +762,10 @@ def test_a_layer_named_twice_is_refused():
 def test_the_network_a_callable_returns_can_declare_preprocessing():
     pre = resolve_spec("tests.tiny_nets:self_declaring_cnn").preprocessing
     assert (pre.resize, pre.crop, pre.mean, pre.std) == ((40,), (32, 32), (0.5,) * 3, (0.5,) * 3)
-    assert resolve_spec("tests.tiny_nets:self_declaring_cnn", crop=24).preprocessing.crop == (24, 24)
+    assert resolve_spec("tests.tiny_nets:self_declaring_cnn", crop=24).preprocessing.crop == (
+        24,
+        24,
+    )
     # A submodule called "preprocessing" declares nothing.
     pre = resolve_spec("tests.tiny_nets:cnn_with_a_preprocessing_module").preprocessing
     assert pre.crop == (224, 224)

@@ -25,6 +25,7 @@ from cnncodes.transformers import (
     filter_readable,
     warm_cache,
 )
+from tests.test_models import overwrite_in_place
 
 NET = "cnncodes.demo_data:digits_net"
 SMALL = {"resize": 32, "crop": 32, "num_workers": 0}
@@ -257,6 +258,30 @@ def test_changed_checkpoint_is_refused_even_on_a_warm_cache(tmp_path, images):
         est.transform(images)
 
 
+def test_checkpoint_overwritten_in_place_is_refused_and_not_cached_under_its_old_hash(
+    tmp_path, images
+):
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    ckpt = _checkpoint(tmp_path / "a" / "net.pth", seed=1)
+    other = _checkpoint(tmp_path / "b" / "net.pth", seed=2)  # same archive name: same size
+    old, new = file_sha256(ckpt), file_sha256(other)
+    est = codes(tmp_path, weights=ckpt)
+    before = est.fit_transform(images)
+    overwrite_in_place(ckpt, open(other, "rb").read())  # same size, mtime and inode
+    with pytest.raises(WeightsError, match=rf"net\.pth changed.*now {new}.*made with {old}"):
+        est.transform(images)
+    # A new fit resolves the new bytes: new codes, under the new hash, not the old entry.
+    refit = codes(tmp_path, weights=ckpt)
+    after = refit.fit_transform(images)
+    assert refit.spec_.weights_id == f"sha256:{new}"
+    assert not np.allclose(before, after)
+    np.testing.assert_allclose(after, codes(tmp_path, weights=other).fit_transform(images))
+    np.testing.assert_array_equal(
+        codes(tmp_path, weights=_checkpoint(tmp_path / "again.pth", seed=1)).fit_transform(images),
+        before,
+    )
+
+
 def test_checkpoint_weights_change_the_codes(tmp_path, images):
     a = codes(tmp_path, weights=_checkpoint(tmp_path / "a.pth", 1)).fit_transform(images)
     b = codes(tmp_path, weights=_checkpoint(tmp_path / "b.pth", 2)).fit_transform(images)
@@ -470,7 +495,7 @@ def test_refit_after_a_checkpoint_change_uses_the_new_file(tmp_path, images, mon
 # -------------------------------------------------------------------------------- memos
 
 
-USER_NET = '''
+USER_NET = """
 import torch.nn as nn
 
 
@@ -481,7 +506,7 @@ def net():
 
 
 net.preprocessing = {{"resize": 20, "crop": 16, "mean": 0.5, "std": 0.5}}
-'''
+"""
 
 
 def test_a_reloaded_or_edited_user_model_is_not_served_from_a_memo(tmp_path, monkeypatch, images):
