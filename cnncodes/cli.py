@@ -1181,6 +1181,12 @@ def _fit_lines(result, test_note, out_path, written, limit=15):
         )
     if out_path:
         lines.append(f"saved model: {_display(out_path)}")
+        from .persistence import BUILTIN_MODEL_CALLABLES, model_callables
+
+        own = [c for c in model_callables(result.estimator) if c not in BUILTIN_MODEL_CALLABLES]
+        if own:
+            flags = " ".join(f"--trust-model-code {c}" for c in own)
+            lines.append(f"it names your model code: predict with {flags}")
     if written:
         folder = os.path.dirname(next(iter(written.values())))
         lines.append(f"report: {_display(folder)} ({', '.join(written)})")
@@ -1276,7 +1282,10 @@ examples:
 
 A folder of class folders (or a manifest with labels) adds a true_label column and the accuracy.
 A .skops file only loads the types known to be safe; name others with --trust if you trust the
-file. A .joblib file runs code when loaded: use only your own.
+file. A .joblib file runs code when loaded: use only your own. A model on your own architecture
+(--model package.module:callable at fit) names code that rebuilds its network; in either format
+it runs only if you allow it: --trust-model-code mymodels:resnet20 (torchvision models and
+cnncodes.demo_data:digits_net need nothing).
 """
 
 
@@ -1319,6 +1328,15 @@ def add_predict_parser(subparsers):
         metavar="TYPE",
         help=".skops only: a further type to accept (module.QualName); repeat for several",
     )
+    parser.add_argument(
+        "--trust-model-code",
+        action="append",
+        nargs="*",
+        metavar="CALLABLE",
+        help="allow the model's own architecture (package.module:callable, named in the file) "
+        "to be imported and run; repeat or list several. Alone, without a name: allow every "
+        "callable the file names. Torchvision models need nothing",
+    )
     group = parser.add_argument_group("runtime")
     _add_cache_dir_option(group)
     _add_compute_options(group)
@@ -1351,15 +1369,40 @@ def _predict_inputs(args):
     return paths, (labels if all(label is not None for label in labels) else None)
 
 
+def _trust_model_code(args):
+    """``--trust-model-code``: False (not given), True (given alone) or the names given."""
+    if args.trust_model_code is None:
+        return False
+    names = [name for group in args.trust_model_code for name in group]
+    if any(not group for group in args.trust_model_code):
+        return True
+    for name in names:
+        module, _, attr = name.partition(":")
+        if not module or not attr:
+            raise UsageError(
+                f"--trust-model-code {name!r}: expected package.module:callable, e.g. "
+                "mymodels:resnet20 (to allow every callable the file names, give the flag "
+                "alone, after the data)"
+            )
+    return names
+
+
 def run_predict(args):
     """Predict every input image; print a table or JSON; optionally write a CSV."""
     from . import persistence
-    from .experiment import classification_metrics, predict_images, relocate_weights
+    from .experiment import (
+        _split_pipeline,
+        classification_metrics,
+        predict_images,
+        relocate_weights,
+    )
     from .transformers import _find_codes_step
 
     output = _Output(args)
     out_path = _check_out_path(args.out, (".csv",))
-    estimator = persistence.load(args.model_file, trusted=args.trust)
+    estimator = persistence.load(
+        args.model_file, trusted=args.trust, trust_model_code=_trust_model_code(args)
+    )
     estimator = getattr(estimator, "best_estimator_", estimator)  # a saved search: its best
     try:
         step, prefix = _find_codes_step(estimator)
@@ -1368,6 +1411,12 @@ def run_predict(args):
             f"{args.model_file}: not a cnncodes model (no CNNCodes step); save one with "
             "'cnncodes fit --out'"
         ) from None
+    classifier = _split_pipeline(estimator)[1]
+    if args.proba and not hasattr(classifier, "predict_proba"):
+        raise UsageError(
+            f"--proba: the classifier of {args.model_file} ({type(classifier).__name__}) gives "
+            "no probabilities; leave --proba out (the score column then holds its decision value)"
+        )
     if args.weights is not None:
         relocate_weights(estimator, args.weights)
     runtime = {"progress": output.progress, "batch_size": args.batch_size}

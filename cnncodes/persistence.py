@@ -5,6 +5,15 @@ made or trust. A ``.skops`` file is loaded by :mod:`skops.io`, which refuses eve
 known to be safe; this module adds the project's own types (:data:`PROJECT_TYPES`) to skops' list,
 and anything else must be named in ``trusted=`` explicitly.
 
+Types are not the only code a model file can point at: a :class:`~cnncodes.transformers.CNNCodes`
+built on the user's own architecture holds its ``"package.module:callable"`` name, which is
+imported and called to rebuild the network. So that a file cannot choose code to run, :func:`load`
+refuses a file naming such a callable unless the caller allows it (``trust_model_code=``; on the
+command line ``cnncodes predict --trust-model-code``), in both formats and before anything is
+imported. Torchvision model names need nothing, nor do the networks shipped inside cnncodes
+(:data:`BUILTIN_MODEL_CALLABLES`). For a ``.joblib`` file this is a second gate, not a sandbox:
+unpickling it has run its code already.
+
 A saved :class:`~cnncodes.transformers.CNNCodes` holds the SHA-256 of a checkpoint file it uses;
 the file itself is not saved, and is re-verified whenever codes are made or read.
 """
@@ -16,11 +25,23 @@ import lzma
 import os
 import pickle
 import struct
+import sys
 import tempfile
+import types
 import zipfile
 import zlib
 
-__all__ = ["FORMATS", "PROJECT_TYPES", "ModelFileError", "UntrustedTypesError", "load", "save"]
+__all__ = [
+    "BUILTIN_MODEL_CALLABLES",
+    "FORMATS",
+    "PROJECT_TYPES",
+    "ModelFileError",
+    "UntrustedModelCodeError",
+    "UntrustedTypesError",
+    "load",
+    "model_callables",
+    "save",
+]
 
 FORMATS = (".joblib", ".skops")
 
@@ -48,6 +69,35 @@ class UntrustedTypesError(ValueError):
             f"{path} holds types that are not trusted: {', '.join(self.types)}. Loading them could "
             "run arbitrary code. If you trust this file, pass them explicitly: "
             f"load({os.fspath(path)!r}, trusted={self.types!r})"
+        )
+
+
+#: ``package.module:callable`` models a loaded file may name without ``trust_model_code``: the
+#: networks that ship inside cnncodes itself (an explicit list: the package holds other zero-argument
+#: callables, such as the command line's ``main``, that are no networks).
+BUILTIN_MODEL_CALLABLES = ("cnncodes.demo_data:digits_net",)
+
+
+class UntrustedModelCodeError(ValueError):
+    """A model file names ``package.module:callable`` models that the caller did not allow.
+
+    Rebuilding their networks would import those modules and call those functions: code chosen
+    by the file. Nothing was imported.
+
+    Attributes
+    ----------
+    callables : list of str
+        The refused names, as ``"package.module:callable"``.
+    """
+
+    def __init__(self, path, callables):
+        self.callables = list(callables)
+        flags = " ".join(f"--trust-model-code {name}" for name in self.callables)
+        super().__init__(
+            f"{os.fspath(path)} names model code that would be imported and run to rebuild its "
+            f"network: {', '.join(self.callables)}. A model file cannot choose code to run by "
+            f"itself; if you trust this code, allow it: {flags} (cnncodes predict), or "
+            f"load({os.fspath(path)!r}, trust_model_code={self.callables!r})"
         )
 
 
@@ -112,6 +162,84 @@ def _type_name(t):
     raise TypeError(f"trusted: expected type names (str) or types, got {t!r}")
 
 
+def _check_trust_model_code(trust_model_code):
+    """``True`` (trust every callable), or the set of allowed ``package.module:callable`` names."""
+    if trust_model_code is True:
+        return True
+    if trust_model_code is False or trust_model_code is None:
+        return set()
+    names = [trust_model_code] if isinstance(trust_model_code, str) else trust_model_code
+    try:
+        names = list(names)
+    except TypeError:
+        names = [names]
+    if not all(isinstance(n, str) and _is_callable_model(n) for n in names):
+        raise ValueError(
+            f"trust_model_code={trust_model_code!r}: expected False, True (every callable the "
+            "file names) or a list of 'package.module:callable' names, e.g. "
+            "['mymodels:resnet20']"
+        )
+    return set(names)
+
+
+def _is_callable_model(name):
+    module, _, attr = name.partition(":")
+    return bool(module) and bool(attr)
+
+
+def model_callables(estimator):
+    """Every ``package.module:callable`` model name held anywhere inside ``estimator``.
+
+    Looks through Pipelines, searches (``estimator`` and ``best_estimator_``), meta-estimators
+    and containers at any depth, at every :class:`~cnncodes.transformers.CNNCodes` (its ``model``
+    parameter) and :class:`~cnncodes.models.ModelSpec`; imports nothing.
+
+    Returns
+    -------
+    list of str
+        Sorted, without duplicates. Torchvision model names are not listed.
+    """
+    # No CNNCodes or ModelSpec can exist unless their modules were imported (by the loader).
+    kinds = tuple(
+        getattr(sys.modules[module], name)
+        for module, name in (
+            ("cnncodes.transformers", "CNNCodes"),
+            ("cnncodes.models", "ModelSpec"),
+        )
+        if module in sys.modules
+    )
+    found, seen, stack = set(), set(), [estimator]
+    while stack:
+        obj = stack.pop()
+        if id(obj) in seen or isinstance(obj, (str, bytes, int, float, complex, type(None))):
+            continue
+        seen.add(id(obj))
+        if kinds and isinstance(obj, kinds):
+            model = getattr(obj, "model", None)
+            if isinstance(model, str) and ":" in model:
+                found.add(model)
+        if isinstance(obj, dict):
+            stack.extend(obj.keys())
+            stack.extend(obj.values())
+        elif isinstance(obj, (list, tuple, set, frozenset)):
+            stack.extend(obj)
+        elif getattr(obj, "dtype", None) is not None and getattr(obj.dtype, "kind", "") == "O":
+            stack.extend(obj.ravel().tolist())  # an object array (a search's cv_results_)
+        elif not isinstance(obj, (type, types.ModuleType)) and hasattr(obj, "__dict__"):
+            stack.extend(vars(obj).values())
+    return sorted(found)
+
+
+def _gate_model_code(path, estimator, trust_model_code):
+    if trust_model_code is True:
+        return estimator
+    allowed = set(BUILTIN_MODEL_CALLABLES) | trust_model_code
+    refused = [name for name in model_callables(estimator) if name not in allowed]
+    if refused:
+        raise UntrustedModelCodeError(path, refused)
+    return estimator
+
+
 def save(estimator, path):
     """Write a (fitted) estimator to ``path``: ``.joblib`` (joblib) or ``.skops`` (skops.io).
 
@@ -159,7 +287,7 @@ def save(estimator, path):
     return path
 
 
-def load(path, trusted=None):
+def load(path, trusted=None, trust_model_code=False):
     """Read an estimator written by :func:`save`.
 
     Parameters
@@ -169,6 +297,10 @@ def load(path, trusted=None):
     trusted : list of str or type, optional
         ``.skops`` only: further types to accept besides skops' safe ones and
         :data:`PROJECT_TYPES`.
+    trust_model_code : bool or list of str, default=False
+        Which ``"package.module:callable"`` models the file may name (their code is imported
+        and run when the network is rebuilt): ``False``, none but torchvision names and
+        :data:`BUILTIN_MODEL_CALLABLES`; a list, those too; ``True``, any.
 
     Returns
     -------
@@ -179,6 +311,9 @@ def load(path, trusted=None):
     ------
     UntrustedTypesError
         A ``.skops`` file holds other types (they are listed; nothing was loaded).
+    UntrustedModelCodeError
+        The file names a model callable not allowed by ``trust_model_code`` (they are listed;
+        none was imported).
     ModelFileError
         The file is corrupt or truncated (the message gives the reader's own reason).
 
@@ -193,6 +328,7 @@ def load(path, trusted=None):
     >>> pipe.predict(["new.jpg"])  # doctest: +SKIP
     """
     kind = _format(path)
+    trust_model_code = _check_trust_model_code(trust_model_code)
     if not os.path.isfile(path):
         raise ValueError(f"model file not found: {os.fspath(path)}")
     if kind == ".joblib":
@@ -204,11 +340,12 @@ def load(path, trusted=None):
         import joblib
 
         try:
-            return joblib.load(path)
+            estimator = joblib.load(path)
         except Exception as exc:
             if _is_damage(exc):
                 raise _damaged(path, exc) from exc
             raise
+        return _gate_model_code(path, estimator, trust_model_code)
     import skops.io
 
     allowed = set(PROJECT_TYPES) | {_type_name(t) for t in (trusted or ())}
@@ -222,8 +359,9 @@ def load(path, trusted=None):
     if refused:
         raise UntrustedTypesError(path, refused)
     try:
-        return skops.io.load(path, trusted=list(untrusted))
+        estimator = skops.io.load(path, trusted=list(untrusted))
     except Exception as exc:
         if _is_damage(exc):
             raise _damaged(path, exc) from exc
         raise
+    return _gate_model_code(path, estimator, trust_model_code)

@@ -172,7 +172,7 @@ def test_predict_errors(capsys, photos, tmp_path):
     common = ["--cache-dir", photos / "cache", "--workers", "0"]
     code, out, err = run(capsys, "predict", model, photos / "test", "--proba", *common)
     assert code == 2
-    assert_one_line_error(err, "LinearSVC", "no probabilities")
+    assert_one_line_error(err, "--proba", "LinearSVC", "no probabilities")
 
     broken = photos / "broken.jpg"
     broken.write_bytes(b"\xff\xd8\xff")
@@ -261,3 +261,23 @@ def test_predict_with_a_checkpoint_that_moved(capsys, photos, weights, forward_c
     code, out, err = run(capsys, "predict", model, photos / "photos", *common, "--weights", other)
     assert code == 2
     assert_one_line_error(err, "is not the checkpoint this model was fitted with", "other.pth")
+
+
+def test_a_model_on_your_own_code_predicts_with_trust_model_code(capsys, photos):
+    own = ["--model", "tests.tiny_nets:tiny_cnn", *MODEL[2:]]
+    model = photos / "own.skops"
+    code, out, err = run(
+        capsys, "fit", photos / "photos", "--pipeline", "linear_svm", *own, "--cv", "2",
+        "--cache-dir", photos / "cache", "--out", model,
+    )  # fmt: skip
+    assert code == 0, err
+    assert "predict with --trust-model-code tests.tiny_nets:tiny_cnn" in out
+    common = [model, photos / "test", "--cache-dir", photos / "cache", "--workers", "0"]
+    code, out, err = run(capsys, "predict", *common)
+    assert code == 2
+    assert_one_line_error(err, "tests.tiny_nets:tiny_cnn", "--trust-model-code")
+    code, out, err = run(
+        capsys, "predict", *common, "--trust-model-code", "tests.tiny_nets:tiny_cnn"
+    )
+    assert code == 0, err
+    assert "accuracy on 6 labelled image(s)" in out

@@ -25,8 +25,10 @@ from cnncodes.models import WeightsError, file_sha256
 from cnncodes.persistence import (
     PROJECT_TYPES,
     ModelFileError,
+    UntrustedModelCodeError,
     UntrustedTypesError,
     load,
+    model_callables,
     save,
 )
 
@@ -260,3 +262,155 @@ def test_cli_predict_with_a_damaged_model_exits_2(fitted, tmp_path, capsys, suff
     assert lines[0].startswith(
         f"cnncodes: error: {bad}: not a readable cnncodes model file (corrupt or truncated: "
     )
+
+
+# ----------------------------------------------------------------------------- model code
+
+EVIL_MODULE = """
+import pathlib
+
+from cnncodes.demo_data import digits_net
+
+HERE = pathlib.Path(__file__).parent
+(HERE / "IMPORTED").write_text("imported")
+
+
+def fn():
+    (HERE / "CALLED").write_text("called")
+    return digits_net()
+
+
+fn.preprocessing = digits_net.preprocessing
+"""
+
+
+def _naming(pipe, model):
+    """A copy of the fitted pipeline whose file names ``model``, as an attacker would edit it."""
+    import copy
+    import dataclasses
+
+    edited = copy.deepcopy(pipe)
+    step = edited.named_steps["cnncodes"]
+    step.model = model
+    step.spec_ = dataclasses.replace(step.spec_, model=model)
+    return edited
+
+
+@pytest.fixture
+def evil(tmp_path, monkeypatch):
+    """``qa_evilmod_<n>:fn`` in tmp_path, importable; it leaves IMPORTED and CALLED files."""
+    name = f"qa_evilmod_{os.getpid()}_{len(sys.modules)}"
+    (tmp_path / f"{name}.py").write_text(EVIL_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield f"{name}:fn"
+    sys.modules.pop(name, None)
+
+
+@pytest.mark.parametrize("suffix", [".joblib", ".skops"])
+def test_a_model_file_cannot_choose_code_to_run(fitted, tmp_path, evil, suffix):
+    pipe, paths, _ = fitted
+    path = save(_naming(pipe, evil), tmp_path / f"model{suffix}")
+    with pytest.raises(UntrustedModelCodeError) as e:
+        load(path)
+    message = str(e.value)
+    assert e.value.callables == [evil]
+    assert f"--trust-model-code {evil}" in message and f"trust_model_code=['{evil}']" in message
+    assert isinstance(e.value, ValueError)  # the command line's usage errors (exit 2)
+    with pytest.raises(UntrustedModelCodeError, match=evil):
+        load(path, trust_model_code=["other.module:net"])
+    assert not (tmp_path / "IMPORTED").exists() and not (tmp_path / "CALLED").exists()
+    assert evil.partition(":")[0] not in sys.modules
+
+    for allowed in ([evil], evil, True):
+        restored = load(path, trust_model_code=allowed)
+    assert not (tmp_path / "IMPORTED").exists()  # allowed, but only imported when used
+    np.testing.assert_array_equal(restored.predict(paths), pipe.predict(paths))
+    assert (tmp_path / "CALLED").exists()
+
+
+def test_torchvision_and_builtin_models_need_no_trust(fitted, tmp_path):
+    from cnncodes.transformers import CNNCodes
+
+    pipe, paths, _ = fitted  # cnncodes.demo_data:digits_net: shipped with cnncodes
+    assert load(save(pipe, tmp_path / "builtin.skops")).predict(paths).tolist() == (
+        pipe.predict(paths).tolist()
+    )
+    codes = CNNCodes("resnet18", weights="none", resize=40, crop=32, cache_dir=None)
+    codes.fit(paths[:1])
+    assert load(save(codes, tmp_path / "tv.skops")).spec_ == codes.spec_
+
+
+def test_model_callables_looks_everywhere():
+    from sklearn.model_selection import GridSearchCV
+    from sklearn.pipeline import FeatureUnion
+
+    from cnncodes.models import resolve_spec
+    from cnncodes.transformers import CNNCodes
+
+    inner = Pipeline([("u", FeatureUnion([("c", CNNCodes(model="a.b:net"))])), ("clf", Shift())])
+    search = GridSearchCV(inner, {"u__c__model": ["resnet18", "c.d:other"]})
+    search.best_estimator_ = Pipeline([("cnncodes", CNNCodes("resnet18"))])
+    search.best_estimator_[0].spec_ = resolve_spec("tests.tiny_nets:tiny_cnn", "none")
+    hidden = np.empty(1, dtype=object)
+    hidden[0] = resolve_spec("cnncodes.demo_data:digits_net", "none")
+    assert model_callables({"search": search, "more": [hidden]}) == [
+        "a.b:net",
+        "cnncodes.demo_data:digits_net",
+        "tests.tiny_nets:tiny_cnn",
+    ]
+    assert model_callables(Pipeline([("clf", LogisticRegression())])) == []
+
+
+@pytest.mark.parametrize("value", ["nocolon", ["a:b", 3], 3, [":fn"]])
+def test_trust_model_code_values_are_checked(fitted, tmp_path, value):
+    pipe, _, _ = fitted
+    path = save(pipe, tmp_path / "m.skops")
+    with pytest.raises(ValueError, match=r"trust_model_code=.*'package\.module:callable'"):
+        load(path, trust_model_code=value)
+    assert load(path, trust_model_code=[]) is not None
+
+
+def test_cli_predict_runs_a_files_callable_only_when_trusted(fitted, tmp_path, evil, capsys):
+    """Run as a user would, from the folder that holds the module (on sys.path as cwd)."""
+    pipe, paths, _ = fitted
+    sys.modules.pop(evil.partition(":")[0], None)
+    save(_naming(pipe, evil), tmp_path / "model.skops")
+    argv = ["-m", "cnncodes", "predict", "model.skops", "img", "--cache-dir", "cache"]
+    env = {**os.environ, "PYTHONPATH": REPO, "CNNCODES_DEBUG": "0"}
+
+    def predict(*extra):
+        return subprocess.run(
+            [sys.executable, *argv, "--workers", "0", *extra],
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+            env=env,
+            timeout=300,
+        )
+
+    refused = predict()
+    assert refused.returncode == 2, refused.stderr
+    lines = refused.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("cnncodes: error: model.skops names model code")
+    assert f"--trust-model-code {evil}" in lines[0]
+    assert not (tmp_path / "IMPORTED").exists() and not (tmp_path / "CALLED").exists()
+
+    allowed = predict("--trust-model-code", evil)
+    assert allowed.returncode == 0, allowed.stderr
+    assert (tmp_path / "CALLED").exists()
+
+
+def test_cli_trust_model_code_alone_trusts_every_callable(fitted, tmp_path, evil, capsys):
+    from cnncodes import cli
+
+    pipe, paths, _ = fitted
+    model = save(_naming(pipe, evil), tmp_path / "model.skops")
+    common = [model, paths[0], "--cache-dir", str(tmp_path / "cache"), "--workers", "0"]
+    assert cli.main(["predict", *common, "--trust-model-code", "x.y:z"]) == 2
+    assert f"--trust-model-code {evil}" in capsys.readouterr().err
+    assert cli.main(["predict", *common, "--trust-model-code", "img/"]) == 2
+    assert "--trust-model-code 'img/': expected package.module:callable" in (
+        capsys.readouterr().err
+    )
+    assert cli.main(["predict", *common, "--trust-model-code"]) == 0
+    assert (tmp_path / "CALLED").exists()
