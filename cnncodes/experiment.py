@@ -22,6 +22,7 @@ import os
 import platform
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -664,10 +665,20 @@ def verify_model(estimator):
         interpolation=step.interpolation,
         impl=getattr(step, "impl", "pil"),
     )
-    if now.arch_id != fitted.arch_id:
+    legacy = "+" not in fitted.arch_id and now.arch_id.partition("+")[0] == fitted.arch_id
+    if legacy and now.arch_id != fitted.arch_id:
+        # Saved before forward() was part of the fingerprint: its modules still match.
+        warnings.warn(
+            f"this model was saved by an older cnncodes, whose fingerprint of {fitted.model} "
+            "did not cover its forward() code: an edit of forward() since the fit cannot be "
+            "detected (its codes are read from the cache as they were); refit to be sure",
+            stacklevel=2,
+        )
+    elif now.arch_id != fitted.arch_id:
         raise ModelError(
             f"{fitted.model} no longer builds the architecture this model was fitted with "
-            f"(fingerprint {fitted.arch_id[:16]} at fit time, {now.arch_id[:16]} now); refit"
+            f"(fingerprint {fitted.arch_id} at fit time, {now.arch_id} now; its modules or "
+            "its forward() code changed); refit"
         )
     if now.weights_id != fitted.weights_id:
         raise ModelError(

@@ -36,6 +36,7 @@ import functools
 import hashlib
 import importlib
 import inspect
+import marshal
 import numbers
 import os
 import re
@@ -146,7 +147,9 @@ class ModelSpec:
 
     Cheap to build, hash and pickle (no tensors). ``weights_id`` is the identity of the weights:
     the torchvision enum name, ``"sha256:<hex>"`` of a checkpoint file, ``"none:seed=<n>"``, or the
-    SHA-256 of the state the user's callable built. ``arch_id`` fingerprints the architecture itself.
+    SHA-256 of the state the user's callable built. ``arch_id`` fingerprints the architecture itself:
+    its modules, parameter names and shapes, and for the user's own architecture also the code its
+    ``forward()`` runs (``"<modules>+<code>"``, see :func:`_arch_id`).
     """
 
     model: str
@@ -317,6 +320,62 @@ def _arch_fingerprint(net):
     for name, t in list(net.state_dict().items()):
         digest.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
     return digest.hexdigest()[:16]
+
+
+def _arch_id(model, weights_name):
+    """:attr:`ModelSpec.arch_id`: the modules, names and shapes of the network; for the user's
+    own architecture also what its ``forward()`` computes (``"<modules>+<code>"``).
+
+    ``repr`` and parameter shapes alone miss an edit of ``forward()`` (``relu(x)`` to
+    ``relu(x) * 2``): the cache would serve the old codes. Torchvision names keep the plain
+    form, so their caches stay valid; their code changes only with a torchvision upgrade.
+    """
+    return _arch_id_memo(_identity_or_raise(model), weights_name)
+
+
+@functools.lru_cache(maxsize=32)
+def _arch_id_memo(identity, weights_name):
+    net = _meta_model_memo(identity, weights_name)
+    modules = _arch_fingerprint(net)
+    if not _is_callable_name(identity[0]):
+        return modules
+    return f"{modules}+{_code_fingerprint(net, identity[0])}"
+
+
+def _code_fingerprint(net, model):
+    """What a user's network computes: the code of its graph as traced by torch.fx (custom
+    modules and helper functions are traced through, library layers are calls), or, where it
+    cannot be traced, the source of its own classes and of the callable's module."""
+    digest = hashlib.sha256()
+    try:
+        # The graph's Python code, as GraphModule.code, without building a GraphModule.
+        code = torch.fx.Tracer().trace(net).python_code("self").src
+    except Exception:  # FX raises many kinds of errors on untraceable Python control flow
+        code = None
+    if code is not None:
+        digest.update(b"fx\0" + code.encode())
+        return digest.hexdigest()[:16]
+    digest.update(b"source\0")
+    own = {
+        cls
+        for m in net.modules()
+        for cls in type(m).__mro__
+        if cls.__module__.partition(".")[0] not in ("torch", "torchvision", "builtins")
+    }
+    for cls in sorted(own, key=lambda c: (c.__module__, c.__qualname__)):
+        digest.update(f"{cls.__module__}.{cls.__qualname__}\0".encode() + _source(cls))
+    module = importlib.import_module(model.partition(":")[0])
+    digest.update(f"{module.__name__}\0".encode() + _source(module))
+    return digest.hexdigest()[:16]
+
+
+def _source(obj):
+    """The source text of a class or module; the bytecode of its functions if it has none."""
+    try:
+        return inspect.getsource(obj).encode()
+    except (OSError, TypeError):  # defined in a REPL, or only compiled code shipped
+        functions = [f for f in vars(obj).values() if hasattr(f, "__code__")]
+        return b"".join(marshal.dumps(f.__code__) for f in functions)
 
 
 # ----------------------------------------------------------------------------- weights
@@ -846,7 +905,8 @@ def resolve_spec(
         interpolation=interpolation,
         impl=impl,
     )
-    return ModelSpec(model, weights_name, weights_id, _arch_fingerprint(meta), seed, pre)
+    arch_id = _arch_id(model, weights_name if enum is not None else None)
+    return ModelSpec(model, weights_name, weights_id, arch_id, seed, pre)
 
 
 def _built_state_id(model, seed):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -268,6 +269,43 @@ def test_predict_scores_without_probabilities(data, tmp_path):
     assert set(table["score_kind"]) == {"decision"} and (table["score"] >= 0).all()
     with pytest.raises(ValueError, match=r"\(LinearSVC\) gives no probabilities"):
         predict_images(model, paths[:3], proba=True)
+
+
+def test_verify_model_refuses_an_edited_forward_and_warns_on_older_fingerprints(
+    data, tmp_path, monkeypatch
+):
+    import dataclasses
+    import importlib
+    import sys
+
+    from tests.test_transformers import EDITED_NET
+
+    module = tmp_path / "verified_forward.py"
+    module.write_text(EDITED_NET.format(branch="", scale=""))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "verified_forward", raising=False)
+    paths, labels = data
+    overrides = dict(FAST, model="verified_forward:net", layer="pool", cache_dir=None, Cs=[1.0])
+    model = run_experiment(paths, labels, "linear_probe", overrides=overrides, cv=2).estimator
+    verify_model(model)
+    step = model.steps[0][1]
+    fitted = step.spec_
+    modules, _, code = fitted.arch_id.partition("+")
+    assert len(modules) == len(code) == 16
+
+    # Saved by an older cnncodes (no code part): accepted while its modules match, with a warning.
+    step.spec_ = dataclasses.replace(fitted, arch_id=modules)
+    with pytest.warns(UserWarning, match=r"older cnncodes.*forward\(\).*refit"):
+        verify_model(model)
+    step.spec_ = fitted
+
+    module.write_text(EDITED_NET.format(branch="", scale=" * 2"))
+    importlib.invalidate_caches()
+    os.utime(module, ns=(1, 1))
+    importlib.reload(sys.modules["verified_forward"])
+    expected = re.escape(f"fingerprint {fitted.arch_id} at fit time, {modules}+")
+    with pytest.raises(ModelError, match=expected):
+        verify_model(model)
 
 
 def test_verify_model_refuses_a_model_that_now_builds_differently(data, tmp_path):

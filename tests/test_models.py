@@ -62,6 +62,19 @@ def test_torchvision_names_resolve_without_weights(model):
     assert len(spec.arch_id) == 16
 
 
+def test_torchvision_cache_keys_are_those_of_earlier_versions():
+    """Codes cached for torchvision models by earlier versions are still found (same keys)."""
+    known = {
+        "resnet18": ("06a1c57ba771afeb", "avgpool", "769639c908a4d3b24bd213d6"),
+        "mobilenet_v2": ("1ee6bff1eec476d3", "features", "afeec100c8bd860df68a8445"),
+    }
+    for model, (arch_id, layer, key) in known.items():
+        spec = resolve_spec(model, "none")
+        assert spec.arch_id == arch_id
+        assert config_key(code_config(spec, layer, "avg", "fp32")) == key
+    assert resolve_spec("resnet18", "DEFAULT").arch_id == known["resnet18"][0]
+
+
 def test_unknown_model_name_suggests_close_names():
     with pytest.raises(ModelError, match=r"model='resnet51' is not a torchvision .* Did you mean"):
         resolve_spec("resnet51", "none")

@@ -540,6 +540,62 @@ def test_a_reloaded_or_edited_user_model_is_not_served_from_a_memo(tmp_path, mon
     assert not np.allclose(reloaded.transform(images), before)
 
 
+EDITED_NET = """
+import torch
+import torch.nn as nn
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+
+    def forward(self, x):
+        x = self.conv(x)
+        {branch}
+        return self.pool(torch.relu(x){scale}).flatten(1)
+
+
+def net():
+    return Net()
+
+
+net.preprocessing = {{"resize": 20, "crop": 16, "mean": 0.5, "std": 0.5}}
+"""
+#: A branch on tensor values: torch.fx cannot trace it (extraction falls back to hooks).
+UNTRACEABLE = "if x.abs().amax() > 1e6:\n            x = x / 2"
+
+
+@pytest.mark.parametrize("branch", ["", UNTRACEABLE], ids=["traced", "untraceable"])
+def test_an_edited_forward_makes_new_codes(tmp_path, monkeypatch, images, forward_counter, branch):
+    import importlib
+    import sys
+
+    name = f"edited_forward_{'traced' if not branch else 'hooked'}"
+    module = tmp_path / f"{name}.py"
+    module.write_text(EDITED_NET.format(branch=branch, scale=""))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, name, raising=False)
+    params = dict(model=f"{name}:net", weights="none", layer="pool", cache_dir=str(tmp_path / "c"))
+    first = CNNCodes(**params)
+    before = first.fit_transform(images)
+    assert forward_counter.images == len(images)
+    np.testing.assert_array_equal(CNNCodes(**params).fit_transform(images), before)
+    assert forward_counter.images == len(images)  # unchanged code: all from the cache
+
+    # relu(x) -> relu(x) * 2: same modules, names, shapes and parameters; other codes.
+    module.write_text(EDITED_NET.format(branch=branch, scale=" * 2"))
+    importlib.invalidate_caches()
+    os.utime(module, ns=(1, 1))  # a new mtime, so the import system does not reuse its .pyc
+    importlib.reload(sys.modules[name])
+    edited = CNNCodes(**params).fit(images)
+    after = edited.transform(images)
+    assert forward_counter.images == 2 * len(images)  # a cache miss: computed anew
+    np.testing.assert_allclose(after, 2 * before, rtol=1e-5)
+    assert edited.spec_.arch_id != first.spec_.arch_id
+
+
 def test_a_model_that_needs_arguments_is_refused_naming_it(tmp_path):
     with pytest.raises(ModelError, match=r"model='torch.nn:Linear' cannot be called without"):
         codes(tmp_path, model="torch.nn:Linear").fit(["a.png"])
