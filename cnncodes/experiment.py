@@ -633,10 +633,12 @@ def relocate_weights(estimator, path):
 def verify_model(estimator):
     """Check that a fitted pipeline's extractor can be rebuilt exactly as it was fitted.
 
-    A checkpoint file must still have the SHA-256 it had at fit time, and the architecture and
-    preprocessing that its names resolve to today must equal the fitted ones (a user's model
-    code or a library upgrade can change them). Nothing is loaded but file hashes and the
-    architecture on the meta device.
+    A checkpoint file must still have the SHA-256 it had at fit time, and the architecture (for
+    the user's own, also the code its ``forward()`` runs) and preprocessing that its names
+    resolve to today must equal the fitted ones (a user's model code or a library upgrade can
+    change them). A model saved by an older cnncodes, whose fingerprint did not cover
+    ``forward()``, is accepted while its modules match, with a warning. Nothing is loaded but
+    file hashes and the architecture on the meta device.
 
     Raises
     ------

@@ -198,6 +198,12 @@ def model_callables(estimator):
     -------
     list of str
         Sorted, without duplicates. Torchvision model names are not listed.
+
+    Examples
+    --------
+    >>> from cnncodes.transformers import CNNCodes
+    >>> model_callables([CNNCodes("resnet18"), {"step": CNNCodes("mymodels:resnet20")}])
+    ['mymodels:resnet20']
     """
     # No CNNCodes or ModelSpec can exist unless their modules were imported (by the loader).
     kinds = tuple(
@@ -326,6 +332,7 @@ def load(path, trusted=None, trust_model_code=False):
     --------
     >>> pipe = load("model.skops")  # doctest: +SKIP
     >>> pipe.predict(["new.jpg"])  # doctest: +SKIP
+    >>> pipe = load("own.skops", trust_model_code=["mymodels:resnet20"])  # doctest: +SKIP
     """
     kind = _format(path)
     trust_model_code = _check_trust_model_code(trust_model_code)
