@@ -203,8 +203,8 @@ def _add_data_options(parser, *, positional=True):
     parser.add_argument(
         "--allow-outside-root",
         action="store_true",
-        help="accept images that resolve outside DATA's folder (../, absolute paths, symbolic "
-        "links); refused by default",
+        help="accept images that resolve outside DATA's folder through ../ or symbolic links "
+        "(refused by default); a manifest's absolute paths are always accepted",
     )
 
 
@@ -1304,7 +1304,8 @@ def add_predict_parser(subparsers):
     parser.add_argument(
         "--allow-outside-root",
         action="store_true",
-        help="accept manifest entries and links that resolve outside their folder",
+        help="accept relative manifest entries and links that resolve outside their folder "
+        "(absolute entries are always accepted)",
     )
     parser.add_argument("--proba", action="store_true", help="add one probability column per class")
     parser.add_argument(

@@ -14,10 +14,11 @@ Three sources, one result (:class:`ImageDataset`: absolute paths, optional label
   reported with its line number when it is read, not when the images are decoded.
 - an explicit list of image files (:func:`load_files`).
 
-Paths from a folder or a manifest must resolve (symbolic links followed) to a location inside the
-folder, resp. the manifest's folder: ``../`` components, absolute paths and symbolic links that
-lead elsewhere are refused unless ``allow_outside_root=True``, so that a manifest from someone
-else cannot make the tool read arbitrary files of this machine.
+Paths found in a folder, and relative paths in a manifest, must resolve (symbolic links followed)
+to a location inside the folder, resp. the manifest's folder: ``../`` components and symbolic
+links that lead elsewhere are refused unless ``allow_outside_root=True``, so that a relative entry
+cannot climb out of its folder unnoticed. Absolute paths in a manifest are taken as written (the
+usual manifest lists them): they name their file outright.
 """
 
 from __future__ import annotations
@@ -140,7 +141,8 @@ def load_dataset(source, *, allow_outside_root=False):
         ``path`` column and an optional ``label`` column.
     allow_outside_root : bool
         Accept images that resolve outside the folder (or the manifest's folder): ``../``
-        components, absolute paths, symbolic links leading elsewhere. Off by default.
+        components and symbolic links leading elsewhere. Off by default. A manifest's absolute
+        paths are always accepted.
 
     Returns
     -------
@@ -344,7 +346,8 @@ def _missing_error(name, missing, total):
 
 def _resolve_manifest_path(cell, root, real_root, allow_outside_root, name, line):
     path = os.path.normpath(os.path.join(root, cell))  # an absolute cell replaces root
-    if not allow_outside_root:
+    # An absolute path names its file outright; only a relative one can climb out unnoticed.
+    if not allow_outside_root and not os.path.isabs(cell):
         real = os.path.realpath(path)
         if not _inside(real, real_root):
             raise DatasetError(

@@ -225,15 +225,25 @@ def test_manifest_parent_escape_is_refused_with_line_number(tmp_path):
     assert ds.paths[1] == str(tmp_path / "outside.png")
 
 
-def test_manifest_absolute_path_outside_is_refused(tmp_path):
+def test_manifest_absolute_paths_are_accepted_anywhere(tmp_path):
+    # Absolute paths are the usual manifest (written by a script, kept beside the data or not):
+    # the user named the file, so nothing climbs out by surprise.
     folder = tmp_path / "m"
     folder.mkdir()
     outside = touch(tmp_path / "o.png")
     inside = touch(folder / "i.png")
-    manifest = write_csv(folder / "m.csv", f"path\n{inside}\n{outside}\n")
-    with pytest.raises(DatasetError, match=rf"line 3: path '{outside}' resolves to .*outside"):
+    (folder / "link.png").symlink_to(outside)
+    manifest = write_csv(folder / "m.csv", f"path\n{inside}\n{outside}\n{folder / 'link.png'}\n")
+    assert load_dataset(manifest).paths == [inside, outside, str(folder / "link.png")]
+
+
+def test_manifest_relative_path_climbing_out_after_an_absolute_one_is_still_refused(tmp_path):
+    folder = tmp_path / "m"
+    folder.mkdir()
+    outside = touch(tmp_path / "o.png")
+    manifest = write_csv(folder / "m.csv", f"path\n{outside}\n../o.png\n")
+    with pytest.raises(DatasetError, match=r"line 3: path '\.\./o\.png' resolves to .*outside"):
         load_dataset(manifest)
-    assert load_dataset(manifest, allow_outside_root=True).paths == [inside, outside]
 
 
 def test_manifest_symlink_escape_is_refused(tmp_path):
