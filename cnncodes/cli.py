@@ -1132,12 +1132,19 @@ def _fmt(value, digits=3):
     return "-" if value is None or value != value else f"{value:.{digits}f}"
 
 
+def _param_cell(value):
+    """A grid value for the candidates table: floats to 4 significant digits."""
+    if isinstance(value, (float, np.floating)) and not isinstance(value, bool):
+        return f"{value:.4g}"
+    return value
+
+
 def _fit_lines(result, test_note, out_path, written, limit=15):
     metrics = result.metrics
     table = result.table
     params = [c for c in table.columns if c not in ("rank", "mean", "std", "fit_seconds")]
     rows = [
-        [r["rank"], *(r[p] for p in params), _fmt(r["mean"]), _fmt(r["std"])]
+        [r["rank"], *(_param_cell(r[p]) for p in params), _fmt(r["mean"]), _fmt(r["std"])]
         for r in table.head(limit).to_dict("records")
     ]
     cv = metrics["cv"]

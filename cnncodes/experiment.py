@@ -205,7 +205,9 @@ def cv_table(search):
 
     Columns: ``rank``, one column per parameter that varies between candidates (named by its
     last ``__`` part, e.g. ``layer``, ``C``), ``mean``, ``std`` (of the cross-validated test
-    score) and ``fit_seconds`` (mean per fold).
+    score) and ``fit_seconds`` (mean per fold). Parameter values keep their type (a ``C`` stays
+    a float, so JSON output stays numeric); a list of layers is joined with ``+``; a parameter
+    a candidate does not have is None.
     """
     import pandas as pd
 
@@ -223,17 +225,17 @@ def cv_table(search):
     for i, p in enumerate(params):
         row = {"rank": int(results["rank_test_score"][i])}
         for k in varying:
-            v = p.get(k, "-")
+            v = p.get(k)
             if isinstance(v, (list, tuple)):
                 v = "+".join(map(str, v))
-            elif isinstance(v, float):
-                v = f"{v:.4g}"
             row[_short_param(k)] = v
         row["mean"] = float(results["mean_test_score"][i])
         row["std"] = float(results["std_test_score"][i])
         row["fit_seconds"] = float(results["mean_fit_time"][i])
         rows.append(row)
-    table = pd.DataFrame(rows)
+    # Object columns: pandas would otherwise turn ints into floats next to a missing value.
+    table = pd.DataFrame(rows, dtype=object)
+    table = table.astype({"rank": int, "mean": float, "std": float, "fit_seconds": float})
     return table.sort_values(["rank", "mean"], ascending=[True, False], kind="stable").reset_index(
         drop=True
     )

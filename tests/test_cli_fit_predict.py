@@ -261,3 +261,14 @@ def test_predict_with_a_checkpoint_that_moved(capsys, photos, weights, forward_c
     code, out, err = run(capsys, "predict", model, photos / "photos", *common, "--weights", other)
     assert code == 2
     assert_one_line_error(err, "is not the checkpoint this model was fitted with", "other.pth")
+
+
+def test_fit_json_keeps_grid_values_numeric(capsys, photos):
+    code, out, err = fit(capsys, photos, "--pipeline", "linear_svm", "--cv", "2", "--json")
+    assert code == 0, err
+    data = json.loads(out)
+    best = data["metrics"]["best_params"]["clf__C"]
+    assert isinstance(best, float) and not isinstance(best, bool)
+    values = [row["C"] for row in data["candidates"]]
+    assert all(isinstance(v, float) for v in values), values
+    assert best in values
