@@ -10,8 +10,9 @@ objects (DataFrames, dicts), so the same experiment is one call from Python:
 0.93
 
 The network runs once per image and configuration: :func:`~cnncodes.transformers.warm_cache`
-extracts every code the grid will ask for before the search starts (with a progress bar), so
-the folds and candidates, and the refit, only read the cache.
+extracts every training code the grid will ask for before the search starts (with a progress
+bar), so the folds and candidates, and the refit, only read the cache; held-out images go
+through the network once, for the best candidate only.
 """
 
 from __future__ import annotations
@@ -480,10 +481,10 @@ def run_experiment(
         )
     folds = pipelines.make_cv(labels, n_splits=cv, seed=seed)
     extraction = {}
-    everything = paths + (test_paths or [])
     if step.cache_dir is not None:
-        log(f"codes: extracting what the grid needs for {len(everything)} images (once)")
-        extraction = warm_cache(pipe, everything, grid)
+        # Only the training images: the test images are transformed once, by the winner alone.
+        log(f"codes: extracting what the grid needs for {len(paths)} training images (once)")
+        extraction = warm_cache(pipe, paths, grid)
         extraction = {k: v for k, v in extraction.items() if k != "skipped"}
         runs = extraction["runs"]
         per = f" over {runs} passes of the images (one per setting other than the layer)"
@@ -523,6 +524,7 @@ def run_experiment(
         "test": None,
     }
     if test_paths is not None:
+        log(f"codes: {len(test_paths)} test images, for the best candidate only")
         predicted = best.predict(test_paths)
         metrics["test"] = classification_metrics(test_labels, predicted, labels=classes)
         metrics["test"]["overlap_with_training"] = overlap

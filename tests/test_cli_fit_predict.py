@@ -62,7 +62,8 @@ def test_fit_then_predict(capsys, photos, weights):
     assert "best: clf__C=" in out
     assert "test (" in out and "6 images): accuracy 1.000, balanced accuracy 1.000" in out
     assert "bright" in out and "precision" in out and "recall" in out
-    assert "16 images in" in err and "codes: 22 image codes computed, 0 from the cache" in err
+    assert "16 images in" in err and "codes: 16 image codes computed, 0 from the cache" in err
+    assert "codes: 6 test images, for the best candidate only" in err
     assert model.is_file()
     for name in ("metrics.json", "cv_results.csv", "confusion_matrix.png", "config.json"):
         assert (report / name).is_file(), name

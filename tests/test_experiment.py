@@ -91,14 +91,14 @@ def test_linear_probe_with_a_held_out_split(data, tmp_path, forward_counter):
     assert list(result.table["rank"]) == sorted(result.table["rank"])
     assert list(result.table.columns) == ["rank", "C", "mean", "std", "fit_seconds"]
     assert result.layers is None
-    assert result.extraction["computed"] == 16
+    assert result.extraction["computed"] == 12  # the search's; the test images came after
     assert result.config["extractor"]["model"] == FAST["model"]
     assert set(result.estimator.predict(paths)) <= {"bright", "dark"}
 
     # Run again: every code comes from the cache, the network never runs.
     again = run_experiment(paths, labels, "linear_probe", overrides=overrides, test_size=0.25)
     assert forward_counter.images == 16
-    assert again.extraction == {**result.extraction, "computed": 0, "cached": 16}
+    assert again.extraction == {**result.extraction, "computed": 0, "cached": 12}
     assert again.metrics["best_params"] == result.metrics["best_params"]
 
 
@@ -123,6 +123,28 @@ def test_layer_sweep_runs_the_network_once_per_image(data, tmp_path, forward_cou
     # No test set: the best candidate is described by its cross-validated predictions.
     assert result.metrics["test"] is None
     assert result.metrics["cv"]["predictions"]["n"] == len(paths)
+
+
+def test_test_images_go_through_the_network_for_the_winner_only(data, tmp_path, forward_counter):
+    paths, labels = data
+    test_paths, test_labels = write_classes(str(tmp_path / "test"), per_class=3, seed=1)
+    overrides = dict(
+        FAST,
+        cache_dir=str(tmp_path / "cache"),
+        layer="features.3",
+        poolings=["avg", "max"],
+        Cs=[1.0],
+        gammas=["scale"],
+        kernels=["linear"],
+    )
+    result = run_experiment(
+        paths, labels, "layer_sweep_svm", overrides=overrides, cv=2, test=(test_paths, test_labels)
+    )
+    # Two poolings: the training images go through the network for each; the 6 test images
+    # only for the refitted winner, once.
+    assert forward_counter.images == 2 * len(paths) + len(test_paths)
+    assert result.extraction["computed"] == 2 * len(paths)
+    assert result.metrics["test"]["n"] == len(test_paths)
 
 
 def test_user_layers_become_multi_layer_codes_in_other_recipes(data, tmp_path):
