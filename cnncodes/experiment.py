@@ -22,6 +22,7 @@ import hashlib
 import os
 import platform
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 
@@ -351,6 +352,26 @@ def _fit_progress(estimator, scoring, fits, progress, n_jobs):
         yield _CountingScorer(check_scoring(estimator, scoring=scoring), bar)
 
 
+@contextlib.contextmanager
+def _cache_for_the_run(pipe, prefix, log):
+    """Without a cache (``cache_dir=None``), a temporary one while the block runs.
+
+    A grid search without a cache would push every image through the network once per fold and
+    candidate; with this, once per configuration, as with a cache. It is removed on exit, even
+    after an error.
+    """
+    if pipe.get_params()[f"{prefix}cache_dir"] is not None:
+        yield
+        return
+    with tempfile.TemporaryDirectory(prefix="cnncodes-run-") as folder:
+        log(
+            "codes: no cache (cache_dir=None, --no-cache): a temporary cache keeps this run's codes, so each "
+            "image goes through the network once per configuration; it is removed at the end"
+        )
+        pipe.set_params(**{f"{prefix}cache_dir": folder})
+        yield
+
+
 def _sweeps_layers(param_grid):
     grids = [param_grid] if isinstance(param_grid, dict) else param_grid
     values = []
@@ -459,128 +480,132 @@ def run_experiment(
     step, prefix = _find_codes_step(pipe)
     # Fail on a bad model, layer or parameter before any image is read.
     CNNCodes(**step.get_params()).fit(paths[:1])
+    cache_dir = step.cache_dir
+    with _cache_for_the_run(pipe, prefix, log):
+        skipped = {"train": [], "test": []}
+        if on_error == "skip":
+            paths, labels, skipped["train"] = filter_readable(paths, labels, extractor=pipe)
+            if test_paths is not None:
+                test_paths, test_labels, skipped["test"] = filter_readable(
+                    test_paths, test_labels, extractor=pipe
+                )
+            for part, items in skipped.items():
+                if items:
+                    log(f"left out {len(items)} unreadable {part} image(s)")
+            if not paths:
+                raise ValueError("no readable training images")
 
-    skipped = {"train": [], "test": []}
-    if on_error == "skip":
-        paths, labels, skipped["train"] = filter_readable(paths, labels, extractor=pipe)
-        if test_paths is not None:
-            test_paths, test_labels, skipped["test"] = filter_readable(
-                test_paths, test_labels, extractor=pipe
+        overlap = _shared_images(paths, test_paths) if test_paths is not None else 0
+        if overlap:
+            log(
+                f"warning: {overlap} test image(s) are also training images (same file content): "
+                "the test score overstates accuracy on new images"
             )
-        for part, items in skipped.items():
-            if items:
-                log(f"left out {len(items)} unreadable {part} image(s)")
-        if not paths:
-            raise ValueError("no readable training images")
+        folds = pipelines.make_cv(labels, n_splits=cv, seed=seed)
+        extraction = {}
+        if step.cache_dir is not None:
+            # Only the training images: the test images are transformed once, by the winner alone.
+            log(f"codes: extracting what the grid needs for {len(paths)} training images (once)")
+            extraction = warm_cache(pipe, paths, grid)
+            extraction = {k: v for k, v in extraction.items() if k != "skipped"}
+            runs = extraction["runs"]
+            per = f" over {runs} passes of the images (one per setting other than the layer)"
+            log(
+                f"codes: {extraction['computed']} image codes computed, {extraction['cached']} "
+                f"from the cache{per if runs > 1 else ''}; {extraction['configurations']} "
+                "configuration(s) of layer and settings"
+            )
+        # The search itself only reads codes: no progress bars for each fold.
+        pipe.set_params(**{f"{prefix}progress": False})
 
-    overlap = _shared_images(paths, test_paths) if test_paths is not None else 0
-    if overlap:
+        from sklearn.model_selection import GridSearchCV, ParameterGrid, cross_val_predict
+
+        n_candidates = len(ParameterGrid(grid))
         log(
-            f"warning: {overlap} test image(s) are also training images (same file content): "
-            "the test score overstates accuracy on new images"
+            f"grid search: {n_candidates} candidate(s) x {folds.get_n_splits()} folds "
+            f"on {len(paths)} images, {len(set(labels))} classes"
         )
-    folds = pipelines.make_cv(labels, n_splits=cv, seed=seed)
-    extraction = {}
-    if step.cache_dir is not None:
-        # Only the training images: the test images are transformed once, by the winner alone.
-        log(f"codes: extracting what the grid needs for {len(paths)} training images (once)")
-        extraction = warm_cache(pipe, paths, grid)
-        extraction = {k: v for k, v in extraction.items() if k != "skipped"}
-        runs = extraction["runs"]
-        per = f" over {runs} passes of the images (one per setting other than the layer)"
-        log(
-            f"codes: {extraction['computed']} image codes computed, {extraction['cached']} "
-            f"from the cache{per if runs > 1 else ''}; {extraction['configurations']} "
-            "configuration(s) of layer and settings"
+        fits = n_candidates * folds.get_n_splits()
+        with _fit_progress(pipe, scoring, fits, progress, n_jobs) as scorer:
+            search = GridSearchCV(
+                pipe, grid, cv=folds, scoring=scorer, n_jobs=n_jobs, refit=True, error_score="raise"
+            )
+            search.fit(paths, labels)
+        best = search.best_estimator_
+        classes = [str(c) for c in best.classes_]
+
+        metrics = {
+            "scoring": scoring or "accuracy",
+            "cv": {
+                "best_score": float(search.best_score_),
+                "best_std": float(search.cv_results_["std_test_score"][search.best_index_]),
+                "n_splits": int(folds.get_n_splits()),
+                "n_candidates": int(n_candidates),
+            },
+            "best_params": jsonable(search.best_params_),
+            "test": None,
+        }
+        if test_paths is not None:
+            log(f"codes: {len(test_paths)} test images, for the best candidate only")
+            predicted = best.predict(test_paths)
+            metrics["test"] = classification_metrics(test_labels, predicted, labels=classes)
+            metrics["test"]["overlap_with_training"] = overlap
+            unseen = sorted(set(test_labels) - set(classes))
+            if unseen:
+                metrics["test"]["unseen_classes"] = unseen
+                log(f"test images of class(es) never seen in training: {', '.join(unseen)}")
+        else:
+            # No held-out images: describe the best candidate by its cross-validated predictions.
+            predicted = cross_val_predict(search.best_estimator_, paths, labels, cv=folds)
+            metrics["cv"]["predictions"] = classification_metrics(labels, predicted, labels=classes)
+
+        layers = None
+        if _sweeps_layers(grid):
+            from pipelines.layer_sweep_svm import layer_table
+
+            layers = layer_table(search)
+
+        best_codes = _find_codes_step(best)[0]
+        config = {
+            "recipe": recipe_name,
+            "overrides": jsonable({k: v for k, v in overrides.items() if k != "progress"}),
+            "param_grid": jsonable(grid),
+            "cv": {"n_splits": int(folds.get_n_splits()), "shuffle": True, "seed": seed},
+            "scoring": scoring or "accuracy",
+            "split": split,
+            "train": {
+                "n_images": len(paths),
+                "classes": {c: labels.count(c) for c in sorted(set(labels))},
+                "sha256": _data_fingerprint(paths, labels),
+            },
+            "test": None
+            if test_paths is None
+            else {
+                "n_images": len(test_paths),
+                "sha256": _data_fingerprint(test_paths, test_labels),
+            },
+            "best_params": jsonable(search.best_params_),
+            "extractor": jsonable(best_codes.spec_.to_dict()),
+            "layers": list(best_codes.layers_),
+            "versions": _versions(),
+            "platform": platform.platform(),
+            "argv": list(sys.argv),
+        }
+        # The model keeps the cache setting the user gave, not the run's temporary folder.
+        for estimator in (best, pipe):
+            estimator.set_params(**{f"{prefix}cache_dir": cache_dir})
+        return ExperimentResult(
+            search=search,
+            estimator=best,
+            recipe=recipe_name,
+            metrics=metrics,
+            table=cv_table(search),
+            layers=layers,
+            config=config,
+            skipped=skipped,
+            extraction=extraction,
+            seconds=time.perf_counter() - started,
         )
-    # The search itself only reads codes: no progress bars for each fold.
-    pipe.set_params(**{f"{prefix}progress": False})
-
-    from sklearn.model_selection import GridSearchCV, ParameterGrid, cross_val_predict
-
-    n_candidates = len(ParameterGrid(grid))
-    log(
-        f"grid search: {n_candidates} candidate(s) x {folds.get_n_splits()} folds "
-        f"on {len(paths)} images, {len(set(labels))} classes"
-    )
-    fits = n_candidates * folds.get_n_splits()
-    with _fit_progress(pipe, scoring, fits, progress, n_jobs) as scorer:
-        search = GridSearchCV(
-            pipe, grid, cv=folds, scoring=scorer, n_jobs=n_jobs, refit=True, error_score="raise"
-        )
-        search.fit(paths, labels)
-    best = search.best_estimator_
-    classes = [str(c) for c in best.classes_]
-
-    metrics = {
-        "scoring": scoring or "accuracy",
-        "cv": {
-            "best_score": float(search.best_score_),
-            "best_std": float(search.cv_results_["std_test_score"][search.best_index_]),
-            "n_splits": int(folds.get_n_splits()),
-            "n_candidates": int(n_candidates),
-        },
-        "best_params": jsonable(search.best_params_),
-        "test": None,
-    }
-    if test_paths is not None:
-        log(f"codes: {len(test_paths)} test images, for the best candidate only")
-        predicted = best.predict(test_paths)
-        metrics["test"] = classification_metrics(test_labels, predicted, labels=classes)
-        metrics["test"]["overlap_with_training"] = overlap
-        unseen = sorted(set(test_labels) - set(classes))
-        if unseen:
-            metrics["test"]["unseen_classes"] = unseen
-            log(f"test images of class(es) never seen in training: {', '.join(unseen)}")
-    else:
-        # No held-out images: describe the best candidate by its cross-validated predictions.
-        predicted = cross_val_predict(search.best_estimator_, paths, labels, cv=folds)
-        metrics["cv"]["predictions"] = classification_metrics(labels, predicted, labels=classes)
-
-    layers = None
-    if _sweeps_layers(grid):
-        from pipelines.layer_sweep_svm import layer_table
-
-        layers = layer_table(search)
-
-    best_codes = _find_codes_step(best)[0]
-    config = {
-        "recipe": recipe_name,
-        "overrides": jsonable({k: v for k, v in overrides.items() if k != "progress"}),
-        "param_grid": jsonable(grid),
-        "cv": {"n_splits": int(folds.get_n_splits()), "shuffle": True, "seed": seed},
-        "scoring": scoring or "accuracy",
-        "split": split,
-        "train": {
-            "n_images": len(paths),
-            "classes": {c: labels.count(c) for c in sorted(set(labels))},
-            "sha256": _data_fingerprint(paths, labels),
-        },
-        "test": None
-        if test_paths is None
-        else {
-            "n_images": len(test_paths),
-            "sha256": _data_fingerprint(test_paths, test_labels),
-        },
-        "best_params": jsonable(search.best_params_),
-        "extractor": jsonable(best_codes.spec_.to_dict()),
-        "layers": list(best_codes.layers_),
-        "versions": _versions(),
-        "platform": platform.platform(),
-        "argv": list(sys.argv),
-    }
-    return ExperimentResult(
-        search=search,
-        estimator=best,
-        recipe=recipe_name,
-        metrics=metrics,
-        table=cv_table(search),
-        layers=layers,
-        config=config,
-        skipped=skipped,
-        extraction=extraction,
-        seconds=time.perf_counter() - started,
-    )
 
 
 # ----------------------------------------------------------------------------- predict

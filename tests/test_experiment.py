@@ -147,6 +147,33 @@ def test_test_images_go_through_the_network_for_the_winner_only(data, tmp_path, 
     assert result.metrics["test"]["n"] == len(test_paths)
 
 
+def test_without_a_cache_each_image_still_goes_through_the_network_once(
+    data, tmp_path, forward_counter, monkeypatch
+):
+    import tempfile
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    paths, labels = data
+    test_paths, test_labels = write_classes(str(tmp_path / "test"), per_class=3, seed=1)
+    notes = []
+    overrides = dict(FAST, cache_dir=None, layer=["features.3", "flatten"], **SMALL_C)
+    result = run_experiment(
+        paths, labels, "layer_sweep_svm", overrides=overrides, cv=3,
+        test=(test_paths, test_labels), log=notes.append,
+    )  # fmt: skip
+    # 2 layers x 3 Cs x 2 kernels x 2 poolings x 3 folds, a refit and the test set: each
+    # image once per pooling (the layers share a pass), the test images once.
+    assert forward_counter.images == 2 * len(paths) + len(test_paths)
+    assert any("temporary cache" in n for n in notes), notes
+    assert result.extraction["computed"] == 2 * len(paths)
+    # Nothing is left on disk, and the model keeps no cache.
+    assert list(scratch.iterdir()) == []
+    assert result.estimator.steps[0][1].cache_dir is None
+    assert result.search.estimator.steps[0][1].cache_dir is None
+
+
 def test_user_layers_become_multi_layer_codes_in_other_recipes(data, tmp_path):
     paths, labels = data
     overrides = dict(FAST, cache_dir=str(tmp_path / "cache"), layer=["features.3", "flatten"])
@@ -168,7 +195,7 @@ def test_a_separate_test_set(data, tmp_path):
         cv=2,
     )
     assert result.metrics["test"]["n"] == 6
-    assert result.extraction == {}  # no cache: nothing to warm
+    assert result.extraction["computed"] == 16  # no cache: a temporary one for the run
     assert result.config["test"]["sha256"] != result.config["train"]["sha256"]
 
 
