@@ -1186,6 +1186,14 @@ def _fit_lines(result, test_note, out_path, written, limit=15):
             ],
             right=("precision", "recall", "support"),
         )
+    duplicates = metrics.get("duplicates")
+    if duplicates is not None:
+        shared = duplicates["test_in_train"]
+        lines.append(
+            "same content (SHA-256): "
+            + ("" if shared is None else f"{shared} test image(s) also in training, ")
+            + f"{duplicates['within_train']} training image(s) repeating another"
+        )
     if out_path:
         lines.append(f"saved model: {_display(out_path)}")
     if written:

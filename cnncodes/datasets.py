@@ -157,7 +157,8 @@ def load_dataset(source, *, allow_outside_root=False):
     Warns
     -----
     DatasetWarning
-        A class folder holds no images (it is left out).
+        A class folder holds no images (it is left out), or a manifest lists the same image
+        content (by SHA-256, whatever the file name) under different labels (both are kept).
 
     Examples
     --------
@@ -266,7 +267,7 @@ def _load_manifest(source, allow_outside_root):
     root = os.path.dirname(manifest)
     real_root = os.path.realpath(root)
     name = _display(manifest)
-    paths, labels = [], []
+    paths, labels, lines = [], [], []
     missing = []  # (line, cell, path): reported together, after the rest of the manifest is checked
     try:
         with open(manifest, encoding="utf-8-sig", newline="") as f:
@@ -299,6 +300,7 @@ def _load_manifest(source, allow_outside_root):
                 if not os.path.exists(path):
                     missing.append((line, cell, path))
                 paths.append(path)
+                lines.append(line)
                 if label_col is not None:
                     label = row[label_col].strip()
                     if not label:
@@ -314,7 +316,38 @@ def _load_manifest(source, allow_outside_root):
         raise _missing_error(name, missing, len(paths))
     if not paths:
         raise DatasetError(f"{name}: the manifest lists no images (only a header row)")
-    return ImageDataset(paths, labels if label_col is not None else None, root, "manifest")
+    if label_col is None:
+        return ImageDataset(paths, None, root, "manifest")
+    _warn_label_conflicts(name, paths, labels, lines)
+    return ImageDataset(paths, labels, root, "manifest")
+
+
+def _warn_label_conflicts(name, paths, labels, lines):
+    """Warn when one image content is listed under different labels (one of them is wrong)."""
+    from .images import file_digests  # the digests are memoised: extraction reuses them
+
+    first = {}  # content hash -> index of its first listing
+    conflicts = []
+    for i, digest in enumerate(file_digests(paths)):
+        if not isinstance(digest, str):
+            continue  # an unreadable file is reported when it is decoded
+        j = first.setdefault(digest, i)
+        if labels[j] != labels[i]:
+            conflicts.append((j, i))
+    if not conflicts:
+        return
+    j, i = conflicts[0]
+    rest = ""
+    if len(conflicts) > 1:
+        others = ", ".join(str(lines[k]) for _, k in conflicts[1:6])
+        rest = f"; also line(s) {others}{', ...' if len(conflicts) > 6 else ''}"
+    warnings.warn(
+        f"{name}: lines {lines[j]} and {lines[i]} list the same image content under different "
+        f"labels ({labels[j]!r}, {labels[i]!r}): {_display(paths[j])} and "
+        f"{_display(paths[i])}{rest}; both are kept: correct the label or remove one",
+        DatasetWarning,
+        stacklevel=4,  # _warn_label_conflicts, _load_manifest, load_dataset, caller
+    )
 
 
 def _check_width(row, header, name, line):

@@ -58,7 +58,9 @@ class ExperimentResult:
     metrics : dict
         ``"cv"``: the best candidate's mean and std cross-validated score, plus metrics of its
         cross-validated predictions when there is no test set; ``"test"``: metrics on the held-out
-        images (see :func:`classification_metrics`), or None.
+        images (see :func:`classification_metrics`), or None; ``"duplicates"``: images whose
+        content repeats, by SHA-256 (``test_in_train``: test images that are training images,
+        None without a test set; ``within_train``: training images repeating another).
     table : pandas.DataFrame
         Every candidate, best first (see :func:`cv_table`).
     layers : pandas.DataFrame or None
@@ -119,12 +121,19 @@ def _versions():
     }
 
 
-def _shared_images(train, test):
-    """How many test images have the content of a training image (a leak into the test score)."""
+def _duplicates(train, test):
+    """Images whose content (SHA-256) repeats: ``test_in_train``, test images that are also
+    training images (a leak into the test score; None without a test set), and
+    ``within_train``, training images repeating an earlier one (they can land in a training
+    and a validation fold at once)."""
     from .images import file_digests
 
-    seen = {d for d in file_digests(train) if isinstance(d, str)}
-    return sum(1 for d in file_digests(test) if isinstance(d, str) and d in seen)
+    listed = [d for d in file_digests(train) if isinstance(d, str)]
+    seen = set(listed)
+    shared = None
+    if test is not None:
+        shared = sum(1 for d in file_digests(test) if isinstance(d, str) and d in seen)
+    return {"test_in_train": shared, "within_train": len(listed) - len(seen)}
 
 
 def _check_labelled(paths, labels, name):
@@ -495,11 +504,17 @@ def run_experiment(
             if not paths:
                 raise ValueError("no readable training images")
 
-        overlap = _shared_images(paths, test_paths) if test_paths is not None else 0
+        duplicates = _duplicates(paths, test_paths)
+        overlap = duplicates["test_in_train"] or 0
         if overlap:
             log(
                 f"warning: {overlap} test image(s) are also training images (same file content): "
                 "the test score overstates accuracy on new images"
+            )
+        if duplicates["within_train"]:
+            log(
+                f"note: {duplicates['within_train']} training image(s) repeat another's content: "
+                "cross-validated scores may overstate accuracy on new images"
             )
         folds = pipelines.make_cv(labels, n_splits=cv, seed=seed)
         extraction = {}
@@ -543,6 +558,7 @@ def run_experiment(
                 "n_candidates": int(n_candidates),
             },
             "best_params": jsonable(search.best_params_),
+            "duplicates": duplicates,
             "test": None,
         }
         if test_paths is not None:
@@ -585,6 +601,7 @@ def run_experiment(
                 "sha256": _data_fingerprint(test_paths, test_labels),
             },
             "best_params": jsonable(search.best_params_),
+            "duplicates": duplicates,
             "extractor": jsonable(best_codes.spec_.to_dict()),
             "layers": list(best_codes.layers_),
             "versions": _versions(),

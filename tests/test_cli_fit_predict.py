@@ -62,12 +62,16 @@ def test_fit_then_predict(capsys, photos, weights):
     assert "best: clf__C=" in out
     assert "test (" in out and "6 images): accuracy 1.000, balanced accuracy 1.000" in out
     assert "bright" in out and "precision" in out and "recall" in out
+    assert "same content (SHA-256): 0 test image(s) also in training, 0 training image(s)" in out
     assert "16 images in" in err and "codes: 16 image codes computed, 0 from the cache" in err
     assert "codes: 6 test images, for the best candidate only" in err
     assert model.is_file()
     for name in ("metrics.json", "cv_results.csv", "confusion_matrix.png", "config.json"):
         assert (report / name).is_file(), name
     assert not (report / "layer_sweep.png").exists()  # not a layer sweep
+    duplicates = {"test_in_train": 0, "within_train": 0}
+    assert json.loads((report / "metrics.json").read_text())["duplicates"] == duplicates
+    assert json.loads((report / "config.json").read_text())["duplicates"] == duplicates
 
     out_csv = photos / "predictions.csv"
     code, out, err = run(

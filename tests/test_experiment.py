@@ -433,6 +433,24 @@ def test_test_images_that_are_training_images_are_reported(data, tmp_path):
     )  # fmt: skip
     assert result.metrics["test"]["overlap_with_training"] == 3
     assert any("3 test image(s) are also training images" in n for n in notes)
+    duplicates = {"test_in_train": 3, "within_train": 0}
+    assert result.metrics["duplicates"] == result.config["duplicates"] == duplicates
+
+
+def test_repeated_training_images_are_counted_by_content(data, tmp_path):
+    import shutil
+
+    paths, labels = data
+    copy = os.path.join(os.path.dirname(paths[0]), "copy.png")
+    shutil.copy(paths[0], copy)
+    notes = []
+    overrides = dict(FAST, cache_dir=str(tmp_path / "cache"), Cs=[1.0])
+    result = run_experiment(
+        [*paths, copy], [*labels, labels[0]], "linear_probe", overrides=overrides, cv=2,
+        log=notes.append,
+    )  # fmt: skip
+    assert result.metrics["duplicates"] == {"test_in_train": None, "within_train": 1}
+    assert any("1 training image(s) repeat" in n for n in notes), notes
 
 
 def test_relocate_weights_needs_a_checkpoint_model(data, tmp_path):
