@@ -30,7 +30,7 @@ import numpy as np
 
 from . import __version__
 from ._json import jsonable
-from .models import ModelError, resolve_spec
+from .models import ModelError, default_preprocessing_note, resolve_spec
 from .transformers import CNNCodes, _find_codes_step, filter_readable, warm_cache
 
 __all__ = [
@@ -488,7 +488,11 @@ def run_experiment(
     pipe, grid = _apply_overrides(recipe_module, overrides)
     step, prefix = _find_codes_step(pipe)
     # Fail on a bad model, layer or parameter before any image is read.
-    CNNCodes(**step.get_params()).fit(paths[:1])
+    spec = CNNCodes(**step.get_params()).fit(paths[:1]).spec_
+    log(f"preprocessing: {spec.preprocessing.describe()}")
+    note = default_preprocessing_note(spec)
+    if note:
+        log(note)
     cache_dir = step.cache_dir
     with _cache_for_the_run(pipe, prefix, log):
         skipped = {"train": [], "test": []}
@@ -603,6 +607,8 @@ def run_experiment(
             "best_params": jsonable(search.best_params_),
             "duplicates": duplicates,
             "extractor": jsonable(best_codes.spec_.to_dict()),
+            # Where each preprocessing value came from: explicit, checkpoint, model, ...
+            "preprocessing_source": dict(best_codes.spec_.preprocessing.source),
             "layers": list(best_codes.layers_),
             "versions": _versions(),
             "platform": platform.platform(),

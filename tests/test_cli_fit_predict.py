@@ -277,3 +277,33 @@ def test_fit_json_keeps_grid_values_numeric(capsys, photos):
     values = [row["C"] for row in data["candidates"]]
     assert all(isinstance(v, float) for v in values), values
     assert best in values
+
+
+def test_fit_shows_the_preprocessing_a_checkpoint_carries(capsys, photos):
+    from cnncodes.demo_data import digits_net
+
+    torch.manual_seed(3)
+    own = photos / "own.pth"
+    entry = {"std": [0.25, 0.25, 0.25]}
+    torch.save({"state_dict": digits_net().state_dict(), "preprocessing": entry}, own)
+    code, out, err = run(
+        capsys, "fit", photos / "photos", "--model", "cnncodes.demo_data:digits_net",
+        "--weights", own, "--workers", "0", "--cache-dir", photos / "cache", "--cv", "2",
+        "--pipeline", "linear_svm", "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    described = (
+        "mean=(0.5, 0.5, 0.5) std=(0.25, 0.25, 0.25) resize=32 crop=32x32 interpolation=bilinear "
+        "(from: model: mean, resize, crop; checkpoint: std; ImageNet default: interpolation)"
+    )
+    assert f"preprocessing: {described}" in err
+    data = json.loads(out)
+    assert data["preprocessing"]["std"] == [0.25] * 3
+    assert data["preprocessing"]["source"]["std"] == "checkpoint"
+    code, out, err = run(
+        capsys, "fit", photos / "photos", "--model", "cnncodes.demo_data:digits_net",
+        "--weights", own, "--workers", "0", "--cache-dir", photos / "cache", "--cv", "2",
+        "--pipeline", "linear_svm",
+    )  # fmt: skip
+    assert code == 0, err
+    assert f"preprocessing: {described}" in out
