@@ -374,8 +374,9 @@ def _cache_for_the_run(pipe, prefix, log):
         return
     with tempfile.TemporaryDirectory(prefix="cnncodes-run-") as folder:
         log(
-            "codes: no cache (cache_dir=None, --no-cache): a temporary cache keeps this run's codes, so each "
-            "image goes through the network once per configuration; it is removed at the end"
+            "codes: no cache (cache_dir=None, --no-cache): a temporary cache keeps this run's "
+            "codes, so each image goes through the network once per configuration; it is "
+            "removed at the end"
         )
         pipe.set_params(**{f"{prefix}cache_dir": folder})
         yield
@@ -535,6 +536,7 @@ def run_experiment(
                 "configuration(s) of layer and settings"
             )
         # The search itself only reads codes: no progress bars for each fold.
+        shown = step.progress
         pipe.set_params(**{f"{prefix}progress": False})
 
         from sklearn.model_selection import GridSearchCV, ParameterGrid, cross_val_predict
@@ -567,7 +569,12 @@ def run_experiment(
         }
         if test_paths is not None:
             log(f"codes: {len(test_paths)} test images, for the best candidate only")
-            predicted = best.predict(test_paths)
+            # These go through the network: the bar is back while they do.
+            best.set_params(**{f"{prefix}progress": shown})
+            try:
+                predicted = best.predict(test_paths)
+            finally:
+                best.set_params(**{f"{prefix}progress": False})
             metrics["test"] = classification_metrics(test_labels, predicted, labels=classes)
             metrics["test"]["overlap_with_training"] = overlap
             unseen = sorted(set(test_labels) - set(classes))

@@ -423,6 +423,17 @@ def test_a_sequential_search_shows_its_fits_as_progress(data, tmp_path, capsys):
     assert shown.metrics["best_params"] == quiet.metrics["best_params"]
 
 
+def test_the_test_images_extraction_shows_progress_and_the_model_keeps_none(data, tmp_path, capsys):
+    paths, labels = data
+    test_paths, test_labels = write_classes(str(tmp_path / "test"), per_class=3, seed=1)
+    overrides = dict(FAST, cache_dir=str(tmp_path / "cache"), Cs=[1.0])
+    result = run_experiment(
+        paths, labels, overrides=overrides, cv=2, progress=True, test=(test_paths, test_labels)
+    )
+    assert "extracting" in capsys.readouterr().err.split("grid search")[-1]  # after the search
+    assert result.estimator.steps[0][1].progress is False
+
+
 def test_test_images_that_are_training_images_are_reported(data, tmp_path):
     paths, labels = data
     notes = []
