@@ -341,10 +341,15 @@ def _warn_label_conflicts(name, paths, labels, lines):
     if len(conflicts) > 1:
         others = ", ".join(str(lines[k]) for _, k in conflicts[1:6])
         rest = f"; also line(s) {others}{', ...' if len(conflicts) > 6 else ''}"
+    files = (
+        f"{_display(paths[j])} (the same file)"
+        if paths[j] == paths[i]
+        else f"{_display(paths[j])} and {_display(paths[i])}"
+    )
     warnings.warn(
         f"{name}: lines {lines[j]} and {lines[i]} list the same image content under different "
-        f"labels ({labels[j]!r}, {labels[i]!r}): {_display(paths[j])} and "
-        f"{_display(paths[i])}{rest}; both are kept: correct the label or remove one",
+        f"labels ({labels[j]!r}, {labels[i]!r}): {files}{rest}; both are kept: correct the "
+        "label or remove one",
         DatasetWarning,
         stacklevel=4,  # _warn_label_conflicts, _load_manifest, load_dataset, caller
     )

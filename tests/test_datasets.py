@@ -328,6 +328,10 @@ def test_manifest_with_one_image_under_two_labels_warns_naming_both_lines(tmp_pa
         "a.png" in message and "copy.png" in message and "'cat'" in message and "'dog'" in message
     )
     assert ds.labels == ["cat", "cat", "cat", "dog"]  # kept: the user decides
+    # One file listed twice.
+    twice = write_csv(tmp_path / "t.csv", "path,label\nb.png,cat\nb.png,dog\n")
+    with pytest.warns(DatasetWarning, match=r"lines 2 and 3 .*b\.png \(the same file\)"):
+        load_dataset(twice)
 
 
 def test_manifest_duplicates_with_one_label_or_no_labels_warn_nothing(tmp_path):
