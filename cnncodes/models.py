@@ -836,9 +836,12 @@ def default_preprocessing_note(spec):
     keys = [k for k in ("mean", "std", "resize", "crop") if source.get(k) == "ImageNet default"]
     if not keys:
         return None
+    has_some = "checkpoint" in source.values()
     return (
-        f"note: {spec.weights} carries no preprocessing of its own, so {', '.join(keys)} "
-        "are the ImageNet default; if its network was trained otherwise, give "
+        f"note: {spec.weights} "
+        + ("gives no " + ", ".join(keys) if has_some else "carries no preprocessing of its own")
+        + f", so {', '.join(keys)} {'is' if len(keys) == 1 else 'are'} the ImageNet default; "
+        "if its network was trained otherwise, give "
         f"{' '.join('--' + k for k in keys)}, or save the checkpoint as "
         "{'state_dict': ..., 'preprocessing': {'mean': ..., 'std': ..., ...}}"
     )

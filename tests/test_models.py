@@ -674,6 +674,9 @@ def test_a_note_when_a_checkpoint_is_normalised_with_the_imagenet_default(tmp_pa
         default_preprocessing_note(resolve_spec(TINY, save_checkpoint(tmp_path / "o.pth", OWN)))
         is None
     )
+    some = resolve_spec(TINY, save_checkpoint(tmp_path / "s.pth", {"mean": 0.5, "std": 0.5}))
+    note = default_preprocessing_note(some)
+    assert "s.pth gives no resize, crop, so resize, crop are the ImageNet default" in note
     assert default_preprocessing_note(resolve_spec(TINY, "none")) is None  # not a checkpoint
 
 
