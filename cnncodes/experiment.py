@@ -496,16 +496,23 @@ def run_experiment(
         log(note)
     cache_dir = step.cache_dir
     with _cache_for_the_run(pipe, prefix, log):
-        skipped = {"train": [], "test": []}
-        if on_error == "skip":
-            paths, labels, skipped["train"] = filter_readable(paths, labels, extractor=pipe)
-            if test_paths is not None:
-                test_paths, test_labels, skipped["test"] = filter_readable(
-                    test_paths, test_labels, extractor=pipe
-                )
-            for part, items in skipped.items():
-                if items:
-                    log(f"left out {len(items)} unreadable {part} image(s)")
+        # Only the training images: the test images are transformed once, by the winner alone.
+        log(f"codes: extracting what the grid needs for {len(paths)} training images (once)")
+        extraction = warm_cache(pipe, paths, grid)
+        skipped = {"train": extraction.pop("skipped"), "test": []}
+        runs = extraction["runs"]
+        per = f" over {runs} passes of the images (one per setting other than the layer)"
+        log(
+            f"codes: {extraction['computed']} image codes computed, {extraction['cached']} "
+            f"from the cache{per if runs > 1 else ''}; {extraction['configurations']} "
+            "configuration(s) of layer and settings"
+        )
+        if skipped["train"]:
+            # on_error="skip": the warm pass was the screening; the images go with their labels.
+            bad = {s.index for s in skipped["train"]}
+            labels = [label for i, label in enumerate(labels) if i not in bad]
+            paths = [path for i, path in enumerate(paths) if i not in bad]
+            log(f"left out {len(bad)} unreadable train image(s)")
             if not paths:
                 raise ValueError("no readable training images")
 
@@ -522,19 +529,6 @@ def run_experiment(
                 "cross-validated scores may overstate accuracy on new images"
             )
         folds = pipelines.make_cv(labels, n_splits=cv, seed=seed)
-        extraction = {}
-        if step.cache_dir is not None:
-            # Only the training images: the test images are transformed once, by the winner alone.
-            log(f"codes: extracting what the grid needs for {len(paths)} training images (once)")
-            extraction = warm_cache(pipe, paths, grid)
-            extraction = {k: v for k, v in extraction.items() if k != "skipped"}
-            runs = extraction["runs"]
-            per = f" over {runs} passes of the images (one per setting other than the layer)"
-            log(
-                f"codes: {extraction['computed']} image codes computed, {extraction['cached']} "
-                f"from the cache{per if runs > 1 else ''}; {extraction['configurations']} "
-                "configuration(s) of layer and settings"
-            )
         # The search itself only reads codes: no progress bars for each fold.
         shown = step.progress
         pipe.set_params(**{f"{prefix}progress": False})
@@ -572,6 +566,15 @@ def run_experiment(
             # These go through the network: the bar is back while they do.
             best.set_params(**{f"{prefix}progress": shown})
             try:
+                if on_error == "skip":
+                    # Screened by the winner itself: its codes are the ones predict reads.
+                    test_paths, test_labels, skipped["test"] = filter_readable(
+                        test_paths, test_labels, extractor=best
+                    )
+                    if skipped["test"]:
+                        log(f"left out {len(skipped['test'])} unreadable test image(s)")
+                    if not test_paths:
+                        raise ValueError("no readable test images")
                 predicted = best.predict(test_paths)
             finally:
                 best.set_params(**{f"{prefix}progress": False})

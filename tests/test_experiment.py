@@ -147,6 +147,32 @@ def test_test_images_go_through_the_network_for_the_winner_only(data, tmp_path, 
     assert result.metrics["test"]["n"] == len(test_paths)
 
 
+def test_unreadable_images_are_screened_without_an_extra_pass(data, tmp_path, forward_counter):
+    paths, labels = data
+    test_paths, test_labels = write_classes(str(tmp_path / "test"), per_class=3, seed=1)
+    broken = tmp_path / "test" / "dark" / "broken.png"
+    broken.write_bytes(b"not an image")
+    bad_train = tmp_path / "photos" / "dark" / "broken.png"
+    bad_train.write_bytes(b"not an image either")
+    notes = []
+    overrides = dict(
+        FAST, cache_dir=str(tmp_path / "cache"), layer="features.3", poolings=["max", "avgmax"],
+        Cs=[1.0], gammas=["scale"], kernels=["linear"],
+    )  # fmt: skip
+    result = run_experiment(
+        [*paths, str(bad_train)], [*labels, "dark"], "layer_sweep_svm", overrides=overrides,
+        cv=2, on_error="skip", test=([*test_paths, str(broken)], [*test_labels, "dark"]),
+        log=notes.append,
+    )  # fmt: skip
+    # The recipe's own pooling (avg) is not in the grid: screening with it would cost a pass.
+    assert forward_counter.images == 2 * len(paths) + len(test_paths)
+    assert [s.path for s in result.skipped["train"]] == [str(bad_train)]
+    assert result.config["train"]["n_images"] == len(paths)
+    assert [s.path for s in result.skipped["test"]] == [str(broken)]
+    assert result.metrics["test"]["n"] == len(test_paths)
+    assert any("left out 1 unreadable test image(s)" in n for n in notes)
+
+
 def test_without_a_cache_each_image_still_goes_through_the_network_once(
     data, tmp_path, forward_counter, monkeypatch
 ):
