@@ -818,6 +818,7 @@ def _config_summary(store, info):
 
 
 def _preprocessing_cell(values):
+    """A stored configuration's preprocessing in one line (as written, if not understood)."""
     try:
         return describe_preprocessing(values)
     except (KeyError, TypeError):  # a configuration written by another version
@@ -1159,7 +1160,7 @@ def _fmt(value, digits=3):
 
 def _param_cell(value):
     """A grid value for the candidates table: floats to 4 significant digits."""
-    if isinstance(value, (float, np.floating)) and not isinstance(value, bool):
+    if isinstance(value, (float, np.floating)):
         return f"{value:.4g}"
     return value
 
