@@ -32,7 +32,13 @@ from .cache import CacheWarning, list_configs, resolve_cache_dir
 from .datasets import DatasetError, load_dataset, load_files
 from .extract import GPU_DECODER, PRECISIONS, extract_codes, resolve_device, spec_from_config
 from .images import ImageLoadError, file_digests
-from .models import list_layers, resolve_layers, resolve_spec
+from .models import (
+    default_preprocessing_note,
+    describe_preprocessing,
+    list_layers,
+    resolve_layers,
+    resolve_spec,
+)
 from .pooling import POOLINGS
 
 __all__ = ["main", "build_parser", "COMMANDS"]
@@ -203,8 +209,8 @@ def _add_data_options(parser, *, positional=True):
     parser.add_argument(
         "--allow-outside-root",
         action="store_true",
-        help="accept images that resolve outside DATA's folder (../, absolute paths, symbolic "
-        "links); refused by default",
+        help="accept images that resolve outside DATA's folder through ../ or symbolic links "
+        "(refused by default); a manifest's absolute paths are always accepted",
     )
 
 
@@ -660,10 +666,17 @@ def run_layers(args):
     except ValueError:
         penultimate = None
     h, w = spec.preprocessing.input_size
+    note = default_preprocessing_note(spec)
+    if note:
+        output.note(note)
     data = {
         "model": spec.model,
         "weights": spec.weights_id,
         "input_size": [3, h, w],
+        "preprocessing": {
+            **spec.preprocessing.to_dict(),
+            "source": dict(spec.preprocessing.source),
+        },
         "penultimate": penultimate,
         "layers": [
             {"name": i.name, "shape": list(i.shape), "code_sizes": dict(i.code_sizes)}
@@ -679,7 +692,8 @@ def run_layers(args):
         for i in infos
     ]
     lines = [
-        f"{spec.model} [{_short_weights(spec.weights_id)}], input 3x{h}x{w}: {len(infos)} layers"
+        f"{spec.model} [{_short_weights(spec.weights_id)}], input 3x{h}x{w}: {len(infos)} layers",
+        f"preprocessing: {spec.preprocessing.describe()}",
     ]
     lines += _table(["  layer", "shape", *POOLINGS], rows, right=POOLINGS)
     if penultimate is not None:
@@ -793,6 +807,7 @@ def _config_summary(store, info):
         "layer": config.get("layer"),
         "pooling": config.get("pooling"),
         "precision": config.get("precision"),
+        "preprocessing": config.get("preprocessing"),
         "rows": info["rows"],
         "unique": info["unique"],
         "features": info["features"],
@@ -800,6 +815,14 @@ def _config_summary(store, info):
         "size_mb": round(info["bytes"] / 1e6, 3),
         "path": store.path,
     }
+
+
+def _preprocessing_cell(values):
+    """A stored configuration's preprocessing in one line (as written, if not understood)."""
+    try:
+        return describe_preprocessing(values)
+    except (KeyError, TypeError):  # a configuration written by another version
+        return repr(values)
 
 
 def run_cache_info(args):
@@ -835,6 +858,9 @@ def run_cache_info(args):
         lines += _table(
             ["key", "model", "weights", "layer", "pooling", "precision", *numbers], rows, numbers
         )
+        # Configurations that differ only in preprocessing must not look the same.
+        lines.append("preprocessing:")
+        lines += [f"{c['key'][:12]}  {_preprocessing_cell(c['preprocessing'])}" for c in configs]
     output.result(data, lines)
     return EXIT_OK
 
@@ -1132,12 +1158,25 @@ def _fmt(value, digits=3):
     return "-" if value is None or value != value else f"{value:.{digits}f}"
 
 
+def _param_cell(value):
+    """A grid value for the candidates table: floats to 4 significant digits."""
+    if isinstance(value, (float, np.floating)):
+        return f"{value:.4g}"
+    return value
+
+
+def _fit_preprocessing(result):
+    """(values, source) of the best pipeline's preprocessing, from the run's configuration."""
+    config = result.config
+    return config["extractor"]["preprocessing"], config.get("preprocessing_source")
+
+
 def _fit_lines(result, test_note, out_path, written, limit=15):
     metrics = result.metrics
     table = result.table
     params = [c for c in table.columns if c not in ("rank", "mean", "std", "fit_seconds")]
     rows = [
-        [r["rank"], *(r[p] for p in params), _fmt(r["mean"]), _fmt(r["std"])]
+        [r["rank"], *(_param_cell(r[p]) for p in params), _fmt(r["mean"]), _fmt(r["std"])]
         for r in table.head(limit).to_dict("records")
     ]
     cv = metrics["cv"]
@@ -1178,6 +1217,15 @@ def _fit_lines(result, test_note, out_path, written, limit=15):
                 for c, m in evaluated["per_class"].items()
             ],
             right=("precision", "recall", "support"),
+        )
+    lines.append(f"preprocessing: {describe_preprocessing(*_fit_preprocessing(result))}")
+    duplicates = metrics.get("duplicates")
+    if duplicates is not None:
+        shared = duplicates["test_in_train"]
+        lines.append(
+            "same content (SHA-256): "
+            + ("" if shared is None else f"{shared} test image(s) also in training, ")
+            + f"{duplicates['within_train']} training image(s) repeating another"
         )
     if out_path:
         lines.append(f"saved model: {_display(out_path)}")
@@ -1245,6 +1293,7 @@ def run_fit(args):
         written = write_report(result, args.report)
     for items in result.skipped.values():
         _note_skipped(output, items)
+    preprocessing, source = _fit_preprocessing(result)
     summary = {
         "command": "fit",
         "data": dataset.root,
@@ -1263,6 +1312,7 @@ def run_fit(args):
             for r in result.layers.itertuples()
         ],
         "extraction": result.extraction,
+        "preprocessing": {**preprocessing, "source": source},
         "skipped": {p: _skipped_json(items) for p, items in result.skipped.items()},
         "out": out_path,
         "report": written or None,
@@ -1313,7 +1363,8 @@ def add_predict_parser(subparsers):
     parser.add_argument(
         "--allow-outside-root",
         action="store_true",
-        help="accept manifest entries and links that resolve outside their folder",
+        help="accept relative manifest entries and links that resolve outside their folder "
+        "(absolute entries are always accepted)",
     )
     parser.add_argument("--proba", action="store_true", help="add one probability column per class")
     parser.add_argument(

@@ -14,10 +14,11 @@ Three sources, one result (:class:`ImageDataset`: absolute paths, optional label
   reported with its line number when it is read, not when the images are decoded.
 - an explicit list of image files (:func:`load_files`).
 
-Paths from a folder or a manifest must resolve (symbolic links followed) to a location inside the
-folder, resp. the manifest's folder: ``../`` components, absolute paths and symbolic links that
-lead elsewhere are refused unless ``allow_outside_root=True``, so that a manifest from someone
-else cannot make the tool read arbitrary files of this machine.
+Paths found in a folder, and relative paths in a manifest, must resolve (symbolic links followed)
+to a location inside the folder, resp. the manifest's folder: ``../`` components and symbolic
+links that lead elsewhere are refused unless ``allow_outside_root=True``, so that a relative entry
+cannot climb out of its folder unnoticed. Absolute paths in a manifest are taken as written (the
+usual manifest lists them): they name their file outright.
 """
 
 from __future__ import annotations
@@ -140,7 +141,8 @@ def load_dataset(source, *, allow_outside_root=False):
         ``path`` column and an optional ``label`` column.
     allow_outside_root : bool
         Accept images that resolve outside the folder (or the manifest's folder): ``../``
-        components, absolute paths, symbolic links leading elsewhere. Off by default.
+        components and symbolic links leading elsewhere. Off by default. A manifest's absolute
+        paths are always accepted.
 
     Returns
     -------
@@ -155,7 +157,8 @@ def load_dataset(source, *, allow_outside_root=False):
     Warns
     -----
     DatasetWarning
-        A class folder holds no images (it is left out).
+        A class folder holds no images (it is left out), or a manifest lists the same image
+        content (by SHA-256, whatever the file name) under different labels (both are kept).
 
     Examples
     --------
@@ -264,7 +267,7 @@ def _load_manifest(source, allow_outside_root):
     root = os.path.dirname(manifest)
     real_root = os.path.realpath(root)
     name = _display(manifest)
-    paths, labels = [], []
+    paths, labels, lines = [], [], []
     missing = []  # (line, cell, path): reported together, after the rest of the manifest is checked
     try:
         with open(manifest, encoding="utf-8-sig", newline="") as f:
@@ -297,6 +300,7 @@ def _load_manifest(source, allow_outside_root):
                 if not os.path.exists(path):
                     missing.append((line, cell, path))
                 paths.append(path)
+                lines.append(line)
                 if label_col is not None:
                     label = row[label_col].strip()
                     if not label:
@@ -312,7 +316,43 @@ def _load_manifest(source, allow_outside_root):
         raise _missing_error(name, missing, len(paths))
     if not paths:
         raise DatasetError(f"{name}: the manifest lists no images (only a header row)")
-    return ImageDataset(paths, labels if label_col is not None else None, root, "manifest")
+    if label_col is None:
+        return ImageDataset(paths, None, root, "manifest")
+    _warn_label_conflicts(name, paths, labels, lines)
+    return ImageDataset(paths, labels, root, "manifest")
+
+
+def _warn_label_conflicts(name, paths, labels, lines):
+    """Warn when one image content is listed under different labels (one of them is wrong)."""
+    from .images import file_digests  # the digests are memoised: extraction reuses them
+
+    first = {}  # content hash -> index of its first listing
+    conflicts = []
+    for i, digest in enumerate(file_digests(paths)):
+        if not isinstance(digest, str):
+            continue  # an unreadable file is reported when it is decoded
+        j = first.setdefault(digest, i)
+        if labels[j] != labels[i]:
+            conflicts.append((j, i))
+    if not conflicts:
+        return
+    j, i = conflicts[0]
+    rest = ""
+    if len(conflicts) > 1:
+        others = ", ".join(str(lines[k]) for _, k in conflicts[1:6])
+        rest = f"; also line(s) {others}{', ...' if len(conflicts) > 6 else ''}"
+    files = (
+        f"{_display(paths[j])} (the same file)"
+        if paths[j] == paths[i]
+        else f"{_display(paths[j])} and {_display(paths[i])}"
+    )
+    warnings.warn(
+        f"{name}: lines {lines[j]} and {lines[i]} list the same image content under different "
+        f"labels ({labels[j]!r}, {labels[i]!r}): {files}{rest}; both are kept: correct the "
+        "label or remove one",
+        DatasetWarning,
+        stacklevel=4,  # _warn_label_conflicts, _load_manifest, load_dataset, caller
+    )
 
 
 def _check_width(row, header, name, line):
@@ -344,7 +384,8 @@ def _missing_error(name, missing, total):
 
 def _resolve_manifest_path(cell, root, real_root, allow_outside_root, name, line):
     path = os.path.normpath(os.path.join(root, cell))  # an absolute cell replaces root
-    if not allow_outside_root:
+    # An absolute path names its file outright; only a relative one can climb out unnoticed.
+    if not allow_outside_root and not os.path.isabs(cell):
         real = os.path.realpath(path)
         if not _inside(real, real_root):
             raise DatasetError(

@@ -10,8 +10,9 @@ objects (DataFrames, dicts), so the same experiment is one call from Python:
 0.93
 
 The network runs once per image and configuration: :func:`~cnncodes.transformers.warm_cache`
-extracts every code the grid will ask for before the search starts (with a progress bar), so
-the folds and candidates, and the refit, only read the cache.
+extracts every training code the grid will ask for before the search starts (with a progress
+bar), so the folds and candidates, and the refit, only read the cache; held-out images go
+through the network once, for the best candidate only.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import hashlib
 import os
 import platform
 import sys
+import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -29,7 +31,7 @@ import numpy as np
 
 from . import __version__
 from ._json import jsonable
-from .models import ModelError, resolve_spec
+from .models import ModelError, default_preprocessing_note, resolve_spec
 from .transformers import CNNCodes, _find_codes_step, filter_readable, warm_cache
 
 __all__ = [
@@ -57,7 +59,9 @@ class ExperimentResult:
     metrics : dict
         ``"cv"``: the best candidate's mean and std cross-validated score, plus metrics of its
         cross-validated predictions when there is no test set; ``"test"``: metrics on the held-out
-        images (see :func:`classification_metrics`), or None.
+        images (see :func:`classification_metrics`), or None; ``"duplicates"``: images whose
+        content repeats, by SHA-256 (``test_in_train``: test images that are training images,
+        None without a test set; ``within_train``: training images repeating another).
     table : pandas.DataFrame
         Every candidate, best first (see :func:`cv_table`).
     layers : pandas.DataFrame or None
@@ -118,12 +122,19 @@ def _versions():
     }
 
 
-def _shared_images(train, test):
-    """How many test images have the content of a training image (a leak into the test score)."""
+def _duplicates(train, test):
+    """Images whose content (SHA-256) repeats: ``test_in_train``, test images that are also
+    training images (a leak into the test score; None without a test set), and
+    ``within_train``, training images repeating an earlier one (they can land in a training
+    and a validation fold at once)."""
     from .images import file_digests
 
-    seen = {d for d in file_digests(train) if isinstance(d, str)}
-    return sum(1 for d in file_digests(test) if isinstance(d, str) and d in seen)
+    listed = [d for d in file_digests(train) if isinstance(d, str)]
+    seen = set(listed)
+    shared = None
+    if test is not None:
+        shared = sum(1 for d in file_digests(test) if isinstance(d, str) and d in seen)
+    return {"test_in_train": shared, "within_train": len(listed) - len(seen)}
 
 
 def _check_labelled(paths, labels, name):
@@ -206,7 +217,9 @@ def cv_table(search):
 
     Columns: ``rank``, one column per parameter that varies between candidates (named by its
     last ``__`` part, e.g. ``layer``, ``C``), ``mean``, ``std`` (of the cross-validated test
-    score) and ``fit_seconds`` (mean per fold).
+    score) and ``fit_seconds`` (mean per fold). Parameter values keep their type (a ``C`` stays
+    a float, so JSON output stays numeric); a list of layers is joined with ``+``; a parameter
+    a candidate does not have is None.
     """
     import pandas as pd
 
@@ -224,17 +237,17 @@ def cv_table(search):
     for i, p in enumerate(params):
         row = {"rank": int(results["rank_test_score"][i])}
         for k in varying:
-            v = p.get(k, "-")
+            v = p.get(k)
             if isinstance(v, (list, tuple)):
                 v = "+".join(map(str, v))
-            elif isinstance(v, float):
-                v = f"{v:.4g}"
             row[_short_param(k)] = v
         row["mean"] = float(results["mean_test_score"][i])
         row["std"] = float(results["std_test_score"][i])
         row["fit_seconds"] = float(results["mean_fit_time"][i])
         rows.append(row)
-    table = pd.DataFrame(rows)
+    # Object columns: pandas would otherwise turn ints into floats next to a missing value.
+    table = pd.DataFrame(rows, dtype=object)
+    table = table.astype({"rank": int, "mean": float, "std": float, "fit_seconds": float})
     return table.sort_values(["rank", "mean"], ascending=[True, False], kind="stable").reset_index(
         drop=True
     )
@@ -349,6 +362,27 @@ def _fit_progress(estimator, scoring, fits, progress, n_jobs):
         yield _CountingScorer(check_scoring(estimator, scoring=scoring), bar)
 
 
+@contextlib.contextmanager
+def _cache_for_the_run(pipe, prefix, log):
+    """Without a cache (``cache_dir=None``), a temporary one while the block runs.
+
+    A grid search without a cache would push every image through the network once per fold and
+    candidate; with this, once per configuration, as with a cache. It is removed on exit, even
+    after an error.
+    """
+    if pipe.get_params()[f"{prefix}cache_dir"] is not None:
+        yield
+        return
+    with tempfile.TemporaryDirectory(prefix="cnncodes-run-") as folder:
+        log(
+            "codes: no cache (cache_dir=None, --no-cache): a temporary cache keeps this run's "
+            "codes, so each image goes through the network once per configuration; it is "
+            "removed at the end"
+        )
+        pipe.set_params(**{f"{prefix}cache_dir": folder})
+        yield
+
+
 def _sweeps_layers(param_grid):
     grids = [param_grid] if isinstance(param_grid, dict) else param_grid
     values = []
@@ -456,34 +490,17 @@ def run_experiment(
     pipe, grid = _apply_overrides(recipe_module, overrides)
     step, prefix = _find_codes_step(pipe)
     # Fail on a bad model, layer or parameter before any image is read.
-    CNNCodes(**step.get_params()).fit(paths[:1])
-
-    skipped = {"train": [], "test": []}
-    if on_error == "skip":
-        paths, labels, skipped["train"] = filter_readable(paths, labels, extractor=pipe)
-        if test_paths is not None:
-            test_paths, test_labels, skipped["test"] = filter_readable(
-                test_paths, test_labels, extractor=pipe
-            )
-        for part, items in skipped.items():
-            if items:
-                log(f"left out {len(items)} unreadable {part} image(s)")
-        if not paths:
-            raise ValueError("no readable training images")
-
-    overlap = _shared_images(paths, test_paths) if test_paths is not None else 0
-    if overlap:
-        log(
-            f"warning: {overlap} test image(s) are also training images (same file content): "
-            "the test score overstates accuracy on new images"
-        )
-    folds = pipelines.make_cv(labels, n_splits=cv, seed=seed)
-    extraction = {}
-    everything = paths + (test_paths or [])
-    if step.cache_dir is not None:
-        log(f"codes: extracting what the grid needs for {len(everything)} images (once)")
-        extraction = warm_cache(pipe, everything, grid)
-        extraction = {k: v for k, v in extraction.items() if k != "skipped"}
+    spec = CNNCodes(**step.get_params()).fit(paths[:1]).spec_
+    log(f"preprocessing: {spec.preprocessing.describe()}")
+    note = default_preprocessing_note(spec)
+    if note:
+        log(note)
+    cache_dir = step.cache_dir
+    with _cache_for_the_run(pipe, prefix, log):
+        # Only the training images: the test images are transformed once, by the winner alone.
+        log(f"codes: extracting what the grid needs for {len(paths)} training images (once)")
+        extraction = warm_cache(pipe, paths, grid)
+        skipped = {"train": extraction.pop("skipped"), "test": []}
         runs = extraction["runs"]
         per = f" over {runs} passes of the images (one per setting other than the layer)"
         log(
@@ -491,93 +508,138 @@ def run_experiment(
             f"from the cache{per if runs > 1 else ''}; {extraction['configurations']} "
             "configuration(s) of layer and settings"
         )
-    # The search itself only reads codes: no progress bars for each fold.
-    pipe.set_params(**{f"{prefix}progress": False})
+        if skipped["train"]:
+            # on_error="skip": the warm pass was the screening; the images go with their labels.
+            bad = {s.index for s in skipped["train"]}
+            labels = [label for i, label in enumerate(labels) if i not in bad]
+            paths = [path for i, path in enumerate(paths) if i not in bad]
+            log(f"left out {len(bad)} unreadable train image(s)")
+            if not paths:
+                raise ValueError("no readable training images")
 
-    from sklearn.model_selection import GridSearchCV, ParameterGrid, cross_val_predict
+        duplicates = _duplicates(paths, test_paths)
+        overlap = duplicates["test_in_train"] or 0
+        if overlap:
+            log(
+                f"warning: {overlap} test image(s) are also training images (same file content): "
+                "the test score overstates accuracy on new images"
+            )
+        if duplicates["within_train"]:
+            log(
+                f"note: {duplicates['within_train']} training image(s) repeat another's content: "
+                "cross-validated scores may overstate accuracy on new images"
+            )
+        folds = pipelines.make_cv(labels, n_splits=cv, seed=seed)
+        # The search itself only reads codes: no progress bars for each fold.
+        shown = step.progress
+        pipe.set_params(**{f"{prefix}progress": False})
 
-    n_candidates = len(ParameterGrid(grid))
-    log(
-        f"grid search: {n_candidates} candidate(s) x {folds.get_n_splits()} folds "
-        f"on {len(paths)} images, {len(set(labels))} classes"
-    )
-    fits = n_candidates * folds.get_n_splits()
-    with _fit_progress(pipe, scoring, fits, progress, n_jobs) as scorer:
-        search = GridSearchCV(
-            pipe, grid, cv=folds, scoring=scorer, n_jobs=n_jobs, refit=True, error_score="raise"
+        from sklearn.model_selection import GridSearchCV, ParameterGrid, cross_val_predict
+
+        n_candidates = len(ParameterGrid(grid))
+        log(
+            f"grid search: {n_candidates} candidate(s) x {folds.get_n_splits()} folds "
+            f"on {len(paths)} images, {len(set(labels))} classes"
         )
-        search.fit(paths, labels)
-    best = search.best_estimator_
-    classes = [str(c) for c in best.classes_]
+        fits = n_candidates * folds.get_n_splits()
+        with _fit_progress(pipe, scoring, fits, progress, n_jobs) as scorer:
+            search = GridSearchCV(
+                pipe, grid, cv=folds, scoring=scorer, n_jobs=n_jobs, refit=True, error_score="raise"
+            )
+            search.fit(paths, labels)
+        best = search.best_estimator_
+        classes = [str(c) for c in best.classes_]
 
-    metrics = {
-        "scoring": scoring or "accuracy",
-        "cv": {
-            "best_score": float(search.best_score_),
-            "best_std": float(search.cv_results_["std_test_score"][search.best_index_]),
-            "n_splits": int(folds.get_n_splits()),
-            "n_candidates": int(n_candidates),
-        },
-        "best_params": jsonable(search.best_params_),
-        "test": None,
-    }
-    if test_paths is not None:
-        predicted = best.predict(test_paths)
-        metrics["test"] = classification_metrics(test_labels, predicted, labels=classes)
-        metrics["test"]["overlap_with_training"] = overlap
-        unseen = sorted(set(test_labels) - set(classes))
-        if unseen:
-            metrics["test"]["unseen_classes"] = unseen
-            log(f"test images of class(es) never seen in training: {', '.join(unseen)}")
-    else:
-        # No held-out images: describe the best candidate by its cross-validated predictions.
-        predicted = cross_val_predict(search.best_estimator_, paths, labels, cv=folds)
-        metrics["cv"]["predictions"] = classification_metrics(labels, predicted, labels=classes)
+        metrics = {
+            "scoring": scoring or "accuracy",
+            "cv": {
+                "best_score": float(search.best_score_),
+                "best_std": float(search.cv_results_["std_test_score"][search.best_index_]),
+                "n_splits": int(folds.get_n_splits()),
+                "n_candidates": int(n_candidates),
+            },
+            "best_params": jsonable(search.best_params_),
+            "duplicates": duplicates,
+            "test": None,
+        }
+        if test_paths is not None:
+            log(f"codes: {len(test_paths)} test images, for the best candidate only")
+            # These go through the network: the bar is back while they do.
+            best.set_params(**{f"{prefix}progress": shown})
+            try:
+                if on_error == "skip":
+                    # Screened by the winner itself: its codes are the ones predict reads.
+                    test_paths, test_labels, skipped["test"] = filter_readable(
+                        test_paths, test_labels, extractor=best
+                    )
+                    if skipped["test"]:
+                        log(f"left out {len(skipped['test'])} unreadable test image(s)")
+                    if not test_paths:
+                        raise ValueError("no readable test images")
+                predicted = best.predict(test_paths)
+            finally:
+                best.set_params(**{f"{prefix}progress": False})
+            metrics["test"] = classification_metrics(test_labels, predicted, labels=classes)
+            metrics["test"]["overlap_with_training"] = overlap
+            unseen = sorted(set(test_labels) - set(classes))
+            if unseen:
+                metrics["test"]["unseen_classes"] = unseen
+                log(f"test images of class(es) never seen in training: {', '.join(unseen)}")
+        else:
+            # No held-out images: describe the best candidate by its cross-validated predictions.
+            predicted = cross_val_predict(search.best_estimator_, paths, labels, cv=folds)
+            metrics["cv"]["predictions"] = classification_metrics(labels, predicted, labels=classes)
 
-    layers = None
-    if _sweeps_layers(grid):
-        from pipelines.layer_sweep_svm import layer_table
+        layers = None
+        if _sweeps_layers(grid):
+            from pipelines.layer_sweep_svm import layer_table
 
-        layers = layer_table(search)
+            layers = layer_table(search)
 
-    best_codes = _find_codes_step(best)[0]
-    config = {
-        "recipe": recipe_name,
-        "overrides": jsonable({k: v for k, v in overrides.items() if k != "progress"}),
-        "param_grid": jsonable(grid),
-        "cv": {"n_splits": int(folds.get_n_splits()), "shuffle": True, "seed": seed},
-        "scoring": scoring or "accuracy",
-        "split": split,
-        "train": {
-            "n_images": len(paths),
-            "classes": {c: labels.count(c) for c in sorted(set(labels))},
-            "sha256": _data_fingerprint(paths, labels),
-        },
-        "test": None
-        if test_paths is None
-        else {
-            "n_images": len(test_paths),
-            "sha256": _data_fingerprint(test_paths, test_labels),
-        },
-        "best_params": jsonable(search.best_params_),
-        "extractor": jsonable(best_codes.spec_.to_dict()),
-        "layers": list(best_codes.layers_),
-        "versions": _versions(),
-        "platform": platform.platform(),
-        "argv": list(sys.argv),
-    }
-    return ExperimentResult(
-        search=search,
-        estimator=best,
-        recipe=recipe_name,
-        metrics=metrics,
-        table=cv_table(search),
-        layers=layers,
-        config=config,
-        skipped=skipped,
-        extraction=extraction,
-        seconds=time.perf_counter() - started,
-    )
+        best_codes = _find_codes_step(best)[0]
+        config = {
+            "recipe": recipe_name,
+            "overrides": jsonable({k: v for k, v in overrides.items() if k != "progress"}),
+            "param_grid": jsonable(grid),
+            "cv": {"n_splits": int(folds.get_n_splits()), "shuffle": True, "seed": seed},
+            "scoring": scoring or "accuracy",
+            "split": split,
+            "train": {
+                "n_images": len(paths),
+                "classes": {c: labels.count(c) for c in sorted(set(labels))},
+                "sha256": _data_fingerprint(paths, labels),
+            },
+            "test": None
+            if test_paths is None
+            else {
+                "n_images": len(test_paths),
+                "sha256": _data_fingerprint(test_paths, test_labels),
+            },
+            "best_params": jsonable(search.best_params_),
+            "duplicates": duplicates,
+            "extractor": jsonable(best_codes.spec_.to_dict()),
+            # Where each preprocessing value came from: explicit, checkpoint, model, ...
+            "preprocessing_source": dict(best_codes.spec_.preprocessing.source),
+            "layers": list(best_codes.layers_),
+            "versions": _versions(),
+            "platform": platform.platform(),
+            "argv": list(sys.argv),
+        }
+        # The model keeps the cache setting the user gave, not the run's temporary folder.
+        for estimator in (best, pipe):
+            estimator.set_params(**{f"{prefix}cache_dir": cache_dir})
+        return ExperimentResult(
+            search=search,
+            estimator=best,
+            recipe=recipe_name,
+            metrics=metrics,
+            table=cv_table(search),
+            layers=layers,
+            config=config,
+            skipped=skipped,
+            extraction=extraction,
+            seconds=time.perf_counter() - started,
+        )
 
 
 # ----------------------------------------------------------------------------- predict

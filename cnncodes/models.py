@@ -12,7 +12,8 @@ Weights are one of
 - a path to a checkpoint file: a state_dict, or a dict holding one under ``state_dict``,
   ``model_state_dict``, ``model``, ``net`` or ``module``; ``module.`` (DataParallel) and ``_orig_mod.``
   (``torch.compile``) prefixes are stripped; loaded on the CPU with ``weights_only=True``; the file's
-  identity is its SHA-256.
+  identity is its SHA-256. Such a dict may also carry the preprocessing the weights were trained
+  with under ``preprocessing`` (see :func:`resolve_spec`).
 
 ``weights=None`` means ``"DEFAULT"`` for a torchvision model and "as the callable builds it" for the
 user's own architecture.
@@ -42,7 +43,7 @@ import os
 import re
 import urllib.error
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
@@ -70,6 +71,8 @@ __all__ = [
     "build_extractor",
     "list_layers",
     "file_sha256",
+    "describe_preprocessing",
+    "default_preprocessing_note",
     "PENULTIMATE",
 ]
 
@@ -120,6 +123,11 @@ class Preprocessing:
       resizing (``interpolation`` must be ``"bilinear"`` or ``"bicubic"``, antialiased) and
       cropping are tensor operations on the device. The decode policy
       (:data:`cnncodes.images.DECODE_POLICY`) is the same.
+
+    ``source`` says where each value came from, as ``(key, origin)`` pairs; origins are
+    ``"explicit"``, ``"checkpoint"``, ``"model"`` (the user's callable declared it),
+    ``"weights"`` (torchvision weights' ``transforms()``) and ``"ImageNet default"``. It is
+    for display only: not compared, not in :meth:`to_dict`, not in the cache key.
     """
 
     resize: tuple
@@ -128,6 +136,7 @@ class Preprocessing:
     std: tuple
     interpolation: str = "bilinear"
     impl: str = "pil"
+    source: tuple = field(default=(), compare=False, repr=False)
 
     @property
     def input_size(self):
@@ -137,8 +146,16 @@ class Preprocessing:
         return tuple(self.resize)
 
     def to_dict(self):
-        """A JSON-ready description, used in cache keys and reports."""
-        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
+        """A JSON-ready description, used in cache keys and reports (without ``source``)."""
+        return {
+            k: (list(v) if isinstance(v, tuple) else v)
+            for k, v in asdict(self).items()
+            if k != "source"
+        }
+
+    def describe(self):
+        """One line for people: see :func:`describe_preprocessing`."""
+        return describe_preprocessing(self.to_dict(), dict(self.source))
 
 
 @dataclass(frozen=True)
@@ -513,9 +530,15 @@ def _unwrap_state_dict(obj, path):
     return out
 
 
-def _read_checkpoint(path):
+def _load_checkpoint(path, mmap=False):
+    """What a checkpoint file holds, loaded on the CPU with ``weights_only=True``."""
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        if mmap:
+            try:  # tensors stay on disk: only the plain entries are wanted
+                return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError:
+                pass  # a legacy (pre-zip) file cannot be memory-mapped; load it whole
+        return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise WeightsError(f"weights file not found: {path}") from None
     except Exception as exc:  # unpickling raises many types; all mean "not a safe checkpoint"
@@ -523,7 +546,20 @@ def _read_checkpoint(path):
             f"{path}: cannot be read as a checkpoint with weights_only=True ({exc}). cnncodes never "
             "loads checkpoints that need arbitrary code; save a plain state_dict with torch.save"
         ) from None
-    return _unwrap_state_dict(obj, path)
+
+
+def _read_checkpoint(path):
+    return _unwrap_state_dict(_load_checkpoint(path), path)
+
+
+@functools.lru_cache(maxsize=16)
+def _checkpoint_preprocessing(path, weights_id):
+    """The ``preprocessing`` entry of a checkpoint dict, or None; memoised on the file's SHA-256
+    (``weights_id``), so a grid search reads each file once."""
+    obj = _load_checkpoint(path, mmap=True)
+    if isinstance(obj, Mapping) and "preprocessing" in obj:
+        return obj["preprocessing"]
+    return None
 
 
 def _load_state(net, state, source, model=None):
@@ -647,23 +683,22 @@ def _apply_preprocessing(base, values, label):
         base["interpolation"] = interpolation
 
 
-def _check_declared(declared, declared_by):
+def _check_declared(declared, where, error=ModelError):
     """Refuse a declaration that is not a dict of known, non-None keys (before any value check)."""
-    where = f"{declared_by}.preprocessing"
     if not isinstance(declared, Mapping):
-        raise ModelError(
+        raise error(
             f"{where}={declared!r}: expected a dict with any of the keys "
             f"{', '.join(PREPROCESSING_KEYS)}"
         )
     unknown = [key for key in declared if key not in PREPROCESSING_KEYS]
     if unknown:
-        raise ModelError(
+        raise error(
             f"{where} has unknown key(s) {', '.join(map(repr, unknown))}; accepted keys: "
             f"{', '.join(PREPROCESSING_KEYS)}"
         )
     unset = [key for key in PREPROCESSING_KEYS if key in declared and declared[key] is None]
     if unset:
-        raise ModelError(
+        raise error(
             f"{where}[{unset[0]!r}]=None: leave the key out to use the default"
             + (" (crop=0 or 'none' turns cropping off)" if unset[0] == "crop" else "")
         )
@@ -674,6 +709,8 @@ def resolve_preprocessing(
     *,
     declared=None,
     declared_by="model",
+    checkpoint=None,
+    checkpoint_path="checkpoint",
     resize=None,
     crop=None,
     mean=None,
@@ -681,13 +718,17 @@ def resolve_preprocessing(
     interpolation=None,
     impl="pil",
 ):
-    """Preprocessing with a fixed precedence: explicit argument > the model's own > ImageNet default.
+    """Preprocessing with a fixed precedence: explicit argument > the checkpoint's own > the
+    model's own > ImageNet default.
 
-    The model's own preprocessing is that of its torchvision weights (``weights_enum.transforms()``)
-    or, for the user's own architecture, the ``declared`` dict its callable carries as its
+    The checkpoint's own is the ``preprocessing`` entry of a checkpoint file's dict: what these
+    weights were trained with, so it wins over what the architecture declares. The model's own
+    preprocessing is that of its torchvision weights (``weights_enum.transforms()``) or, for the
+    user's own architecture, the ``declared`` dict its callable carries as its
     ``preprocessing`` attribute (see :func:`resolve_spec`); the two never meet, since torchvision
     weights only apply to torchvision models. Each key is resolved on its own: an explicit ``crop``
-    keeps the model's ``mean``.
+    keeps the model's ``mean``. Where each value came from is kept in
+    :attr:`Preprocessing.source`.
 
     The ImageNet default is the standard evaluation transform: shorter side to 256, centre crop 224,
     bilinear, ImageNet mean and std. ``crop=0`` (or ``"none"``) turns cropping off, which requires
@@ -702,6 +743,10 @@ def resolve_preprocessing(
         ``std``, ``interpolation``, with the same value forms as the arguments below.
     declared_by : str
         Who declared it (``"package.module:callable"``), named in error messages.
+    checkpoint : dict, optional
+        The ``preprocessing`` entry of a checkpoint file, in the same forms.
+    checkpoint_path : str
+        The checkpoint file, named in error messages.
     resize, crop, mean, std, interpolation : optional
         Explicit values; ``None`` leaves the key to the model or the default.
     impl : {"pil", "torch"}
@@ -713,6 +758,8 @@ def resolve_preprocessing(
     ModelError
         ``declared`` is not a dict, has an unknown key, or a bad value (the message names
         ``declared_by``, the key and the value).
+    WeightsError
+        The same for ``checkpoint`` (the message names the file and the key).
     ValueError
         A bad explicit value, an unknown ``impl``, or an interpolation ``impl`` does not support.
 
@@ -733,7 +780,9 @@ def resolve_preprocessing(
         "interpolation": "bilinear",
     }
     origin = {}
+    source = dict.fromkeys(PREPROCESSING_KEYS, "ImageNet default")
     if weights_enum is not None:
+        source = dict.fromkeys(PREPROCESSING_KEYS, "weights")
         t = weights_enum.transforms()
         for attr, key in (("resize_size", "resize"), ("crop_size", "crop")):
             if getattr(t, attr, None) is not None:
@@ -745,15 +794,19 @@ def resolve_preprocessing(
         interp = getattr(t, "interpolation", None)
         if interp is not None:
             base["interpolation"] = getattr(interp, "value", str(interp))
+    own = []  # (values, where they are written, their origin, the error to raise)
     if declared is not None:
-        _check_declared(declared, declared_by)
+        own.append((declared, f"{declared_by}.preprocessing", "model", ModelError))
+    if checkpoint is not None:
+        own.append((checkpoint, f"{checkpoint_path}['preprocessing']", "checkpoint", WeightsError))
+    for values, where, name, error in own:
+        _check_declared(values, where, error)
         try:
-            _apply_preprocessing(
-                base, declared, lambda key: f"{declared_by}.preprocessing[{key!r}]"
-            )
+            _apply_preprocessing(base, values, lambda key, where=where: f"{where}[{key!r}]")
         except ValueError as exc:
-            raise ModelError(str(exc)) from None
-        origin.update((key, f"{declared_by}.preprocessing[{key!r}]") for key in declared)
+            raise error(str(exc)) from None
+        origin.update((key, f"{where}[{key!r}]") for key in values)
+        source.update(dict.fromkeys(values, name))
     explicit = {
         "resize": resize,
         "crop": crop,
@@ -764,6 +817,7 @@ def resolve_preprocessing(
     explicit = {key: value for key, value in explicit.items() if value is not None}
     _apply_preprocessing(base, explicit, lambda key: key)
     origin.update((key, key) for key in explicit)
+    source.update(dict.fromkeys(explicit, "explicit"))
     if base["crop"] is None and len(base["resize"]) != 2:
         raise ValueError(
             f"{origin.get('crop', 'crop')}=None needs "
@@ -786,7 +840,75 @@ def resolve_preprocessing(
             f"supported by impl={impl!r}; choose one of {', '.join(supported)} (or impl='pil')"
         )
     base["resize"] = tuple(base["resize"])
-    return Preprocessing(**base, impl=impl)
+    return Preprocessing(**base, impl=impl, source=tuple(source.items()))
+
+
+def describe_preprocessing(values, source=None):
+    """One line saying how images are preprocessed, and where each value came from.
+
+    Parameters
+    ----------
+    values : dict
+        :meth:`Preprocessing.to_dict` (also what a cache configuration stores).
+    source : dict, optional
+        ``{key: origin}`` (:attr:`Preprocessing.source`); adds ``(from: ...)``.
+
+    Examples
+    --------
+    >>> describe_preprocessing(resolve_preprocessing(mean=0.5).to_dict())
+    'mean=(0.5, 0.5, 0.5) std=(0.229, 0.224, 0.225) resize=256 crop=224x224 interpolation=bilinear'
+    >>> resolve_preprocessing(mean=0.5, std=0.5).describe()
+    'mean=(0.5, 0.5, 0.5) std=(0.5, 0.5, 0.5) resize=256 crop=224x224 interpolation=bilinear \
+(from: explicit: mean, std; ImageNet default: resize, crop, interpolation)'
+    """
+
+    def size(value):
+        return "none" if value is None else "x".join(str(v) for v in value)
+
+    def floats(value):
+        return "(" + ", ".join(f"{float(v):g}" for v in value) + ")"
+
+    text = (
+        f"mean={floats(values['mean'])} std={floats(values['std'])} "
+        f"resize={size(values['resize'])} crop={size(values['crop'])} "
+        f"interpolation={values.get('interpolation')}"
+    )
+    if values.get("impl", "pil") != "pil":
+        text += f" impl={values['impl']}"
+    if source:
+        groups = {}
+        for key in ("mean", "std", "resize", "crop", "interpolation"):
+            if key in source:
+                groups.setdefault(source[key], []).append(key)
+        if len(groups) == 1:
+            text += f" (from: {next(iter(groups))})"
+        else:
+            text += " (from: " + "; ".join(f"{o}: {', '.join(k)}" for o, k in groups.items()) + ")"
+    return text
+
+
+def default_preprocessing_note(spec):
+    """A note when a checkpoint file's images are normalised by the ImageNet default, or None.
+
+    A checkpoint without a ``preprocessing`` entry may have been trained with other values
+    (mean and std of 0.5, another input size) and nothing else says so.
+    """
+    if not spec.weights_id.startswith("sha256:"):
+        return None
+    source = dict(spec.preprocessing.source)
+    # Not interpolation: bilinear is near universal, and a wrong one barely changes the codes.
+    keys = [k for k in ("mean", "std", "resize", "crop") if source.get(k) == "ImageNet default"]
+    if not keys:
+        return None
+    has_some = "checkpoint" in source.values()
+    return (
+        f"note: {spec.weights} "
+        + ("gives no " + ", ".join(keys) if has_some else "carries no preprocessing of its own")
+        + f", so {', '.join(keys)} {'is' if len(keys) == 1 else 'are'} the ImageNet default; "
+        "if its network was trained otherwise, give "
+        f"{' '.join('--' + k for k in keys)}, or save the checkpoint as "
+        "{'state_dict': ..., 'preprocessing': {'mean': ..., 'std': ..., ...}}"
+    )
 
 
 def _declared_preprocessing(model):
@@ -834,8 +956,17 @@ def resolve_spec(
 
     Notes
     -----
-    Preprocessing is resolved key by key: an explicit argument, else the model's own, else the
-    ImageNet evaluation transform. A torchvision model's own is its weights' ``transforms()``.
+    Preprocessing is resolved key by key: an explicit argument, else the checkpoint's own, else
+    the model's own, else the ImageNet evaluation transform. A checkpoint file that is a dict
+    may carry what its weights were trained with (plain values, so ``weights_only=True`` loads
+    it; the file's SHA-256 covers it)::
+
+        torch.save({"state_dict": net.state_dict(),
+                    "preprocessing": {"resize": 32, "crop": 32, "mean": 0.5, "std": 0.5}}, path)
+
+    It wins over the architecture's declaration, since it describes these very weights; a bad
+    entry raises :class:`WeightsError` naming the file and the key. A torchvision model's own
+    is its weights' ``transforms()``.
     The user's own architecture declares its own with a ``preprocessing`` attribute on the
     callable (a function attribute, or a class attribute of an ``nn.Module`` class): a dict with
     any of the keys ``resize``, ``crop``, ``mean``, ``std``, ``interpolation``, in the forms the
@@ -894,10 +1025,15 @@ def resolve_spec(
     if declared is None and isinstance(own, Mapping) and _is_callable_name(model):
         # Declared on the network the callable returns (a submodule of that name is not this).
         declared, declared_by = own, f"{model}()"
+    checkpoint = None
+    if weights_id.startswith("sha256:"):
+        checkpoint = _checkpoint_preprocessing(weights_name, weights_id)
     pre = resolve_preprocessing(
         enum,
         declared=declared,
         declared_by=declared_by,
+        checkpoint=checkpoint,
+        checkpoint_path=weights_name,
         resize=resize,
         crop=crop,
         mean=mean,

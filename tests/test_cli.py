@@ -263,6 +263,38 @@ def test_layers_table_and_json(capsys):
     assert_one_line_error(err, "model='resnet18x'")
 
 
+def test_layers_shows_the_preprocessing_and_where_it_came_from(capsys, tmp_path):
+    torch.manual_seed(0)
+    plain = tmp_path / "plain.pth"
+    torch.save(TinyCNN().state_dict(), plain)
+    own = tmp_path / "own.pth"
+    entry = {"resize": 40, "crop": 32, "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}
+    torch.save({"state_dict": TinyCNN().state_dict(), "preprocessing": entry}, own)
+    model = "tests.tiny_nets:tiny_cnn"
+
+    code, out, err = run(capsys, "layers", model, "--weights", own)
+    assert code == 0, err
+    assert "input 3x32x32" in out
+    assert (
+        "preprocessing: mean=(0.5, 0.5, 0.5) std=(0.5, 0.5, 0.5) resize=40 crop=32x32 "
+        "interpolation=bilinear (from: checkpoint: mean, std, resize, crop; ImageNet default: "
+        "interpolation)"
+    ) in out
+    assert "note:" not in err
+    data = run_json(capsys, "layers", model, "--weights", own, "--std", "0.25")
+    assert data["preprocessing"]["std"] == [0.25] * 3
+    assert data["preprocessing"]["source"]["std"] == "explicit"
+    assert data["preprocessing"]["source"]["mean"] == "checkpoint"
+
+    # A checkpoint without its own: the ImageNet default, said in one note line.
+    code, out, err = run(capsys, "layers", model, "--weights", plain)
+    assert code == 0, err
+    assert "mean=(0.485, 0.456, 0.406) std=(0.229, 0.224, 0.225) resize=256 crop=224x224" in out
+    assert "(from: ImageNet default)" in out
+    [note] = [line for line in err.splitlines() if line.startswith("note:")]
+    assert "plain.pth carries no preprocessing of its own" in note and "--mean" in note
+
+
 # ----------------------------------------------------------------------------- cache
 
 
@@ -288,6 +320,22 @@ def test_cache_info_lists_configurations(capsys, data, cache):
     code, out, _ = run(capsys, "cache", "info", "--cache-dir", cache)
     assert code == 0
     assert avgpool["key"][:12] in out and "2 configuration(s)" in out
+
+
+def test_cache_info_tells_configurations_apart_by_preprocessing(capsys, data, cache):
+    extract(capsys, data, cache, "--layer", "avgpool")
+    extract(capsys, data, cache, "--layer", "avgpool", "--mean", "0.5")
+    info = run_json(capsys, "cache", "info", "--cache-dir", cache)
+    means = sorted(c["preprocessing"]["mean"] for c in info["configs"])
+    assert means == [[0.485, 0.456, 0.406], [0.5, 0.5, 0.5]]
+    code, out, _ = run(capsys, "cache", "info", "--cache-dir", cache)
+    assert code == 0
+    # Two lines that differ only in the mean, each under its configuration's key.
+    for c in info["configs"]:
+        mean = ", ".join(f"{v:g}" for v in c["preprocessing"]["mean"])
+        line = [x for x in out.splitlines() if x.strip().startswith(c["key"][:12] + " ")]
+        assert len(line) == 2, out  # its table row and its preprocessing line
+        assert f"mean=({mean}) std=(0.229, 0.224, 0.225) resize=40 crop=32x32" in line[1]
 
 
 def test_cache_verify_confirms_then_detects_tampering(capsys, data, cache):

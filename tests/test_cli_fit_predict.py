@@ -62,11 +62,16 @@ def test_fit_then_predict(capsys, photos, weights):
     assert "best: clf__C=" in out
     assert "test (" in out and "6 images): accuracy 1.000, balanced accuracy 1.000" in out
     assert "bright" in out and "precision" in out and "recall" in out
-    assert "16 images in" in err and "codes: 22 image codes computed, 0 from the cache" in err
+    assert "same content (SHA-256): 0 test image(s) also in training, 0 training image(s)" in out
+    assert "16 images in" in err and "codes: 16 image codes computed, 0 from the cache" in err
+    assert "codes: 6 test images, for the best candidate only" in err
     assert model.is_file()
     for name in ("metrics.json", "cv_results.csv", "confusion_matrix.png", "config.json"):
         assert (report / name).is_file(), name
     assert not (report / "layer_sweep.png").exists()  # not a layer sweep
+    duplicates = {"test_in_train": 0, "within_train": 0}
+    assert json.loads((report / "metrics.json").read_text())["duplicates"] == duplicates
+    assert json.loads((report / "config.json").read_text())["duplicates"] == duplicates
 
     out_csv = photos / "predictions.csv"
     code, out, err = run(
@@ -281,3 +286,44 @@ def test_a_model_on_your_own_code_predicts_with_trust_model_code(capsys, photos)
     )
     assert code == 0, err
     assert "accuracy on 6 labelled image(s)" in out
+
+
+def test_fit_json_keeps_grid_values_numeric(capsys, photos):
+    code, out, err = fit(capsys, photos, "--pipeline", "linear_svm", "--cv", "2", "--json")
+    assert code == 0, err
+    data = json.loads(out)
+    best = data["metrics"]["best_params"]["clf__C"]
+    assert isinstance(best, float) and not isinstance(best, bool)
+    values = [row["C"] for row in data["candidates"]]
+    assert all(isinstance(v, float) for v in values), values
+    assert best in values
+
+
+def test_fit_shows_the_preprocessing_a_checkpoint_carries(capsys, photos):
+    from cnncodes.demo_data import digits_net
+
+    torch.manual_seed(3)
+    own = photos / "own.pth"
+    entry = {"std": [0.25, 0.25, 0.25]}
+    torch.save({"state_dict": digits_net().state_dict(), "preprocessing": entry}, own)
+    code, out, err = run(
+        capsys, "fit", photos / "photos", "--model", "cnncodes.demo_data:digits_net",
+        "--weights", own, "--workers", "0", "--cache-dir", photos / "cache", "--cv", "2",
+        "--pipeline", "linear_svm", "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    described = (
+        "mean=(0.5, 0.5, 0.5) std=(0.25, 0.25, 0.25) resize=32 crop=32x32 interpolation=bilinear "
+        "(from: model: mean, resize, crop; checkpoint: std; ImageNet default: interpolation)"
+    )
+    assert f"preprocessing: {described}" in err
+    data = json.loads(out)
+    assert data["preprocessing"]["std"] == [0.25] * 3
+    assert data["preprocessing"]["source"]["std"] == "checkpoint"
+    code, out, err = run(
+        capsys, "fit", photos / "photos", "--model", "cnncodes.demo_data:digits_net",
+        "--weights", own, "--workers", "0", "--cache-dir", photos / "cache", "--cv", "2",
+        "--pipeline", "linear_svm",
+    )  # fmt: skip
+    assert code == 0, err
+    assert f"preprocessing: {described}" in out

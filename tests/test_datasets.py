@@ -185,8 +185,8 @@ def test_root_given_through_a_symlink(tmp_path):
 
 
 def test_manifest_with_labels_resolves_relative_paths(tmp_path):
-    touch(tmp_path / "img" / "1.png")
-    touch(tmp_path / "img" / "2.png")
+    touch(tmp_path / "img" / "1.png", b"1")
+    touch(tmp_path / "img" / "2.png", b"2")
     manifest = write_csv(tmp_path / "train.csv", "path,label\nimg/2.png,dog\n\nimg/1.png,cat\n")
     ds = load_dataset(manifest)
     assert ds.kind == "manifest"
@@ -216,8 +216,8 @@ def test_manifest_with_utf8_bom_and_crlf(tmp_path):
 def test_manifest_parent_escape_is_refused_with_line_number(tmp_path):
     folder = tmp_path / "m"
     folder.mkdir()
-    touch(tmp_path / "outside.png")
-    touch(folder / "ok.png")
+    touch(tmp_path / "outside.png", b"outside")
+    touch(folder / "ok.png", b"ok")
     manifest = write_csv(folder / "m.csv", "path,label\nok.png,a\n../outside.png,b\n")
     with pytest.raises(DatasetError, match=r"m\.csv, line 3: path '\.\./outside\.png' resolves to"):
         load_dataset(manifest)
@@ -225,15 +225,25 @@ def test_manifest_parent_escape_is_refused_with_line_number(tmp_path):
     assert ds.paths[1] == str(tmp_path / "outside.png")
 
 
-def test_manifest_absolute_path_outside_is_refused(tmp_path):
+def test_manifest_absolute_paths_are_accepted_anywhere(tmp_path):
+    # Absolute paths are the usual manifest (written by a script, kept beside the data or not):
+    # the user named the file, so nothing climbs out by surprise.
     folder = tmp_path / "m"
     folder.mkdir()
     outside = touch(tmp_path / "o.png")
     inside = touch(folder / "i.png")
-    manifest = write_csv(folder / "m.csv", f"path\n{inside}\n{outside}\n")
-    with pytest.raises(DatasetError, match=rf"line 3: path '{outside}' resolves to .*outside"):
+    (folder / "link.png").symlink_to(outside)
+    manifest = write_csv(folder / "m.csv", f"path\n{inside}\n{outside}\n{folder / 'link.png'}\n")
+    assert load_dataset(manifest).paths == [inside, outside, str(folder / "link.png")]
+
+
+def test_manifest_relative_path_climbing_out_after_an_absolute_one_is_still_refused(tmp_path):
+    folder = tmp_path / "m"
+    folder.mkdir()
+    outside = touch(tmp_path / "o.png")
+    manifest = write_csv(folder / "m.csv", f"path\n{outside}\n../o.png\n")
+    with pytest.raises(DatasetError, match=r"line 3: path '\.\./o\.png' resolves to .*outside"):
         load_dataset(manifest)
-    assert load_dataset(manifest, allow_outside_root=True).paths == [inside, outside]
 
 
 def test_manifest_symlink_escape_is_refused(tmp_path):
@@ -301,6 +311,36 @@ def test_manifest_files_must_exist_and_missing_ones_are_named_with_lines(tmp_pat
         match=r"line 2: .*'n0\.png' .*; 7 more of the 8 .* \(lines 3, 4, 5, 6, 7, \.\.\.\)$",
     ):
         load_dataset(write_csv(tmp_path / "many.csv", "path\n" + many))
+
+
+def test_manifest_with_one_image_under_two_labels_warns_naming_both_lines(tmp_path):
+    touch(tmp_path / "a.png", b"same")
+    touch(tmp_path / "copy.png", b"same")
+    touch(tmp_path / "b.png", b"other")
+    text = "path,label\na.png,cat\nb.png,cat\na.png,cat\ncopy.png,dog\n"
+    manifest = write_csv(tmp_path / "m.csv", text)
+    with pytest.warns(DatasetWarning) as caught:
+        ds = load_dataset(manifest)
+    assert len(caught) == 1
+    message = str(caught[0].message)
+    assert "m.csv" in message and "lines 2 and 5" in message
+    assert (
+        "a.png" in message and "copy.png" in message and "'cat'" in message and "'dog'" in message
+    )
+    assert ds.labels == ["cat", "cat", "cat", "dog"]  # kept: the user decides
+    # One file listed twice.
+    twice = write_csv(tmp_path / "t.csv", "path,label\nb.png,cat\nb.png,dog\n")
+    with pytest.warns(DatasetWarning, match=r"lines 2 and 3 .*b\.png \(the same file\)"):
+        load_dataset(twice)
+
+
+def test_manifest_duplicates_with_one_label_or_no_labels_warn_nothing(tmp_path):
+    touch(tmp_path / "a.png", b"same")
+    touch(tmp_path / "copy.png", b"same")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_dataset(write_csv(tmp_path / "m.csv", "path,label\na.png,cat\ncopy.png,cat\n"))
+        load_dataset(write_csv(tmp_path / "u.csv", "path\na.png\ncopy.png\n"))
 
 
 def test_manifest_entry_that_is_a_folder_is_refused(tmp_path):

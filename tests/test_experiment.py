@@ -92,14 +92,14 @@ def test_linear_probe_with_a_held_out_split(data, tmp_path, forward_counter):
     assert list(result.table["rank"]) == sorted(result.table["rank"])
     assert list(result.table.columns) == ["rank", "C", "mean", "std", "fit_seconds"]
     assert result.layers is None
-    assert result.extraction["computed"] == 16
+    assert result.extraction["computed"] == 12  # the search's; the test images came after
     assert result.config["extractor"]["model"] == FAST["model"]
     assert set(result.estimator.predict(paths)) <= {"bright", "dark"}
 
     # Run again: every code comes from the cache, the network never runs.
     again = run_experiment(paths, labels, "linear_probe", overrides=overrides, test_size=0.25)
     assert forward_counter.images == 16
-    assert again.extraction == {**result.extraction, "computed": 0, "cached": 16}
+    assert again.extraction == {**result.extraction, "computed": 0, "cached": 12}
     assert again.metrics["best_params"] == result.metrics["best_params"]
 
 
@@ -126,6 +126,81 @@ def test_layer_sweep_runs_the_network_once_per_image(data, tmp_path, forward_cou
     assert result.metrics["cv"]["predictions"]["n"] == len(paths)
 
 
+def test_test_images_go_through_the_network_for_the_winner_only(data, tmp_path, forward_counter):
+    paths, labels = data
+    test_paths, test_labels = write_classes(str(tmp_path / "test"), per_class=3, seed=1)
+    overrides = dict(
+        FAST,
+        cache_dir=str(tmp_path / "cache"),
+        layer="features.3",
+        poolings=["avg", "max"],
+        Cs=[1.0],
+        gammas=["scale"],
+        kernels=["linear"],
+    )
+    result = run_experiment(
+        paths, labels, "layer_sweep_svm", overrides=overrides, cv=2, test=(test_paths, test_labels)
+    )
+    # Two poolings: the training images go through the network for each; the 6 test images
+    # only for the refitted winner, once.
+    assert forward_counter.images == 2 * len(paths) + len(test_paths)
+    assert result.extraction["computed"] == 2 * len(paths)
+    assert result.metrics["test"]["n"] == len(test_paths)
+
+
+def test_unreadable_images_are_screened_without_an_extra_pass(data, tmp_path, forward_counter):
+    paths, labels = data
+    test_paths, test_labels = write_classes(str(tmp_path / "test"), per_class=3, seed=1)
+    broken = tmp_path / "test" / "dark" / "broken.png"
+    broken.write_bytes(b"not an image")
+    bad_train = tmp_path / "photos" / "dark" / "broken.png"
+    bad_train.write_bytes(b"not an image either")
+    notes = []
+    overrides = dict(
+        FAST, cache_dir=str(tmp_path / "cache"), layer="features.3", poolings=["max", "avgmax"],
+        Cs=[1.0], gammas=["scale"], kernels=["linear"],
+    )  # fmt: skip
+    result = run_experiment(
+        [*paths, str(bad_train)], [*labels, "dark"], "layer_sweep_svm", overrides=overrides,
+        cv=2, on_error="skip", test=([*test_paths, str(broken)], [*test_labels, "dark"]),
+        log=notes.append,
+    )  # fmt: skip
+    # The recipe's own pooling (avg) is not in the grid: screening with it would cost a pass.
+    assert forward_counter.images == 2 * len(paths) + len(test_paths)
+    assert [s.path for s in result.skipped["train"]] == [str(bad_train)]
+    assert result.config["train"]["n_images"] == len(paths)
+    assert [s.path for s in result.skipped["test"]] == [str(broken)]
+    assert result.metrics["test"]["n"] == len(test_paths)
+    assert any("left out 1 unreadable test image(s)" in n for n in notes)
+
+
+def test_without_a_cache_each_image_still_goes_through_the_network_once(
+    data, tmp_path, forward_counter, monkeypatch
+):
+    import tempfile
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    paths, labels = data
+    test_paths, test_labels = write_classes(str(tmp_path / "test"), per_class=3, seed=1)
+    notes = []
+    overrides = dict(FAST, cache_dir=None, layer=["features.3", "flatten"], **SMALL_C)
+    result = run_experiment(
+        paths, labels, "layer_sweep_svm", overrides=overrides, cv=3,
+        test=(test_paths, test_labels), log=notes.append,
+    )  # fmt: skip
+    # 2 layers x 3 Cs x 2 kernels x 2 poolings x 3 folds, a refit and the test set: each
+    # image once per pooling (the layers share a pass), the test images once.
+    assert forward_counter.images == 2 * len(paths) + len(test_paths)
+    assert any("temporary cache" in n for n in notes), notes
+    assert result.extraction["computed"] == 2 * len(paths)
+    # Nothing is left on disk, and the model keeps no cache.
+    assert list(scratch.iterdir()) == []
+    assert result.estimator.steps[0][1].cache_dir is None
+    assert result.search.estimator.steps[0][1].cache_dir is None
+
+
 def test_user_layers_become_multi_layer_codes_in_other_recipes(data, tmp_path):
     paths, labels = data
     overrides = dict(FAST, cache_dir=str(tmp_path / "cache"), layer=["features.3", "flatten"])
@@ -147,7 +222,7 @@ def test_a_separate_test_set(data, tmp_path):
         cv=2,
     )
     assert result.metrics["test"]["n"] == 6
-    assert result.extraction == {}  # no cache: nothing to warm
+    assert result.extraction["computed"] == 16  # no cache: a temporary one for the run
     assert result.config["test"]["sha256"] != result.config["train"]["sha256"]
 
 
@@ -412,6 +487,17 @@ def test_a_sequential_search_shows_its_fits_as_progress(data, tmp_path, capsys):
     assert shown.metrics["best_params"] == quiet.metrics["best_params"]
 
 
+def test_the_test_images_extraction_shows_progress_and_the_model_keeps_none(data, tmp_path, capsys):
+    paths, labels = data
+    test_paths, test_labels = write_classes(str(tmp_path / "test"), per_class=3, seed=1)
+    overrides = dict(FAST, cache_dir=str(tmp_path / "cache"), Cs=[1.0])
+    result = run_experiment(
+        paths, labels, overrides=overrides, cv=2, progress=True, test=(test_paths, test_labels)
+    )
+    assert "extracting" in capsys.readouterr().err.split("grid search")[-1]  # after the search
+    assert result.estimator.steps[0][1].progress is False
+
+
 def test_test_images_that_are_training_images_are_reported(data, tmp_path):
     paths, labels = data
     notes = []
@@ -422,6 +508,24 @@ def test_test_images_that_are_training_images_are_reported(data, tmp_path):
     )  # fmt: skip
     assert result.metrics["test"]["overlap_with_training"] == 3
     assert any("3 test image(s) are also training images" in n for n in notes)
+    duplicates = {"test_in_train": 3, "within_train": 0}
+    assert result.metrics["duplicates"] == result.config["duplicates"] == duplicates
+
+
+def test_repeated_training_images_are_counted_by_content(data, tmp_path):
+    import shutil
+
+    paths, labels = data
+    copy = os.path.join(os.path.dirname(paths[0]), "copy.png")
+    shutil.copy(paths[0], copy)
+    notes = []
+    overrides = dict(FAST, cache_dir=str(tmp_path / "cache"), Cs=[1.0])
+    result = run_experiment(
+        [*paths, copy], [*labels, labels[0]], "linear_probe", overrides=overrides, cv=2,
+        log=notes.append,
+    )  # fmt: skip
+    assert result.metrics["duplicates"] == {"test_in_train": None, "within_train": 1}
+    assert any("1 training image(s) repeat" in n for n in notes), notes
 
 
 def test_relocate_weights_needs_a_checkpoint_model(data, tmp_path):

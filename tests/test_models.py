@@ -24,6 +24,7 @@ from cnncodes.models import (
     WeightsUnavailableError,
     build_extractor,
     build_model,
+    default_preprocessing_note,
     file_sha256,
     layer_shapes,
     list_layers,
@@ -638,6 +639,93 @@ def test_declared_crop_off_needs_a_two_value_resize(declare):
         resolve_spec(TINY, "none")
     pre = resolve_spec(TINY, "none", resize=(40, 48)).preprocessing
     assert pre.crop is None and pre.input_size == (40, 48)
+
+
+# ----------------------------------------------------------------------------- checkpoint preprocessing
+
+
+def save_checkpoint(path, preprocessing=None, legacy=False, seed=5):
+    """A tiny_cnn checkpoint, as ``{"state_dict": ..., "preprocessing": ...}`` when given one."""
+    torch.manual_seed(seed)
+    state = TinyCNN().state_dict()
+    obj = state if preprocessing is None else {"state_dict": state, "preprocessing": preprocessing}
+    torch.save(obj, path, _use_new_zipfile_serialization=not legacy)
+    return str(path)
+
+
+OWN = {"resize": 40, "crop": [32, 32], "mean": [0.5, 0.5, 0.5], "std": 0.25}
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_a_checkpoint_carries_its_own_preprocessing(tmp_path, make_images, legacy):
+    own = save_checkpoint(tmp_path / "own.pth", OWN, legacy=legacy)
+    plain = save_checkpoint(tmp_path / "plain.pth")
+    pre = resolve_spec(TINY, own).preprocessing
+    assert (pre.resize, pre.crop, pre.mean, pre.std) == ((40,), (32, 32), (0.5,) * 3, (0.25,) * 3)
+    assert dict(pre.source) == {
+        "resize": "checkpoint", "crop": "checkpoint", "mean": "checkpoint", "std": "checkpoint",
+        "interpolation": "ImageNet default",
+    }  # fmt: skip
+    assert "(from: checkpoint: mean, std, resize, crop; ImageNet default: interpolation)" in (
+        pre.describe()
+    )
+    # Explicit arguments still win, key by key.
+    assert resolve_spec(TINY, own, std=0.5).preprocessing.std == (0.5,) * 3
+    # The codes are those of the same weights given the same values explicitly, and not those
+    # of the ImageNet default.
+    images = make_images(3)
+    codes = extract_codes(images, resolve_spec(TINY, own), "pool", cache_dir=None).codes["pool"]
+    same = resolve_spec(TINY, plain, resize=40, crop=32, mean=0.5, std=0.25)
+    default = resolve_spec(TINY, plain)
+    assert np.allclose(codes, extract_codes(images, same, "pool", cache_dir=None).codes["pool"])
+    other = extract_codes(images, default, "pool", cache_dir=None).codes["pool"]
+    assert not np.allclose(codes, other)
+    # build_model still finds the state_dict beside the entry.
+    assert build_model(resolve_spec(TINY, own)).conv1.weight.shape == (8, 3, 3, 3)
+
+
+def test_the_checkpoint_wins_over_the_architectures_declaration(tmp_path):
+    # self_declaring_cnn declares resize 40, crop 32, mean 0.5, std 0.5 on its network.
+    path = save_checkpoint(tmp_path / "c.pth", {"std": [0.2, 0.3, 0.4]})
+    pre = resolve_spec("tests.tiny_nets:self_declaring_cnn", path).preprocessing
+    assert pre.std == (0.2, 0.3, 0.4) and pre.mean == (0.5,) * 3 and pre.crop == (32, 32)
+    assert dict(pre.source)["std"] == "checkpoint" and dict(pre.source)["mean"] == "model"
+
+
+@pytest.mark.parametrize(
+    "entry, error, match",
+    [
+        ([0.5], WeightsError, r"c\.pth\['preprocessing'\]=\[0\.5\]: expected a dict"),
+        ({"norm": 0.5}, WeightsError, r"c\.pth\['preprocessing'\] has unknown key\(s\) 'norm'"),
+        ({"mean": "grey"}, WeightsError, r"c\.pth\['preprocessing'\]\['mean'\]='grey': expected"),
+        ({"crop": None}, WeightsError, r"c\.pth\['preprocessing'\]\['crop'\]=None: leave the"),
+        # Between keys (possibly explicit ones): a plain ValueError naming both.
+        (
+            {"resize": 20, "crop": 32},
+            ValueError,
+            r"c\.pth\['preprocessing'\]\['crop'\]=\(32, 32\) is",
+        ),
+    ],
+)
+def test_a_bad_checkpoint_preprocessing_entry_names_the_file_and_key(tmp_path, entry, error, match):
+    path = save_checkpoint(tmp_path / "c.pth", entry)
+    with pytest.raises(error, match=match):
+        resolve_spec(TINY, path)
+
+
+def test_a_note_when_a_checkpoint_is_normalised_with_the_imagenet_default(tmp_path):
+    plain = resolve_spec(TINY, save_checkpoint(tmp_path / "plain.pth"))
+    note = default_preprocessing_note(plain)
+    assert "plain.pth carries no preprocessing of its own" in note
+    assert "mean, std, resize, crop are the ImageNet default" in note and "--mean" in note
+    assert (
+        default_preprocessing_note(resolve_spec(TINY, save_checkpoint(tmp_path / "o.pth", OWN)))
+        is None
+    )
+    some = resolve_spec(TINY, save_checkpoint(tmp_path / "s.pth", {"mean": 0.5, "std": 0.5}))
+    note = default_preprocessing_note(some)
+    assert "s.pth gives no resize, crop, so resize, crop are the ImageNet default" in note
+    assert default_preprocessing_note(resolve_spec(TINY, "none")) is None  # not a checkpoint
 
 
 # ----------------------------------------------------------------------------- layers
