@@ -22,7 +22,9 @@ __all__ = ["OPTIONS", "build", "DEFAULT_ALPHAS"]
 #: The recipe's own options of ``build(**overrides)`` (besides CNNCodes parameters).
 OPTIONS = ("alphas", "loss", "random_state")
 
-DEFAULT_ALPHAS = np.logspace(-7, 0, 8)
+#: 1e-6 ... 10: with the adaptive step, smaller alphas all fit alike (no regularisation to speak
+#: of), while on standardised MobileNetV2 codes the best alphas were 0.3 to 10.
+DEFAULT_ALPHAS = np.logspace(-6, 1, 8)
 
 
 def build(**overrides):
