@@ -249,7 +249,10 @@ def run_demo(
     dict
         ``accuracy`` (per feature set and recipe), ``extraction`` (images ``computed`` by a
         network and ``cached``), ``pretraining``, ``best_params``, ``verdict``, the settings,
-        and ``seconds``.
+        ``feature_sets`` (descriptions), ``layers`` (each feature set's layer and pooling),
+        ``commands`` (per feature set and recipe, the ``cnncodes fit`` line that reproduces it:
+        :func:`fit_command`; empty when ``Cs`` or ``test_per_class`` is given, which the
+        command line cannot express) and ``seconds``.
 
     Examples
     --------
