@@ -71,7 +71,7 @@ def _drawable(label):
     """``label`` with each character no available font has written as ``U+XXXX``.
 
     Class names come from folder names in any script; without a font for a character,
-    matplotlib draws an empty box and warns once per glyph. The code point keeps the label
+    matplotlib draws a placeholder box and warns once per glyph. The code point keeps the label
     identifiable (``猫`` is ``U+732B``) and the plot free of warnings.
     """
     covered = _fonts()[1]
