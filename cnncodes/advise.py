@@ -1,6 +1,6 @@
 """Which of the four transfer-learning scenarios a dataset is in, and which recipe to run.
 
-The scenarios (CS231n, "Transfer Learning"; ``FIELD.md``):
+The scenarios (Stanford CS231n course notes, "Transfer Learning"):
 
 1. small dataset, similar to the pretraining data: a linear classifier on top-layer codes;
 2. large, similar: fine-tune the whole network;

@@ -4,13 +4,15 @@ Self-contained and offline. It writes scikit-learn's bundled handwritten digits 
 pretrains a small CNN on a *source* task (digits 0-4, about 900 images), then on a *target* task
 (digits 5-9, only a few labelled images per class) compares linear classifiers trained on
 
-- codes from the pretrained network's top layer (scenario 1),
-- codes from an earlier layer of the same network (scenario 3),
+- codes from the pretrained network's top layer, ``flatten`` (scenario 1),
+- codes from an earlier layer of the same network, ``features.7`` with pyramid pooling
+  (scenario 3),
 - codes from the same architecture untrained (random weights),
 - raw pixels,
 
-and reports test accuracy on the remaining target images. A second run reuses the checkpoint and
-the cached codes: nothing goes through the network again.
+and reports test accuracy on the remaining target images. Every row names its layer and pooling,
+and :func:`fit_command` gives the ``cnncodes fit`` line that reproduces it. A second run reuses
+the checkpoint and the cached codes: nothing goes through the network again.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import json
 import numbers
 import os
+import shlex
 import time
 import warnings
 from pathlib import Path
@@ -30,24 +33,81 @@ from .extract import extract_codes
 from .images import load_image
 from .models import resolve_spec
 
-__all__ = ["run_demo", "FEATURE_SETS", "local_imagenet_weights", "raw_pixels", "summary_lines"]
+__all__ = [
+    "run_demo",
+    "FEATURE_SETS",
+    "fit_command",
+    "local_imagenet_weights",
+    "raw_pixels",
+    "summary_lines",
+]
 
 # The network declares its own preprocessing (32x32, mean and std 0.5): demo_data.PREPROCESSING.
 MODEL = "cnncodes.demo_data:digits_net"
-#: (name, description, weights ("pretrained" | "none" | None for pixels), layer, pooling)
+CHECKPOINT = "digits_net_source.pth"
+#: (name, description, weights ("pretrained" | "none" | None for pixels), layer, pooling).
+#: The description names the layer and the pooling: the table, the plot and the report show it.
+#: ``flatten`` is already a 64-d vector, which every pooling passes through unchanged ("avg" is
+#: only the default that keys its cache entry).
 FEATURE_SETS = (
-    ("pretrained-top", "pretrained CNN, top layer (flatten)", "pretrained", "flatten", "avg"),
+    (
+        "pretrained-top",
+        "pretrained CNN: flatten (top layer, 64-d, no pooling)",
+        "pretrained",
+        "flatten",
+        "avg",
+    ),
     (
         "pretrained-early",
-        "pretrained CNN, earlier layer (features.7)",
+        "pretrained CNN: features.7 (32x8x8), pyramid pooling",
         "pretrained",
         "features.7",
         "pyramid",
     ),
-    ("untrained-top", "untrained CNN, top layer (flatten)", "none", "flatten", "avg"),
-    ("raw-pixels", "raw pixels (32x32 grey)", None, None, None),
+    (
+        "untrained-top",
+        "untrained CNN: flatten (top layer, 64-d, no pooling)",
+        "none",
+        "flatten",
+        "avg",
+    ),
+    ("raw-pixels", "raw pixels (32x32 grey, 1024-d)", None, None, None),
 )
 RECIPES = ("linear_probe", "linear_svm")
+
+
+def fit_command(name, recipe, out_dir="demo-output", seed=0):
+    """The ``cnncodes fit`` arguments that reproduce one row of the demo's table.
+
+    Same data, network, layer, pooling, recipe, grid and folds as :func:`run_demo` with its
+    default ``Cs`` and ``test_per_class``: the held-out accuracy it prints is the demo's number
+    for that row and recipe. ``None`` for raw pixels (no network).
+
+    Examples
+    --------
+    >>> " ".join(fit_command("pretrained-early", "linear_svm"))  # doctest: +NORMALIZE_WHITESPACE
+    'fit demo-output/data/target_train --pipeline linear_svm --model
+    cnncodes.demo_data:digits_net --weights demo-output/digits_net_source.pth --layer features.7
+    --pooling pyramid --test demo-output/data/target_test'
+    """
+    rows = {row[0]: row for row in FEATURE_SETS}
+    if name not in rows:
+        raise ValueError(f"name={name!r}: choose one of {', '.join(rows)}")
+    if recipe not in RECIPES:
+        raise ValueError(f"recipe={recipe!r}: choose one of {', '.join(RECIPES)}")
+    _, _, weights, layer, pooling = rows[name]
+    if weights is None:
+        return None
+    data = f"{out_dir}/data"
+    argv = ["fit", f"{data}/target_train", "--pipeline", recipe, "--model", MODEL, "--weights"]
+    argv.append(f"{out_dir}/{CHECKPOINT}" if weights == "pretrained" else "none")
+    argv += ["--layer", layer]
+    if pooling != "avg":  # "avg" is the default; on flatten it changes nothing anyway
+        argv += ["--pooling", pooling]
+    argv += ["--test", f"{data}/target_test"]
+    if seed != 0:
+        argv += ["--random-state", str(seed)]
+    return argv
 
 
 def raw_pixels(paths):
@@ -57,7 +117,7 @@ def raw_pixels(paths):
 
 
 def _pretrain(workdir, data, seed, epochs, log):
-    checkpoint = os.path.join(workdir, "digits_net_source.pth")
+    checkpoint = os.path.join(workdir, CHECKPOINT)
     marker = os.path.join(workdir, "pretrain.json")
     if os.path.isfile(checkpoint) and os.path.isfile(marker):
         try:
@@ -189,7 +249,10 @@ def run_demo(
     dict
         ``accuracy`` (per feature set and recipe), ``extraction`` (images ``computed`` by a
         network and ``cached``), ``pretraining``, ``best_params``, ``verdict``, the settings,
-        and ``seconds``.
+        ``feature_sets`` (descriptions), ``layers`` (each feature set's layer and pooling),
+        ``commands`` (per feature set and recipe, the ``cnncodes fit`` line that reproduces it:
+        :func:`fit_command`; empty when ``Cs`` or ``test_per_class`` is given, which the
+        command line cannot express) and ``seconds``.
 
     Examples
     --------
@@ -268,6 +331,13 @@ def run_demo(
     if log_table:
         for line in [*_table(accuracy), verdict]:
             log(line)
+    commands = {}
+    if Cs is None and test_per_class is None:  # the command line has no knob for either
+        for name, *_ in FEATURE_SETS:
+            for recipe in RECIPES:
+                argv = fit_command(name, recipe, out_dir, seed)
+                if argv is not None:
+                    commands.setdefault(name, {})[recipe] = shlex.join(["cnncodes", *argv])
     report = {
         "shots_per_class": shots,
         "seed": seed,
@@ -281,6 +351,8 @@ def run_demo(
         "accuracy": accuracy,
         "best_params": best_params,
         "feature_sets": {n: d for n, d, *_ in FEATURE_SETS},
+        "layers": {n: {"layer": layer, "pooling": pool} for n, _, _, layer, pool in FEATURE_SETS},
+        "commands": commands,
         "verdict": verdict,
         "seconds": time.perf_counter() - started,
     }
@@ -289,6 +361,13 @@ def run_demo(
     log(
         f"report: {os.path.join(out_dir, 'report.json')}, {os.path.join(out_dir, 'comparison.png')}"
     )
+    best = max(
+        ((name, recipe) for name, row in commands.items() for recipe in row),
+        key=lambda key: accuracy[key[0]][key[1]],
+        default=None,
+    )
+    if best is not None:
+        log(f"the best row again, from the command line: {commands[best[0]][best[1]]}")
     return report
 
 
@@ -345,23 +424,30 @@ def _verdict(accuracy):
 
 
 def _plot(accuracy, path):
-    import matplotlib
+    import textwrap
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from .report import _figure
 
     names = {n: d for n, d, *_ in FEATURE_SETS}
-    fig, ax = plt.subplots(figsize=(8, 3.5))
+    fig = _figure(9, 4.2)
+    ax = fig.add_subplot()
     x = np.arange(len(accuracy))
     width = 0.8 / len(RECIPES)
     for i, recipe in enumerate(RECIPES):
-        ax.bar(x + i * width, [row[recipe] for row in accuracy.values()], width, label=recipe)
-    ax.set_xticks(x + width * (len(RECIPES) - 1) / 2)
-    ax.set_xticklabels([names[n] for n in accuracy], fontsize=7)
+        bars = ax.bar(
+            x + i * width, [row[recipe] for row in accuracy.values()], width, label=recipe
+        )
+        ax.bar_label(bars, fmt="%.3f", fontsize=7, padding=2)
+    # Wrapped labels (layer and pooling on their own lines) stay apart at any row count.
+    ax.set_xticks(
+        x + width * (len(RECIPES) - 1) / 2,
+        [textwrap.fill(names[n], 22) for n in accuracy],
+        fontsize=8,
+    )
     ax.set_ylabel("test accuracy")
-    ax.set_ylim(0, 1)
-    ax.legend()
+    ax.set_ylim(0, 1.05)
+    # Outside the axes, the legend never hides a bar.
+    ax.legend(title="recipe", loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
     ax.set_title("Target task (digits 5-9) with a few labelled images per class")
-    fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
+    return fig

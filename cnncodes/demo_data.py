@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -329,7 +330,9 @@ def pretrain(
     source_dir : str or os.PathLike
         Folder with class subfolders ``"0"`` ... ``"4"`` (labels 0 ... 4).
     checkpoint_path : str or os.PathLike
-        Where to save the plain ``state_dict`` (``torch.save``), written atomically.
+        Where to save the plain ``state_dict`` (``torch.save``), written atomically. The same
+        weights always give the same bytes, hence the same SHA-256 and cache key: pretraining
+        twice with the same arguments reuses every cached code.
     epochs : int, default 8
         Passes over the training part.
     seed : int, default 0
@@ -399,17 +402,12 @@ def pretrain(
     val_acc = _accuracy(model, x_val, y_val)
 
     checkpoint_path = Path(checkpoint_path)
-    checkpoint_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(
-        dir=checkpoint_path.parent, prefix=f".{checkpoint_path.name}.", suffix=".tmp"
-    )
-    os.close(fd)
-    try:
-        torch.save(model.state_dict(), tmp)
-        os.replace(tmp, checkpoint_path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    # torch.save names the zip's top folder after the file it writes to (a random temporary
+    # name here), so identical weights got a new SHA-256, hence a new cache key, on every call.
+    # A buffer gets torch's fixed name for file objects: same weights, same bytes.
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    _atomic_write_bytes(checkpoint_path, buffer.getvalue())
 
     return {
         "train_accuracy": train_acc,

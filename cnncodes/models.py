@@ -819,8 +819,10 @@ def resolve_preprocessing(
     origin.update((key, key) for key in explicit)
     source.update(dict.fromkeys(explicit, "explicit"))
     if base["crop"] is None and len(base["resize"]) != 2:
+        # Echo what was given (0 or "none"): None is only how "no crop" is stored.
+        given = explicit["crop"] if "crop" in explicit else declared["crop"]
         raise ValueError(
-            f"{origin.get('crop', 'crop')}=None needs "
+            f"{origin.get('crop', 'crop')}={given!r} (no centre crop) needs "
             f"{origin.get('resize', 'resize')}=(height, width) so all images share one size, not "
             f"resize={base['resize'][0]!r}"
         )

@@ -20,13 +20,77 @@ Plots are drawn with matplotlib's object API (no pyplot state, no display needed
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
+import warnings
 
 import numpy as np
 
 from ._json import jsonable, to_json_file
 
 __all__ = ["write_report", "plot_confusion_matrix", "plot_layer_sweep"]
+
+# Fonts with CJK or (monochrome) emoji glyphs, tried after matplotlib's DejaVu Sans where
+# installed. Colour emoji fonts are bitmaps that Agg cannot draw, so they are not listed.
+_FALLBACK_FONTS = (
+    "Noto Sans CJK JP",
+    "Noto Sans CJK SC",
+    "Noto Sans CJK TC",
+    "Noto Sans CJK KR",
+    "Source Han Sans",
+    "WenQuanYi Zen Hei",
+    "WenQuanYi Micro Hei",
+    "Droid Sans Fallback",
+    "Microsoft YaHei",
+    "Hiragino Sans",
+    "PingFang SC",
+    "Noto Emoji",
+    "Segoe UI Emoji",
+    "Symbola",
+)
+
+
+@functools.lru_cache(maxsize=1)
+def _fonts():
+    """``(families, covered code points)``: DejaVu Sans and the installed fallback fonts."""
+    from matplotlib import font_manager, ft2font
+
+    installed = {font.name: font.fname for font in font_manager.fontManager.ttflist}
+    families = ["DejaVu Sans", *(name for name in _FALLBACK_FONTS if name in installed)]
+    covered = set()
+    for name in families:
+        try:
+            covered.update(ft2font.FT2Font(installed[name]).get_charmap())
+        except (KeyError, OSError, RuntimeError):  # an unreadable font covers nothing
+            continue
+    return families, frozenset(covered)
+
+
+def _drawable(label):
+    """``label`` with each character no available font has written as ``U+XXXX``.
+
+    Class names come from folder names in any script; without a font for a character,
+    matplotlib draws a placeholder box and warns once per glyph. The code point keeps the label
+    identifiable (``猫`` is ``U+732B``) and the plot free of warnings.
+    """
+    covered = _fonts()[1]
+    text = str(label)
+    return "".join(
+        c if ord(c) in covered or not c.isprintable() or c == " " else f"U+{ord(c):04X}"
+        for c in text
+    )
+
+
+@contextlib.contextmanager
+def _drawing():
+    """Fonts with the fallbacks, and no glyph warnings, while a figure is built and saved."""
+    import matplotlib
+
+    with matplotlib.rc_context({"font.family": _fonts()[0]}), warnings.catch_warnings():
+        # Labels went through _drawable; a glyph still missing is a cosmetic box, not news.
+        warnings.filterwarnings("ignore", message=r"Glyph \d+ .*missing from font")
+        yield
 
 
 def _figure(width, height):
@@ -37,7 +101,11 @@ def _figure(width, height):
 
 def plot_confusion_matrix(matrix, labels, path, title="Confusion matrix"):
     """Save a confusion matrix (rows: true class, columns: predicted) as an image at ``path``."""
-    matrix = np.asarray(matrix)
+    with _drawing():
+        _plot_confusion_matrix(np.asarray(matrix), [_drawable(x) for x in labels], path, title)
+
+
+def _plot_confusion_matrix(matrix, labels, path, title):
     n = len(labels)
     size = min(12.0, 2.5 + 0.45 * n)
     fig = _figure(size + 1.0, size)
@@ -67,6 +135,11 @@ def plot_confusion_matrix(matrix, labels, path, title="Confusion matrix"):
 
 def plot_layer_sweep(table, path, scoring="accuracy"):
     """Save the best cross-validated score of every layer (with its std) as an image."""
+    with _drawing():
+        _plot_layer_sweep(table, path, scoring)
+
+
+def _plot_layer_sweep(table, path, scoring):
     fig = _figure(max(5.0, 1.0 + 0.9 * len(table)), 3.6)
     ax = fig.add_subplot()
     x = np.arange(len(table))
@@ -75,7 +148,7 @@ def plot_layer_sweep(table, path, scoring="accuracy"):
     if best.size:
         ax.plot(x[best], table["mean_test_score"].to_numpy()[best], "r*", ms=14, label="best")
         ax.legend(loc="lower right")
-    ax.set_xticks(x, table["layer"], rotation=30, ha="right")
+    ax.set_xticks(x, [_drawable(layer) for layer in table["layer"]], rotation=30, ha="right")
     ax.set_xlabel("layer (early to top)")
     ax.set_ylabel(f"cross-validated {scoring}")
     ax.set_title("Best score of each layer")

@@ -2,9 +2,11 @@
 
 Top-layer codes -> StandardScaler -> L2-regularised multinomial logistic regression (L-BFGS,
 ``max_iter=1000``), with the inverse regularisation strength ``C`` swept over twelve decades.
-This is the protocol the field uses to measure "a linear classifier on CNN codes" (CLIP,
-Kornblith et al. 2019; see FIELD.md): the best ``C`` for the same features spans more than five
-orders of magnitude across datasets, so the sweep is the method, not a detail.
+This is the protocol the field uses to measure "a linear classifier on CNN codes" (CLIP: Radford
+et al. 2021, appendix A.3; Kornblith, Shlens & Le 2019, "Do Better ImageNet Models Transfer
+Better?"): the best ``C`` for the same ResNet-50 features spans more than five orders of magnitude
+across datasets (0.0056 for VOC2007 to 1000 for Flowers; Ericsson et al. 2021, "How Well Do
+Self-Supervised Models Transfer?"), so the sweep is the method, not a detail.
 """
 
 from __future__ import annotations

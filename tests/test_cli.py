@@ -413,6 +413,15 @@ def test_cache_verify_with_a_checkpoint_needs_the_file(capsys, data, cache, tmp_
     assert report["ok"] and report["configs"][0]["recheck"]["status"] == "ok"
 
 
+def test_crop_0_is_reported_as_no_crop(capsys, make_images):
+    folder = os.path.dirname(make_images(2)[0])
+    argv = ["extract", folder, "--model", "resnet18", "--weights", "none", "--no-cache"]
+    code, _, err = run(capsys, *argv, "--resize", "40", "--crop", "0", "--out", "codes.h5")
+    assert code == 2
+    assert_one_line_error(err, "crop=0 (no centre crop) needs resize=(height, width)")
+    assert "None" not in err
+
+
 def test_spec_from_config_round_trip_and_refusals(tmp_path):
     spec = resolve_spec("resnet18", "none", seed=4, resize=(40, 48), crop=0)
     config = code_config(spec, "layer2", "max", "fp32")

@@ -1,7 +1,8 @@
 """scikit-learn conformance of the project's estimators.
 
 Numeric steps run the full ``parametrize_with_checks`` suite. ``CNNCodes`` takes file paths, so
-its tags honestly say "not a 2-D array" and ``check_estimator`` cannot exercise it (RELIABILITY.md):
+its tags honestly say "not a 2-D array" and ``check_estimator`` cannot exercise it (it runs a
+single check and warns that it cannot test the rest; claiming 2-D input makes 23 checks fail):
 it runs the data-independent checks directly, and the data-dependent ones ported to image
 fixtures below.
 """

@@ -1,7 +1,9 @@
 """Tests for the offline demo's digits dataset and pretraining."""
 
+import hashlib
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -173,6 +175,12 @@ def test_pretrain_deterministic(pretrained):
     for key in a:
         assert torch.equal(a[key], b[key]), key
     assert pretrained[0]["val_accuracy"] == pretrained[1]["val_accuracy"]
+
+
+def test_pretrain_same_weights_same_bytes(pretrained):
+    # The checkpoint's SHA-256 keys the code cache: a second identical run must not orphan it.
+    a, b = (Path(r["checkpoint"]).read_bytes() for r in pretrained)
+    assert hashlib.sha256(a).hexdigest() == hashlib.sha256(b).hexdigest()
 
 
 def test_pretrain_leaves_global_state(dataset, tmp_path):

@@ -13,13 +13,14 @@ must stop with "model file not found". Every other command must succeed.
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 from pathlib import Path
 
 import pytest
 
-from cnncodes import cli
+from cnncodes import cli, demo
 from tests.conftest import write_images
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -55,6 +56,22 @@ def test_readme_has_the_examples_this_test_runs():
     assert "make test" in ci
 
 
+def test_no_citation_of_documents_outside_the_repository():
+    # A user has only the repository: a fact or a paper is cited, never a file they cannot open.
+    outside = re.compile(r"(FIELD|RELIABILITY)\.md|shared/[d]ocs")
+    root = README.parent
+    files = [README, *root.glob("*.cfg"), *root.glob("*.toml")]
+    for folder in ("cnncodes", "pipelines", "tests", "bench"):
+        files += [p for p in (root / folder).rglob("*") if p.suffix in (".py", ".md", ".txt")]
+    found = [
+        f"{path.relative_to(root)}:{number}"
+        for path in files
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+        if outside.search(line)
+    ]
+    assert not found, found
+
+
 @pytest.fixture
 def workdir(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -78,13 +95,57 @@ def test_python_examples_run(workdir, capsys):
     assert namespace["codes"].dtype == "float32" and len(namespace["keys"]) > 0
 
 
+def _demo_rows():
+    """``{fit arguments: (row, recipe)}`` of the commands that reproduce the demo's table."""
+    rows = {}
+    for name, *_ in demo.FEATURE_SETS:
+        for recipe in demo.RECIPES:
+            argv = demo.fit_command(name, recipe)
+            if argv is not None:
+                rows[tuple(argv)] = (name, recipe)
+    return rows
+
+
+def _without_outputs(argv):
+    """``argv`` less the options that only choose where results are saved."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in ("--out", "--report"):
+            skip = True
+        else:
+            kept.append(arg)
+    return tuple(kept)
+
+
+def _check_reproduces_the_demo(argv, out):
+    """A README ``fit`` on the demo's data is one of the demo's rows and prints its accuracy."""
+    rows = _demo_rows()
+    key = _without_outputs(argv)
+    assert key in rows, (
+        f"cnncodes {shlex.join(argv)} runs on the demo's data but is none of its rows; "
+        "use the demo's command (cnncodes.demo.fit_command, report.json 'commands')"
+    )
+    name, recipe = rows[key]
+    report = json.loads(Path("demo-output/report.json").read_text())
+    assert report["commands"][name][recipe] == shlex.join(["cnncodes", *key])
+    printed = re.search(r"^test \(.*\): accuracy ([0-9.]+),", out, re.M)
+    assert printed, out
+    assert float(printed.group(1)) == round(report["accuracy"][name][recipe], 3), (name, recipe)
+
+
 def test_command_line_examples_run(workdir, capsys):
     missing_models = set()  # files a command would have saved, had weights been available
+    reproduced = 0
     for argv in commands():
         code = cli.main(argv)
         captured = capsys.readouterr()
         line = "cnncodes " + shlex.join(argv)
         if code == 0:
+            if argv[0] == "fit" and argv[1].startswith("demo-output/"):
+                _check_reproduces_the_demo(argv, captured.out)
+                reproduced += 1
             continue
         err = captured.err
         assert code == 2, f"{line}: exit {code}\n{err}"
@@ -96,3 +157,5 @@ def test_command_line_examples_run(workdir, capsys):
             continue
         model = argv[1] if argv[0] == "predict" else None
         assert model in missing_models and "model file not found" in err, f"{line}: {err}"
+    # The README's fit commands on the demo's data print the demo's own numbers.
+    assert reproduced >= 1

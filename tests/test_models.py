@@ -513,7 +513,7 @@ def test_explicit_preprocessing_wins():
         ({"std": 0}, "std=0: values must be positive"),
         ({"std": "x"}, "std='x': expected a float or three floats"),
         ({"interpolation": "cubic"}, "interpolation='cubic': choose one of nearest, bilinear"),
-        ({"resize": 40, "crop": 0}, r"crop=None needs resize=\(height, width\)"),
+        ({"resize": 40, "crop": 0}, r"crop=0 \(no centre crop\) needs resize=\(height, width\)"),
         ({"seed": "1"}, "seed='1': expected an int"),
     ],
 )
@@ -634,7 +634,8 @@ def test_bad_declared_preprocessing_is_refused(declare, declared, match):
 def test_declared_crop_off_needs_a_two_value_resize(declare):
     declare({"resize": 40, "crop": "none"})
     with pytest.raises(
-        ValueError, match=WHERE + r"\['crop'\]=None needs " + WHERE + r"\['resize'\]"
+        ValueError,
+        match=WHERE + r"\['crop'\]='none' \(no centre crop\) needs " + WHERE + r"\['resize'\]",
     ):
         resolve_spec(TINY, "none")
     pre = resolve_spec(TINY, "none", resize=(40, 48)).preprocessing

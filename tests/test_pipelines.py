@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 
 import numpy as np
 import pytest
@@ -177,6 +178,52 @@ def test_layer_sweep_needs_layers_for_other_models():
     assert grid[0]["cnncodes__layer"] == ["features.9", ["features.9", "features.30"]]
     assert [g["clf__kernel"] for g in grid] == [["linear"], ["rbf"]]
     assert "clf__gamma" in grid[1] and "clf__gamma" not in grid[0]
+
+
+def test_layer_sweep_pools_only_spatial_layers():
+    # Pooling passes 1-D codes through unchanged: avg and max of flatten were one candidate
+    # fitted twice and cached twice.
+    layers = ["features.3", ["features.7", "flatten"], "flatten", "fc"]
+    _, grid = layer_sweep_svm.build(**FAST, layers=layers, Cs=[1.0], gammas=["scale"])
+    candidates = list(ParameterGrid(grid))
+    assert len(candidates) == 2 * 2 + 2 + 2 * 2 + 2  # linear and rbf: 2 pooled, 2 not
+    poolings = {}
+    for c in candidates:
+        poolings.setdefault(repr(c["cnncodes__layer"]), set()).add(c["cnncodes__pooling"])
+    assert poolings == {
+        "'features.3'": {"avg", "max"},
+        "['features.7', 'flatten']": {"avg", "max"},  # the spatial half is pooled
+        "'flatten'": {"avg"},
+        "'fc'": {"avg"},
+    }
+    # Layers keep their order (early to top) within each kernel's grids.
+    linear = [g for g in grid if g["clf__kernel"] == ["linear"]]
+    assert [v for g in linear for v in g["cnncodes__layer"]] == layers
+
+
+def test_default_mobilenet_v2_layers_are_wide_and_rectified():
+    from cnncodes import list_layers
+
+    shapes = {info.name: info.shape for info in list_layers("mobilenet_v2", "none")}
+    layers = layer_sweep_svm.default_layers("mobilenet_v2")
+    # The block outputs are 24-96-channel linear bottlenecks; the expansions are 6x wider.
+    assert all(shapes[name][0] >= 144 for name in layers), {n: shapes[n] for n in layers}
+
+
+def test_sgd_defaults_converge_on_a_small_separable_problem():
+    from sklearn.datasets import make_classification
+    from sklearn.exceptions import ConvergenceWarning
+
+    # Few samples, many features, like CNN codes of a small dataset: separable, so tiny alphas
+    # left the hinge loss creeping down past max_iter.
+    X, y = make_classification(
+        n_samples=40, n_features=300, n_informative=20, class_sep=2.0, random_state=0
+    )
+    pipe, grid = pipelines.get("sgd").build()
+    pipe.set_params(cnncodes="passthrough")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        GridSearchCV(pipe, grid, cv=3, error_score="raise").fit(X, y)
 
 
 def test_layer_sweep_end_to_end_and_layer_table(data, tmp_path):
