@@ -325,7 +325,8 @@ def _add_compute_options(group):
         type=_positive_int,
         default=32,
         metavar="N",
-        help="images per forward pass; never changes the codes (default: %(default)s)",
+        help="images per forward pass; on the CPU the codes are bit-identical whatever N, on a "
+        "GPU they may differ by float rounding (default: %(default)s)",
     )
     group.add_argument(
         "--workers",

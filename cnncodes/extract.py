@@ -834,8 +834,10 @@ def extract_codes(
         Where codes are cached (see :func:`cnncodes.cache.resolve_cache_dir`); None: no cache.
     batch_size : int
         Images decoded together and pushed through the network together: in one forward pass on
-        a GPU, in passes of at most :data:`CPU_FORWARD_BATCH` on the CPU (faster there). Does not
-        change the codes.
+        a GPU, in passes of at most :data:`CPU_FORWARD_BATCH` on the CPU (faster there). On the
+        CPU the codes are bit-identical whatever the batch size (a lone image goes through as a
+        pair, see bench/RESULTS.md); on a GPU, cuDNN may choose other algorithms for other batch
+        sizes, so codes may differ by float rounding.
     num_workers : int, optional
         Decoding processes (0: decode in this process). Default: on the CPU, 0 on a machine with at
         most 4 cores (the network needs them all), else 4; on a GPU, every core but one, up to
@@ -1059,10 +1061,18 @@ def _run_network(
                 pooled = {layer: [] for layer in layers}
                 with torch.inference_mode():
                     for start in range(0, len(x), chunk):
+                        part = x[start : start + chunk]
+                        single = len(part) == 1
+                        if single:
+                            # A pass of one image takes other CPU kernels than a pass of several
+                            # (codes up to 5e-6 apart, bench/RESULTS.md): run it as a pair, so
+                            # that an image's code never depends on how it was batched.
+                            part = torch.cat([part, part])
                         with autocast:
-                            feats = extractor(x[start : start + chunk])
+                            feats = extractor(part)
                         for layer in layers:
-                            pooled[layer].append(pool(feats[layer], pooling))
+                            code = pool(feats[layer], pooling)
+                            pooled[layer].append(code[:1] if single else code)
                         del feats  # activations of early layers are large; free before the next
                 rows = [groups[d] for d, _, _ in good]
                 # A file rewritten since it was hashed is stored under the hash of what was decoded.

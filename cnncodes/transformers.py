@@ -246,7 +246,8 @@ class CNNCodes(TransformerMixin, BaseEstimator):
     cache_dir : "auto", None or path, default="auto"
         The code cache: ``"auto"`` is ``$CNNCODES_CACHE`` or ``./cache``; None disables it.
     batch_size : int, default=32
-        Images per forward pass (does not change the codes).
+        Images per forward pass. On the CPU the codes are bit-identical whatever its value; on a
+        GPU they may differ by float rounding (see :func:`~cnncodes.extract.extract_codes`).
     num_workers : int, default=None
         Image-decoding processes; None: on a GPU every core but one (up to 16), on the CPU 0
         with at most 4 cores (the network needs them), else 4.

@@ -89,6 +89,29 @@ def test_batch_size_does_not_change_codes(tiny_spec, make_images, batch_size):
         _close(split.codes[layer], whole.codes[layer])
 
 
+def test_codes_are_bit_identical_however_the_images_were_batched(
+    tiny_spec, make_images, tmp_path
+):
+    # A forward pass of one image takes other CPU kernels than a pass of several (up to 5e-6
+    # apart for this net): an image added to a cache on its own must get the codes that a
+    # run over the whole folder gives it.
+    images = make_images(5)
+    kwargs = dict(precision="fp32", device="cpu", **FAST)
+    whole = extract_codes(images, tiny_spec, "avgpool", cache_dir=None, **kwargs).codes
+    cache = tmp_path / "cache"
+    for n in range(1, len(images) + 1):  # each run computes one new image
+        result = extract_codes(images[:n], tiny_spec, "avgpool", cache_dir=cache, **kwargs)
+        assert result.computed == 1
+    incremental = extract_codes(images, tiny_spec, "avgpool", cache_dir=cache, **kwargs)
+    assert incremental.cached == 5
+    np.testing.assert_array_equal(incremental.codes["avgpool"], whole["avgpool"])
+    for batch_size in (1, 2, 3):
+        split = extract_codes(
+            images, tiny_spec, "avgpool", cache_dir=None, batch_size=batch_size, **kwargs
+        )
+        np.testing.assert_array_equal(split.codes["avgpool"], whole["avgpool"])
+
+
 def test_multiple_layers_come_from_one_pass(tiny_spec, make_images, forward_counter):
     images = make_images(3)
     layers = ["layer4", "layer2", "avgpool"]
