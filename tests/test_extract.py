@@ -89,9 +89,7 @@ def test_batch_size_does_not_change_codes(tiny_spec, make_images, batch_size):
         _close(split.codes[layer], whole.codes[layer])
 
 
-def test_codes_are_bit_identical_however_the_images_were_batched(
-    tiny_spec, make_images, tmp_path
-):
+def test_codes_are_bit_identical_however_the_images_were_batched(tiny_spec, make_images, tmp_path):
     # A forward pass of one image takes other CPU kernels than a pass of several (up to 5e-6
     # apart for this net): an image added to a cache on its own must get the codes that a
     # run over the whole folder gives it.
