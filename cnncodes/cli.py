@@ -27,13 +27,14 @@ import warnings
 import numpy as np
 
 from . import __version__
+from ._choices import POOLINGS, PRECISIONS
 from ._json import jsonable
 from .cache import CacheWarning, list_configs, resolve_cache_dir
 from .datasets import DatasetError, load_dataset, load_files
-from .extract import GPU_DECODER, PRECISIONS, extract_codes, resolve_device, spec_from_config
 from .images import ImageLoadError, file_digests
-from .models import list_layers, resolve_layers, resolve_spec
-from .pooling import POOLINGS
+
+# torch, torchvision and scikit-learn are imported by the commands that need them, not here:
+# they take seconds to import, which --help, --version and `cache info` must not pay.
 
 __all__ = ["main", "build_parser", "COMMANDS"]
 
@@ -380,6 +381,8 @@ def _preprocessing_from_args(args):
 
 def _spec_from_args(args, model=None):
     """Resolve --model/--weights/--seed and the preprocessing overrides (no weights loaded)."""
+    from .models import resolve_spec
+
     return resolve_spec(
         model if model is not None else args.model,
         args.weights,
@@ -500,6 +503,9 @@ def add_extract_parser(subparsers):
 
 def run_extract(args):
     """Extract codes for DATA; print a summary; optionally write them to --out."""
+    from .extract import extract_codes
+    from .models import resolve_layers
+
     output = _Output(args)
     out_path = _check_out_path(args.out, OUT_FORMATS)
     dataset = _load_data(args, output)
@@ -653,6 +659,8 @@ def add_layers_parser(subparsers):
 
 def run_layers(args):
     """Print the layer table of a model."""
+    from .models import list_layers, resolve_layers
+
     output = _Output(args)
     spec = _spec_from_args(args, model=args.model)
     infos = list_layers(spec)
@@ -855,6 +863,8 @@ def _hash_data(args, output):
 
 def _recheck(store, by_digest, args, rng, output):
     """Recompute a sample of ``store``'s codes from DATA; a JSON-ready verdict."""
+    from .extract import GPU_DECODER, extract_codes, resolve_device, spec_from_config
+
     config = store.config
     index = store.index()
     candidates = sorted(d for d in by_digest if d in index)

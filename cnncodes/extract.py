@@ -30,6 +30,7 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
 from . import cache as _cache
+from ._choices import PRECISIONS
 from .images import (
     DECODE_POLICY,
     ImageLoadError,
@@ -67,7 +68,6 @@ __all__ = [
     "spec_from_config",
 ]
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 #: Largest forward pass on the CPU; bigger loader batches go through in chunks of this size.
 CPU_FORWARD_BATCH = 8

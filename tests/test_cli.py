@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 
+import cnncodes.extract
 from cnncodes import cli
 from cnncodes.cache import list_configs
 from cnncodes.datasets import load_dataset
@@ -223,7 +224,7 @@ def test_unexpected_errors_exit_1_and_interrupts_130(capsys, data, cache, monkey
     def boom(*args, **kwargs):
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(cli, "extract_codes", boom)
+    monkeypatch.setattr(cnncodes.extract, "extract_codes", boom)  # imported on use
     code, _, err = run(capsys, "extract", data, *MODEL, "--cache-dir", cache)
     assert code == 1
     assert_one_line_error(err, "RuntimeError: disk on fire", "CNNCODES_DEBUG=1")
@@ -235,7 +236,7 @@ def test_unexpected_errors_exit_1_and_interrupts_130(capsys, data, cache, monkey
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "extract_codes", interrupt)
+    monkeypatch.setattr(cnncodes.extract, "extract_codes", interrupt)
     code, _, err = run(capsys, "extract", data, *MODEL, "--cache-dir", cache)
     assert code == 130 and "interrupted" in err
 
@@ -597,3 +598,43 @@ def test_console_script_finds_the_users_model_module_in_the_working_folder(tmp_p
     )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["penultimate"] == "flatten"
+
+
+# ----------------------------------------------------------------------------- start-up
+
+_STARTUP_PROBE = """
+import sys
+import cnncodes.cache
+import cnncodes
+cnncodes.__version__, cnncodes.resolve_cache_dir, cnncodes.CodeStore
+from cnncodes.cli import main
+for argv in (["--version"], ["--help"], ["cache", "info", "--cache-dir", sys.argv[1]],
+             ["cache", "info", "--cache-dir", sys.argv[1], "--json"],
+             ["cache", "verify", "--cache-dir", sys.argv[1]]):
+    code = main(argv)
+    assert code == 0, (argv, code)
+print("HEAVY", sorted(m for m in ("torch", "torchvision", "sklearn") if m in sys.modules))
+"""
+
+
+def test_light_commands_start_without_torch_or_sklearn(tmp_path):
+    # Importing torch, torchvision and scikit-learn takes seconds (bench/RESULTS.md, section 6).
+    from cnncodes.cache import CodeStore
+
+    CodeStore(tmp_path / "cache", {"model": "m"}).write(["ab" * 32], np.ones((1, 2), np.float32))
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    done = subprocess.run(
+        [sys.executable, "-c", _STARTUP_PROBE, str(tmp_path / "cache")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "HEAVY []"
+    # The names are still there, imported on first use.
+    import cnncodes
+
+    assert cnncodes.CNNCodes.__name__ == "CNNCodes" and "extract_codes" in dir(cnncodes)
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        cnncodes.nope  # noqa: B018

@@ -1,0 +1,6 @@
+"""Names the API accepts, importable without torch (the command line's --help lists them)."""
+
+#: How spatial maps become vectors (:mod:`cnncodes.pooling`).
+POOLINGS = ("avg", "max", "avgmax", "pyramid", "flatten")
+#: Extraction precisions (:func:`cnncodes.extract.resolve_precision`).
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
