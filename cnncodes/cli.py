@@ -18,7 +18,6 @@ import difflib
 import json
 import os
 import random
-import secrets
 import sys
 import textwrap
 import traceback
@@ -29,7 +28,13 @@ import numpy as np
 from . import __version__
 from ._choices import POOLINGS, PRECISIONS
 from ._json import jsonable
-from .cache import CacheWarning, list_configs, resolve_cache_dir
+from .cache import (
+    CacheWarning,
+    list_configs,
+    remove_stale_temporaries,
+    resolve_cache_dir,
+    temporary_path,
+)
 from .datasets import DatasetError, load_dataset, load_files
 from .images import ImageLoadError, file_digests
 
@@ -424,11 +429,15 @@ def _check_out_path(path, formats):
 
 @contextlib.contextmanager
 def _atomic_output(path):
-    """Yield a temporary path beside ``path``; on success it is fsync-ed and renamed onto it."""
+    """Yield a temporary path beside ``path``; on success it is fsync-ed and renamed onto it.
+
+    The temporary file names its writer, so the next write of ``path`` removes those that killed
+    runs left (:func:`~cnncodes.cache.remove_stale_temporaries`).
+    """
     folder = os.path.dirname(path)
-    tmp = os.path.join(
-        folder, f".{os.path.basename(path)}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
-    )
+    prefix = f".{os.path.basename(path)}.tmp-"
+    remove_stale_temporaries(folder, prefix)
+    tmp = temporary_path(folder, prefix)
     try:
         yield tmp
         fd = os.open(tmp, os.O_RDONLY)
@@ -921,10 +930,14 @@ def run_cache_verify(args):
     by_digest = _hash_data(args, output) if args.data else None
     rng = random.Random(args.seed)
     reports, failed = [], False
+    # Left by killed runs: the probe of a writable cache in the cache folder, shards in the making
+    # in the configurations' folders.
+    removed = remove_stale_temporaries(root) if exists else []
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", CacheWarning)
         stores = list_configs(root) if exists else []
         for store, info in stores:
+            removed += store.remove_stale_temporaries()
             report = _config_summary(store, info)
             problems = [
                 {"shard": path, "problem": problem}
@@ -948,12 +961,16 @@ def run_cache_verify(args):
         "configs": reports,
         "warnings": cache_warnings,
         "rechecked": by_digest is not None,
+        "removed_temporaries": removed,
     }
-    output.result(data, _verify_lines(root, exists, reports, cache_warnings, by_digest))
+    lines = _verify_lines(root, exists, reports, cache_warnings, by_digest, args.sample)
+    if removed:
+        lines.append(f"removed {len(removed)} temporary file(s) left by killed runs")
+    output.result(data, lines)
     return EXIT_FAILURE if failed else EXIT_OK
 
 
-def _verify_lines(root, exists, reports, cache_warnings, by_digest):
+def _verify_lines(root, exists, reports, cache_warnings, by_digest, sample):
     if not exists:
         return [f"no cache at {_display(root)}"]
     lines = [f"{_display(root)}: {len(reports)} configuration(s)"]
@@ -981,7 +998,9 @@ def _verify_lines(root, exists, reports, cache_warnings, by_digest):
             lines.append(f"  compacted {r['compacted_shards']} shards into one")
     for w in cache_warnings:
         lines.append(f"warning: {w}")
-    if by_digest is None:
+    if by_digest is None and sample == 0:
+        lines.append("codes not re-checked (integrity only, as --sample 0 asks)")
+    elif by_digest is None:
         lines.append(
             "codes not re-checked (integrity only): pass --data DATA, the images the cache was "
             "filled from, to recompute a sample"

@@ -291,6 +291,61 @@ def test_cache_info_lists_configurations(capsys, data, cache):
     assert avgpool["key"][:12] in out and "2 configuration(s)" in out
 
 
+def test_a_run_that_fails_before_committing_leaves_no_configuration(
+    capsys, data, cache, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))  # no weights file there
+    monkeypatch.setenv("CNNCODES_DOWNLOAD", "")
+    argv = ["extract", data, "--model", "resnet18", "--weights", "IMAGENET1K_V1", *MODEL[4:]]
+    code, _, err = run(capsys, *argv, *FAST, "--cache-dir", cache)
+    assert code == 2 and "are not on this machine" in err
+    assert run_json(capsys, "cache", "info", "--cache-dir", cache)["configs"] == []
+
+
+def _left_by_a_killed_run(folder, prefix, pid, age=3600):
+    from cnncodes.cache import _host
+
+    path = Path(folder) / f"{prefix}{pid}@{_host()}-abcd.part"
+    path.write_bytes(b"partial")
+    os.utime(path, (path.stat().st_mtime - age,) * 2)
+    return path
+
+
+def test_cache_verify_and_the_next_out_file_remove_what_killed_runs_left(
+    capsys, data, cache, tmp_path
+):
+    out = tmp_path / "codes.h5"
+    extract(capsys, data, cache, "--out", out)
+    [(store, _)] = list_configs(cache)
+    dead, alive = 999_999_999, os.getpid()
+    left = [_left_by_a_killed_run(folder, ".tmp-", dead) for folder in (cache, store.path)]
+    kept = [_left_by_a_killed_run(folder, ".tmp-", alive) for folder in (cache, store.path)]
+    report = run_json(capsys, "cache", "verify", "--cache-dir", cache)
+    assert sorted(report["removed_temporaries"]) == sorted(map(str, left))
+    assert not any(p.exists() for p in left) and all(p.exists() for p in kept)
+    code, out_text, _ = run(capsys, "cache", "verify", "--cache-dir", cache)
+    assert code == 0 and "removed" not in out_text
+
+    left = _left_by_a_killed_run(tmp_path, ".codes.h5.tmp-", dead)
+    kept = _left_by_a_killed_run(tmp_path, ".codes.h5.tmp-", alive)
+    other = _left_by_a_killed_run(tmp_path, ".other.h5.tmp-", dead)  # another output's
+    extract(capsys, data, cache, "--out", out)
+    assert not left.exists() and kept.exists() and other.exists()
+
+
+def test_cache_verify_sample_0_says_once_that_codes_are_not_rechecked(capsys, data, cache):
+    extract(capsys, data, cache)
+    code, out, err = run(capsys, "cache", "verify", "--cache-dir", cache, "--sample", "0")
+    assert code == 0 and err == ""
+    notes = [line for line in out.splitlines() if "re-check" in line or "--data" in line]
+    assert notes == ["codes not re-checked (integrity only, as --sample 0 asks)"]
+    code, _, err = run(
+        capsys, "cache", "verify", "--cache-dir", cache, "--data", data, "--sample", "0"
+    )
+    assert code == 2
+    assert_one_line_error(err, "--sample 0 recomputes nothing")
+
+
 def test_cache_verify_confirms_then_detects_tampering(capsys, data, cache):
     extract(capsys, data, cache, "--layer", "avgpool")
 
