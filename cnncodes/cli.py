@@ -481,8 +481,9 @@ examples:
       --on-error skip --json
 
 Codes are cached by image content (--cache-dir, default ./cache): a second run on the same
-images computes nothing. Read an .h5 output with plain h5py:
-  f = h5py.File("codes.h5"); X = f["codes"][:]; paths = f["paths"].asstr()[:]
+images computes nothing. Read an .h5 output with plain h5py (paths are the file names' bytes,
+so that names that are not UTF-8 open too; display_paths is the printable form):
+  f = h5py.File("codes.h5"); X = f["codes"][:]; paths = [os.fsdecode(p) for p in f["paths"][:]]
 """
 
 
@@ -577,13 +578,16 @@ def run_extract(args):
 def _write_codes(path, dataset, result, spec, pooling):
     """Write codes, paths, labels, kept indices and the configuration to .h5 or .npz, atomically.
 
-    Rows are the images that have a code (``kept`` gives their positions in DATA); ``paths`` and
-    ``labels`` follow the rows.
+    Rows are the images that have a code (``kept`` gives their positions in DATA); ``paths``,
+    ``display_paths`` and ``labels`` follow the rows. ``paths`` holds each file name's bytes
+    (``os.fsdecode`` gives a path that opens, also for names that are not UTF-8), and
+    ``display_paths`` the same as UTF-8 text, undecodable bytes shown as ``\\xNN``, like labels.
     """
     kept = np.asarray(result.kept, dtype=np.int64)
     codes = np.ascontiguousarray(result.concatenated(), dtype=np.float32)
-    paths = [_display(dataset.paths[i]) for i in kept]
-    labels = [dataset.labels[i] for i in kept] if dataset.labels is not None else None
+    paths = [os.fsencode(dataset.paths[i]) for i in kept]
+    display = [_display(dataset.paths[i]) for i in kept]
+    labels = [_display(dataset.labels[i]) for i in kept] if dataset.labels is not None else None
     layers = list(result.codes)
     config = {
         "cnncodes_version": __version__,
@@ -599,7 +603,8 @@ def _write_codes(path, dataset, result, spec, pooling):
         if path.lower().endswith(".npz"):
             arrays = {
                 "codes": codes,
-                "paths": np.array(paths, dtype=str),
+                "paths": np.array(paths, dtype=bytes),
+                "display_paths": np.array(display, dtype=str),
                 "kept": kept,
                 "config": np.array(config_json),
             }
@@ -616,7 +621,10 @@ def _write_codes(path, dataset, result, spec, pooling):
             text = h5py.string_dtype("utf-8")
             with h5py.File(tmp, "w") as f:
                 f.create_dataset("codes", data=codes)
-                f.create_dataset("paths", data=np.array(paths, dtype=object), dtype=text)
+                # h5py's type for bytes objects (declared ASCII; HDF5 keeps the bytes as given).
+                raw = h5py.string_dtype("ascii")
+                f.create_dataset("paths", data=np.array(paths, dtype=object), dtype=raw)
+                f.create_dataset("display_paths", data=np.array(display, dtype=object), dtype=text)
                 if labels is not None:
                     f.create_dataset("labels", data=np.array(labels, dtype=object), dtype=text)
                 f.create_dataset("kept", data=kept)

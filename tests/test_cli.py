@@ -139,7 +139,8 @@ def test_extract_out_h5_and_npz(capsys, data, cache, tmp_path):
     with h5py.File(h5_path, "r") as f:
         codes = f["codes"][:]
         assert codes.shape == (6, 768) and codes.dtype == np.float32
-        assert list(f["paths"].asstr()[:]) == expected_paths
+        assert [os.fsdecode(p) for p in f["paths"][:]] == expected_paths
+        assert list(f["display_paths"].asstr()[:]) == expected_paths
         assert list(f["labels"].asstr()[:]) == ["ants"] * 3 + ["bees"] * 3
         assert list(f["kept"][:]) == list(range(6))
         np.testing.assert_array_equal(f["layers/layer3"][:], codes[:, :256])
@@ -150,7 +151,8 @@ def test_extract_out_h5_and_npz(capsys, data, cache, tmp_path):
 
     npz = np.load(npz_path)  # no pickles needed
     np.testing.assert_array_equal(npz["codes"], codes)
-    assert list(npz["paths"]) == expected_paths
+    assert [os.fsdecode(p) for p in npz["paths"]] == expected_paths
+    assert list(npz["display_paths"]) == expected_paths
     assert list(npz["labels"]) == ["ants"] * 3 + ["bees"] * 3
     np.testing.assert_array_equal(npz["layers/avgpool"], codes[:, 256:])
     assert json.loads(str(npz["config"]))["spec"]["model"] == "resnet18"
@@ -160,6 +162,32 @@ def test_extract_out_h5_and_npz(capsys, data, cache, tmp_path):
     direct = extract_codes(expected_paths, spec, "avgpool", cache_dir=None, num_workers=0)
     np.testing.assert_allclose(codes[:, 256:], direct.codes["avgpool"], rtol=1e-5, atol=1e-6)
     assert not [n for n in os.listdir(tmp_path) if ".tmp-" in n]  # no temporary left behind
+
+
+def test_extract_out_stores_the_real_bytes_of_non_utf8_names(capsys, data, cache, tmp_path):
+    # File and class-folder names that are not UTF-8 (Latin-1 "e acute"): os.fsdecode makes
+    # them str with surrogate escapes, which UTF-8 text cannot hold.
+    ants = data / "ants"
+    first = sorted(ants.iterdir())[0]
+    cafe = Path(os.fsdecode(os.fsencode(ants) + b"/caf\xe9.png"))
+    first.rename(cafe)
+    (data / "bees").rename(Path(os.fsdecode(os.fsencode(data) + b"/b\xe9es")))
+    expected = load_dataset(data).paths
+    assert str(cafe) in expected
+    for name in ("codes.h5", "codes.npz"):
+        extract(capsys, data, cache, "--out", tmp_path / name)
+    with h5py.File(tmp_path / "codes.h5", "r") as f:
+        h5_paths = [os.fsdecode(p) for p in f["paths"][:]]
+        h5_display = list(f["display_paths"].asstr()[:])
+        h5_labels = list(f["labels"].asstr()[:])
+    npz = np.load(tmp_path / "codes.npz")
+    npz_paths = [os.fsdecode(p) for p in npz["paths"]]
+    for paths in (h5_paths, npz_paths):
+        assert paths == expected and all(os.path.isfile(p) for p in paths)
+    for display in (h5_display, list(npz["display_paths"])):
+        assert display[expected.index(str(cafe))].endswith("/ants/caf\\xe9.png")
+        assert display[0].encode("utf-8") and len(display) == 6
+    assert sorted(set(h5_labels)) == ["ants", "b\\xe9es"] == sorted(set(npz["labels"]))
 
 
 def test_extract_out_is_checked_before_any_work(capsys, data, cache, tmp_path):
