@@ -90,7 +90,8 @@ class _Output:
 
     @property
     def progress(self):
-        """The ``progress`` argument for the library: off when quiet, else on a terminal."""
+        """The ``progress`` argument for the library: off when quiet, else a bar on a terminal
+        and a line every few seconds in a log file (long runs only)."""
         return False if self.quiet else None
 
     def note(self, message):

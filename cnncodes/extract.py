@@ -19,7 +19,6 @@ import contextlib
 import copy
 import json
 import os
-import sys
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from . import cache as _cache
 from ._choices import PRECISIONS
+from ._progress import Progress
 from .images import (
     DECODE_POLICY,
     ImageLoadError,
@@ -852,7 +852,9 @@ def extract_codes(
         naming it, after committing the codes already computed. ``skip``: leave it out and
         report it in :attr:`ExtractionResult.skipped`.
     progress : bool, optional
-        Show a progress bar (default: when stderr is a terminal).
+        False: none. None (default) or True: a progress bar when stderr is a terminal, else (a
+        log file) a line every 10 seconds and a final one; with None a run shorter than that
+        stays silent (see :class:`cnncodes._progress.Progress`).
     commit_rows, commit_seconds :
         Commit new codes to the cache after this many images or seconds, whichever comes first.
 
@@ -1000,8 +1002,6 @@ def _run_network(
     commit_seconds,
 ):
     """Push the images of ``todo`` through the network, filling ``out`` and the cache."""
-    from tqdm.auto import tqdm
-
     net = build_model(spec)
     extractor = build_extractor(net, layers)
     _fold_batchnorm(extractor)
@@ -1027,8 +1027,7 @@ def _run_network(
             pin_memory=dev.type == "cuda",
         )
     committer = _Committer(stores, commit_rows, commit_seconds)
-    show = sys.stderr.isatty() if progress is None else bool(progress)
-    bar = tqdm(total=len(todo), unit="img", desc="extracting", disable=not show, leave=False)
+    bar = Progress(len(todo), "extracting", "images", "img", progress)
     computed = 0
     # On the CPU, small forward passes are faster (activations stay in cache; measured in
     # bench/RESULTS.md): the loader's batch is pushed through in chunks. A GPU takes it whole.

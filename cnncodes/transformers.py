@@ -257,8 +257,9 @@ class CNNCodes(TransformerMixin, BaseEstimator):
         ``"auto"`` is fp32 on the CPU, bf16 on a GPU. Part of the cache key.
     on_error : {"raise", "skip"}, default="raise"
         What an unreadable image does; see *Unreadable images* below.
-    progress : bool, default=False
-        Show a progress bar while images go through the network.
+    progress : bool or None, default=False
+        Report the images going through the network: a bar on a terminal, else a line every 10
+        seconds (None: only for runs that long; see :func:`~cnncodes.extract.extract_codes`).
 
     Attributes
     ----------

@@ -506,3 +506,22 @@ def test_default_decoding_workers_follow_the_device_and_the_cores():
     cpu, gpu = torch.device("cpu"), torch.device("cuda")
     assert [_default_workers(cpu, n) for n in (1, 2, 4, 8, 64)] == [0, 0, 0, 4, 4]
     assert [_default_workers(gpu, n) for n in (1, 2, 4, 16, 64)] == [1, 1, 3, 15, 16]
+
+
+def test_progress_goes_to_a_log_as_lines_when_stderr_is_not_a_terminal(
+    cnn_spec, make_images, capsys, monkeypatch
+):
+    import cnncodes._progress
+
+    monkeypatch.setattr(cnncodes._progress, "LOG_INTERVAL", 0.0)  # a line after every batch
+    images = make_images(5)
+    extract_codes(images, cnn_spec, "pool", cache_dir=None, batch_size=2, **FAST)
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.split(",")[0] for line in lines] == [
+        "extracting: 2/5 images",
+        "extracting: 4/5 images",
+        "extracting: 5/5 images in 0 s",
+    ]
+    assert "img/s, about" in lines[0] and "\r" not in "".join(lines)
+    extract_codes(images, cnn_spec, "pool", cache_dir=None, progress=False, **FAST)
+    assert capsys.readouterr().err == ""
