@@ -541,7 +541,6 @@ class CodeStore:
 
     @contextlib.contextmanager
     def _compact_lock(self, blocking):
-        self._ensure_dir()
         fd = os.open(os.path.join(self.path, _COMPACT_LOCK), os.O_RDWR | os.O_CREAT, 0o644)
         try:
             try:
@@ -561,6 +560,8 @@ class CodeStore:
         Readers are never disturbed: the merged shard is committed before the old ones are removed.
         Another process already compacting makes this a no-op unless ``blocking``.
         """
+        if not self.shard_paths():  # nothing to merge; and no folder made for nothing
+            return 0
         with self._compact_lock(blocking) as locked:
             if not locked:
                 return 0
