@@ -1,59 +1,54 @@
 """cnncodes: CNN codes from frozen pretrained networks, cached, for scikit-learn."""
 
-from .cache import CodeStore, list_configs, resolve_cache_dir
-from .datasets import DatasetWarning, ImageDataset, load_dataset
-from .extract import ExtractionResult, SkippedImage, extract_codes
-from .images import ImageLoadError, load_image
-from .models import (
-    LayerError,
-    LayerInfo,
-    ModelError,
-    ModelSpec,
-    WeightsError,
-    WeightsUnavailableError,
-    build_model,
-    list_layers,
-    resolve_spec,
-)
-from .persistence import ModelFileError
-from .transformers import (
-    CNNCodes,
-    SignedPower,
-    SkippedImagesError,
-    SkippedImagesWarning,
-    filter_readable,
-    warm_cache,
-)
+import importlib
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "CNNCodes",
-    "SignedPower",
-    "SkippedImagesError",
-    "SkippedImagesWarning",
-    "filter_readable",
-    "warm_cache",
-    "DatasetWarning",
-    "ImageDataset",
-    "load_dataset",
-    "ModelFileError",
-    "CodeStore",
-    "ExtractionResult",
-    "ImageLoadError",
-    "LayerError",
-    "LayerInfo",
-    "ModelError",
-    "ModelSpec",
-    "SkippedImage",
-    "WeightsError",
-    "WeightsUnavailableError",
-    "build_model",
-    "extract_codes",
-    "list_configs",
-    "list_layers",
-    "load_image",
-    "resolve_cache_dir",
-    "resolve_spec",
-    "__version__",
-]
+# Public name -> the module defining it. They are imported on first use (PEP 562), so that
+# `import cnncodes.cache`, `cnncodes --version` and `cnncodes cache info` do not pay the seconds
+# that importing torch, torchvision and scikit-learn takes (bench/RESULTS.md, section 6).
+_EXPORTS = {
+    "CNNCodes": "transformers",
+    "SignedPower": "transformers",
+    "SkippedImagesError": "transformers",
+    "SkippedImagesWarning": "transformers",
+    "filter_readable": "transformers",
+    "warm_cache": "transformers",
+    "DatasetWarning": "datasets",
+    "ImageDataset": "datasets",
+    "load_dataset": "datasets",
+    "ModelFileError": "persistence",
+    "CodeStore": "cache",
+    "list_configs": "cache",
+    "resolve_cache_dir": "cache",
+    "ExtractionResult": "extract",
+    "SkippedImage": "extract",
+    "extract_codes": "extract",
+    "ImageLoadError": "images",
+    "load_image": "images",
+    "LayerError": "models",
+    "LayerInfo": "models",
+    "ModelError": "models",
+    "ModelSpec": "models",
+    "WeightsError": "models",
+    "WeightsUnavailableError": "models",
+    "build_model": "models",
+    "list_layers": "models",
+    "resolve_spec": "models",
+}
+
+__all__ = [*_EXPORTS, "__version__"]
+
+
+def __getattr__(name):
+    module = _EXPORTS.get(name)
+    if module is None:
+        # Lets `from cnncodes import extract` fall back to importing the submodule.
+        raise AttributeError(f"module 'cnncodes' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -6,6 +6,8 @@ Layout::
       <config_key>/                 one folder per configuration (model, weights, layer, pooling, ...)
         config.json                 the configuration, human- and machine-readable
         <time>-<pid>-<rand>.h5      immutable shards: datasets "keys" (n,) and "codes" (n, d)
+        .tmp-<pid>@<host>-<rand>    a file being written (removed by the next writer or
+                                    `cnncodes cache verify` once its process is gone)
 
 A row's key is the SHA-256 of the image file's bytes, so the same picture under two names is
 extracted once and a rewritten file is recomputed. A configuration's key is the SHA-256 of its
@@ -41,7 +43,9 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import secrets
+import socket
 import stat
 import time
 import warnings
@@ -56,7 +60,10 @@ __all__ = [
     "config_key",
     "resolve_cache_dir",
     "list_configs",
+    "remove_stale_temporaries",
+    "temporary_path",
     "DEFAULT_CACHE_DIR",
+    "STALE_GRACE_SECONDS",
 ]
 
 FORMAT_VERSION = 1
@@ -65,6 +72,10 @@ _SHARD_FORMAT = "cnncodes-shard"
 _KEY_DTYPE = "S64"
 _TMP_PREFIX = ".tmp-"
 _COMPACT_LOCK = ".compact.lock"
+#: A temporary file of a writer that is gone is removed only once it is this old: its process id
+#: is checked on this host, and the margin covers a writer the check cannot see (another pid
+#: namespace under the same host name) while it still writes.
+STALE_GRACE_SECONDS = 60.0
 
 
 class CacheWarning(UserWarning):
@@ -113,8 +124,68 @@ def _fsync_dir(path):
         os.close(fd)
 
 
+def _host():
+    """This machine's name as it goes into temporary file names (no ``-`` or ``@``)."""
+    return re.sub(r"[^A-Za-z0-9_.]", "_", socket.gethostname())[:64] or "unknown"
+
+
+def temporary_path(folder, prefix=_TMP_PREFIX, suffix=""):
+    """A new temporary file path in ``folder`` that names its writer: ``<prefix><pid>@<host>-
+    <random><suffix>``, so that :func:`remove_stale_temporaries` can tell when it is left over.
+
+    Examples
+    --------
+    >>> name = os.path.basename(temporary_path("cache", suffix=".part"))
+    >>> name.startswith(f".tmp-{os.getpid()}@") and name.endswith(".part")
+    True
+    """
+    return os.path.join(folder, f"{prefix}{os.getpid()}@{_host()}-{secrets.token_hex(4)}{suffix}")
+
+
+def _writer(name, prefix):
+    """``(pid, host)`` of a temporary file name; host None for names without one (older
+    versions, written on this host); None for a name that is not a temporary file."""
+    if not name.startswith(prefix):
+        return None
+    head = name[len(prefix) :].split("-", 1)[0]
+    pid, _, host = head.partition("@")
+    if not pid.isdigit():
+        return None
+    return int(pid), host or None
+
+
+def remove_stale_temporaries(folder, prefix=_TMP_PREFIX, grace=None):
+    """Delete the temporary files in ``folder`` that killed writers left behind; their paths.
+
+    A file is removed when its name (see :func:`temporary_path`) says it was written on this host
+    by a process that no longer exists, and it was last modified more than ``grace`` seconds ago
+    (default :data:`STALE_GRACE_SECONDS`). A live writer's files, and those of other hosts
+    sharing the folder, are left alone.
+    """
+    grace = STALE_GRACE_SECONDS if grace is None else grace
+    try:
+        names = os.listdir(folder)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    host, now, removed = _host(), time.time(), []
+    for name in names:
+        writer = _writer(name, prefix)
+        if writer is None or writer[1] not in (None, host) or _pid_alive(writer[0]):
+            continue
+        path = os.path.join(folder, name)
+        try:
+            st = os.lstat(path)
+            if not stat.S_ISREG(st.st_mode) or now - st.st_mtime <= grace:
+                continue
+            os.unlink(path)
+        except FileNotFoundError:  # removed by another process meanwhile
+            continue
+        removed.append(path)
+    return removed
+
+
 def _atomic_write_bytes(path, data):
-    tmp = os.path.join(os.path.dirname(path), f"{_TMP_PREFIX}{os.getpid()}-{secrets.token_hex(4)}")
+    tmp = temporary_path(os.path.dirname(path))
     try:
         with open(tmp, "wb") as f:
             f.write(data)
@@ -128,9 +199,11 @@ def _atomic_write_bytes(path, data):
 
 
 def _pid_alive(pid):
+    if pid <= 0:
+        return True  # os.kill would signal a process group: never take such a name as dead
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):
         return False
     except PermissionError:
         return True
@@ -211,14 +284,23 @@ class CodeStore:
         self.key = config_key(config)
         self.path = os.path.join(self.root, self.key)
         self._config_json = json.dumps(config, sort_keys=True, indent=1)
+        self._swept = False
 
     # -- layout ------------------------------------------------------------------------------
 
     def ensure_writable(self):
-        """Create this configuration's folder now, so that no code is computed for a cache that
-        cannot take it; raises ``OSError`` naming the folder."""
+        """Check now that codes can be stored, so that none is computed for a cache that cannot
+        take them; raises ``OSError`` naming the folder.
+
+        The configuration's folder itself is made by the first :meth:`write`: a run that fails
+        before it commits anything (missing weights, say) leaves no empty configuration behind.
+        """
+        folder = self.path if os.path.isdir(self.path) else self.root
         try:
-            self._ensure_dir()
+            os.makedirs(folder, exist_ok=True)
+            probe = temporary_path(folder)
+            os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+            os.unlink(probe)
         except OSError as exc:
             raise OSError(
                 exc.errno,
@@ -429,9 +511,12 @@ class CodeStore:
         if not len(keys):
             return None
         self._ensure_dir()
+        if not self._swept:  # once per store and process: what killed writers left behind
+            self._swept = True
+            self.remove_stale_temporaries()
         name = f"{time.time_ns():020d}-{os.getpid()}-{secrets.token_hex(4)}.h5"
         final = os.path.join(self.path, name)
-        tmp = os.path.join(self.path, f"{_TMP_PREFIX}{os.getpid()}-{secrets.token_hex(4)}.part")
+        tmp = temporary_path(self.path, suffix=".part")
         key_array = np.array([k.encode() for k in keys], dtype=_KEY_DTYPE)
         try:
             with h5py.File(tmp, "w", locking=False) as f:
@@ -457,7 +542,6 @@ class CodeStore:
 
     @contextlib.contextmanager
     def _compact_lock(self, blocking):
-        self._ensure_dir()
         fd = os.open(os.path.join(self.path, _COMPACT_LOCK), os.O_RDWR | os.O_CREAT, 0o644)
         try:
             try:
@@ -477,10 +561,12 @@ class CodeStore:
         Readers are never disturbed: the merged shard is committed before the old ones are removed.
         Another process already compacting makes this a no-op unless ``blocking``.
         """
+        if not self.shard_paths():  # nothing to merge; and no folder made for nothing
+            return 0
         with self._compact_lock(blocking) as locked:
             if not locked:
                 return 0
-            self._remove_stale_temporaries()
+            self.remove_stale_temporaries()
             paths = [p for p in self.shard_paths() if self._shard_keys(p) is not None]
             if len(paths) < min_shards:
                 return 0
@@ -499,18 +585,10 @@ class CodeStore:
             _fsync_dir(self.path)
             return len(paths)
 
-    def _remove_stale_temporaries(self):
-        """Delete temporary files left by writers that were killed (their process is gone)."""
-        for name in os.listdir(self.path):
-            if not name.startswith(_TMP_PREFIX):
-                continue
-            try:
-                pid = int(name[len(_TMP_PREFIX) :].split("-")[0])
-            except ValueError:
-                continue
-            if not _pid_alive(pid):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(os.path.join(self.path, name))
+    def remove_stale_temporaries(self):
+        """Delete the temporary files of killed writers in this configuration's folder (see
+        :func:`remove_stale_temporaries`); returns their paths."""
+        return remove_stale_temporaries(self.path)
 
     # -- inspection --------------------------------------------------------------------------
 

@@ -18,7 +18,6 @@ import difflib
 import json
 import os
 import random
-import secrets
 import sys
 import textwrap
 import traceback
@@ -27,19 +26,20 @@ import warnings
 import numpy as np
 
 from . import __version__
+from ._choices import POOLINGS, PRECISIONS, describe_preprocessing
 from ._json import jsonable
-from .cache import CacheWarning, list_configs, resolve_cache_dir
-from .datasets import DatasetError, load_dataset, load_files
-from .extract import GPU_DECODER, PRECISIONS, extract_codes, resolve_device, spec_from_config
-from .images import ImageLoadError, file_digests
-from .models import (
-    default_preprocessing_note,
-    describe_preprocessing,
-    list_layers,
-    resolve_layers,
-    resolve_spec,
+from .cache import (
+    CacheWarning,
+    list_configs,
+    remove_stale_temporaries,
+    resolve_cache_dir,
+    temporary_path,
 )
-from .pooling import POOLINGS
+from .datasets import DatasetError, load_dataset, load_files
+from .images import ImageLoadError, file_digests
+
+# torch, torchvision and scikit-learn are imported by the commands that need them, not here:
+# they take seconds to import, which --help, --version and `cache info` must not pay.
 
 __all__ = ["main", "build_parser", "COMMANDS"]
 
@@ -90,7 +90,8 @@ class _Output:
 
     @property
     def progress(self):
-        """The ``progress`` argument for the library: off when quiet, else on a terminal."""
+        """The ``progress`` argument for the library: off when quiet, else a bar on a terminal
+        and a line every few seconds in a log file (long runs only)."""
         return False if self.quiet else None
 
     def note(self, message):
@@ -331,7 +332,8 @@ def _add_compute_options(group):
         type=_positive_int,
         default=32,
         metavar="N",
-        help="images per forward pass; never changes the codes (default: %(default)s)",
+        help="images per forward pass; on the CPU the codes are bit-identical whatever N, on a "
+        "GPU they may differ by float rounding (default: %(default)s)",
     )
     group.add_argument(
         "--workers",
@@ -385,6 +387,8 @@ def _preprocessing_from_args(args):
 
 def _spec_from_args(args, model=None):
     """Resolve --model/--weights/--seed and the preprocessing overrides (no weights loaded)."""
+    from .models import resolve_spec
+
     return resolve_spec(
         model if model is not None else args.model,
         args.weights,
@@ -426,11 +430,15 @@ def _check_out_path(path, formats):
 
 @contextlib.contextmanager
 def _atomic_output(path):
-    """Yield a temporary path beside ``path``; on success it is fsync-ed and renamed onto it."""
+    """Yield a temporary path beside ``path``; on success it is fsync-ed and renamed onto it.
+
+    The temporary file names its writer, so the next write of ``path`` removes those that killed
+    runs left (:func:`~cnncodes.cache.remove_stale_temporaries`).
+    """
     folder = os.path.dirname(path)
-    tmp = os.path.join(
-        folder, f".{os.path.basename(path)}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
-    )
+    prefix = f".{os.path.basename(path)}.tmp-"
+    remove_stale_temporaries(folder, prefix)
+    tmp = temporary_path(folder, prefix)
     try:
         yield tmp
         fd = os.open(tmp, os.O_RDONLY)
@@ -474,8 +482,9 @@ examples:
       --on-error skip --json
 
 Codes are cached by image content (--cache-dir, default ./cache): a second run on the same
-images computes nothing. Read an .h5 output with plain h5py:
-  f = h5py.File("codes.h5"); X = f["codes"][:]; paths = f["paths"].asstr()[:]
+images computes nothing. Read an .h5 output with plain h5py (paths are the file names' bytes,
+so that names that are not UTF-8 open too; display_paths is the printable form):
+  f = h5py.File("codes.h5"); X = f["codes"][:]; paths = [os.fsdecode(p) for p in f["paths"][:]]
 """
 
 
@@ -505,6 +514,9 @@ def add_extract_parser(subparsers):
 
 def run_extract(args):
     """Extract codes for DATA; print a summary; optionally write them to --out."""
+    from .extract import extract_codes
+    from .models import resolve_layers
+
     output = _Output(args)
     out_path = _check_out_path(args.out, OUT_FORMATS)
     dataset = _load_data(args, output)
@@ -567,13 +579,16 @@ def run_extract(args):
 def _write_codes(path, dataset, result, spec, pooling):
     """Write codes, paths, labels, kept indices and the configuration to .h5 or .npz, atomically.
 
-    Rows are the images that have a code (``kept`` gives their positions in DATA); ``paths`` and
-    ``labels`` follow the rows.
+    Rows are the images that have a code (``kept`` gives their positions in DATA); ``paths``,
+    ``display_paths`` and ``labels`` follow the rows. ``paths`` holds each file name's bytes
+    (``os.fsdecode`` gives a path that opens, also for names that are not UTF-8), and
+    ``display_paths`` the same as UTF-8 text, undecodable bytes shown as ``\\xNN``, like labels.
     """
     kept = np.asarray(result.kept, dtype=np.int64)
     codes = np.ascontiguousarray(result.concatenated(), dtype=np.float32)
-    paths = [_display(dataset.paths[i]) for i in kept]
-    labels = [dataset.labels[i] for i in kept] if dataset.labels is not None else None
+    paths = [os.fsencode(dataset.paths[i]) for i in kept]
+    display = [_display(dataset.paths[i]) for i in kept]
+    labels = [_display(dataset.labels[i]) for i in kept] if dataset.labels is not None else None
     layers = list(result.codes)
     config = {
         "cnncodes_version": __version__,
@@ -589,7 +604,8 @@ def _write_codes(path, dataset, result, spec, pooling):
         if path.lower().endswith(".npz"):
             arrays = {
                 "codes": codes,
-                "paths": np.array(paths, dtype=str),
+                "paths": np.array(paths, dtype=bytes),
+                "display_paths": np.array(display, dtype=str),
                 "kept": kept,
                 "config": np.array(config_json),
             }
@@ -606,7 +622,10 @@ def _write_codes(path, dataset, result, spec, pooling):
             text = h5py.string_dtype("utf-8")
             with h5py.File(tmp, "w") as f:
                 f.create_dataset("codes", data=codes)
-                f.create_dataset("paths", data=np.array(paths, dtype=object), dtype=text)
+                # h5py's type for bytes objects (declared ASCII; HDF5 keeps the bytes as given).
+                raw = h5py.string_dtype("ascii")
+                f.create_dataset("paths", data=np.array(paths, dtype=object), dtype=raw)
+                f.create_dataset("display_paths", data=np.array(display, dtype=object), dtype=text)
                 if labels is not None:
                     f.create_dataset("labels", data=np.array(labels, dtype=object), dtype=text)
                 f.create_dataset("kept", data=kept)
@@ -658,6 +677,8 @@ def add_layers_parser(subparsers):
 
 def run_layers(args):
     """Print the layer table of a model."""
+    from .models import default_preprocessing_note, list_layers, resolve_layers
+
     output = _Output(args)
     spec = _spec_from_args(args, model=args.model)
     infos = list_layers(spec)
@@ -880,6 +901,8 @@ def _hash_data(args, output):
 
 def _recheck(store, by_digest, args, rng, output):
     """Recompute a sample of ``store``'s codes from DATA; a JSON-ready verdict."""
+    from .extract import GPU_DECODER, extract_codes, resolve_device, spec_from_config
+
     config = store.config
     index = store.index()
     candidates = sorted(d for d in by_digest if d in index)
@@ -936,10 +959,14 @@ def run_cache_verify(args):
     by_digest = _hash_data(args, output) if args.data else None
     rng = random.Random(args.seed)
     reports, failed = [], False
+    # Left by killed runs: the probe of a writable cache in the cache folder, shards in the making
+    # in the configurations' folders.
+    removed = remove_stale_temporaries(root) if exists else []
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", CacheWarning)
         stores = list_configs(root) if exists else []
         for store, info in stores:
+            removed += store.remove_stale_temporaries()
             report = _config_summary(store, info)
             problems = [
                 {"shard": path, "problem": problem}
@@ -963,12 +990,16 @@ def run_cache_verify(args):
         "configs": reports,
         "warnings": cache_warnings,
         "rechecked": by_digest is not None,
+        "removed_temporaries": removed,
     }
-    output.result(data, _verify_lines(root, exists, reports, cache_warnings, by_digest))
+    lines = _verify_lines(root, exists, reports, cache_warnings, by_digest, args.sample)
+    if removed:
+        lines.append(f"removed {len(removed)} temporary file(s) left by killed runs")
+    output.result(data, lines)
     return EXIT_FAILURE if failed else EXIT_OK
 
 
-def _verify_lines(root, exists, reports, cache_warnings, by_digest):
+def _verify_lines(root, exists, reports, cache_warnings, by_digest, sample):
     if not exists:
         return [f"no cache at {_display(root)}"]
     lines = [f"{_display(root)}: {len(reports)} configuration(s)"]
@@ -996,7 +1027,9 @@ def _verify_lines(root, exists, reports, cache_warnings, by_digest):
             lines.append(f"  compacted {r['compacted_shards']} shards into one")
     for w in cache_warnings:
         lines.append(f"warning: {w}")
-    if by_digest is None:
+    if by_digest is None and sample == 0:
+        lines.append("codes not re-checked (integrity only, as --sample 0 asks)")
+    elif by_digest is None:
         lines.append(
             "codes not re-checked (integrity only): pass --data DATA, the images the cache was "
             "filled from, to recompute a sample"

@@ -355,10 +355,11 @@ def _fit_progress(estimator, scoring, fits, progress, n_jobs):
         yield scoring
         return
     from sklearn.metrics import check_scoring
-    from tqdm.auto import tqdm
 
-    disable = None if progress is None else False  # None: on a terminal only
-    with tqdm(total=fits, desc="grid search", unit="fit", disable=disable) as bar:
+    from ._progress import Progress
+
+    # A bar on a terminal, a line every few seconds in a log file.
+    with Progress(fits, "grid search", "fits", "fit", progress) as bar:
         yield _CountingScorer(check_scoring(estimator, scoring=scoring), bar)
 
 

@@ -19,7 +19,6 @@ import contextlib
 import copy
 import json
 import os
-import sys
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -30,6 +29,8 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
 from . import cache as _cache
+from ._choices import PRECISIONS
+from ._progress import Progress
 from .images import (
     DECODE_POLICY,
     ImageLoadError,
@@ -67,7 +68,6 @@ __all__ = [
     "spec_from_config",
 ]
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 #: Largest forward pass on the CPU; bigger loader batches go through in chunks of this size.
 CPU_FORWARD_BATCH = 8
@@ -835,8 +835,10 @@ def extract_codes(
         Where codes are cached (see :func:`cnncodes.cache.resolve_cache_dir`); None: no cache.
     batch_size : int
         Images decoded together and pushed through the network together: in one forward pass on
-        a GPU, in passes of at most :data:`CPU_FORWARD_BATCH` on the CPU (faster there). Does not
-        change the codes.
+        a GPU, in passes of at most :data:`CPU_FORWARD_BATCH` on the CPU (faster there). On the
+        CPU the codes are bit-identical whatever the batch size (a lone image goes through as a
+        pair, see bench/RESULTS.md); on a GPU, cuDNN may choose other algorithms for other batch
+        sizes, so codes may differ by float rounding.
     num_workers : int, optional
         Decoding processes (0: decode in this process). Default: on the CPU, 0 on a machine with at
         most 4 cores (the network needs them all), else 4; on a GPU, every core but one, up to
@@ -851,7 +853,9 @@ def extract_codes(
         naming it, after committing the codes already computed. ``skip``: leave it out and
         report it in :attr:`ExtractionResult.skipped`.
     progress : bool, optional
-        Show a progress bar (default: when stderr is a terminal).
+        False: none. None (default) or True: a progress bar when stderr is a terminal, else (a
+        log file) a line every 10 seconds and a final one; with None a run shorter than that
+        stays silent (see :class:`cnncodes._progress.Progress`).
     commit_rows, commit_seconds :
         Commit new codes to the cache after this many images or seconds, whichever comes first.
 
@@ -999,8 +1003,6 @@ def _run_network(
     commit_seconds,
 ):
     """Push the images of ``todo`` through the network, filling ``out`` and the cache."""
-    from tqdm.auto import tqdm
-
     net = build_model(spec)
     extractor = build_extractor(net, layers)
     _fold_batchnorm(extractor)
@@ -1026,8 +1028,7 @@ def _run_network(
             pin_memory=dev.type == "cuda",
         )
     committer = _Committer(stores, commit_rows, commit_seconds)
-    show = sys.stderr.isatty() if progress is None else bool(progress)
-    bar = tqdm(total=len(todo), unit="img", desc="extracting", disable=not show, leave=False)
+    bar = Progress(len(todo), "extracting", "images", "img", progress)
     computed = 0
     # On the CPU, small forward passes are faster (activations stay in cache; measured in
     # bench/RESULTS.md): the loader's batch is pushed through in chunks. A GPU takes it whole.
@@ -1060,10 +1061,18 @@ def _run_network(
                 pooled = {layer: [] for layer in layers}
                 with torch.inference_mode():
                     for start in range(0, len(x), chunk):
+                        part = x[start : start + chunk]
+                        single = len(part) == 1
+                        if single:
+                            # A pass of one image takes other CPU kernels than a pass of several
+                            # (codes up to 5e-6 apart, bench/RESULTS.md): run it as a pair, so
+                            # that an image's code never depends on how it was batched.
+                            part = torch.cat([part, part])
                         with autocast:
-                            feats = extractor(x[start : start + chunk])
+                            feats = extractor(part)
                         for layer in layers:
-                            pooled[layer].append(pool(feats[layer], pooling))
+                            code = pool(feats[layer], pooling)
+                            pooled[layer].append(code[:1] if single else code)
                         del feats  # activations of early layers are large; free before the next
                 rows = [groups[d] for d, _, _ in good]
                 # A file rewritten since it was hashed is stored under the hash of what was decoded.

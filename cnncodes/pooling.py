@@ -18,7 +18,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-POOLINGS = ("avg", "max", "avgmax", "pyramid", "flatten")
+from ._choices import POOLINGS
+
 MAX_FLATTEN_FEATURES = 65_536
 
 __all__ = ["POOLINGS", "MAX_FLATTEN_FEATURES", "check_pooling", "code_size", "pool"]

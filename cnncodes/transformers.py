@@ -247,7 +247,8 @@ class CNNCodes(TransformerMixin, BaseEstimator):
     cache_dir : "auto", None or path, default="auto"
         The code cache: ``"auto"`` is ``$CNNCODES_CACHE`` or ``./cache``; None disables it.
     batch_size : int, default=32
-        Images per forward pass (does not change the codes).
+        Images per forward pass. On the CPU the codes are bit-identical whatever its value; on a
+        GPU they may differ by float rounding (see :func:`~cnncodes.extract.extract_codes`).
     num_workers : int, default=None
         Image-decoding processes; None: on a GPU every core but one (up to 16), on the CPU 0
         with at most 4 cores (the network needs them), else 4.
@@ -257,8 +258,9 @@ class CNNCodes(TransformerMixin, BaseEstimator):
         ``"auto"`` is fp32 on the CPU, bf16 on a GPU. Part of the cache key.
     on_error : {"raise", "skip"}, default="raise"
         What an unreadable image does; see *Unreadable images* below.
-    progress : bool, default=False
-        Show a progress bar while images go through the network.
+    progress : bool or None, default=False
+        Report the images going through the network: a bar on a terminal, else a line every 10
+        seconds (None: only for runs that long; see :func:`~cnncodes.extract.extract_codes`).
 
     Attributes
     ----------

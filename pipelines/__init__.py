@@ -33,9 +33,18 @@ import importlib.util
 import os
 import sys
 
-from ._common import make_cv
-
 __all__ = ["available", "get", "load", "make_cv"]
+
+
+def __getattr__(name):
+    # make_cv needs scikit-learn (and the recipes torch): imported on first use, so that
+    # `cnncodes --help`, which lists the recipes, starts without them.
+    if name == "make_cv":
+        from ._common import make_cv
+
+        return make_cv
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 _RECIPES = ("layer_sweep_svm", "linear_probe", "linear_svm", "sgd")
 

@@ -107,7 +107,9 @@ def forward_counter(monkeypatch):
 
         def forward(self, x):
             counter.batches += 1
-            counter.images += x.shape[0]
+            # A lone image goes through as a pair of itself (extract.py): one image.
+            lone = x.shape[0] == 2 and torch.equal(x[0], x[1])
+            counter.images += 1 if lone else x.shape[0]
             return self.inner(x)
 
     def build(net, layers):

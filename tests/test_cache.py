@@ -147,18 +147,55 @@ def test_compaction_is_skipped_while_another_process_holds_the_lock(store):
     assert store.compact() == 2
 
 
+def _temporary(folder, name, age=3600):
+    """A partly written file named ``name`` in ``folder``, last modified ``age`` seconds ago."""
+    path = os.path.join(folder, name)
+    with open(path, "wb") as f:
+        f.write(b"partial")
+    os.utime(path, (time.time() - age, time.time() - age))
+    return path
+
+
+DEAD_PID = 999_999_999  # above any pid_max: no such process
+
+
 def test_compaction_removes_temporaries_of_dead_writers_only(store):
     store.write(_keys(1), _codes(1))
     store.write(_keys(1, start=1), _codes(1))
-    dead = os.path.join(store.path, ".tmp-999999999-abcd.part")
-    alive = os.path.join(store.path, f".tmp-{os.getpid()}-abcd.part")
-    for path in (dead, alive):
-        with open(path, "wb") as f:
-            f.write(b"partial")
+    dead = _temporary(store.path, f".tmp-{DEAD_PID}-abcd.part")  # named as before pid@host
+    alive = _temporary(store.path, f".tmp-{os.getpid()}-abcd.part")
     assert all(not p.startswith(".tmp-") for p in map(os.path.basename, store.shard_paths()))
     store.compact()
     assert not os.path.exists(dead)
     assert os.path.exists(alive)
+
+
+def test_the_next_write_removes_temporaries_of_dead_writers_on_this_host_only(store):
+    store.write(_keys(1), _codes(1))
+    host = cnncodes.cache._host()
+    dead = _temporary(store.path, f".tmp-{DEAD_PID}@{host}-abcd.part")
+    kept = [
+        _temporary(store.path, f".tmp-{os.getpid()}@{host}-abcd.part"),  # a live writer
+        _temporary(store.path, f".tmp-{DEAD_PID}@{host}-ef01.part", age=5),  # within the grace
+        _temporary(store.path, f".tmp-{DEAD_PID}@another_host-abcd.part"),  # pid not ours to check
+        _temporary(store.path, ".tmp-notapid-abcd.part"),
+    ]
+    fresh = CodeStore(store.root, CONFIG)  # another process's store: it sweeps on its first write
+    fresh.write(_keys(1, start=1), _codes(1))
+    assert not os.path.exists(dead)
+    assert all(os.path.exists(p) for p in kept)
+    name = os.path.basename(cnncodes.cache.temporary_path(store.path, suffix=".part"))
+    assert name.startswith(f".tmp-{os.getpid()}@{host}-") and name.endswith(".part")
+    assert cnncodes.cache._writer(name, ".tmp-") == (os.getpid(), host)
+
+
+def test_a_store_makes_no_folder_until_it_commits_codes(tmp_path):
+    store = CodeStore(tmp_path / "cache", CONFIG)
+    store.ensure_writable()  # checks, without leaving anything but the cache folder
+    assert os.listdir(tmp_path / "cache") == []
+    assert list_configs(tmp_path / "cache") == []
+    store.write(_keys(1), _codes(1))
+    assert [s.key for s, _ in list_configs(tmp_path / "cache")] == [store.key]
 
 
 def _reader(root, stop, results, seed):

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 
+import cnncodes.extract
 from cnncodes import cli
 from cnncodes.cache import list_configs
 from cnncodes.datasets import load_dataset
@@ -138,7 +139,8 @@ def test_extract_out_h5_and_npz(capsys, data, cache, tmp_path):
     with h5py.File(h5_path, "r") as f:
         codes = f["codes"][:]
         assert codes.shape == (6, 768) and codes.dtype == np.float32
-        assert list(f["paths"].asstr()[:]) == expected_paths
+        assert [os.fsdecode(p) for p in f["paths"][:]] == expected_paths
+        assert list(f["display_paths"].asstr()[:]) == expected_paths
         assert list(f["labels"].asstr()[:]) == ["ants"] * 3 + ["bees"] * 3
         assert list(f["kept"][:]) == list(range(6))
         np.testing.assert_array_equal(f["layers/layer3"][:], codes[:, :256])
@@ -149,7 +151,8 @@ def test_extract_out_h5_and_npz(capsys, data, cache, tmp_path):
 
     npz = np.load(npz_path)  # no pickles needed
     np.testing.assert_array_equal(npz["codes"], codes)
-    assert list(npz["paths"]) == expected_paths
+    assert [os.fsdecode(p) for p in npz["paths"]] == expected_paths
+    assert list(npz["display_paths"]) == expected_paths
     assert list(npz["labels"]) == ["ants"] * 3 + ["bees"] * 3
     np.testing.assert_array_equal(npz["layers/avgpool"], codes[:, 256:])
     assert json.loads(str(npz["config"]))["spec"]["model"] == "resnet18"
@@ -159,6 +162,32 @@ def test_extract_out_h5_and_npz(capsys, data, cache, tmp_path):
     direct = extract_codes(expected_paths, spec, "avgpool", cache_dir=None, num_workers=0)
     np.testing.assert_allclose(codes[:, 256:], direct.codes["avgpool"], rtol=1e-5, atol=1e-6)
     assert not [n for n in os.listdir(tmp_path) if ".tmp-" in n]  # no temporary left behind
+
+
+def test_extract_out_stores_the_real_bytes_of_non_utf8_names(capsys, data, cache, tmp_path):
+    # File and class-folder names that are not UTF-8 (Latin-1 "e acute"): os.fsdecode makes
+    # them str with surrogate escapes, which UTF-8 text cannot hold.
+    ants = data / "ants"
+    first = sorted(ants.iterdir())[0]
+    cafe = Path(os.fsdecode(os.fsencode(ants) + b"/caf\xe9.png"))
+    first.rename(cafe)
+    (data / "bees").rename(Path(os.fsdecode(os.fsencode(data) + b"/b\xe9es")))
+    expected = load_dataset(data).paths
+    assert str(cafe) in expected
+    for name in ("codes.h5", "codes.npz"):
+        extract(capsys, data, cache, "--out", tmp_path / name)
+    with h5py.File(tmp_path / "codes.h5", "r") as f:
+        h5_paths = [os.fsdecode(p) for p in f["paths"][:]]
+        h5_display = list(f["display_paths"].asstr()[:])
+        h5_labels = list(f["labels"].asstr()[:])
+    npz = np.load(tmp_path / "codes.npz")
+    npz_paths = [os.fsdecode(p) for p in npz["paths"]]
+    for paths in (h5_paths, npz_paths):
+        assert paths == expected and all(os.path.isfile(p) for p in paths)
+    for display in (h5_display, list(npz["display_paths"])):
+        assert display[expected.index(str(cafe))].endswith("/ants/caf\\xe9.png")
+        assert display[0].encode("utf-8") and len(display) == 6
+    assert sorted(set(h5_labels)) == ["ants", "b\\xe9es"] == sorted(set(npz["labels"]))
 
 
 def test_extract_out_is_checked_before_any_work(capsys, data, cache, tmp_path):
@@ -223,7 +252,7 @@ def test_unexpected_errors_exit_1_and_interrupts_130(capsys, data, cache, monkey
     def boom(*args, **kwargs):
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(cli, "extract_codes", boom)
+    monkeypatch.setattr(cnncodes.extract, "extract_codes", boom)  # imported on use
     code, _, err = run(capsys, "extract", data, *MODEL, "--cache-dir", cache)
     assert code == 1
     assert_one_line_error(err, "RuntimeError: disk on fire", "CNNCODES_DEBUG=1")
@@ -235,7 +264,7 @@ def test_unexpected_errors_exit_1_and_interrupts_130(capsys, data, cache, monkey
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "extract_codes", interrupt)
+    monkeypatch.setattr(cnncodes.extract, "extract_codes", interrupt)
     code, _, err = run(capsys, "extract", data, *MODEL, "--cache-dir", cache)
     assert code == 130 and "interrupted" in err
 
@@ -336,6 +365,61 @@ def test_cache_info_tells_configurations_apart_by_preprocessing(capsys, data, ca
         line = [x for x in out.splitlines() if x.strip().startswith(c["key"][:12] + " ")]
         assert len(line) == 2, out  # its table row and its preprocessing line
         assert f"mean=({mean}) std=(0.229, 0.224, 0.225) resize=40 crop=32x32" in line[1]
+
+
+def test_a_run_that_fails_before_committing_leaves_no_configuration(
+    capsys, data, cache, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))  # no weights file there
+    monkeypatch.setenv("CNNCODES_DOWNLOAD", "")
+    argv = ["extract", data, "--model", "resnet18", "--weights", "IMAGENET1K_V1", *MODEL[4:]]
+    code, _, err = run(capsys, *argv, *FAST, "--cache-dir", cache)
+    assert code == 2 and "are not on this machine" in err
+    assert run_json(capsys, "cache", "info", "--cache-dir", cache)["configs"] == []
+
+
+def _left_by_a_killed_run(folder, prefix, pid, age=3600):
+    from cnncodes.cache import _host
+
+    path = Path(folder) / f"{prefix}{pid}@{_host()}-abcd.part"
+    path.write_bytes(b"partial")
+    os.utime(path, (path.stat().st_mtime - age,) * 2)
+    return path
+
+
+def test_cache_verify_and_the_next_out_file_remove_what_killed_runs_left(
+    capsys, data, cache, tmp_path
+):
+    out = tmp_path / "codes.h5"
+    extract(capsys, data, cache, "--out", out)
+    [(store, _)] = list_configs(cache)
+    dead, alive = 999_999_999, os.getpid()
+    left = [_left_by_a_killed_run(folder, ".tmp-", dead) for folder in (cache, store.path)]
+    kept = [_left_by_a_killed_run(folder, ".tmp-", alive) for folder in (cache, store.path)]
+    report = run_json(capsys, "cache", "verify", "--cache-dir", cache)
+    assert sorted(report["removed_temporaries"]) == sorted(map(str, left))
+    assert not any(p.exists() for p in left) and all(p.exists() for p in kept)
+    code, out_text, _ = run(capsys, "cache", "verify", "--cache-dir", cache)
+    assert code == 0 and "removed" not in out_text
+
+    left = _left_by_a_killed_run(tmp_path, ".codes.h5.tmp-", dead)
+    kept = _left_by_a_killed_run(tmp_path, ".codes.h5.tmp-", alive)
+    other = _left_by_a_killed_run(tmp_path, ".other.h5.tmp-", dead)  # another output's
+    extract(capsys, data, cache, "--out", out)
+    assert not left.exists() and kept.exists() and other.exists()
+
+
+def test_cache_verify_sample_0_says_once_that_codes_are_not_rechecked(capsys, data, cache):
+    extract(capsys, data, cache)
+    code, out, err = run(capsys, "cache", "verify", "--cache-dir", cache, "--sample", "0")
+    assert code == 0 and err == ""
+    notes = [line for line in out.splitlines() if "re-check" in line or "--data" in line]
+    assert notes == ["codes not re-checked (integrity only, as --sample 0 asks)"]
+    code, _, err = run(
+        capsys, "cache", "verify", "--cache-dir", cache, "--data", data, "--sample", "0"
+    )
+    assert code == 2
+    assert_one_line_error(err, "--sample 0 recomputes nothing")
 
 
 def test_cache_verify_confirms_then_detects_tampering(capsys, data, cache):
@@ -654,3 +738,43 @@ def test_console_script_finds_the_users_model_module_in_the_working_folder(tmp_p
     )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["penultimate"] == "flatten"
+
+
+# ----------------------------------------------------------------------------- start-up
+
+_STARTUP_PROBE = """
+import sys
+import cnncodes.cache
+import cnncodes
+cnncodes.__version__, cnncodes.resolve_cache_dir, cnncodes.CodeStore
+from cnncodes.cli import main
+for argv in (["--version"], ["--help"], ["cache", "info", "--cache-dir", sys.argv[1]],
+             ["cache", "info", "--cache-dir", sys.argv[1], "--json"],
+             ["cache", "verify", "--cache-dir", sys.argv[1]]):
+    code = main(argv)
+    assert code == 0, (argv, code)
+print("HEAVY", sorted(m for m in ("torch", "torchvision", "sklearn") if m in sys.modules))
+"""
+
+
+def test_light_commands_start_without_torch_or_sklearn(tmp_path):
+    # Importing torch, torchvision and scikit-learn takes seconds (bench/RESULTS.md, section 6).
+    from cnncodes.cache import CodeStore
+
+    CodeStore(tmp_path / "cache", {"model": "m"}).write(["ab" * 32], np.ones((1, 2), np.float32))
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    done = subprocess.run(
+        [sys.executable, "-c", _STARTUP_PROBE, str(tmp_path / "cache")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "HEAVY []"
+    # The names are still there, imported on first use.
+    import cnncodes
+
+    assert cnncodes.CNNCodes.__name__ == "CNNCodes" and "extract_codes" in dir(cnncodes)
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        cnncodes.nope  # noqa: B018

@@ -89,6 +89,27 @@ def test_batch_size_does_not_change_codes(tiny_spec, make_images, batch_size):
         _close(split.codes[layer], whole.codes[layer])
 
 
+def test_codes_are_bit_identical_however_the_images_were_batched(tiny_spec, make_images, tmp_path):
+    # A forward pass of one image takes other CPU kernels than a pass of several (up to 5e-6
+    # apart for this net): an image added to a cache on its own must get the codes that a
+    # run over the whole folder gives it.
+    images = make_images(5)
+    kwargs = dict(precision="fp32", device="cpu", **FAST)
+    whole = extract_codes(images, tiny_spec, "avgpool", cache_dir=None, **kwargs).codes
+    cache = tmp_path / "cache"
+    for n in range(1, len(images) + 1):  # each run computes one new image
+        result = extract_codes(images[:n], tiny_spec, "avgpool", cache_dir=cache, **kwargs)
+        assert result.computed == 1
+    incremental = extract_codes(images, tiny_spec, "avgpool", cache_dir=cache, **kwargs)
+    assert incremental.cached == 5
+    np.testing.assert_array_equal(incremental.codes["avgpool"], whole["avgpool"])
+    for batch_size in (1, 2, 3):
+        split = extract_codes(
+            images, tiny_spec, "avgpool", cache_dir=None, batch_size=batch_size, **kwargs
+        )
+        np.testing.assert_array_equal(split.codes["avgpool"], whole["avgpool"])
+
+
 def test_multiple_layers_come_from_one_pass(tiny_spec, make_images, forward_counter):
     images = make_images(3)
     layers = ["layer4", "layer2", "avgpool"]
@@ -485,3 +506,22 @@ def test_default_decoding_workers_follow_the_device_and_the_cores():
     cpu, gpu = torch.device("cpu"), torch.device("cuda")
     assert [_default_workers(cpu, n) for n in (1, 2, 4, 8, 64)] == [0, 0, 0, 4, 4]
     assert [_default_workers(gpu, n) for n in (1, 2, 4, 16, 64)] == [1, 1, 3, 15, 16]
+
+
+def test_progress_goes_to_a_log_as_lines_when_stderr_is_not_a_terminal(
+    cnn_spec, make_images, capsys, monkeypatch
+):
+    import cnncodes._progress
+
+    monkeypatch.setattr(cnncodes._progress, "LOG_INTERVAL", 0.0)  # a line after every batch
+    images = make_images(5)
+    extract_codes(images, cnn_spec, "pool", cache_dir=None, batch_size=2, **FAST)
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.split(",")[0] for line in lines] == [
+        "extracting: 2/5 images",
+        "extracting: 4/5 images",
+        "extracting: 5/5 images in 0 s",
+    ]
+    assert "img/s, about" in lines[0] and "\r" not in "".join(lines)
+    extract_codes(images, cnn_spec, "pool", cache_dir=None, progress=False, **FAST)
+    assert capsys.readouterr().err == ""

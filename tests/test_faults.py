@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from conftest import write_images
 
+import cnncodes.cache
 from cnncodes.cache import CodeStore
 from cnncodes.extract import code_config
 from cnncodes.images import file_digest
@@ -82,7 +83,7 @@ def _no_temporaries(store):
     return [n for n in os.listdir(store.path) if n.startswith(".tmp-")] == []
 
 
-def test_sigkill_at_random_moments_then_resume(ctx, images, reference, tmp_path):
+def test_sigkill_at_random_moments_then_resume(ctx, images, reference, tmp_path, monkeypatch):
     expected, duration = reference
     digests = [file_digest(p) for p in images]
     cache = str(tmp_path / "cache")
@@ -113,6 +114,8 @@ def test_sigkill_at_random_moments_then_resume(ctx, images, reference, tmp_path)
     assert (counts["computed"], counts["cached"]) == (N_IMAGES - present, present), history
     np.testing.assert_allclose(codes, expected, **TOL)
     assert _check_cache(store, digests, expected) == N_IMAGES
+    # The killed writers' temporary files are seconds old: no grace period for this sweep.
+    monkeypatch.setattr(cnncodes.cache, "STALE_GRACE_SECONDS", 0)
     store.compact()
     assert _no_temporaries(store)
     assert len(store.shard_paths()) == 1 and store.info()["unique"] == N_IMAGES
