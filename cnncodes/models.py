@@ -780,7 +780,7 @@ def resolve_preprocessing(
         "std": _IMAGENET_STD,
         "interpolation": "bilinear",
     }
-    origin = {}
+    origin, given = {}, {}  # where each value was written, and as what
     source = dict.fromkeys(PREPROCESSING_KEYS, "ImageNet default")
     if weights_enum is not None:
         source = dict.fromkeys(PREPROCESSING_KEYS, "weights")
@@ -807,6 +807,7 @@ def resolve_preprocessing(
         except ValueError as exc:
             raise error(str(exc)) from None
         origin.update((key, f"{where}[{key!r}]") for key in values)
+        given.update(values)
         source.update(dict.fromkeys(values, name))
     explicit = {
         "resize": resize,
@@ -818,12 +819,12 @@ def resolve_preprocessing(
     explicit = {key: value for key, value in explicit.items() if value is not None}
     _apply_preprocessing(base, explicit, lambda key: key)
     origin.update((key, key) for key in explicit)
+    given.update(explicit)
     source.update(dict.fromkeys(explicit, "explicit"))
     if base["crop"] is None and len(base["resize"]) != 2:
         # Echo what was given (0 or "none"): None is only how "no crop" is stored.
-        given = explicit["crop"] if "crop" in explicit else declared["crop"]
         raise ValueError(
-            f"{origin.get('crop', 'crop')}={given!r} (no centre crop) needs "
+            f"{origin.get('crop', 'crop')}={given['crop']!r} (no centre crop) needs "
             f"{origin.get('resize', 'resize')}=(height, width) so all images share one size, not "
             f"resize={base['resize'][0]!r}"
         )

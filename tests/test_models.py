@@ -714,6 +714,14 @@ def test_a_bad_checkpoint_preprocessing_entry_names_the_file_and_key(tmp_path, e
         resolve_spec(TINY, path)
 
 
+def test_crop_off_in_a_checkpoint_echoes_the_checkpoint_value(tmp_path, declare):
+    # The architecture declares crop=32; the checkpoint's crop=0 is what the error must quote.
+    declare({"resize": 40, "crop": 32})
+    path = save_checkpoint(tmp_path / "c.pth", {"crop": 0})
+    with pytest.raises(ValueError, match=r"c\.pth\['preprocessing'\]\['crop'\]=0 \(no centre"):
+        resolve_spec(TINY, path)
+
+
 def test_a_note_when_a_checkpoint_is_normalised_with_the_imagenet_default(tmp_path):
     plain = resolve_spec(TINY, save_checkpoint(tmp_path / "plain.pth"))
     note = default_preprocessing_note(plain)
