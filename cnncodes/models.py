@@ -363,7 +363,8 @@ def _arch_id_memo(identity, weights_name):
 def _code_fingerprint(net, model):
     """What a user's network computes: the code of its graph as traced by torch.fx (custom
     modules and helper functions are traced through, library layers are calls), or, where it
-    cannot be traced, the source of its own classes and of the callable's module."""
+    cannot be traced, the source of its own classes, of the callable's module and of the user's
+    modules these reach (:func:`_user_modules`)."""
     digest = hashlib.sha256()
     try:
         # The graph's Python code, as GraphModule.code, without building a GraphModule.
@@ -382,9 +383,49 @@ def _code_fingerprint(net, model):
     }
     for cls in sorted(own, key=lambda c: (c.__module__, c.__qualname__)):
         digest.update(f"{cls.__module__}.{cls.__qualname__}\0".encode() + _source(cls))
-    module = importlib.import_module(model.partition(":")[0])
-    digest.update(f"{module.__name__}\0".encode() + _source(module))
+    start = {model.partition(":")[0], *(cls.__module__ for cls in own)}
+    for module in _user_modules(start):
+        digest.update(f"{module.__name__}\0".encode() + _source(module))
     return digest.hexdigest()[:16]
+
+
+def _user_modules(names, limit=256):
+    """The modules named, and the user's modules their globals reach (``import helpers``,
+    ``from helpers import act``), transitively: an untraceable ``forward()`` may call into any of
+    them. Library code (the standard library, site-packages other than the user's own package)
+    is left out; it changes only with an upgrade."""
+    import sys
+    import sysconfig
+
+    libraries = {
+        os.path.realpath(sysconfig.get_paths()[k]) for k in ("stdlib", "purelib", "platlib")
+    }
+    own_packages = {name.partition(".")[0] for name in names}
+
+    def is_user(module):
+        name = getattr(module, "__name__", "")
+        if name.partition(".")[0] in own_packages:
+            return True
+        path = getattr(module, "__file__", None)
+        if not path:
+            return False  # built-in or namespace package: no source of its own
+        path = os.path.realpath(path)
+        return not any(path.startswith(lib + os.sep) for lib in libraries)
+
+    found, todo = {}, [importlib.import_module(name) for name in sorted(names)]
+    while todo and len(found) < limit:
+        module = todo.pop()
+        if module.__name__ in found:
+            continue
+        found[module.__name__] = module
+        for value in list(vars(module).values()):
+            if isinstance(value, type(module)):
+                other = value
+            else:
+                other = sys.modules.get(getattr(value, "__module__", None) or "")
+            if other is not None and other.__name__ not in found and is_user(other):
+                todo.append(other)
+    return [found[name] for name in sorted(found)]
 
 
 def _source(obj):

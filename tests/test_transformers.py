@@ -596,6 +596,40 @@ def test_an_edited_forward_makes_new_codes(tmp_path, monkeypatch, images, forwar
     assert edited.spec_.arch_id != first.spec_.arch_id
 
 
+@pytest.mark.parametrize("branch", ["", UNTRACEABLE], ids=["traced", "untraceable"])
+def test_an_edited_helper_in_another_module_makes_new_codes(
+    tmp_path, monkeypatch, images, forward_counter, branch
+):
+    # forward() calls act() from the user's helpers module: its edit must change the key too.
+    import importlib
+    import sys
+
+    tag = "traced" if not branch else "hooked"
+    helpers, name = f"act_helpers_{tag}", f"helped_net_{tag}"
+    (tmp_path / f"{helpers}.py").write_text(
+        "import torch\n\n\ndef act(x):\n    return torch.relu(x)\n"
+    )
+    net_source = EDITED_NET.format(branch=branch, scale="").replace("torch.relu(x)", "act(x)")
+    (tmp_path / f"{name}.py").write_text(f"from {helpers} import act\n" + net_source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for module in (helpers, name):
+        monkeypatch.delitem(sys.modules, module, raising=False)
+    params = dict(model=f"{name}:net", weights="none", layer="pool", cache_dir=str(tmp_path / "c"))
+    before = CNNCodes(**params).fit_transform(images)
+    assert forward_counter.images == len(images)
+
+    (tmp_path / f"{helpers}.py").write_text(
+        "import torch\n\n\ndef act(x):\n    return torch.relu(x) * 2\n"
+    )
+    importlib.invalidate_caches()
+    os.utime(tmp_path / f"{helpers}.py", ns=(1, 1))  # no stale .pyc
+    importlib.reload(sys.modules[helpers])
+    importlib.reload(sys.modules[name])  # as a new process would import them
+    after = CNNCodes(**params).fit_transform(images)
+    assert forward_counter.images == 2 * len(images)  # a cache miss: computed anew
+    np.testing.assert_allclose(after, 2 * before, rtol=1e-5)
+
+
 def test_a_model_that_needs_arguments_is_refused_naming_it(tmp_path):
     with pytest.raises(ModelError, match=r"model='torch.nn:Linear' cannot be called without"):
         codes(tmp_path, model="torch.nn:Linear").fit(["a.png"])
