@@ -347,6 +347,22 @@ def _add_compute_options(group):
     )
 
 
+def _add_trust_model_code_option(
+    parser, *, named_in="the file", every="every callable the file names", where=", after the data"
+):
+    """--trust-model-code [CALLABLE ...], read by :func:`_trust_model_code`."""
+    parser.add_argument(
+        "--trust-model-code",
+        action="append",
+        nargs="*",
+        metavar="CALLABLE",
+        help=f"allow the model's own architecture (package.module:callable, named in {named_in}) "
+        f"to be imported and run; repeat or list several. Alone, without a name: allow {every}. "
+        "Torchvision models need nothing",
+    )
+    parser.set_defaults(trust_model_code_hint=f"to allow {every}, give the flag alone{where}")
+
+
 def _add_runtime_options(parser):
     """How the work runs and reports: cache, batches, device, precision, errors, output."""
     group = parser.add_argument_group("runtime")
@@ -772,6 +788,8 @@ def add_cache_parser(subparsers):
         epilog="examples:\n  cnncodes cache verify\n"
         "  cnncodes cache verify --data photos/ --sample 20\n"
         "  cnncodes cache verify --data photos/ --weights ckpt.pth   # configs from a checkpoint\n"
+        "  cnncodes cache verify --data photos/ --trust-model-code mymodels:resnet20\n"
+        "      # configurations of your own architecture: its code runs only if you allow it\n"
         "  cnncodes cache verify --compact   # and merge the shards of sound configurations\n",
         formatter_class=_Formatter,
     )
@@ -801,6 +819,12 @@ def add_cache_parser(subparsers):
         type=int,
         metavar="N",
         help="seed of the random sample (default: a fresh one each run)",
+    )
+    _add_trust_model_code_option(
+        verify,
+        named_in="a configuration's config.json",
+        every="every callable the configurations name",
+        where="",
     )
     verify.add_argument(
         "--compact", action="store_true", help="merge the shards of every sound configuration"
@@ -899,7 +923,7 @@ def _hash_data(args, output):
     return by_digest
 
 
-def _recheck(store, by_digest, args, rng, output):
+def _recheck(store, by_digest, args, trust, rng, output):
     """Recompute a sample of ``store``'s codes from DATA; a JSON-ready verdict."""
     from .extract import GPU_DECODER, extract_codes, resolve_device, spec_from_config
 
@@ -909,7 +933,7 @@ def _recheck(store, by_digest, args, rng, output):
     if not candidates:
         return {"status": "not re-checked", "reason": "none of the DATA images is stored here"}
     try:
-        spec = spec_from_config(config, weights_path=args.weights)
+        spec = spec_from_config(config, weights_path=args.weights, trust_model_code=trust)
         device = resolve_device(args.device)
     except ValueError as exc:
         return {"status": "not re-checked", "reason": str(exc).replace("\n", " ")}
@@ -955,6 +979,7 @@ def run_cache_verify(args):
     output = _Output(args)
     if args.sample == 0 and args.data:
         raise UsageError("--sample 0 recomputes nothing; drop --data or give --sample N >= 1")
+    trust = _trust_model_code(args)
     root, exists = _existing_cache_root(args)
     by_digest = _hash_data(args, output) if args.data else None
     rng = random.Random(args.seed)
@@ -976,7 +1001,7 @@ def run_cache_verify(args):
             report["problems"] = problems
             failed = failed or bool(problems)
             if by_digest is not None:
-                report["recheck"] = _recheck(store, by_digest, args, rng, output)
+                report["recheck"] = _recheck(store, by_digest, args, trust, rng, output)
                 failed = failed or report["recheck"]["status"] == "mismatch"
             if args.compact and not problems:
                 report["compacted_shards"] = store.compact(blocking=True)
@@ -1412,15 +1437,7 @@ def add_predict_parser(subparsers):
         metavar="TYPE",
         help=".skops only: a further type to accept (module.QualName); repeat for several",
     )
-    parser.add_argument(
-        "--trust-model-code",
-        action="append",
-        nargs="*",
-        metavar="CALLABLE",
-        help="allow the model's own architecture (package.module:callable, named in the file) "
-        "to be imported and run; repeat or list several. Alone, without a name: allow every "
-        "callable the file names. Torchvision models need nothing",
-    )
+    _add_trust_model_code_option(parser)
     group = parser.add_argument_group("runtime")
     _add_cache_dir_option(group)
     _add_compute_options(group)
@@ -1465,8 +1482,7 @@ def _trust_model_code(args):
         if not module or not attr:
             raise UsageError(
                 f"--trust-model-code {name!r}: expected package.module:callable, e.g. "
-                "mymodels:resnet20 (to allow every callable the file names, give the flag "
-                "alone, after the data)"
+                f"mymodels:resnet20 ({args.trust_model_code_hint})"
             )
     return names
 
