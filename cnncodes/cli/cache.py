@@ -3,19 +3,13 @@
 from __future__ import annotations
 
 import os
-import random
-import warnings
-
-import numpy as np
 
 from .._choices import describe_preprocessing
 from ..cache import (
-    CacheWarning,
     list_configs,
-    remove_stale_temporaries,
     resolve_cache_dir,
 )
-from ..images import ImageLoadError, file_digests
+from ..verify import config_summary
 from ._core import (
     EXIT_FAILURE,
     EXIT_OK,
@@ -139,25 +133,6 @@ def _existing_cache_root(args):
     return root, exists
 
 
-def _config_summary(store, info):
-    config = info["config"]
-    return {
-        "key": store.key,
-        "model": config.get("model"),
-        "weights": config.get("weights"),
-        "layer": config.get("layer"),
-        "pooling": config.get("pooling"),
-        "precision": config.get("precision"),
-        "preprocessing": config.get("preprocessing"),
-        "rows": info["rows"],
-        "unique": info["unique"],
-        "features": info["features"],
-        "shards": info["shards"],
-        "size_mb": round(info["bytes"] / 1e6, 3),
-        "path": store.path,
-    }
-
-
 def _preprocessing_cell(values):
     """A stored configuration's preprocessing in one line (as written, if not understood)."""
     try:
@@ -170,7 +145,7 @@ def run_cache_info(args):
     """List the configurations in the cache."""
     output = _Output(args)
     root, exists = _existing_cache_root(args)
-    configs = [_config_summary(s, i) for s, i in list_configs(root)] if exists else []
+    configs = [config_summary(s, i) for s, i in list_configs(root)] if exists else []
     data = {"cache_dir": root, "configs": configs}
     if not exists:
         lines = [f"no cache at {_display(root)}"]
@@ -206,121 +181,41 @@ def run_cache_info(args):
     return EXIT_OK
 
 
-_TOLERANCE = {"fp32": 1e-4, "bf16": 5e-2, "fp16": 5e-2}
-
-
-def _hash_data(args, output):
-    """``{content hash: path}`` of DATA's readable files."""
-    dataset = _load_data(args, output)
-    by_digest = {}
-    for path, digest in zip(dataset.paths, file_digests(dataset.paths)):
-        if not isinstance(digest, ImageLoadError):
-            by_digest.setdefault(digest, path)
-    return by_digest
-
-
-def _recheck(store, by_digest, args, trust, rng, output):
-    """Recompute a sample of ``store``'s codes from DATA; a JSON-ready verdict."""
-    from ..extract import GPU_DECODER, extract_codes, resolve_device, spec_from_config
-
-    config = store.config
-    index = store.index()
-    candidates = sorted(d for d in by_digest if d in index)
-    if not candidates:
-        return {"status": "not re-checked", "reason": "none of the DATA images is stored here"}
-    try:
-        spec = spec_from_config(config, weights_path=args.weights, trust_model_code=trust)
-        device = resolve_device(args.device)
-    except ValueError as exc:
-        return {"status": "not re-checked", "reason": str(exc).replace("\n", " ")}
-    if str(config.get("decode", "")).endswith(GPU_DECODER) and device.type != "cuda":
-        return {"status": "not re-checked", "reason": "decoded by nvJPEG: needs --device cuda"}
-    sample = rng.sample(candidates, min(args.sample, len(candidates)))
-    output.note(f"  recomputing {len(sample)} code(s) of {store.key[:12]} ({config.get('layer')})")
-    try:
-        result = extract_codes(
-            [by_digest[d] for d in sample],
-            spec,
-            [config["layer"]],
-            config["pooling"],
-            cache_dir=None,
-            batch_size=args.batch_size,
-            num_workers=args.workers,
-            device=args.device,
-            precision=config["precision"],
-            on_error="skip",
-            progress=output.progress,
-        )
-    except ValueError as exc:  # weights unavailable offline, model not importable, ...
-        return {"status": "not re-checked", "reason": str(exc).replace("\n", " ")}
-    kept = [sample[i] for i in result.kept]
-    if not kept:
-        return {"status": "not re-checked", "reason": "the sampled images could not be read"}
-    fresh = result.codes[config["layer"]]
-    stored = store.read(kept)
-    tol = _TOLERANCE.get(config["precision"], 1e-4)
-    diff = np.abs(fresh.astype(np.float64) - stored)
-    bad = int(np.sum(np.any(diff > tol + tol * np.abs(stored), axis=1)))
-    return {
-        "status": "mismatch" if bad else "ok",
-        "checked": len(kept),
-        "mismatched": bad,
-        "max_abs_diff": float(diff.max()) if diff.size else 0.0,
-        "tolerance": tol,
-    }
-
-
 def run_cache_verify(args):
     """Check every shard; with --data, recompute a sample of codes; exit 1 on any problem."""
+    from ..verify import verify_cache
+
     output = _Output(args)
     if args.sample == 0 and args.data:
         raise UsageError("--sample 0 recomputes nothing; drop --data or give --sample N >= 1")
     trust = _trust_model_code(args)
-    root, exists = _existing_cache_root(args)
-    by_digest = _hash_data(args, output) if args.data else None
-    rng = random.Random(args.seed)
-    reports, failed = [], False
-    # Left by killed runs: the probe of a writable cache in the cache folder, shards in the making
-    # in the configurations' folders.
-    removed = remove_stale_temporaries(root) if exists else []
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", CacheWarning)
-        stores = list_configs(root) if exists else []
-        for store, info in stores:
-            removed += store.remove_stale_temporaries()
-            report = _config_summary(store, info)
-            problems = [
-                {"shard": path, "problem": problem}
-                for path, problem in store.check_shards()
-                if problem is not None
-            ]
-            report["problems"] = problems
-            failed = failed or bool(problems)
-            if by_digest is not None:
-                report["recheck"] = _recheck(store, by_digest, args, trust, rng, output)
-                failed = failed or report["recheck"]["status"] == "mismatch"
-            if args.compact and not problems:
-                report["compacted_shards"] = store.compact(blocking=True)
-            reports.append(report)
-    cache_warnings = sorted(
-        {str(w.message) for w in caught if issubclass(w.category, CacheWarning)}
+    root, _ = _existing_cache_root(args)
+    paths = _load_data(args, output).paths if args.data else None
+    data = verify_cache(
+        root,
+        paths,
+        compact=args.compact,
+        seed=args.seed,
+        log=output.note,
+        sample=args.sample,
+        weights_path=args.weights,
+        trust_model_code=trust,
+        batch_size=args.batch_size,
+        num_workers=args.workers,
+        device=args.device,
+        progress=output.progress,
     )
-    data = {
-        "cache_dir": root,
-        "ok": not failed,
-        "configs": reports,
-        "warnings": cache_warnings,
-        "rechecked": by_digest is not None,
-        "removed_temporaries": removed,
-    }
-    lines = _verify_lines(root, exists, reports, cache_warnings, by_digest, args.sample)
-    if removed:
-        lines.append(f"removed {len(removed)} temporary file(s) left by killed runs")
+    exists = data.pop("exists")
+    lines = _verify_lines(root, exists, data["configs"], data["warnings"], paths, args.sample)
+    if data["removed_temporaries"]:
+        lines.append(
+            f"removed {len(data['removed_temporaries'])} temporary file(s) left by killed runs"
+        )
     output.result(data, lines)
-    return EXIT_FAILURE if failed else EXIT_OK
+    return EXIT_OK if data["ok"] else EXIT_FAILURE
 
 
-def _verify_lines(root, exists, reports, cache_warnings, by_digest, sample):
+def _verify_lines(root, exists, reports, cache_warnings, paths, sample):
     if not exists:
         return [f"no cache at {_display(root)}"]
     lines = [f"{_display(root)}: {len(reports)} configuration(s)"]
@@ -348,9 +243,9 @@ def _verify_lines(root, exists, reports, cache_warnings, by_digest, sample):
             lines.append(f"  compacted {r['compacted_shards']} shards into one")
     for w in cache_warnings:
         lines.append(f"warning: {w}")
-    if by_digest is None and sample == 0:
+    if paths is None and sample == 0:
         lines.append("codes not re-checked (integrity only, as --sample 0 asks)")
-    elif by_digest is None:
+    elif paths is None:
         lines.append(
             "codes not re-checked (integrity only): pass --data DATA, the images the cache was "
             "filled from, to recompute a sample"

@@ -2,22 +2,15 @@
 
 from __future__ import annotations
 
-import json
-import os
-
-import numpy as np
-
-from .. import __version__
-from .._json import jsonable
 from ..cache import (
     resolve_cache_dir,
 )
+from ..export import FORMATS, write_codes
 from ._core import (
     EXIT_OK,
     _add_data_options,
     _add_model_options,
     _add_runtime_options,
-    _atomic_output,
     _cache_dir_from_args,
     _check_out_path,
     _display,
@@ -30,8 +23,6 @@ from ._core import (
     _skipped_json,
     _spec_from_args,
 )
-
-OUT_FORMATS = (".h5", ".hdf5", ".npz")
 
 _EXTRACT_EPILOG = """\
 examples:
@@ -50,6 +41,7 @@ Codes are cached by image content (--cache-dir, default ./cache): a second run o
 images computes nothing. Read an .h5 output with plain h5py (paths are the file names' bytes,
 so that names that are not UTF-8 open too; display_paths is the printable form):
   f = h5py.File("codes.h5"); X = f["codes"][:]; paths = [os.fsdecode(p) for p in f["paths"][:]]
+or both formats with cnncodes.export.read_codes("codes.h5") (.codes, .paths, .labels, .config).
 """
 
 
@@ -83,7 +75,7 @@ def run_extract(args):
     from ..models import resolve_layers
 
     output = _Output(args)
-    out_path = _check_out_path(args.out, OUT_FORMATS)
+    out_path = _check_out_path(args.out, FORMATS)
     dataset = _load_data(args, output)
     spec = _spec_from_args(args)
     layers = resolve_layers(spec, args.layer or ["penultimate"])
@@ -101,7 +93,7 @@ def run_extract(args):
         progress=output.progress,
     )
     if out_path is not None:
-        _write_codes(out_path, dataset, result, spec, args.pooling)
+        write_codes(out_path, result, dataset, spec, args.pooling)
     _note_skipped(output, result.skipped)
     widths = {layer: codes.shape[1] for layer, codes in result.codes.items()}
     precision = next(iter(result.configs.values()))["precision"]
@@ -139,66 +131,3 @@ def run_extract(args):
         lines.append(f"wrote {_display(out_path)}")
     output.result(summary, lines)
     return EXIT_OK
-
-
-def _write_codes(path, dataset, result, spec, pooling):
-    """Write codes, paths, labels, kept indices and the configuration to .h5 or .npz, atomically.
-
-    Rows are the images that have a code (``kept`` gives their positions in DATA); ``paths``,
-    ``display_paths`` and ``labels`` follow the rows. ``paths`` holds each file name's bytes
-    (``os.fsdecode`` gives a path that opens, also for names that are not UTF-8), and
-    ``display_paths`` the same as UTF-8 text, undecodable bytes shown as ``\\xNN``, like labels.
-    """
-    kept = np.asarray(result.kept, dtype=np.int64)
-    codes = np.ascontiguousarray(result.concatenated(), dtype=np.float32)
-    paths = [os.fsencode(dataset.paths[i]) for i in kept]
-    display = [_display(dataset.paths[i]) for i in kept]
-    labels = [_display(dataset.labels[i]) for i in kept] if dataset.labels is not None else None
-    layers = list(result.codes)
-    config = {
-        "cnncodes_version": __version__,
-        "spec": spec.to_dict(),
-        "layers": layers,
-        "pooling": pooling,
-        "configs": result.configs,
-        "source": {"kind": dataset.kind, "root": _display(dataset.root)},
-        "skipped": _skipped_json(result.skipped),
-    }
-    config_json = json.dumps(jsonable(config), sort_keys=True)
-    with _atomic_output(path) as tmp:
-        if path.lower().endswith(".npz"):
-            arrays = {
-                "codes": codes,
-                "paths": np.array(paths, dtype=bytes),
-                "display_paths": np.array(display, dtype=str),
-                "kept": kept,
-                "config": np.array(config_json),
-            }
-            if labels is not None:
-                arrays["labels"] = np.array(labels, dtype=str)
-            if len(layers) > 1:
-                for layer, arr in result.codes.items():
-                    arrays[f"layers/{layer}"] = arr
-            with open(tmp, "wb") as f:
-                np.savez(f, **arrays)
-        else:
-            import h5py
-
-            text = h5py.string_dtype("utf-8")
-            with h5py.File(tmp, "w") as f:
-                f.create_dataset("codes", data=codes)
-                # h5py's type for bytes objects (declared ASCII; HDF5 keeps the bytes as given).
-                raw = h5py.string_dtype("ascii")
-                f.create_dataset("paths", data=np.array(paths, dtype=object), dtype=raw)
-                f.create_dataset("display_paths", data=np.array(display, dtype=object), dtype=text)
-                if labels is not None:
-                    f.create_dataset("labels", data=np.array(labels, dtype=object), dtype=text)
-                f.create_dataset("kept", data=kept)
-                if len(layers) > 1:
-                    group = f.create_group("layers")
-                    for layer, arr in result.codes.items():
-                        group.create_dataset(layer, data=arr)
-                f.attrs["config"] = config_json
-                f.attrs["configs"] = json.dumps(result.configs, sort_keys=True)
-                f.attrs["layers"] = json.dumps(layers)
-                f.attrs["cnncodes_version"] = __version__

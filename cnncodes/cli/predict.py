@@ -121,6 +121,7 @@ def run_predict(args):
         classification_metrics,
         predict_images,
         relocate_weights,
+        set_runtime,
     )
     from ..transformers import _find_codes_step
 
@@ -131,7 +132,7 @@ def run_predict(args):
     )
     estimator = getattr(estimator, "best_estimator_", estimator)  # a saved search: its best
     try:
-        step, prefix = _find_codes_step(estimator)
+        _find_codes_step(estimator)
     except ValueError:
         raise UsageError(
             f"{args.model_file}: not a cnncodes model (no CNNCodes step); save one with "
@@ -151,7 +152,7 @@ def run_predict(args):
         runtime["num_workers"] = args.workers
     if args.device != "auto":
         runtime["device"] = args.device
-    estimator.set_params(**{f"{prefix}{k}": v for k, v in runtime.items()})
+    set_runtime(estimator, **runtime)
     paths, labels = _predict_inputs(args)
     output.note(f"{len(paths)} image(s) to predict with {_display(args.model_file)}")
     if labels is not None:
