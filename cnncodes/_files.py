@@ -33,8 +33,9 @@ __all__ = [
 
 TMP_PREFIX = ".tmp-"
 
-#: Seconds a dead writer's temporary file is left alone before it is removed (a file shared over
-#: a network file system may show its writer's pid before its data).
+#: A temporary file of a writer that is gone is removed only once it is this old: its process id
+#: is checked on this host, and the margin covers a writer the check cannot see (another pid
+#: namespace under the same host name) while it still writes.
 STALE_GRACE_SECONDS = 60.0
 
 

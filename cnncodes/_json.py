@@ -8,6 +8,8 @@ import os
 
 import numpy as np
 
+from ._files import atomic_path
+
 __all__ = ["jsonable", "to_json_file"]
 
 
@@ -35,6 +37,6 @@ def jsonable(value):
 
 def to_json_file(data, path):
     """Write ``data`` (made JSON-ready) to ``path``, indented."""
-    with open(path, "w", encoding="utf-8") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         json.dump(jsonable(data), f, indent=1, sort_keys=False)
         f.write("\n")

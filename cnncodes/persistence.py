@@ -26,10 +26,11 @@ import os
 import pickle
 import struct
 import sys
-import tempfile
 import types
 import zipfile
 import zlib
+
+from ._files import atomic_path
 
 __all__ = [
     "BUILTIN_MODEL_CALLABLES",
@@ -297,9 +298,7 @@ def save(estimator, path):
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise ValueError(f"cannot save to {path!r}: folder {folder} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=kind, dir=folder)
-    os.close(fd)
-    try:
+    with atomic_path(path, suffix=kind) as tmp:
         if kind == ".joblib":
             import joblib
 
@@ -308,11 +307,6 @@ def save(estimator, path):
             import skops.io
 
             skops.io.dump(estimator, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
     return path
 
 

@@ -9,18 +9,14 @@ Light on purpose: no torch, torchvision or scikit-learn at import (``--help``, `
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import sys
 import textwrap
 
 from .._choices import POOLINGS, PRECISIONS
+from .._files import display
 from .._json import jsonable
-from ..cache import (
-    remove_stale_temporaries,
-    temporary_path,
-)
 from ..datasets import load_dataset
 
 EXIT_OK = 0
@@ -49,11 +45,6 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
 
 def _fill(text):
     return textwrap.fill(text, 88)
-
-
-def _display(path):
-    """A path printable on any terminal (undecodable file-name bytes shown as ``\\xNN``)."""
-    return os.fsencode(path).decode("utf-8", errors="backslashreplace")
 
 
 class _Output:
@@ -386,7 +377,7 @@ def _load_data(args, output=None):
     if output is not None:
         counts = dataset.counts()
         what = f"{len(counts)} class{'es' if len(counts) != 1 else ''}" if counts else "unlabelled"
-        output.note(f"{len(dataset)} images in {_display(dataset.root)} ({what})")
+        output.note(f"{len(dataset)} images in {display(dataset.root)} ({what})")
     return dataset
 
 
@@ -411,30 +402,6 @@ def _check_out_path(path, formats):
     return os.path.abspath(path)
 
 
-@contextlib.contextmanager
-def _atomic_output(path):
-    """Yield a temporary path beside ``path``; on success it is fsync-ed and renamed onto it.
-
-    The temporary file names its writer, so the next write of ``path`` removes those that killed
-    runs left (:func:`~cnncodes.cache.remove_stale_temporaries`).
-    """
-    folder = os.path.dirname(path)
-    prefix = f".{os.path.basename(path)}.tmp-"
-    remove_stale_temporaries(folder, prefix)
-    tmp = temporary_path(folder, prefix)
-    try:
-        yield tmp
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-
-
 def _skipped_json(skipped):
     return [{"path": s.path, "reason": s.reason} for s in skipped]
 
@@ -444,7 +411,7 @@ def _note_skipped(output, skipped, limit=20):
         return
     output.note(f"skipped {len(skipped)} unreadable image(s):")
     for s in skipped[:limit]:
-        output.note(f"  {_display(s.path)}: {s.reason}")
+        output.note(f"  {display(s.path)}: {s.reason}")
     if len(skipped) > limit:
         output.note(f"  ... and {len(skipped) - limit} more")
 

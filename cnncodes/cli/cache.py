@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 from .._choices import describe_preprocessing
+from .._files import display
 from ..cache import (
     list_configs,
     resolve_cache_dir,
@@ -20,7 +21,6 @@ from ._core import (
     _add_output_options,
     _add_trust_model_code_option,
     _count,
-    _display,
     _fill,
     _Formatter,
     _load_data,
@@ -148,12 +148,12 @@ def run_cache_info(args):
     configs = [config_summary(s, i) for s, i in list_configs(root)] if exists else []
     data = {"cache_dir": root, "configs": configs}
     if not exists:
-        lines = [f"no cache at {_display(root)}"]
+        lines = [f"no cache at {display(root)}"]
     elif not configs:
-        lines = [f"{_display(root)}: no configurations"]
+        lines = [f"{display(root)}: no configurations"]
     else:
         total = sum(c["size_mb"] for c in configs)
-        lines = [f"{_display(root)}: {len(configs)} configuration(s), {total:.1f} MB"]
+        lines = [f"{display(root)}: {len(configs)} configuration(s), {total:.1f} MB"]
         rows = [
             [
                 c["key"][:12],
@@ -217,8 +217,8 @@ def run_cache_verify(args):
 
 def _verify_lines(root, exists, reports, cache_warnings, paths, sample):
     if not exists:
-        return [f"no cache at {_display(root)}"]
-    lines = [f"{_display(root)}: {len(reports)} configuration(s)"]
+        return [f"no cache at {display(root)}"]
+    lines = [f"{display(root)}: {len(reports)} configuration(s)"]
     for r in reports:
         head = (
             f"{r['key'][:12]}  {r['model']} [{_short_weights(str(r['weights']))}] {r['layer']} "
@@ -227,7 +227,7 @@ def _verify_lines(root, exists, reports, cache_warnings, paths, sample):
         integrity = "integrity ok" if not r["problems"] else f"{len(r['problems'])} BAD shard(s)"
         lines.append(f"{head}: {integrity}")
         for p in r["problems"]:
-            lines.append(f"  PROBLEM {_display(p['shard'])}: {p['problem']}")
+            lines.append(f"  PROBLEM {display(p['shard'])}: {p['problem']}")
         check = r.get("recheck")
         if check is not None:
             if check["status"] == "not re-checked":

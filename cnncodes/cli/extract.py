@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .._files import display
 from ..cache import (
     resolve_cache_dir,
 )
@@ -13,7 +14,6 @@ from ._core import (
     _add_runtime_options,
     _cache_dir_from_args,
     _check_out_path,
-    _display,
     _fill,
     _Formatter,
     _load_data,
@@ -128,6 +128,6 @@ def run_extract(args):
     ]
     lines.append(f"cache: {cache_root}" if cache_root else "cache: off")
     if out_path:
-        lines.append(f"wrote {_display(out_path)}")
+        lines.append(f"wrote {display(out_path)}")
     output.result(summary, lines)
     return EXIT_OK

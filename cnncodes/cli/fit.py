@@ -9,6 +9,7 @@ import os
 import numpy as np
 
 from .._choices import describe_preprocessing
+from .._files import display
 from .._json import jsonable
 from ..datasets import load_dataset
 from ._core import (
@@ -20,7 +21,6 @@ from ._core import (
     _at_least_two,
     _cache_dir_from_args,
     _check_out_path,
-    _display,
     _fill,
     _fmt,
     _Formatter,
@@ -252,7 +252,7 @@ def _fit_lines(result, test_note, out_path, written, limit=15):
             + f"{duplicates['within_train']} training image(s) repeating another"
         )
     if out_path:
-        lines.append(f"saved model: {_display(out_path)}")
+        lines.append(f"saved model: {display(out_path)}")
         from ..persistence import BUILTIN_MODEL_CALLABLES, model_callables
 
         own = [c for c in model_callables(result.estimator) if c not in BUILTIN_MODEL_CALLABLES]
@@ -261,7 +261,7 @@ def _fit_lines(result, test_note, out_path, written, limit=15):
             lines.append(f"it names your model code: predict with {flags}")
     if written:
         folder = os.path.dirname(next(iter(written.values())))
-        lines.append(f"report: {_display(folder)} ({', '.join(written)})")
+        lines.append(f"report: {display(folder)} ({', '.join(written)})")
     return lines
 
 
@@ -287,7 +287,7 @@ def run_fit(args):
         if test_set.labels is None:
             raise UsageError(f"--test {args.test}: the test images need labels")
         test = (test_set.paths, test_set.labels)
-        test_note = _display(test_set.root)
+        test_note = display(test_set.root)
     elif args.test_size is not None:
         test_note = f"{args.test_size:g} of DATA held out"
     try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+from .._files import atomic_path, display
 from .._json import jsonable
 from ..datasets import load_dataset, load_files
 from ._core import (
@@ -13,10 +14,8 @@ from ._core import (
     _add_compute_options,
     _add_output_options,
     _add_trust_model_code_option,
-    _atomic_output,
     _cache_dir_from_args,
     _check_out_path,
-    _display,
     _fill,
     _fmt,
     _Formatter,
@@ -154,7 +153,7 @@ def run_predict(args):
         runtime["device"] = args.device
     set_runtime(estimator, **runtime)
     paths, labels = _predict_inputs(args)
-    output.note(f"{len(paths)} image(s) to predict with {_display(args.model_file)}")
+    output.note(f"{len(paths)} image(s) to predict with {display(args.model_file)}")
     if labels is not None:
         known = {str(c) for c in estimator.classes_}
         unseen = sorted({str(label) for label in labels} - known)
@@ -173,11 +172,11 @@ def run_predict(args):
             metrics = classification_metrics(done["true_label"], done["label"])
             accuracy = {k: metrics[k] for k in ("n", "accuracy", "balanced_accuracy")}
     if out_path is not None:
-        with _atomic_output(out_path) as tmp:
+        with atomic_path(out_path) as tmp:
             table.to_csv(tmp, index=False)
     failed = table["label"].isna()
     for row in table[failed].itertuples():
-        output.note(f"skipped {_display(row.path)}: {row.error}")
+        output.note(f"skipped {display(row.path)}: {row.error}")
     rows = table.to_dict("records")
     data = {
         "command": "predict",
@@ -195,7 +194,7 @@ def run_predict(args):
         columns,
         [
             [
-                _display(r["path"]),
+                display(r["path"]),
                 r["label"] if isinstance(r["label"], str) else "(skipped)",
                 _fmt(r["score"]),
                 *([r["true_label"]] if labels is not None else []),
@@ -205,7 +204,7 @@ def run_predict(args):
         right=("score",),
     )
     if len(shown) < len(rows):
-        lines.append(f"... {len(rows) - len(shown)} more rows in {_display(out_path)}")
+        lines.append(f"... {len(rows) - len(shown)} more rows in {display(out_path)}")
     kind = "probability" if score_kind == "probability" else "decision value"
     lines.append(f"score: the {kind} of the predicted label")
     if accuracy is not None:
@@ -214,6 +213,6 @@ def run_predict(args):
             f"(balanced {_fmt(accuracy['balanced_accuracy'])})"
         )
     if out_path:
-        lines.append(f"wrote {_display(out_path)}")
+        lines.append(f"wrote {display(out_path)}")
     output.result(jsonable(data), lines)
     return EXIT_OK
