@@ -10,7 +10,7 @@ import numpy as np
 
 from ._files import atomic_path
 
-__all__ = ["jsonable", "to_json_file"]
+__all__ = ["jsonable", "skipped_json", "to_json_file"]
 
 
 def jsonable(value):
@@ -33,6 +33,11 @@ def jsonable(value):
     if isinstance(value, os.PathLike):
         return os.fspath(value)
     return repr(value)
+
+
+def skipped_json(skipped):
+    """Images left out (:class:`~cnncodes.extract.SkippedImage`) as ``[{"path", "reason"}]``."""
+    return [{"path": s.path, "reason": s.reason} for s in skipped]
 
 
 def to_json_file(data, path):

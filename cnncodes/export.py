@@ -32,7 +32,7 @@ import numpy as np
 
 from . import __version__
 from ._files import atomic_path, display
-from ._json import jsonable
+from ._json import jsonable, skipped_json
 
 __all__ = ["FORMATS", "CodesFile", "read_codes", "write_codes"]
 
@@ -91,7 +91,7 @@ def write_codes(path, result, dataset, spec, pooling):
         "pooling": pooling,
         "configs": result.configs,
         "source": {"kind": dataset.kind, "root": display(dataset.root)},
-        "skipped": [{"path": s.path, "reason": s.reason} for s in result.skipped],
+        "skipped": skipped_json(result.skipped),
     }
     config_json = json.dumps(jsonable(config), sort_keys=True)
     with atomic_path(path) as tmp:

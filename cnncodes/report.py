@@ -28,7 +28,7 @@ import warnings
 import numpy as np
 
 from ._files import atomic_path
-from ._json import jsonable, to_json_file
+from ._json import jsonable, skipped_json, to_json_file
 
 __all__ = ["write_report", "plot_confusion_matrix", "plot_layer_sweep"]
 
@@ -175,10 +175,7 @@ def write_report(result, folder):
     metrics = dict(result.metrics)
     metrics["recipe"] = result.recipe
     metrics["extraction"] = result.extraction
-    metrics["skipped"] = {
-        part: [{"path": s.path, "reason": s.reason} for s in items]
-        for part, items in result.skipped.items()
-    }
+    metrics["skipped"] = {part: skipped_json(items) for part, items in result.skipped.items()}
     if result.layers is not None:
         metrics["layers"] = [
             {

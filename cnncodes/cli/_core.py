@@ -1,4 +1,4 @@
-"""What every command shares: option builders, parsers of option values, output and errors.
+"""What every command shares: option builders, parsers of option values, output, usage errors.
 
 A command module is a pair ``add_<command>_parser(subparsers)`` / ``run_<command>(args) -> int``
 built from these pieces; the library does the work, so nothing here computes codes or fits.
@@ -400,10 +400,6 @@ def _check_out_path(path, formats):
     if os.path.isdir(path):
         raise UsageError(f"--out {path!r} is a folder")
     return os.path.abspath(path)
-
-
-def _skipped_json(skipped):
-    return [{"path": s.path, "reason": s.reason} for s in skipped]
 
 
 def _note_skipped(output, skipped, limit=20):

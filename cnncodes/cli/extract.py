@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .._files import display
+from .._json import skipped_json
 from ..cache import (
     resolve_cache_dir,
 )
@@ -20,7 +21,6 @@ from ._core import (
     _note_skipped,
     _Output,
     _short_weights,
-    _skipped_json,
     _spec_from_args,
 )
 
@@ -106,7 +106,7 @@ def run_extract(args):
         "computed": result.computed,
         "cached": result.cached,
         "skipped": len(result.skipped),
-        "skipped_files": _skipped_json(result.skipped),
+        "skipped_files": skipped_json(result.skipped),
         "model": spec.model,
         "weights": spec.weights_id,
         "layers": list(result.codes),

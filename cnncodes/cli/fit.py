@@ -10,7 +10,7 @@ import numpy as np
 
 from .._choices import describe_preprocessing
 from .._files import display
-from .._json import jsonable
+from .._json import jsonable, skipped_json
 from ..datasets import load_dataset
 from ._core import (
     EXIT_OK,
@@ -30,7 +30,6 @@ from ._core import (
     _Output,
     _preprocessing_from_args,
     _seed,
-    _skipped_json,
     _table,
 )
 
@@ -337,7 +336,7 @@ def run_fit(args):
         ],
         "extraction": result.extraction,
         "preprocessing": {**preprocessing, "source": source},
-        "skipped": {p: _skipped_json(items) for p, items in result.skipped.items()},
+        "skipped": {p: skipped_json(items) for p, items in result.skipped.items()},
         "out": out_path,
         "report": written or None,
         "seconds": round(result.seconds, 3),
