@@ -8,7 +8,9 @@ import os
 
 import numpy as np
 
-__all__ = ["jsonable", "to_json_file"]
+from ._files import atomic_path
+
+__all__ = ["jsonable", "skipped_json", "to_json_file"]
 
 
 def jsonable(value):
@@ -33,8 +35,13 @@ def jsonable(value):
     return repr(value)
 
 
+def skipped_json(skipped):
+    """Images left out (:class:`~cnncodes.extract.SkippedImage`) as ``[{"path", "reason"}]``."""
+    return [{"path": s.path, "reason": s.reason} for s in skipped]
+
+
 def to_json_file(data, path):
     """Write ``data`` (made JSON-ready) to ``path``, indented."""
-    with open(path, "w", encoding="utf-8") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         json.dump(jsonable(data), f, indent=1, sort_keys=False)
         f.write("\n")

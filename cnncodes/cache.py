@@ -43,15 +43,22 @@ import fcntl
 import hashlib
 import json
 import os
-import re
 import secrets
-import socket
 import stat
 import time
 import warnings
 
 import h5py
 import numpy as np
+
+from ._files import (
+    STALE_GRACE_SECONDS,
+    atomic_write_bytes,
+    fsync_dir,
+    remove_stale_temporaries,
+    temporary_path,
+)
+from ._files import TMP_PREFIX as _TMP_PREFIX
 
 __all__ = [
     "FORMAT_VERSION",
@@ -70,12 +77,7 @@ FORMAT_VERSION = 1
 DEFAULT_CACHE_DIR = "cache"
 _SHARD_FORMAT = "cnncodes-shard"
 _KEY_DTYPE = "S64"
-_TMP_PREFIX = ".tmp-"
 _COMPACT_LOCK = ".compact.lock"
-#: A temporary file of a writer that is gone is removed only once it is this old: its process id
-#: is checked on this host, and the margin covers a writer the check cannot see (another pid
-#: namespace under the same host name) while it still writes.
-STALE_GRACE_SECONDS = 60.0
 
 
 class CacheWarning(UserWarning):
@@ -114,100 +116,6 @@ def config_key(config):
     """Stable key of a configuration dict: SHA-256 of its canonical JSON, 24 hex digits."""
     text = json.dumps(config, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     return hashlib.sha256(text.encode()).hexdigest()[:24]
-
-
-def _fsync_dir(path):
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _host():
-    """This machine's name as it goes into temporary file names (no ``-`` or ``@``)."""
-    return re.sub(r"[^A-Za-z0-9_.]", "_", socket.gethostname())[:64] or "unknown"
-
-
-def temporary_path(folder, prefix=_TMP_PREFIX, suffix=""):
-    """A new temporary file path in ``folder`` that names its writer: ``<prefix><pid>@<host>-
-    <random><suffix>``, so that :func:`remove_stale_temporaries` can tell when it is left over.
-
-    Examples
-    --------
-    >>> name = os.path.basename(temporary_path("cache", suffix=".part"))
-    >>> name.startswith(f".tmp-{os.getpid()}@") and name.endswith(".part")
-    True
-    """
-    return os.path.join(folder, f"{prefix}{os.getpid()}@{_host()}-{secrets.token_hex(4)}{suffix}")
-
-
-def _writer(name, prefix):
-    """``(pid, host)`` of a temporary file name; host None for names without one (older
-    versions, written on this host); None for a name that is not a temporary file."""
-    if not name.startswith(prefix):
-        return None
-    head = name[len(prefix) :].split("-", 1)[0]
-    pid, _, host = head.partition("@")
-    if not pid.isdigit():
-        return None
-    return int(pid), host or None
-
-
-def remove_stale_temporaries(folder, prefix=_TMP_PREFIX, grace=None):
-    """Delete the temporary files in ``folder`` that killed writers left behind; their paths.
-
-    A file is removed when its name (see :func:`temporary_path`) says it was written on this host
-    by a process that no longer exists, and it was last modified more than ``grace`` seconds ago
-    (default :data:`STALE_GRACE_SECONDS`). A live writer's files, and those of other hosts
-    sharing the folder, are left alone.
-    """
-    grace = STALE_GRACE_SECONDS if grace is None else grace
-    try:
-        names = os.listdir(folder)
-    except (FileNotFoundError, NotADirectoryError):
-        return []
-    host, now, removed = _host(), time.time(), []
-    for name in names:
-        writer = _writer(name, prefix)
-        if writer is None or writer[1] not in (None, host) or _pid_alive(writer[0]):
-            continue
-        path = os.path.join(folder, name)
-        try:
-            st = os.lstat(path)
-            if not stat.S_ISREG(st.st_mode) or now - st.st_mtime <= grace:
-                continue
-            os.unlink(path)
-        except FileNotFoundError:  # removed by another process meanwhile
-            continue
-        removed.append(path)
-    return removed
-
-
-def _atomic_write_bytes(path, data):
-    tmp = temporary_path(os.path.dirname(path))
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-    _fsync_dir(os.path.dirname(path))
-
-
-def _pid_alive(pid):
-    if pid <= 0:
-        return True  # os.kill would signal a process group: never take such a name as dead
-    try:
-        os.kill(pid, 0)
-    except (ProcessLookupError, OverflowError):
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 # Shards are immutable, so what was read from one stays true for as long as the file exists.
@@ -311,11 +219,12 @@ class CodeStore:
     def _ensure_dir(self):
         if not os.path.isdir(self.path):
             os.makedirs(self.path, exist_ok=True)
-            _fsync_dir(self.root)
+            fsync_dir(self.root)
         config_path = os.path.join(self.path, "config.json")
         if not os.path.isfile(config_path):
             body = {"config_key": self.key, "format_version": FORMAT_VERSION, "config": self.config}
-            _atomic_write_bytes(config_path, json.dumps(body, sort_keys=True, indent=1).encode())
+            data = json.dumps(body, sort_keys=True, indent=1).encode()
+            atomic_write_bytes(config_path, data, prefix=_TMP_PREFIX)
 
     def shard_paths(self):
         """Committed shard files, oldest first (temporary files are never listed)."""
@@ -537,7 +446,7 @@ class CodeStore:
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
-        _fsync_dir(self.path)
+        fsync_dir(self.path)
         return final
 
     @contextlib.contextmanager
@@ -582,13 +491,13 @@ class CodeStore:
                     os.unlink(path)
                 _SHARD_INDEX.pop(path, None)
                 _SHARD_CODES.pop(path, None)
-            _fsync_dir(self.path)
+            fsync_dir(self.path)
             return len(paths)
 
     def remove_stale_temporaries(self):
         """Delete the temporary files of killed writers in this configuration's folder (see
         :func:`remove_stale_temporaries`); returns their paths."""
-        return remove_stale_temporaries(self.path)
+        return remove_stale_temporaries(self.path, grace=STALE_GRACE_SECONDS)
 
     # -- inspection --------------------------------------------------------------------------
 

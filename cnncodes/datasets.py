@@ -29,6 +29,8 @@ import warnings
 from collections import Counter
 from dataclasses import dataclass
 
+from ._files import display
+
 __all__ = [
     "IMAGE_EXTENSIONS",
     "DatasetError",
@@ -111,11 +113,6 @@ class ImageDataset:
         return {label: counts[label] for label in sorted(counts)}
 
 
-def _display(path):
-    """A path printable in any message (undecodable file-name bytes shown as ``\\xNN``)."""
-    return os.fsencode(path).decode("utf-8", errors="backslashreplace")
-
-
 def _is_image_name(name):
     return name.lower().endswith(IMAGE_EXTENSIONS)
 
@@ -126,7 +123,7 @@ def _inside(real, real_root):
 
 def _no_images_error(where):
     return DatasetError(
-        f"no images found in {_display(where)}: looked recursively for files ending in "
+        f"no images found in {display(where)}: looked recursively for files ending in "
         f"{', '.join(IMAGE_EXTENSIONS)} (case-insensitive; hidden files and folders are skipped)"
     )
 
@@ -175,12 +172,12 @@ def load_dataset(source, *, allow_outside_root=False):
         if source.lower().endswith(".csv"):
             return _load_manifest(source, allow_outside_root)
         raise DatasetError(
-            f"{_display(source)}: expected a folder of images or a CSV manifest (*.csv) with a "
+            f"{display(source)}: expected a folder of images or a CSV manifest (*.csv) with a "
             "'path' column"
         )
     if os.path.lexists(source):
-        raise DatasetError(f"{_display(source)}: not a folder or a regular file")
-    raise DatasetError(f"{_display(source)}: no such folder or file")
+        raise DatasetError(f"{display(source)}: not a folder or a regular file")
+    raise DatasetError(f"{display(source)}: no such folder or file")
 
 
 # ----------------------------------------------------------------------------- folders
@@ -198,8 +195,8 @@ def _load_folder(source, allow_outside_root):
     if loose and len(loose) < len(found):
         classes = sorted({label for _, label in found if label is not None})
         raise DatasetError(
-            f"{_display(root)}: holds images both directly inside it (e.g. "
-            f"{_display(os.path.basename(loose[0]))!r}) and in class sub-folders "
+            f"{display(root)}: holds images both directly inside it (e.g. "
+            f"{display(os.path.basename(loose[0]))!r}) and in class sub-folders "
             f"({', '.join(classes[:5])}{', ...' if len(classes) > 5 else ''}); move each loose "
             "image into its class folder, or remove it"
         )
@@ -208,7 +205,7 @@ def _load_folder(source, allow_outside_root):
     if labels is not None:
         for name in sorted(set(folders) - set(labels)):
             warnings.warn(
-                f"{_display(root)}: class folder {_display(name)!r} holds no images: left out "
+                f"{display(root)}: class folder {display(name)!r} holds no images: left out "
                 "(no file in it has an image extension; hidden files are skipped)",
                 DatasetWarning,
                 stacklevel=3,
@@ -222,7 +219,7 @@ def _walk(folder, label, real_root, visited, allow_outside_root, found, folders)
         entries = sorted(os.scandir(folder), key=lambda e: e.name)
     except OSError as exc:
         raise DatasetError(
-            f"{_display(folder)}: cannot list folder ({exc.strerror or exc})"
+            f"{display(folder)}: cannot list folder ({exc.strerror or exc})"
         ) from None
     for entry in entries:
         if entry.name.startswith("."):
@@ -232,8 +229,8 @@ def _walk(folder, label, real_root, visited, allow_outside_root, found, folders)
             real = os.path.realpath(path)
             if not allow_outside_root and not _inside(real, real_root):
                 raise DatasetError(
-                    f"{_display(path)}: symbolic link resolves to {_display(real)}, outside "
-                    f"{_display(real_root)}; refusing to follow it (allow_outside_root=True, or "
+                    f"{display(path)}: symbolic link resolves to {display(real)}, outside "
+                    f"{display(real_root)}; refusing to follow it (allow_outside_root=True, or "
                     "--allow-outside-root, accepts it)"
                 )
         try:
@@ -266,7 +263,7 @@ def _load_manifest(source, allow_outside_root):
     manifest = os.path.abspath(source)
     root = os.path.dirname(manifest)
     real_root = os.path.realpath(root)
-    name = _display(manifest)
+    name = display(manifest)
     paths, labels, lines = [], [], []
     missing = []  # (line, cell, path): reported together, after the rest of the manifest is checked
     try:
@@ -342,9 +339,9 @@ def _warn_label_conflicts(name, paths, labels, lines):
         others = ", ".join(str(lines[k]) for _, k in conflicts[1:6])
         rest = f"; also line(s) {others}{', ...' if len(conflicts) > 6 else ''}"
     files = (
-        f"{_display(paths[j])} (the same file)"
+        f"{display(paths[j])} (the same file)"
         if paths[j] == paths[i]
-        else f"{_display(paths[j])} and {_display(paths[i])}"
+        else f"{display(paths[j])} and {display(paths[i])}"
     )
     warnings.warn(
         f"{name}: lines {lines[j]} and {lines[i]} list the same image content under different "
@@ -371,7 +368,7 @@ def _missing_error(name, missing, total):
     line, cell, path = missing[0]
     message = f"{name}, line {line}: file not found: {cell!r}"
     if cell != path:
-        message += f" (resolved to {_display(path)})"
+        message += f" (resolved to {display(path)})"
     rest = len(missing) - 1
     if rest:
         lines = ", ".join(str(m[0]) for m in missing[1:6]) + (", ..." if rest > 5 else "")
@@ -389,8 +386,8 @@ def _resolve_manifest_path(cell, root, real_root, allow_outside_root, name, line
         real = os.path.realpath(path)
         if not _inside(real, real_root):
             raise DatasetError(
-                f"{name}, line {line}: path {cell!r} resolves to {_display(real)}, outside the "
-                f"manifest's folder {_display(real_root)}; refusing it (allow_outside_root=True, "
+                f"{name}, line {line}: path {cell!r} resolves to {display(real)}, outside the "
+                f"manifest's folder {display(real_root)}; refusing it (allow_outside_root=True, "
                 "or --allow-outside-root, accepts it)"
             )
     return path
@@ -420,7 +417,7 @@ def load_files(paths):
         p = os.path.abspath(os.fspath(p))
         if os.path.isdir(p):
             raise DatasetError(
-                f"{_display(p)}: is a folder; give a folder (or a CSV manifest) on its own, "
+                f"{display(p)}: is a folder; give a folder (or a CSV manifest) on its own, "
                 "or list image files"
             )
         out.append(p)

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from . import demo_data
+from ._files import atomic_path, atomic_write_bytes
 from .datasets import load_dataset
 from .extract import extract_codes
 from .images import load_image
@@ -145,7 +146,8 @@ def _pretrain(workdir, data, seed, epochs, log):
 def _write_json(path, obj):
     """Write ``obj`` as JSON atomically, so an interrupted run never leaves half a file."""
     data = (json.dumps(obj, indent=1) + "\n").encode("utf-8")
-    demo_data._atomic_write_bytes(Path(path), data)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, data)
 
 
 def _subsample(dataset, per_class, seed):
@@ -449,5 +451,6 @@ def _plot(accuracy, path):
     # Outside the axes, the legend never hides a bar.
     ax.legend(title="recipe", loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
     ax.set_title("Target task (digits 5-9) with a few labelled images per class")
-    fig.savefig(path, dpi=120)
+    with atomic_path(path, suffix=os.path.splitext(path)[1]) as tmp:
+        fig.savefig(tmp, dpi=120)
     return fig

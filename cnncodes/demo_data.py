@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -15,6 +13,8 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import nn
+
+from ._files import atomic_write_bytes
 
 __all__ = [
     "IMAGE_SIZE",
@@ -83,19 +83,6 @@ def _count_pngs(folder: Path) -> dict[str, int]:
         if sub.is_dir():
             counts[sub.name] = sum(1 for f in sub.iterdir() if f.suffix == ".png")
     return counts
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _result(root: Path, marker: dict, created: bool) -> dict:
@@ -182,7 +169,8 @@ def write_digits_dataset(root, *, n_target_train_per_class: int = 5, seed: int =
             per_class[name][str(d)] = len(indices)
 
     marker = {"params": params, "per_class": per_class}
-    _atomic_write_bytes(marker_path, (json.dumps(marker, indent=2, sort_keys=True) + "\n").encode())
+    root.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(marker_path, (json.dumps(marker, indent=2, sort_keys=True) + "\n").encode())
     return _result(root, marker, created=True)
 
 
@@ -407,7 +395,8 @@ def pretrain(
     # A buffer gets torch's fixed name for file objects: same weights, same bytes.
     buffer = io.BytesIO()
     torch.save(model.state_dict(), buffer)
-    _atomic_write_bytes(checkpoint_path, buffer.getvalue())
+    checkpoint_path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(checkpoint_path, buffer.getvalue())
 
     return {
         "train_accuracy": train_acc,

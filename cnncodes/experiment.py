@@ -40,6 +40,7 @@ __all__ = [
     "cv_table",
     "predict_images",
     "run_experiment",
+    "set_runtime",
     "verify_model",
 ]
 
@@ -644,6 +645,33 @@ def run_experiment(
 
 
 # ----------------------------------------------------------------------------- predict
+
+
+#: CNNCodes parameters that change how codes are computed but never their values (nor the cache
+#: key): the only ones :func:`set_runtime` changes on a fitted model.
+RUNTIME_PARAMS = ("batch_size", "num_workers", "device", "cache_dir", "progress")
+
+
+def set_runtime(estimator, **params):
+    """Set the runtime parameters of a fitted pipeline's extractor; returns ``estimator``.
+
+    Only :data:`RUNTIME_PARAMS` may change on a fitted model (batch size, workers, device,
+    cache folder, progress): what it computes stays exactly what it was fitted with.
+
+    Examples
+    --------
+    >>> set_runtime(pipe, batch_size=64, device="cpu")  # doctest: +SKIP
+    """
+    unknown = sorted(set(params) - set(RUNTIME_PARAMS))
+    if unknown:
+        raise ValueError(
+            f"set_runtime: {', '.join(map(repr, unknown))} would change the model's codes; "
+            f"only {', '.join(RUNTIME_PARAMS)} may change on a fitted model"
+        )
+    estimator = getattr(estimator, "best_estimator_", estimator)
+    _, prefix = _find_codes_step(estimator)
+    estimator.set_params(**{f"{prefix}{k}": v for k, v in params.items()})
+    return estimator
 
 
 def relocate_weights(estimator, path):

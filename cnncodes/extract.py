@@ -51,6 +51,7 @@ from .models import (
     resolve_layers,
     resolve_spec,
 )
+from .persistence import UntrustedModelCodeError, refused_model_code
 from .pooling import check_pooling, code_size, pool
 
 __all__ = [
@@ -237,7 +238,7 @@ def code_config(spec, layer, pooling, precision, device_type="cpu"):
     }
 
 
-def spec_from_config(config, weights_path=None, seed=0):
+def spec_from_config(config, weights_path=None, seed=0, trust_model_code=False):
     """Rebuild the :class:`~cnncodes.models.ModelSpec` that made a cache configuration.
 
     The inverse of :func:`code_config`, used to recompute stored codes. A configuration made from
@@ -246,8 +247,16 @@ def spec_from_config(config, weights_path=None, seed=0):
     Torchvision weights are rebuilt by name, ``none:seed=N`` from its seed, and a user's callable
     with ``seed``.
 
+    A configuration comes from a cache folder, which may come from elsewhere: like
+    :func:`cnncodes.persistence.load`, a ``package.module:callable`` model it names is imported
+    only if ``trust_model_code`` allows it (False: only
+    :data:`~cnncodes.persistence.BUILTIN_MODEL_CALLABLES`; True: any; or a list of names).
+
     Raises
     ------
+    cnncodes.persistence.UntrustedModelCodeError
+        The configuration names a model callable that ``trust_model_code`` does not allow
+        (nothing was imported).
     ValueError
         Saying why the exact configuration cannot be rebuilt (a :class:`WeightsError` for a
         missing or different checkpoint; a plain ``ValueError`` when the rebuilt configuration
@@ -274,6 +283,15 @@ def spec_from_config(config, weights_path=None, seed=0):
         layer, pooling, precision = config["layer"], config["pooling"], config["precision"]
     except (KeyError, TypeError) as exc:
         raise ValueError(f"not a cnncodes code configuration (missing {exc})") from None
+    refused = refused_model_code([model], trust_model_code)
+    if refused:
+        raise UntrustedModelCodeError(
+            "this cache configuration",
+            refused,
+            what="A cache folder",
+            command="cnncodes cache verify",
+            call=f"spec_from_config(config, trust_model_code={refused!r})",
+        )
     if weights_id.startswith("none:seed="):
         spec = resolve_spec(model, "none", seed=int(weights_id[len("none:seed=") :]), **overrides)
     elif weights_id.startswith("sha256:"):

@@ -80,6 +80,8 @@ import warnings
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from ._files import display
+
 __all__ = [
     "DECODE_POLICY",
     "MAX_PIXELS",
@@ -98,15 +100,6 @@ MAX_PIXELS: int = 89_478_485
 
 _WHITE = (255, 255, 255, 255)
 _BOMB_PIXELS_RE = re.compile(r"\((\d+) pixels\)")
-
-
-def _display(path: str) -> str:
-    """Return ``path`` with undecodable file-name bytes shown as ``\\xNN`` escapes."""
-    try:
-        path.encode("utf-8")
-        return path
-    except UnicodeEncodeError:
-        return os.fsencode(path).decode("utf-8", errors="backslashreplace")
 
 
 class ImageLoadError(ValueError):
@@ -143,7 +136,7 @@ class ImageLoadError(ValueError):
     def __init__(self, path, reason: str):
         self.path = path if isinstance(path, str) else os.fsdecode(path)
         self.reason = reason
-        super().__init__(f"{_display(self.path)}: {reason}")
+        super().__init__(f"{display(self.path)}: {reason}")
 
     def __reduce__(self):
         # The default reduce would call cls(message) and fail on the second

@@ -26,10 +26,11 @@ import os
 import pickle
 import struct
 import sys
-import tempfile
 import types
 import zipfile
 import zlib
+
+from ._files import atomic_path
 
 __all__ = [
     "BUILTIN_MODEL_CALLABLES",
@@ -40,6 +41,7 @@ __all__ = [
     "UntrustedTypesError",
     "load",
     "model_callables",
+    "refused_model_code",
     "save",
 ]
 
@@ -90,14 +92,17 @@ class UntrustedModelCodeError(ValueError):
         The refused names, as ``"package.module:callable"``.
     """
 
-    def __init__(self, path, callables):
+    def __init__(
+        self, path, callables, *, what="A model file", command="cnncodes predict", call=None
+    ):
         self.callables = list(callables)
         flags = " ".join(f"--trust-model-code {name}" for name in self.callables)
+        if call is None:
+            call = f"load({os.fspath(path)!r}, trust_model_code={self.callables!r})"
         super().__init__(
             f"{os.fspath(path)} names model code that would be imported and run to rebuild its "
-            f"network: {', '.join(self.callables)}. A model file cannot choose code to run by "
-            f"itself; if you trust this code, allow it: {flags} (cnncodes predict), or "
-            f"load({os.fspath(path)!r}, trust_model_code={self.callables!r})"
+            f"network: {', '.join(self.callables)}. {what} cannot choose code to run by "
+            f"itself; if you trust this code, allow it: {flags} ({command}), or {call}"
         )
 
 
@@ -236,11 +241,30 @@ def model_callables(estimator):
     return sorted(found)
 
 
-def _gate_model_code(path, estimator, trust_model_code):
+def refused_model_code(callables, trust_model_code):
+    """The ``package.module:callable`` names among ``callables`` that ``trust_model_code`` refuses.
+
+    The one rule for every place that would import a model callable named by a file (a model
+    file, a cache folder's configuration): :data:`BUILTIN_MODEL_CALLABLES` are always allowed,
+    ``trust_model_code`` is False (nothing else), True (anything) or a list of names. Names
+    without ``:`` (torchvision models) are never refused. Imports nothing.
+
+    Examples
+    --------
+    >>> refused_model_code(["resnet18", "mymodels:resnet20"], False)
+    ['mymodels:resnet20']
+    >>> refused_model_code(["mymodels:resnet20"], ["mymodels:resnet20"])
+    []
+    """
+    trust_model_code = _check_trust_model_code(trust_model_code)
     if trust_model_code is True:
-        return estimator
+        return []
     allowed = set(BUILTIN_MODEL_CALLABLES) | trust_model_code
-    refused = [name for name in model_callables(estimator) if name not in allowed]
+    return [n for n in callables if isinstance(n, str) and ":" in n and n not in allowed]
+
+
+def _gate_model_code(path, estimator, trust_model_code):
+    refused = refused_model_code(model_callables(estimator), trust_model_code)
     if refused:
         raise UntrustedModelCodeError(path, refused)
     return estimator
@@ -274,9 +298,7 @@ def save(estimator, path):
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise ValueError(f"cannot save to {path!r}: folder {folder} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=kind, dir=folder)
-    os.close(fd)
-    try:
+    with atomic_path(path, suffix=kind) as tmp:
         if kind == ".joblib":
             import joblib
 
@@ -285,11 +307,6 @@ def save(estimator, path):
             import skops.io
 
             skops.io.dump(estimator, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
     return path
 
 

@@ -27,7 +27,8 @@ import warnings
 
 import numpy as np
 
-from ._json import jsonable, to_json_file
+from ._files import atomic_path
+from ._json import jsonable, skipped_json, to_json_file
 
 __all__ = ["write_report", "plot_confusion_matrix", "plot_layer_sweep"]
 
@@ -130,7 +131,8 @@ def _plot_confusion_matrix(matrix, labels, path, title):
                     fontsize=8,
                     color="white" if high and matrix[i, j] > high / 2 else "black",
                 )
-    fig.savefig(path, dpi=110)
+    with atomic_path(path, suffix=os.path.splitext(path)[1]) as tmp:
+        fig.savefig(tmp, dpi=110)
 
 
 def plot_layer_sweep(table, path, scoring="accuracy"):
@@ -153,7 +155,8 @@ def _plot_layer_sweep(table, path, scoring):
     ax.set_ylabel(f"cross-validated {scoring}")
     ax.set_title("Best score of each layer")
     ax.grid(alpha=0.3)
-    fig.savefig(path, dpi=110)
+    with atomic_path(path, suffix=os.path.splitext(path)[1]) as tmp:
+        fig.savefig(tmp, dpi=110)
 
 
 def write_report(result, folder):
@@ -172,10 +175,7 @@ def write_report(result, folder):
     metrics = dict(result.metrics)
     metrics["recipe"] = result.recipe
     metrics["extraction"] = result.extraction
-    metrics["skipped"] = {
-        part: [{"path": s.path, "reason": s.reason} for s in items]
-        for part, items in result.skipped.items()
-    }
+    metrics["skipped"] = {part: skipped_json(items) for part, items in result.skipped.items()}
     if result.layers is not None:
         metrics["layers"] = [
             {
@@ -197,7 +197,8 @@ def write_report(result, folder):
         }
     )
     written["cv_results.csv"] = os.path.join(folder, "cv_results.csv")
-    results.to_csv(written["cv_results.csv"], index=False)
+    with atomic_path(written["cv_results.csv"], suffix=".csv") as tmp:
+        results.to_csv(tmp, index=False)
 
     test = result.metrics.get("test")
     where = test if test is not None else result.metrics["cv"].get("predictions")
@@ -216,9 +217,11 @@ def write_report(result, folder):
         written["layer_sweep.png"] = os.path.join(folder, "layer_sweep.png")
         plot_layer_sweep(result.layers, written["layer_sweep.png"], result.metrics["scoring"])
         written["layer_sweep.csv"] = os.path.join(folder, "layer_sweep.csv")
-        result.layers.assign(
+        sweep = result.layers.assign(
             params=result.layers["params"].map(lambda p: repr(jsonable(p)))
-        ).to_csv(written["layer_sweep.csv"], index=False)
+        )
+        with atomic_path(written["layer_sweep.csv"], suffix=".csv") as tmp:
+            sweep.to_csv(tmp, index=False)
 
     written["config.json"] = os.path.join(folder, "config.json")
     to_json_file(result.config, written["config.json"])

@@ -12,6 +12,7 @@ import h5py
 import numpy as np
 import pytest
 
+import cnncodes._files
 import cnncodes.cache
 from cnncodes.cache import (
     DEFAULT_CACHE_DIR,
@@ -172,7 +173,7 @@ def test_compaction_removes_temporaries_of_dead_writers_only(store):
 
 def test_the_next_write_removes_temporaries_of_dead_writers_on_this_host_only(store):
     store.write(_keys(1), _codes(1))
-    host = cnncodes.cache._host()
+    host = cnncodes._files._host()
     dead = _temporary(store.path, f".tmp-{DEAD_PID}@{host}-abcd.part")
     kept = [
         _temporary(store.path, f".tmp-{os.getpid()}@{host}-abcd.part"),  # a live writer
@@ -186,7 +187,7 @@ def test_the_next_write_removes_temporaries_of_dead_writers_on_this_host_only(st
     assert all(os.path.exists(p) for p in kept)
     name = os.path.basename(cnncodes.cache.temporary_path(store.path, suffix=".part"))
     assert name.startswith(f".tmp-{os.getpid()}@{host}-") and name.endswith(".part")
-    assert cnncodes.cache._writer(name, ".tmp-") == (os.getpid(), host)
+    assert cnncodes._files._writer(name, ".tmp-") == (os.getpid(), host)
 
 
 def test_a_store_makes_no_folder_until_it_commits_codes(tmp_path):

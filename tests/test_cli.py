@@ -24,6 +24,7 @@ from cnncodes.cache import list_configs
 from cnncodes.datasets import load_dataset
 from cnncodes.extract import code_config, extract_codes, spec_from_config
 from cnncodes.models import WeightsError, resolve_spec
+from cnncodes.persistence import UntrustedModelCodeError
 from tests.tiny_nets import TinyCNN
 
 # An untrained resnet18 on 32x32 crops: fast on a CPU. Decoding in-process keeps tests quick.
@@ -379,7 +380,7 @@ def test_a_run_that_fails_before_committing_leaves_no_configuration(
 
 
 def _left_by_a_killed_run(folder, prefix, pid, age=3600):
-    from cnncodes.cache import _host
+    from cnncodes._files import _host
 
     path = Path(folder) / f"{prefix}{pid}@{_host()}-abcd.part"
     path.write_bytes(b"partial")
@@ -483,6 +484,7 @@ def test_cache_verify_with_a_checkpoint_needs_the_file(capsys, data, cache, tmp_
     model = ["--model", "tests.tiny_nets:tiny_cnn", "--weights", ckpt, "--crop", "32"]
     run_json(capsys, "extract", data, *model, *FAST, "--cache-dir", cache, "--layer", "conv2")
     base = ["cache", "verify", "--cache-dir", cache, "--data", data, "--workers", "0"]
+    base += ["--trust-model-code", "tests.tiny_nets:tiny_cnn"]
 
     [config] = run_json(capsys, *base)["configs"]
     assert config["recheck"]["status"] == "not re-checked"
@@ -495,6 +497,55 @@ def test_cache_verify_with_a_checkpoint_needs_the_file(capsys, data, cache, tmp_
 
     report = run_json(capsys, *base, "--weights", other, "--weights", ckpt)
     assert report["ok"] and report["configs"][0]["recheck"]["status"] == "ok"
+
+
+MARKED_NET = """
+import pathlib
+
+pathlib.Path(__file__).with_name("IMPORTED").write_text("imported")
+
+
+def net():
+    from tests.tiny_nets import TinyCNN
+
+    return TinyCNN()
+"""
+
+
+def test_cache_verify_rebuilds_a_configurations_own_code_only_when_trusted(
+    capsys, data, tmp_path, monkeypatch
+):
+    """A cache folder from elsewhere must not choose code to run: config.json names a callable."""
+    module = "cnncodes_verify_marker"
+    (tmp_path / f"{module}.py").write_text(MARKED_NET)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    argv = ["--model", f"{module}:net", "--weights", "none", "--crop", "32", "--layer", "conv2"]
+    run_json(capsys, "extract", data, *argv, *FAST, "--cache-dir", "cache")
+    (tmp_path / "IMPORTED").unlink()
+    monkeypatch.delitem(sys.modules, module)
+    base = ["cache", "verify", "--cache-dir", "cache", "--data", data, "--workers", "0"]
+
+    report = run_json(capsys, *base)
+    assert not (tmp_path / "IMPORTED").exists()
+    [config] = report["configs"]
+    assert report["ok"] and config["problems"] == []  # the integrity checks still ran
+    assert config["recheck"]["status"] == "not re-checked"
+    assert f"{module}:net" in config["recheck"]["reason"]
+    assert f"--trust-model-code {module}:net" in config["recheck"]["reason"]
+    code, out, _ = run(capsys, *base)
+    assert code == 0 and "  not re-checked (" in out and f"--trust-model-code {module}:net" in out
+    assert not (tmp_path / "IMPORTED").exists()
+
+    for trust in (["--trust-model-code", f"{module}:net"], ["--trust-model-code"]):
+        monkeypatch.delitem(sys.modules, module, raising=False)
+        [config] = run_json(capsys, *base, *trust)["configs"]
+        assert config["recheck"]["status"] == "ok", config["recheck"]
+        assert (tmp_path / "IMPORTED").exists()
+        (tmp_path / "IMPORTED").unlink()
+    code, _, err = run(capsys, *base, "--trust-model-code", "nocolon")
+    assert code == 2
+    assert_one_line_error(err, "--trust-model-code 'nocolon': expected package.module:callable")
 
 
 def test_crop_0_is_reported_as_no_crop(capsys, make_images):
@@ -516,6 +567,14 @@ def test_spec_from_config_round_trip_and_refusals(tmp_path):
         spec_from_config({**config, "weights": "sha256:ab12"})
     with pytest.raises(ValueError, match="missing 'pooling'"):
         spec_from_config({k: v for k, v in config.items() if k != "pooling"})
+    # Refused before the (missing) module is imported; the callable and the flag are named.
+    own = {**config, "model": "no_such_module_for_cnncodes:net"}
+    with pytest.raises(
+        UntrustedModelCodeError, match=r"trust-model-code no_such_module_for_cnncodes:net"
+    ):
+        spec_from_config(own)
+    with pytest.raises(ValueError, match="cannot import module 'no_such_module_for_cnncodes'"):
+        spec_from_config(own, trust_model_code=True)
 
 
 # ----------------------------------------------------------------------------- advise

@@ -536,3 +536,21 @@ def test_relocate_weights_needs_a_checkpoint_model(data, tmp_path):
     model = run_experiment(paths, labels, "linear_probe", overrides=overrides, cv=2).estimator
     with pytest.raises(ValueError, match="not a checkpoint file, so there is no file to relocate"):
         relocate_weights(model, tmp_path / "x.pth")
+
+
+def test_set_runtime_changes_only_what_leaves_the_codes_alone():
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline
+
+    from cnncodes.experiment import set_runtime
+    from cnncodes.transformers import CNNCodes
+
+    pipe = Pipeline(
+        [("cnncodes", CNNCodes("resnet18", weights="none")), ("clf", LogisticRegression())]
+    )
+    assert set_runtime(pipe, batch_size=7, device="cpu", cache_dir=None) is pipe
+    params = pipe.get_params()
+    assert (params["cnncodes__batch_size"], params["cnncodes__device"]) == (7, "cpu")
+    with pytest.raises(ValueError, match=r"set_runtime: 'layer' would change the model's codes"):
+        set_runtime(pipe, layer="avgpool", batch_size=8)
+    assert pipe.get_params()["cnncodes__batch_size"] == 7

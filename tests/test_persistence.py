@@ -414,3 +414,24 @@ def test_cli_trust_model_code_alone_trusts_every_callable(fitted, tmp_path, evil
     )
     assert cli.main(["predict", *common, "--trust-model-code"]) == 0
     assert (tmp_path / "CALLED").exists()
+
+
+def test_save_reaches_the_disk_before_it_replaces_the_file(fitted, tmp_path, monkeypatch):
+    """An interrupted or crashed save never leaves a truncated model under its name."""
+    import stat
+
+    pipe, _, _ = fitted
+    synced, real = [], os.fsync
+
+    def fsync(fd):
+        synced.append("dir" if stat.S_ISDIR(os.fstat(fd).st_mode) else "file")
+        return real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    out = tmp_path / "models"
+    out.mkdir()
+    for suffix in (".joblib", ".skops"):
+        synced.clear()
+        save(pipe, out / f"m{suffix}")
+        assert synced == ["file", "dir"], suffix
+    assert sorted(os.listdir(out)) == ["m.joblib", "m.skops"]

@@ -1,0 +1,433 @@
+"""What every command shares: option builders, parsers of option values, output, usage errors.
+
+A command module is a pair ``add_<command>_parser(subparsers)`` / ``run_<command>(args) -> int``
+built from these pieces; the library does the work, so nothing here computes codes or fits.
+Light on purpose: no torch, torchvision or scikit-learn at import (``--help``, ``--version`` and
+``cache info`` must start fast).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import textwrap
+
+from .._choices import POOLINGS, PRECISIONS
+from .._files import display
+from .._json import jsonable
+from ..datasets import load_dataset
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+_INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos")
+_DEBUG_HINT = "run with CNNCODES_DEBUG=1 for the traceback"
+
+
+class UsageError(Exception):
+    """A mistake in the command line or its inputs: reported in one line, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors become :class:`UsageError` (one line, no usage dump)."""
+
+    def error(self, message):
+        command = self.prog.removeprefix("cnncodes").strip()
+        raise UsageError(f"{command + ': ' if command else ''}{message} (see '{self.prog} --help')")
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the examples in epilogs as written (descriptions are wrapped by :func:`_fill`)."""
+
+
+def _fill(text):
+    return textwrap.fill(text, 88)
+
+
+class _Output:
+    """Where a command's words go: results to stdout, notes to stderr; ``--json`` prints only
+    the final JSON object on stdout; ``--quiet`` silences everything else."""
+
+    def __init__(self, args):
+        self.json = bool(getattr(args, "json", False))
+        self.quiet = bool(getattr(args, "quiet", False))
+
+    @property
+    def progress(self):
+        """The ``progress`` argument for the library: off when quiet, else a bar on a terminal
+        and a line every few seconds in a log file (long runs only)."""
+        return False if self.quiet else None
+
+    def note(self, message):
+        """Progress and warnings, on stderr."""
+        if not self.quiet:
+            print(message, file=sys.stderr, flush=True)
+
+    def result(self, data, lines):
+        """The command's result: ``data`` as JSON with ``--json``, else ``lines`` on stdout."""
+        if self.json:
+            print(json.dumps(jsonable(data), indent=1))
+        elif not self.quiet:
+            for line in lines:
+                print(line)
+
+
+def _table(headers, rows, right=()):
+    """Plain-text table; columns named in ``right`` are right-aligned."""
+    cells = [[str(c) for c in headers]] + [["-" if c is None else str(c) for c in r] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = []
+    for row in cells:
+        parts = [
+            cell.rjust(w) if headers[i] in right else cell.ljust(w)
+            for i, (cell, w) in enumerate(zip(row, widths))
+        ]
+        lines.append("  ".join(parts).rstrip())
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return lines
+
+
+def _short_weights(weights_id):
+    """``sha256:<64 hex>`` shortened for tables."""
+    for prefix in ("sha256:", "state-sha256:"):
+        if weights_id.startswith(prefix):
+            return weights_id[: len(prefix) + 12] + "..."
+    return weights_id
+
+
+def _sizes(text):
+    """``224`` -> 224; ``224,160`` or ``224x160`` -> (224, 160)."""
+    parts = text.replace("x", ",").split(",")
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected an int or HEIGHT,WIDTH (e.g. 224 or 224,160)"
+        ) from None
+    if len(values) > 2 or any(v <= 0 for v in values):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected one or two positive ints")
+    return values[0] if len(values) == 1 else tuple(values)
+
+
+def _crop(text):
+    """Like :func:`_sizes`, plus ``none`` (or 0): no centre crop."""
+    if text.strip().lower() in ("none", "0"):
+        return 0
+    return _sizes(text)
+
+
+def _floats(text):
+    """``0.5`` -> 0.5; ``0.485,0.456,0.406`` -> a triple."""
+    try:
+        values = [float(p) for p in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected a number or three comma-separated numbers (R,G,B)"
+        ) from None
+    if len(values) not in (1, 3):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected one value or three (R,G,B)")
+    return values[0] if len(values) == 1 else tuple(values)
+
+
+def _int_where(ok, what):
+    """An argparse type: an int for which ``ok(value)``, else an error saying ``what`` is expected."""
+
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or not ok(value):
+            raise argparse.ArgumentTypeError(f"{text!r}: expected {what}")
+        return value
+
+    return parse
+
+
+def _int_at_least(minimum, what):
+    """An argparse type: an int >= ``minimum``."""
+    return _int_where(lambda value: value >= minimum, what)
+
+
+_positive_int = _int_at_least(1, "a positive integer")
+_at_least_two = _int_at_least(2, "an integer >= 2")
+_count = _int_at_least(0, "an integer >= 0")
+_n_jobs = _int_where(lambda v: v == -1 or v > 0, "a positive integer, or -1 for all CPUs")
+_seed = _int_where(lambda v: 0 <= v < 2**32, "an integer from 0 to 2**32 - 1")
+
+
+def _add_data_options(parser, *, positional=True):
+    """DATA (a class-folder tree or a CSV manifest) and --allow-outside-root."""
+    if positional:
+        parser.add_argument(
+            "data",
+            metavar="DATA",
+            help="a folder whose sub-folders name the classes (read recursively), or a CSV "
+            "manifest with a 'path' column and optionally a 'label' column",
+        )
+    parser.add_argument(
+        "--allow-outside-root",
+        action="store_true",
+        help="accept images that resolve outside DATA's folder through ../ or symbolic links "
+        "(refused by default); a manifest's absolute paths are always accepted",
+    )
+
+
+def _add_weights_options(group):
+    """--weights and --seed."""
+    group.add_argument(
+        "--weights",
+        metavar="W",
+        help="DEFAULT, a torchvision weights name (IMAGENET1K_V1, ResNet50_Weights.IMAGENET1K_V1), "
+        "'none' (random initialisation from --seed), or a checkpoint file path "
+        "(default: DEFAULT for torchvision models)",
+    )
+    group.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the random initialisation with --weights none (default: %(default)s)",
+    )
+
+
+def _add_preprocessing_options(group):
+    """--resize/--crop/--mean/--std/--interpolation: overrides of the weights' own transform."""
+    group.add_argument(
+        "--resize",
+        type=_sizes,
+        metavar="N|H,W",
+        help="resize the shorter side to N, or to exactly H,W (default: the weights' own)",
+    )
+    group.add_argument(
+        "--crop",
+        type=_crop,
+        metavar="N|H,W|none",
+        help="centre crop (default: the weights' own; 'none' needs --resize H,W)",
+    )
+    group.add_argument("--mean", type=_floats, metavar="M|R,G,B", help="normalisation mean")
+    group.add_argument("--std", type=_floats, metavar="S|R,G,B", help="normalisation std")
+    group.add_argument("--interpolation", choices=_INTERPOLATIONS, help="resize interpolation")
+    group.add_argument(
+        "--impl",
+        choices=("pil", "torch"),
+        default="pil",
+        help="preprocessing implementation: pil (Pillow decodes and resizes on the CPU) or torch "
+        "(JPEG files decoded by torchvision on the extraction device, nvJPEG on a GPU; resize and "
+        "crop as tensor operations; bilinear or bicubic only); part of the cache key (default: "
+        "%(default)s)",
+    )
+
+
+def _add_model_options(parser, *, model=True, layers=True, required=True, layer_help=None):
+    """The network: --model, --weights, --seed, --layer, --pooling and the preprocessing.
+
+    With ``required=False`` (``fit``), --model and --pooling default to None: the recipe decides.
+    """
+    group = parser.add_argument_group("model")
+    if model:
+        group.add_argument(
+            "--model",
+            "-m",
+            required=required,
+            metavar="M",
+            help="torchvision model name (resnet50, mobilenet_v2, ...) or package.module:callable"
+            + ("" if required else " (default: the recipe's, resnet50)"),
+        )
+    _add_weights_options(group)
+    if layers:
+        group.add_argument(
+            "--layer",
+            "-l",
+            action="append",
+            metavar="L",
+            help=layer_help
+            or "graph-node name (see 'cnncodes layers M'); repeat for several layers, whose "
+            "codes are concatenated in order (default: penultimate, the input of the last "
+            "linear layer)",
+        )
+        group.add_argument(
+            "--pooling",
+            "-p",
+            choices=POOLINGS,
+            default="avg" if required else None,
+            help="how spatial maps become vectors (default: "
+            + ("%(default)s)" if required else "the recipe's)"),
+        )
+    _add_preprocessing_options(parser.add_argument_group("preprocessing"))
+
+
+def _add_output_options(parser, *, quiet=True):
+    """--json (and --quiet)."""
+    parser.add_argument(
+        "--json", action="store_true", help="print one JSON object with the results on stdout"
+    )
+    if quiet:
+        parser.add_argument(
+            "--quiet", "-q", action="store_true", help="no progress bar and no messages"
+        )
+
+
+def _add_cache_dir_option(parser, *, no_cache=True):
+    """--cache-dir (and --no-cache)."""
+    if no_cache:
+        parser = parser.add_mutually_exclusive_group()
+    parser.add_argument(
+        "--cache-dir",
+        metavar="D",
+        default="auto",
+        help="the code cache folder (default: $CNNCODES_CACHE, else ./cache)",
+    )
+    if no_cache:
+        parser.add_argument(
+            "--no-cache", action="store_true", help="neither read nor write the code cache"
+        )
+
+
+def _add_compute_options(group):
+    """--batch-size, --workers, --device."""
+    group.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=32,
+        metavar="N",
+        help="images per forward pass; on the CPU the codes are bit-identical whatever N, on a "
+        "GPU they may differ by float rounding (default: %(default)s)",
+    )
+    group.add_argument(
+        "--workers",
+        type=_count,
+        metavar="N",
+        help="image-decoding processes, 0 to decode in the main process (default: on a GPU, CPUs - 1 "
+        "up to 16; on the CPU, 0 with up to 4 CPUs, else 4)",
+    )
+    group.add_argument(
+        "--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)"
+    )
+
+
+def _add_trust_model_code_option(
+    parser, *, named_in="the file", every="every callable the file names", where=", after the data"
+):
+    """--trust-model-code [CALLABLE ...], read by :func:`_trust_model_code`."""
+    parser.add_argument(
+        "--trust-model-code",
+        action="append",
+        nargs="*",
+        metavar="CALLABLE",
+        help=f"allow the model's own architecture (package.module:callable, named in {named_in}) "
+        f"to be imported and run; repeat or list several. Alone, without a name: allow {every}. "
+        "Torchvision models need nothing",
+    )
+    parser.set_defaults(trust_model_code_hint=f"to allow {every}, give the flag alone{where}")
+
+
+def _add_runtime_options(parser):
+    """How the work runs and reports: cache, batches, device, precision, errors, output."""
+    group = parser.add_argument_group("runtime")
+    _add_cache_dir_option(group)
+    _add_compute_options(group)
+    group.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="auto",
+        help="fp32 (the default on a CPU), bf16 (the default on a GPU) or fp16; part of the "
+        "cache key (default: %(default)s)",
+    )
+    group.add_argument(
+        "--on-error",
+        choices=("raise", "skip"),
+        default="raise",
+        help="an unreadable image stops the run (raise) or is left out and reported (skip) "
+        "(default: %(default)s)",
+    )
+    _add_output_options(group)
+
+
+def _preprocessing_from_args(args):
+    """The preprocessing options given on the command line (the rest keep their defaults)."""
+    given = {
+        "resize": args.resize,
+        "crop": args.crop,
+        "mean": args.mean,
+        "std": args.std,
+        "interpolation": args.interpolation,
+        "impl": None if args.impl == "pil" else args.impl,
+    }
+    return {k: v for k, v in given.items() if v is not None}
+
+
+def _spec_from_args(args, model=None):
+    """Resolve --model/--weights/--seed and the preprocessing overrides (no weights loaded)."""
+    from ..models import resolve_spec
+
+    return resolve_spec(
+        model if model is not None else args.model,
+        args.weights,
+        seed=args.seed,
+        **_preprocessing_from_args(args),
+    )
+
+
+def _load_data(args, output=None):
+    """DATA as an :class:`~cnncodes.datasets.ImageDataset` (a note on stderr says what was found)."""
+    dataset = load_dataset(args.data, allow_outside_root=args.allow_outside_root)
+    if output is not None:
+        counts = dataset.counts()
+        what = f"{len(counts)} class{'es' if len(counts) != 1 else ''}" if counts else "unlabelled"
+        output.note(f"{len(dataset)} images in {display(dataset.root)} ({what})")
+    return dataset
+
+
+def _cache_dir_from_args(args):
+    return None if getattr(args, "no_cache", False) else args.cache_dir
+
+
+def _check_out_path(path, formats):
+    """The --out file: a known extension and an existing folder, checked before any work."""
+    if path is None:
+        return None
+    ext = os.path.splitext(path)[1].lower()
+    if ext not in formats:
+        raise UsageError(
+            f"--out {path!r}: unknown extension {ext or '(none)'!r}; use one of {', '.join(formats)}"
+        )
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise UsageError(f"--out {path!r}: folder {folder!r} does not exist")
+    if os.path.isdir(path):
+        raise UsageError(f"--out {path!r} is a folder")
+    return os.path.abspath(path)
+
+
+def _note_skipped(output, skipped, limit=20):
+    if not skipped:
+        return
+    output.note(f"skipped {len(skipped)} unreadable image(s):")
+    for s in skipped[:limit]:
+        output.note(f"  {display(s.path)}: {s.reason}")
+    if len(skipped) > limit:
+        output.note(f"  ... and {len(skipped) - limit} more")
+
+
+def _fmt(value, digits=3):
+    return "-" if value is None or value != value else f"{value:.{digits}f}"
+
+
+def _trust_model_code(args):
+    """``--trust-model-code``: False (not given), True (given alone) or the names given."""
+    if args.trust_model_code is None:
+        return False
+    names = [name for group in args.trust_model_code for name in group]
+    if any(not group for group in args.trust_model_code):
+        return True
+    for name in names:
+        module, _, attr = name.partition(":")
+        if not module or not attr:
+            raise UsageError(
+                f"--trust-model-code {name!r}: expected package.module:callable, e.g. "
+                f"mymodels:resnet20 ({args.trust_model_code_hint})"
+            )
+    return names

@@ -1,0 +1,133 @@
+"""``cnncodes extract``: compute (and cache) the codes of a folder or manifest, optionally to a file."""
+
+from __future__ import annotations
+
+from .._files import display
+from .._json import skipped_json
+from ..cache import (
+    resolve_cache_dir,
+)
+from ..export import FORMATS, write_codes
+from ._core import (
+    EXIT_OK,
+    _add_data_options,
+    _add_model_options,
+    _add_runtime_options,
+    _cache_dir_from_args,
+    _check_out_path,
+    _fill,
+    _Formatter,
+    _load_data,
+    _note_skipped,
+    _Output,
+    _short_weights,
+    _spec_from_args,
+)
+
+_EXTRACT_EPILOG = """\
+examples:
+  # codes of resnet50's penultimate layer (ImageNet weights) for a folder of class folders
+  cnncodes extract photos/ --model resnet50 --out codes.h5
+
+  # two layers of a local checkpoint, max-pooled, from a CSV manifest (path,label)
+  cnncodes extract train.csv --model mobilenet_v2 --weights mobilenet_v2.pth \\
+      --layer features.14 --layer features.18 --pooling max --out codes.npz
+
+  # an untrained network on small inputs, machine-readable report, bad images left out
+  cnncodes extract photos/ --model resnet18 --weights none --resize 40 --crop 32 \\
+      --on-error skip --json
+
+Codes are cached by image content (--cache-dir, default ./cache): a second run on the same
+images computes nothing. Read an .h5 output with plain h5py (paths are the file names' bytes,
+so that names that are not UTF-8 open too; display_paths is the printable form):
+  f = h5py.File("codes.h5"); X = f["codes"][:]; paths = [os.fsdecode(p) for p in f["paths"][:]]
+or both formats with cnncodes.export.read_codes("codes.h5") (.codes, .paths, .labels, .config).
+"""
+
+
+def add_extract_parser(subparsers):
+    """``cnncodes extract DATA --model M ...``."""
+    parser = subparsers.add_parser(
+        "extract",
+        help="compute (and cache) the CNN codes of a folder or a manifest",
+        description=_fill(
+            "Compute the CNN codes of every image in DATA: the pooled activations of "
+            "one or more layers of a frozen network. Codes come from the cache where possible."
+        ),
+        epilog=_EXTRACT_EPILOG,
+        formatter_class=_Formatter,
+    )
+    _add_data_options(parser)
+    _add_model_options(parser)
+    _add_runtime_options(parser)
+    parser.add_argument(
+        "--out",
+        "-o",
+        metavar="FILE",
+        help="write the codes with paths, labels and configuration to FILE: .h5 (HDF5) or .npz",
+    )
+    parser.set_defaults(run=run_extract)
+
+
+def run_extract(args):
+    """Extract codes for DATA; print a summary; optionally write them to --out."""
+    from ..extract import extract_codes
+    from ..models import resolve_layers
+
+    output = _Output(args)
+    out_path = _check_out_path(args.out, FORMATS)
+    dataset = _load_data(args, output)
+    spec = _spec_from_args(args)
+    layers = resolve_layers(spec, args.layer or ["penultimate"])
+    result = extract_codes(
+        dataset.paths,
+        spec,
+        layers,
+        args.pooling,
+        cache_dir=_cache_dir_from_args(args),
+        batch_size=args.batch_size,
+        num_workers=args.workers,
+        device=args.device,
+        precision=args.precision,
+        on_error=args.on_error,
+        progress=output.progress,
+    )
+    if out_path is not None:
+        write_codes(out_path, result, dataset, spec, args.pooling)
+    _note_skipped(output, result.skipped)
+    widths = {layer: codes.shape[1] for layer, codes in result.codes.items()}
+    precision = next(iter(result.configs.values()))["precision"]
+    cache_root = resolve_cache_dir(_cache_dir_from_args(args))
+    summary = {
+        "command": "extract",
+        "data": dataset.root,
+        "source": dataset.kind,
+        "images": len(dataset),
+        "computed": result.computed,
+        "cached": result.cached,
+        "skipped": len(result.skipped),
+        "skipped_files": skipped_json(result.skipped),
+        "model": spec.model,
+        "weights": spec.weights_id,
+        "layers": list(result.codes),
+        "pooling": args.pooling,
+        "precision": precision,
+        "features": int(sum(widths.values())),
+        "features_per_layer": widths,
+        "classes": dataset.counts() or None,
+        "cache_dir": cache_root,
+        "seconds": round(result.seconds, 3),
+        "out": out_path,
+    }
+    lines = [
+        f"{len(dataset)} images: {result.computed} computed, {result.cached} cached, "
+        f"{len(result.skipped)} skipped in {result.seconds:.1f} s",
+        f"codes: {len(result.kept)} x {summary['features']} float32 from "
+        + ", ".join(f"{layer} ({w})" for layer, w in widths.items())
+        + f", pooling {args.pooling}, {spec.model} [{_short_weights(spec.weights_id)}], {precision}",
+    ]
+    lines.append(f"cache: {cache_root}" if cache_root else "cache: off")
+    if out_path:
+        lines.append(f"wrote {display(out_path)}")
+    output.result(summary, lines)
+    return EXIT_OK

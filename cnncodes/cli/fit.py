@@ -1,0 +1,345 @@
+"""``cnncodes fit``: grid-search a recipe, evaluate it, save the model and a report."""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import os
+
+import numpy as np
+
+from .._choices import describe_preprocessing
+from .._files import display
+from .._json import jsonable, skipped_json
+from ..datasets import load_dataset
+from ._core import (
+    EXIT_OK,
+    UsageError,
+    _add_data_options,
+    _add_model_options,
+    _add_runtime_options,
+    _at_least_two,
+    _cache_dir_from_args,
+    _check_out_path,
+    _fill,
+    _fmt,
+    _Formatter,
+    _load_data,
+    _n_jobs,
+    _note_skipped,
+    _Output,
+    _preprocessing_from_args,
+    _seed,
+    _table,
+)
+
+_FIT_EPILOG = """\
+examples:
+  # scenario 1: a linear probe on resnet50's top-layer codes, a quarter of the images held out
+  cnncodes fit photos/ --pipeline linear_probe --model resnet50 --test-size 0.25 \\
+      --out model.skops --report report/
+
+  # scenario 3: sweep four depths of a local checkpoint with SVMs, separate test folder
+  cnncodes fit train/ --pipeline layer_sweep_svm --model mobilenet_v2 --weights mnv2.pth \\
+      --layer features.3 --layer features.6 --layer features.13 --layer features.18 \\
+      --test test/ --report report/ --n-jobs 2
+
+  # your own recipe file (defines build(**overrides) -> (pipeline, param_grid))
+  cnncodes fit photos/ --pipeline my_recipe.py --model resnet18 --json
+
+Recipes: linear_probe (scenario 1), linear_svm (1), layer_sweep_svm (3), sgd (larger sets).
+Every image goes through the network once per configuration before the search starts; the
+folds and candidates read the cache. --report DIR writes metrics.json, cv_results.csv,
+confusion_matrix.png, layer_sweep.png (layer sweeps) and config.json (how to reproduce the run).
+"""
+
+_FIT_LAYER_HELP = (
+    "graph-node name (see 'cnncodes layers M'); repeat for several. A recipe that sweeps layers "
+    "(layer_sweep_svm) tries each one; other recipes concatenate their codes (default: the "
+    "recipe's, e.g. penultimate)"
+)
+
+
+def add_fit_parser(subparsers):
+    """``cnncodes fit DATA --pipeline NAME ...``."""
+    import pipelines
+
+    parser = subparsers.add_parser(
+        "fit",
+        help="grid-search a recipe on labelled images, evaluate it, save the model",
+        description=_fill(
+            "Run a recipe's grid search (stratified cross-validation) on the labelled images of "
+            "DATA, print every candidate's score, the best parameters and the held-out metrics "
+            "(accuracy, balanced accuracy, per-class precision and recall), and save the best "
+            "pipeline refitted on all training images."
+        ),
+        epilog=_FIT_EPILOG,
+        formatter_class=_Formatter,
+    )
+    _add_data_options(parser)
+    parser.add_argument(
+        "--pipeline",
+        "-P",
+        default="linear_probe",
+        metavar="NAME|PATH",
+        help=f"a recipe ({', '.join(pipelines.available())}) or a .py file defining "
+        "build(**overrides) (default: %(default)s)",
+    )
+    _add_model_options(parser, required=False, layer_help=_FIT_LAYER_HELP)
+    evaluation = parser.add_argument_group("evaluation")
+    held_out = evaluation.add_mutually_exclusive_group()
+    held_out.add_argument(
+        "--test", metavar="DATA2", help="labelled images to evaluate on (folder or CSV manifest)"
+    )
+    held_out.add_argument(
+        "--test-size",
+        type=_fraction,
+        metavar="F",
+        help="hold out this stratified fraction of DATA for the evaluation (e.g. 0.25)",
+    )
+    evaluation.add_argument(
+        "--cv",
+        type=_at_least_two,
+        default=5,
+        metavar="K",
+        help="cross-validation folds, lowered to the smallest class (default: %(default)s)",
+    )
+    evaluation.add_argument(
+        "--scoring",
+        type=_scoring,
+        default=None,
+        metavar="S",
+        help="the search's score: accuracy (default), balanced_accuracy, f1_macro, ...",
+    )
+    evaluation.add_argument(
+        "--n-jobs",
+        type=_n_jobs,
+        default=None,
+        metavar="N",
+        help="parallel fits of the search (-1: one per CPU)",
+    )
+    evaluation.add_argument(
+        "--random-state",
+        type=_seed,
+        default=0,
+        metavar="N",
+        help="seed of the test split and the folds (default: %(default)s)",
+    )
+    _add_runtime_options(parser)
+    out = parser.add_argument_group("results")
+    out.add_argument(
+        "--out", "-o", metavar="FILE", help="save the fitted pipeline: .joblib or .skops"
+    )
+    out.add_argument(
+        "--report",
+        metavar="DIR",
+        help="write metrics.json, cv_results.csv, plots and config.json into DIR",
+    )
+    parser.set_defaults(run=run_fit)
+
+
+def _scoring(text):
+    from sklearn.metrics import get_scorer_names
+
+    names = get_scorer_names()
+    if text not in names:
+        close = difflib.get_close_matches(text, names, n=4, cutoff=0.5)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a scikit-learn scorer{hint} (e.g. accuracy, balanced_accuracy, "
+            "f1_macro; all: sklearn.metrics.get_scorer_names())"
+        )
+    return text
+
+
+def _fraction(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a fraction such as 0.25") from None
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a fraction between 0 and 1")
+    return value
+
+
+def _codes_overrides(args):
+    """CNNCodes parameters given on the command line (None: the recipe's default)."""
+    given = {
+        "model": getattr(args, "model", None),
+        "weights": args.weights,
+        **_preprocessing_from_args(args),
+        "layer": args.layer,
+        "pooling": args.pooling,
+        "num_workers": args.workers,
+        "precision": None if args.precision == "auto" else args.precision,
+        "device": None if args.device == "auto" else args.device,
+    }
+    overrides = {k: v for k, v in given.items() if v is not None}
+    overrides["seed"] = args.seed
+    overrides["batch_size"] = args.batch_size
+    overrides["cache_dir"] = _cache_dir_from_args(args)
+    return overrides
+
+
+def _param_cell(value):
+    """A grid value for the candidates table: floats to 4 significant digits."""
+    if isinstance(value, (float, np.floating)):
+        return f"{value:.4g}"
+    return value
+
+
+def _fit_preprocessing(result):
+    """(values, source) of the best pipeline's preprocessing, from the run's configuration."""
+    config = result.config
+    return config["extractor"]["preprocessing"], config.get("preprocessing_source")
+
+
+def _fit_lines(result, test_note, out_path, written, limit=15):
+    metrics = result.metrics
+    table = result.table
+    params = [c for c in table.columns if c not in ("rank", "mean", "std", "fit_seconds")]
+    rows = [
+        [r["rank"], *(_param_cell(r[p]) for p in params), _fmt(r["mean"]), _fmt(r["std"])]
+        for r in table.head(limit).to_dict("records")
+    ]
+    cv = metrics["cv"]
+    lines = [
+        f"{result.recipe}: {cv['n_candidates']} candidate(s) x {cv['n_splits']} folds, "
+        f"cross-validated {metrics['scoring']} (mean and std over folds)"
+    ]
+    lines += _table(["rank", *params, "mean", "std"], rows, right=("rank", "mean", "std"))
+    if len(table) > limit:
+        lines.append(f"... {len(table) - limit} more candidates (--report DIR: cv_results.csv)")
+    best = ", ".join(f"{k}={v}" for k, v in metrics["best_params"].items()) or "(no parameters)"
+    lines.append(
+        f"best: {best}  (cv {metrics['scoring']} {_fmt(cv['best_score'])} "
+        f"+- {_fmt(cv['best_std'])})"
+    )
+    if result.layers is not None:
+        lines.append("best score per layer:")
+        lines += [
+            f"  {'*' if r.best else ' '} {r.layer}: {_fmt(r.mean_test_score)} "
+            f"+- {_fmt(r.std_test_score)}"
+            for r in result.layers.itertuples()
+        ]
+    evaluated = metrics["test"]
+    if evaluated is None:
+        evaluated = cv.get("predictions")
+        head = "no held-out images (--test DATA2 or --test-size F); cross-validated predictions"
+    else:
+        head = f"test ({test_note}, {evaluated['n']} images)"
+    if evaluated is not None:
+        lines.append(
+            f"{head}: accuracy {_fmt(evaluated['accuracy'])}, balanced accuracy "
+            f"{_fmt(evaluated['balanced_accuracy'])}"
+        )
+        lines += _table(
+            ["class", "precision", "recall", "support"],
+            [
+                [c, _fmt(m["precision"]), _fmt(m["recall"]), m["support"]]
+                for c, m in evaluated["per_class"].items()
+            ],
+            right=("precision", "recall", "support"),
+        )
+    lines.append(f"preprocessing: {describe_preprocessing(*_fit_preprocessing(result))}")
+    duplicates = metrics.get("duplicates")
+    if duplicates is not None:
+        shared = duplicates["test_in_train"]
+        lines.append(
+            "same content (SHA-256): "
+            + ("" if shared is None else f"{shared} test image(s) also in training, ")
+            + f"{duplicates['within_train']} training image(s) repeating another"
+        )
+    if out_path:
+        lines.append(f"saved model: {display(out_path)}")
+        from ..persistence import BUILTIN_MODEL_CALLABLES, model_callables
+
+        own = [c for c in model_callables(result.estimator) if c not in BUILTIN_MODEL_CALLABLES]
+        if own:
+            flags = " ".join(f"--trust-model-code {c}" for c in own)
+            lines.append(f"it names your model code: predict with {flags}")
+    if written:
+        folder = os.path.dirname(next(iter(written.values())))
+        lines.append(f"report: {display(folder)} ({', '.join(written)})")
+    return lines
+
+
+def run_fit(args):
+    """Grid-search the recipe; print the table and metrics; save the model and the report."""
+    from .. import persistence
+    from ..experiment import run_experiment
+
+    output = _Output(args)
+    out_path = _check_out_path(args.out, persistence.FORMATS)
+    if args.report is not None and os.path.exists(args.report) and not os.path.isdir(args.report):
+        raise UsageError(f"--report {args.report!r} exists and is not a folder")
+    dataset = _load_data(args, output)
+    if dataset.labels is None:
+        raise UsageError(
+            f"{args.data}: fit needs labelled images (class sub-folders, or a manifest with a "
+            "'label' column)"
+        )
+    test = None
+    test_note = None
+    if args.test is not None:
+        test_set = load_dataset(args.test, allow_outside_root=args.allow_outside_root)
+        if test_set.labels is None:
+            raise UsageError(f"--test {args.test}: the test images need labels")
+        test = (test_set.paths, test_set.labels)
+        test_note = display(test_set.root)
+    elif args.test_size is not None:
+        test_note = f"{args.test_size:g} of DATA held out"
+    try:
+        result = run_experiment(
+            dataset.paths,
+            dataset.labels,
+            args.pipeline,
+            overrides=_codes_overrides(args),
+            test=test,
+            test_size=args.test_size,
+            cv=args.cv,  # --cv accepts 2 and more only
+            scoring=args.scoring,
+            n_jobs=args.n_jobs,
+            seed=args.random_state,
+            on_error=args.on_error,
+            progress=output.progress,
+            log=output.note,
+        )
+    except TypeError as exc:  # a recipe option the recipe does not take
+        raise UsageError(str(exc)) from None
+    if out_path is not None:
+        persistence.save(result.estimator, out_path)
+    written = {}
+    if args.report is not None:
+        from ..report import write_report
+
+        written = write_report(result, args.report)
+    for items in result.skipped.values():
+        _note_skipped(output, items)
+    preprocessing, source = _fit_preprocessing(result)
+    summary = {
+        "command": "fit",
+        "data": dataset.root,
+        "recipe": result.recipe,
+        "metrics": result.metrics,
+        "candidates": result.table.to_dict("records"),
+        "layers": None
+        if result.layers is None
+        else [
+            {
+                "layer": r.layer,
+                "mean_test_score": r.mean_test_score,
+                "std_test_score": r.std_test_score,
+                "best": bool(r.best),
+            }
+            for r in result.layers.itertuples()
+        ],
+        "extraction": result.extraction,
+        "preprocessing": {**preprocessing, "source": source},
+        "skipped": {p: skipped_json(items) for p, items in result.skipped.items()},
+        "out": out_path,
+        "report": written or None,
+        "seconds": round(result.seconds, 3),
+    }
+    output.result(jsonable(summary), _fit_lines(result, test_note, out_path, written))
+    return EXIT_OK

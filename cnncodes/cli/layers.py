@@ -1,0 +1,98 @@
+"""``cnncodes layers``: a model's graph nodes with output shapes and code sizes."""
+
+from __future__ import annotations
+
+from .._choices import POOLINGS
+from ._core import (
+    EXIT_OK,
+    _add_output_options,
+    _add_preprocessing_options,
+    _add_weights_options,
+    _fill,
+    _Formatter,
+    _Output,
+    _short_weights,
+    _spec_from_args,
+    _table,
+)
+
+_LAYERS_EPILOG = """\
+examples:
+  cnncodes layers resnet50
+  cnncodes layers mobilenet_v2 --weights none --resize 160 --crop 128
+  cnncodes layers my_package.nets:small_cnn --json
+
+Shapes are (channels, height, width) for the input size of the weights' preprocessing (change it
+with --resize/--crop); code sizes are what each --pooling makes of the layer ('-': not possible).
+"""
+
+
+def add_layers_parser(subparsers):
+    """``cnncodes layers MODEL``."""
+    parser = subparsers.add_parser(
+        "layers",
+        help="list a model's layers with output shapes and code sizes",
+        description=_fill(
+            "List the graph nodes of MODEL that can be used as --layer, with their "
+            "output shape and the code size under each pooling. The penultimate layer (the input of "
+            "the last linear layer, the default --layer) is marked with '*'. No weights are loaded."
+        ),
+        epilog=_LAYERS_EPILOG,
+        formatter_class=_Formatter,
+    )
+    parser.add_argument(
+        "model", metavar="MODEL", help="torchvision name or package.module:callable"
+    )
+    group = parser.add_argument_group("model")
+    _add_weights_options(group)
+    _add_preprocessing_options(parser.add_argument_group("preprocessing"))
+    _add_output_options(parser, quiet=False)
+    parser.set_defaults(run=run_layers)
+
+
+def run_layers(args):
+    """Print the layer table of a model."""
+    from ..models import default_preprocessing_note, list_layers, resolve_layers
+
+    output = _Output(args)
+    spec = _spec_from_args(args, model=args.model)
+    infos = list_layers(spec)
+    try:
+        penultimate = resolve_layers(spec, ["penultimate"])[0]
+    except ValueError:
+        penultimate = None
+    h, w = spec.preprocessing.input_size
+    note = default_preprocessing_note(spec)
+    if note:
+        output.note(note)
+    data = {
+        "model": spec.model,
+        "weights": spec.weights_id,
+        "input_size": [3, h, w],
+        "preprocessing": {
+            **spec.preprocessing.to_dict(),
+            "source": dict(spec.preprocessing.source),
+        },
+        "penultimate": penultimate,
+        "layers": [
+            {"name": i.name, "shape": list(i.shape), "code_sizes": dict(i.code_sizes)}
+            for i in infos
+        ],
+    }
+    rows = [
+        [
+            ("* " if i.name == penultimate else "  ") + i.name,
+            "x".join(map(str, i.shape)),
+            *(i.code_sizes.get(p) for p in POOLINGS),
+        ]
+        for i in infos
+    ]
+    lines = [
+        f"{spec.model} [{_short_weights(spec.weights_id)}], input 3x{h}x{w}: {len(infos)} layers",
+        f"preprocessing: {spec.preprocessing.describe()}",
+    ]
+    lines += _table(["  layer", "shape", *POOLINGS], rows, right=POOLINGS)
+    if penultimate is not None:
+        lines.append(f"* penultimate = {penultimate} (the default --layer)")
+    output.result(data, lines)
+    return EXIT_OK

@@ -1,0 +1,240 @@
+"""The codes file of ``cnncodes extract --out``: codes with their paths, labels and configuration.
+
+Two containers hold the same layout, chosen by the file's extension (:data:`FORMATS`):
+
+``codes``
+    float32 ``(n, d)``: one row per image that has a code (layers concatenated in order).
+``paths``
+    each row's file name as bytes (``os.fsdecode`` gives a path that opens, also for names that
+    are not UTF-8); ``display_paths`` the same as UTF-8 text, undecodable bytes shown as ``\\xNN``.
+``labels``
+    each row's label as text (only for labelled data).
+``kept``
+    int64: each row's position in the input (images that could not be read have no row).
+``layers/<name>``
+    each layer's codes, when there are several.
+``config``
+    JSON: the cnncodes version, the model spec, layers, pooling, the cache configurations,
+    the data source and the images left out.
+
+An ``.h5`` file reads with plain h5py (``f["codes"][:]``, ``f.attrs["config"]``), an ``.npz``
+file with ``numpy.load``; :func:`read_codes` reads both. Files are written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import __version__
+from ._files import atomic_path, display
+from ._json import jsonable, skipped_json
+
+__all__ = ["FORMATS", "CodesFile", "read_codes", "write_codes"]
+
+FORMATS = (".h5", ".hdf5", ".npz")
+
+
+def _format(path):
+    ext = os.path.splitext(os.fspath(path))[1].lower()
+    if ext not in FORMATS:
+        raise ValueError(
+            f"codes file {os.fspath(path)!r}: unknown extension {ext or '(none)'!r}; "
+            f"use one of {', '.join(FORMATS)}"
+        )
+    return ext
+
+
+def write_codes(path, result, dataset, spec, pooling):
+    """Write the codes of ``result`` for ``dataset`` to ``path`` (.h5, .hdf5 or .npz), atomically.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The file; its extension chooses the container.
+    result : cnncodes.extract.ExtractionResult
+        What :func:`~cnncodes.extract.extract_codes` returned for ``dataset.paths``.
+    dataset : cnncodes.datasets.ImageDataset
+        The images (paths, labels, kind and root) the codes were computed for.
+    spec : cnncodes.models.ModelSpec
+        The network that made them.
+    pooling : str
+        Their pooling.
+
+    Returns
+    -------
+    str
+        ``path``.
+
+    Examples
+    --------
+    >>> result = extract_codes(data.paths, spec, "avgpool", "avg")  # doctest: +SKIP
+    >>> write_codes("codes.h5", result, data, spec, "avg")  # doctest: +SKIP
+    'codes.h5'
+    """
+    path = os.fspath(path)
+    ext = _format(path)
+    kept = np.asarray(result.kept, dtype=np.int64)
+    codes = np.ascontiguousarray(result.concatenated(), dtype=np.float32)
+    paths = [os.fsencode(dataset.paths[i]) for i in kept]
+    shown = [display(dataset.paths[i]) for i in kept]
+    labels = [display(dataset.labels[i]) for i in kept] if dataset.labels is not None else None
+    layers = list(result.codes)
+    config = {
+        "cnncodes_version": __version__,
+        "spec": spec.to_dict(),
+        "layers": layers,
+        "pooling": pooling,
+        "configs": result.configs,
+        "source": {"kind": dataset.kind, "root": display(dataset.root)},
+        "skipped": skipped_json(result.skipped),
+    }
+    config_json = json.dumps(jsonable(config), sort_keys=True)
+    with atomic_path(path) as tmp:
+        if ext == ".npz":
+            arrays = {
+                "codes": codes,
+                "paths": np.array(paths, dtype=bytes),
+                "display_paths": np.array(shown, dtype=str),
+                "kept": kept,
+                "config": np.array(config_json),
+            }
+            if labels is not None:
+                arrays["labels"] = np.array(labels, dtype=str)
+            if len(layers) > 1:
+                for layer, arr in result.codes.items():
+                    arrays[f"layers/{layer}"] = arr
+            with open(tmp, "wb") as f:
+                np.savez(f, **arrays)
+        else:
+            import h5py
+
+            text = h5py.string_dtype("utf-8")
+            with h5py.File(tmp, "w") as f:
+                f.create_dataset("codes", data=codes)
+                # h5py's type for bytes objects (declared ASCII; HDF5 keeps the bytes as given).
+                raw = h5py.string_dtype("ascii")
+                f.create_dataset("paths", data=np.array(paths, dtype=object), dtype=raw)
+                f.create_dataset("display_paths", data=np.array(shown, dtype=object), dtype=text)
+                if labels is not None:
+                    f.create_dataset("labels", data=np.array(labels, dtype=object), dtype=text)
+                f.create_dataset("kept", data=kept)
+                if len(layers) > 1:
+                    group = f.create_group("layers")
+                    for layer, arr in result.codes.items():
+                        group.create_dataset(layer, data=arr)
+                f.attrs["config"] = config_json
+                f.attrs["configs"] = json.dumps(result.configs, sort_keys=True)
+                f.attrs["layers"] = json.dumps(layers)
+                f.attrs["cnncodes_version"] = __version__
+    return path
+
+
+@dataclass(frozen=True)
+class CodesFile:
+    """What :func:`read_codes` returns: the arrays of a codes file, paths as real paths.
+
+    Attributes
+    ----------
+    codes : ndarray of float32, shape (n, d)
+    paths : list of str
+        File names that open (``os.fsdecode`` of the stored bytes).
+    display_paths : list of str
+        The same, printable.
+    labels : list of str or None
+    kept : ndarray of int64
+        Each row's position in the input the file was written for.
+    layers : dict
+        ``{layer: codes}`` when the file holds several layers, else ``{}``.
+    config : dict
+        The configuration (see the module's docstring).
+    """
+
+    codes: np.ndarray
+    paths: list
+    display_paths: list
+    labels: list | None
+    kept: np.ndarray
+    layers: dict
+    config: dict
+
+
+def _plain_datasets(group, path, prefix=""):
+    """``{name: dataset}`` of an HDF5 group, refusing links and external or virtual storage
+    (a file from elsewhere could otherwise make h5py read other files of this machine)."""
+    import h5py
+
+    found = {}
+    for name in group:
+        full = f"{prefix}{name}"
+        link = group.get(name, getlink=True)
+        if not isinstance(link, h5py.HardLink):
+            raise ValueError(f"{path}: {full!r} is a {type(link).__name__}, not a plain member")
+        obj = group[name]
+        if isinstance(obj, h5py.Group):
+            found.update(_plain_datasets(obj, path, f"{full}/"))
+        elif obj.external or obj.is_virtual:
+            raise ValueError(f"{path}: {full!r} uses external or virtual storage")
+        else:
+            found[full] = obj
+    return found
+
+
+def read_codes(path):
+    """Read a file written by :func:`write_codes` (or ``cnncodes extract --out``).
+
+    Raises
+    ------
+    ValueError
+        ``path`` has an unknown extension, is not a regular file, lacks a member, or is an HDF5
+        file with links or external storage (never followed).
+
+    Examples
+    --------
+    >>> saved = read_codes("codes.h5")  # doctest: +SKIP
+    >>> saved.codes.shape, saved.paths[0], saved.config["pooling"]  # doctest: +SKIP
+    ((6, 512), 'photos/ants/a.jpg', 'avg')
+    """
+    path = os.fspath(path)
+    ext = _format(path)
+    if not stat.S_ISREG(os.lstat(path).st_mode):
+        raise ValueError(f"codes file {path!r} is not a regular file")
+    try:
+        if ext == ".npz":
+            with np.load(path, allow_pickle=False) as f:
+                arrays = {name: f[name] for name in f.files}
+            config = json.loads(str(arrays.pop("config")))
+            raw = [bytes(p) for p in arrays.pop("paths")]
+            shown = [str(p) for p in arrays.pop("display_paths")]
+            labels = arrays.pop("labels", None)
+        else:
+            import h5py
+
+            with h5py.File(path, "r", locking=False) as f:
+                members = _plain_datasets(f, path)
+                arrays = {name: members[name][()] for name in members}
+                if "config" not in f.attrs:
+                    raise KeyError("config")
+                config = json.loads(f.attrs["config"])
+            raw = [bytes(p) for p in arrays.pop("paths")]
+            shown = [p.decode("utf-8") for p in arrays.pop("display_paths")]
+            labels = arrays.pop("labels", None)
+            if labels is not None:
+                labels = [lab.decode("utf-8") for lab in labels]
+        codes, kept = arrays.pop("codes"), arrays.pop("kept")
+    except KeyError as exc:
+        raise ValueError(f"codes file {path!r}: missing {exc}; not written by cnncodes") from None
+    layers = {k.removeprefix("layers/"): v for k, v in arrays.items() if k.startswith("layers/")}
+    return CodesFile(
+        codes=codes,
+        paths=[os.fsdecode(p) for p in raw],
+        display_paths=shown,
+        labels=None if labels is None else [str(lab) for lab in labels],
+        kept=kept,
+        layers=layers,
+        config=config,
+    )

@@ -1,0 +1,63 @@
+"""Tests for cnncodes._files: printable paths and the one atomic, durable way to write a file."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import pytest
+
+from cnncodes import _files
+from cnncodes._files import atomic_path, atomic_write_bytes, display
+
+
+@pytest.fixture
+def fsynced(monkeypatch):
+    """The paths that went through ``os.fsync``, in order ('DIR ' before folders)."""
+    seen, real = [], os.fsync
+
+    def fsync(fd):
+        is_dir = stat.S_ISDIR(os.fstat(fd).st_mode)
+        seen.append(("DIR " if is_dir else "") + os.readlink(f"/proc/self/fd/{fd}"))
+        return real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    return seen
+
+
+def test_atomic_write_is_durable_and_leaves_no_temporary(tmp_path, fsynced):
+    target = tmp_path / "out.json"
+    atomic_write_bytes(target, b"{}")
+    assert target.read_bytes() == b"{}" and os.listdir(tmp_path) == ["out.json"]
+    # The data reached the disk under a temporary name before the rename, then the rename did.
+    assert len(fsynced) == 2 and os.path.basename(fsynced[0]).startswith(".out.json.tmp-")
+    assert fsynced[1] == f"DIR {tmp_path}"
+
+
+def test_a_failed_write_keeps_the_old_file_and_removes_its_temporary(tmp_path):
+    target = tmp_path / "model.skops"
+    target.write_bytes(b"old")
+    with (
+        pytest.raises(RuntimeError, match="disk full"),
+        atomic_path(target, suffix=".skops") as tmp,
+    ):
+        assert tmp.endswith(".skops") and os.path.dirname(tmp) == str(tmp_path)
+        with open(tmp, "wb") as f:
+            f.write(b"ne")
+        raise RuntimeError("disk full")
+    assert target.read_bytes() == b"old" and os.listdir(tmp_path) == ["model.skops"]
+
+
+def test_the_next_write_removes_what_a_killed_writer_left(tmp_path, monkeypatch):
+    monkeypatch.setattr(_files, "STALE_GRACE_SECONDS", 0)
+    dead = 2**22 + 12345  # above the default pid_max: no such process
+    left = tmp_path / f".codes.h5.tmp-{dead}@{_files._host()}-abcd"
+    left.write_bytes(b"half")
+    os.utime(left, (1, 1))
+    atomic_write_bytes(tmp_path / "codes.h5", b"whole")
+    assert sorted(os.listdir(tmp_path)) == ["codes.h5"]
+
+
+def test_display_shows_undecodable_bytes():
+    assert display(os.fsdecode(b"/d/caf\xe9.png")) == "/d/caf\\xe9.png"
+    assert display("/d/café.png") == "/d/café.png"
