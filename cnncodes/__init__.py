@@ -1,59 +1,71 @@
 """cnncodes: CNN codes from frozen pretrained networks, cached, for scikit-learn."""
 
-from .cache import CodeStore, list_configs, resolve_cache_dir
-from .datasets import DatasetWarning, ImageDataset, load_dataset
-from .extract import ExtractionResult, SkippedImage, extract_codes
-from .images import ImageLoadError, load_image
-from .models import (
-    LayerError,
-    LayerInfo,
-    ModelError,
-    ModelSpec,
-    WeightsError,
-    WeightsUnavailableError,
-    build_model,
-    list_layers,
-    resolve_spec,
-)
-from .persistence import ModelFileError
-from .transformers import (
-    CNNCodes,
-    SignedPower,
-    SkippedImagesError,
-    SkippedImagesWarning,
-    filter_readable,
-    warm_cache,
-)
+import importlib
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "CNNCodes",
-    "SignedPower",
-    "SkippedImagesError",
-    "SkippedImagesWarning",
-    "filter_readable",
-    "warm_cache",
-    "DatasetWarning",
-    "ImageDataset",
-    "load_dataset",
-    "ModelFileError",
-    "CodeStore",
-    "ExtractionResult",
-    "ImageLoadError",
-    "LayerError",
-    "LayerInfo",
-    "ModelError",
-    "ModelSpec",
-    "SkippedImage",
-    "WeightsError",
-    "WeightsUnavailableError",
-    "build_model",
-    "extract_codes",
-    "list_configs",
-    "list_layers",
-    "load_image",
-    "resolve_cache_dir",
-    "resolve_spec",
-    "__version__",
-]
+# Public names and the module each lives in. They are imported on first use (PEP 562), so that
+# a torch-free module such as cnncodes.spec or cnncodes.cache imports without torch.
+_EXPORTS = {
+    "CNNCodes": "transformers",
+    "SignedPower": "transformers",
+    "SkippedImagesError": "transformers",
+    "SkippedImagesWarning": "transformers",
+    "filter_readable": "transformers",
+    "warm_cache": "transformers",
+    "DatasetWarning": "datasets",
+    "ImageDataset": "datasets",
+    "load_dataset": "datasets",
+    "ModelFileError": "persistence",
+    "CodeStore": "cache",
+    "list_configs": "cache",
+    "resolve_cache_dir": "cache",
+    "ExtractionResult": "extract",
+    "SkippedImage": "extract",
+    "extract_codes": "extract",
+    "ImageLoadError": "images",
+    "load_image": "images",
+    "LayerError": "models",
+    "LayerInfo": "models",
+    "ModelError": "models",
+    "ModelSpec": "models",
+    "WeightsError": "models",
+    "WeightsUnavailableError": "models",
+    "build_model": "models",
+    "list_layers": "models",
+    "resolve_spec": "models",
+}
+_SUBMODULES = (
+    "advise",
+    "cache",
+    "cli",
+    "datasets",
+    "demo",
+    "demo_data",
+    "experiment",
+    "extract",
+    "images",
+    "models",
+    "persistence",
+    "pooling",
+    "report",
+    "spec",
+    "transformers",
+)
+
+__all__ = [*_EXPORTS, "__version__"]
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    elif name in _SUBMODULES:
+        value = importlib.import_module(f".{name}", __name__)
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted({*globals(), *_EXPORTS, *_SUBMODULES})

@@ -40,6 +40,7 @@ from .models import (
     resolve_spec,
 )
 from .pooling import POOLINGS
+from .spec import INTERPOLATIONS
 
 __all__ = ["main", "build_parser", "COMMANDS"]
 
@@ -48,7 +49,6 @@ EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 OUT_FORMATS = (".h5", ".hdf5", ".npz")
-_INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos")
 _DEBUG_HINT = "run with CNNCODES_DEBUG=1 for the traceback"
 
 
@@ -247,7 +247,7 @@ def _add_preprocessing_options(group):
     )
     group.add_argument("--mean", type=_floats, metavar="M|R,G,B", help="normalisation mean")
     group.add_argument("--std", type=_floats, metavar="S|R,G,B", help="normalisation std")
-    group.add_argument("--interpolation", choices=_INTERPOLATIONS, help="resize interpolation")
+    group.add_argument("--interpolation", choices=INTERPOLATIONS, help="resize interpolation")
     group.add_argument(
         "--impl",
         choices=("pil", "torch"),

@@ -51,6 +51,7 @@ from .models import (
     resolve_spec,
 )
 from .pooling import check_pooling, code_size, pool
+from .spec import Weights
 
 __all__ = [
     "CPU_FORWARD_BATCH",
@@ -274,29 +275,29 @@ def spec_from_config(config, weights_path=None, seed=0):
         layer, pooling, precision = config["layer"], config["pooling"], config["precision"]
     except (KeyError, TypeError) as exc:
         raise ValueError(f"not a cnncodes code configuration (missing {exc})") from None
-    if weights_id.startswith("none:seed="):
-        spec = resolve_spec(model, "none", seed=int(weights_id[len("none:seed=") :]), **overrides)
-    elif weights_id.startswith("sha256:"):
-        digest = weights_id[len("sha256:") :]
+    weights = Weights.parse(weights_id)
+    if weights.kind == "none":
+        spec = resolve_spec(model, "none", seed=weights.seed, **overrides)
+    elif weights.kind == "checkpoint":
         if weights_path is None:
             raise WeightsError(
-                f"made from a checkpoint file with SHA-256 {digest}, whose path is not stored; "
-                "pass the file (weights_path=..., --weights PATH)"
+                f"made from a checkpoint file with SHA-256 {weights.sha256}, whose path is not "
+                "stored; pass the file (weights_path=..., --weights PATH)"
             )
         candidates = (
             [weights_path] if isinstance(weights_path, (str, os.PathLike)) else weights_path
         )
-        found = [p for p in candidates if os.path.isfile(p) and file_sha256(p) == digest]
+        found = [p for p in candidates if os.path.isfile(p) and file_sha256(p) == weights.sha256]
         if not found:
             raise WeightsError(
-                f"made from a checkpoint file with SHA-256 {digest}; none of the given weights "
-                f"files ({', '.join(map(os.fspath, candidates))}) has that hash"
+                f"made from a checkpoint file with SHA-256 {weights.sha256}; none of the given "
+                f"weights files ({', '.join(map(os.fspath, candidates))}) has that hash"
             )
         spec = resolve_spec(model, found[0], seed=seed, **overrides)
-    elif weights_id.startswith("state-sha256:"):
+    elif weights.kind == "callable":
         spec = resolve_spec(model, None, seed=seed, **overrides)
     else:
-        spec = resolve_spec(model, weights_id, seed=seed, **overrides)
+        spec = resolve_spec(model, weights.name, seed=seed, **overrides)
     gpu = isinstance(config.get("decode"), str) and config["decode"].endswith(GPU_DECODER)
     rebuilt = code_config(spec, layer, pooling, precision, "cuda" if gpu else "cpu")
     if rebuilt != config:

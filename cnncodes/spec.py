@@ -1,0 +1,341 @@
+"""The concepts as plain types: preprocessing and resolved models (torch-free).
+
+What a model name, its weights and its preprocessing resolve to is described here by frozen
+dataclasses that import neither torch nor scikit-learn, so that the cache, reports and the
+command line can read, compare and print them cheaply. Resolving names to these types, and
+building networks from them, is :mod:`cnncodes.models`' work.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+from dataclasses import asdict, dataclass, field
+
+__all__ = [
+    "INTERPOLATIONS",
+    "ModelError",
+    "ModelSpec",
+    "PREPROCESSING_IMPLS",
+    "PREPROCESSING_KEYS",
+    "Preprocessing",
+    "Weights",
+    "WeightsError",
+    "describe_preprocessing",
+    "file_sha256",
+    "file_stamp",
+]
+
+#: Keys of the ``preprocessing`` dict a user's callable may declare (see
+#: :func:`cnncodes.models.resolve_spec`).
+PREPROCESSING_KEYS = ("resize", "crop", "mean", "std", "interpolation")
+#: Resize interpolations, by their torchvision ``InterpolationMode`` values.
+INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos")
+#: Implementations of :class:`Preprocessing` (``impl``), and the interpolations each supports.
+PREPROCESSING_IMPLS = {"pil": INTERPOLATIONS, "torch": ("bilinear", "bicubic")}
+
+
+class ModelError(ValueError):
+    """An unknown model name, a callable that does not build an ``nn.Module``, or one whose
+    declared ``preprocessing`` is invalid."""
+
+
+class WeightsError(ValueError):
+    """Weights that do not exist, do not fit the architecture, or changed on disk."""
+
+
+def file_stamp(path, st=None) -> tuple:
+    """What tells, without reading it, that a file is unchanged since it was last hashed.
+
+    ``(path, size, mtime_ns, ctime_ns, inode, device)``: every in-process memo of a content hash
+    (image digests, checkpoint SHA-256) is keyed on it. The ctime matters: a file rewritten in
+    place with its mtime restored (``os.utime``, ``cp -p``, ``rsync -t``) keeps path, size,
+    mtime and inode, but the kernel moves its ctime, which no user call can set back. ``st``: an
+    ``os.stat`` result already at hand.
+    """
+    if st is None:
+        st = os.stat(path)
+    return (os.fsdecode(path), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev)
+
+
+def file_sha256(path):
+    """SHA-256 hex digest of a file, memoised on its :func:`file_stamp`.
+
+    A file rewritten in place, even with its size and mtime kept, is hashed again (its ctime
+    moved), so a checkpoint's new bytes are never taken for the old ones.
+    """
+    return _file_sha256(file_stamp(path))
+
+
+@functools.lru_cache(maxsize=64)
+def _file_sha256(stamp):
+    path = stamp[0]
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+#: What :attr:`Weights.kind` can be.
+WEIGHTS_KINDS = ("torchvision", "checkpoint", "none", "callable")
+
+
+@dataclass(frozen=True)
+class Weights:
+    """Which weights a network has: what :attr:`ModelSpec.weights_id` says, as a type.
+
+    ``kind`` is one of
+
+    - ``"torchvision"``: named torchvision weights; ``name`` is ``"ResNet50_Weights.IMAGENET1K_V1"``;
+    - ``"checkpoint"``: a checkpoint file; ``sha256`` of its bytes, ``file`` its path when known
+      (a cache configuration does not store it);
+    - ``"none"``: random initialisation from ``seed``;
+    - ``"callable"``: as the user's ``package.module:callable`` builds them; ``sha256`` of the
+      state it built.
+
+    :attr:`identity` is the string that cache keys and saved models hold, and :meth:`parse` reads
+    it back. Building such weights is :func:`cnncodes.models.resolve_spec`'s work.
+
+    Examples
+    --------
+    >>> Weights("none", seed=3).identity
+    'none:seed=3'
+    >>> Weights.parse("sha256:" + "0" * 64, file="net.pth").kind
+    'checkpoint'
+    >>> Weights.parse("ResNet18_Weights.IMAGENET1K_V1").name
+    'ResNet18_Weights.IMAGENET1K_V1'
+    """
+
+    kind: str
+    name: str | None = None
+    file: str | None = None
+    sha256: str | None = None
+    seed: int | None = None
+
+    def __post_init__(self):
+        if self.kind not in WEIGHTS_KINDS:
+            raise ValueError(f"kind={self.kind!r}: choose one of {', '.join(WEIGHTS_KINDS)}")
+
+    @property
+    def identity(self):
+        """``name``, ``"sha256:<hex>"``, ``"none:seed=<n>"`` or ``"state-sha256:<hex>"``."""
+        if self.kind == "torchvision":
+            return self.name
+        if self.kind == "checkpoint":
+            return f"sha256:{self.sha256}"
+        if self.kind == "none":
+            return f"none:seed={self.seed}"
+        return f"state-sha256:{self.sha256}"
+
+    @classmethod
+    def parse(cls, identity, file=None):
+        """The :class:`Weights` whose :attr:`identity` is ``identity``; ``file``: the checkpoint's
+        path, if known (it is not part of the identity).
+
+        Raises
+        ------
+        WeightsError
+            ``identity`` is not a non-empty string, or its seed is not an integer.
+        """
+        if not isinstance(identity, str) or not identity:
+            raise WeightsError(
+                f"weights identity {identity!r}: expected a torchvision weights name, "
+                "'sha256:<hex>', 'state-sha256:<hex>' or 'none:seed=<n>'"
+            )
+        kind, sep, rest = identity.partition(":")
+        if sep and kind == "sha256":
+            return cls("checkpoint", file=None if file is None else os.fspath(file), sha256=rest)
+        if sep and kind == "state-sha256":
+            return cls("callable", sha256=rest)
+        if sep and kind == "none" and rest.startswith("seed="):
+            try:
+                return cls("none", seed=int(rest[len("seed=") :]))
+            except ValueError:
+                raise WeightsError(
+                    f"weights identity {identity!r}: the seed must be an integer"
+                ) from None
+        return cls("torchvision", name=identity)
+
+    def verify(self, path=None):
+        """Check that checkpoint ``path`` (default :attr:`file`) holds exactly these weights.
+
+        The one check of a checkpoint file against the SHA-256 that codes and models were made
+        with; other kinds have no file and pass. Returns the path checked, made absolute.
+
+        Raises
+        ------
+        WeightsError
+            The file is missing, or its SHA-256 differs (both are named).
+        """
+        if self.kind != "checkpoint":
+            return None
+        path = os.fspath(path if path is not None else self.file)
+        if not os.path.isfile(path):
+            raise WeightsError(
+                f"weights file not found: {path} (the codes were made with a file of SHA-256 "
+                f"{self.sha256}); if it moved, give its new path: `cnncodes predict --weights "
+                "PATH`, or cnncodes.experiment.relocate_weights(model, PATH)"
+            )
+        actual = file_sha256(path)
+        if actual != self.sha256:
+            own = self.file is None or os.path.abspath(path) == os.path.abspath(self.file)
+            what = "changed" if own else "is not the checkpoint this model was fitted with"
+            raise WeightsError(
+                f"weights file {path} {what}: its SHA-256 is {'now ' if own else ''}{actual}, "
+                f"but the codes (and any model trained on them) were made with {self.sha256}"
+                + (
+                    "; restore the original file, or refit"
+                    if own
+                    else f" ({self.file}); give that file"
+                )
+            )
+        return os.path.abspath(path)
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How an RGB image becomes the network's input tensor.
+
+    Resize the shorter side to ``resize`` (or to exactly ``(height, width)`` when two values are
+    given), centre-crop ``crop`` (``(height, width)``), scale to [0, 1], normalise with ``mean`` and
+    ``std``.
+
+    ``impl`` says which code does it, and is part of the cache key because the two change the
+    codes slightly:
+
+    - ``"pil"`` (default): Pillow decodes, resizes and crops, on the CPU.
+    - ``"torch"``: JPEG files are decoded by ``torchvision.io.decode_jpeg`` on the extraction
+      device (nvJPEG on a GPU, libjpeg-turbo on the CPU), other files by Pillow; EXIF orientation,
+      resizing (``interpolation`` must be ``"bilinear"`` or ``"bicubic"``, antialiased) and
+      cropping are tensor operations on the device. The decode policy
+      (:data:`cnncodes.images.DECODE_POLICY`) is the same.
+
+    ``source`` says where each value came from, as ``(key, origin)`` pairs; origins are
+    ``"explicit"``, ``"checkpoint"``, ``"model"`` (the user's callable declared it),
+    ``"weights"`` (torchvision weights' ``transforms()``) and ``"ImageNet default"``. It is
+    for display only: not compared, not in :meth:`to_dict`, not in the cache key.
+
+    Examples
+    --------
+    >>> pre = Preprocessing((256,), (224, 224), (0.5,) * 3, (0.5,) * 3)
+    >>> pre.input_size, pre.to_dict()["crop"]
+    ((224, 224), [224, 224])
+    """
+
+    resize: tuple
+    crop: tuple | None
+    mean: tuple
+    std: tuple
+    interpolation: str = "bilinear"
+    impl: str = "pil"
+    source: tuple = field(default=(), compare=False, repr=False)
+
+    @property
+    def input_size(self):
+        """``(height, width)`` of the tensor the network receives."""
+        if self.crop is not None:
+            return tuple(self.crop)
+        return tuple(self.resize)
+
+    def to_dict(self):
+        """A JSON-ready description, used in cache keys and reports (without ``source``)."""
+        return {
+            k: (list(v) if isinstance(v, tuple) else v)
+            for k, v in asdict(self).items()
+            if k != "source"
+        }
+
+    @classmethod
+    def from_dict(cls, values):
+        """The inverse of :meth:`to_dict` (lists become tuples; ``impl`` defaults to ``"pil"``)."""
+        crop = values["crop"]
+        return cls(
+            resize=tuple(values["resize"]),
+            crop=None if crop is None else tuple(crop),
+            mean=tuple(values["mean"]),
+            std=tuple(values["std"]),
+            interpolation=values["interpolation"],
+            impl=values.get("impl", "pil"),
+        )
+
+    def describe(self):
+        """One line for people: see :func:`describe_preprocessing`."""
+        return describe_preprocessing(self.to_dict(), dict(self.source))
+
+
+def describe_preprocessing(values, source=None):
+    """One line saying how images are preprocessed, and where each value came from.
+
+    Parameters
+    ----------
+    values : dict
+        :meth:`Preprocessing.to_dict` (also what a cache configuration stores).
+    source : dict, optional
+        ``{key: origin}`` (:attr:`Preprocessing.source`); adds ``(from: ...)``.
+
+    Examples
+    --------
+    >>> from cnncodes.models import resolve_preprocessing
+    >>> describe_preprocessing(resolve_preprocessing(mean=0.5).to_dict())
+    'mean=(0.5, 0.5, 0.5) std=(0.229, 0.224, 0.225) resize=256 crop=224x224 interpolation=bilinear'
+    >>> resolve_preprocessing(mean=0.5, std=0.5).describe()
+    'mean=(0.5, 0.5, 0.5) std=(0.5, 0.5, 0.5) resize=256 crop=224x224 interpolation=bilinear \
+(from: explicit: mean, std; ImageNet default: resize, crop, interpolation)'
+    """
+
+    def size(value):
+        return "none" if value is None else "x".join(str(v) for v in value)
+
+    def floats(value):
+        return "(" + ", ".join(f"{float(v):g}" for v in value) + ")"
+
+    text = (
+        f"mean={floats(values['mean'])} std={floats(values['std'])} "
+        f"resize={size(values['resize'])} crop={size(values['crop'])} "
+        f"interpolation={values.get('interpolation')}"
+    )
+    if values.get("impl", "pil") != "pil":
+        text += f" impl={values['impl']}"
+    if source:
+        groups = {}
+        for key in ("mean", "std", "resize", "crop", "interpolation"):
+            if key in source:
+                groups.setdefault(source[key], []).append(key)
+        if len(groups) == 1:
+            text += f" (from: {next(iter(groups))})"
+        else:
+            text += " (from: " + "; ".join(f"{o}: {', '.join(k)}" for o, k in groups.items()) + ")"
+    return text
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A fully resolved model: everything that changes the network's numbers, and nothing else.
+
+    Cheap to build, hash and pickle (no tensors). ``weights_id`` is the identity of the weights:
+    the torchvision enum name, ``"sha256:<hex>"`` of a checkpoint file, ``"none:seed=<n>"``, or the
+    SHA-256 of the state the user's callable built. ``arch_id`` fingerprints the architecture itself:
+    its modules, parameter names and shapes, and for the user's own architecture also the code its
+    ``forward()`` runs (``"<modules>+<code>"``, see :func:`cnncodes.models._arch_id`).
+    Made by :func:`cnncodes.models.resolve_spec`.
+    """
+
+    model: str
+    weights: str
+    weights_id: str
+    arch_id: str
+    seed: int
+    preprocessing: Preprocessing
+
+    @property
+    def weights_spec(self):
+        """:attr:`weights_id` as :class:`Weights` (with the checkpoint's path as ``file``)."""
+        return Weights.parse(self.weights_id, file=self.weights)
+
+    def to_dict(self):
+        """A JSON-ready description (cache keys, reports, ``--out`` files)."""
+        out = asdict(self)
+        out["preprocessing"] = self.preprocessing.to_dict()
+        return out
