@@ -40,7 +40,7 @@ from .models import (
     resolve_spec,
 )
 from .pooling import POOLINGS
-from .spec import INTERPOLATIONS
+from .spec import INTERPOLATIONS, Weights
 
 __all__ = ["main", "build_parser", "COMMANDS"]
 
@@ -124,10 +124,7 @@ def _table(headers, rows, right=()):
 
 def _short_weights(weights_id):
     """``sha256:<64 hex>`` shortened for tables."""
-    for prefix in ("sha256:", "state-sha256:"):
-        if weights_id.startswith(prefix):
-            return weights_id[: len(prefix) + 12] + "..."
-    return weights_id
+    return Weights.parse(weights_id).short_identity
 
 
 # ----------------------------------------------------------------------------- argument types

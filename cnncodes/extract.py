@@ -31,7 +31,6 @@ from torchvision.transforms.v2 import functional as TF
 
 from . import cache as _cache
 from .images import (
-    DECODE_POLICY,
     ImageLoadError,
     file_digests,
     jpeg_orientation,
@@ -51,7 +50,7 @@ from .models import (
     resolve_spec,
 )
 from .pooling import check_pooling, code_size, pool
-from .spec import Weights
+from .spec import GPU_DECODER, CodeKey
 
 __all__ = [
     "CPU_FORWARD_BATCH",
@@ -210,32 +209,13 @@ def exact_fp32(device_type):
             setattr(module, attribute, value)
 
 
-#: Appended to the decode policy for ``impl="torch"`` on a GPU: nvJPEG decodes slightly
-#: differently from libjpeg-turbo, so those codes are cached apart from CPU-decoded ones.
-GPU_DECODER = "+nvjpeg"
-
-
 def code_config(spec, layer, pooling, precision, device_type="cpu"):
     """The cache configuration of one layer's codes: everything that changes the numbers.
 
-    Batch size, worker count and device count are deliberately absent: they do not change codes.
-    The device matters only where it changes the numbers: its default precision (``precision``
-    is already resolved) and, with ``impl="torch"``, the JPEG decoder (nvJPEG on a GPU).
+    :meth:`CodeKey.config <cnncodes.spec.CodeKey.config>` of
+    :meth:`CodeKey.for_device <cnncodes.spec.CodeKey.for_device>`; see there.
     """
-    decode = DECODE_POLICY
-    if spec.preprocessing.impl == "torch" and device_type == "cuda":
-        decode += GPU_DECODER
-    return {
-        "format": _cache.FORMAT_VERSION,
-        "model": spec.model,
-        "arch": spec.arch_id,
-        "weights": spec.weights_id,
-        "layer": layer,
-        "pooling": pooling,
-        "preprocessing": spec.preprocessing.to_dict(),
-        "precision": precision,
-        "decode": decode,
-    }
+    return CodeKey.for_device(spec, layer, pooling, precision, device_type).config()
 
 
 def spec_from_config(config, weights_path=None, seed=0):
@@ -261,21 +241,16 @@ def spec_from_config(config, weights_path=None, seed=0):
     >>> spec_from_config(code_config(spec, "avgpool", "avg", "fp32")) == spec
     True
     """
-    try:
-        model, weights_id = config["model"], config["weights"]
-        pre = config["preprocessing"]
-        overrides = {
-            "resize": pre["resize"],
-            "crop": pre["crop"] if pre["crop"] is not None else 0,
-            "mean": pre["mean"],
-            "std": pre["std"],
-            "interpolation": pre["interpolation"],
-            "impl": pre.get("impl", "pil"),
-        }
-        layer, pooling, precision = config["layer"], config["pooling"], config["precision"]
-    except (KeyError, TypeError) as exc:
-        raise ValueError(f"not a cnncodes code configuration (missing {exc})") from None
-    weights = Weights.parse(weights_id)
+    key = CodeKey.from_config(config)
+    model, weights, pre = key.spec.model, key.spec.weights_spec, key.spec.preprocessing
+    overrides = {
+        "resize": pre.resize,
+        "crop": pre.crop if pre.crop is not None else 0,
+        "mean": pre.mean,
+        "std": pre.std,
+        "interpolation": pre.interpolation,
+        "impl": pre.impl,
+    }
     if weights.kind == "none":
         spec = resolve_spec(model, "none", seed=weights.seed, **overrides)
     elif weights.kind == "checkpoint":
@@ -298,8 +273,9 @@ def spec_from_config(config, weights_path=None, seed=0):
         spec = resolve_spec(model, None, seed=seed, **overrides)
     else:
         spec = resolve_spec(model, weights.name, seed=seed, **overrides)
-    gpu = isinstance(config.get("decode"), str) and config["decode"].endswith(GPU_DECODER)
-    rebuilt = code_config(spec, layer, pooling, precision, "cuda" if gpu else "cpu")
+    gpu = isinstance(key.decode, str) and key.decode.endswith(GPU_DECODER)
+    device_type = "cuda" if gpu else "cpu"
+    rebuilt = CodeKey.for_device(spec, key.layer, key.pooling, key.precision, device_type).config()
     if rebuilt != config:
         fields = sorted(k for k in set(rebuilt) | set(config) if rebuilt.get(k) != config.get(k))
         raise ValueError(

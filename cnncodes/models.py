@@ -896,9 +896,7 @@ def resolve_spec(
         impl=impl,
     )
     arch_id = _arch_id(model, kind.name)
-    # ModelSpec.weights: the name or file a user would give to get these weights again.
-    name = {"checkpoint": kind.file, "torchvision": kind.name}.get(kind.kind, kind.kind)
-    return ModelSpec(model, name, kind.identity, arch_id, seed, pre)
+    return ModelSpec(model, kind.argument, kind.identity, arch_id, seed, pre)
 
 
 def _built_state_id(model, seed):

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import os
 from dataclasses import asdict, dataclass, field
 
 __all__ = [
+    "CodeKey",
+    "GPU_DECODER",
     "INTERPOLATIONS",
     "ModelError",
     "ModelSpec",
@@ -78,6 +81,10 @@ def _file_sha256(stamp):
     return digest.hexdigest()
 
 
+#: Appended to the decode policy for ``impl="torch"`` on a GPU: nvJPEG decodes slightly
+#: differently from libjpeg-turbo, so those codes are cached apart from CPU-decoded ones.
+GPU_DECODER = "+nvjpeg"
+
 #: What :attr:`Weights.kind` can be.
 WEIGHTS_KINDS = ("torchvision", "checkpoint", "none", "callable")
 
@@ -102,6 +109,8 @@ class Weights:
     --------
     >>> Weights("none", seed=3).identity
     'none:seed=3'
+    >>> Weights("checkpoint", file="net.pth", sha256="0123456789abcdef" * 4).short_identity
+    'sha256:0123456789ab...'
     >>> Weights.parse("sha256:" + "0" * 64, file="net.pth").kind
     'checkpoint'
     >>> Weights.parse("ResNet18_Weights.IMAGENET1K_V1").name
@@ -128,6 +137,19 @@ class Weights:
         if self.kind == "none":
             return f"none:seed={self.seed}"
         return f"state-sha256:{self.sha256}"
+
+    @property
+    def argument(self):
+        """The ``weights`` argument that resolves to these weights again (:attr:`ModelSpec.weights`):
+        the torchvision name, the checkpoint's file, ``"none"`` or ``"callable"``."""
+        return {"torchvision": self.name, "checkpoint": self.file}.get(self.kind, self.kind)
+
+    @property
+    def short_identity(self):
+        """:attr:`identity` with a hash cut to 12 digits, for tables."""
+        if self.kind in ("checkpoint", "callable"):
+            return self.identity.partition(":")[0] + f":{self.sha256[:12]}..."
+        return self.identity
 
     @classmethod
     def parse(cls, identity, file=None):
@@ -339,3 +361,116 @@ class ModelSpec:
         out = asdict(self)
         out["preprocessing"] = self.preprocessing.to_dict()
         return out
+
+
+@dataclass(frozen=True)
+class CodeKey:
+    """What one layer's cached codes are keyed on: everything that changes the numbers.
+
+    The model (:class:`ModelSpec`: architecture, weights identity, preprocessing), the layer, the
+    pooling, the precision (already resolved for the device) and the image decode policy
+    (:data:`cnncodes.images.DECODE_POLICY`, plus :data:`GPU_DECODER` where nvJPEG decodes).
+    Batch size, worker count and device count are deliberately absent: they do not change codes.
+    ``format`` is the cache format version the key was made for; ``None`` means the current one
+    (:data:`cnncodes.cache.FORMAT_VERSION`).
+
+    :meth:`config` is the JSON-ready dict a cache stores beside its codes, :attr:`digest` the
+    name it is stored under, and :meth:`from_config` reads a stored dict back (the checkpoint
+    path is not in it: a :class:`ModelSpec` read back from a checkpoint's key has
+    ``weights=None``, and ``seed`` 0 unless the weights are ``"none:seed=<n>"``).
+
+    Examples
+    --------
+    >>> pre = Preprocessing((40,), (32, 32), (0.5,) * 3, (0.5,) * 3)
+    >>> spec = ModelSpec("resnet18", "none", "none:seed=3", "06a1c57ba771afeb", 3, pre)
+    >>> key = CodeKey.for_device(spec, "avgpool", "avg", "fp32", "cpu")
+    >>> key.config()["weights"], len(key.digest)
+    ('none:seed=3', 24)
+    >>> CodeKey.from_json(key.to_json()) == key
+    True
+    """
+
+    spec: ModelSpec
+    layer: str
+    pooling: str
+    precision: str
+    decode: str
+    format: int | None = None
+
+    @classmethod
+    def for_device(cls, spec, layer, pooling, precision, device_type="cpu"):
+        """The key of codes made on a ``device_type`` device: the device matters only where it
+        changes the numbers, through its precision (``precision`` is already resolved) and, with
+        ``impl="torch"``, the JPEG decoder (nvJPEG on a GPU)."""
+        from .images import DECODE_POLICY  # images imports this module
+
+        decode = DECODE_POLICY
+        if spec.preprocessing.impl == "torch" and device_type == "cuda":
+            decode += GPU_DECODER
+        return cls(spec, layer, pooling, precision, decode)
+
+    def __post_init__(self):
+        if self.format is None:
+            from .cache import FORMAT_VERSION  # h5py: imported only where keys are made
+
+            object.__setattr__(self, "format", FORMAT_VERSION)
+
+    def config(self):
+        """The cache configuration: a JSON-ready dict."""
+        return {
+            "format": self.format,
+            "model": self.spec.model,
+            "arch": self.spec.arch_id,
+            "weights": self.spec.weights_id,
+            "layer": self.layer,
+            "pooling": self.pooling,
+            "preprocessing": self.spec.preprocessing.to_dict(),
+            "precision": self.precision,
+            "decode": self.decode,
+        }
+
+    @property
+    def digest(self):
+        """The name the cache stores these codes under (:func:`cnncodes.cache.config_key`)."""
+        from .cache import config_key
+
+        return config_key(self.config())
+
+    def to_json(self):
+        """:meth:`config` as JSON text."""
+        return json.dumps(self.config(), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text):
+        """The inverse of :meth:`to_json`."""
+        return cls.from_config(json.loads(text))
+
+    @classmethod
+    def from_config(cls, config):
+        """The key a cache configuration (:meth:`config`) describes.
+
+        Raises
+        ------
+        ValueError
+            ``config`` is not a code configuration (the message names the missing key).
+        """
+        try:
+            weights = Weights.parse(config["weights"])
+            spec = ModelSpec(
+                model=config["model"],
+                weights=weights.argument,
+                weights_id=weights.identity,
+                arch_id=config["arch"],
+                seed=weights.seed if weights.kind == "none" else 0,
+                preprocessing=Preprocessing.from_dict(config["preprocessing"]),
+            )
+            return cls(
+                spec,
+                config["layer"],
+                config["pooling"],
+                config["precision"],
+                config.get("decode"),
+                config.get("format"),
+            )
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"not a cnncodes code configuration (missing {exc})") from None

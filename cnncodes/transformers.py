@@ -25,7 +25,6 @@ from sklearn.utils.validation import (
 
 from . import cache as _cache
 from .extract import ON_ERROR, PRECISIONS, extract_codes, resolve_device
-from .images import file_stamp
 from .models import (
     _is_int,
     layer_shapes,
@@ -34,6 +33,7 @@ from .models import (
     resolve_spec,
 )
 from .pooling import check_pooling, code_size
+from .spec import file_stamp
 
 __all__ = [
     "CNNCodes",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +16,7 @@ from cnncodes import persistence
 from cnncodes.cache import config_key
 from cnncodes.extract import code_config
 from cnncodes.models import ModelSpec, Preprocessing, WeightsError, resolve_spec
-from cnncodes.spec import Weights
+from cnncodes.spec import GPU_DECODER, CodeKey, Weights
 from tests.conftest import write_images
 
 DATA = Path(__file__).parent / "data"
@@ -145,3 +146,28 @@ def test_weights_verify_is_the_one_checkpoint_check(tmp_path):
         weights.verify(other)
     with pytest.raises(WeightsError, match=rf"weights file not found: .*gone\.pth .*{old}"):
         weights.verify(tmp_path / "gone.pth")
+
+
+def test_code_key_is_the_cache_key_and_reads_back():
+    checkpoint = dataclasses.replace(
+        _TINY_SPEC, weights="/x/net.pth", weights_id="sha256:" + "ab" * 32
+    )
+    key = CodeKey.for_device(checkpoint, "flatten", "avg", "fp16")
+    assert key.digest == "f3a5a41ca869ae56468fbb75"  # as pinned above, from code_config
+    back = CodeKey.from_config(json.loads(json.dumps(key.config())))
+    assert back.config() == key.config() and back.digest == key.digest
+    assert back.spec.weights is None and back.spec.weights_spec.sha256 == "ab" * 32
+    assert CodeKey.from_json(key.to_json()).config() == key.config()
+    spec = resolve_spec("resnet18", "none", seed=3, resize=(40, 48), crop=0, impl="torch")
+    gpu = CodeKey.for_device(spec, "layer3", "max", "bf16", "cuda")
+    assert gpu.decode.endswith(GPU_DECODER) and CodeKey.from_config(gpu.config()) == gpu
+    assert gpu.config() == code_config(spec, "layer3", "max", "bf16", "cuda")
+
+
+def test_code_key_from_a_config_that_is_none_names_the_missing_key():
+    config = CodeKey.for_device(_TINY_SPEC, "flatten", "avg", "fp32").config()
+    del config["precision"]
+    with pytest.raises(
+        ValueError, match=r"not a cnncodes code configuration \(missing 'precision'"
+    ):
+        CodeKey.from_config(config)
