@@ -242,15 +242,8 @@ def spec_from_config(config, weights_path=None, seed=0):
     True
     """
     key = CodeKey.from_config(config)
-    model, weights, pre = key.spec.model, key.spec.weights_spec, key.spec.preprocessing
-    overrides = {
-        "resize": pre.resize,
-        "crop": pre.crop if pre.crop is not None else 0,
-        "mean": pre.mean,
-        "std": pre.std,
-        "interpolation": pre.interpolation,
-        "impl": pre.impl,
-    }
+    model, weights = key.spec.model, key.spec.weights_spec
+    overrides = key.spec.preprocessing.arguments()
     if weights.kind == "none":
         spec = resolve_spec(model, "none", seed=weights.seed, **overrides)
     elif weights.kind == "checkpoint":

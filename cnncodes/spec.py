@@ -282,6 +282,14 @@ class Preprocessing:
             impl=values.get("impl", "pil"),
         )
 
+    def arguments(self):
+        """The explicit arguments of :func:`cnncodes.models.resolve_spec` (``resize``, ``crop``,
+        ``mean``, ``std``, ``interpolation``, ``impl``) that resolve to exactly this preprocessing
+        (no crop is ``crop=0``)."""
+        values = {k: v for k, v in asdict(self).items() if k != "source"}
+        values["crop"] = 0 if self.crop is None else self.crop
+        return values
+
     def describe(self):
         """One line for people: see :func:`describe_preprocessing`."""
         return describe_preprocessing(self.to_dict(), dict(self.source))

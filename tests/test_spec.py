@@ -171,3 +171,22 @@ def test_code_key_from_a_config_that_is_none_names_the_missing_key():
         ValueError, match=r"not a cnncodes code configuration \(missing 'precision'"
     ):
         CodeKey.from_config(config)
+
+
+def test_the_package_names_every_public_object_lazily():
+    import cnncodes
+
+    for name in cnncodes.__all__:
+        assert getattr(cnncodes, name) is not None, name
+    assert cnncodes.spec.ModelSpec is ModelSpec and "spec" in dir(cnncodes)
+    with pytest.raises(AttributeError, match=r"module 'cnncodes' has no attribute 'nope'"):
+        cnncodes.nope  # noqa: B018
+
+
+@pytest.mark.parametrize("crop", [32, 0])
+def test_preprocessing_arguments_resolve_to_the_same_preprocessing(crop):
+    spec = resolve_spec(
+        "resnet18", "none", resize=(40, 48), crop=crop, mean=0.5, interpolation="bicubic"
+    )
+    again = resolve_spec("resnet18", "none", **spec.preprocessing.arguments())
+    assert again == spec
