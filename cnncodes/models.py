@@ -860,34 +860,34 @@ def resolve_spec(
     enum = None
     if weights is None and _is_callable_name(model):
         # The callable decides its own weights: identify them by content (exact, built once).
-        kind = None
-    elif weights is None or weights.lower() != "none" and not _looks_like_path(weights):
+        resolved = None
+    elif weights is None or (weights.lower() != "none" and not _looks_like_path(weights)):
         enum = _parse_named_weights(model, "DEFAULT" if weights is None else weights)
-        kind = Weights("torchvision", name=f"{type(enum).__name__}.{enum.name}")
+        resolved = Weights("torchvision", name=f"{type(enum).__name__}.{enum.name}")
     elif weights.lower() == "none":
-        kind = Weights("none", seed=seed)
+        resolved = Weights("none", seed=seed)
     else:
         path = os.path.abspath(weights)
         if not os.path.isfile(path):
             raise WeightsError(f"weights file not found: {weights}")
-        kind = Weights("checkpoint", file=path, sha256=file_sha256(path))
-    meta = _meta_model(model, kind.name if enum is not None else None)
-    if kind is None:
-        kind = Weights("callable", sha256=_built_state_id(model, seed))
+        resolved = Weights("checkpoint", file=path, sha256=file_sha256(path))
+    meta = _meta_model(model, resolved.name if enum is not None else None)
+    if resolved is None:
+        resolved = Weights("callable", sha256=_built_state_id(model, seed))
     declared, declared_by = _declared_preprocessing(model), model
     own = getattr(meta, "preprocessing", None)
     if declared is None and isinstance(own, Mapping) and _is_callable_name(model):
         # Declared on the network the callable returns (a submodule of that name is not this).
         declared, declared_by = own, f"{model}()"
     checkpoint = None
-    if kind.kind == "checkpoint":
-        checkpoint = _checkpoint_preprocessing(kind.file, kind.identity)
+    if resolved.kind == "checkpoint":
+        checkpoint = _checkpoint_preprocessing(resolved.file, resolved.identity)
     pre = resolve_preprocessing(
         enum,
         declared=declared,
         declared_by=declared_by,
         checkpoint=checkpoint,
-        checkpoint_path=kind.file,
+        checkpoint_path=resolved.file,
         resize=resize,
         crop=crop,
         mean=mean,
@@ -895,8 +895,8 @@ def resolve_spec(
         interpolation=interpolation,
         impl=impl,
     )
-    arch_id = _arch_id(model, kind.name)
-    return ModelSpec(model, kind.argument, kind.identity, arch_id, seed, pre)
+    arch_id = _arch_id(model, resolved.name)
+    return ModelSpec(model, resolved.argument, resolved.identity, arch_id, seed, pre)
 
 
 def _built_state_id(model, seed):
