@@ -193,7 +193,12 @@ class Weights:
         """
         if self.kind != "checkpoint":
             return None
-        path = os.fspath(path if path is not None else self.file)
+        if path is None and self.file is None:
+            raise WeightsError(
+                f"weights {self.identity}: the checkpoint file's path is not known; give the "
+                "file (weights_path=..., --weights PATH)"
+            )
+        path = os.fspath(self.file if path is None else path)
         if not os.path.isfile(path):
             raise WeightsError(
                 f"weights file not found: {path} (the codes were made with a file of SHA-256 "
@@ -202,16 +207,15 @@ class Weights:
             )
         actual = file_sha256(path)
         if actual != self.sha256:
-            own = self.file is None or os.path.abspath(path) == os.path.abspath(self.file)
-            what = "changed" if own else "is not the checkpoint this model was fitted with"
+            own = self.file is not None and os.path.abspath(path) == os.path.abspath(self.file)
+            if own:
+                what, fix = "changed", "; restore the original file, or refit"
+            else:
+                what = "is not the checkpoint this model was fitted with"
+                fix = f" ({self.file}); give that file" if self.file else "; give that file"
             raise WeightsError(
                 f"weights file {path} {what}: its SHA-256 is {'now ' if own else ''}{actual}, "
-                f"but the codes (and any model trained on them) were made with {self.sha256}"
-                + (
-                    "; restore the original file, or refit"
-                    if own
-                    else f" ({self.file}); give that file"
-                )
+                f"but the codes (and any model trained on them) were made with {self.sha256}{fix}"
             )
         return os.path.abspath(path)
 

@@ -146,6 +146,11 @@ def test_weights_verify_is_the_one_checkpoint_check(tmp_path):
         weights.verify(other)
     with pytest.raises(WeightsError, match=rf"weights file not found: .*gone\.pth .*{old}"):
         weights.verify(tmp_path / "gone.pth")
+    unknown = Weights.parse(weights.identity)  # read from a cache key: no path
+    with pytest.raises(WeightsError, match=r"the checkpoint file's path is not known; give the"):
+        unknown.verify()
+    with pytest.raises(WeightsError, match=rf"{other} is not the checkpoint .*{old}; give that"):
+        unknown.verify(other)
 
 
 def test_code_key_is_the_cache_key_and_reads_back():
