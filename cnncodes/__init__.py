@@ -4,9 +4,10 @@ import importlib
 
 __version__ = "0.1.0"
 
-# Public name -> the module defining it. They are imported on first use (PEP 562), so that
+# Public names and the module each lives in. They are imported on first use (PEP 562), so that
 # `import cnncodes.cache`, `cnncodes --version` and `cnncodes cache info` do not pay the seconds
-# that importing torch, torchvision and scikit-learn takes (bench/RESULTS.md, section 6).
+# that importing torch, torchvision and scikit-learn takes (bench/RESULTS.md, section 6), and a
+# torch-free module such as cnncodes.spec imports without them.
 _EXPORTS = {
     "CNNCodes": "transformers",
     "SignedPower": "transformers",
@@ -36,19 +37,39 @@ _EXPORTS = {
     "list_layers": "models",
     "resolve_spec": "models",
 }
+_SUBMODULES = (
+    "advise",
+    "cache",
+    "cli",
+    "datasets",
+    "demo",
+    "demo_data",
+    "experiment",
+    "export",
+    "extract",
+    "images",
+    "models",
+    "persistence",
+    "pooling",
+    "report",
+    "spec",
+    "transformers",
+    "verify",
+)
 
 __all__ = [*_EXPORTS, "__version__"]
 
 
 def __getattr__(name):
-    module = _EXPORTS.get(name)
-    if module is None:
-        # Lets `from cnncodes import extract` fall back to importing the submodule.
-        raise AttributeError(f"module 'cnncodes' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    elif name in _SUBMODULES:
+        value = importlib.import_module(f".{name}", __name__)
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     globals()[name] = value
     return value
 
 
 def __dir__():
-    return sorted(set(globals()) | set(_EXPORTS))
+    return sorted({*globals(), *_EXPORTS, *_SUBMODULES})

@@ -231,7 +231,7 @@ def advise(
             f"The pretrained classifier's mean top probability is {advice.confidence:.2f} over "
             f"{n_out} classes ({'confident: similar' if votes[-1] else 'unsure: different'})."
         )
-    if spec.weights == "none" or spec.weights_id.startswith("none:"):
+    if spec.weights_spec.kind == "none":
         advice.reasons.append(
             "The network is untrained ('none' weights): similarity is not meaningful."
         )

@@ -697,25 +697,15 @@ def relocate_weights(estimator, path):
 
     from sklearn.utils.validation import check_is_fitted
 
-    from .models import WeightsError, file_sha256
-
     step, _ = _find_codes_step(getattr(estimator, "best_estimator_", estimator))
     check_is_fitted(step)
     spec = step.spec_
-    if not spec.weights_id.startswith("sha256:"):
+    if spec.weights_spec.kind != "checkpoint":
         raise ValueError(
             f"weights={os.fspath(path)!r}: this model was fitted with {spec.weights_id}, not a "
             "checkpoint file, so there is no file to relocate"
         )
-    path = os.path.abspath(os.fspath(path))
-    if not os.path.isfile(path):
-        raise WeightsError(f"weights file not found: {path}")
-    expected, actual = spec.weights_id[len("sha256:") :], file_sha256(path)
-    if actual != expected:
-        raise WeightsError(
-            f"{path} is not the checkpoint this model was fitted with: its SHA-256 is {actual}, "
-            f"the model's is {expected} (fitted with {spec.weights})"
-        )
+    path = spec.weights_spec.verify(path)
     step.weights = path
     step.spec_ = dataclasses.replace(spec, weights=path)
     return estimator
@@ -746,7 +736,7 @@ def verify_model(estimator):
     check_is_fitted(step)
     step._verify_weights()
     fitted = step.spec_
-    weights = fitted.weights if fitted.weights != "callable" else None
+    weights = fitted.weights if fitted.weights_spec.kind != "callable" else None
     now = resolve_spec(
         fitted.model,
         weights,

@@ -32,7 +32,6 @@ from . import cache as _cache
 from ._choices import PRECISIONS
 from ._progress import Progress
 from .images import (
-    DECODE_POLICY,
     ImageLoadError,
     file_digests,
     jpeg_orientation,
@@ -53,6 +52,7 @@ from .models import (
 )
 from .persistence import UntrustedModelCodeError, refused_model_code
 from .pooling import check_pooling, code_size, pool
+from .spec import GPU_DECODER, CodeKey
 
 __all__ = [
     "CPU_FORWARD_BATCH",
@@ -210,32 +210,13 @@ def exact_fp32(device_type):
             setattr(module, attribute, value)
 
 
-#: Appended to the decode policy for ``impl="torch"`` on a GPU: nvJPEG decodes slightly
-#: differently from libjpeg-turbo, so those codes are cached apart from CPU-decoded ones.
-GPU_DECODER = "+nvjpeg"
-
-
 def code_config(spec, layer, pooling, precision, device_type="cpu"):
     """The cache configuration of one layer's codes: everything that changes the numbers.
 
-    Batch size, worker count and device count are deliberately absent: they do not change codes.
-    The device matters only where it changes the numbers: its default precision (``precision``
-    is already resolved) and, with ``impl="torch"``, the JPEG decoder (nvJPEG on a GPU).
+    :meth:`CodeKey.config <cnncodes.spec.CodeKey.config>` of
+    :meth:`CodeKey.for_device <cnncodes.spec.CodeKey.for_device>`; see there.
     """
-    decode = DECODE_POLICY
-    if spec.preprocessing.impl == "torch" and device_type == "cuda":
-        decode += GPU_DECODER
-    return {
-        "format": _cache.FORMAT_VERSION,
-        "model": spec.model,
-        "arch": spec.arch_id,
-        "weights": spec.weights_id,
-        "layer": layer,
-        "pooling": pooling,
-        "preprocessing": spec.preprocessing.to_dict(),
-        "precision": precision,
-        "decode": decode,
-    }
+    return CodeKey.for_device(spec, layer, pooling, precision, device_type).config()
 
 
 def spec_from_config(config, weights_path=None, seed=0, trust_model_code=False):
@@ -269,20 +250,8 @@ def spec_from_config(config, weights_path=None, seed=0, trust_model_code=False):
     >>> spec_from_config(code_config(spec, "avgpool", "avg", "fp32")) == spec
     True
     """
-    try:
-        model, weights_id = config["model"], config["weights"]
-        pre = config["preprocessing"]
-        overrides = {
-            "resize": pre["resize"],
-            "crop": pre["crop"] if pre["crop"] is not None else 0,
-            "mean": pre["mean"],
-            "std": pre["std"],
-            "interpolation": pre["interpolation"],
-            "impl": pre.get("impl", "pil"),
-        }
-        layer, pooling, precision = config["layer"], config["pooling"], config["precision"]
-    except (KeyError, TypeError) as exc:
-        raise ValueError(f"not a cnncodes code configuration (missing {exc})") from None
+    key = CodeKey.from_config(config)
+    model, weights = key.spec.model, key.spec.weights_spec
     refused = refused_model_code([model], trust_model_code)
     if refused:
         raise UntrustedModelCodeError(
@@ -292,31 +261,32 @@ def spec_from_config(config, weights_path=None, seed=0, trust_model_code=False):
             command="cnncodes cache verify",
             call=f"spec_from_config(config, trust_model_code={refused!r})",
         )
-    if weights_id.startswith("none:seed="):
-        spec = resolve_spec(model, "none", seed=int(weights_id[len("none:seed=") :]), **overrides)
-    elif weights_id.startswith("sha256:"):
-        digest = weights_id[len("sha256:") :]
+    overrides = key.spec.preprocessing.arguments()
+    if weights.kind == "none":
+        spec = resolve_spec(model, "none", seed=weights.seed, **overrides)
+    elif weights.kind == "checkpoint":
         if weights_path is None:
             raise WeightsError(
-                f"made from a checkpoint file with SHA-256 {digest}, whose path is not stored; "
-                "pass the file (weights_path=..., --weights PATH)"
+                f"made from a checkpoint file with SHA-256 {weights.sha256}, whose path is not "
+                "stored; pass the file (weights_path=..., --weights PATH)"
             )
         candidates = (
             [weights_path] if isinstance(weights_path, (str, os.PathLike)) else weights_path
         )
-        found = [p for p in candidates if os.path.isfile(p) and file_sha256(p) == digest]
+        found = [p for p in candidates if os.path.isfile(p) and file_sha256(p) == weights.sha256]
         if not found:
             raise WeightsError(
-                f"made from a checkpoint file with SHA-256 {digest}; none of the given weights "
-                f"files ({', '.join(map(os.fspath, candidates))}) has that hash"
+                f"made from a checkpoint file with SHA-256 {weights.sha256}; none of the given "
+                f"weights files ({', '.join(map(os.fspath, candidates))}) has that hash"
             )
         spec = resolve_spec(model, found[0], seed=seed, **overrides)
-    elif weights_id.startswith("state-sha256:"):
+    elif weights.kind == "callable":
         spec = resolve_spec(model, None, seed=seed, **overrides)
     else:
-        spec = resolve_spec(model, weights_id, seed=seed, **overrides)
-    gpu = isinstance(config.get("decode"), str) and config["decode"].endswith(GPU_DECODER)
-    rebuilt = code_config(spec, layer, pooling, precision, "cuda" if gpu else "cpu")
+        spec = resolve_spec(model, weights.name, seed=seed, **overrides)
+    gpu = isinstance(key.decode, str) and key.decode.endswith(GPU_DECODER)
+    device_type = "cuda" if gpu else "cpu"
+    rebuilt = CodeKey.for_device(spec, key.layer, key.pooling, key.precision, device_type).config()
     if rebuilt != config:
         fields = sorted(k for k in set(rebuilt) | set(config) if rebuilt.get(k) != config.get(k))
         raise ValueError(

@@ -81,6 +81,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ._files import display
+from .spec import file_stamp
 
 __all__ = [
     "DECODE_POLICY",
@@ -211,20 +212,6 @@ def read_file(path) -> bytes:
 
 
 _DIGESTS: dict = {}
-
-
-def file_stamp(path, st=None) -> tuple:
-    """What tells, without reading it, that a file is unchanged since it was last hashed.
-
-    ``(path, size, mtime_ns, ctime_ns, inode, device)``: every in-process memo of a content hash
-    (image digests here, checkpoint SHA-256 in :mod:`cnncodes.models`) is keyed on it. The ctime
-    matters: a file rewritten in place with its mtime restored (``os.utime``, ``cp -p``,
-    ``rsync -t``) keeps path, size, mtime and inode, but the kernel moves its ctime, which no
-    user call can set back. ``st``: an ``os.stat`` result already at hand.
-    """
-    if st is None:
-        st = os.stat(path)
-    return (os.fsdecode(path), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev)
 
 
 def file_digest(path) -> str:

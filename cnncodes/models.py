@@ -43,7 +43,7 @@ import os
 import re
 import urllib.error
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -51,9 +51,19 @@ import torchvision
 from torch import nn
 from torchvision.models import feature_extraction
 
-from ._choices import describe_preprocessing
-from .images import file_stamp
 from .pooling import POOLINGS, code_size
+from .spec import (
+    INTERPOLATIONS,
+    PREPROCESSING_IMPLS,
+    PREPROCESSING_KEYS,
+    ModelError,
+    ModelSpec,
+    Preprocessing,
+    Weights,
+    WeightsError,
+    describe_preprocessing,
+    file_sha256,
+)
 
 __all__ = [
     "ModelSpec",
@@ -80,23 +90,9 @@ __all__ = [
 PENULTIMATE = "penultimate"
 _CHECKPOINT_KEYS = ("state_dict", "model_state_dict", "model", "net", "module")
 _PREFIXES = ("module.", "_orig_mod.")
-#: Keys of the ``preprocessing`` dict a user's callable may declare (see :func:`resolve_spec`).
-PREPROCESSING_KEYS = ("resize", "crop", "mean", "std", "interpolation")
 MAX_SIDE = 4096  # pixels; larger resize or crop values are mistakes (a 4096^2 batch of 32 is 6 GB)
-_INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos")
-#: Implementations of :class:`Preprocessing` (``impl``), and the interpolations each supports.
-PREPROCESSING_IMPLS = {"pil": _INTERPOLATIONS, "torch": ("bilinear", "bicubic")}
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-class ModelError(ValueError):
-    """An unknown model name, a callable that does not build an ``nn.Module``, or one whose
-    declared ``preprocessing`` is invalid."""
-
-
-class WeightsError(ValueError):
-    """Weights that do not exist, do not fit the architecture, or changed on disk."""
 
 
 class WeightsUnavailableError(WeightsError):
@@ -105,83 +101,6 @@ class WeightsUnavailableError(WeightsError):
 
 class LayerError(ValueError):
     """A layer name that is not a node of the model's graph, or whose output cannot be pooled."""
-
-
-@dataclass(frozen=True)
-class Preprocessing:
-    """How an RGB image becomes the network's input tensor.
-
-    Resize the shorter side to ``resize`` (or to exactly ``(height, width)`` when two values are
-    given), centre-crop ``crop`` (``(height, width)``), scale to [0, 1], normalise with ``mean`` and
-    ``std``.
-
-    ``impl`` says which code does it, and is part of the cache key because the two change the
-    codes slightly:
-
-    - ``"pil"`` (default): Pillow decodes, resizes and crops, on the CPU.
-    - ``"torch"``: JPEG files are decoded by ``torchvision.io.decode_jpeg`` on the extraction
-      device (nvJPEG on a GPU, libjpeg-turbo on the CPU), other files by Pillow; EXIF orientation,
-      resizing (``interpolation`` must be ``"bilinear"`` or ``"bicubic"``, antialiased) and
-      cropping are tensor operations on the device. The decode policy
-      (:data:`cnncodes.images.DECODE_POLICY`) is the same.
-
-    ``source`` says where each value came from, as ``(key, origin)`` pairs; origins are
-    ``"explicit"``, ``"checkpoint"``, ``"model"`` (the user's callable declared it),
-    ``"weights"`` (torchvision weights' ``transforms()``) and ``"ImageNet default"``. It is
-    for display only: not compared, not in :meth:`to_dict`, not in the cache key.
-    """
-
-    resize: tuple
-    crop: tuple | None
-    mean: tuple
-    std: tuple
-    interpolation: str = "bilinear"
-    impl: str = "pil"
-    source: tuple = field(default=(), compare=False, repr=False)
-
-    @property
-    def input_size(self):
-        """``(height, width)`` of the tensor the network receives."""
-        if self.crop is not None:
-            return tuple(self.crop)
-        return tuple(self.resize)
-
-    def to_dict(self):
-        """A JSON-ready description, used in cache keys and reports (without ``source``)."""
-        return {
-            k: (list(v) if isinstance(v, tuple) else v)
-            for k, v in asdict(self).items()
-            if k != "source"
-        }
-
-    def describe(self):
-        """One line for people: see :func:`describe_preprocessing`."""
-        return describe_preprocessing(self.to_dict(), dict(self.source))
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """A fully resolved model: everything that changes the network's numbers, and nothing else.
-
-    Cheap to build, hash and pickle (no tensors). ``weights_id`` is the identity of the weights:
-    the torchvision enum name, ``"sha256:<hex>"`` of a checkpoint file, ``"none:seed=<n>"``, or the
-    SHA-256 of the state the user's callable built. ``arch_id`` fingerprints the architecture itself:
-    its modules, parameter names and shapes, and for the user's own architecture also the code its
-    ``forward()`` runs (``"<modules>+<code>"``, see :func:`_arch_id`).
-    """
-
-    model: str
-    weights: str
-    weights_id: str
-    arch_id: str
-    seed: int
-    preprocessing: Preprocessing
-
-    def to_dict(self):
-        """A JSON-ready description (cache keys, reports, ``--out`` files)."""
-        out = asdict(self)
-        out["preprocessing"] = self.preprocessing.to_dict()
-        return out
 
 
 @dataclass(frozen=True)
@@ -438,25 +357,6 @@ def _source(obj):
 
 
 # ----------------------------------------------------------------------------- weights
-
-
-def file_sha256(path):
-    """SHA-256 hex digest of a file, memoised on its :func:`~cnncodes.images.file_stamp`.
-
-    A file rewritten in place, even with its size and mtime kept, is hashed again (its ctime
-    moved), so a checkpoint's new bytes are never taken for the old ones.
-    """
-    return _file_sha256(file_stamp(path))
-
-
-@functools.lru_cache(maxsize=64)
-def _file_sha256(stamp):
-    path = stamp[0]
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _looks_like_path(weights):
@@ -717,10 +617,10 @@ def _apply_preprocessing(base, values, label):
             raise ValueError(f"{label('std')}={values['std']!r}: values must be positive")
     if "interpolation" in values:
         interpolation = values["interpolation"]
-        if interpolation not in _INTERPOLATIONS:
+        if interpolation not in INTERPOLATIONS:
             raise ValueError(
                 f"{label('interpolation')}={interpolation!r}: choose one of "
-                f"{', '.join(_INTERPOLATIONS)}"
+                f"{', '.join(INTERPOLATIONS)}"
             )
         base["interpolation"] = interpolation
 
@@ -894,7 +794,7 @@ def default_preprocessing_note(spec):
     A checkpoint without a ``preprocessing`` entry may have been trained with other values
     (mean and std of 0.5, another input size) and nothing else says so.
     """
-    if not spec.weights_id.startswith("sha256:"):
+    if spec.weights_spec.kind != "checkpoint":
         return None
     source = dict(spec.preprocessing.source)
     # Not interpolation: bilinear is near universal, and a wrong one barely changes the codes.
@@ -1002,39 +902,36 @@ def resolve_spec(
         )
     weights = os.fspath(weights) if weights is not None else None
     enum = None
-    if weights is None:
-        if _is_callable_name(model):
-            weights_name, weights_id = "callable", None
-        else:
-            weights = "DEFAULT"
-    if weights is not None and weights.lower() == "none":
-        weights_name, weights_id = "none", f"none:seed={seed}"
-    elif weights is not None and _looks_like_path(weights):
+    if weights is None and _is_callable_name(model):
+        # The callable decides its own weights: identify them by content (exact, built once).
+        resolved = None
+    elif weights is None or (weights.lower() != "none" and not _looks_like_path(weights)):
+        enum = _parse_named_weights(model, "DEFAULT" if weights is None else weights)
+        resolved = Weights("torchvision", name=f"{type(enum).__name__}.{enum.name}")
+    elif weights.lower() == "none":
+        resolved = Weights("none", seed=seed)
+    else:
         path = os.path.abspath(weights)
         if not os.path.isfile(path):
             raise WeightsError(f"weights file not found: {weights}")
-        weights_name, weights_id = path, f"sha256:{file_sha256(path)}"
-    elif weights is not None:
-        enum = _parse_named_weights(model, weights)
-        weights_name = weights_id = f"{type(enum).__name__}.{enum.name}"
-    meta = _meta_model(model, weights_name if enum is not None else None)
-    if weights_id is None:
-        # The callable decides its own weights: identify them by content (exact, built once).
-        weights_id = f"state-sha256:{_built_state_id(model, seed)}"
+        resolved = Weights("checkpoint", file=path, sha256=file_sha256(path))
+    meta = _meta_model(model, resolved.name if enum is not None else None)
+    if resolved is None:
+        resolved = Weights("callable", sha256=_built_state_id(model, seed))
     declared, declared_by = _declared_preprocessing(model), model
     own = getattr(meta, "preprocessing", None)
     if declared is None and isinstance(own, Mapping) and _is_callable_name(model):
         # Declared on the network the callable returns (a submodule of that name is not this).
         declared, declared_by = own, f"{model}()"
     checkpoint = None
-    if weights_id.startswith("sha256:"):
-        checkpoint = _checkpoint_preprocessing(weights_name, weights_id)
+    if resolved.kind == "checkpoint":
+        checkpoint = _checkpoint_preprocessing(resolved.file, resolved.identity)
     pre = resolve_preprocessing(
         enum,
         declared=declared,
         declared_by=declared_by,
         checkpoint=checkpoint,
-        checkpoint_path=weights_name,
+        checkpoint_path=resolved.file,
         resize=resize,
         crop=crop,
         mean=mean,
@@ -1042,8 +939,8 @@ def resolve_spec(
         interpolation=interpolation,
         impl=impl,
     )
-    arch_id = _arch_id(model, weights_name if enum is not None else None)
-    return ModelSpec(model, weights_name, weights_id, arch_id, seed, pre)
+    arch_id = _arch_id(model, resolved.name)
+    return ModelSpec(model, resolved.argument, resolved.identity, arch_id, seed, pre)
 
 
 def _built_state_id(model, seed):
@@ -1061,28 +958,19 @@ def build_model(spec):
     A checkpoint file is re-verified against the SHA-256 in the spec, so a file that changed since
     the spec (or a saved pipeline) was made is refused rather than silently used.
     """
-    enum = None
-    if spec.weights not in ("none", "callable") and not spec.weights_id.startswith("sha256:"):
-        enum = _parse_named_weights(spec.model, spec.weights)
+    weights = spec.weights_spec
+    enum = _parse_named_weights(spec.model, weights.name) if weights.name else None
     net = _construct(spec.model, enum, spec.seed)
     if enum is not None:
         path = _fetch_named_weights(enum)
         _load_state(net, _read_checkpoint(path), path)
-    elif spec.weights_id.startswith("sha256:"):
-        if not os.path.isfile(spec.weights):
-            raise WeightsError(f"weights file not found: {spec.weights}")
-        actual = file_sha256(spec.weights)
-        if f"sha256:{actual}" != spec.weights_id:
-            raise WeightsError(
-                f"{spec.weights} changed: its SHA-256 is now {actual}, but these codes were "
-                f"configured with {spec.weights_id[7:]}; refit, or restore the original file"
-            )
+    elif weights.kind == "checkpoint":
+        weights.verify()
         _load_state(net, _read_checkpoint(spec.weights), spec.weights, spec.model)
-    elif spec.weights_id.startswith("state-sha256:"):
-        if f"state-sha256:{_state_fingerprint(net)}" != spec.weights_id:
-            raise WeightsError(
-                f"{spec.model} now builds different weights than when this configuration was made"
-            )
+    elif weights.kind == "callable" and _state_fingerprint(net) != weights.sha256:
+        raise WeightsError(
+            f"{spec.model} now builds different weights than when this configuration was made"
+        )
     net.requires_grad_(False)
     return net.eval()
 
@@ -1146,10 +1034,7 @@ def _traceable(spec_or_net):
 
 
 def _meta_for_spec(spec):
-    named = spec.weights if spec.weights not in ("none", "callable") else None
-    if named is not None and spec.weights_id.startswith("sha256:"):
-        named = None
-    return _meta_model(spec.model, named)
+    return _meta_model(spec.model, spec.weights_spec.name)
 
 
 def resolve_layers(spec, layers):
@@ -1304,9 +1189,7 @@ def _probe(spec, meta_net, layers):
         try:
             return build_extractor(meta_net, layers)(torch.empty(1, 3, h, w, device="meta"))
         except (RuntimeError, NotImplementedError):  # e.g. "cannot call .item() on meta tensors"
-            named = spec.weights if spec.weights not in ("none", "callable") else None
-            if named is not None and spec.weights_id.startswith("sha256:"):
-                named = None
+            named = spec.weights_spec.name
             enum = _parse_named_weights(spec.model, named) if named else None
             net = _construct(spec.model, enum, spec.seed)
             try:

@@ -49,6 +49,9 @@ FORMATS = (".joblib", ".skops")
 
 #: The project's types that a ``.skops`` file may contain without being named in ``trusted=``.
 PROJECT_TYPES = (
+    "cnncodes.spec.ModelSpec",
+    "cnncodes.spec.Preprocessing",
+    # Where they lived before cnncodes.spec: files saved then name these (still importable).
     "cnncodes.models.ModelSpec",
     "cnncodes.models.Preprocessing",
     "cnncodes.transformers.CNNCodes",
@@ -197,7 +200,7 @@ def model_callables(estimator):
 
     Looks through Pipelines, searches (``estimator`` and ``best_estimator_``), meta-estimators
     and containers at any depth, at every :class:`~cnncodes.transformers.CNNCodes` (its ``model``
-    parameter) and :class:`~cnncodes.models.ModelSpec`; imports nothing.
+    parameter) and :class:`~cnncodes.spec.ModelSpec`; imports nothing.
 
     Returns
     -------
@@ -215,7 +218,7 @@ def model_callables(estimator):
         getattr(sys.modules[module], name)
         for module, name in (
             ("cnncodes.transformers", "CNNCodes"),
-            ("cnncodes.models", "ModelSpec"),
+            ("cnncodes.spec", "ModelSpec"),
         )
         if module in sys.modules
     )

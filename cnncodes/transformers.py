@@ -25,17 +25,15 @@ from sklearn.utils.validation import (
 
 from . import cache as _cache
 from .extract import ON_ERROR, PRECISIONS, extract_codes, resolve_device
-from .images import file_stamp
 from .models import (
-    WeightsError,
     _is_int,
-    file_sha256,
     layer_shapes,
     model_identity,
     resolve_layers,
     resolve_spec,
 )
 from .pooling import check_pooling, code_size
+from .spec import file_stamp
 
 __all__ = [
     "CNNCodes",
@@ -171,7 +169,7 @@ def _resolve(est, layers):
 
     A grid search fits a fresh clone for every candidate and fold; resolving again each time
     (fingerprinting the architecture, tracing its graph) would cost more than reading the codes.
-    A checkpoint file is keyed by its change stamp (:func:`cnncodes.images.file_stamp`: size,
+    A checkpoint file is keyed by its change stamp (:func:`cnncodes.spec.file_stamp`: size,
     mtime, ctime, inode), so a changed file is resolved anew, even one rewritten in place.
     """
     params = (
@@ -426,23 +424,7 @@ class CNNCodes(TransformerMixin, BaseEstimator):
 
     def _verify_weights(self):
         """Refuse a checkpoint file that changed since fit, even when every code is cached."""
-        spec = self.spec_
-        if not spec.weights_id.startswith("sha256:"):
-            return
-        expected = spec.weights_id[len("sha256:") :]
-        if not os.path.isfile(spec.weights):
-            raise WeightsError(
-                f"weights file not found: {spec.weights} (this CNNCodes was fitted with it, "
-                f"SHA-256 {expected}); if it moved, give its new path: `cnncodes predict "
-                "--weights PATH`, or cnncodes.experiment.relocate_weights(model, PATH)"
-            )
-        actual = file_sha256(spec.weights)
-        if actual != expected:
-            raise WeightsError(
-                f"weights file {spec.weights} changed since this CNNCodes was fitted: its SHA-256 "
-                f"is now {actual}, but the codes (and any model trained on them) were made with "
-                f"{expected}. Restore the original file, or refit."
-            )
+        self.spec_.weights_spec.verify()
 
     def _extract(self, paths):
         """Codes of ``paths`` under the fitted configuration: an ExtractionResult."""

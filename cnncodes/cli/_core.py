@@ -18,12 +18,12 @@ from .._choices import POOLINGS, PRECISIONS
 from .._files import display
 from .._json import jsonable
 from ..datasets import load_dataset
+from ..spec import INTERPOLATIONS, Weights
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
-_INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos")
 _DEBUG_HINT = "run with CNNCODES_DEBUG=1 for the traceback"
 
 
@@ -92,10 +92,7 @@ def _table(headers, rows, right=()):
 
 def _short_weights(weights_id):
     """``sha256:<64 hex>`` shortened for tables."""
-    for prefix in ("sha256:", "state-sha256:"):
-        if weights_id.startswith(prefix):
-            return weights_id[: len(prefix) + 12] + "..."
-    return weights_id
+    return Weights.parse(weights_id).short_identity
 
 
 def _sizes(text):
@@ -209,7 +206,7 @@ def _add_preprocessing_options(group):
     )
     group.add_argument("--mean", type=_floats, metavar="M|R,G,B", help="normalisation mean")
     group.add_argument("--std", type=_floats, metavar="S|R,G,B", help="normalisation std")
-    group.add_argument("--interpolation", choices=_INTERPOLATIONS, help="resize interpolation")
+    group.add_argument("--interpolation", choices=INTERPOLATIONS, help="resize interpolation")
     group.add_argument(
         "--impl",
         choices=("pil", "torch"),

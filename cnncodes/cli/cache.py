@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import os
 
-from .._choices import describe_preprocessing
 from .._files import display
 from ..cache import (
     list_configs,
     resolve_cache_dir,
 )
+from ..spec import describe_preprocessing
 from ..verify import config_summary
 from ._core import (
     EXIT_FAILURE,

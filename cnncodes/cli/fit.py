@@ -8,10 +8,10 @@ import os
 
 import numpy as np
 
-from .._choices import describe_preprocessing
 from .._files import display
 from .._json import jsonable, skipped_json
 from ..datasets import load_dataset
+from ..spec import describe_preprocessing
 from ._core import (
     EXIT_OK,
     UsageError,

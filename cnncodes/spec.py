@@ -1,0 +1,488 @@
+"""The concepts as plain types: preprocessing and resolved models (torch-free).
+
+What a model name, its weights and its preprocessing resolve to is described here by frozen
+dataclasses that import neither torch nor scikit-learn, so that the cache, reports and the
+command line can read, compare and print them cheaply. Resolving names to these types, and
+building networks from them, is :mod:`cnncodes.models`' work.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+
+__all__ = [
+    "CodeKey",
+    "GPU_DECODER",
+    "INTERPOLATIONS",
+    "ModelError",
+    "ModelSpec",
+    "PREPROCESSING_IMPLS",
+    "PREPROCESSING_KEYS",
+    "Preprocessing",
+    "Weights",
+    "WeightsError",
+    "describe_preprocessing",
+    "file_sha256",
+    "file_stamp",
+]
+
+#: Keys of the ``preprocessing`` dict a user's callable may declare (see
+#: :func:`cnncodes.models.resolve_spec`).
+PREPROCESSING_KEYS = ("resize", "crop", "mean", "std", "interpolation")
+#: Resize interpolations, by their torchvision ``InterpolationMode`` values.
+INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos")
+#: Implementations of :class:`Preprocessing` (``impl``), and the interpolations each supports.
+PREPROCESSING_IMPLS = {"pil": INTERPOLATIONS, "torch": ("bilinear", "bicubic")}
+
+
+class ModelError(ValueError):
+    """An unknown model name, a callable that does not build an ``nn.Module``, or one whose
+    declared ``preprocessing`` is invalid."""
+
+
+class WeightsError(ValueError):
+    """Weights that do not exist, do not fit the architecture, or changed on disk."""
+
+
+def file_stamp(path, st=None) -> tuple:
+    """What tells, without reading it, that a file is unchanged since it was last hashed.
+
+    ``(path, size, mtime_ns, ctime_ns, inode, device)``: every in-process memo of a content hash
+    (image digests, checkpoint SHA-256) is keyed on it. The ctime matters: a file rewritten in
+    place with its mtime restored (``os.utime``, ``cp -p``, ``rsync -t``) keeps path, size,
+    mtime and inode, but the kernel moves its ctime, which no user call can set back. ``st``: an
+    ``os.stat`` result already at hand.
+    """
+    if st is None:
+        st = os.stat(path)
+    return (os.fsdecode(path), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev)
+
+
+def file_sha256(path):
+    """SHA-256 hex digest of a file, memoised on its :func:`file_stamp`.
+
+    A file rewritten in place, even with its size and mtime kept, is hashed again (its ctime
+    moved), so a checkpoint's new bytes are never taken for the old ones.
+    """
+    return _file_sha256(file_stamp(path))
+
+
+@functools.lru_cache(maxsize=64)
+def _file_sha256(stamp):
+    path = stamp[0]
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+#: Appended to the decode policy for ``impl="torch"`` on a GPU: nvJPEG decodes slightly
+#: differently from libjpeg-turbo, so those codes are cached apart from CPU-decoded ones.
+GPU_DECODER = "+nvjpeg"
+
+#: What :attr:`Weights.kind` can be.
+WEIGHTS_KINDS = ("torchvision", "checkpoint", "none", "callable")
+
+
+@dataclass(frozen=True)
+class Weights:
+    """Which weights a network has: what :attr:`ModelSpec.weights_id` says, as a type.
+
+    ``kind`` is one of
+
+    - ``"torchvision"``: named torchvision weights; ``name`` is ``"ResNet50_Weights.IMAGENET1K_V1"``;
+    - ``"checkpoint"``: a checkpoint file; ``sha256`` of its bytes, ``file`` its path when known
+      (a cache configuration does not store it);
+    - ``"none"``: random initialisation from ``seed``;
+    - ``"callable"``: as the user's ``package.module:callable`` builds them; ``sha256`` of the
+      state it built.
+
+    :attr:`identity` is the string that cache keys and saved models hold, and :meth:`parse` reads
+    it back. Building such weights is :func:`cnncodes.models.resolve_spec`'s work.
+
+    Examples
+    --------
+    >>> Weights("none", seed=3).identity
+    'none:seed=3'
+    >>> Weights("checkpoint", file="net.pth", sha256="0123456789abcdef" * 4).short_identity
+    'sha256:0123456789ab...'
+    >>> Weights.parse("sha256:" + "0" * 64, file="net.pth").kind
+    'checkpoint'
+    >>> Weights.parse("ResNet18_Weights.IMAGENET1K_V1").name
+    'ResNet18_Weights.IMAGENET1K_V1'
+    """
+
+    kind: str
+    name: str | None = None
+    file: str | None = None
+    sha256: str | None = None
+    seed: int | None = None
+
+    def __post_init__(self):
+        if self.kind not in WEIGHTS_KINDS:
+            raise ValueError(f"kind={self.kind!r}: choose one of {', '.join(WEIGHTS_KINDS)}")
+
+    @property
+    def identity(self):
+        """``name``, ``"sha256:<hex>"``, ``"none:seed=<n>"`` or ``"state-sha256:<hex>"``."""
+        if self.kind == "torchvision":
+            return self.name
+        if self.kind == "checkpoint":
+            return f"sha256:{self.sha256}"
+        if self.kind == "none":
+            return f"none:seed={self.seed}"
+        return f"state-sha256:{self.sha256}"
+
+    @property
+    def argument(self):
+        """The ``weights`` argument that resolves to these weights again (:attr:`ModelSpec.weights`):
+        the torchvision name, the checkpoint's file, ``"none"`` or ``"callable"``."""
+        return {"torchvision": self.name, "checkpoint": self.file}.get(self.kind, self.kind)
+
+    @property
+    def short_identity(self):
+        """:attr:`identity` with a hash cut to 12 digits, for tables."""
+        if self.kind in ("checkpoint", "callable"):
+            return self.identity.partition(":")[0] + f":{self.sha256[:12]}..."
+        return self.identity
+
+    @classmethod
+    def parse(cls, identity, file=None):
+        """The :class:`Weights` whose :attr:`identity` is ``identity``; ``file``: the checkpoint's
+        path, if known (it is not part of the identity).
+
+        Raises
+        ------
+        WeightsError
+            ``identity`` is not a non-empty string, or its seed is not an integer.
+        """
+        if not isinstance(identity, str) or not identity:
+            raise WeightsError(
+                f"weights identity {identity!r}: expected a torchvision weights name, "
+                "'sha256:<hex>', 'state-sha256:<hex>' or 'none:seed=<n>'"
+            )
+        kind, sep, rest = identity.partition(":")
+        if sep and kind == "sha256":
+            return cls("checkpoint", file=None if file is None else os.fspath(file), sha256=rest)
+        if sep and kind == "state-sha256":
+            return cls("callable", sha256=rest)
+        if sep and kind == "none" and rest.startswith("seed="):
+            try:
+                return cls("none", seed=int(rest[len("seed=") :]))
+            except ValueError:
+                raise WeightsError(
+                    f"weights identity {identity!r}: the seed must be an integer"
+                ) from None
+        return cls("torchvision", name=identity)
+
+    def verify(self, path=None):
+        """Check that checkpoint ``path`` (default :attr:`file`) holds exactly these weights.
+
+        The one check of a checkpoint file against the SHA-256 that codes and models were made
+        with; other kinds have no file and pass. Returns the path checked, made absolute.
+
+        Raises
+        ------
+        WeightsError
+            The file is missing, or its SHA-256 differs (both are named).
+        """
+        if self.kind != "checkpoint":
+            return None
+        if path is None and self.file is None:
+            raise WeightsError(
+                f"weights {self.identity}: the checkpoint file's path is not known; give the "
+                "file (weights_path=..., --weights PATH)"
+            )
+        path = os.fspath(self.file if path is None else path)
+        if not os.path.isfile(path):
+            raise WeightsError(
+                f"weights file not found: {path} (the codes were made with a file of SHA-256 "
+                f"{self.sha256}); if it moved, give its new path: `cnncodes predict --weights "
+                "PATH`, or cnncodes.experiment.relocate_weights(model, PATH)"
+            )
+        actual = file_sha256(path)
+        if actual != self.sha256:
+            own = self.file is not None and os.path.abspath(path) == os.path.abspath(self.file)
+            if own:
+                what, fix = "changed", "; restore the original file, or refit"
+            else:
+                what = "is not the checkpoint this model was fitted with"
+                fix = f" ({self.file}); give that file" if self.file else "; give that file"
+            raise WeightsError(
+                f"weights file {path} {what}: its SHA-256 is {'now ' if own else ''}{actual}, "
+                f"but the codes (and any model trained on them) were made with {self.sha256}{fix}"
+            )
+        return os.path.abspath(path)
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How an RGB image becomes the network's input tensor.
+
+    Resize the shorter side to ``resize`` (or to exactly ``(height, width)`` when two values are
+    given), centre-crop ``crop`` (``(height, width)``), scale to [0, 1], normalise with ``mean`` and
+    ``std``.
+
+    ``impl`` says which code does it, and is part of the cache key because the two change the
+    codes slightly:
+
+    - ``"pil"`` (default): Pillow decodes, resizes and crops, on the CPU.
+    - ``"torch"``: JPEG files are decoded by ``torchvision.io.decode_jpeg`` on the extraction
+      device (nvJPEG on a GPU, libjpeg-turbo on the CPU), other files by Pillow; EXIF orientation,
+      resizing (``interpolation`` must be ``"bilinear"`` or ``"bicubic"``, antialiased) and
+      cropping are tensor operations on the device. The decode policy
+      (:data:`cnncodes.images.DECODE_POLICY`) is the same.
+
+    ``source`` says where each value came from, as ``(key, origin)`` pairs; origins are
+    ``"explicit"``, ``"checkpoint"``, ``"model"`` (the user's callable declared it),
+    ``"weights"`` (torchvision weights' ``transforms()``) and ``"ImageNet default"``. It is
+    for display only: not compared, not in :meth:`to_dict`, not in the cache key.
+
+    Examples
+    --------
+    >>> pre = Preprocessing((256,), (224, 224), (0.5,) * 3, (0.5,) * 3)
+    >>> pre.input_size, pre.to_dict()["crop"]
+    ((224, 224), [224, 224])
+    """
+
+    resize: tuple
+    crop: tuple | None
+    mean: tuple
+    std: tuple
+    interpolation: str = "bilinear"
+    impl: str = "pil"
+    source: tuple = field(default=(), compare=False, repr=False)
+
+    @property
+    def input_size(self):
+        """``(height, width)`` of the tensor the network receives."""
+        if self.crop is not None:
+            return tuple(self.crop)
+        return tuple(self.resize)
+
+    def to_dict(self):
+        """A JSON-ready description, used in cache keys and reports (without ``source``)."""
+        return {
+            k: (list(v) if isinstance(v, tuple) else v)
+            for k, v in asdict(self).items()
+            if k != "source"
+        }
+
+    @classmethod
+    def from_dict(cls, values):
+        """The inverse of :meth:`to_dict` (lists become tuples; ``impl`` defaults to ``"pil"``)."""
+        crop = values["crop"]
+        return cls(
+            resize=tuple(values["resize"]),
+            crop=None if crop is None else tuple(crop),
+            mean=tuple(values["mean"]),
+            std=tuple(values["std"]),
+            interpolation=values["interpolation"],
+            impl=values.get("impl", "pil"),
+        )
+
+    def arguments(self):
+        """The explicit arguments of :func:`cnncodes.models.resolve_spec` (``resize``, ``crop``,
+        ``mean``, ``std``, ``interpolation``, ``impl``) that resolve to exactly this preprocessing
+        (no crop is ``crop=0``)."""
+        values = {k: v for k, v in asdict(self).items() if k != "source"}
+        values["crop"] = 0 if self.crop is None else self.crop
+        return values
+
+    def describe(self):
+        """One line for people: see :func:`describe_preprocessing`."""
+        return describe_preprocessing(self.to_dict(), dict(self.source))
+
+
+def describe_preprocessing(values, source=None):
+    """One line saying how images are preprocessed, and where each value came from.
+
+    Parameters
+    ----------
+    values : dict
+        :meth:`Preprocessing.to_dict` (also what a cache configuration stores).
+    source : dict, optional
+        ``{key: origin}`` (:attr:`Preprocessing.source`); adds ``(from: ...)``.
+
+    Examples
+    --------
+    >>> from cnncodes.models import resolve_preprocessing
+    >>> describe_preprocessing(resolve_preprocessing(mean=0.5).to_dict())
+    'mean=(0.5, 0.5, 0.5) std=(0.229, 0.224, 0.225) resize=256 crop=224x224 interpolation=bilinear'
+    >>> resolve_preprocessing(mean=0.5, std=0.5).describe()
+    'mean=(0.5, 0.5, 0.5) std=(0.5, 0.5, 0.5) resize=256 crop=224x224 interpolation=bilinear \
+(from: explicit: mean, std; ImageNet default: resize, crop, interpolation)'
+    """
+
+    def size(value):
+        return "none" if value is None else "x".join(str(v) for v in value)
+
+    def floats(value):
+        return "(" + ", ".join(f"{float(v):g}" for v in value) + ")"
+
+    text = (
+        f"mean={floats(values['mean'])} std={floats(values['std'])} "
+        f"resize={size(values['resize'])} crop={size(values['crop'])} "
+        f"interpolation={values.get('interpolation')}"
+    )
+    if values.get("impl", "pil") != "pil":
+        text += f" impl={values['impl']}"
+    if source:
+        groups = {}
+        for key in ("mean", "std", "resize", "crop", "interpolation"):
+            if key in source:
+                groups.setdefault(source[key], []).append(key)
+        if len(groups) == 1:
+            text += f" (from: {next(iter(groups))})"
+        else:
+            text += " (from: " + "; ".join(f"{o}: {', '.join(k)}" for o, k in groups.items()) + ")"
+    return text
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A fully resolved model: everything that changes the network's numbers, and nothing else.
+
+    Cheap to build, hash and pickle (no tensors). ``weights_id`` is the identity of the weights:
+    the torchvision enum name, ``"sha256:<hex>"`` of a checkpoint file, ``"none:seed=<n>"``, or the
+    SHA-256 of the state the user's callable built. ``arch_id`` fingerprints the architecture itself:
+    its modules, parameter names and shapes, and for the user's own architecture also the code its
+    ``forward()`` runs (``"<modules>+<code>"``, see :func:`cnncodes.models._arch_id`).
+    Made by :func:`cnncodes.models.resolve_spec`.
+    """
+
+    model: str
+    weights: str
+    weights_id: str
+    arch_id: str
+    seed: int
+    preprocessing: Preprocessing
+
+    @property
+    def weights_spec(self):
+        """:attr:`weights_id` as :class:`Weights` (with the checkpoint's path as ``file``)."""
+        return Weights.parse(self.weights_id, file=self.weights)
+
+    def to_dict(self):
+        """A JSON-ready description (cache keys, reports, ``--out`` files)."""
+        out = asdict(self)
+        out["preprocessing"] = self.preprocessing.to_dict()
+        return out
+
+
+@dataclass(frozen=True)
+class CodeKey:
+    """What one layer's cached codes are keyed on: everything that changes the numbers.
+
+    The model (:class:`ModelSpec`: architecture, weights identity, preprocessing), the layer, the
+    pooling, the precision (already resolved for the device) and the image decode policy
+    (:data:`cnncodes.images.DECODE_POLICY`, plus :data:`GPU_DECODER` where nvJPEG decodes).
+    Batch size, worker count and device count are deliberately absent: they do not change codes.
+    ``format`` is the cache format version the key was made for; ``None`` means the current one
+    (:data:`cnncodes.cache.FORMAT_VERSION`).
+
+    :meth:`config` is the JSON-ready dict a cache stores beside its codes, :attr:`digest` the
+    name it is stored under, and :meth:`from_config` reads a stored dict back (the checkpoint
+    path is not in it: a :class:`ModelSpec` read back from a checkpoint's key has
+    ``weights=None``, and ``seed`` 0 unless the weights are ``"none:seed=<n>"``).
+
+    Examples
+    --------
+    >>> pre = Preprocessing((40,), (32, 32), (0.5,) * 3, (0.5,) * 3)
+    >>> spec = ModelSpec("resnet18", "none", "none:seed=3", "06a1c57ba771afeb", 3, pre)
+    >>> key = CodeKey.for_device(spec, "avgpool", "avg", "fp32", "cpu")
+    >>> key.config()["weights"], len(key.digest)
+    ('none:seed=3', 24)
+    >>> CodeKey.from_json(key.to_json()) == key
+    True
+    """
+
+    spec: ModelSpec
+    layer: str
+    pooling: str
+    precision: str
+    decode: str
+    format: int | None = None
+
+    @classmethod
+    def for_device(cls, spec, layer, pooling, precision, device_type="cpu"):
+        """The key of codes made on a ``device_type`` device: the device matters only where it
+        changes the numbers, through its precision (``precision`` is already resolved) and, with
+        ``impl="torch"``, the JPEG decoder (nvJPEG on a GPU)."""
+        from .images import DECODE_POLICY  # images imports this module
+
+        decode = DECODE_POLICY
+        if spec.preprocessing.impl == "torch" and device_type == "cuda":
+            decode += GPU_DECODER
+        return cls(spec, layer, pooling, precision, decode)
+
+    def __post_init__(self):
+        if self.format is None:
+            from .cache import FORMAT_VERSION  # h5py: imported only where keys are made
+
+            object.__setattr__(self, "format", FORMAT_VERSION)
+
+    def config(self):
+        """The cache configuration: a JSON-ready dict."""
+        return {
+            "format": self.format,
+            "model": self.spec.model,
+            "arch": self.spec.arch_id,
+            "weights": self.spec.weights_id,
+            "layer": self.layer,
+            "pooling": self.pooling,
+            "preprocessing": self.spec.preprocessing.to_dict(),
+            "precision": self.precision,
+            "decode": self.decode,
+        }
+
+    @property
+    def digest(self):
+        """The name the cache stores these codes under (:func:`cnncodes.cache.config_key`)."""
+        from .cache import config_key
+
+        return config_key(self.config())
+
+    def to_json(self):
+        """:meth:`config` as JSON text."""
+        return json.dumps(self.config(), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text):
+        """The inverse of :meth:`to_json`."""
+        return cls.from_config(json.loads(text))
+
+    @classmethod
+    def from_config(cls, config):
+        """The key a cache configuration (:meth:`config`) describes.
+
+        Raises
+        ------
+        ValueError
+            ``config`` is not a code configuration (the message names the missing key).
+        """
+        try:
+            weights = Weights.parse(config["weights"])
+            spec = ModelSpec(
+                model=config["model"],
+                weights=weights.argument,
+                weights_id=weights.identity,
+                arch_id=config["arch"],
+                seed=weights.seed if weights.kind == "none" else 0,
+                preprocessing=Preprocessing.from_dict(config["preprocessing"]),
+            )
+            return cls(
+                spec,
+                config["layer"],
+                config["pooling"],
+                config["precision"],
+                config.get("decode"),
+                config.get("format"),
+            )
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"not a cnncodes code configuration (missing {exc})") from None
