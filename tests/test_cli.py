@@ -837,3 +837,40 @@ def test_light_commands_start_without_torch_or_sklearn(tmp_path):
     assert cnncodes.CNNCodes.__name__ == "CNNCodes" and "extract_codes" in dir(cnncodes)
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         cnncodes.nope  # noqa: B018
+
+
+def test_extract_says_which_preprocessing_it_uses(capsys, data, cache, tmp_path):
+    import torch
+    from torchvision.models import resnet18
+
+    torch.manual_seed(0)
+    checkpoint = tmp_path / "plain.pth"
+    torch.save(resnet18().state_dict(), checkpoint)
+    argv = ["extract", data, "--model", "resnet18", "--weights", checkpoint, "--crop", "32"]
+    code, out, err = run(capsys, *argv, "--resize", "40", *FAST, "--cache-dir", cache, "--json")
+    assert code == 0, err
+    assert "preprocessing: mean=(0.485, 0.456, 0.406) std=(0.229, 0.224, 0.225) resize=40" in err
+    assert "plain.pth carries no preprocessing of its own" in err  # normalisation is not silent
+    described = json.loads(out)["preprocessing"]
+    assert described["source"] == {
+        "resize": "explicit", "crop": "explicit", "mean": "ImageNet default",
+        "std": "ImageNet default", "interpolation": "ImageNet default",
+    }  # fmt: skip
+
+
+def test_a_repeated_pooling_is_refused_not_silently_dropped(capsys, data, cache):
+    code, _, err = run(
+        capsys,
+        "extract",
+        data,
+        *MODEL,
+        *FAST,
+        "--cache-dir",
+        cache,
+        "--pooling",
+        "avg",
+        "-p",
+        "max",
+    )
+    assert code == 2
+    assert_one_line_error(err, "--pooling given twice ('avg', then 'max')")

@@ -414,6 +414,9 @@ def test_cli_trust_model_code_alone_trusts_every_callable(fitted, tmp_path, evil
     )
     assert cli.main(["predict", *common, "--trust-model-code"]) == 0
     assert (tmp_path / "CALLED").exists()
+    # One name per flag: the flag may stand before the model and the data.
+    capsys.readouterr()
+    assert cli.main(["predict", "--trust-model-code", evil, *common]) == 0, capsys.readouterr().err
 
 
 def test_save_reaches_the_disk_before_it_replaces_the_file(fitted, tmp_path, monkeypatch):

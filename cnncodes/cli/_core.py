@@ -62,9 +62,13 @@ class _Output:
         return False if self.quiet else None
 
     def note(self, message):
-        """Progress and warnings, on stderr."""
+        """Progress and notes, on stderr."""
         if not self.quiet:
             print(message, file=sys.stderr, flush=True)
+
+    def warn(self, message):
+        """A warning on stderr, worded as Python's warnings are shown (even with --quiet)."""
+        print(f"cnncodes: warning: {message}", file=sys.stderr, flush=True)
 
     def result(self, data, lines):
         """The command's result: ``data`` as JSON with ``--json``, else ``lines`` on stdout."""
@@ -248,6 +252,7 @@ def _add_model_options(parser, *, model=True, layers=True, required=True, layer_
         group.add_argument(
             "--pooling",
             "-p",
+            action=_Once,
             choices=POOLINGS,
             default="avg" if required else None,
             help="how spatial maps become vectors (default: "
@@ -305,6 +310,26 @@ def _add_compute_options(group):
     )
 
 
+class _Once(argparse.Action):
+    """A single-valued option given twice is an error, not "the last one wins": beside the
+    repeatable --layer, a second --pooling reads as a request for both."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        seen = f"_{self.dest}_given"
+        if getattr(namespace, seen, False):
+            first = getattr(namespace, self.dest)
+            raise UsageError(
+                f"{self.option_strings[0]} given twice ({first!r}, then {values!r}): give it once"
+                + (
+                    "; a recipe that sweeps poolings (layer_sweep_svm) compares them"
+                    if self.dest == "pooling"
+                    else ""
+                )
+            )
+        setattr(namespace, seen, True)
+        setattr(namespace, self.dest, values)
+
+
 def _add_trust_model_code_option(
     parser, *, named_in="the file", every="every callable the file names", where=", after the data"
 ):
@@ -312,10 +337,12 @@ def _add_trust_model_code_option(
     parser.add_argument(
         "--trust-model-code",
         action="append",
-        nargs="*",
+        nargs="?",
+        const="",
         metavar="CALLABLE",
+        # One name per flag (nargs="?"), so that the flag may stand before the positionals.
         help=f"allow the model's own architecture (package.module:callable, named in {named_in}) "
-        f"to be imported and run; repeat or list several. Alone, without a name: allow {every}. "
+        f"to be imported and run; repeat the flag for several. Alone, without a name: allow {every}. "
         "Torchvision models need nothing",
     )
     parser.set_defaults(trust_model_code_hint=f"to allow {every}, give the flag alone{where}")
@@ -374,7 +401,9 @@ def _load_data(args, output=None):
     if output is not None:
         counts = dataset.counts()
         what = f"{len(counts)} class{'es' if len(counts) != 1 else ''}" if counts else "unlabelled"
-        output.note(f"{len(dataset)} images in {display(dataset.root)} ({what})")
+        # A manifest is named by its file: two manifests in one folder are told apart.
+        where = args.data if dataset.kind == "manifest" else dataset.root
+        output.note(f"{len(dataset)} images in {display(where)} ({what})")
     return dataset
 
 
@@ -417,8 +446,8 @@ def _trust_model_code(args):
     """``--trust-model-code``: False (not given), True (given alone) or the names given."""
     if args.trust_model_code is None:
         return False
-    names = [name for group in args.trust_model_code for name in group]
-    if any(not group for group in args.trust_model_code):
+    names = args.trust_model_code
+    if any(not name for name in names):
         return True
     for name in names:
         module, _, attr = name.partition(":")

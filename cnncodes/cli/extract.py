@@ -72,13 +72,18 @@ def add_extract_parser(subparsers):
 def run_extract(args):
     """Extract codes for DATA; print a summary; optionally write them to --out."""
     from ..extract import extract_codes
-    from ..models import resolve_layers
+    from ..models import default_preprocessing_note, resolve_layers
 
     output = _Output(args)
     out_path = _check_out_path(args.out, FORMATS)
     dataset = _load_data(args, output)
     spec = _spec_from_args(args)
     layers = resolve_layers(spec, args.layer or ["penultimate"])
+    # Normalisation is never silent: a checkpoint normalised with ImageNet's default says so.
+    output.note(f"preprocessing: {spec.preprocessing.describe()}")
+    note = default_preprocessing_note(spec)
+    if note:
+        output.note(note)
     result = extract_codes(
         dataset.paths,
         spec,
@@ -111,6 +116,10 @@ def run_extract(args):
         "weights": spec.weights_id,
         "layers": list(result.codes),
         "pooling": args.pooling,
+        "preprocessing": {
+            **spec.preprocessing.to_dict(),
+            "source": dict(spec.preprocessing.source),
+        },
         "precision": precision,
         "features": int(sum(widths.values())),
         "features_per_layer": widths,

@@ -286,7 +286,7 @@ def run_fit(args):
         if test_set.labels is None:
             raise UsageError(f"--test {args.test}: the test images need labels")
         test = (test_set.paths, test_set.labels)
-        test_note = display(test_set.root)
+        test_note = display(args.test if test_set.kind == "manifest" else test_set.root)
     elif args.test_size is not None:
         test_note = f"{args.test_size:g} of DATA held out"
     try:

@@ -158,8 +158,8 @@ def run_predict(args):
         known = {str(c) for c in estimator.classes_}
         unseen = sorted({str(label) for label in labels} - known)
         if unseen:
-            output.note(
-                f"warning: class(es) the model never learned: {', '.join(unseen)} (it knows "
+            output.warn(
+                f"class(es) the model never learned: {', '.join(unseen)} (it knows "
                 f"{', '.join(sorted(known))}); their images can only be predicted wrong"
             )
     table = predict_images(
