@@ -314,7 +314,7 @@ def run_demo(
             pipe, grid = pipelines.get(recipe).build()
             pipe.set_params(cnncodes=step)
             if "random_state" in pipe.named_steps["clf"].get_params():
-                # LinearSVC's dual solver shuffles: unseeded, the table changed from run to run.
+                # Seeded, so that a recipe whose solver shuffles gives the same table every run.
                 pipe.set_params(clf__random_state=seed)
             grid = {k: v for k, v in grid.items() if not k.startswith("cnncodes__")}
             if Cs is not None:
