@@ -46,8 +46,8 @@ class Progress:
         The items, plural (``"images"``) and as a rate's unit (``"img"``).
     enabled : bool or None
         False: nothing. None (the library's default) or True: a bar when ``stream`` is a
-        terminal, else lines. With None, a run shorter than ``interval`` stays silent; with True
-        it still gets its final line.
+        terminal, else lines. With None, a run shorter than ``interval`` stays silent, and one
+        that lasted at least that long always gets its final line; with True every run does.
     stream : file, optional
         Where to write (default: ``sys.stderr`` at the time of the call).
     interval : float, optional
@@ -119,8 +119,11 @@ class Progress:
         self.closed = True
         if self.bar is not None:
             self.bar.close()
-        elif self.mode == "lines" and (self.lines or self.always):
+        elif self.mode == "lines":
             elapsed = self.clock() - self.start
+            # A run as long as the interval leaves a trace even if its only update was the last.
+            if not (self.lines or self.always or elapsed >= self.interval):
+                return
             self._write(
                 f"{self.desc}: {self.done:,}/{self.total:,} {self.noun} in {_duration(elapsed)}, "
                 f"{_rate(self.done, elapsed, self.unit)}"

@@ -154,8 +154,9 @@ def load_dataset(source, *, allow_outside_root=False):
     Warns
     -----
     DatasetWarning
-        A class folder holds no images (it is left out), or a manifest lists the same image
-        content (by SHA-256, whatever the file name) under different labels (both are kept).
+        A class folder holds no images (it is left out), or the same image content (by SHA-256,
+        whatever the file name) is in two class folders or listed by a manifest under different
+        labels (both are kept; the warning names both files).
 
     Examples
     --------
@@ -210,6 +211,7 @@ def _load_folder(source, allow_outside_root):
                 DatasetWarning,
                 stacklevel=3,
             )
+        _warn_label_conflicts(_display(root), paths, labels)
     return ImageDataset(paths, labels, root, "folder")
 
 
@@ -319,8 +321,9 @@ def _load_manifest(source, allow_outside_root):
     return ImageDataset(paths, labels, root, "manifest")
 
 
-def _warn_label_conflicts(name, paths, labels, lines):
-    """Warn when one image content is listed under different labels (one of them is wrong)."""
+def _warn_label_conflicts(name, paths, labels, lines=None):
+    """Warn when one image content is listed under different labels (one of them is wrong):
+    by a manifest (``lines``: each path's line) or in several class folders (``lines`` None)."""
     from .images import file_digests  # the digests are memoised: extraction reuses them
 
     first = {}  # content hash -> index of its first listing
@@ -336,19 +339,29 @@ def _warn_label_conflicts(name, paths, labels, lines):
     j, i = conflicts[0]
     rest = ""
     if len(conflicts) > 1:
-        others = ", ".join(str(lines[k]) for _, k in conflicts[1:6])
-        rest = f"; also line(s) {others}{', ...' if len(conflicts) > 6 else ''}"
+        others = ", ".join(
+            _display(paths[k]) if lines is None else str(lines[k]) for _, k in conflicts[1:6]
+        )
+        rest = f"; also {'' if lines is None else 'line(s) '}{others}"
+        rest += ", ..." if len(conflicts) > 6 else ""
     files = (
         f"{display(paths[j])} (the same file)"
         if paths[j] == paths[i]
         else f"{display(paths[j])} and {display(paths[i])}"
     )
+    if lines is None:
+        problem = f"class folders {labels[j]!r} and {labels[i]!r} hold the same image content"
+        fix = "remove the copy from the wrong class folder"
+    else:
+        problem = (
+            f"lines {lines[j]} and {lines[i]} list the same image content under different "
+            f"labels ({labels[j]!r}, {labels[i]!r})"
+        )
+        fix = "correct the label or remove one"
     warnings.warn(
-        f"{name}: lines {lines[j]} and {lines[i]} list the same image content under different "
-        f"labels ({labels[j]!r}, {labels[i]!r}): {files}{rest}; both are kept: correct the "
-        "label or remove one",
+        f"{name}: {problem}: {files}{rest}; both are kept: {fix}",
         DatasetWarning,
-        stacklevel=4,  # _warn_label_conflicts, _load_manifest, load_dataset, caller
+        stacklevel=4,  # _warn_label_conflicts, _load_manifest or _load_folder, load_dataset, caller
     )
 
 

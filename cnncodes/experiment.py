@@ -487,8 +487,8 @@ def run_experiment(
 
     overrides = dict(overrides or {})
     overrides["on_error"] = on_error
-    if progress is not None:
-        overrides.setdefault("progress", progress)
+    # Also None: the recipes' CNNCodes default to progress=False, which would keep a log silent.
+    overrides.setdefault("progress", progress)
     pipe, grid = _apply_overrides(recipe_module, overrides)
     step, prefix = _find_codes_step(pipe)
     # Fail on a bad model, layer or parameter before any image is read.

@@ -1062,6 +1062,8 @@ def _run_network(
                             code = pool(feats[layer], pooling)
                             pooled[layer].append(code[:1] if single else code)
                         del feats  # activations of early layers are large; free before the next
+                        # Counted per pass: a loader batch of a slow network can take minutes.
+                        bar.update(1 if single else len(part))
                 rows = [groups[d] for d, _, _ in good]
                 # A file rewritten since it was hashed is stored under the hash of what was decoded.
                 keys = [a for _, a, _ in good]
@@ -1075,7 +1077,8 @@ def _run_network(
                             committer.add(layer, [keys[r] for r in new], codes[new])
                 computed += len(good)
                 committer.step(len(good))
-            bar.update(len(batch))
+            if len(good) < len(batch):
+                bar.update(len(batch) - len(good))  # the unreadable ones are done too
     finally:
         if batches is not loader:
             batches.close()

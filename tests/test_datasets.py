@@ -10,10 +10,11 @@ import pytest
 from cnncodes.datasets import DatasetError, DatasetWarning, ImageDataset, load_dataset, load_files
 
 
-def touch(path, data=b"x"):
-    """Create ``path`` (and its folders); the loader never opens images, so any bytes do."""
+def touch(path, data=None):
+    """Create ``path`` (and its folders); the loader never decodes images, so any bytes do, but
+    it hashes them: by default each file's own (one content in two classes is warned about)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
+    path.write_bytes(os.fsencode(path) if data is None else data)
     return str(path)
 
 
@@ -168,7 +169,8 @@ def test_symlinks_inside_the_root_are_followed_and_cycles_end(tmp_path):
     (root / "b").mkdir()
     (root / "b" / "same.png").symlink_to(target)
     (root / "b" / "loop").symlink_to(root, target_is_directory=True)  # a cycle back to the root
-    ds = load_dataset(root)
+    with pytest.warns(DatasetWarning, match="class folders 'a' and 'b' hold the same image"):
+        ds = load_dataset(root)  # one image under two labels, through the link
     assert ds.paths == [target, str(root / "b" / "same.png")]
     assert ds.labels == ["a", "b"]
 
@@ -332,6 +334,33 @@ def test_manifest_with_one_image_under_two_labels_warns_naming_both_lines(tmp_pa
     twice = write_csv(tmp_path / "t.csv", "path,label\nb.png,cat\nb.png,dog\n")
     with pytest.warns(DatasetWarning, match=r"lines 2 and 3 .*b\.png \(the same file\)"):
         load_dataset(twice)
+
+
+def test_class_folders_holding_one_image_content_warn_naming_both_files(tmp_path):
+    touch(tmp_path / "a" / "0488.png", b"same")
+    touch(tmp_path / "a" / "0489.png", b"other")
+    touch(tmp_path / "b" / "copy.png", b"same")
+    touch(tmp_path / "b" / "nested" / "again.png", b"same")
+    with pytest.warns(DatasetWarning) as caught:
+        ds = load_dataset(tmp_path)
+    assert len(caught) == 1
+    message = str(caught[0].message)
+    first, copy, again = (
+        os.path.join(tmp_path, *parts)
+        for parts in (("a", "0488.png"), ("b", "copy.png"), ("b", "nested", "again.png"))
+    )
+    assert message.startswith(
+        f"{tmp_path}: class folders 'a' and 'b' hold the same image content: {first} and {copy}; "
+        f"also {again}; both are kept"
+    ), message
+    assert caught[0].filename == __file__  # points at the caller of load_dataset
+    assert ds.labels == ["a", "a", "b", "b"]  # kept: the user decides
+    # The same content twice in one class folder is no label conflict.
+    touch(tmp_path / "b" / "copy.png", b"third")
+    touch(tmp_path / "b" / "nested" / "again.png", b"third")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DatasetWarning)
+        load_dataset(tmp_path)
 
 
 def test_manifest_duplicates_with_one_label_or_no_labels_warn_nothing(tmp_path):

@@ -38,6 +38,18 @@ def test_fit_command_names_the_rows_settings():
         demo.fit_command("pretrained-top", "sgd")
 
 
+def test_fit_command_keeps_the_demos_cache_option():
+    # Without it, rerunning a row of a demo run with --cache-dir recomputed into ./cache.
+    default = demo.fit_command("pretrained-top", "linear_svm")
+    assert "--cache-dir" not in default and "--no-cache" not in default
+    folder = demo.fit_command("pretrained-top", "linear_svm", cache_dir="/tmp/my codes")
+    assert folder == [*default, "--cache-dir", "/tmp/my codes"]
+    assert demo.fit_command("pretrained-top", "linear_svm", cache_dir=None) == [
+        *default,
+        "--no-cache",
+    ]
+
+
 def test_comparison_plot_labels_apart_and_legend_off_the_bars(tmp_path):
     accuracy = {name: {"linear_probe": 0.99, "linear_svm": 0.98} for name, *_ in demo.FEATURE_SETS}
     fig = demo._plot(accuracy, tmp_path / "comparison.png")

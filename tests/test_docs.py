@@ -77,8 +77,8 @@ def workdir(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("CNNCODES_CACHE", raising=False)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))  # no weights: offline
-    for name in ("cats", "dogs"):
-        write_images(tmp_path / "photos" / name, 4, seed=len(name))
+    for seed, name in enumerate(("cats", "dogs")):  # seeds apart: no image in both classes
+        write_images(tmp_path / "photos" / name, 4, seed=seed)
     write_images(tmp_path / "new-photos", 3, seed=7)
     return tmp_path
 

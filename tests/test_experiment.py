@@ -487,6 +487,22 @@ def test_a_sequential_search_shows_its_fits_as_progress(data, tmp_path, capsys):
     assert shown.metrics["best_params"] == quiet.metrics["best_params"]
 
 
+def test_the_default_progress_reaches_the_extraction_in_a_log(data, tmp_path, capsys, monkeypatch):
+    # progress=None (what `cnncodes fit` passes): the warm pass reports in a log file as
+    # extract_codes does, rather than taking the recipe's silent progress=False.
+    import cnncodes._progress
+
+    monkeypatch.setattr(cnncodes._progress, "LOG_INTERVAL", 0.0)
+    paths, labels = data
+    overrides = dict(FAST, cache_dir=str(tmp_path / "cache"), Cs=[1.0], batch_size=4)
+    result = run_experiment(paths, labels, overrides=overrides, cv=2, progress=None)
+    warm = capsys.readouterr().err.split("grid search")[0].splitlines()
+    assert [line.split(",")[0] for line in warm] == [
+        f"extracting: {n}/16 images" for n in (4, 8, 12)
+    ] + ["extracting: 16/16 images in 0 s"]
+    assert result.estimator.steps[0][1].progress is False
+
+
 def test_the_test_images_extraction_shows_progress_and_the_model_keeps_none(data, tmp_path, capsys):
     paths, labels = data
     test_paths, test_labels = write_classes(str(tmp_path / "test"), per_class=3, seed=1)

@@ -525,3 +525,20 @@ def test_progress_goes_to_a_log_as_lines_when_stderr_is_not_a_terminal(
     assert "img/s, about" in lines[0] and "\r" not in "".join(lines)
     extract_codes(images, cnn_spec, "pool", cache_dir=None, progress=False, **FAST)
     assert capsys.readouterr().err == ""
+
+
+def test_progress_advances_with_each_forward_pass_not_each_loader_batch(
+    cnn_spec, make_images, capsys, monkeypatch
+):
+    # A loader batch of 32 images on the CPU takes several forward passes; with one update per
+    # loader batch a slow network left a log silent for the whole batch.
+    import cnncodes._progress
+
+    monkeypatch.setattr(cnncodes._progress, "LOG_INTERVAL", 0.0)
+    images = make_images(20)
+    extract_codes(images, cnn_spec, "pool", cache_dir=None, batch_size=32, **FAST)
+    chunk = extract_module.CPU_FORWARD_BATCH
+    lines = [line.split(",")[0] for line in capsys.readouterr().err.splitlines()]
+    assert lines == [f"extracting: {n}/20 images" for n in range(chunk, 20, chunk)] + [
+        "extracting: 20/20 images in 0 s"
+    ]

@@ -226,6 +226,32 @@ def test_sgd_defaults_converge_on_a_small_separable_problem():
         GridSearchCV(pipe, grid, cv=3, error_score="raise").fit(X, y)
 
 
+def test_linear_svm_converges_at_every_c_on_the_demos_few_labelled_digits(tmp_path):
+    from sklearn.datasets import load_digits
+    from sklearn.exceptions import ConvergenceWarning
+
+    from cnncodes.demo_data import _render, _split_indices
+
+    # The demo's 25 labelled digits through the untrained network: near-collinear top-layer
+    # codes on which liblinear's dual solver stopped at max_iter for C >= 1000.
+    digits = load_digits()
+    paths, y = [], []
+    for d, indices in _split_indices(digits.target, 5, 0)["target_train"].items():
+        for i in indices:
+            path = tmp_path / f"{d}_{i}.png"
+            _render(digits.images[i]).save(path)
+            paths.append(str(path))
+            y.append(str(d))
+    pipe, grid = pipelines.get("linear_svm").build(
+        model="cnncodes.demo_data:digits_net", weights="none", cache_dir=None, num_workers=0
+    )
+    X = pipe[0].set_params(layer="flatten").fit_transform(paths)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        for params in ParameterGrid(grid):
+            clone(pipe[1:]).set_params(**params).fit(X, y)
+
+
 def test_layer_sweep_end_to_end_and_layer_table(data, tmp_path):
     paths, y = data
     pipe, grid = layer_sweep_svm.build(

@@ -75,3 +75,12 @@ def test_a_broken_stream_does_not_stop_the_work():
     progress.update(5)  # the write fails: reporting stops, counting goes on
     progress.close()
     assert progress.done == 5 and progress.mode == "off"
+
+
+def test_a_run_longer_than_the_interval_gets_its_final_line_even_without_running_lines():
+    # One update at the very end (a single batch of 13 s): no running line, but a trace stays.
+    log, clock = io.StringIO(), Clock()
+    with Progress(60, "extracting", "images", "img", stream=log, clock=clock) as progress:
+        clock.now = 13.0
+        progress.update(60)
+    assert _lines(log) == ["extracting: 60/60 images in 13 s, 4.6 img/s"]
