@@ -211,7 +211,7 @@ def _load_folder(source, allow_outside_root):
                 DatasetWarning,
                 stacklevel=3,
             )
-        _warn_label_conflicts(_display(root), paths, labels)
+        _warn_label_conflicts(display(root), paths, labels)
     return ImageDataset(paths, labels, root, "folder")
 
 
@@ -340,7 +340,7 @@ def _warn_label_conflicts(name, paths, labels, lines=None):
     rest = ""
     if len(conflicts) > 1:
         others = ", ".join(
-            _display(paths[k]) if lines is None else str(lines[k]) for _, k in conflicts[1:6]
+            display(paths[k]) if lines is None else str(lines[k]) for _, k in conflicts[1:6]
         )
         rest = f"; also {'' if lines is None else 'line(s) '}{others}"
         rest += ", ..." if len(conflicts) > 6 else ""

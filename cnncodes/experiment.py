@@ -31,6 +31,7 @@ import numpy as np
 
 from . import __version__
 from ._json import jsonable
+from .datasets import DatasetWarning
 from .models import ModelError, default_preprocessing_note, resolve_spec
 from .transformers import CNNCodes, _find_codes_step, filter_readable, warm_cache
 
@@ -522,9 +523,11 @@ def run_experiment(
         duplicates = _duplicates(paths, test_paths)
         overlap = duplicates["test_in_train"] or 0
         if overlap:
-            log(
-                f"warning: {overlap} test image(s) are also training images (same file content): "
-                "the test score overstates accuracy on new images"
+            warnings.warn(
+                f"{overlap} test image(s) are also training images (same file content): "
+                "the test score overstates accuracy on new images",
+                DatasetWarning,
+                stacklevel=2,
             )
         if duplicates["within_train"]:
             log(
