@@ -13,6 +13,9 @@ The network runs once per image and configuration: :func:`~cnncodes.transformers
 extracts every training code the grid will ask for before the search starts (with a progress
 bar), so the folds and candidates, and the refit, only read the cache; held-out images go
 through the network once, for the best candidate only.
+
+Recipes are looked up in :mod:`cnncodes.recipes` (the bundled ones of :mod:`pipelines` register
+themselves there); this module never imports :mod:`pipelines`.
 """
 
 from __future__ import annotations

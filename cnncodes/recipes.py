@@ -59,7 +59,7 @@ def _check_layer_mode(value, where):
     return value
 
 
-def register(name, recipe, *, layer="concat"):
+def register(name, recipe, *, layer=None):
     """Make ``recipe`` available by ``name`` (to :func:`get`, ``cnncodes fit --pipeline``).
 
     Parameters
@@ -69,9 +69,10 @@ def register(name, recipe, *, layer="concat"):
     recipe : module or str
         The recipe, or the dotted name of its module (imported when first asked for, so that
         registering costs nothing).
-    layer : {"sweep", "concat"}, default="concat"
+    layer : {"sweep", "concat"}, optional
         What a list of layers given by the user means for this recipe (see the module
-        docstring). A module that declares ``LAYER`` must declare the same.
+        docstring). Default: for a module, what it declares (:func:`layer_mode`); for a dotted
+        name, ``"concat"``. A module that declares ``LAYER`` must declare the same.
 
     Raises
     ------
@@ -88,6 +89,8 @@ def register(name, recipe, *, layer="concat"):
         raise ValueError(
             f"recipe={recipe!r}: expected a module defining build(**overrides), or its dotted name"
         )
+    if layer is None:
+        layer = "concat" if isinstance(recipe, str) else layer_mode(recipe)
     entry = _Entry(recipe, _check_layer_mode(layer, "layer"))
     known = _REGISTRY.get(name)
     if known is not None and known != entry:
@@ -112,7 +115,11 @@ def _load_bundled():
         importlib.import_module(BUNDLED_PACKAGE)
     except ModuleNotFoundError as exc:
         if exc.name != BUNDLED_PACKAGE:
+            _bundled_loaded = False  # a broken install: say so on every look-up, not once
             raise
+    except BaseException:
+        _bundled_loaded = False
+        raise
 
 
 def available():

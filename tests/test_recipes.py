@@ -102,6 +102,9 @@ def test_register_a_recipe_by_module_or_dotted_name(registry):
     registry.register("mine", mine, layer="sweep")  # the same again: no change
     assert registry.get("mine") is mine and "mine" in registry.available()
     assert registry.layer_mode("mine") == "sweep"
+    # Without layer=, a module's own declaration (or its `layers` option) decides.
+    registry.register("sweeper", _recipe("sweeper", OPTIONS=("layers",)))
+    assert registry.layer_mode("sweeper") == "sweep"
     registry.register("probe_again", "pipelines.linear_probe")
     assert registry.get("probe_again").__name__ == "pipelines.linear_probe"
 
@@ -140,3 +143,18 @@ def test_layer_mode_of_bundled_recipes_modules_and_files(tmp_path):
     assert recipes.layer_mode(str(recipe)) == "sweep"
     with pytest.raises(ValueError, match=r"unknown recipe 'linear_prob'\. Did you mean"):
         recipes.layer_mode("linear_prob")
+
+
+def test_a_missing_or_broken_bundled_package(registry, monkeypatch, tmp_path):
+    monkeypatch.setattr(registry, "_REGISTRY", {})
+    monkeypatch.setattr(registry, "_bundled_loaded", False)
+    monkeypatch.setattr(registry, "BUNDLED_PACKAGE", "no_such_recipes_package")
+    assert registry.available() == []  # installed without pipelines: no bundled recipes
+    (tmp_path / "broken_recipes_package").mkdir()
+    (tmp_path / "broken_recipes_package" / "__init__.py").write_text("import no_such_module\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(registry, "_bundled_loaded", False)
+    monkeypatch.setattr(registry, "BUNDLED_PACKAGE", "broken_recipes_package")
+    for _ in range(2):  # every look-up says why, not only the first
+        with pytest.raises(ModuleNotFoundError, match="no_such_module"):
+            registry.get("linear_probe")

@@ -44,6 +44,10 @@ examples:
       --layer features.3 --layer features.6 --layer features.13 --layer features.18 \\
       --test test/ --report report/ --n-jobs 2
 
+  # several --layer: linear_probe concatenates their codes; --layer-mode sweep tries each
+  cnncodes fit photos/ --pipeline linear_probe --model resnet50 --layer layer3 \\
+      --layer avgpool --layer-mode sweep --test-size 0.25
+
   # your own recipe file (defines build(**overrides) -> (pipeline, param_grid))
   cnncodes fit photos/ --pipeline my_recipe.py --model resnet18 --json
 
