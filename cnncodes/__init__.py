@@ -51,6 +51,7 @@ _SUBMODULES = (
     "models",
     "persistence",
     "pooling",
+    "recipes",
     "report",
     "spec",
     "transformers",

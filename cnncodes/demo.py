@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import demo_data
+from . import demo_data, recipes
 from ._files import atomic_path, atomic_write_bytes
 from .datasets import load_dataset
 from .extract import extract_codes
@@ -269,8 +269,6 @@ def run_demo(
     """
     from sklearn.model_selection import GridSearchCV
 
-    import pipelines
-
     Cs = _check_options(shots, test_per_class, epochs, Cs)
     started = time.perf_counter()
     os.makedirs(out_dir, exist_ok=True)
@@ -313,7 +311,7 @@ def run_demo(
     for name, _desc, weights, layer, pooling in FEATURE_SETS:
         step = _feature_step(name, weights, layer, pooling, checkpoint, cache_dir, progress)
         for recipe in RECIPES:
-            pipe, grid = pipelines.get(recipe).build()
+            pipe, grid = recipes.get(recipe).build()
             pipe.set_params(cnncodes=step)
             if "random_state" in pipe.named_steps["clf"].get_params():
                 # Seeded, so that a recipe whose solver shuffles gives the same table every run.
@@ -321,7 +319,7 @@ def run_demo(
             grid = {k: v for k, v in grid.items() if not k.startswith("cnncodes__")}
             if Cs is not None:
                 grid["clf__C"] = Cs
-            search = GridSearchCV(pipe, grid, cv=pipelines.make_cv(y_train, seed=seed))
+            search = GridSearchCV(pipe, grid, cv=recipes.make_cv(y_train, seed=seed))
             search.fit(train.paths, y_train)
             acc = float(np.mean(search.predict(test_paths) == y_test))
             accuracy.setdefault(name, {})[recipe] = acc

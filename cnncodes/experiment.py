@@ -13,6 +13,9 @@ The network runs once per image and configuration: :func:`~cnncodes.transformers
 extracts every training code the grid will ask for before the search starts (with a progress
 bar), so the folds and candidates, and the refit, only read the cache; held-out images go
 through the network once, for the best candidate only.
+
+Recipes are looked up in :mod:`cnncodes.recipes` (the bundled ones of :mod:`pipelines` register
+themselves there); this module never imports :mod:`pipelines`.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import __version__
+from . import __version__, recipes
 from ._json import jsonable
 from .datasets import DatasetWarning
 from .models import ModelError, default_preprocessing_note, resolve_spec
@@ -39,6 +42,7 @@ __all__ = [
     "ExperimentResult",
     "classification_metrics",
     "cv_table",
+    "layer_table",
     "predict_images",
     "run_experiment",
     "set_runtime",
@@ -68,7 +72,7 @@ class ExperimentResult:
         Every candidate, best first (see :func:`cv_table`).
     layers : pandas.DataFrame or None
         The best score of every layer, when the grid sweeps ``cnncodes__layer`` over more than one
-        value (see :func:`pipelines.layer_sweep_svm.layer_table`).
+        value (see :func:`layer_table`).
     config : dict
         Everything needed to rerun the experiment (JSON-ready).
     skipped : dict
@@ -96,6 +100,17 @@ class ExperimentResult:
 def _short_param(name):
     """``cnncodes__layer`` -> ``layer``, ``clf__C`` -> ``C`` (for tables)."""
     return name.split("__")[-1]
+
+
+def _describe_layers(plan):
+    """One line on the layers of a run (``config["layer"]``): swept, concatenated or one."""
+    candidates = plan["candidates"]
+    if len(candidates) > 1:
+        return f"layers swept, one candidate each: {', '.join(map(_layer_label, candidates))}"
+    (only,) = candidates
+    if isinstance(only, (list, tuple)) and len(only) > 1:
+        return f"codes: concatenation of {' + '.join(map(str, only))}"
+    return f"layer: {_layer_label(only)}"
 
 
 def _data_fingerprint(paths, labels):
@@ -255,6 +270,69 @@ def cv_table(search):
     )
 
 
+def _layer_label(layer):
+    """A layer, or a multi-layer entry joined with ``+`` (as in :func:`cv_table`)."""
+    return layer if isinstance(layer, str) else "+".join(map(str, layer))
+
+
+def layer_table(search, param="cnncodes__layer"):
+    """The best cross-validated score of every swept layer, and which layer won.
+
+    Parameters
+    ----------
+    search : fitted GridSearchCV (or any search with ``cv_results_`` and ``best_params_``)
+    param : str, default="cnncodes__layer"
+        The grid parameter holding the layer.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per layer, in sweep order: ``layer``, ``mean_test_score``, ``std_test_score``
+        (of that layer's best candidate), ``params`` (that candidate's other parameters) and
+        ``best`` (True for the layer of ``search.best_params_``).
+
+    Examples
+    --------
+    >>> search.fit(paths, labels)  # doctest: +SKIP
+    >>> print(layer_table(search).to_string(index=False))  # doctest: +SKIP
+    """
+    import pandas as pd
+
+    results = getattr(search, "cv_results_", None)
+    if results is None:
+        raise ValueError("layer_table needs a fitted search (it has no cv_results_)")
+    column = f"param_{param}"
+    if column not in results:
+        swept = [k[len("param_") :] for k in results if k.startswith("param_")]
+        raise ValueError(
+            f"the search did not sweep {param!r}; it swept {', '.join(swept) or 'nothing'}"
+        )
+    rows = {}
+    for i, params in enumerate(results["params"]):
+        if param not in params:
+            continue
+        label = _layer_label(params[param])
+        score = results["mean_test_score"][i]
+        row = rows.get(label)
+        better = row is None or (
+            np.isfinite(score)
+            and (not np.isfinite(row["mean_test_score"]) or score > row["mean_test_score"])
+        )
+        if better:
+            rows[label] = {
+                "layer": label,
+                "mean_test_score": float(score),
+                "std_test_score": float(results["std_test_score"][i]),
+                "params": {k: v for k, v in params.items() if k != param},
+            }
+    best = _layer_label(search.best_params_[param]) if param in search.best_params_ else None
+    table = pd.DataFrame(
+        list(rows.values()), columns=["layer", "mean_test_score", "std_test_score", "params"]
+    )
+    table["best"] = table["layer"] == best
+    return table
+
+
 # ----------------------------------------------------------------------------- fit
 
 
@@ -304,23 +382,40 @@ def _split(paths, labels, test_size, seed):
     )
 
 
-def _apply_overrides(recipe_module, overrides):
+def _apply_overrides(recipe_module, overrides, layer_mode=None):
     """Build the recipe with ``overrides``: CNNCodes parameters and the recipe's options.
 
-    ``layer`` and ``pooling`` given by the user take over a grid that sweeps them: the recipe's
-    own ``layers`` / ``poolings`` option when it has one, else the grid values are replaced.
+    ``layer`` given by the user (a name or a list) means what ``layer_mode`` says, by default
+    what the recipe declares (:func:`cnncodes.recipes.layer_mode`): ``"sweep"``, each layer is
+    a candidate (the recipe's own ``layers`` option when it has one, else the grid's
+    ``cnncodes__layer``); ``"concat"``, one candidate whose code concatenates the layers'.
+    ``pooling`` given by the user takes over a grid that sweeps it (the recipe's ``poolings``
+    option when it has one). Returns ``(pipeline, param_grid, layer_mode)``.
     """
     overrides = dict(overrides or {})
     options = tuple(getattr(recipe_module, "OPTIONS", ()))
+    if layer_mode is None:
+        layer_mode = recipes.layer_mode(recipe_module)
+    elif layer_mode not in recipes.LAYER_MODES:
+        raise ValueError(
+            f"layer_mode={layer_mode!r}: expected 'sweep' (each layer a candidate) or 'concat' "
+            "(one code concatenating the layers), or None for the recipe's own"
+        )
     user_layers = overrides.pop("layer", None)
     user_pooling = overrides.pop("pooling", None)
     if isinstance(user_layers, str):
         user_layers = [user_layers]
+    candidates = None
     if user_layers is not None:
+        user_layers = list(user_layers)
+        if not user_layers:
+            raise ValueError("layer=[]: give at least one layer name")
+        joined = user_layers[0] if len(user_layers) == 1 else user_layers
+        candidates = user_layers if layer_mode == "sweep" else [joined]
         if "layers" in options:
-            overrides["layers"] = list(user_layers)
+            overrides["layers"] = candidates
         else:
-            overrides["layer"] = user_layers[0] if len(user_layers) == 1 else list(user_layers)
+            overrides["layer"] = candidates[0]
     if user_pooling is not None:
         if "poolings" in options:
             overrides["poolings"] = [user_pooling]
@@ -329,11 +424,12 @@ def _apply_overrides(recipe_module, overrides):
     pipe, grid = recipe_module.build(**overrides)
     grids = [grid] if isinstance(grid, dict) else [dict(g) for g in grid]
     for g in grids:
-        if user_layers is not None and "cnncodes__layer" in g and "layers" not in options:
-            g["cnncodes__layer"] = list(user_layers)
+        if candidates is not None and "layers" not in options:
+            if layer_mode == "sweep" or "cnncodes__layer" in g:
+                g["cnncodes__layer"] = list(candidates)
         if user_pooling is not None and "cnncodes__pooling" in g and "poolings" not in options:
             g["cnncodes__pooling"] = [user_pooling]
-    return pipe, grids if isinstance(grid, list) else grids[0]
+    return pipe, (grids if isinstance(grid, list) else grids[0]), layer_mode
 
 
 class _CountingScorer:
@@ -386,14 +482,19 @@ def _cache_for_the_run(pipe, prefix, log):
         yield
 
 
-def _sweeps_layers(param_grid):
+def _grid_layers(param_grid):
+    """The distinct values of ``cnncodes__layer`` in the grid, in order."""
     grids = [param_grid] if isinstance(param_grid, dict) else param_grid
     values = []
     for g in grids:
         for v in g.get("cnncodes__layer", ()):
             if v not in values:
                 values.append(v)
-    return len(values) > 1
+    return values
+
+
+def _sweeps_layers(param_grid):
+    return len(_grid_layers(param_grid)) > 1
 
 
 def run_experiment(
@@ -411,6 +512,7 @@ def run_experiment(
     on_error="raise",
     progress=None,
     log=None,
+    layer_mode=None,
 ):
     """Run a recipe's grid search on labelled images and evaluate the best pipeline.
 
@@ -419,12 +521,12 @@ def run_experiment(
     paths, labels : sequences
         The training images (all of them, when ``test_size`` splits off the test images).
     recipe : str or module
-        A recipe name (``pipelines.available()``), the path of a recipe ``.py`` file, or a
-        module with ``build(**overrides)``.
+        A recipe name (:func:`cnncodes.recipes.available`), the path of a recipe ``.py`` file,
+        or a module with ``build(**overrides)``.
     overrides : dict, optional
-        CNNCodes parameters and recipe options passed to ``build``. ``layer`` (a name or a list)
-        and ``pooling`` replace what the recipe sweeps (see the module docstring of
-        :mod:`pipelines`); elsewhere a list of layers means multi-layer codes.
+        CNNCodes parameters and recipe options passed to ``build``. ``layer`` (a name or a
+        list) replaces the recipe's layers as ``layer_mode`` says; ``pooling`` replaces what
+        the recipe sweeps.
     test : (paths, labels), optional
         Held-out images to evaluate the best pipeline on.
     test_size : float, optional
@@ -443,6 +545,12 @@ def run_experiment(
         Progress bar while images go through the network (None: on a terminal).
     log : callable, optional
         Receives one-line notes on what is happening.
+    layer_mode : {"sweep", "concat"}, optional
+        What a list of layers in ``overrides["layer"]`` means: ``"sweep"``, each is a candidate
+        of the search; ``"concat"``, one code concatenating them. Default: what the recipe
+        declares (its ``LAYER``; :func:`cnncodes.recipes.layer_mode`), ``"sweep"`` for
+        ``layer_sweep_svm``, ``"concat"`` for the others. ``config["layer"]`` says which applied
+        and the layers it gave.
 
     Returns
     -------
@@ -455,8 +563,6 @@ def run_experiment(
         recipe, bad parameters; :class:`~cnncodes.images.ImageLoadError` for an unreadable image
         with ``on_error="raise"``.
     """
-    import pipelines
-
     log = log or (lambda line: None)
     started = time.perf_counter()
     if test is not None and test_size is not None:
@@ -472,7 +578,7 @@ def run_experiment(
             f"training data: {found}; a classifier needs at least two classes (two class "
             "sub-folders, or two labels in the manifest)"
         )
-    recipe_module = pipelines.get(recipe) if isinstance(recipe, (str, os.PathLike)) else recipe
+    recipe_module = recipes.get(recipe) if isinstance(recipe, (str, os.PathLike)) else recipe
     recipe_name = os.fspath(recipe) if isinstance(recipe, (str, os.PathLike)) else recipe.__name__
 
     split = None
@@ -490,8 +596,10 @@ def run_experiment(
     overrides["on_error"] = on_error
     # Also None: the recipes' CNNCodes default to progress=False, which would keep a log silent.
     overrides.setdefault("progress", progress)
-    pipe, grid = _apply_overrides(recipe_module, overrides)
+    pipe, grid, layer_mode = _apply_overrides(recipe_module, overrides, layer_mode)
     step, prefix = _find_codes_step(pipe)
+    layer_plan = {"mode": layer_mode, "candidates": _grid_layers(grid) or [step.layer]}
+    log(_describe_layers(layer_plan))
     # Fail on a bad model, layer or parameter before any image is read.
     spec = CNNCodes(**step.get_params()).fit(paths[:1]).spec_
     log(f"preprocessing: {spec.preprocessing.describe()}")
@@ -534,7 +642,7 @@ def run_experiment(
                 f"note: {duplicates['within_train']} training image(s) repeat another's content: "
                 "cross-validated scores may overstate accuracy on new images"
             )
-        folds = pipelines.make_cv(labels, n_splits=cv, seed=seed)
+        folds = recipes.make_cv(labels, n_splits=cv, seed=seed)
         # The search itself only reads codes: no progress bars for each fold.
         shown = step.progress
         pipe.set_params(**{f"{prefix}progress": False})
@@ -597,8 +705,6 @@ def run_experiment(
 
         layers = None
         if _sweeps_layers(grid):
-            from pipelines.layer_sweep_svm import layer_table
-
             layers = layer_table(search)
 
         best_codes = _find_codes_step(best)[0]
@@ -622,6 +728,7 @@ def run_experiment(
             },
             "best_params": jsonable(search.best_params_),
             "duplicates": duplicates,
+            "layer": jsonable(layer_plan),
             "extractor": jsonable(best_codes.spec_.to_dict()),
             # Where each preprocessing value came from: explicit, checkpoint, model, ...
             "preprocessing_source": dict(best_codes.spec_.preprocessing.source),

@@ -25,10 +25,12 @@ from sklearn.preprocessing import Normalizer
 from sklearn.svm import SVC
 
 from cnncodes import list_layers
+from cnncodes.experiment import layer_table
 
 from ._common import codes_step, grid_values, split_options
 
 __all__ = [
+    "LAYER",
     "OPTIONS",
     "build",
     "default_layers",
@@ -36,6 +38,9 @@ __all__ = [
     "DEFAULT_CS",
     "DEFAULT_GAMMAS",
 ]
+
+#: Layers given by the user (``--layer`` a ``--layer`` b) are swept: one candidate each.
+LAYER = "sweep"
 
 #: The recipe's own options of ``build(**overrides)`` (besides CNNCodes parameters).
 OPTIONS = ("layers", "poolings", "Cs", "gammas", "kernels")
@@ -187,65 +192,3 @@ def _pooling_groups(codes, layers, poolings):
         else:
             groups.append(([layer], wanted))
     return groups
-
-
-def _label(layer):
-    return layer if isinstance(layer, str) else "+".join(map(str, layer))
-
-
-def layer_table(search, param="cnncodes__layer"):
-    """The best cross-validated score of every swept layer, and which layer won.
-
-    Parameters
-    ----------
-    search : fitted GridSearchCV (or any search with ``cv_results_`` and ``best_params_``)
-    param : str, default="cnncodes__layer"
-        The grid parameter holding the layer.
-
-    Returns
-    -------
-    pandas.DataFrame
-        One row per layer, in sweep order: ``layer``, ``mean_test_score``, ``std_test_score``
-        (of that layer's best candidate), ``params`` (that candidate's other parameters) and
-        ``best`` (True for the layer of ``search.best_params_``).
-
-    Examples
-    --------
-    >>> search.fit(paths, labels)  # doctest: +SKIP
-    >>> print(layer_table(search).to_string(index=False))  # doctest: +SKIP
-    """
-    import pandas as pd
-
-    results = getattr(search, "cv_results_", None)
-    if results is None:
-        raise ValueError("layer_table needs a fitted search (it has no cv_results_)")
-    column = f"param_{param}"
-    if column not in results:
-        swept = [k[len("param_") :] for k in results if k.startswith("param_")]
-        raise ValueError(
-            f"the search did not sweep {param!r}; it swept {', '.join(swept) or 'nothing'}"
-        )
-    rows = {}
-    for i, params in enumerate(results["params"]):
-        if param not in params:
-            continue
-        label = _label(params[param])
-        score = results["mean_test_score"][i]
-        row = rows.get(label)
-        better = row is None or (
-            np.isfinite(score)
-            and (not np.isfinite(row["mean_test_score"]) or score > row["mean_test_score"])
-        )
-        if better:
-            rows[label] = {
-                "layer": label,
-                "mean_test_score": float(score),
-                "std_test_score": float(results["std_test_score"][i]),
-                "params": {k: v for k, v in params.items() if k != param},
-            }
-    best = _label(search.best_params_[param]) if param in search.best_params_ else None
-    table = pd.DataFrame(
-        list(rows.values()), columns=["layer", "mean_test_score", "std_test_score", "params"]
-    )
-    table["best"] = table["layer"] == best
-    return table

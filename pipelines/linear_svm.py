@@ -18,11 +18,14 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import Normalizer
 from sklearn.svm import LinearSVC
 
-from cnncodes.transformers import SignedPower
+from cnncodes import SignedPower
 
 from ._common import codes_step, grid_values, split_options
 
-__all__ = ["OPTIONS", "build", "DEFAULT_CS", "DEFAULT_POWERS"]
+__all__ = ["LAYER", "OPTIONS", "build", "DEFAULT_CS", "DEFAULT_POWERS"]
+
+#: Layers given by the user (``--layer`` a ``--layer`` b) are concatenated into one code.
+LAYER = "concat"
 
 #: The recipe's own options of ``build(**overrides)`` (besides CNNCodes parameters).
 OPTIONS = ("Cs", "powers")

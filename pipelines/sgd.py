@@ -17,7 +17,10 @@ from sklearn.preprocessing import StandardScaler
 
 from ._common import codes_step, grid_values, split_options
 
-__all__ = ["OPTIONS", "build", "DEFAULT_ALPHAS"]
+__all__ = ["LAYER", "OPTIONS", "build", "DEFAULT_ALPHAS"]
+
+#: Layers given by the user (``--layer`` a ``--layer`` b) are concatenated into one code.
+LAYER = "concat"
 
 #: The recipe's own options of ``build(**overrides)`` (besides CNNCodes parameters).
 OPTIONS = ("alphas", "loss", "random_state")

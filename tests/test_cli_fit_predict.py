@@ -118,11 +118,49 @@ def test_fit_json_and_a_layer_sweep_report(capsys, photos):
     data = json.loads(out)
     assert data["recipe"] == "layer_sweep_svm"
     assert [row["layer"] for row in data["layers"]] == ["features.3", "flatten"]
+    assert data["layer"] == {"mode": "sweep", "candidates": ["features.3", "flatten"]}
     assert data["metrics"]["test"]["n"] == 4
     assert len(data["candidates"]) == data["metrics"]["cv"]["n_candidates"] == 2 * 7 * 5
     assert (photos / "report" / "layer_sweep.png").is_file()
     config = json.loads((photos / "report" / "config.json").read_text())
     assert config["split"] == {"test_size": 0.25, "seed": 0}
+
+
+def test_fit_help_says_what_several_layers_mean_per_recipe(capsys):
+    code, out, _ = run(capsys, "fit", "--help")
+    assert code == 0
+    text = " ".join(out.split())
+    assert "swept, one candidate each, by layer_sweep_svm;" in text
+    assert "concatenated into one code by linear_probe, linear_svm, sgd" in text
+    assert "--layer-mode {sweep,concat}" in text
+
+
+@pytest.mark.parametrize(
+    "extra, line",
+    [
+        ([], "layer: penultimate"),
+        (
+            ["--layer", "features.3", "--layer", "flatten"],
+            "codes: concatenation of features.3 + flatten "
+            "(--layer-mode sweep: one candidate per layer)",
+        ),
+        (
+            ["--layer", "features.3", "--layer", "flatten", "--layer-mode", "sweep"],
+            "layers swept, one candidate each: features.3, flatten "
+            "(--layer-mode concat: one code concatenating them)",
+        ),
+    ],
+)
+def test_fit_says_which_layers_it_used_and_how(capsys, photos, extra, line):
+    code, out, err = fit(capsys, photos, "--pipeline", "sgd", "--cv", "2", *extra)
+    assert code == 0, err
+    assert line in out.splitlines()
+
+
+def test_layer_mode_needs_layers(capsys, photos):
+    code, out, err = fit(capsys, photos, "--layer-mode", "concat")
+    assert code == 2
+    assert_one_line_error(err, "--layer-mode concat", "give the layers", "--layer")
 
 
 def test_fit_without_held_out_images_reports_cross_validated_predictions(capsys, photos):

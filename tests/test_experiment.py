@@ -213,6 +213,63 @@ def test_user_layers_become_multi_layer_codes_in_other_recipes(data, tmp_path):
     step = result.estimator.steps[0][1]
     assert step.layers_ == ["features.3", "flatten"]
     assert result.layers is None
+    assert result.config["layer"] == {"mode": "concat", "candidates": [["features.3", "flatten"]]}
+
+
+def test_layer_mode_sweep_makes_each_user_layer_a_candidate(data, tmp_path, forward_counter):
+    paths, labels = data
+    notes = []
+    overrides = dict(
+        FAST, cache_dir=str(tmp_path / "cache"), layer=["features.3", "flatten"], Cs=[1.0]
+    )
+    result = run_experiment(
+        paths, labels, "linear_probe", overrides=overrides, cv=2, layer_mode="sweep",
+        log=notes.append,
+    )  # fmt: skip
+    assert result.config["param_grid"]["cnncodes__layer"] == ["features.3", "flatten"]
+    assert result.config["layer"] == {"mode": "sweep", "candidates": ["features.3", "flatten"]}
+    assert list(result.layers["layer"]) == ["features.3", "flatten"]
+    assert "layers swept, one candidate each: features.3, flatten" in notes
+    # The layers share one forward pass per image.
+    assert forward_counter.images == len(paths)
+
+
+def _overridden_grid(recipe, layer_mode, **overrides):
+    from cnncodes import recipes
+    from cnncodes.experiment import _apply_overrides
+
+    overrides = dict(FAST, cache_dir=None, **overrides)
+    return _apply_overrides(recipes.get(recipe), overrides, layer_mode)
+
+
+@pytest.mark.parametrize(
+    "recipe, layer_mode, expected",
+    [
+        # The recipe's own meaning: layer_sweep_svm sweeps, the others concatenate.
+        ("layer_sweep_svm", None, ("sweep", ["features.3", "flatten"])),
+        ("linear_probe", None, ("concat", None)),
+        # The other meaning, asked for.
+        ("layer_sweep_svm", "concat", ("concat", [["features.3", "flatten"]])),
+        ("linear_probe", "sweep", ("sweep", ["features.3", "flatten"])),
+        ("sgd", "concat", ("concat", None)),
+    ],
+)
+def test_layer_mode_decides_what_several_user_layers_mean(recipe, layer_mode, expected):
+    pipe, grid, mode = _overridden_grid(
+        recipe, layer_mode, layer=["features.3", "flatten"], pooling="avg"
+    )
+    grids = grid if isinstance(grid, list) else [grid]
+    swept = {repr(g.get("cnncodes__layer")) for g in grids}
+    assert (mode, *swept) == (expected[0], repr(expected[1]))
+    if expected[1] is None:  # not in the grid: one code of both layers
+        assert pipe.named_steps["cnncodes"].layer == ["features.3", "flatten"]
+
+
+def test_a_bad_layer_mode_is_refused():
+    with pytest.raises(ValueError, match=r"layer_mode='stack': expected 'sweep' .* or 'concat'"):
+        _overridden_grid("linear_probe", "stack", layer="flatten")
+    with pytest.raises(ValueError, match=r"layer=\[\]: give at least one layer name"):
+        _overridden_grid("linear_probe", None, layer=[])
 
 
 def test_a_separate_test_set(data, tmp_path):

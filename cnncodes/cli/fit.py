@@ -44,6 +44,10 @@ examples:
       --layer features.3 --layer features.6 --layer features.13 --layer features.18 \\
       --test test/ --report report/ --n-jobs 2
 
+  # several --layer: linear_probe concatenates their codes; --layer-mode sweep tries each
+  cnncodes fit photos/ --pipeline linear_probe --model resnet50 --layer layer3 \\
+      --layer avgpool --layer-mode sweep --test-size 0.25
+
   # your own recipe file (defines build(**overrides) -> (pipeline, param_grid))
   cnncodes fit photos/ --pipeline my_recipe.py --model resnet18 --json
 
@@ -53,17 +57,31 @@ folds and candidates read the cache. --report DIR writes metrics.json, cv_result
 confusion_matrix.png, layer_sweep.png (layer sweeps) and config.json (how to reproduce the run).
 """
 
-_FIT_LAYER_HELP = (
-    "graph-node name (see 'cnncodes layers M'); repeat for several. A recipe that sweeps layers "
-    "(layer_sweep_svm) tries each one; other recipes concatenate their codes (default: the "
-    "recipe's, e.g. penultimate)"
-)
+_OTHER_MODE = {
+    "sweep": "--layer-mode concat: one code concatenating them",
+    "concat": "--layer-mode sweep: one candidate per layer",
+}
+
+
+def _layer_help(by_mode):
+    """--layer's help: what several layers mean, recipe by recipe (from the registry)."""
+    sweep = ", ".join(by_mode.get("sweep", ())) or "none"
+    concat = ", ".join(by_mode.get("concat", ())) or "none"
+    return (
+        "graph-node name (see 'cnncodes layers M'); repeat for several. What several mean is "
+        f"the recipe's: swept, one candidate each, by {sweep}; concatenated into one code by "
+        f"{concat} (--layer-mode chooses; default: the recipe's layers, e.g. penultimate)"
+    )
 
 
 def add_fit_parser(subparsers):
     """``cnncodes fit DATA --pipeline NAME ...``."""
-    import pipelines
+    from .. import recipes
 
+    names = recipes.available()
+    by_mode = {}
+    for name in names:
+        by_mode.setdefault(recipes.layer_mode(name), []).append(name)
     parser = subparsers.add_parser(
         "fit",
         help="grid-search a recipe on labelled images, evaluate it, save the model",
@@ -82,10 +100,17 @@ def add_fit_parser(subparsers):
         "-P",
         default="linear_probe",
         metavar="NAME|PATH",
-        help=f"a recipe ({', '.join(pipelines.available())}) or a .py file defining "
+        help=f"a recipe ({', '.join(names)}) or a .py file defining "
         "build(**overrides) (default: %(default)s)",
     )
-    _add_model_options(parser, required=False, layer_help=_FIT_LAYER_HELP)
+    parser.add_argument(
+        "--layer-mode",
+        choices=recipes.LAYER_MODES,
+        help="what several --layer mean: sweep (one candidate per layer) or concat (one code "
+        "concatenating them); default: the recipe's (sweep for "
+        f"{', '.join(by_mode.get('sweep', ())) or 'none'}, concat for the others)",
+    )
+    _add_model_options(parser, required=False, layer_help=_layer_help(by_mode))
     evaluation = parser.add_argument_group("evaluation")
     held_out = evaluation.add_mutually_exclusive_group()
     held_out.add_argument(
@@ -194,7 +219,18 @@ def _fit_preprocessing(result):
     return config["extractor"]["preprocessing"], config.get("preprocessing_source")
 
 
-def _fit_lines(result, test_note, out_path, written, limit=15):
+def _layer_line(result, n_given):
+    """Which layers the run used and how; with several --layer, how to get the other meaning."""
+    from ..experiment import _describe_layers
+
+    plan = result.config["layer"]
+    line = _describe_layers(plan)
+    if n_given > 1:
+        line += f" ({_OTHER_MODE[plan['mode']]})"
+    return line
+
+
+def _fit_lines(result, test_note, out_path, written, limit=15, n_layers_given=0):
     metrics = result.metrics
     table = result.table
     params = [c for c in table.columns if c not in ("rank", "mean", "std", "fit_seconds")]
@@ -205,7 +241,8 @@ def _fit_lines(result, test_note, out_path, written, limit=15):
     cv = metrics["cv"]
     lines = [
         f"{result.recipe}: {cv['n_candidates']} candidate(s) x {cv['n_splits']} folds, "
-        f"cross-validated {metrics['scoring']} (mean and std over folds)"
+        f"cross-validated {metrics['scoring']} (mean and std over folds)",
+        _layer_line(result, n_layers_given),
     ]
     lines += _table(["rank", *params, "mean", "std"], rows, right=("rank", "mean", "std"))
     if len(table) > limit:
@@ -270,6 +307,11 @@ def run_fit(args):
     from ..experiment import run_experiment
 
     output = _Output(args)
+    if args.layer_mode is not None and not args.layer:
+        raise UsageError(
+            f"--layer-mode {args.layer_mode} says what several --layer mean; give the layers "
+            "(e.g. --layer layer3 --layer layer4), or leave it out for the recipe's own"
+        )
     out_path = _check_out_path(args.out, persistence.FORMATS)
     if args.report is not None and os.path.exists(args.report) and not os.path.isdir(args.report):
         raise UsageError(f"--report {args.report!r} exists and is not a folder")
@@ -304,6 +346,7 @@ def run_fit(args):
             on_error=args.on_error,
             progress=output.progress,
             log=output.note,
+            layer_mode=args.layer_mode,
         )
     except TypeError as exc:  # a recipe option the recipe does not take
         raise UsageError(str(exc)) from None
@@ -321,6 +364,7 @@ def run_fit(args):
         "command": "fit",
         "data": dataset.root,
         "recipe": result.recipe,
+        "layer": result.config["layer"],
         "metrics": result.metrics,
         "candidates": result.table.to_dict("records"),
         "layers": None
@@ -341,5 +385,6 @@ def run_fit(args):
         "report": written or None,
         "seconds": round(result.seconds, 3),
     }
-    output.result(jsonable(summary), _fit_lines(result, test_note, out_path, written))
+    lines = _fit_lines(result, test_note, out_path, written, n_layers_given=len(args.layer or ()))
+    output.result(jsonable(summary), lines)
     return EXIT_OK
