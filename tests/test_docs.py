@@ -2,7 +2,9 @@
 
 Every fenced ``python`` block runs, in order and in one namespace, in a fresh working folder.
 Every line of a ``bash`` block that starts with ``cnncodes`` runs through ``cnncodes.cli.main``
-in that folder (``make`` lines are the setup commands: CI runs ``make test`` itself). The
+in that folder (``make`` lines are the setup commands: CI runs ``make test`` itself), except
+``cnncodes demo``: its run is the session's (``tests/conftest.py::demo_run``, the same call at
+its full size), copied into the folder; the line must resolve to that run's settings. The
 user's folders the examples name (``photos/``, ``new-photos/``) are generated there first.
 
 Commands that use torchvision's ImageNet weights run with an empty ``$TORCH_HOME``, as on a
