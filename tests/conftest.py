@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -79,6 +81,52 @@ def cnn_spec():
     from cnncodes.models import resolve_spec
 
     return resolve_spec("tests.tiny_nets:tiny_cnn", resize=40, crop=32)
+
+
+@dataclass(frozen=True)
+class DemoRun:
+    """One run of the offline demo: its folders, its report and the lines it logged."""
+
+    out_dir: Path  # data/, the pretrained checkpoint, report.json, comparison.png
+    cache_dir: Path
+    report: dict
+    log: tuple
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory):
+    """The README's ``cnncodes demo``, run once per session at its full size; read-only.
+
+    The same call as the command line's, with its defaults (every target image, 8 pretraining
+    epochs, each recipe's full ``C`` sweep, ``demo-output/`` and ``./cache`` in the working
+    folder), so that its report holds the README's numbers and ``fit`` commands. Tests that
+    need other settings run their own, smaller demo; tests that write copy the folders first.
+    """
+    from cnncodes.cache import DEFAULT_CACHE_DIR
+    from cnncodes.demo import run_demo
+
+    root = tmp_path_factory.mktemp("demo")
+    lines = []
+    with pytest.MonkeyPatch.context() as patch, one_torch_thread():
+        patch.chdir(root)
+        patch.delenv("CNNCODES_CACHE", raising=False)
+        report = run_demo(progress=False, log=lines.append)
+    return DemoRun(root / "demo-output", root / DEFAULT_CACHE_DIR, report, tuple(lines))
+
+
+@contextlib.contextmanager
+def one_torch_thread():
+    """Run torch on one thread inside the block (the demo's network is too small to share)."""
+    import torch
+
+    # A second OpenMP thread gains the digits network nothing, while two threads on a busy
+    # 2-core machine spin against other processes (pretraining took 25 s instead of 1.3 s).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 class ForwardCounter:

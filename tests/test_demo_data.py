@@ -23,6 +23,7 @@ from cnncodes.demo_data import (
     write_digits_dataset,
 )
 from cnncodes.models import resolve_spec
+from tests.conftest import one_torch_thread
 
 
 @pytest.fixture(scope="module")
@@ -31,16 +32,19 @@ def digits_target():
 
 
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    root = tmp_path_factory.mktemp("digits")
-    return write_digits_dataset(root)
+def dataset(demo_run):
+    # The session's demo wrote the default dataset (read-only here; see test_dataset_idempotent).
+    return write_digits_dataset(demo_run.out_dir / "data")
 
 
 @pytest.fixture(scope="module")
-def pretrained(dataset, tmp_path_factory):
+def pretrained(dataset, demo_run, tmp_path_factory):
+    """The demo's default pretraining, and the same call again into another file."""
     out = tmp_path_factory.mktemp("ckpt")
-    first = pretrain(dataset["source"], out / "a.pt", seed=0)
-    second = pretrain(dataset["source"], out / "b.pt", seed=0)
+    with one_torch_thread():  # as the demo ran: thread counts may change the last bits
+        second = pretrain(dataset["source"], out / "b.pt", seed=0)
+    first = dict(demo_run.report["pretraining"])
+    first["checkpoint"] = str(demo_run.out_dir / Path(first["checkpoint"]).name)  # was relative
     return first, second
 
 
@@ -188,7 +192,8 @@ def test_pretrain_leaves_global_state(dataset, tmp_path):
     expected = torch.rand(3)
     torch.manual_seed(123)
     flag = torch.are_deterministic_algorithms_enabled()
-    pretrain(dataset["source"], tmp_path / "c.pt", epochs=1)
+    with one_torch_thread():
+        pretrain(dataset["source"], tmp_path / "c.pt", epochs=1)
     assert torch.equal(torch.rand(3), expected)
     assert torch.are_deterministic_algorithms_enabled() == flag
 

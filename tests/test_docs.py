@@ -2,7 +2,9 @@
 
 Every fenced ``python`` block runs, in order and in one namespace, in a fresh working folder.
 Every line of a ``bash`` block that starts with ``cnncodes`` runs through ``cnncodes.cli.main``
-in that folder (``make`` lines are the setup commands: CI runs ``make test`` itself). The
+in that folder (``make`` lines are the setup commands: CI runs ``make test`` itself), except
+``cnncodes demo``: its run is the session's (``tests/conftest.py::demo_run``, the same call at
+its full size), copied into the folder; the line must resolve to that run's settings. The
 user's folders the examples name (``photos/``, ``new-photos/``) are generated there first.
 
 Commands that use torchvision's ImageNet weights run with an empty ``$TORCH_HOME``, as on a
@@ -16,12 +18,13 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import shutil
 from pathlib import Path
 
 import pytest
 
 from cnncodes import cli, demo
-from tests.conftest import write_images
+from tests.conftest import one_torch_thread, write_images
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 _FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.S | re.M)
@@ -83,10 +86,13 @@ def workdir(tmp_path, monkeypatch):
     return tmp_path
 
 
-def test_python_examples_run(workdir, capsys):
+def test_python_examples_run(workdir, demo_run, capsys):
+    # The digits the quick start writes are the demo's default dataset: found complete, kept.
+    shutil.copytree(demo_run.out_dir / "data", workdir / "example-data")
     namespace = {"__name__": "__readme__"}
-    for body in blocks("python"):
-        exec(compile(body, str(README), "exec"), namespace)  # noqa: S102 - our own README
+    with one_torch_thread():
+        for body in blocks("python"):
+            exec(compile(body, str(README), "exec"), namespace)  # noqa: S102 - our own README
     out = capsys.readouterr().out
     assert out.strip(), "the quick start prints its result"
     assert set(namespace["best"]) == {"clf__C", "cnncodes__layer"}
@@ -135,11 +141,23 @@ def _check_reproduces_the_demo(argv, out):
     assert float(printed.group(1)) == round(report["accuracy"][name][recipe], 3), (name, recipe)
 
 
-def test_command_line_examples_run(workdir, capsys):
+def test_command_line_examples_run(workdir, demo_run, capsys):
+    # The README's `cnncodes demo` ran once for the session (conftest.demo_run, full size, in a
+    # folder like this one): its output is copied here rather than computed a second time.
+    shutil.copytree(demo_run.out_dir, workdir / "demo-output")
+    shutil.copytree(demo_run.cache_dir, workdir / "cache")
     missing_models = set()  # files a command would have saved, had weights been available
     reproduced = 0
     for argv in commands():
-        code = cli.main(argv)
+        if argv[0] == "demo":
+            # The session's run is this line's: the command line's defaults, which it used.
+            args = cli.build_parser().parse_args(argv)
+            assert (args.out_dir, args.shots, args.cache_dir) == ("demo-output", 5, "auto")
+            assert not args.no_cache
+            assert demo_run.report == json.loads(Path("demo-output/report.json").read_text())
+            continue
+        with one_torch_thread():
+            code = cli.main(argv)
         captured = capsys.readouterr()
         line = "cnncodes " + shlex.join(argv)
         if code == 0:
