@@ -183,14 +183,14 @@ def test_cuda_fp32_extraction_runs_without_tf32(
     # CUDA kernels would see while codes are made, and that it is restored afterwards.
     seen = []
 
-    def network(*args, **kwargs):
+    def network(loop):
         seen.append(_tf32_state())
         if fails:
             raise RuntimeError("out of memory")
         return 0
 
     monkeypatch.setattr(extract_module, "resolve_device", lambda device: torch.device("cuda"))
-    monkeypatch.setattr(extract_module, "_run_network", network)
+    monkeypatch.setattr(extract_module.ForwardLoop, "run", network)
     images = make_images(2)
     if fails:
         with pytest.raises(RuntimeError, match="out of memory"):
