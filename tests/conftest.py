@@ -113,7 +113,7 @@ def forward_counter(monkeypatch):
 
         def forward(self, x):
             counter.batches += 1
-            # A lone image goes through as a pair of itself (extract.py): one image.
+            # A lone image goes through as a pair of itself (extraction/loop.py): one image.
             lone = x.shape[0] == 2 and torch.equal(x[0], x[1])
             n = 1 if lone else x.shape[0]
             counter.images += n

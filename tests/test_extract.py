@@ -501,7 +501,7 @@ def test_raise_on_a_missing_file_before_any_work(cnn_spec, make_images, tmp_path
 
 
 def test_default_decoding_workers_follow_the_device_and_the_cores():
-    from cnncodes.extract import _default_workers
+    from cnncodes.extraction.runtime import _default_workers
 
     cpu, gpu = torch.device("cpu"), torch.device("cuda")
     assert [_default_workers(cpu, n) for n in (1, 2, 4, 8, 64)] == [0, 0, 0, 4, 4]
