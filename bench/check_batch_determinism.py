@@ -20,7 +20,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from cnncodes.extract import _fold_batchnorm  # noqa: E402
+from cnncodes.extraction.fold import _fold_batchnorm  # noqa: E402
 from cnncodes.models import build_extractor, build_model, resolve_layers, resolve_spec  # noqa: E402
 from cnncodes.pooling import pool  # noqa: E402
 

@@ -21,7 +21,8 @@ import _common as C  # noqa: E402
 import torch  # noqa: E402
 
 from cnncodes import images as _images  # noqa: E402
-from cnncodes.extract import CPU_FORWARD_BATCH, _fold_batchnorm, extract_codes  # noqa: E402
+from cnncodes.extract import CPU_FORWARD_BATCH, extract_codes  # noqa: E402
+from cnncodes.extraction.fold import _fold_batchnorm  # noqa: E402
 from cnncodes.models import build_extractor, build_model, resolve_layers, resolve_spec  # noqa: E402
 
 # Functions whose cumulative time makes up the split (file fragment, function name).
@@ -47,7 +48,7 @@ def split(stats):
 
 
 def decode_seconds(paths, spec):
-    from cnncodes.extract import _Decode
+    from cnncodes.extraction.decode import _Decode
 
     work = _Decode([(None, p) for p in paths], spec.preprocessing)
     with C.Meter() as meter:

@@ -130,12 +130,17 @@ def one_torch_thread():
 
 
 class ForwardCounter:
-    """Counts what goes through the networks that :func:`cnncodes.extract.extract_codes` builds."""
+    """Counts what goes through the networks that :func:`cnncodes.extract.extract_codes` builds.
+
+    ``runs`` holds one ``[layers, images]`` pair per network built: the layers that came out of
+    one forward pass, and the images pushed through it.
+    """
 
     def __init__(self):
         self.builds = 0
         self.batches = 0
         self.images = 0
+        self.runs = []
 
 
 @pytest.fixture
@@ -143,26 +148,35 @@ def forward_counter(monkeypatch):
     """Wrap the extractor that extraction builds so every forward pass (and image) is counted."""
     import torch
 
-    from cnncodes import extract
+    from cnncodes import extract, models  # noqa: F401 - extraction loaded, so it can be wrapped
 
     counter = ForwardCounter()
-    real_build = extract.build_extractor
+    real_build = models.build_extractor
 
     class Counting(torch.nn.Module):
-        def __init__(self, inner):
+        def __init__(self, inner, run):
             super().__init__()
             self.inner = inner
+            self.run = run
 
         def forward(self, x):
             counter.batches += 1
-            # A lone image goes through as a pair of itself (extract.py): one image.
+            # A lone image goes through as a pair of itself (extraction/loop.py): one image.
             lone = x.shape[0] == 2 and torch.equal(x[0], x[1])
-            counter.images += 1 if lone else x.shape[0]
+            n = 1 if lone else x.shape[0]
+            counter.images += n
+            self.run[1] += n
             return self.inner(x)
 
     def build(net, layers):
         counter.builds += 1
-        return Counting(real_build(net, layers))
+        counter.runs.append([tuple(layers), 0])
+        return Counting(real_build(net, layers), counter.runs[-1])
 
-    monkeypatch.setattr(extract, "build_extractor", build)
+    # Wherever extraction imported it from models (not models itself: its shape probes are not
+    # forward passes over images), so the count does not depend on which module runs the loop.
+    for name, module in list(sys.modules.items()):
+        if name.startswith("cnncodes.") and name != "cnncodes.models":
+            if getattr(module, "build_extractor", None) is real_build:
+                monkeypatch.setattr(module, "build_extractor", build)
     return counter

@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 import cnncodes.extract as extract_module
+import cnncodes.extraction.decode as decode_module
 from cnncodes.cache import config_key
 from cnncodes.extract import (
     code_config,
@@ -160,7 +161,7 @@ def test_only_complete_rgb_or_grey_jpegs_reach_torchvision():
 def test_a_batch_with_a_file_torchvision_cannot_decode_decodes_the_others():
     good = _jpeg_bytes(_gradient(20, 30))
     bad = good[:200] + b"\0" * 50 + b"\xff\xd9"
-    out = extract_module._decode_jpegs([good, bad, good], torch.device("cpu"))
+    out = decode_module._decode_jpegs([good, bad, good], torch.device("cpu"))
     assert out[1] is None
     assert out[0].shape == out[2].shape == (3, 20, 30)
 
@@ -181,15 +182,15 @@ def test_images_of_one_size_are_resized_together_with_the_same_pixels(monkeypatc
         except ImageLoadError as exc:
             alone.append(exc.reason)
     calls = []
-    real = extract_module._resize_crop_tensor
+    real = decode_module._resize_crop_tensor
 
     def counting(pixels, preprocessing):
         calls.append(tuple(pixels.shape))
         return real(pixels, preprocessing)
 
-    monkeypatch.setattr(extract_module, "_resize_crop_tensor", counting)
+    monkeypatch.setattr(decode_module, "_resize_crop_tensor", counting)
     items = [(f"d{i}", f"{i}.jpg") for i in range(len(blobs))]
-    batch = extract_module._TorchDecode([], pre, "cpu").batch(items, blobs)
+    batch = decode_module._TorchDecode([], pre, "cpu").batch(items, blobs)
     assert sorted(calls) == [(3, 3, 60, 80), (3, 50, 50)]  # one call for the three 60x80 images
     for (_, _, pixels, reason), expected in zip(batch, alone):
         if isinstance(expected, str):
@@ -201,16 +202,16 @@ def test_images_of_one_size_are_resized_together_with_the_same_pixels(monkeypatc
 def test_a_group_that_fails_to_resize_is_retried_image_by_image(monkeypatch):
     pre = resolve_preprocessing(resize=40, crop=32, impl="torch")
     blobs = [_jpeg_bytes(_gradient(60, 80, seed=i)) for i in range(3)]
-    real = extract_module._resize_crop_tensor
+    real = decode_module._resize_crop_tensor
 
     def fails_on_batches(pixels, preprocessing):
         if pixels.ndim == 4:
             raise RuntimeError("out of memory")
         return real(pixels, preprocessing)
 
-    monkeypatch.setattr(extract_module, "_resize_crop_tensor", fails_on_batches)
+    monkeypatch.setattr(decode_module, "_resize_crop_tensor", fails_on_batches)
     items = [(f"d{i}", f"{i}.jpg") for i in range(3)]
-    batch = extract_module._TorchDecode([], pre, "cpu").batch(items, blobs)
+    batch = decode_module._TorchDecode([], pre, "cpu").batch(items, blobs)
     assert [reason for *_, reason in batch] == [None] * 3
     assert all(tuple(p.shape) == (3, 32, 32) for _, _, p, _ in batch)
 

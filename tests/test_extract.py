@@ -189,14 +189,14 @@ def test_cuda_fp32_extraction_runs_without_tf32(
     # CUDA kernels would see while codes are made, and that it is restored afterwards.
     seen = []
 
-    def network(*args, **kwargs):
+    def network(loop):
         seen.append(_tf32_state())
         if fails:
             raise RuntimeError("out of memory")
         return 0
 
     monkeypatch.setattr(extract_module, "resolve_device", lambda device: torch.device("cuda"))
-    monkeypatch.setattr(extract_module, "_run_network", network)
+    monkeypatch.setattr(extract_module.ForwardLoop, "run", network)
     images = make_images(2)
     if fails:
         with pytest.raises(RuntimeError, match="out of memory"):
@@ -507,7 +507,7 @@ def test_raise_on_a_missing_file_before_any_work(cnn_spec, make_images, tmp_path
 
 
 def test_default_decoding_workers_follow_the_device_and_the_cores():
-    from cnncodes.extract import _default_workers
+    from cnncodes.extraction.runtime import _default_workers
 
     cpu, gpu = torch.device("cpu"), torch.device("cuda")
     assert [_default_workers(cpu, n) for n in (1, 2, 4, 8, 64)] == [0, 0, 0, 4, 4]

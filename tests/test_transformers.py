@@ -15,7 +15,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
 import cnncodes.extract
-from cnncodes.cache import CodeStore
+from cnncodes.cache import CodeStore, list_configs
 from cnncodes.images import ImageLoadError
 from cnncodes.models import LayerError, ModelError, WeightsError, file_sha256
 from cnncodes.transformers import (
@@ -66,24 +66,6 @@ def codes(tmp_path, **params):
     return CNNCodes(**params)
 
 
-class NetworkSpy:
-    """Counts (image, layer) pairs pushed through the network by extract._run_network."""
-
-    def __init__(self, monkeypatch):
-        self.calls = []
-        original = cnncodes.extract._run_network
-
-        def spy(spec, layers, pooling, paths, groups, todo, *args, **kwargs):
-            self.calls.append((tuple(layers), pooling, len(todo)))
-            return original(spec, layers, pooling, paths, groups, todo, *args, **kwargs)
-
-        monkeypatch.setattr(cnncodes.extract, "_run_network", spy)
-
-    @property
-    def image_configs(self):
-        return sum(len(layers) * n for layers, _, n in self.calls)
-
-
 # -------------------------------------------------------------------------------- construction
 
 
@@ -95,11 +77,10 @@ def test_init_only_stores_even_a_missing_checkpoint(tmp_path):
         CNNCodes(model=NET, weights=str(missing)).fit(["a.png"])
 
 
-def test_fit_reads_no_image_and_resolves_names(tmp_path, monkeypatch):
-    spy = NetworkSpy(monkeypatch)
+def test_fit_reads_no_image_and_resolves_names(tmp_path, forward_counter):
     est = codes(tmp_path, layer=["features.7", "penultimate"], pooling="avgmax")
     assert est.fit(["never/created.png"]) is est
-    assert spy.calls == []
+    assert forward_counter.builds == 0
     assert est.layers_ == ["features.7", "flatten"]
     assert est.layer_sizes_ == {"features.7": 64, "flatten": 64}
     assert est.n_features_out_ == 128 and est.n_features_in_ == 1
@@ -187,14 +168,13 @@ def test_dataframe_column_name_is_remembered(tmp_path, images):
 # -------------------------------------------------------------------------------- codes
 
 
-def test_codes_are_float32_one_row_per_input_and_cached(tmp_path, images, monkeypatch):
-    spy = NetworkSpy(monkeypatch)
+def test_codes_are_float32_one_row_per_input_and_cached(tmp_path, images, forward_counter):
     est = codes(tmp_path)
     first = est.fit_transform(images)
     assert first.dtype == np.float32 and first.shape == (12, 64)
-    assert spy.image_configs == 12
+    assert forward_counter.images == 12
     second = clone_fit(est, images).transform(images[::-1])
-    assert spy.image_configs == 12  # every code came from the cache
+    assert forward_counter.images == 12  # every code came from the cache
     np.testing.assert_array_equal(second, first[::-1])
 
 
@@ -214,12 +194,11 @@ def test_multi_layer_codes_are_the_layers_side_by_side(tmp_path, images):
     assert names[32] == "features.3__max0" and len(names) == 48
 
 
-def test_without_cache_codes_are_computed_every_time(tmp_path, images, monkeypatch):
-    spy = NetworkSpy(monkeypatch)
+def test_without_cache_codes_are_computed_every_time(tmp_path, images, forward_counter):
     est = codes(tmp_path, cache_dir=None).fit(images)
     a, b = est.transform(images), est.transform(images)
     np.testing.assert_array_equal(a, b)
-    assert spy.image_configs == 24
+    assert forward_counter.images == 24
     assert not os.path.exists(tmp_path / "cache")
 
 
@@ -353,15 +332,17 @@ def test_filter_readable_drops_images_with_their_labels(tmp_path, with_bad, use_
     assert isinstance(skipped[0].reason, str) and skipped[0].reason
 
 
-def test_filter_readable_fills_the_cache_for_the_fit_that_follows(tmp_path, with_bad, monkeypatch):
+def test_filter_readable_fills_the_cache_for_the_fit_that_follows(
+    tmp_path, with_bad, forward_counter
+):
     paths, y, _ = with_bad
     pipe = Pipeline(
         [("cnncodes", codes(tmp_path)), ("scale", StandardScaler()), ("clf", LogisticRegression())]
     )
     X_ok, y_ok, _ = filter_readable(paths, y, extractor=pipe)
-    spy = NetworkSpy(monkeypatch)
+    built = forward_counter.builds
     pipe.fit(X_ok, y_ok)
-    assert spy.calls == []
+    assert forward_counter.builds == built
     assert filter_readable(X_ok, y_ok, extractor=pipe) == (X_ok, y_ok, [])
 
 
@@ -393,32 +374,32 @@ def _search(tmp_path, n_jobs=1, **params):
 
 
 def test_grid_search_runs_the_network_once_per_image_and_configuration(
-    tmp_path, images, labels, monkeypatch
+    tmp_path, images, labels, forward_counter
 ):
-    spy = NetworkSpy(monkeypatch)
     search = _search(tmp_path).fit(images, labels)
     # 2 layers x 2 poolings = 4 configurations; 8 candidates x 3 folds + refit read the cache.
-    assert spy.image_configs == 12 * 4
-    assert {(layers, pooling) for layers, pooling, _ in spy.calls} == {
-        (("features.3",), "avg"),
-        (("features.3",), "max"),
-        (("features.7",), "avg"),
-        (("features.7",), "max"),
+    assert forward_counter.images == 12 * 4
+    assert {layers for layers, _ in forward_counter.runs} == {("features.3",), ("features.7",)}
+    stored = {(s.config["layer"], s.config["pooling"]) for s, _ in list_configs(tmp_path / "cache")}
+    assert stored == {
+        ("features.3", "avg"),
+        ("features.3", "max"),
+        ("features.7", "avg"),
+        ("features.7", "max"),
     }
-    before = list(spy.calls)
+    before = list(forward_counter.runs)
     again = _search(tmp_path).fit(images, labels)
-    assert spy.calls == before
+    assert forward_counter.runs == before
     np.testing.assert_array_equal(
         search.cv_results_["mean_test_score"], again.cv_results_["mean_test_score"]
     )
 
 
-def test_grid_search_without_cache_recomputes_every_fold(tmp_path, images, labels, monkeypatch):
-    spy = NetworkSpy(monkeypatch)
+def test_grid_search_without_cache_recomputes_every_fold(tmp_path, images, labels, forward_counter):
     pipe = Pipeline([("cnncodes", codes(tmp_path, cache_dir=None)), ("clf", LogisticRegression())])
     GridSearchCV(pipe, {"clf__C": [0.1, 1.0]}, cv=3).fit(images, labels)
     # Every candidate and fold pushes its train and test images, then the refit all of them.
-    assert spy.image_configs == 2 * 3 * 12 + 12
+    assert forward_counter.images == 2 * 3 * 12 + 12
 
 
 def _shards(root):
@@ -428,22 +409,21 @@ def _shards(root):
 
 
 def test_warm_cache_then_parallel_search_never_runs_the_network(
-    tmp_path, images, labels, monkeypatch
+    tmp_path, images, labels, forward_counter
 ):
-    spy = NetworkSpy(monkeypatch)
     search = _search(tmp_path, n_jobs=2)
     summary = warm_cache(search, images)
     # One forward pass per pooling serves both layers.
-    assert sorted(spy.calls) == [
-        (("features.3", "features.7"), "avg", 12),
-        (("features.3", "features.7"), "max", 12),
+    assert forward_counter.runs == [
+        [("features.3", "features.7"), 12],
+        [("features.3", "features.7"), 12],
     ]
     assert summary == {"runs": 2, "configurations": 4, "computed": 24, "cached": 0, "skipped": []}
     shards = _shards(tmp_path / "cache")
     search.fit(images, labels)  # joblib worker processes share the on-disk cache
     assert _shards(tmp_path / "cache") == shards  # no worker wrote (so computed) anything
     serial = _search(tmp_path).fit(images, labels)
-    assert len(spy.calls) == 2
+    assert forward_counter.builds == 2
     np.testing.assert_allclose(
         search.cv_results_["mean_test_score"], serial.cv_results_["mean_test_score"]
     )
@@ -635,20 +615,19 @@ def test_a_model_that_needs_arguments_is_refused_naming_it(tmp_path):
         codes(tmp_path, model="torch.nn:Linear").fit(["a.png"])
 
 
-def test_warm_cache_takes_any_search_that_carries_a_grid(tmp_path, images, monkeypatch):
+def test_warm_cache_takes_any_search_that_carries_a_grid(tmp_path, images, forward_counter):
     from scipy.stats import uniform
     from sklearn.experimental import enable_halving_search_cv  # noqa: F401
     from sklearn.model_selection import HalvingGridSearchCV, RandomizedSearchCV
 
     pipe = Pipeline([("cnncodes", codes(tmp_path)), ("clf", LogisticRegression())])
     grid = {"cnncodes__layer": ["features.3", "features.7"], "clf__C": [0.1, 1.0]}
-    spy = NetworkSpy(monkeypatch)
     assert warm_cache(HalvingGridSearchCV(pipe, grid), images)["configurations"] == 2
     random = RandomizedSearchCV(pipe, grid, n_iter=2)
     assert warm_cache(random, images) == {
         "runs": 1, "configurations": 2, "computed": 0, "cached": 12, "skipped": []
     }  # fmt: skip
-    assert len(spy.calls) == 1
+    assert forward_counter.builds == 1
     # An alias and the name it stands for are one layer: one forward pass, no duplicate codes.
     aliased = {"cnncodes__layer": ["penultimate", "flatten"]}
     assert warm_cache(pipe, images, aliased)["configurations"] == 1
@@ -689,14 +668,13 @@ def test_feature_names_out_checks_input_features(tmp_path, images):
 
 
 def test_a_cache_that_cannot_be_written_fails_before_any_image_is_computed(
-    tmp_path, images, monkeypatch
+    tmp_path, images, forward_counter
 ):
     with pytest.raises(ValueError, match=r"cache_dir='': expected a folder path \('.'"):
         codes(tmp_path, cache_dir="").fit(images)
     blocker = tmp_path / "a_file"
     blocker.write_text("not a folder")
-    spy = NetworkSpy(monkeypatch)
     est = codes(tmp_path, cache_dir=str(blocker / "cache")).fit(images)
     with pytest.raises(OSError, match=r"cannot write to the cache folder .*a_file.cache"):
         est.transform(images)
-    assert spy.calls == []
+    assert forward_counter.builds == 0

@@ -1,0 +1,1 @@
+"""Extraction's parts behind :mod:`cnncodes.extract`: runtime, decode, fold, loop."""
