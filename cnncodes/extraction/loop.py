@@ -24,7 +24,8 @@ CPU_FORWARD_BATCH = 8
 class ForwardLoop:
     """One pass of the images of ``todo`` through the network, filling ``out`` and the cache.
 
-    Built by :func:`cnncodes.extract.extract_codes` once it knows what the cache lacks; :meth:`run` does the work.
+    Built by :func:`cnncodes.extract.extract_codes` once it knows what the cache lacks;
+    :meth:`run` does the work.
     """
 
     # What runs, and how.
