@@ -50,6 +50,18 @@ def display(path):
     return os.fsencode(path).decode("utf-8", errors="backslashreplace")
 
 
+def file_format(path, formats, what=""):
+    """The extension of ``path`` (lower case) if it is one of ``formats``; else a ValueError
+    naming ``what`` (e.g. ``"--out "``) and the path, and listing the formats."""
+    ext = os.path.splitext(os.fspath(path))[1].lower()
+    if ext not in formats:
+        raise ValueError(
+            f"{what}{os.fspath(path)!r}: unknown extension {ext or '(none)'!r}; use a name ending "
+            f"in {', '.join(formats[:-1]) + ' or ' if len(formats) > 1 else ''}{formats[-1]}"
+        )
+    return ext
+
+
 def fsync_dir(path):
     """``fsync`` a folder, so that a rename inside it survives a power loss."""
     fd = os.open(path, os.O_RDONLY)

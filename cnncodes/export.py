@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import __version__
-from ._files import atomic_path, display
+from ._files import atomic_path, display, file_format
 from ._json import jsonable, skipped_json
 
 __all__ = ["FORMATS", "CodesFile", "read_codes", "write_codes"]
@@ -40,13 +40,7 @@ FORMATS = (".h5", ".hdf5", ".npz")
 
 
 def _format(path):
-    ext = os.path.splitext(os.fspath(path))[1].lower()
-    if ext not in FORMATS:
-        raise ValueError(
-            f"codes file {os.fspath(path)!r}: unknown extension {ext or '(none)'!r}; "
-            f"use one of {', '.join(FORMATS)}"
-        )
-    return ext
+    return file_format(path, FORMATS, "codes file ")
 
 
 def write_codes(path, result, dataset, spec, pooling):

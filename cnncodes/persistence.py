@@ -30,7 +30,7 @@ import types
 import zipfile
 import zlib
 
-from ._files import atomic_path
+from ._files import atomic_path, file_format
 
 __all__ = [
     "BUILTIN_MODEL_CALLABLES",
@@ -153,13 +153,7 @@ def _is_damage(exc):
 
 
 def _format(path):
-    suffix = os.path.splitext(os.fspath(path))[1].lower()
-    if suffix not in FORMATS:
-        raise ValueError(
-            f"{os.fspath(path)!r}: unknown file type {suffix or '(none)'!r}; use a name ending in "
-            f"{' or '.join(FORMATS)}"
-        )
-    return suffix
+    return file_format(path, FORMATS)
 
 
 def _type_name(t):

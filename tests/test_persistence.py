@@ -173,7 +173,7 @@ def test_bad_paths_and_options(fitted, tmp_path):
     pipe, _, _ = fitted
     with pytest.raises(
         ValueError,
-        match=r"'model\.pkl': unknown file type '\.pkl'; use a name "
+        match=r"'model\.pkl': unknown extension '\.pkl'; use a name "
         r"ending in \.joblib or \.skops",
     ):
         save(pipe, "model.pkl")
@@ -184,7 +184,7 @@ def test_bad_paths_and_options(fitted, tmp_path):
     save(pipe, tmp_path / "m.joblib")
     with pytest.raises(ValueError, match="trusted= applies to .skops files only"):
         load(tmp_path / "m.joblib", trusted=["x.Y"])
-    with pytest.raises(ValueError, match="unknown file type"):
+    with pytest.raises(ValueError, match="unknown extension"):
         load(tmp_path / "m")
 
 

@@ -15,7 +15,7 @@ import sys
 import textwrap
 
 from .._choices import POOLINGS, PRECISIONS
-from .._files import display
+from .._files import display, file_format
 from .._json import jsonable
 from ..datasets import load_dataset
 from ..spec import INTERPOLATIONS, Weights
@@ -415,11 +415,10 @@ def _check_out_path(path, formats):
     """The --out file: a known extension and an existing folder, checked before any work."""
     if path is None:
         return None
-    ext = os.path.splitext(path)[1].lower()
-    if ext not in formats:
-        raise UsageError(
-            f"--out {path!r}: unknown extension {ext or '(none)'!r}; use one of {', '.join(formats)}"
-        )
+    try:
+        file_format(path, formats, "--out ")
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise UsageError(f"--out {path!r}: folder {folder!r} does not exist")
