@@ -62,13 +62,17 @@ def file_format(path, formats, what=""):
     return ext
 
 
-def fsync_dir(path):
-    """``fsync`` a folder, so that a rename inside it survives a power loss."""
+def fsync_path(path):
+    """``fsync`` a file or a folder by name: a file's bytes, or a rename inside a folder,
+    survive a power loss (h5py's ``flush()`` and Python's ``close()`` never fsync)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+fsync_dir = fsync_path
 
 
 def _host():
@@ -165,11 +169,7 @@ def atomic_path(path, prefix=None, suffix=""):
     tmp = temporary_path(folder, prefix, suffix)
     try:
         yield tmp
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_path(tmp)
         os.replace(tmp, path)
     finally:
         with contextlib.suppress(FileNotFoundError):

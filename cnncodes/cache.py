@@ -55,6 +55,7 @@ from ._files import (
     STALE_GRACE_SECONDS,
     atomic_write_bytes,
     fsync_dir,
+    fsync_path,
     remove_stale_temporaries,
     temporary_path,
 )
@@ -437,11 +438,7 @@ class CodeStore:
                 f.attrs["config"] = self._config_json
                 f.attrs["created"] = time.time()
                 f.attrs["checksum"] = _checksum(key_array, [codes])
-            fd = os.open(tmp, os.O_RDONLY)
-            try:
-                os.fsync(fd)  # h5py's flush() never fsyncs
-            finally:
-                os.close(fd)
+            fsync_path(tmp)  # h5py's flush() never fsyncs
             os.replace(tmp, final)
         finally:
             with contextlib.suppress(FileNotFoundError):
