@@ -186,7 +186,7 @@ def test_fit_skips_unreadable_images_only_when_asked(capsys, photos):
     "argv, fragments",
     [
         (["--pipeline", "linear_prob"], ["unknown recipe 'linear_prob'", "Did you mean"]),
-        (["--out", "model.pkl"], ["--out", "'.pkl'", ".joblib, .skops"]),
+        (["--out", "model.pkl"], ["--out", "'.pkl'", ".joblib or .skops"]),
         (["--test-size", "1.5"], ["--test-size", "between 0 and 1"]),
         (["--test-size", "0.2", "--test", "x"], ["not allowed with argument"]),
         (["--layer", "no_such_layer"], ["no_such_layer"]),
