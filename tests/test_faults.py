@@ -90,6 +90,7 @@ def test_sigkill_at_random_moments_then_resume(ctx, images, reference, tmp_path,
     store = _store(cache)
     rng = np.random.default_rng(2024)
     history = []
+
     def enough(history):
         # At least 5 kills, one of which left a partly filled cache for a later run to resume.
         kills = [rows for killed, rows in history if killed]
