@@ -60,6 +60,7 @@ from ._files import (
     temporary_path,
 )
 from ._files import TMP_PREFIX as _TMP_PREFIX
+from .spec import file_stamp
 
 __all__ = [
     "FORMAT_VERSION",
@@ -140,10 +141,9 @@ def _back_off(attempt):
 
 def _stat_key(path):
     try:
-        st = os.lstat(path)
+        return file_stamp(path, os.lstat(path))
     except OSError:
         return None
-    return (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 def _held_codes(path):
@@ -161,7 +161,7 @@ def _hold_codes(path, st, codes):
     if codes.nbytes > _HOLD_MAX_SHARD_BYTES:
         return
     codes.flags.writeable = False
-    _SHARD_CODES[path] = ((st.st_ino, st.st_size, st.st_mtime_ns), codes)
+    _SHARD_CODES[path] = (file_stamp(path, st), codes)
     total = sum(c.nbytes for _, c in _SHARD_CODES.values())
     while total > _HOLD_MAX_BYTES and len(_SHARD_CODES) > 1:
         _, (_, dropped) = _SHARD_CODES.popitem(last=False)
@@ -290,7 +290,7 @@ class CodeStore:
             st = os.lstat(path)
         except FileNotFoundError:
             return None
-        stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
+        stamp = file_stamp(path, st)
         memo = _SHARD_INDEX.get(path)
         if memo is not None and memo[0] == stamp and (memo[2] or not verify):
             return memo[1]  # None for a shard already found bad (warned about once)
@@ -306,10 +306,10 @@ class CodeStore:
             return None
         except (OSError, ValueError, KeyError) as exc:
             warnings.warn(f"ignoring cache file {path}: {exc}", CacheWarning, stacklevel=3)
-            _SHARD_INDEX[path] = ((st.st_ino, st.st_size, st.st_mtime_ns), None, True)
+            _SHARD_INDEX[path] = (file_stamp(path, st), None, True)
             return None
         entry = (keys, width)
-        _SHARD_INDEX[path] = ((st.st_ino, st.st_size, st.st_mtime_ns), entry, verify)
+        _SHARD_INDEX[path] = (file_stamp(path, st), entry, verify)
         return entry
 
     def index(self):
