@@ -31,6 +31,7 @@ import zipfile
 import zlib
 
 from ._files import atomic_path, file_format
+from .spec import is_model_callable
 
 __all__ = [
     "BUILTIN_MODEL_CALLABLES",
@@ -175,18 +176,13 @@ def _check_trust_model_code(trust_model_code):
         names = list(names)
     except TypeError:
         names = [names]
-    if not all(isinstance(n, str) and _is_callable_model(n) for n in names):
+    if not all(isinstance(n, str) and is_model_callable(n) for n in names):
         raise ValueError(
             f"trust_model_code={trust_model_code!r}: expected False, True (every callable the "
             "file names) or a list of 'package.module:callable' names, e.g. "
             "['mymodels:resnet20']"
         )
     return set(names)
-
-
-def _is_callable_model(name):
-    module, _, attr = name.partition(":")
-    return bool(module) and bool(attr)
 
 
 def model_callables(estimator):

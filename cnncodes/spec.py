@@ -48,6 +48,12 @@ class WeightsError(ValueError):
     """Weights that do not exist, do not fit the architecture, or changed on disk."""
 
 
+def is_model_callable(name):
+    """Whether ``name`` has the ``package.module:callable`` form of a user's own architecture."""
+    module, _, attr = name.partition(":")
+    return bool(module) and bool(attr)
+
+
 def file_stamp(path, st=None) -> tuple:
     """What tells, without reading it, that a file is unchanged since it was last hashed.
 

@@ -18,7 +18,7 @@ from .._choices import POOLINGS, PRECISIONS
 from .._files import display, file_format
 from .._json import jsonable
 from ..datasets import load_dataset
-from ..spec import INTERPOLATIONS, Weights
+from ..spec import INTERPOLATIONS, Weights, is_model_callable
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -449,8 +449,7 @@ def _trust_model_code(args):
     if any(not name for name in names):
         return True
     for name in names:
-        module, _, attr = name.partition(":")
-        if not module or not attr:
+        if not is_model_callable(name):
             raise UsageError(
                 f"--trust-model-code {name!r}: expected package.module:callable, e.g. "
                 f"mymodels:resnet20 ({args.trust_model_code_hint})"
