@@ -26,7 +26,7 @@ __all__ = [
     "atomic_path",
     "atomic_write_bytes",
     "display",
-    "fsync_dir",
+    "fsync_path",
     "remove_stale_temporaries",
     "temporary_path",
 ]
@@ -70,9 +70,6 @@ def fsync_path(path):
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-fsync_dir = fsync_path
 
 
 def _host():
@@ -174,7 +171,7 @@ def atomic_path(path, prefix=None, suffix=""):
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-    fsync_dir(folder)
+    fsync_path(folder)
 
 
 def atomic_write_bytes(path, data, prefix=None):

@@ -54,7 +54,6 @@ import numpy as np
 from ._files import (
     STALE_GRACE_SECONDS,
     atomic_write_bytes,
-    fsync_dir,
     fsync_path,
     remove_stale_temporaries,
     temporary_path,
@@ -220,7 +219,7 @@ class CodeStore:
     def _ensure_dir(self):
         if not os.path.isdir(self.path):
             os.makedirs(self.path, exist_ok=True)
-            fsync_dir(self.root)
+            fsync_path(self.root)
         config_path = os.path.join(self.path, "config.json")
         if not os.path.isfile(config_path):
             body = {"config_key": self.key, "format_version": FORMAT_VERSION, "config": self.config}
@@ -443,7 +442,7 @@ class CodeStore:
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
-        fsync_dir(self.path)
+        fsync_path(self.path)
         return final
 
     @contextlib.contextmanager
@@ -488,7 +487,7 @@ class CodeStore:
                     os.unlink(path)
                 _SHARD_INDEX.pop(path, None)
                 _SHARD_CODES.pop(path, None)
-            fsync_dir(self.path)
+            fsync_path(self.path)
             return len(paths)
 
     def remove_stale_temporaries(self):

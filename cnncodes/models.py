@@ -41,6 +41,8 @@ import marshal
 import numbers
 import os
 import re
+import sys
+import sysconfig
 import urllib.error
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -313,9 +315,6 @@ def _user_modules(names, limit=256):
     ``from helpers import act``), transitively: an untraceable ``forward()`` may call into any of
     them. Library code (the standard library, site-packages other than the user's own package)
     is left out; it changes only with an upgrade."""
-    import sys
-    import sysconfig
-
     libraries = {
         os.path.realpath(sysconfig.get_paths()[k]) for k in ("stdlib", "purelib", "platlib")
     }
