@@ -54,7 +54,7 @@ def _ms(fn, reps):
 
 
 def main(argv=None):
-    from cnncodes import models
+    from cnncodes import architectures, layers, models
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--reps", type=int, default=5)
@@ -69,19 +69,21 @@ def main(argv=None):
     rows = {}
     for name in ("traced", "untraceable"):
         model = f"bench_user_mobilenet:{name}"
-        net = models._meta_model(model, None)
+        net = architectures._meta_model(model, None)
 
         def first_fit_resolution(model=model):
-            models._meta_model_memo.cache_clear()
-            models._arch_id_memo.cache_clear()
-            models._resolve_layers_memo.cache_clear()
-            models._layer_shapes_memo.cache_clear()
+            architectures._meta_model_memo.cache_clear()
+            architectures._arch_id_memo.cache_clear()
+            layers._resolve_layers_memo.cache_clear()
+            layers._layer_shapes_memo.cache_clear()
             spec = models.resolve_spec(model, "none")
-            models.layer_shapes(spec, models.resolve_layers(spec, ["penultimate"]))
+            layers.layer_shapes(spec, layers.resolve_layers(spec, ["penultimate"]))
 
         rows[name] = {
-            "modules_ms": _ms(lambda net=net: models._arch_fingerprint(net), args.reps),
-            "code_ms": _ms(lambda net=net, m=model: models._code_fingerprint(net, m), args.reps),
+            "modules_ms": _ms(lambda net=net: architectures._arch_fingerprint(net), args.reps),
+            "code_ms": _ms(
+                lambda net=net, m=model: architectures._code_fingerprint(net, m), args.reps
+            ),
             "first_fit_resolution_ms": _ms(first_fit_resolution, args.reps),
         }
         r = rows[name]

@@ -31,7 +31,7 @@ PARTS = {
     "waiting for the decoding thread": ("queue.py", "get"),
     "hash files": ("cnncodes/images.py", "file_digest"),
     "build model (init weights, trace, fold BN)": ("cnncodes/models.py", "build_model"),
-    "build extractor (FX trace)": ("cnncodes/models.py", "build_extractor"),
+    "build extractor (FX trace)": ("cnncodes/layers.py", "build_extractor"),
     "pooling": ("cnncodes/pooling.py", "pool"),
 }
 

@@ -23,7 +23,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from .extract import extract_codes
-from .models import list_layers, resolve_layers, resolve_spec
+from .layers import list_layers, resolve_layers
+from .models import resolve_spec
 
 __all__ = ["Advice", "advise", "SMALL_PER_CLASS"]
 

@@ -35,7 +35,9 @@ import numpy as np
 from . import __version__, recipes
 from ._json import jsonable
 from .datasets import DatasetWarning
-from .models import ModelError, default_preprocessing_note, resolve_spec
+from .models import resolve_spec
+from .preprocessing import default_preprocessing_note
+from .spec import ModelError
 from .transformers import CNNCodes, _find_codes_step, filter_readable, warm_cache
 
 __all__ = [

@@ -34,17 +34,12 @@ from .extraction.decode import preprocess, preprocess_bytes
 from .extraction.loop import CPU_FORWARD_BATCH, ForwardLoop
 from .extraction.runtime import _default_workers, exact_fp32, resolve_device, resolve_precision
 from .images import ImageLoadError, file_digests
-from .models import (
-    WeightsError,
-    _is_int,
-    file_sha256,
-    layer_shapes,
-    resolve_layers,
-    resolve_spec,
-)
+from .layers import layer_shapes, resolve_layers
+from .models import resolve_spec
 from .persistence import UntrustedModelCodeError, refused_model_code
 from .pooling import check_pooling, code_size
-from .spec import GPU_DECODER, CodeKey
+from .preprocessing import _is_int
+from .spec import GPU_DECODER, CodeKey, WeightsError, file_sha256
 
 __all__ = [
     "CPU_FORWARD_BATCH",

@@ -317,7 +317,7 @@ def describe_preprocessing(values, source=None):
 
     Examples
     --------
-    >>> from cnncodes.models import resolve_preprocessing
+    >>> from cnncodes.preprocessing import resolve_preprocessing
     >>> describe_preprocessing(resolve_preprocessing(mean=0.5).to_dict())
     'mean=(0.5, 0.5, 0.5) std=(0.229, 0.224, 0.225) resize=256 crop=224x224 interpolation=bilinear'
     >>> resolve_preprocessing(mean=0.5, std=0.5).describe()
@@ -358,7 +358,7 @@ class ModelSpec:
     the torchvision enum name, ``"sha256:<hex>"`` of a checkpoint file, ``"none:seed=<n>"``, or the
     SHA-256 of the state the user's callable built. ``arch_id`` fingerprints the architecture itself:
     its modules, parameter names and shapes, and for the user's own architecture also the code its
-    ``forward()`` runs (``"<modules>+<code>"``, see :func:`cnncodes.models._arch_id`).
+    ``forward()`` runs (``"<modules>+<code>"``, see :func:`cnncodes.architectures._arch_id`).
     Made by :func:`cnncodes.models.resolve_spec`.
     """
 

@@ -24,15 +24,12 @@ from sklearn.utils.validation import (
 )
 
 from . import cache as _cache
+from .architectures import model_identity
 from .extract import ON_ERROR, PRECISIONS, extract_codes, resolve_device
-from .models import (
-    _is_int,
-    layer_shapes,
-    model_identity,
-    resolve_layers,
-    resolve_spec,
-)
+from .layers import layer_shapes, resolve_layers
+from .models import resolve_spec
 from .pooling import check_pooling, code_size
+from .preprocessing import _is_int
 from .spec import file_stamp
 
 __all__ = [

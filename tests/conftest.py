@@ -148,10 +148,10 @@ def forward_counter(monkeypatch):
     """Wrap the extractor that extraction builds so every forward pass (and image) is counted."""
     import torch
 
-    from cnncodes import extract, models  # noqa: F401 - extraction loaded, so it can be wrapped
+    from cnncodes import extract, layers  # noqa: F401 - extraction loaded, so it can be wrapped
 
     counter = ForwardCounter()
-    real_build = models.build_extractor
+    real_build = layers.build_extractor
 
     class Counting(torch.nn.Module):
         def __init__(self, inner, run):
@@ -173,10 +173,10 @@ def forward_counter(monkeypatch):
         counter.runs.append([tuple(layers), 0])
         return Counting(real_build(net, layers), counter.runs[-1])
 
-    # Wherever extraction imported it from models (not models itself: its shape probes are not
+    # Wherever extraction imported it from (not cnncodes.layers itself: its shape probes are not
     # forward passes over images), so the count does not depend on which module runs the loop.
     for name, module in list(sys.modules.items()):
-        if name.startswith("cnncodes.") and name != "cnncodes.models":
+        if name.startswith("cnncodes.") and name != "cnncodes.layers":
             if getattr(module, "build_extractor", None) is real_build:
                 monkeypatch.setattr(module, "build_extractor", build)
     return counter

@@ -162,7 +162,7 @@ def test_default_layers_exist_and_go_from_early_to_top(model):
     layers = layer_sweep_svm.default_layers(model)
     spec = resolve_spec(model, "none")
     assert resolve_layers(spec, layers) == layers
-    from cnncodes.models import layer_shapes
+    from cnncodes.layers import layer_shapes
 
     shapes = layer_shapes(spec, layers)
     sides = [shapes[name][-1] for name in layers]

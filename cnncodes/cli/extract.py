@@ -72,7 +72,8 @@ def add_extract_parser(subparsers):
 def run_extract(args):
     """Extract codes for DATA; print a summary; optionally write them to --out."""
     from ..extract import extract_codes
-    from ..models import default_preprocessing_note, resolve_layers
+    from ..layers import resolve_layers
+    from ..preprocessing import default_preprocessing_note
 
     output = _Output(args)
     out_path = _check_out_path(args.out, FORMATS)

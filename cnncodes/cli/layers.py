@@ -52,7 +52,8 @@ def add_layers_parser(subparsers):
 
 def run_layers(args):
     """Print the layer table of a model."""
-    from ..models import default_preprocessing_note, list_layers, resolve_layers
+    from ..layers import list_layers, resolve_layers
+    from ..preprocessing import default_preprocessing_note
 
     output = _Output(args)
     spec = _spec_from_args(args, model=args.model)

@@ -10,7 +10,8 @@ import torch
 
 from .._progress import Progress
 from ..images import ImageLoadError
-from ..models import build_extractor, build_model
+from ..layers import build_extractor
+from ..models import build_model
 from ..pooling import pool
 from .decode import _collate, _Decode, _prefetch, _stack_ready, _TorchDecode, _worker_init
 from .fold import _fold_batchnorm

@@ -1,0 +1,298 @@
+"""Model names to networks: torchvision names, ``package.module:callable``, fingerprints (torch only).
+
+A model is a torchvision classification model name (``"resnet50"``, ``"mobilenet_v2"``, ...) or the
+user's own architecture given as ``"package.module:callable"`` returning an ``nn.Module``; such a
+callable may declare the preprocessing its network expects in a ``preprocessing`` attribute
+(see :func:`cnncodes.models.resolve_spec`).
+
+Named torchvision weights (``"DEFAULT"``, ``"IMAGENET1K_V1"``, ``"ResNet50_Weights.IMAGENET1K_V1"``)
+are parsed here, next to the model names: torchvision's builders take constructor arguments from
+the weights' metadata (the number of classes, ...), so the architecture depends on the weights'
+name. Their files are :mod:`cnncodes.checkpoints`' work.
+
+Resolution is cheap: the architecture is built on the ``meta`` device (no memory, no
+initialisation) to fingerprint it and name its layers, memoised on :func:`model_identity`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import hashlib
+import importlib
+import inspect
+import marshal
+import os
+import sys
+import sysconfig
+
+import torch
+import torchvision
+from torch import nn
+
+from .spec import ModelError, WeightsError
+
+__all__ = ["model_identity"]
+
+
+def _is_callable_name(model):
+    return ":" in model
+
+
+def _torchvision_names():
+    return sorted(torchvision.models.list_models(module=torchvision.models))
+
+
+def _load_callable(model):
+    """Import ``package.module:callable``."""
+    module_name, _, attr = model.partition(":")
+    if not module_name or not attr:
+        raise ModelError(f"model={model!r}: expected 'package.module:callable'")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ModelError(f"model={model!r}: cannot import module {module_name!r} ({exc})") from None
+    obj = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise ModelError(f"model={model!r}: module {module_name!r} has no attribute {attr!r}")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise ModelError(f"model={model!r}: {attr!r} is not callable")
+    return obj
+
+
+def _call_without_arguments(model):
+    builder = _load_callable(model)
+    try:
+        inspect.signature(builder).bind()
+    except TypeError as exc:  # needs arguments (torch.nn:Linear, ...)
+        raise ModelError(
+            f"model={model!r} cannot be called without arguments ({exc}): give a callable that "
+            "builds the whole network by itself, e.g. a function in your own module"
+        ) from None
+    except ValueError:  # no signature to inspect (some builtins): just try
+        pass
+    return builder()
+
+
+def _check_model_name(model):
+    if not isinstance(model, str) or not model:
+        raise ModelError(
+            f"model={model!r}: expected a torchvision model name such as 'resnet50' or "
+            "'package.module:callable'"
+        )
+    if _is_callable_name(model):
+        return
+    names = _torchvision_names()
+    if model not in names:
+        close = difflib.get_close_matches(model, names, n=5, cutoff=0.5)
+        hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+        raise ModelError(
+            f"model={model!r} is not a torchvision classification model.{hint} "
+            "See torchvision.models.list_models(), or give your own architecture as "
+            "'package.module:callable'."
+        )
+
+
+def _weights_enum(model):
+    return torchvision.models.get_model_weights(model)
+
+
+def _parse_named_weights(model, weights):
+    """``DEFAULT`` / ``IMAGENET1K_V1`` / ``ResNet50_Weights.IMAGENET1K_V1`` -> the enum member."""
+    if _is_callable_name(model):
+        raise WeightsError(
+            f"weights={weights!r}: named torchvision weights only apply to torchvision models, "
+            f"not to {model!r}; pass a checkpoint file path, 'none', or leave weights unset"
+        )
+    enum = _weights_enum(model)
+    members = [m.name for m in enum]
+    cls_name, _, member = weights.rpartition(".")
+    if cls_name and cls_name != enum.__name__:
+        raise WeightsError(
+            f"weights={weights!r} are for another model: {model!r} takes {enum.__name__} "
+            f"({', '.join(['DEFAULT', *members])})"
+        )
+    if member == "DEFAULT":
+        return enum.DEFAULT
+    if member not in members:
+        raise WeightsError(
+            f"weights={weights!r} is not one of {enum.__name__}: "
+            f"{', '.join(['DEFAULT', *members])}, 'none', or a checkpoint file path"
+        )
+    return enum[member]
+
+
+def _arch_kwargs(model, weights_enum):
+    """Constructor arguments torchvision's own builders set when pretrained weights are used."""
+    if weights_enum is None:
+        return {}
+    meta = weights_enum.meta
+    kwargs = {}
+    if "categories" in meta and meta["categories"] is not None:
+        kwargs["num_classes"] = len(meta["categories"])
+    if model in ("inception_v3", "googlenet"):
+        kwargs.update(transform_input=True, aux_logits=True, init_weights=False)
+    if model.startswith("vit_") and "min_size" in meta:
+        kwargs["image_size"] = meta["min_size"][0]
+    return kwargs
+
+
+def _construct(model, weights_enum, seed):
+    """Build the architecture with a deterministic random initialisation."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if _is_callable_name(model):
+            net = _call_without_arguments(model)
+        else:
+            net = torchvision.models.get_model(
+                model, weights=None, **_arch_kwargs(model, weights_enum)
+            )
+    if not isinstance(net, nn.Module):
+        raise ModelError(f"model={model!r} returned {type(net).__name__}, not a torch.nn.Module")
+    return net.eval()
+
+
+def model_identity(model):
+    """What the in-process memos key a model on: its name, and for ``package.module:callable``
+    also the callable object itself and its declared ``preprocessing`` (a reloaded module or an
+    edited declaration is resolved anew, not served from a memo). None if it cannot be imported.
+    """
+    if not isinstance(model, str) or not _is_callable_name(model):
+        return (model, None, None)
+    try:
+        obj = _load_callable(model)
+    except ModelError:
+        return None
+    declared = repr(getattr(obj, "preprocessing", None))
+    try:
+        hash(obj)
+    except TypeError:  # an instance with __eq__ and no __hash__
+        return (model, id(obj), declared)
+    return (model, obj, declared)
+
+
+def _meta_model(model, weights_name):
+    """The architecture on the meta device: no memory, no initialisation; for names and shapes."""
+    return _meta_model_memo(_identity_or_raise(model), weights_name)
+
+
+def _identity_or_raise(model):
+    identity = model_identity(model)
+    if identity is None:
+        _load_callable(model)  # raises the ModelError that says why
+    return identity
+
+
+@functools.lru_cache(maxsize=32)
+def _meta_model_memo(identity, weights_name):
+    model = identity[0]
+    enum = _parse_named_weights(model, weights_name) if weights_name else None
+    try:
+        with torch.device("meta"):
+            return _construct(model, enum, 0)
+    except (NotImplementedError, RuntimeError):
+        # Some builders compute with tensors (regnet's block widths), which meta cannot do.
+        return _construct(model, enum, 0).to("meta")
+
+
+def _arch_fingerprint(net):
+    digest = hashlib.sha256(repr(net).encode())
+    for name, t in list(net.state_dict().items()):
+        digest.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
+    return digest.hexdigest()[:16]
+
+
+def _arch_id(model, weights_name):
+    """:attr:`ModelSpec.arch_id`: the modules, names and shapes of the network; for the user's
+    own architecture also what its ``forward()`` computes (``"<modules>+<code>"``).
+
+    ``repr`` and parameter shapes alone miss an edit of ``forward()`` (``relu(x)`` to
+    ``relu(x) * 2``): the cache would serve the old codes. Torchvision names keep the plain
+    form, so their caches stay valid; their code changes only with a torchvision upgrade.
+    """
+    return _arch_id_memo(_identity_or_raise(model), weights_name)
+
+
+@functools.lru_cache(maxsize=32)
+def _arch_id_memo(identity, weights_name):
+    net = _meta_model_memo(identity, weights_name)
+    modules = _arch_fingerprint(net)
+    if not _is_callable_name(identity[0]):
+        return modules
+    return f"{modules}+{_code_fingerprint(net, identity[0])}"
+
+
+def _code_fingerprint(net, model):
+    """What a user's network computes: the code of its graph as traced by torch.fx (custom
+    modules and helper functions are traced through, library layers are calls), or, where it
+    cannot be traced, the source of its own classes, of the callable's module and of the user's
+    modules these reach (:func:`_user_modules`)."""
+    digest = hashlib.sha256()
+    try:
+        # The graph's Python code, as GraphModule.code, without building a GraphModule.
+        code = torch.fx.Tracer().trace(net).python_code("self").src
+    except Exception:  # FX raises many kinds of errors on untraceable Python control flow
+        code = None
+    if code is not None:
+        digest.update(b"fx\0" + code.encode())
+        return digest.hexdigest()[:16]
+    digest.update(b"source\0")
+    own = {
+        cls
+        for m in net.modules()
+        for cls in type(m).__mro__
+        if cls.__module__.partition(".")[0] not in ("torch", "torchvision", "builtins")
+    }
+    for cls in sorted(own, key=lambda c: (c.__module__, c.__qualname__)):
+        digest.update(f"{cls.__module__}.{cls.__qualname__}\0".encode() + _source(cls))
+    start = {model.partition(":")[0], *(cls.__module__ for cls in own)}
+    for module in _user_modules(start):
+        digest.update(f"{module.__name__}\0".encode() + _source(module))
+    return digest.hexdigest()[:16]
+
+
+def _user_modules(names, limit=256):
+    """The modules named, and the user's modules their globals reach (``import helpers``,
+    ``from helpers import act``), transitively: an untraceable ``forward()`` may call into any of
+    them. Library code (the standard library, site-packages other than the user's own package)
+    is left out; it changes only with an upgrade."""
+    libraries = {
+        os.path.realpath(sysconfig.get_paths()[k]) for k in ("stdlib", "purelib", "platlib")
+    }
+    own_packages = {name.partition(".")[0] for name in names}
+
+    def is_user(module):
+        name = getattr(module, "__name__", "")
+        if name.partition(".")[0] in own_packages:
+            return True
+        path = getattr(module, "__file__", None)
+        if not path:
+            return False  # built-in or namespace package: no source of its own
+        path = os.path.realpath(path)
+        return not any(path.startswith(lib + os.sep) for lib in libraries)
+
+    found, todo = {}, [importlib.import_module(name) for name in sorted(names)]
+    while todo and len(found) < limit:
+        module = todo.pop()
+        if module.__name__ in found:
+            continue
+        found[module.__name__] = module
+        for value in list(vars(module).values()):
+            if isinstance(value, type(module)):
+                other = value
+            else:
+                other = sys.modules.get(getattr(value, "__module__", None) or "")
+            if other is not None and other.__name__ not in found and is_user(other):
+                todo.append(other)
+    return [found[name] for name in sorted(found)]
+
+
+def _source(obj):
+    """The source text of a class or module; the bytecode of its functions if it has none."""
+    try:
+        return inspect.getsource(obj).encode()
+    except (OSError, TypeError):  # defined in a REPL, or only compiled code shipped
+        functions = [f for f in vars(obj).values() if hasattr(f, "__code__")]
+        return b"".join(marshal.dumps(f.__code__) for f in functions)
