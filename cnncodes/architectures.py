@@ -36,6 +36,8 @@ __all__ = ["model_identity"]
 
 
 def _is_callable_name(model):
+    """Meant as ``package.module:callable``, well formed or not (unlike
+    :func:`cnncodes.spec.is_model_callable`): a malformed one gets the callable's error."""
     return ":" in model
 
 
