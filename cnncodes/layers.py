@@ -291,7 +291,8 @@ def list_layers(model, weights=None, **kwargs):
     Parameters
     ----------
     model : str or ModelSpec
-        A model name (resolved with ``weights`` and ``kwargs`` as in :func:`resolve_spec`).
+        A model name (resolved with ``weights`` and ``kwargs`` as in
+        :func:`cnncodes.models.resolve_spec`).
 
     Returns
     -------

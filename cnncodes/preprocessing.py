@@ -136,9 +136,9 @@ def resolve_preprocessing(
     weights were trained with, so it wins over what the architecture declares. The model's own
     preprocessing is that of its torchvision weights (``weights_enum.transforms()``) or, for the
     user's own architecture, the ``declared`` dict its callable carries as its
-    ``preprocessing`` attribute (see :func:`resolve_spec`); the two never meet, since torchvision
-    weights only apply to torchvision models. Each key is resolved on its own: an explicit ``crop``
-    keeps the model's ``mean``. Where each value came from is kept in
+    ``preprocessing`` attribute (see :func:`cnncodes.models.resolve_spec`); the two never meet,
+    since torchvision weights only apply to torchvision models. Each key is resolved on its own:
+    an explicit ``crop`` keeps the model's ``mean``. Where each value came from is kept in
     :attr:`Preprocessing.source`.
 
     The ImageNet default is the standard evaluation transform: shorter side to 256, centre crop 224,
