@@ -55,7 +55,7 @@ def run_layers(args):
     from ..models import default_preprocessing_note, list_layers, resolve_layers
 
     output = _Output(args)
-    spec = _spec_from_args(args, model=args.model)
+    spec = _spec_from_args(args)
     infos = list_layers(spec)
     try:
         penultimate = resolve_layers(spec, ["penultimate"])[0]
