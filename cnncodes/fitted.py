@@ -31,6 +31,7 @@ __all__ = [
     "set_runtime",
     "verify_model",
 ]
+
 #: CNNCodes parameters that change how codes are computed but never their values (nor the cache
 #: key): the only ones :func:`set_runtime` changes on a fitted model.
 RUNTIME_PARAMS = ("batch_size", "num_workers", "device", "cache_dir", "progress")
