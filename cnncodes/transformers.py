@@ -90,6 +90,7 @@ def _resolve(est, layers):
     A checkpoint file is keyed by its change stamp (:func:`cnncodes.spec.file_stamp`: size,
     mtime, ctime, inode), so a changed file is resolved anew, even one rewritten in place.
     """
+    # The weights go into the key by their file's change stamp, not by their name.
     params = tuple(getattr(est, name) for name in MODEL_PARAMS if name != "weights")
     identity = model_identity(est.model) if isinstance(est.model, str) else None
     key = (repr(params), identity, _weights_key(est.weights), repr(layers), est.pooling)
