@@ -1,18 +1,22 @@
-"""Experiments on codes: a recipe's grid search with held-out evaluation, and predictions.
+"""Experiments on codes: a recipe's grid search with held-out evaluation.
 
-This is what ``cnncodes fit`` and ``cnncodes predict`` run; the command line only parses,
-prints and writes files. Everything here works on image paths and labels and returns plain
-objects (DataFrames, dicts), so the same experiment is one call from Python:
+This is what ``cnncodes fit`` runs; the command line only parses, prints and writes files.
+Everything here works on image paths and labels and returns plain objects (DataFrames, dicts),
+so the same experiment is one call from Python:
 
 >>> result = run_experiment(train.paths, train.labels, "linear_probe",
 ...                         overrides={"model": "resnet18"}, test_size=0.25)  # doctest: +SKIP
 >>> result.metrics["test"]["accuracy"]  # doctest: +SKIP
 0.93
 
-The network runs once per image and configuration: :func:`~cnncodes.transformers.warm_cache`
+The network runs once per image and configuration: :func:`~cnncodes.search.warm_cache`
 extracts every training code the grid will ask for before the search starts (with a progress
 bar), so the folds and candidates, and the refit, only read the cache; held-out images go
 through the network once, for the best candidate only.
+
+The split, metrics and tables are :mod:`cnncodes.evaluation`'s; using the fitted model
+afterwards (predictions, moved weights) is :mod:`cnncodes.fitted`'s. Their public names are
+importable from here too, where they used to live.
 
 Recipes are looked up in :mod:`cnncodes.recipes` (the bundled ones of :mod:`pipelines` register
 themselves there); this module never imports :mod:`pipelines`.
@@ -35,10 +39,22 @@ import numpy as np
 from . import __version__, recipes
 from ._json import jsonable
 from .datasets import DatasetWarning
-from .models import resolve_spec
+from .evaluation import (
+    _layer_label,
+    check_labelled,
+    classification_metrics,
+    cv_table,
+    layer_table,
+    stratified_split,
+)
+
+# Moved to cnncodes.fitted; importable from here as before (`as` marks the re-exports).
+from .fitted import RUNTIME_PARAMS as RUNTIME_PARAMS
+from .fitted import predict_images, set_runtime, verify_model
+from .fitted import relocate_weights as relocate_weights
 from .preprocessing import default_preprocessing_note
-from .spec import ModelError
-from .transformers import CNNCodes, _find_codes_step, filter_readable, warm_cache
+from .search import _find_codes_step, filter_readable, warm_cache
+from .transformers import CNNCodes
 
 __all__ = [
     "ExperimentResult",
@@ -67,20 +83,21 @@ class ExperimentResult:
     metrics : dict
         ``"cv"``: the best candidate's mean and std cross-validated score, plus metrics of its
         cross-validated predictions when there is no test set; ``"test"``: metrics on the held-out
-        images (see :func:`classification_metrics`), or None; ``"duplicates"``: images whose
-        content repeats, by SHA-256 (``test_in_train``: test images that are training images,
-        None without a test set; ``within_train``: training images repeating another).
+        images (see :func:`~cnncodes.evaluation.classification_metrics`), or None;
+        ``"duplicates"``: images whose content repeats, by SHA-256 (``test_in_train``: test
+        images that are training images, None without a test set; ``within_train``: training
+        images repeating another).
     table : pandas.DataFrame
-        Every candidate, best first (see :func:`cv_table`).
+        Every candidate, best first (see :func:`~cnncodes.evaluation.cv_table`).
     layers : pandas.DataFrame or None
         The best score of every layer, when the grid sweeps ``cnncodes__layer`` over more than one
-        value (see :func:`layer_table`).
+        value (see :func:`~cnncodes.evaluation.layer_table`).
     config : dict
         Everything needed to rerun the experiment (JSON-ready).
     skipped : dict
         ``{"train": [...], "test": [...]}``: unreadable images left out (``on_error="skip"``).
     extraction : dict
-        What :func:`~cnncodes.transformers.warm_cache` did (``computed``, ``cached``, ...).
+        What :func:`~cnncodes.search.warm_cache` did (``computed``, ``cached``, ...).
     seconds : float
     """
 
@@ -97,11 +114,6 @@ class ExperimentResult:
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def _short_param(name):
-    """``cnncodes__layer`` -> ``layer``, ``clf__C`` -> ``C`` (for tables)."""
-    return name.split("__")[-1]
 
 
 def _describe_layers(plan):
@@ -156,232 +168,7 @@ def _duplicates(train, test):
     return {"test_in_train": shared, "within_train": len(listed) - len(seen)}
 
 
-def _check_labelled(paths, labels, name):
-    if labels is None:
-        raise ValueError(
-            f"{name}: the images have no labels; use class sub-folders or a manifest with a "
-            "'label' column"
-        )
-    if len(labels) != len(paths):
-        raise ValueError(f"{name}: {len(paths)} images but {len(labels)} labels")
-
-
-# ----------------------------------------------------------------------------- metrics
-
-
-def classification_metrics(y_true, y_pred, labels=None):
-    """Accuracy, balanced accuracy, per-class precision/recall/support and the confusion matrix.
-
-    Parameters
-    ----------
-    y_true, y_pred : array-like of shape (n_samples,)
-    labels : list, optional
-        Class order of the per-class entries and the confusion matrix (default: the sorted union).
-
-    Returns
-    -------
-    dict
-        ``n``, ``accuracy``, ``balanced_accuracy``, ``per_class`` (``{label: {"precision",
-        "recall", "f1", "support"}}``), ``labels`` and ``confusion_matrix`` (rows: true class,
-        columns: predicted class, in ``labels`` order).
-
-    Examples
-    --------
-    >>> m = classification_metrics(["a", "a", "b", "b"], ["a", "b", "b", "b"])
-    >>> m["accuracy"], m["balanced_accuracy"], m["per_class"]["b"]["precision"]
-    (0.75, 0.75, 0.6666666666666666)
-    """
-    import warnings
-
-    from sklearn.exceptions import UndefinedMetricWarning
-    from sklearn.metrics import (
-        accuracy_score,
-        confusion_matrix,
-        precision_recall_fscore_support,
-    )
-
-    y_true = np.asarray(y_true)
-    y_pred = np.asarray(y_pred)
-    if labels is None:
-        labels = sorted(set(y_true.tolist()) | set(y_pred.tolist()))
-    labels = list(labels)
-    with warnings.catch_warnings():
-        # A class never predicted has no precision (reported as 0) - not worth a warning here.
-        warnings.simplefilter("ignore", UndefinedMetricWarning)
-        precision, recall, f1, support = precision_recall_fscore_support(
-            y_true, y_pred, labels=labels, zero_division=0
-        )
-    present = support > 0
-    balanced = float(np.mean(recall[present])) if present.any() else float("nan")
-    return {
-        "n": int(len(y_true)),
-        "accuracy": float(accuracy_score(y_true, y_pred)),
-        "balanced_accuracy": balanced,
-        "per_class": {
-            str(label): {
-                "precision": float(p),
-                "recall": float(r),
-                "f1": float(f),
-                "support": int(s),
-            }
-            for label, p, r, f, s in zip(labels, precision, recall, f1, support)
-        },
-        "labels": [str(label) for label in labels],
-        "confusion_matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
-    }
-
-
-def cv_table(search):
-    """Every candidate of a fitted search, best first.
-
-    Columns: ``rank``, one column per parameter that varies between candidates (named by its
-    last ``__`` part, e.g. ``layer``, ``C``), ``mean``, ``std`` (of the cross-validated test
-    score) and ``fit_seconds`` (mean per fold). Parameter values keep their type (a ``C`` stays
-    a float, so JSON output stays numeric); a list of layers is joined with ``+``; a parameter
-    a candidate does not have is None.
-    """
-    import pandas as pd
-
-    results = search.cv_results_
-    params = results["params"]
-    names = []
-    for p in params:
-        for k in p:
-            if k not in names:
-                names.append(k)
-    varying = [
-        k for k in names if len({repr(p.get(k, "-")) for p in params}) > 1 or len(params) == 1
-    ]
-    rows = []
-    for i, p in enumerate(params):
-        row = {"rank": int(results["rank_test_score"][i])}
-        for k in varying:
-            v = p.get(k)
-            if isinstance(v, (list, tuple)):
-                v = "+".join(map(str, v))
-            row[_short_param(k)] = v
-        row["mean"] = float(results["mean_test_score"][i])
-        row["std"] = float(results["std_test_score"][i])
-        row["fit_seconds"] = float(results["mean_fit_time"][i])
-        rows.append(row)
-    # Object columns: pandas would otherwise turn ints into floats next to a missing value.
-    table = pd.DataFrame(rows, dtype=object)
-    table = table.astype({"rank": int, "mean": float, "std": float, "fit_seconds": float})
-    return table.sort_values(["rank", "mean"], ascending=[True, False], kind="stable").reset_index(
-        drop=True
-    )
-
-
-def _layer_label(layer):
-    """A layer, or a multi-layer entry joined with ``+`` (as in :func:`cv_table`)."""
-    return layer if isinstance(layer, str) else "+".join(map(str, layer))
-
-
-def layer_table(search, param="cnncodes__layer"):
-    """The best cross-validated score of every swept layer, and which layer won.
-
-    Parameters
-    ----------
-    search : fitted GridSearchCV (or any search with ``cv_results_`` and ``best_params_``)
-    param : str, default="cnncodes__layer"
-        The grid parameter holding the layer.
-
-    Returns
-    -------
-    pandas.DataFrame
-        One row per layer, in sweep order: ``layer``, ``mean_test_score``, ``std_test_score``
-        (of that layer's best candidate), ``params`` (that candidate's other parameters) and
-        ``best`` (True for the layer of ``search.best_params_``).
-
-    Examples
-    --------
-    >>> search.fit(paths, labels)  # doctest: +SKIP
-    >>> print(layer_table(search).to_string(index=False))  # doctest: +SKIP
-    """
-    import pandas as pd
-
-    results = getattr(search, "cv_results_", None)
-    if results is None:
-        raise ValueError("layer_table needs a fitted search (it has no cv_results_)")
-    column = f"param_{param}"
-    if column not in results:
-        swept = [k[len("param_") :] for k in results if k.startswith("param_")]
-        raise ValueError(
-            f"the search did not sweep {param!r}; it swept {', '.join(swept) or 'nothing'}"
-        )
-    rows = {}
-    for i, params in enumerate(results["params"]):
-        if param not in params:
-            continue
-        label = _layer_label(params[param])
-        score = results["mean_test_score"][i]
-        row = rows.get(label)
-        better = row is None or (
-            np.isfinite(score)
-            and (not np.isfinite(row["mean_test_score"]) or score > row["mean_test_score"])
-        )
-        if better:
-            rows[label] = {
-                "layer": label,
-                "mean_test_score": float(score),
-                "std_test_score": float(results["std_test_score"][i]),
-                "params": {k: v for k, v in params.items() if k != param},
-            }
-    best = _layer_label(search.best_params_[param]) if param in search.best_params_ else None
-    table = pd.DataFrame(
-        list(rows.values()), columns=["layer", "mean_test_score", "std_test_score", "params"]
-    )
-    table["best"] = table["layer"] == best
-    return table
-
-
 # ----------------------------------------------------------------------------- fit
-
-
-def _split(paths, labels, test_size, seed):
-    from sklearn.model_selection import train_test_split
-
-    if not 0 < test_size < 1:
-        raise ValueError(f"test_size={test_size!r}: expected a fraction between 0 and 1")
-    labels = np.asarray(labels)
-    classes, counts = np.unique(labels, return_counts=True)
-    n_test = int(np.ceil(test_size * len(paths)))
-    if n_test < len(classes):
-        raise ValueError(
-            f"test_size={test_size}: {n_test} test image(s) cannot hold one of each of the "
-            f"{len(classes)} classes; use a larger fraction or a separate test set"
-        )
-    small = [str(c) for c, n in zip(classes, counts) if n < 3]
-    if small:
-        raise ValueError(
-            f"test_size={test_size}: class(es) {', '.join(map(repr, small))} have fewer than 3 "
-            "images, too few to hold one out and still cross-validate; add images or give a "
-            "separate test set"
-        )
-
-    def too_few(n_train):
-        return ValueError(
-            f"test_size={test_size}: leaves {n_train} training image(s) for {len(classes)} "
-            "classes, fewer than 2 of some class; cross-validation needs at least 2 of each: "
-            "hold out a smaller fraction"
-        )
-
-    if len(paths) - n_test < 2 * len(classes):
-        raise too_few(len(paths) - n_test)
-    idx = np.arange(len(paths))
-    train_idx, test_idx = train_test_split(
-        idx, test_size=test_size, stratify=labels, random_state=seed
-    )
-    train_idx, test_idx = np.sort(train_idx), np.sort(test_idx)
-    left, left_counts = np.unique(labels[train_idx], return_counts=True)
-    if len(left) < len(classes) or left_counts.min() < 2:
-        raise too_few(len(train_idx))
-    return (
-        [paths[i] for i in train_idx],
-        labels[train_idx].tolist(),
-        [paths[i] for i in test_idx],
-        labels[test_idx].tolist(),
-    )
 
 
 def _apply_overrides(recipe_module, overrides, layer_mode=None):
@@ -572,7 +359,7 @@ def run_experiment(
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error={on_error!r}: choose 'raise' or 'skip'")
     paths = [os.fspath(p) for p in paths]
-    _check_labelled(paths, labels, "training data")
+    check_labelled(paths, labels, "training data")
     labels = [str(label) for label in labels]
     if len(set(labels)) < 2:
         found = f"only the class {labels[0]!r}" if labels else "no images"
@@ -585,11 +372,11 @@ def run_experiment(
 
     split = None
     if test_size is not None:
-        paths, labels, test_paths, test_labels = _split(paths, labels, test_size, seed)
+        paths, labels, test_paths, test_labels = stratified_split(paths, labels, test_size, seed)
         split = {"test_size": test_size, "seed": seed}
     elif test is not None:
         test_paths, test_labels = [os.fspath(p) for p in test[0]], test[1]
-        _check_labelled(test_paths, test_labels, "test data")
+        check_labelled(test_paths, test_labels, "test data")
         test_labels = [str(label) for label in test_labels]
     else:
         test_paths = test_labels = None
@@ -754,256 +541,3 @@ def run_experiment(
             extraction=extraction,
             seconds=time.perf_counter() - started,
         )
-
-
-# ----------------------------------------------------------------------------- predict
-
-
-#: CNNCodes parameters that change how codes are computed but never their values (nor the cache
-#: key): the only ones :func:`set_runtime` changes on a fitted model.
-RUNTIME_PARAMS = ("batch_size", "num_workers", "device", "cache_dir", "progress")
-
-
-def set_runtime(estimator, **params):
-    """Set the runtime parameters of a fitted pipeline's extractor; returns ``estimator``.
-
-    Only :data:`RUNTIME_PARAMS` may change on a fitted model (batch size, workers, device,
-    cache folder, progress): what it computes stays exactly what it was fitted with.
-
-    Examples
-    --------
-    >>> set_runtime(pipe, batch_size=64, device="cpu")  # doctest: +SKIP
-    """
-    unknown = sorted(set(params) - set(RUNTIME_PARAMS))
-    if unknown:
-        raise ValueError(
-            f"set_runtime: {', '.join(map(repr, unknown))} would change the model's codes; "
-            f"only {', '.join(RUNTIME_PARAMS)} may change on a fitted model"
-        )
-    estimator = getattr(estimator, "best_estimator_", estimator)
-    _, prefix = _find_codes_step(estimator)
-    estimator.set_params(**{f"{prefix}{k}": v for k, v in params.items()})
-    return estimator
-
-
-def relocate_weights(estimator, path):
-    """Point a fitted pipeline's extractor at its checkpoint file in a new place.
-
-    A saved model records the checkpoint's absolute path and SHA-256; on another machine, or
-    after the file moved, give its new path here. The file must have the SHA-256 the model was
-    fitted with, so the codes (and the cache, keyed by content) stay exactly the same.
-
-    Raises
-    ------
-    cnncodes.models.WeightsError
-        The file is missing or has other contents (both SHA-256 named).
-    ValueError
-        The model was not fitted with a checkpoint file.
-
-    Examples
-    --------
-    >>> model = persistence.load("model.skops")  # doctest: +SKIP
-    >>> relocate_weights(model, "/data/weights/finetuned.pth")  # doctest: +SKIP
-    """
-    import dataclasses
-
-    from sklearn.utils.validation import check_is_fitted
-
-    step, _ = _find_codes_step(getattr(estimator, "best_estimator_", estimator))
-    check_is_fitted(step)
-    spec = step.spec_
-    if spec.weights_spec.kind != "checkpoint":
-        raise ValueError(
-            f"weights={os.fspath(path)!r}: this model was fitted with {spec.weights_id}, not a "
-            "checkpoint file, so there is no file to relocate"
-        )
-    path = spec.weights_spec.verify(path)
-    step.weights = path
-    step.spec_ = dataclasses.replace(spec, weights=path)
-    return estimator
-
-
-def verify_model(estimator):
-    """Check that a fitted pipeline's extractor can be rebuilt exactly as it was fitted.
-
-    A checkpoint file must still have the SHA-256 it had at fit time, and the architecture (for
-    the user's own, also the code its ``forward()`` runs) and preprocessing that its names
-    resolve to today must equal the fitted ones (a user's model code or a library upgrade can
-    change them). A model saved by an older cnncodes, whose fingerprint did not cover
-    ``forward()``, is accepted while its modules match, with a warning. Nothing is loaded but
-    file hashes and the architecture on the meta device.
-
-    Raises
-    ------
-    cnncodes.models.WeightsError
-        The checkpoint is missing or changed (both SHA-256 are named).
-    cnncodes.models.ModelError
-        The architecture or preprocessing differs (both are named).
-    ValueError
-        The estimator has no fitted CNNCodes step.
-    """
-    from sklearn.utils.validation import check_is_fitted
-
-    step, _ = _find_codes_step(estimator)
-    check_is_fitted(step)
-    step._verify_weights()
-    fitted = step.spec_
-    weights = fitted.weights if fitted.weights_spec.kind != "callable" else None
-    now = resolve_spec(
-        fitted.model,
-        weights,
-        seed=fitted.seed,
-        resize=step.resize,
-        crop=step.crop,
-        mean=step.mean,
-        std=step.std,
-        interpolation=step.interpolation,
-        impl=getattr(step, "impl", "pil"),
-    )
-    legacy = "+" not in fitted.arch_id and now.arch_id.partition("+")[0] == fitted.arch_id
-    if legacy and now.arch_id != fitted.arch_id:
-        # Saved before forward() was part of the fingerprint: its modules still match.
-        warnings.warn(
-            f"this model was saved by an older cnncodes, whose fingerprint of {fitted.model} "
-            "did not cover its forward() code: an edit of forward() since the fit cannot be "
-            "detected (its codes are read from the cache as they were); refit to be sure",
-            stacklevel=2,
-        )
-    elif now.arch_id != fitted.arch_id:
-        raise ModelError(
-            f"{fitted.model} no longer builds the architecture this model was fitted with "
-            f"(fingerprint {fitted.arch_id} at fit time, {now.arch_id} now; its modules or "
-            "its forward() code changed); refit"
-        )
-    if now.weights_id != fitted.weights_id:
-        raise ModelError(
-            f"{fitted.model} weights are now {now.weights_id}, but the model was fitted with "
-            f"{fitted.weights_id}; refit, or restore the original weights"
-        )
-    if now.preprocessing != fitted.preprocessing:
-        raise ModelError(
-            f"{fitted.model} preprocessing is now {now.preprocessing.to_dict()}, but the model "
-            f"was fitted with {fitted.preprocessing.to_dict()}; refit"
-        )
-
-
-def _split_pipeline(estimator):
-    """(feature part, classifier) of a Pipeline, so the codes are made once for all outputs."""
-    steps = getattr(estimator, "steps", None)
-    if steps is not None and len(steps) > 1:
-        return estimator[:-1], estimator[-1]
-    return None, estimator
-
-
-def _scores(clf, X, proba):
-    """(predicted labels, score of the predicted class, probabilities or None, score kind)."""
-    predicted = clf.predict(X)
-    if hasattr(clf, "predict_proba"):
-        p = clf.predict_proba(X)
-        return predicted, p.max(axis=1), (p if proba else None), "probability"
-    if hasattr(clf, "decision_function"):
-        d = np.asarray(clf.decision_function(X), dtype=np.float64)
-        # Binary classifiers give one value, positive for classes_[1]: its size is the margin.
-        return predicted, (np.abs(d) if d.ndim == 1 else d.max(axis=1)), None, "decision"
-    return predicted, np.full(len(predicted), np.nan), None, "none"
-
-
-def _codes_for_prediction(estimator, features, step, paths, on_error):
-    """(classifier input for the readable images, {index: reason} of the unreadable ones).
-
-    When the CNNCodes step opens the pipeline (the recipes' shape), each image goes through the
-    network once, unreadable ones dropped on the way; otherwise they are screened first with
-    :func:`filter_readable` (the screening's codes land in the cache, if there is one).
-    """
-    leading = features is not None and features.steps[0][1] is step
-    if on_error == "skip" and leading:
-        step.set_params(on_error="skip")  # the caller restores it
-        result = step._extract(paths)
-        errors = {s.index: s.reason for s in result.skipped}
-        X = np.asarray(result.concatenated(), dtype=np.float32)
-        if not len(X):
-            return X, errors
-        for _name, transformer in features.steps[1:]:
-            if transformer is not None and transformer != "passthrough":
-                X = transformer.transform(X)
-        return X, errors
-    errors = {}
-    if on_error == "skip":
-        paths, _, skipped = filter_readable(paths, extractor=estimator)
-        errors = {s.index: s.reason for s in skipped}
-    if not paths:
-        return np.empty((0, 0)), errors
-    return (paths if features is None else features.transform(paths)), errors
-
-
-def predict_images(estimator, paths, *, labels=None, proba=False, on_error="raise"):
-    """Predict the class of each image, one row per input image.
-
-    Parameters
-    ----------
-    estimator : fitted Pipeline with a CNNCodes step
-        Or a fitted search (GridSearchCV, ...) over one: its ``best_estimator_`` is used.
-    paths : sequence of image paths
-    labels : sequence, optional
-        True labels (a labelled folder): added as ``true_label``.
-    proba : bool
-        Add one ``proba_<class>`` column per class (classifiers with ``predict_proba`` only).
-    on_error : {"raise", "skip"}
-        ``"skip"``: an unreadable image gets a row with an empty ``label`` and its ``error``.
-
-    Returns
-    -------
-    pandas.DataFrame
-        ``path``, ``label`` (predicted), ``score`` (probability of the predicted class, or the
-        classifier's decision value), ``score_kind``, optionally ``true_label``, ``proba_*`` and,
-        with ``on_error="skip"``, ``error``.
-    """
-    import pandas as pd
-
-    if on_error not in ("raise", "skip"):
-        raise ValueError(f"on_error={on_error!r}: choose 'raise' or 'skip'")
-    paths = [os.fspath(p) for p in paths]
-    estimator = getattr(estimator, "best_estimator_", estimator)
-    features, clf = _split_pipeline(estimator)
-    if proba and not hasattr(clf, "predict_proba"):
-        raise ValueError(
-            f"the model's classifier ({type(clf).__name__}) gives no probabilities; predict "
-            "without proba (a decision score is reported instead)"
-        )
-    verify_model(estimator)
-    classes = [str(c) for c in estimator.classes_]
-    step, prefix = _find_codes_step(estimator)
-    previous = step.on_error
-    estimator.set_params(**{f"{prefix}on_error": "raise"})
-    try:
-        X, errors = _codes_for_prediction(estimator, features, step, paths, on_error)
-        if len(X):
-            predicted, score, probabilities, kind = _scores(clf, X, proba)
-        else:
-            predicted, score, probabilities, kind = [], [], None, "none"
-    finally:
-        estimator.set_params(**{f"{prefix}on_error": previous})
-    rows = []
-    k = 0
-    for i, path in enumerate(paths):
-        row = {"path": path}
-        if i in errors:
-            row.update(label=None, score=np.nan, score_kind=kind)
-        else:
-            row.update(label=str(predicted[k]), score=float(score[k]), score_kind=kind)
-            if probabilities is not None:
-                row.update({f"proba_{c}": float(v) for c, v in zip(classes, probabilities[k])})
-            k += 1
-        if labels is not None:
-            row["true_label"] = str(labels[i])
-        if on_error == "skip":
-            row["error"] = errors.get(i)
-        rows.append(row)
-    columns = ["path", "label", "score", "score_kind"]
-    if labels is not None:
-        columns.append("true_label")
-    if proba:
-        columns += [f"proba_{c}" for c in classes]
-    if on_error == "skip":
-        columns.append("error")
-    return pd.DataFrame(rows, columns=columns)

@@ -18,6 +18,7 @@ __all__ = [
     "CodeKey",
     "GPU_DECODER",
     "INTERPOLATIONS",
+    "MODEL_PARAMS",
     "ModelError",
     "ModelSpec",
     "PREPROCESSING_IMPLS",
@@ -33,6 +34,9 @@ __all__ = [
 #: Keys of the ``preprocessing`` dict a user's callable may declare (see
 #: :func:`cnncodes.models.resolve_spec`).
 PREPROCESSING_KEYS = ("resize", "crop", "mean", "std", "interpolation")
+#: The parameters that choose a network and its input, by the names of the estimators' attributes
+#: and of :func:`cnncodes.models.resolve_spec`'s arguments: what resolves to a :class:`ModelSpec`.
+MODEL_PARAMS = ("model", "weights", "seed", *PREPROCESSING_KEYS, "impl")
 #: Resize interpolations, by their torchvision ``InterpolationMode`` values.
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos")
 #: Implementations of :class:`Preprocessing` (``impl``), and the interpolations each supports.
@@ -209,7 +213,7 @@ class Weights:
             raise WeightsError(
                 f"weights file not found: {path} (the codes were made with a file of SHA-256 "
                 f"{self.sha256}); if it moved, give its new path: `cnncodes predict --weights "
-                "PATH`, or cnncodes.experiment.relocate_weights(model, PATH)"
+                "PATH`, or cnncodes.fitted.relocate_weights(model, PATH)"
             )
         actual = file_sha256(path)
         if actual != self.sha256:

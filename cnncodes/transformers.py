@@ -3,7 +3,9 @@
 This is the only module that imports ``sklearn.base``. The work lives in
 :func:`cnncodes.extract.extract_codes`; :class:`CNNCodes` is a thin, picklable wrapper around it that
 holds names and a resolved :class:`~cnncodes.models.ModelSpec`, never a network, a tensor or an
-open file.
+open file. Its inputs are checked by :mod:`cnncodes._inputs`; the helpers of grid searches over
+it, :func:`~cnncodes.search.warm_cache` and :func:`~cnncodes.search.filter_readable`, are
+:mod:`cnncodes.search`'s (importable from here too).
 """
 
 from __future__ import annotations
@@ -13,9 +15,7 @@ import os
 import warnings
 
 import numpy as np
-from sklearn.base import BaseEstimator, OneToOneFeatureMixin, TransformerMixin, clone
-from sklearn.model_selection import ParameterGrid
-from sklearn.utils import _safe_indexing
+from sklearn.base import BaseEstimator, OneToOneFeatureMixin, TransformerMixin
 from sklearn.utils.validation import (
     FLOAT_DTYPES,
     _check_feature_names_in,
@@ -24,27 +24,21 @@ from sklearn.utils.validation import (
 )
 
 from . import cache as _cache
+from ._inputs import as_path_list, check_int, spec_of
 from .architectures import model_identity
 from .extract import ON_ERROR, PRECISIONS, extract_codes, resolve_device
 from .layers import layer_shapes, resolve_layers
-from .models import resolve_spec
 from .pooling import check_pooling, code_size
-from .preprocessing import _is_int
-from .spec import file_stamp
+from .spec import MODEL_PARAMS, file_stamp
 
 __all__ = [
     "CNNCodes",
     "SignedPower",
     "SkippedImagesError",
     "SkippedImagesWarning",
-    "filter_readable",
-    "warm_cache",
+    "filter_readable",  # noqa: F822 - cnncodes.search's, see __getattr__ at the end
+    "warm_cache",  # noqa: F822
 ]
-
-_EXPECTED_X = (
-    "a sequence of image file paths (str or os.PathLike), a 1-D array of str, or a one-column "
-    "DataFrame of paths"
-)
 
 
 class SkippedImagesError(ValueError):
@@ -75,78 +69,6 @@ def _describe_skipped(skipped, limit=10):
     return "\n".join(lines)
 
 
-def _iter_once(X):
-    """True for an iterator (a generator, ``map``, ...): reading it uses it up."""
-    try:
-        return iter(X) is X
-    except TypeError:
-        return False
-
-
-def _as_path_list(X):
-    """Validate ``X`` as image paths; return ``(paths, feature_names_or_None)``."""
-    if isinstance(X, (str, bytes, os.PathLike)):
-        raise TypeError(f"X={X!r} is a single path; CNNCodes expects {_EXPECTED_X}, e.g. [{X!r}]")
-    names = None
-    if hasattr(X, "columns") and hasattr(X, "iloc"):
-        if X.ndim != 2 or X.shape[1] != 1:
-            raise ValueError(
-                f"X is a DataFrame with {X.shape[1]} columns {list(X.columns)!r}; CNNCodes "
-                "expects one column of image paths (select it, e.g. X[['path']])"
-            )
-        column = X.columns[0]
-        if isinstance(column, str):
-            names = np.asarray([column], dtype=object)
-        values = X.iloc[:, 0].tolist()
-    elif hasattr(X, "dtype") and hasattr(X, "shape"):
-        arr = np.asarray(X) if not hasattr(X, "tocsr") else None
-        if arr is None or arr.dtype.kind not in "OU":
-            kind = "a sparse matrix" if arr is None else f"an array of dtype {arr.dtype}"
-            raise TypeError(
-                f"CNNCodes expects {_EXPECTED_X}; got {kind} of shape {X.shape}. Numeric "
-                "features (for example precomputed codes) go straight to the classifier, "
-                "without the CNNCodes step"
-            )
-        if arr.ndim == 2 and arr.shape[1] == 1:
-            arr = arr[:, 0]
-        if arr.ndim != 1:
-            raise ValueError(
-                f"X has shape {arr.shape}; CNNCodes expects one image path per row "
-                "(a 1-D array, or a single column)"
-            )
-        values = arr.tolist()
-    else:
-        if _iter_once(X):
-            raise TypeError(
-                f"X is a {type(X).__name__}, which can be read only once; CNNCodes expects "
-                f"{_EXPECTED_X} (e.g. list(X))"
-            )
-        try:
-            values = list(X)
-        except TypeError:
-            raise TypeError(f"CNNCodes expects {_EXPECTED_X}; got {type(X).__name__}") from None
-    if not values:
-        raise ValueError("X is empty: CNNCodes needs at least one image path")
-    paths = []
-    for i, value in enumerate(values):
-        if isinstance(value, os.PathLike):
-            value = os.fspath(value)
-        if not isinstance(value, str):
-            raise TypeError(
-                f"X[{i}]={value!r} is a {type(value).__name__}; CNNCodes expects {_EXPECTED_X}"
-            )
-        paths.append(value)
-    return paths, names
-
-
-def _check_int(value, name, minimum, allow_none=False):
-    if value is None and allow_none:
-        return
-    if not _is_int(value) or value < minimum:
-        accepted = f"an int >= {minimum}" + (" or None" if allow_none else "")
-        raise ValueError(f"{name}={value!r}: expected {accepted}")
-
-
 _RESOLVED = {}
 
 
@@ -169,25 +91,14 @@ def _resolve(est, layers):
     A checkpoint file is keyed by its change stamp (:func:`cnncodes.spec.file_stamp`: size,
     mtime, ctime, inode), so a changed file is resolved anew, even one rewritten in place.
     """
-    params = (
-        est.model, est.seed, est.resize, est.crop, est.mean, est.std, est.interpolation, est.impl
-    )  # fmt: skip
+    # The weights go into the key by their file's change stamp, not by their name.
+    params = tuple(getattr(est, name) for name in MODEL_PARAMS if name != "weights")
     identity = model_identity(est.model) if isinstance(est.model, str) else None
     key = (repr(params), identity, _weights_key(est.weights), repr(layers), est.pooling)
     found = _RESOLVED.get(key)
     if found is not None:
         return found[0], list(found[1]), dict(found[2])
-    spec = resolve_spec(
-        est.model,
-        est.weights,
-        seed=est.seed,
-        resize=est.resize,
-        crop=est.crop,
-        mean=est.mean,
-        std=est.std,
-        interpolation=est.interpolation,
-        impl=est.impl,
-    )
+    spec = spec_of(est)
     resolved = resolve_layers(spec, layers)
     shapes = layer_shapes(spec, resolved)
     sizes = {}
@@ -290,7 +201,7 @@ class CNNCodes(TransformerMixin, BaseEstimator):
       label would train the classifier on an image that does not exist.
 
     To train or predict on the readable images only, drop the others *together with their
-    labels* first, with :func:`filter_readable` (its extraction fills the cache, so the
+    labels* first, with :func:`~cnncodes.search.filter_readable` (its extraction fills the cache, so the
     following fit reads every code from it).
 
     Examples
@@ -361,8 +272,8 @@ class CNNCodes(TransformerMixin, BaseEstimator):
             raise ValueError(
                 f"precision={self.precision!r}: choose one of {', '.join(map(repr, PRECISIONS))}"
             )
-        _check_int(self.batch_size, "batch_size", 1)
-        _check_int(self.num_workers, "num_workers", 0, allow_none=True)
+        check_int(self.batch_size, "batch_size", 1)
+        check_int(self.num_workers, "num_workers", 0, allow_none=True)
         if self.progress is not None and not isinstance(self.progress, (bool, np.bool_)):
             raise ValueError(f"progress={self.progress!r}: expected True, False or None")
         resolve_device(self.device)
@@ -393,7 +304,7 @@ class CNNCodes(TransformerMixin, BaseEstimator):
         self : CNNCodes
         """
         layers = self._check_params()
-        _, names = _as_path_list(X)
+        _, names = as_path_list(X)
         spec, resolved, sizes = _resolve(self, layers)
         self.spec_ = spec
         self.layers_ = resolved
@@ -457,7 +368,7 @@ class CNNCodes(TransformerMixin, BaseEstimator):
                 f"{len(result.skipped)} of {len(paths)} training images could not be read "
                 f"(on_error='skip'):\n{listing}\nTheir rows cannot be dropped here without "
                 "misaligning the labels. Drop them together with their labels first: "
-                "X, y, skipped = cnncodes.transformers.filter_readable(X, y, extractor=...), "
+                "X, y, skipped = cnncodes.search.filter_readable(X, y, extractor=...), "
                 "or fix the files.",
             )
         warnings.warn(
@@ -485,7 +396,7 @@ class CNNCodes(TransformerMixin, BaseEstimator):
             ``on_error="skip"``).
         """
         check_is_fitted(self)
-        paths, _ = _as_path_list(X)
+        paths, _ = as_path_list(X)
         self._check_columns(X)
         return self._assemble(paths, self._extract(paths), labelled=False)
 
@@ -496,7 +407,7 @@ class CNNCodes(TransformerMixin, BaseEstimator):
         :class:`SkippedImagesError` instead of becoming NaN rows paired with labels.
         """
         self.fit(X, y, **fit_params)
-        paths, _ = _as_path_list(X)
+        paths, _ = as_path_list(X)
         return self._assemble(paths, self._extract(paths), labelled=y is not None)
 
     def get_feature_names_out(self, input_features=None):
@@ -602,194 +513,12 @@ class SignedPower(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         return tags
 
 
-# -------------------------------------------------------------------------------- helpers
+def __getattr__(name):
+    # filter_readable and warm_cache live in cnncodes.search, which imports this module: they are
+    # importable from here as before, looked up on first use so that neither import waits for the
+    # other to finish.
+    if name in ("filter_readable", "warm_cache"):
+        from . import search
 
-
-def _find_codes_step(estimator):
-    """``(CNNCodes, parameter prefix)`` of ``estimator`` or of a step of a (nested) Pipeline."""
-    if isinstance(estimator, CNNCodes):
-        return estimator, ""
-    steps = getattr(estimator, "steps", None)
-    if steps is not None:
-        for name, step in steps:
-            try:
-                found, prefix = _find_codes_step(step)
-            except ValueError:
-                continue
-            return found, f"{name}__{prefix}"
-    raise ValueError(
-        f"{type(estimator).__name__} has no CNNCodes step: pass a CNNCodes, or a Pipeline "
-        "containing one"
-    )
-
-
-def filter_readable(X, y=None, *, extractor=None):
-    """Drop unreadable images together with their labels, so rows cannot misalign.
-
-    Each image is screened by extracting its codes with ``extractor``'s configuration and
-    ``on_error="skip"``: the codes land in the cache, so fitting or predicting afterwards reads
-    them back instead of recomputing (with ``cache_dir=None`` they are computed again). Without
-    an extractor, each image is only decoded (:func:`cnncodes.images.load_image`), which catches
-    the same file errors but not preprocessing failures.
-
-    Parameters
-    ----------
-    X : sequence of paths, 1-D array of str, or one-column DataFrame
-    y : array-like of shape (n_images,), optional
-        Labels, filtered with the same mask.
-    extractor : CNNCodes or Pipeline, optional
-        The estimator (fitted or not) whose codes will be used; a Pipeline's CNNCodes step is used.
-
-    Returns
-    -------
-    X_kept : same kind as ``X``
-        The readable images, in input order.
-    y_kept : same kind as ``y``, or None
-    skipped : list of SkippedImage
-        ``(index, path, reason)`` of each image left out (``index`` refers to the input ``X``).
-
-    Examples
-    --------
-    >>> X_ok, y_ok, skipped = filter_readable(paths, labels, extractor=pipe)  # doctest: +SKIP
-    >>> pipe.fit(X_ok, y_ok)  # doctest: +SKIP
-    """
-    from .extract import SkippedImage
-    from .images import ImageLoadError, load_image
-
-    paths, _ = _as_path_list(X)
-    if y is not None and len(y) != len(paths):
-        raise ValueError(f"X has {len(paths)} images but y has {len(y)} labels")
-    if extractor is not None:
-        step, _ = _find_codes_step(extractor)
-        screen = clone(step).set_params(on_error="skip")
-        if hasattr(step, "spec_"):
-            # Fitted: keep exactly its resolved configuration.
-            for attr in ("spec_", "layers_", "layer_sizes_", "n_features_out_", "n_features_in_"):
-                setattr(screen, attr, getattr(step, attr))
-        else:
-            screen.fit(paths)
-        skipped = screen._extract(paths).skipped
-    else:
-        skipped = []
-        for i, path in enumerate(paths):
-            try:
-                load_image(path)
-            except ImageLoadError as exc:
-                skipped.append(SkippedImage(i, path, exc.reason))
-    if not skipped:
-        return X, y, []
-    bad = {s.index for s in skipped}
-    kept = np.array([i for i in range(len(paths)) if i not in bad], dtype=np.int64)
-    if isinstance(X, (list, tuple)):
-        X_kept = type(X)(X[i] for i in kept)
-    else:
-        X_kept = _safe_indexing(X, kept)
-    y_kept = None if y is None else _safe_indexing(y, kept)
-    return X_kept, y_kept, skipped
-
-
-def _codes_grid(param_grid, prefix):
-    """The CNNCodes part of a parameter grid (dict or list of dicts) as a list of dicts."""
-    grids = [param_grid] if isinstance(param_grid, dict) else list(param_grid)
-    out = []
-    for grid in grids:
-        sub = {k[len(prefix) :]: v for k, v in grid.items() if k.startswith(prefix)}
-        if prefix and prefix[:-2] in grid:
-            raise ValueError(
-                f"param_grid replaces the step {prefix[:-2]!r} itself; warm_cache only handles "
-                f"grids over its parameters ({prefix}layer, {prefix}pooling, ...)"
-            )
-        out.append(sub)
-    return out
-
-
-def _search_grid(search, estimator):
-    """The grid a search carries: ``param_grid``, or distributions that are all lists."""
-    if search is not None and hasattr(search, "param_grid"):
-        return search.param_grid
-    distributions = getattr(search, "param_distributions", None)
-    if distributions is not None:
-        grids = [distributions] if isinstance(distributions, dict) else list(distributions)
-        if all(isinstance(v, (list, tuple, np.ndarray)) for g in grids for v in g.values()):
-            return distributions  # every value it can draw, as a grid
-        raise ValueError(
-            f"{type(search).__name__} draws from distributions that are not lists of values; "
-            "pass param_grid= with the CNNCodes settings it may try (layer, pooling, ...)"
-        )
-    raise ValueError(
-        f"param_grid is required for a {type(estimator).__name__} (only a search carries its "
-        "own grid)"
-    )
-
-
-def warm_cache(estimator, X, param_grid=None):
-    """Extract, once, every code that a grid search over ``estimator`` will ask for.
-
-    A grid search with a warm cache never runs the network. Sequential searches warm the cache
-    themselves (the first fold of each configuration computes, the rest read), but parallel
-    workers (``n_jobs > 1``) starting on a cold cache can compute the same codes side by side;
-    calling this first makes every worker read from the cache. Candidates that differ only
-    in ``layer`` share one forward pass.
-
-    Parameters
-    ----------
-    estimator : search, Pipeline or CNNCodes
-        A search (GridSearchCV, HalvingGridSearchCV, RandomizedSearchCV over lists: its
-        ``estimator`` and grid are used) or the estimator to search over.
-    X : image paths
-        All the images the search will see.
-    param_grid : dict or list of dict, optional
-        Required unless ``estimator`` is a search that carries its own; given with a search, it
-        replaces the search's grid.
-
-    Returns
-    -------
-    dict
-        ``runs`` (extraction runs: settings that differ in more than the layer),
-        ``configurations`` (cached code sets: runs x their layers), ``computed`` and ``cached``
-        (images, summed over runs) and ``skipped`` (SkippedImage list of the first run).
-
-    Examples
-    --------
-    >>> search = GridSearchCV(pipe, grid, n_jobs=4)  # doctest: +SKIP
-    >>> warm_cache(search, paths)["computed"]  # doctest: +SKIP
-    412
-    """
-    # A search over the estimator (GridSearchCV, HalvingGridSearchCV, RandomizedSearchCV, ...).
-    search = estimator if hasattr(estimator, "estimator") and hasattr(estimator, "cv") else None
-    if param_grid is None:
-        param_grid = _search_grid(search, estimator)
-    if search is not None:
-        estimator = search.estimator
-    step, prefix = _find_codes_step(estimator)
-    paths, _ = _as_path_list(X)
-    if _cache.resolve_cache_dir(step.cache_dir) is None:
-        raise ValueError(
-            "warm_cache needs a cache, but cache_dir=None keeps nothing; set cache_dir "
-            "('auto' or a folder)"
-        )
-    # Group candidate settings by everything except the layer: one forward pass each.
-    groups = {}
-    for grid in _codes_grid(param_grid, prefix):
-        for params in ParameterGrid(grid):
-            # Fitting resolves the layer names (aliases such as "penultimate"), reading no image.
-            candidate = clone(step).set_params(**params).fit(paths)
-            others = candidate.get_params()
-            others.pop("layer")
-            key = repr(sorted(others.items()))
-            entry = groups.setdefault(key, (others, []))
-            for name in candidate.layers_:
-                if name not in entry[1]:
-                    entry[1].append(name)
-    summary = {"runs": 0, "configurations": 0, "computed": 0, "cached": 0, "skipped": None}
-    for others, layers in groups.values():
-        candidate = CNNCodes(layer=layers, **others).fit(paths)
-        result = candidate._extract(paths)
-        summary["runs"] += 1
-        summary["configurations"] += len(candidate.layers_)
-        summary["computed"] += result.computed
-        summary["cached"] += result.cached
-        if summary["skipped"] is None:
-            summary["skipped"] = result.skipped
-    summary["skipped"] = summary["skipped"] or []
-    return summary
+        return getattr(search, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -25,7 +25,7 @@ from sklearn.preprocessing import Normalizer
 from sklearn.svm import SVC
 
 from cnncodes import list_layers
-from cnncodes.experiment import layer_table
+from cnncodes.evaluation import layer_table
 
 from ._common import codes_step, grid_values, split_options
 

@@ -11,7 +11,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import GridSearchCV
 
 import pipelines
-from cnncodes.transformers import warm_cache
+from cnncodes.search import warm_cache
 from pipelines import layer_sweep_svm
 
 ASSETS = os.path.join(

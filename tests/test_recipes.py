@@ -41,6 +41,7 @@ def test_pipelines_use_only_the_public_api_of_cnncodes():
     public = {
         "cnncodes": set(cnncodes.__all__),
         "cnncodes.recipes": set(recipes.__all__),
+        "cnncodes.evaluation": set(importlib.import_module("cnncodes.evaluation").__all__),
         "cnncodes.experiment": set(importlib.import_module("cnncodes.experiment").__all__),
     }
     used = [

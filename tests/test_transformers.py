@@ -22,8 +22,6 @@ from cnncodes.transformers import (
     CNNCodes,
     SkippedImagesError,
     SkippedImagesWarning,
-    filter_readable,
-    warm_cache,
 )
 from tests.test_models import overwrite_in_place
 
@@ -310,49 +308,6 @@ def test_skip_with_labels_refuses_rather_than_misalign(tmp_path, with_bad):
         pipe.fit(paths, y)
 
 
-@pytest.mark.parametrize("use_extractor", [True, False])
-@pytest.mark.parametrize("kind", ["list", "array", "frame"])
-def test_filter_readable_drops_images_with_their_labels(tmp_path, with_bad, use_extractor, kind):
-    paths, y, bad = with_bad
-    y = np.array([f"label-of-{os.path.basename(p)}" for p in paths])
-    X = {
-        "list": list(paths),
-        "array": np.array(paths, dtype=object),
-        "frame": pd.DataFrame({"path": paths}),
-    }[kind]
-    pipe = Pipeline(
-        [("cnncodes", codes(tmp_path, on_error="raise")), ("clf", LogisticRegression())]
-    )
-    X_ok, y_ok, skipped = filter_readable(X, y, extractor=pipe if use_extractor else None)
-    assert type(X_ok) is type(X)
-    kept = list(X_ok["path"]) if kind == "frame" else list(X_ok)
-    assert bad not in kept and len(kept) == 12
-    assert list(y_ok) == [f"label-of-{os.path.basename(p)}" for p in kept]
-    assert [(s.index, s.path) for s in skipped] == [(5, bad)]
-    assert isinstance(skipped[0].reason, str) and skipped[0].reason
-
-
-def test_filter_readable_fills_the_cache_for_the_fit_that_follows(
-    tmp_path, with_bad, forward_counter
-):
-    paths, y, _ = with_bad
-    pipe = Pipeline(
-        [("cnncodes", codes(tmp_path)), ("scale", StandardScaler()), ("clf", LogisticRegression())]
-    )
-    X_ok, y_ok, _ = filter_readable(paths, y, extractor=pipe)
-    built = forward_counter.builds
-    pipe.fit(X_ok, y_ok)
-    assert forward_counter.builds == built
-    assert filter_readable(X_ok, y_ok, extractor=pipe) == (X_ok, y_ok, [])
-
-
-def test_filter_readable_checks_lengths(tmp_path, images):
-    with pytest.raises(ValueError, match="12 images but y has 3 labels"):
-        filter_readable(images, [0, 1, 0])
-    with pytest.raises(ValueError, match="LogisticRegression has no CNNCodes step"):
-        filter_readable(images, extractor=LogisticRegression())
-
-
 # -------------------------------------------------------------------------------- grid search
 
 
@@ -402,35 +357,6 @@ def test_grid_search_without_cache_recomputes_every_fold(tmp_path, images, label
     assert forward_counter.images == 2 * 3 * 12 + 12
 
 
-def _shards(root):
-    return sorted(
-        os.path.join(d, f) for d, _, files in os.walk(root) for f in files if f.endswith(".h5")
-    )
-
-
-def test_warm_cache_then_parallel_search_never_runs_the_network(
-    tmp_path, images, labels, forward_counter
-):
-    search = _search(tmp_path, n_jobs=2)
-    summary = warm_cache(search, images)
-    # One forward pass per pooling serves both layers.
-    assert forward_counter.runs == [
-        [("features.3", "features.7"), 12],
-        [("features.3", "features.7"), 12],
-    ]
-    assert summary == {"runs": 2, "configurations": 4, "computed": 24, "cached": 0, "skipped": []}
-    shards = _shards(tmp_path / "cache")
-    search.fit(images, labels)  # joblib worker processes share the on-disk cache
-    assert _shards(tmp_path / "cache") == shards  # no worker wrote (so computed) anything
-    serial = _search(tmp_path).fit(images, labels)
-    assert forward_counter.builds == 2
-    np.testing.assert_allclose(
-        search.cv_results_["mean_test_score"], serial.cv_results_["mean_test_score"]
-    )
-    again = warm_cache(search, images)
-    assert (again["computed"], again["cached"]) == (0, 24)
-
-
 def test_parallel_search_on_a_cold_cache_matches_serial(tmp_path, images, labels):
     parallel = _search(tmp_path / "a", n_jobs=2).fit(images, labels)
     serial = _search(tmp_path / "b").fit(images, labels)
@@ -445,20 +371,13 @@ def test_parallel_search_on_a_cold_cache_matches_serial(tmp_path, images, labels
             assert len(CodeStore(tmp_path / "a" / "cache", config).index()) == 12
 
 
-def test_warm_cache_needs_a_cache_and_a_grid(tmp_path, images):
-    with pytest.raises(ValueError, match="cache_dir=None keeps nothing"):
-        warm_cache(codes(tmp_path, cache_dir=None), images, {"layer": ["features.3"]})
-    with pytest.raises(ValueError, match="param_grid is required for a CNNCodes"):
-        warm_cache(codes(tmp_path), images)
-
-
 def test_refit_after_a_checkpoint_change_uses_the_new_file(tmp_path, images, monkeypatch):
-    import cnncodes.transformers as transformers
+    import cnncodes._inputs as inputs  # where CNNCodes resolves its spec (spec_of)
 
     calls = []
-    original = transformers.resolve_spec
+    original = inputs.resolve_spec
     monkeypatch.setattr(
-        transformers, "resolve_spec", lambda *a, **k: calls.append(a) or original(*a, **k)
+        inputs, "resolve_spec", lambda *a, **k: calls.append(a) or original(*a, **k)
     )
     ckpt = _checkpoint(tmp_path / "net.pth", seed=1)
     est = codes(tmp_path, weights=ckpt)
@@ -615,28 +534,6 @@ def test_a_model_that_needs_arguments_is_refused_naming_it(tmp_path):
         codes(tmp_path, model="torch.nn:Linear").fit(["a.png"])
 
 
-def test_warm_cache_takes_any_search_that_carries_a_grid(tmp_path, images, forward_counter):
-    from scipy.stats import uniform
-    from sklearn.experimental import enable_halving_search_cv  # noqa: F401
-    from sklearn.model_selection import HalvingGridSearchCV, RandomizedSearchCV
-
-    pipe = Pipeline([("cnncodes", codes(tmp_path)), ("clf", LogisticRegression())])
-    grid = {"cnncodes__layer": ["features.3", "features.7"], "clf__C": [0.1, 1.0]}
-    assert warm_cache(HalvingGridSearchCV(pipe, grid), images)["configurations"] == 2
-    random = RandomizedSearchCV(pipe, grid, n_iter=2)
-    assert warm_cache(random, images) == {
-        "runs": 1, "configurations": 2, "computed": 0, "cached": 12, "skipped": []
-    }  # fmt: skip
-    assert forward_counter.builds == 1
-    # An alias and the name it stands for are one layer: one forward pass, no duplicate codes.
-    aliased = {"cnncodes__layer": ["penultimate", "flatten"]}
-    assert warm_cache(pipe, images, aliased)["configurations"] == 1
-    drawn = RandomizedSearchCV(pipe, {"clf__C": uniform(0, 1)}, n_iter=2)
-    with pytest.raises(ValueError, match="pass param_grid= with the CNNCodes settings"):
-        warm_cache(drawn, images)
-    assert warm_cache(drawn, images, {"cnncodes__layer": ["features.3"]})["cached"] == 12
-
-
 def test_numpy_values_in_a_grid_work_like_python_ones(tmp_path, images, labels):
     pipe = Pipeline(
         [("cnncodes", codes(tmp_path, batch_size=np.int32(5))), ("clf", LogisticRegression())]
@@ -678,3 +575,14 @@ def test_a_cache_that_cannot_be_written_fails_before_any_image_is_computed(
     with pytest.raises(OSError, match=r"cannot write to the cache folder .*a_file.cache"):
         est.transform(images)
     assert forward_counter.builds == 0
+
+
+def test_the_search_helpers_are_still_importable_from_here():
+    import cnncodes.search
+    import cnncodes.transformers
+
+    for name in ("filter_readable", "warm_cache"):
+        assert getattr(cnncodes.transformers, name) is getattr(cnncodes.search, name)
+        assert name in cnncodes.transformers.__all__
+    with pytest.raises(AttributeError, match="has no attribute 'no_such_name'"):
+        cnncodes.transformers.no_such_name  # noqa: B018

@@ -18,7 +18,7 @@ from .._choices import POOLINGS, PRECISIONS
 from .._files import display, file_format
 from .._json import jsonable
 from ..datasets import load_dataset
-from ..spec import INTERPOLATIONS, Weights, is_model_callable
+from ..spec import INTERPOLATIONS, PREPROCESSING_KEYS, Weights, is_model_callable
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -372,27 +372,16 @@ def _add_runtime_options(parser):
 
 def _preprocessing_from_args(args):
     """The preprocessing options given on the command line (the rest keep their defaults)."""
-    given = {
-        "resize": args.resize,
-        "crop": args.crop,
-        "mean": args.mean,
-        "std": args.std,
-        "interpolation": args.interpolation,
-        "impl": None if args.impl == "pil" else args.impl,
-    }
+    given = {key: getattr(args, key) for key in PREPROCESSING_KEYS}
+    given["impl"] = None if args.impl == "pil" else args.impl
     return {k: v for k, v in given.items() if v is not None}
 
 
-def _spec_from_args(args, model=None):
+def _spec_from_args(args):
     """Resolve --model/--weights/--seed and the preprocessing overrides (no weights loaded)."""
-    from ..models import resolve_spec
+    from .._inputs import spec_of
 
-    return resolve_spec(
-        model if model is not None else args.model,
-        args.weights,
-        seed=args.seed,
-        **_preprocessing_from_args(args),
-    )
+    return spec_of(args)
 
 
 def _load_data(args, output=None):

@@ -56,7 +56,7 @@ def run_layers(args):
     from ..preprocessing import default_preprocessing_note
 
     output = _Output(args)
-    spec = _spec_from_args(args, model=args.model)
+    spec = _spec_from_args(args)
     infos = list_layers(spec)
     try:
         penultimate = resolve_layers(spec, ["penultimate"])[0]

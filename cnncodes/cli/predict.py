@@ -115,14 +115,9 @@ def _predict_inputs(args):
 def run_predict(args):
     """Predict every input image; print a table or JSON; optionally write a CSV."""
     from .. import persistence
-    from ..experiment import (
-        _split_pipeline,
-        classification_metrics,
-        predict_images,
-        relocate_weights,
-        set_runtime,
-    )
-    from ..transformers import _find_codes_step
+    from ..evaluation import classification_metrics
+    from ..fitted import _split_pipeline, predict_images, relocate_weights, set_runtime
+    from ..search import _find_codes_step
 
     output = _Output(args)
     out_path = _check_out_path(args.out, (".csv",))
