@@ -44,9 +44,7 @@ def test_frozen_layers_keep_weights_and_batchnorm_statistics(data, tmp_path):
         same = np.array_equal(value.numpy(), ft.state_dict_[name])
         if name.startswith(("conv1", "bn1", "layer1", "layer2")) or name.startswith("fc."):
             assert same, f"{name} changed although frozen (or unused)"
-    trained = [
-        n for n in before if n.startswith("layer4") and n.endswith(("weight", "running_mean"))
-    ]
+    trained = [n for n in before if n.startswith("layer4") and n.endswith("weight")]
     assert not any(np.array_equal(before[n].numpy(), ft.state_dict_[n]) for n in trained)
 
 
@@ -55,13 +53,27 @@ def test_freeze_all_trains_only_the_head_and_freeze_none_trains_everything(data,
     before = build_model(resolve_spec(**RESNET)).state_dict()
     head_only = fine_tune(tmp_path, **RESNET, freeze="all", augment="flip").fit(paths, labels)
     assert all(np.array_equal(v.numpy(), head_only.state_dict_[k]) for k, v in before.items())
-    everything = fine_tune(tmp_path, **RESNET, freeze="none", lr=1e-2).fit(paths, labels)
+    everything = fine_tune(tmp_path, **RESNET, freeze="none", lr=1e-2, train_bn=True)
+    everything.fit(paths, labels)
     assert not np.array_equal(
         before["conv1.weight"].numpy(), everything.state_dict_["conv1.weight"]
     )
     assert not np.array_equal(
         before["bn1.running_mean"].numpy(), everything.state_dict_["bn1.running_mean"]
     )
+
+
+def test_batchnorm_keeps_pretrained_statistics_unless_train_bn(data, tmp_path):
+    paths, labels = data
+    before = build_model(resolve_spec(**RESNET)).state_dict()
+    ft = fine_tune(tmp_path, **RESNET, freeze="none", lr=1e-2).fit(paths, labels)
+    for name in ("bn1", "layer4.1.bn2"):
+        for stat in ("running_mean", "running_var"):
+            key = f"{name}.{stat}"
+            assert np.array_equal(before[key].numpy(), ft.state_dict_[key]), key
+        assert not np.array_equal(
+            before[f"{name}.weight"].numpy(), ft.state_dict_[f"{name}.weight"]
+        )
 
 
 @pytest.mark.parametrize("head, first", [("linear", "1.weight"), ("mlp", "0.weight")])

@@ -120,6 +120,12 @@ class FineTune(ClassifierMixin, BaseEstimator):
         ``"probe"`` (LP-FT, Kumar et al. 2022): the linear head starts as a logistic regression
         fitted on the codes of the training images (read from the code cache), so fine-tuning
         starts from a good classifier instead of a random one.
+    train_bn : bool, default=False
+        Whether the BatchNorm layers that train update their running statistics from the
+        training batches. By default they keep the pretrained statistics (eval mode; their scale
+        and shift still train): on small datasets and small batches, batch statistics are noisy,
+        and a checkpoint whose BatchNorm was folded into the convolutions (statistics 0 and 1)
+        breaks down under them.
     lr : float, default=1e-3
         Learning rate of the head (AdamW).
     trunk_lr : float, optional
@@ -198,6 +204,7 @@ class FineTune(ClassifierMixin, BaseEstimator):
         hidden_units=256,
         dropout=0.0,
         init_head="random",
+        train_bn=False,
         lr=1e-3,
         trunk_lr=None,
         weight_decay=1e-4,
@@ -232,6 +239,7 @@ class FineTune(ClassifierMixin, BaseEstimator):
         self.hidden_units = hidden_units
         self.dropout = dropout
         self.init_head = init_head
+        self.train_bn = train_bn
         self.lr = lr
         self.trunk_lr = trunk_lr
         self.weight_decay = weight_decay
@@ -267,6 +275,7 @@ class FineTune(ClassifierMixin, BaseEstimator):
         _choice(self.trunk_cache, "trunk_cache", TRUNK_CACHE)
         _choice(self.on_error, "on_error", ON_ERROR)
         _choice(self.channels_last, "channels_last", ("auto", True, False))
+        _choice(self.train_bn, "train_bn", (True, False))
         if self.precision not in PRECISIONS:
             raise ValueError(
                 f"precision={self.precision!r}: choose one of {', '.join(map(repr, PRECISIONS))}"
@@ -435,7 +444,7 @@ class FineTune(ClassifierMixin, BaseEstimator):
             trunk, frozen = network.build_trunk(net, layer, freeze)
             for p in net.parameters():
                 p.requires_grad_(True)
-            module = network.FineTuneNet(trunk, head, self.pooling, frozen)
+            module = network.FineTuneNet(trunk, head, self.pooling, frozen, self.train_bn)
             tail, node = self._trunk_plan(net, spec, layer, freeze, len(paths))
             codes = (device, precision, workers)
             if self.init_head == "probe":
@@ -450,7 +459,7 @@ class FineTune(ClassifierMixin, BaseEstimator):
                 if pooling == "flatten":
                     acts = acts.reshape(len(paths), *layer_shapes(spec, [node])[node])
                 dataset = Activations(acts, encoded)
-                trained = network.FineTuneNet(tail, head, self.pooling)
+                trained = network.FineTuneNet(tail, head, self.pooling, (), self.train_bn)
             else:
                 dataset = Images(paths, encoded, spec.preprocessing, self.augment)
                 trained = module

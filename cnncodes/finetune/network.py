@@ -194,10 +194,12 @@ def make_head(head, n_inputs, n_classes, hidden_units, dropout):
 class FineTuneNet(nn.Module):
     """``trunk`` (images, or cached activations for a tail), then pooling, then ``head``.
 
-    ``frozen`` modules keep their parameters and stay in eval mode whatever ``train()`` says.
+    ``frozen`` modules keep their parameters and stay in eval mode whatever ``train()`` says. With
+    ``train_bn=False`` every BatchNorm layer of the trunk stays in eval mode too: it normalises
+    with the pretrained running statistics (which never change) while its scale and shift train.
     """
 
-    def __init__(self, trunk, head, pooling, frozen=()):
+    def __init__(self, trunk, head, pooling, frozen=(), train_bn=True):
         super().__init__()
         self.trunk = trunk
         self.head = head
@@ -205,6 +207,10 @@ class FineTuneNet(nn.Module):
         self._frozen = list(frozen)
         for module in self._frozen:
             module.requires_grad_(False)
+        if not train_bn:
+            self._frozen += [
+                m for m in trunk.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+            ]
 
     def train(self, mode=True):
         super().train(mode)
