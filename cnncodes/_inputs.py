@@ -113,6 +113,6 @@ def spec_of(obj, **changes):
     >>> spec_of(CNNCodes("resnet18", weights="none"), crop=32).preprocessing.crop
     (32, 32)
     """
-    params = {name: getattr(obj, name) for name in MODEL_PARAMS}
+    params = {name: changes.get(name, getattr(obj, name, None)) for name in MODEL_PARAMS}
     params.update(changes)
     return resolve_spec(**params)

@@ -57,6 +57,7 @@ PROJECT_TYPES = (
     "cnncodes.models.Preprocessing",
     "cnncodes.transformers.CNNCodes",
     "cnncodes.transformers.SignedPower",
+    "cnncodes.finetune.estimator.FineTune",
 )
 
 
@@ -208,6 +209,7 @@ def model_callables(estimator):
         getattr(sys.modules[module], name)
         for module, name in (
             ("cnncodes.transformers", "CNNCodes"),
+            ("cnncodes.finetune.estimator", "FineTune"),
             ("cnncodes.spec", "ModelSpec"),
         )
         if module in sys.modules

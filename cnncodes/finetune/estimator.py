@@ -1,0 +1,636 @@
+""":class:`FineTune`: fine-tune a pretrained network on image files, as a scikit-learn classifier."""
+
+from __future__ import annotations
+
+import numbers
+import os
+import time
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.utils.validation import check_is_fitted
+
+from .. import cache as _cache
+from .._choices import PRECISIONS
+from .._files import atomic_path
+from .._inputs import as_path_list, spec_of
+from ..architectures import _construct, _parse_named_weights
+from ..extract import ON_ERROR, SkippedImage, extract_codes
+from ..extraction.runtime import _DTYPES, _default_workers, resolve_device, resolve_precision
+from ..images import ImageLoadError, load_image
+from ..layers import layer_shapes, resolve_layers
+from ..models import build_model
+from ..pooling import MAX_FLATTEN_FEATURES, check_pooling, code_size
+from ..spec import PREPROCESSING_KEYS
+from ..transformers import SkippedImagesWarning, _describe_skipped
+from . import network, training
+from .data import AUGMENTS, Activations, Images
+
+#: Largest block of cached trunk activations held in memory for training (bytes).
+MAX_CACHED_TRUNK_BYTES = 4 << 30
+TRUNK_CACHE = ("auto", True, False)
+INIT_HEADS = ("random", "probe")
+
+
+def _check_number(name, value, *, minimum=None, above=None, below=None, integer=False,
+                  allow_none=False):  # fmt: skip
+    """Raise a ValueError naming ``name`` unless ``value`` is such a number (or None if allowed)."""
+    if value is None and allow_none:
+        return
+    kind = numbers.Integral if integer else numbers.Real
+    ok = not isinstance(value, bool) and isinstance(value, kind) and np.isfinite(float(value))
+    ok = ok and (minimum is None or value >= minimum) and (above is None or value > above)
+    ok = ok and (below is None or value < below)
+    if not ok:
+        bounds = [
+            f">= {minimum}" if minimum is not None else "",
+            f"> {above}" if above is not None else "",
+        ]
+        bounds = " and ".join(b for b in bounds if b)
+        if below is not None:
+            bounds = f"in [{minimum}, {below})"
+        accepted = f"{'an int' if integer else 'a float'} {bounds}" + (
+            " or None" if allow_none else ""
+        )
+        raise ValueError(f"{name}={value!r}: expected {accepted}")
+
+
+def _choice(value, name, choices):
+    if not any(value is c or (type(value) is type(c) and value == c) for c in choices):
+        raise ValueError(f"{name}={value!r}: choose one of {', '.join(map(repr, choices))}")
+
+
+def _readable(paths, threads=4):
+    """``(kept indices, skipped [(index, path, reason)])``: every image decoded once, up front.
+
+    A corrupt file found in the middle of epoch 3 would cost the epochs before it; found here it
+    costs a decode of each file (cheap beside one epoch of training).
+    """
+
+    def check(path):
+        try:
+            load_image(path)
+        except ImageLoadError as exc:
+            return exc
+        return None
+
+    with ThreadPoolExecutor(threads) as pool:
+        errors = list(pool.map(check, paths))
+    skipped = [(i, p, e) for i, (p, e) in enumerate(zip(paths, errors)) if e is not None]
+    kept = np.array([i for i, e in enumerate(errors) if e is None], dtype=np.int64)
+    return kept, skipped
+
+
+class FineTune(ClassifierMixin, BaseEstimator):
+    """Fine-tune a pretrained network on image files: freeze its first layers, replace its head.
+
+    ``X`` is a sequence of image paths (as for :class:`~cnncodes.transformers.CNNCodes`); ``y``
+    the labels. The network is cut after ``layer`` (its codes, pooled with ``pooling``, go into
+    a new ``head``), frozen up to ``freeze``, and trained with skorch (AdamW, cosine learning-rate
+    decay, a lower learning rate for the pretrained layers than for the head).
+
+    Parameters
+    ----------
+    model, weights, seed, resize, crop, mean, std, interpolation :
+        The pretrained network and its preprocessing, as for
+        :class:`~cnncodes.transformers.CNNCodes`.
+    freeze : str, default="all"
+        A graph-node name (as ``cnncodes layers`` prints them): it and everything before it stay
+        as pretrained; ``"all"``: only the new head trains ("drop the final layers and add your
+        own"); ``"none"``: the whole network trains from the pretrained start. Frozen layers stay
+        in eval mode (BatchNorm running statistics untouched).
+    layer : str, default="penultimate"
+        Where the network is cut: the head receives this node's output (``"penultimate"``: the
+        input of the last ``nn.Linear``, i.e. the network's own classifier is replaced).
+    pooling : {"avg", "max", "avgmax", "pyramid", "flatten"}, default="avg"
+        How ``layer``'s maps become the head's input vector.
+    head : {"linear", "mlp"}, default="linear"
+        A linear classifier, or one hidden ReLU layer of ``hidden_units``; ``dropout`` before the
+        output layer.
+    hidden_units : int, default=256
+    dropout : float, default=0.0
+    init_head : {"random", "probe"}, default="random"
+        ``"probe"`` (LP-FT, Kumar et al. 2022): the linear head starts as a logistic regression
+        fitted on the codes of the training images (read from the code cache), so fine-tuning
+        starts from a good classifier instead of a random one.
+    train_bn : bool, default=False
+        Whether the BatchNorm layers that train update their running statistics from the
+        training batches. By default they keep the pretrained statistics (eval mode; their scale
+        and shift still train): on small datasets and small batches, batch statistics are noisy,
+        and a checkpoint whose BatchNorm was folded into the convolutions (statistics 0 and 1)
+        breaks down under them.
+    lr : float, default=1e-3
+        Learning rate of the head (AdamW).
+    trunk_lr : float, optional
+        Learning rate of the trainable pretrained layers; default ``lr / 10``.
+    weight_decay : float, default=1e-4
+    epochs : int, default=10
+        Passes over the training images (0: only build the network and its head).
+    batch_size : int, default=32
+    augment : {"crop-flip", "crop", "flip", "none"}, default="crop-flip"
+        Train-time augmentation: random resized crops and/or horizontal flips.
+    valid_size : float, default=0.1
+        Fraction held out (stratified) to report validation loss and accuracy each epoch; 0: none.
+    early_stopping : int, optional
+        Stop after this many epochs without a better validation loss, and keep the best epoch's
+        weights (needs ``valid_size > 0``).
+    trunk_cache : {"auto", True, False}, default="auto"
+        Read the frozen part's activations from the code cache (computed once, unpooled) and run
+        only the trainable part each epoch. Possible when ``freeze`` is not ``"none"``,
+        ``augment="none"``, and the graph can be cut at ``freeze``; ``"auto"`` uses it then, True
+        requires it.
+    cache_dir : "auto", None or path, default="auto"
+        The code cache (for ``trunk_cache`` and ``init_head="probe"``).
+    device : str, default="auto"
+    precision : {"auto", "fp32", "bf16", "fp16"}, default="auto"
+        ``"auto"``: fp32 on the CPU, bf16 autocast on a GPU.
+    channels_last : bool or "auto", default="auto"
+        Feed convolutions NHWC tensors; ``"auto"``: on a GPU.
+    num_workers : int, optional
+        Image-decoding processes (as for extraction).
+    on_error : {"raise", "skip"}, default="raise"
+        An unreadable training image stops ``fit`` naming it, before training starts; ``"skip"``
+        drops it together with its label (a :class:`~cnncodes.transformers.SkippedImagesWarning`
+        names each).
+    checkpoint : path, optional
+        A file where the whole training state is written (atomically) after every epoch.
+    resume : bool, default=False
+        Continue the run whose state ``checkpoint`` holds (refused if it belongs to another
+        configuration or data); a killed run loses at most the epoch it was in.
+    progress : bool, default=False
+        A line per epoch on stderr (train loss, validation loss and accuracy, seconds); a bar of
+        batches too when stderr is a terminal.
+
+    Attributes
+    ----------
+    classes_ : ndarray
+    spec_ : ModelSpec
+    layer_ : str
+        The resolved layer name.
+    history_ : list of dict
+        One row per epoch: ``epoch``, ``train_loss``, ``valid_loss``, ``valid_acc``, ``dur``
+        (seconds), ``lr``.
+    trunk_cached_ : bool
+        Whether the frozen part's activations came from the code cache.
+    state_dict_ : dict of str to ndarray
+        The fine-tuned network's weights, under the architecture's own parameter names.
+    head_state_ : dict of str to ndarray
+    fit_seconds_ : float
+
+    Examples
+    --------
+    >>> ft = FineTune("mobilenet_v2", weights="mobilenet_v2.pth", freeze="features.13",
+    ...               epochs=8, lr=1e-3)  # doctest: +SKIP
+    >>> ft.fit(train_paths, train_labels).score(test_paths, test_labels)  # doctest: +SKIP
+    >>> ft.save_checkpoint("finetuned.pth")  # doctest: +SKIP
+    >>> CNNCodes("mobilenet_v2", weights="finetuned.pth")  # codes of the fine-tuned net  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        model="resnet50",
+        weights=None,
+        freeze="all",
+        layer="penultimate",
+        pooling="avg",
+        head="linear",
+        hidden_units=256,
+        dropout=0.0,
+        init_head="random",
+        train_bn=False,
+        lr=1e-3,
+        trunk_lr=None,
+        weight_decay=1e-4,
+        epochs=10,
+        batch_size=32,
+        augment="crop-flip",
+        valid_size=0.1,
+        early_stopping=None,
+        seed=0,
+        resize=None,
+        crop=None,
+        mean=None,
+        std=None,
+        interpolation=None,
+        trunk_cache="auto",
+        cache_dir="auto",
+        device="auto",
+        precision="auto",
+        channels_last="auto",
+        num_workers=None,
+        on_error="raise",
+        checkpoint=None,
+        resume=False,
+        progress=False,
+    ):
+        self.model = model
+        self.weights = weights
+        self.freeze = freeze
+        self.layer = layer
+        self.pooling = pooling
+        self.head = head
+        self.hidden_units = hidden_units
+        self.dropout = dropout
+        self.init_head = init_head
+        self.train_bn = train_bn
+        self.lr = lr
+        self.trunk_lr = trunk_lr
+        self.weight_decay = weight_decay
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.augment = augment
+        self.valid_size = valid_size
+        self.early_stopping = early_stopping
+        self.seed = seed
+        self.resize = resize
+        self.crop = crop
+        self.mean = mean
+        self.std = std
+        self.interpolation = interpolation
+        self.trunk_cache = trunk_cache
+        self.cache_dir = cache_dir
+        self.device = device
+        self.precision = precision
+        self.channels_last = channels_last
+        self.num_workers = num_workers
+        self.on_error = on_error
+        self.checkpoint = checkpoint
+        self.resume = resume
+        self.progress = progress
+
+    # -- parameters ----------------------------------------------------------------------------
+
+    def _check_params(self):
+        check_pooling(self.pooling)
+        _choice(self.head, "head", network.HEADS)
+        _choice(self.init_head, "init_head", INIT_HEADS)
+        _choice(self.augment, "augment", AUGMENTS)
+        _choice(self.trunk_cache, "trunk_cache", TRUNK_CACHE)
+        _choice(self.on_error, "on_error", ON_ERROR)
+        _choice(self.channels_last, "channels_last", ("auto", True, False))
+        _choice(self.train_bn, "train_bn", (True, False))
+        if self.precision not in PRECISIONS:
+            raise ValueError(
+                f"precision={self.precision!r}: choose one of {', '.join(map(repr, PRECISIONS))}"
+            )
+        _check_number("lr", self.lr, above=0)
+        _check_number("trunk_lr", self.trunk_lr, minimum=0, allow_none=True)
+        _check_number("weight_decay", self.weight_decay, minimum=0)
+        _check_number("dropout", self.dropout, minimum=0, below=1)
+        _check_number("valid_size", self.valid_size, minimum=0, below=1, allow_none=True)
+        _check_number("epochs", self.epochs, minimum=0, integer=True)
+        _check_number("batch_size", self.batch_size, minimum=1, integer=True)
+        _check_number("hidden_units", self.hidden_units, minimum=1, integer=True)
+        _check_number(
+            "early_stopping", self.early_stopping, minimum=1, integer=True, allow_none=True
+        )
+        _check_number("num_workers", self.num_workers, minimum=0, integer=True, allow_none=True)
+        if self.early_stopping and not self.valid_size:
+            raise ValueError(
+                f"early_stopping={self.early_stopping!r} needs a validation split: set "
+                "valid_size (e.g. 0.1)"
+            )
+        if self.init_head == "probe" and self.head != "linear":
+            raise ValueError(
+                f"init_head='probe' starts a linear head from a logistic regression; head="
+                f"{self.head!r} has a hidden layer. Use head='linear' or init_head='random'"
+            )
+        if self.resume and self.checkpoint is None:
+            raise ValueError("resume=True needs checkpoint=<state file> to resume from")
+        if self.checkpoint is not None and not isinstance(self.checkpoint, (str, os.PathLike)):
+            raise ValueError(f"checkpoint={self.checkpoint!r}: expected a file path or None")
+        _cache.resolve_cache_dir(self.cache_dir)
+        if not isinstance(self.layer, str):
+            raise ValueError(f"layer={self.layer!r}: expected one layer name (a str)")
+
+    def _resolve(self):
+        # Training decodes with Pillow; cached trunk codes must come from the same pixels.
+        spec = spec_of(self, impl="pil")
+        layer = resolve_layers(spec, [self.layer])[0]
+        return spec, layer
+
+    def _runtime(self):
+        device = resolve_device(self.device)
+        precision = resolve_precision(self.precision, device)
+        channels_last = (
+            device.type == "cuda" if self.channels_last == "auto" else self.channels_last
+        )
+        workers = _default_workers(device) if self.num_workers is None else int(self.num_workers)
+        return device, precision, _DTYPES.get(precision), bool(channels_last), workers
+
+    # -- fitting -------------------------------------------------------------------------------
+
+    def _labels(self, paths, y):
+        if y is None:
+            raise ValueError("FineTune.fit needs labels y, one per image")
+        y = np.asarray(y)
+        if y.ndim != 1 or len(y) != len(paths):
+            raise ValueError(
+                f"y has shape {y.shape}; FineTune needs one label per image ({len(paths)} images)"
+            )
+        classes, encoded = np.unique(y, return_inverse=True)
+        if len(classes) < 2:
+            raise ValueError(
+                f"y holds a single class {classes[0]!r}; fine-tuning needs two or more"
+            )
+        return classes, encoded
+
+    def _skip_unreadable(self, paths, labels):
+        kept, skipped = _readable(paths)
+        if not skipped:
+            return paths, labels
+        if self.on_error == "raise":
+            raise skipped[0][2]
+        listing = _describe_skipped([SkippedImage(i, p, e.reason) for i, p, e in skipped])
+        warnings.warn(
+            f"{len(skipped)} of {len(paths)} training images could not be read "
+            f"(on_error='skip'); left out with their labels:\n{listing}",
+            SkippedImagesWarning,
+            stacklevel=3,
+        )
+        return [paths[i] for i in kept], labels[kept]
+
+    def _codes(self, paths, spec, layer, pooling, device, precision, workers):
+        result = extract_codes(
+            paths,
+            spec,
+            [layer],
+            pooling,
+            cache_dir=self.cache_dir,
+            batch_size=self.batch_size,
+            num_workers=workers,
+            device=device,
+            precision=precision,
+            progress=self.progress,
+        )
+        return result.codes[layer]
+
+    def _trunk_plan(self, net, spec, layer, freeze, n_images):
+        """``(tail, node)``: the trainable part and the node whose cached activations feed it, or
+        ``(None, None)`` to run the whole network every epoch."""
+        wanted = self.trunk_cache
+        if wanted is False:
+            return None, None
+        reasons = []
+        if freeze == network.FREEZE_NONE:
+            reasons.append("freeze='none' trains every layer")
+        if self.augment != "none":
+            reasons.append(f"augment={self.augment!r} makes new views every epoch")
+        if freeze == network.FREEZE_ALL:
+            node, tail = layer, torch.nn.Identity()
+            size = code_size(layer_shapes(spec, [layer])[layer], self.pooling)
+        elif not reasons:
+            node = freeze
+            tail = network.split_at(net, freeze, layer)
+            if tail is None:
+                reasons.append(f"the graph cannot be cut at freeze={freeze!r} (a skip connection)")
+            size = int(np.prod(layer_shapes(spec, [freeze])[freeze]))
+            if size > MAX_FLATTEN_FEATURES:
+                reasons.append(
+                    f"{freeze!r} has {size} values per image (over {MAX_FLATTEN_FEATURES})"
+                )
+        if not reasons and size * 4 * n_images > MAX_CACHED_TRUNK_BYTES:
+            reasons.append(
+                f"{n_images} images x {size} values exceed {MAX_CACHED_TRUNK_BYTES >> 30} GiB"
+            )
+        if reasons:
+            if wanted is True:
+                raise ValueError(f"trunk_cache=True is not possible here: {'; '.join(reasons)}")
+            return None, None
+        return tail, node
+
+    def _description(self, spec, n_images):
+        return f"{spec.model} ({spec.weights_id}), freeze={self.freeze!r}, {n_images} images"
+
+    def fit(self, X, y):
+        """Fine-tune on the images ``X`` with labels ``y``.
+
+        Returns
+        -------
+        self : FineTune
+        """
+        started = time.perf_counter()
+        self._check_params()
+        paths, _ = as_path_list(X, who="FineTune")
+        classes, encoded = self._labels(paths, y)
+        spec, layer = self._resolve()
+        device, precision, dtype, channels_last, workers = self._runtime()
+        paths, encoded = self._skip_unreadable(paths, encoded)
+        if len(np.unique(encoded)) < len(classes):
+            raise ValueError("after leaving out unreadable images, a class has no image left")
+        train, valid = training.stratified_split(encoded, self.valid_size, self.seed)
+        net = build_model(spec)
+        freeze = network.check_freeze(self.freeze, net, spec.model)
+        n_inputs = code_size(layer_shapes(spec, [layer])[layer], self.pooling)
+        with training.fixed_seed(self.seed):
+            head = network.make_head(
+                self.head, n_inputs, len(classes), self.hidden_units, self.dropout
+            )
+            trunk, frozen = network.build_trunk(net, layer, freeze)
+            for p in net.parameters():
+                p.requires_grad_(True)
+            module = network.FineTuneNet(trunk, head, self.pooling, frozen, self.train_bn)
+            tail, node = self._trunk_plan(net, spec, layer, freeze, len(paths))
+            codes = (device, precision, workers)
+            if self.init_head == "probe":
+                self._init_from_probe(
+                    head, [paths[i] for i in train], encoded[train], spec, layer, *codes
+                )
+            if tail is not None:
+                pooling = (
+                    self.pooling if node == layer and freeze == network.FREEZE_ALL else "flatten"
+                )
+                acts = self._codes(paths, spec, node, pooling, *codes)
+                if pooling == "flatten":
+                    acts = acts.reshape(len(paths), *layer_shapes(spec, [node])[node])
+                dataset = Activations(acts, encoded)
+                trained = network.FineTuneNet(tail, head, self.pooling, (), self.train_bn)
+            else:
+                dataset = Images(paths, encoded, spec.preprocessing, self.augment)
+                trained = module
+            train_set = torch.utils.data.Subset(dataset, train)
+            valid_set = None
+            if len(valid):
+                valid_set = torch.utils.data.Subset(dataset.with_augment("none"), valid)
+            self.history_ = self._train(
+                trained, train_set, encoded[train], valid_set, len(classes), spec, paths,
+                device, dtype, channels_last, workers,
+            )  # fmt: skip
+        module.cpu().eval()
+        self.spec_ = spec
+        self.layer_ = layer
+        self.classes_ = classes
+        self.n_features_in_ = 1
+        self.trunk_cached_ = tail is not None
+        self.state_dict_ = {k: v.detach().cpu().numpy().copy() for k, v in net.state_dict().items()}
+        self.head_state_ = {
+            k: v.detach().cpu().numpy().copy() for k, v in head.state_dict().items()
+        }
+        self.n_train_ = int(len(train))
+        self.fit_seconds_ = time.perf_counter() - started
+        self._module = module
+        return self
+
+    def _init_from_probe(self, head, paths, labels, spec, layer, device, precision, workers):
+        """LP-FT: the linear head starts as a logistic regression on the codes of ``paths``."""
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.preprocessing import StandardScaler
+
+        codes = self._codes(paths, spec, layer, self.pooling, device, precision, workers)
+        scaler = StandardScaler().fit(codes)
+        probe = LogisticRegression(C=1.0, max_iter=2000).fit(scaler.transform(codes), labels)
+        coef, intercept = probe.coef_, probe.intercept_
+        if coef.shape[0] == 1:  # binary: the softmax of (-z/2, z/2) is the sigmoid of z
+            coef = np.vstack([-coef / 2, coef / 2])
+            intercept = np.array([-intercept[0] / 2, intercept[0] / 2])
+        weight = coef / scaler.scale_
+        bias = intercept - weight @ scaler.mean_
+        linear = head[-1]
+        with torch.no_grad():
+            linear.weight.copy_(torch.as_tensor(weight, dtype=torch.float32))
+            linear.bias.copy_(torch.as_tensor(bias, dtype=torch.float32))
+
+    def _run_fingerprint(self, spec, paths, labels, trunk_cached):
+        """What a state file must match to be resumed: settings, network, images and labels."""
+        ignored = ("checkpoint", "resume", "progress", "num_workers", "cache_dir", "device")
+        params = {k: v for k, v in self.get_params().items() if k not in ignored}
+        params["weights"] = spec.weights_id
+        return training.fingerprint(
+            [params, spec.arch_id, trunk_cached, list(paths), np.asarray(labels).tolist()]
+        )
+
+    def _train(self, module, train_set, y_train, valid_set, n_classes, spec, paths, *runtime):
+        device, dtype, channels_last, workers = runtime
+        state = None
+        if self.checkpoint is not None:
+            description = self._description(spec, len(paths))
+            cached = not isinstance(module.trunk, (network._Out, network._Hooked))
+            fp = self._run_fingerprint(spec, paths, y_train, cached)
+            state = training.EpochState(os.fspath(self.checkpoint), fp, description)
+        net = training.make_classifier(
+            module,
+            n_classes=n_classes,
+            lr=float(self.lr),
+            trunk_lr=float(self.lr) / 10 if self.trunk_lr is None else float(self.trunk_lr),
+            weight_decay=float(self.weight_decay),
+            epochs=int(self.epochs),
+            batch_size=int(self.batch_size),
+            valid=valid_set,
+            early_stopping=self.early_stopping,
+            num_workers=workers,
+            device=device,
+            autocast_dtype=dtype,
+            channels_last=channels_last,
+            progress=bool(self.progress),
+            state=state,
+        )
+        net.initialize()
+        done = 0
+        if self.resume:
+            found = training.read_state(state.path, state.run_fingerprint, state.description)
+            if found is not None:
+                training.restore(net, found)
+                done = found["epochs"]
+        if self.epochs > done:
+            net.partial_fit(train_set, y_train, epochs=int(self.epochs) - done)
+        keys = ("epoch", "train_loss", "valid_loss", "valid_acc", "dur", "lr", "trunk_lr")
+        return [
+            {k: (int if k == "epoch" else float)(row[k]) for k in keys if k in row}
+            for row in net.history
+        ]
+
+    # -- prediction ----------------------------------------------------------------------------
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state.pop("_module", None)
+        return state
+
+    def _fitted_module(self):
+        module = getattr(self, "_module", None)
+        if module is not None:
+            return module
+        spec = self.spec_
+        named = spec.weights_spec.name
+        enum = _parse_named_weights(spec.model, named) if named else None
+        net = _construct(spec.model, enum, spec.seed)
+        net.load_state_dict({k: torch.as_tensor(v) for k, v in self.state_dict_.items()})
+        trunk, _ = network.build_trunk(net, self.layer_, network.FREEZE_NONE)
+        head = network.make_head(
+            self.head, self._head_inputs(), len(self.classes_), self.hidden_units, self.dropout
+        )
+        head.load_state_dict({k: torch.as_tensor(v) for k, v in self.head_state_.items()})
+        self._module = network.FineTuneNet(trunk, head, self.pooling).eval()
+        return self._module
+
+    def _head_inputs(self):
+        first = "0.weight" if self.head == "mlp" else "1.weight"
+        return int(self.head_state_[first].shape[1])
+
+    def _logits(self, X):
+        check_is_fitted(self, "state_dict_")
+        paths, _ = as_path_list(X, who="FineTune")
+        device, _, dtype, channels_last, workers = self._runtime()
+        module = self._fitted_module().to(device)
+        loader = torch.utils.data.DataLoader(
+            Images(paths, None, self.spec_.preprocessing),
+            batch_size=int(self.batch_size),
+            num_workers=workers,
+        )
+        out = []
+        with torch.no_grad():
+            for x, _ in loader:
+                x = x.to(device)
+                if channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                    out.append(module(x).float().cpu())
+        module.cpu()
+        return torch.cat(out)
+
+    def predict_proba(self, X):
+        """Class probabilities of the images ``X``, columns in the order of ``classes_``."""
+        return torch.softmax(self._logits(X), 1).numpy()
+
+    def predict(self, X):
+        """The most probable class of each image in ``X``."""
+        return self.classes_[self._logits(X).argmax(1).numpy()]
+
+    def save_checkpoint(self, path):
+        """Write the fine-tuned network as a checkpoint of its architecture.
+
+        The file holds the whole architecture's ``state_dict`` (layers after ``layer`` as they were
+        pretrained), the preprocessing, and the new head under ``"finetune"``; it loads with
+        ``weights_only=True``, and its SHA-256 becomes its identity in the code cache::
+
+            CNNCodes(model, weights=path)   # codes of the fine-tuned network
+        """
+        check_is_fitted(self, "state_dict_")
+        pre = self.spec_.preprocessing.to_dict()
+        entry = {
+            "state_dict": {k: torch.as_tensor(v) for k, v in self.state_dict_.items()},
+            "preprocessing": {k: pre[k] for k in PREPROCESSING_KEYS},
+            "finetune": {
+                "model": self.spec_.model,
+                "layer": self.layer_,
+                "pooling": self.pooling,
+                "classes": [str(c) for c in self.classes_],
+                "head": {k: torch.as_tensor(v) for k, v in self.head_state_.items()},
+            },
+        }
+        path = os.fspath(path)
+        with atomic_path(path) as tmp:
+            torch.save(entry, tmp)
+        return path
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.two_d_array = False
+        tags.input_tags.one_d_array = True
+        tags.input_tags.string = True
+        tags.requires_fit = True
+        tags.non_deterministic = False
+        return tags

@@ -1,0 +1,313 @@
+"""FineTune: freezing, heads, LP-FT, the cached trunk, resuming, the sklearn contract, checkpoints."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from sklearn.base import clone
+from sklearn.model_selection import GridSearchCV
+
+from cnncodes.finetune import FineTune, FineTuneError
+from cnncodes.images import ImageLoadError
+from cnncodes.models import LayerError, build_model, resolve_spec
+from cnncodes.transformers import CNNCodes, SkippedImagesWarning
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = dict(model="tests.tiny_nets:tiny_cnn", resize=40, crop=32)
+RESNET = dict(model="resnet18", weights="none", resize=40, crop=32)
+
+
+@pytest.fixture
+def data(make_images):
+    paths = make_images(24)
+    labels = np.array(["ant", "bee", "wasp"] * 8)
+    return paths, labels
+
+
+def fine_tune(tmp_path, **params):
+    settings = {**TINY, "epochs": 2, "valid_size": 0.25, "cache_dir": str(tmp_path / "cache")}
+    return FineTune(**{**settings, **params})
+
+
+def test_frozen_layers_keep_weights_and_batchnorm_statistics(data, tmp_path):
+    paths, labels = data
+    ft = fine_tune(tmp_path, **RESNET, freeze="layer2", lr=1e-2).fit(paths, labels)
+    before = build_model(resolve_spec(**RESNET)).state_dict()
+    for name, value in before.items():
+        same = np.array_equal(value.numpy(), ft.state_dict_[name])
+        if name.startswith(("conv1", "bn1", "layer1", "layer2")) or name.startswith("fc."):
+            assert same, f"{name} changed although frozen (or unused)"
+    trained = [n for n in before if n.startswith("layer4") and n.endswith("weight")]
+    assert not any(np.array_equal(before[n].numpy(), ft.state_dict_[n]) for n in trained)
+
+
+def test_freeze_all_trains_only_the_head_and_freeze_none_trains_everything(data, tmp_path):
+    paths, labels = data
+    before = build_model(resolve_spec(**RESNET)).state_dict()
+    head_only = fine_tune(tmp_path, **RESNET, freeze="all", augment="flip").fit(paths, labels)
+    assert all(np.array_equal(v.numpy(), head_only.state_dict_[k]) for k, v in before.items())
+    everything = fine_tune(tmp_path, **RESNET, freeze="none", lr=1e-2, train_bn=True)
+    everything.fit(paths, labels)
+    assert not np.array_equal(
+        before["conv1.weight"].numpy(), everything.state_dict_["conv1.weight"]
+    )
+    assert not np.array_equal(
+        before["bn1.running_mean"].numpy(), everything.state_dict_["bn1.running_mean"]
+    )
+
+
+def test_batchnorm_keeps_pretrained_statistics_unless_train_bn(data, tmp_path):
+    paths, labels = data
+    before = build_model(resolve_spec(**RESNET)).state_dict()
+    ft = fine_tune(tmp_path, **RESNET, freeze="none", lr=1e-2).fit(paths, labels)
+    for name in ("bn1", "layer4.1.bn2"):
+        for stat in ("running_mean", "running_var"):
+            key = f"{name}.{stat}"
+            assert np.array_equal(before[key].numpy(), ft.state_dict_[key]), key
+        assert not np.array_equal(
+            before[f"{name}.weight"].numpy(), ft.state_dict_[f"{name}.weight"]
+        )
+
+
+@pytest.mark.parametrize("head, first", [("linear", "1.weight"), ("mlp", "0.weight")])
+def test_the_new_head_has_one_output_per_class(data, tmp_path, head, first):
+    paths, labels = data
+    ft = fine_tune(tmp_path, head=head, hidden_units=7, epochs=1).fit(paths, labels)
+    assert list(ft.classes_) == ["ant", "bee", "wasp"]
+    last = sorted(k for k in ft.head_state_ if k.endswith("weight"))[-1]
+    assert ft.head_state_[last].shape[0] == 3
+    assert ft.head_state_[first].shape[1] == 16  # TinyCNN's penultimate codes
+    assert ft.predict_proba(paths).shape == (24, 3)
+    assert set(ft.predict(paths)) <= {"ant", "bee", "wasp"}
+
+
+@pytest.mark.parametrize("n_classes", [2, 3])
+def test_probe_head_equals_the_fitted_logistic_regression_at_epoch_0(
+    make_images, tmp_path, n_classes
+):
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    paths = make_images(24)
+    labels = np.arange(24) % n_classes
+    ft = fine_tune(tmp_path, init_head="probe", epochs=0, valid_size=0).fit(paths, labels)
+    codes = CNNCodes(**TINY, cache_dir=tmp_path / "cache").fit_transform(paths)
+    probe = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=2000))
+    probe.fit(codes, labels)
+    np.testing.assert_allclose(ft.predict_proba(paths), probe.predict_proba(codes), atol=1e-4)
+    assert ft.history_ == []
+
+
+def test_cached_trunk_follows_the_full_forward_loss_trajectory(data, tmp_path):
+    paths, labels = data
+    settings = dict(**RESNET, freeze="layer2", augment="none", epochs=3, lr=1e-2)
+    full = fine_tune(tmp_path, trunk_cache=False, **settings).fit(paths, labels)
+    cached = fine_tune(tmp_path, trunk_cache=True, **settings).fit(paths, labels)
+    assert not full.trunk_cached_ and cached.trunk_cached_
+    for key in ("train_loss", "valid_loss"):
+        np.testing.assert_allclose(
+            [r[key] for r in cached.history_], [r[key] for r in full.history_], rtol=1e-3
+        )
+    np.testing.assert_allclose(cached.predict_proba(paths), full.predict_proba(paths), atol=5e-3)
+
+
+def test_trunk_cache_true_says_why_it_is_impossible(data, tmp_path):
+    paths, labels = data
+    with pytest.raises(ValueError, match="augment='crop-flip' makes new views"):
+        fine_tune(tmp_path, freeze="conv1", trunk_cache=True).fit(paths, labels)
+    with pytest.raises(ValueError, match="freeze='none' trains every layer"):
+        fine_tune(tmp_path, freeze="none", augment="none", trunk_cache=True).fit(paths, labels)
+    with pytest.raises(ValueError, match="cannot be cut at freeze='layer1.0.conv1'"):
+        fine_tune(
+            tmp_path, **RESNET, freeze="layer1.0.conv1", augment="none", trunk_cache=True
+        ).fit(paths, labels)
+
+
+def test_same_seed_same_result_and_another_seed_differs(data, tmp_path):
+    paths, labels = data
+    a = fine_tune(tmp_path, freeze="none", seed=3).fit(paths, labels)
+    b = fine_tune(tmp_path, freeze="none", seed=3).fit(paths, labels)
+    c = fine_tune(tmp_path, freeze="none", seed=4).fit(paths, labels)
+    assert a.history_[-1]["train_loss"] == b.history_[-1]["train_loss"]
+    assert all(np.array_equal(a.state_dict_[k], b.state_dict_[k]) for k in a.state_dict_)
+    assert not np.array_equal(a.head_state_["1.weight"], c.head_state_["1.weight"])
+
+
+def test_untraceable_network_fine_tunes_through_hooks(data, tmp_path):
+    paths, labels = data
+    ft = fine_tune(
+        tmp_path, model="tests.tiny_nets:dynamic_cnn", freeze="conv1", augment="none"
+    ).fit(paths, labels)
+    assert not ft.trunk_cached_
+    assert ft.predict(paths).shape == (24,)
+
+
+_KILLED_RUN = """
+import sys, time
+sys.path.insert(0, {root!r})
+import numpy as np
+from cnncodes.finetune import FineTune, training
+original = training.EpochState.on_epoch_end
+def on_epoch_end(self, net, **kwargs):
+    original(self, net, **kwargs)
+    if len(net.history) == 2:
+        print("state written", flush=True)
+        time.sleep(60)
+training.EpochState.on_epoch_end = on_epoch_end
+FineTune(**{params!r}).fit({paths!r}, np.array({labels!r}))
+"""
+
+
+def test_a_killed_run_resumes_where_it_stopped(data, tmp_path):
+    paths, labels = data
+    state = tmp_path / "run.state"
+    params = dict(
+        **TINY, freeze="none", epochs=4, valid_size=0.25, cache_dir=str(tmp_path / "cache"),
+        checkpoint=str(state), lr=1e-2,
+    )  # fmt: skip
+    straight = FineTune(**{**params, "checkpoint": None}).fit(paths, labels)
+    script = _KILLED_RUN.format(root=ROOT, params=params, paths=paths, labels=labels.tolist())
+    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "state written"
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    with pytest.raises(FineTuneError, match="another run"):
+        FineTune(**{**params, "lr": 0.5, "resume": True}).fit(paths, labels)
+    resumed = FineTune(**params, resume=True).fit(paths, labels)
+    assert [r["epoch"] for r in resumed.history_] == [1, 2, 3, 4]
+    np.testing.assert_allclose(
+        [r["train_loss"] for r in resumed.history_],
+        [r["train_loss"] for r in straight.history_],
+        rtol=1e-5,
+    )
+    for key, value in straight.state_dict_.items():
+        np.testing.assert_allclose(resumed.state_dict_[key], value, rtol=1e-5, atol=1e-6)
+
+
+def test_sklearn_contract_clone_params_pickle(data, tmp_path):
+    paths, labels = data
+    ft = fine_tune(tmp_path, epochs=1)
+    assert clone(ft).get_params() == ft.get_params()
+    ft.fit(paths, labels)
+    assert not hasattr(clone(ft), "classes_")
+    again = pickle.loads(pickle.dumps(ft))
+    assert "_module" not in again.__dict__
+    np.testing.assert_array_equal(again.predict_proba(paths), ft.predict_proba(paths))
+    assert 0 <= ft.score(paths, labels) <= 1
+
+
+def test_grid_search_over_learning_rate_and_freeze_depth(data, tmp_path):
+    paths, labels = data
+    search = GridSearchCV(
+        fine_tune(tmp_path, epochs=1, valid_size=0),
+        {"lr": [1e-3, 1e-2], "freeze": ["all", "conv1"]},
+        cv=2,
+    ).fit(paths, labels)
+    assert len(search.cv_results_["params"]) == 4
+    assert search.best_estimator_.predict(paths).shape == (24,)
+
+
+def test_saved_checkpoint_feeds_cnncodes_and_carries_the_head(data, tmp_path):
+    paths, labels = data
+    ft = fine_tune(tmp_path, **RESNET, freeze="layer3", lr=1e-2).fit(paths, labels)
+    path = ft.save_checkpoint(tmp_path / "ft.pth")
+    saved = torch.load(path, weights_only=True)
+    assert saved["finetune"]["classes"] == ["ant", "bee", "wasp"]
+    codes = CNNCodes(model="resnet18", weights=path, cache_dir=None)
+    fine_tuned = codes.fit_transform(paths)
+    assert codes.spec_.preprocessing.crop == (32, 32)  # from the checkpoint
+    codes.set_params(weights="none", resize=40, crop=32)
+    assert not np.allclose(fine_tuned, codes.fit_transform(paths))
+    # The fine-tuned codes through the saved head are the fine-tuned classifier.
+    head = saved["finetune"]["head"]
+    logits = torch.as_tensor(fine_tuned) @ head["1.weight"].T + head["1.bias"]
+    np.testing.assert_allclose(torch.softmax(logits, 1), ft.predict_proba(paths), atol=1e-4)
+
+
+def test_fitted_fine_tune_saves_and_loads_like_a_pipeline(data, tmp_path):
+    from cnncodes import persistence
+
+    paths, labels = data
+    ft = fine_tune(tmp_path, epochs=1).fit(paths, labels)
+    for suffix in ("skops", "joblib"):
+        path = tmp_path / f"model.{suffix}"
+        persistence.save(ft, path)
+        with pytest.raises(persistence.UntrustedModelCodeError, match="tests.tiny_nets:tiny_cnn"):
+            persistence.load(path)
+        loaded = persistence.load(path, trust_model_code=["tests.tiny_nets:tiny_cnn"])
+        np.testing.assert_allclose(loaded.predict_proba(paths), ft.predict_proba(paths), atol=1e-6)
+
+
+def test_unknown_freeze_node_names_the_closest(data, tmp_path):
+    paths, labels = data
+    with pytest.raises(LayerError, match=r"freeze='layer22' .*Closest: layer2"):
+        fine_tune(tmp_path, **RESNET, freeze="layer22").fit(paths, labels)
+
+
+def test_too_few_images_per_class_for_validation_says_how_many(make_images, tmp_path):
+    paths = make_images(6)
+    with pytest.raises(FineTuneError, match=r"at least 30 images"):
+        fine_tune(tmp_path, valid_size=0.1).fit(paths, [0, 1, 2] * 2)
+
+
+def test_nan_loss_names_the_epoch_and_learning_rate(data, tmp_path):
+    paths, labels = data
+    with pytest.raises(FineTuneError, match=r"loss became nan in epoch \d+ \(learning rate \d"):
+        fine_tune(tmp_path, freeze="none", lr=1e30, trunk_lr=1e30).fit(paths, labels)
+
+
+@pytest.mark.parametrize(
+    "param, value, match",
+    [
+        ("freeze", 3, "freeze=3 is not a node"),
+        ("head", "deep", "head='deep': choose one of 'linear', 'mlp'"),
+        ("lr", 0, "lr=0: expected a float > 0"),
+        ("epochs", 1.5, "epochs=1.5: expected an int >= 0"),
+        ("augment", "rotate", "augment='rotate'"),
+        ("valid_size", 1.0, r"valid_size=1.0: expected a float in \[0, 1\)"),
+        ("init_head", "probe", None),
+        ("early_stopping", 3, None),
+        ("trunk_cache", "yes", "trunk_cache='yes'"),
+        ("resume", True, "resume=True needs checkpoint="),
+    ],
+)
+def test_bad_parameters_are_named(data, tmp_path, param, value, match):
+    paths, labels = data
+    extra = {}
+    if param == "init_head":
+        extra, match = {"head": "mlp"}, "init_head='probe' starts a linear head"
+    if param == "early_stopping":
+        extra, match = {"valid_size": 0}, "early_stopping=3 needs a validation split"
+    with pytest.raises((ValueError, LayerError), match=match):
+        fine_tune(tmp_path, **{param: value}, **extra).fit(paths, labels)
+
+
+def test_unreadable_images_raise_before_training_or_are_skipped_with_labels(data, tmp_path):
+    paths, labels = data
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"not an image")
+    paths = [*paths, str(bad)]
+    labels = np.append(labels, "ant")
+    with pytest.raises(ImageLoadError, match="broken.jpg"):
+        fine_tune(tmp_path).fit(paths, labels)
+    with pytest.warns(SkippedImagesWarning, match="broken.jpg"):
+        ft = fine_tune(tmp_path, on_error="skip").fit(paths, labels)
+    assert ft.n_train_ == 18  # 24 readable images, a quarter held out
+
+
+def test_early_stopping_keeps_the_best_epoch(data, tmp_path):
+    paths, labels = data
+    ft = fine_tune(tmp_path, freeze="none", epochs=30, early_stopping=2, lr=0.3, trunk_lr=0.3).fit(
+        paths, labels
+    )
+    assert len(ft.history_) < 30
