@@ -30,7 +30,7 @@ HEADS = ("linear", "mlp")
 
 def _graph_leaves(net):
     try:
-        return feature_extraction.get_graphnode_names(net)[1]
+        return feature_extraction.get_graph_node_names(net)[1]
     except Exception:  # FX raises many kinds of errors on untraceable Python control flow
         return None
 
