@@ -38,12 +38,19 @@ DATA = os.path.join(C.ASSETS, "data", "sign_language_digits")
 
 
 def split():
-    from cnncodes.datasets import load_dataset
     from sklearn.model_selection import train_test_split
+
+    from cnncodes.datasets import load_dataset
 
     data = load_dataset(DATA)
     paths, labels = np.asarray(data.paths), np.asarray(data.labels)
     return train_test_split(paths, labels, test_size=0.3, stratify=labels, random_state=0)
+
+
+def network(args):
+    """The MobileNetV2 asset (trained on (x - 128) / 128: mean = std = 0.5) at ``args.size``."""
+    size = args.size
+    return dict(model="mobilenet_v2", weights=WEIGHTS, mean=0.5, std=0.5, resize=size, crop=size)
 
 
 def accuracy(args):
@@ -51,12 +58,7 @@ def accuracy(args):
 
     train_x, test_x, train_y, test_y = split()
     settings = dict(
-        model="mobilenet_v2",
-        weights=WEIGHTS,
-        mean=0.5,
-        std=0.5,
-        resize=args.size,
-        crop=args.size,
+        **network(args),
         freeze=args.freeze,
         epochs=args.epochs,
         lr=args.lr,
@@ -100,12 +102,7 @@ def trunk_cache(args):
     with tempfile.TemporaryDirectory() as cache:
         for cached in (True, False):
             ft = FineTune(
-                model="mobilenet_v2",
-                weights=WEIGHTS,
-                mean=0.5,
-                std=0.5,
-                resize=args.size,
-                crop=args.size,
+                **network(args),
                 freeze=args.freeze,
                 epochs=args.epochs,
                 augment="none",
