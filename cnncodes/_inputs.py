@@ -8,6 +8,7 @@ settings are the attributes :data:`cnncodes.spec.MODEL_PARAMS` names, resolved b
 
 from __future__ import annotations
 
+import numbers
 import os
 
 import numpy as np
@@ -97,6 +98,30 @@ def check_int(value, name, minimum, allow_none=False):
     if not _is_int(value) or value < minimum:
         accepted = f"an int >= {minimum}" + (" or None" if allow_none else "")
         raise ValueError(f"{name}={value!r}: expected {accepted}")
+
+
+def check_float(value, name, *, minimum=None, above=None, below=None, allow_none=False):
+    """Refuse a parameter ``name`` that is not a finite real number within the bounds given
+    (``minimum <= value``, ``above < value``, ``value < below``), or None if allowed."""
+    if value is None and allow_none:
+        return
+    ok = not isinstance(value, bool) and isinstance(value, numbers.Real)
+    ok = ok and np.isfinite(float(value))
+    ok = ok and (minimum is None or value >= minimum) and (above is None or value > above)
+    ok = ok and (below is None or value < below)
+    if not ok:
+        if below is not None:
+            bounds = f"in [{minimum}, {below})"
+        else:
+            bounds = f">= {minimum}" if minimum is not None else f"> {above}"
+        accepted = f"a float {bounds}" + (" or None" if allow_none else "")
+        raise ValueError(f"{name}={value!r}: expected {accepted}")
+
+
+def check_choice(value, name, choices):
+    """Refuse a parameter ``name`` that is not one of ``choices`` (``True`` is not ``1``)."""
+    if not any(value is c or (type(value) is type(c) and value == c) for c in choices):
+        raise ValueError(f"{name}={value!r}: choose one of {', '.join(map(repr, choices))}")
 
 
 def spec_of(obj, **changes):

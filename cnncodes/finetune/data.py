@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import torch
 from torchvision.transforms import InterpolationMode
@@ -9,7 +11,7 @@ from torchvision.transforms import v2 as T
 from torchvision.transforms.v2 import functional as TF
 
 from ..extraction.decode import preprocess
-from ..images import load_image
+from ..images import ImageLoadError, load_image
 
 #: Train-time augmentations: random resized crops and horizontal flips, either, both or none.
 AUGMENTS = ("crop-flip", "crop", "flip", "none")
@@ -98,3 +100,24 @@ class Subset(torch.utils.data.Dataset):
 
     def __getitem__(self, i):
         return self.dataset[int(self.indices[i])]
+
+
+def readable(paths, threads=4):
+    """``(kept indices, skipped [(index, path, reason)])``: every image decoded once, up front.
+
+    A corrupt file found in the middle of epoch 3 would cost the epochs before it; found here it
+    costs a decode of each file (cheap beside one epoch of training).
+    """
+
+    def check(path):
+        try:
+            load_image(path)
+        except ImageLoadError as exc:
+            return exc
+        return None
+
+    with ThreadPoolExecutor(threads) as pool:
+        errors = list(pool.map(check, paths))
+    skipped = [(i, p, e) for i, (p, e) in enumerate(zip(paths, errors)) if e is not None]
+    kept = np.array([i for i, e in enumerate(errors) if e is None], dtype=np.int64)
+    return kept, skipped

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import numbers
 import os
 import time
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -16,72 +14,22 @@ from sklearn.utils.validation import check_is_fitted
 from .. import cache as _cache
 from .._choices import PRECISIONS
 from .._files import atomic_path
-from .._inputs import as_path_list, spec_of
+from .._inputs import as_path_list, check_choice, check_float, check_int, spec_of
 from ..architectures import _construct, _parse_named_weights
 from ..extract import ON_ERROR, SkippedImage, extract_codes
 from ..extraction.runtime import _DTYPES, _default_workers, resolve_device, resolve_precision
-from ..images import ImageLoadError, load_image
 from ..layers import layer_shapes, resolve_layers
 from ..models import build_model
 from ..pooling import MAX_FLATTEN_FEATURES, check_pooling, code_size
 from ..spec import PREPROCESSING_KEYS
 from ..transformers import SkippedImagesWarning, _describe_skipped
 from . import network, training
-from .data import AUGMENTS, Activations, Images
+from .data import AUGMENTS, Activations, Images, readable
 
 #: Largest block of cached trunk activations held in memory for training (bytes).
 MAX_CACHED_TRUNK_BYTES = 4 << 30
 TRUNK_CACHE = ("auto", True, False)
 INIT_HEADS = ("random", "probe")
-
-
-def _check_number(name, value, *, minimum=None, above=None, below=None, integer=False,
-                  allow_none=False):  # fmt: skip
-    """Raise a ValueError naming ``name`` unless ``value`` is such a number (or None if allowed)."""
-    if value is None and allow_none:
-        return
-    kind = numbers.Integral if integer else numbers.Real
-    ok = not isinstance(value, bool) and isinstance(value, kind) and np.isfinite(float(value))
-    ok = ok and (minimum is None or value >= minimum) and (above is None or value > above)
-    ok = ok and (below is None or value < below)
-    if not ok:
-        bounds = [
-            f">= {minimum}" if minimum is not None else "",
-            f"> {above}" if above is not None else "",
-        ]
-        bounds = " and ".join(b for b in bounds if b)
-        if below is not None:
-            bounds = f"in [{minimum}, {below})"
-        accepted = f"{'an int' if integer else 'a float'} {bounds}" + (
-            " or None" if allow_none else ""
-        )
-        raise ValueError(f"{name}={value!r}: expected {accepted}")
-
-
-def _choice(value, name, choices):
-    if not any(value is c or (type(value) is type(c) and value == c) for c in choices):
-        raise ValueError(f"{name}={value!r}: choose one of {', '.join(map(repr, choices))}")
-
-
-def _readable(paths, threads=4):
-    """``(kept indices, skipped [(index, path, reason)])``: every image decoded once, up front.
-
-    A corrupt file found in the middle of epoch 3 would cost the epochs before it; found here it
-    costs a decode of each file (cheap beside one epoch of training).
-    """
-
-    def check(path):
-        try:
-            load_image(path)
-        except ImageLoadError as exc:
-            return exc
-        return None
-
-    with ThreadPoolExecutor(threads) as pool:
-        errors = list(pool.map(check, paths))
-    skipped = [(i, p, e) for i, (p, e) in enumerate(zip(paths, errors)) if e is not None]
-    kept = np.array([i for i, e in enumerate(errors) if e is None], dtype=np.int64)
-    return kept, skipped
 
 
 class FineTune(ClassifierMixin, BaseEstimator):
@@ -265,29 +213,27 @@ class FineTune(ClassifierMixin, BaseEstimator):
 
     def _check_params(self):
         check_pooling(self.pooling)
-        _choice(self.head, "head", network.HEADS)
-        _choice(self.init_head, "init_head", INIT_HEADS)
-        _choice(self.augment, "augment", AUGMENTS)
-        _choice(self.trunk_cache, "trunk_cache", TRUNK_CACHE)
-        _choice(self.on_error, "on_error", ON_ERROR)
-        _choice(self.channels_last, "channels_last", ("auto", True, False))
-        _choice(self.train_bn, "train_bn", (True, False))
+        check_choice(self.head, "head", network.HEADS)
+        check_choice(self.init_head, "init_head", INIT_HEADS)
+        check_choice(self.augment, "augment", AUGMENTS)
+        check_choice(self.trunk_cache, "trunk_cache", TRUNK_CACHE)
+        check_choice(self.on_error, "on_error", ON_ERROR)
+        check_choice(self.channels_last, "channels_last", ("auto", True, False))
+        check_choice(self.train_bn, "train_bn", (True, False))
         if self.precision not in PRECISIONS:
             raise ValueError(
                 f"precision={self.precision!r}: choose one of {', '.join(map(repr, PRECISIONS))}"
             )
-        _check_number("lr", self.lr, above=0)
-        _check_number("trunk_lr", self.trunk_lr, minimum=0, allow_none=True)
-        _check_number("weight_decay", self.weight_decay, minimum=0)
-        _check_number("dropout", self.dropout, minimum=0, below=1)
-        _check_number("valid_size", self.valid_size, minimum=0, below=1, allow_none=True)
-        _check_number("epochs", self.epochs, minimum=0, integer=True)
-        _check_number("batch_size", self.batch_size, minimum=1, integer=True)
-        _check_number("hidden_units", self.hidden_units, minimum=1, integer=True)
-        _check_number(
-            "early_stopping", self.early_stopping, minimum=1, integer=True, allow_none=True
-        )
-        _check_number("num_workers", self.num_workers, minimum=0, integer=True, allow_none=True)
+        check_float(self.lr, "lr", above=0)
+        check_float(self.trunk_lr, "trunk_lr", minimum=0, allow_none=True)
+        check_float(self.weight_decay, "weight_decay", minimum=0)
+        check_float(self.dropout, "dropout", minimum=0, below=1)
+        check_float(self.valid_size, "valid_size", minimum=0, below=1, allow_none=True)
+        check_int(self.epochs, "epochs", 0)
+        check_int(self.batch_size, "batch_size", 1)
+        check_int(self.hidden_units, "hidden_units", 1)
+        check_int(self.early_stopping, "early_stopping", 1, allow_none=True)
+        check_int(self.num_workers, "num_workers", 0, allow_none=True)
         if self.early_stopping and not self.valid_size:
             raise ValueError(
                 f"early_stopping={self.early_stopping!r} needs a validation split: set "
@@ -339,7 +285,7 @@ class FineTune(ClassifierMixin, BaseEstimator):
         return classes, encoded
 
     def _skip_unreadable(self, paths, labels):
-        kept, skipped = _readable(paths)
+        kept, skipped = readable(paths)
         if not skipped:
             return paths, labels
         if self.on_error == "raise":
