@@ -25,7 +25,7 @@ import numpy as np
 from .extract import extract_codes
 from .models import list_layers, resolve_layers, resolve_spec
 
-__all__ = ["Advice", "advise", "SMALL_PER_CLASS"]
+__all__ = ["Advice", "advise", "block_outputs", "SMALL_PER_CLASS"]
 
 SMALL_PER_CLASS = 1000
 _RECIPES = {1: "linear_probe", 2: None, 3: "layer_sweep_svm", 4: None}
@@ -56,23 +56,37 @@ class Advice:
         return asdict(self)
 
 
-def _early_layer(spec, top):
-    """A block about two thirds of the way through the network, with a spatial (or token) output.
+def block_outputs(infos, exclude=()):
+    """The outputs of a network's blocks, early to top, from its :func:`~cnncodes.list_layers`.
 
-    Blocks are the layers at the shallowest naming depth that has several spatial layers
-    (``layer1``..``layer4`` in a ResNet, ``features.0``..``features.18`` in a MobileNet).
+    Blocks are the layers with a spatial (or token) output at the shallowest naming depth that
+    has at least four of them (the stem and ``layer1``..``layer4`` in a ResNet,
+    ``features.0``..``features.18`` in a MobileNetV2); where no depth has four, every such layer.
+    Names in ``exclude`` are left out.
+
+    Examples
+    --------
+    >>> from cnncodes import list_layers
+    >>> block_outputs(list_layers("resnet18", "none"))[-3:]
+    ['layer2', 'layer3', 'layer4']
     """
-    infos = list_layers(spec)
-    position = {info.name: i / max(1, len(infos) - 1) for i, info in enumerate(infos)}
-    spatial = [i.name for i in infos if len(i.shape) in (2, 3) and i.shape[1] > 1 and i.name != top]
-    if not spatial:
-        return None
+    spatial = [
+        i.name for i in infos if len(i.shape) in (2, 3) and i.shape[1] > 1 and i.name not in exclude
+    ]
     for depth in range(0, 4):
         blocks = [n for n in spatial if n.count(".") == depth]
         if len(blocks) >= 4:
-            break
-    else:
-        blocks = spatial
+            return blocks
+    return spatial
+
+
+def _early_layer(spec, top):
+    """The block (:func:`block_outputs`) about two thirds of the way through the network."""
+    infos = list_layers(spec)
+    position = {info.name: i / max(1, len(infos) - 1) for i, info in enumerate(infos)}
+    blocks = block_outputs(infos, exclude=(top,))
+    if not blocks:
+        return None
     return min(blocks, key=lambda n: abs(position[n] - 2 / 3))
 
 

@@ -33,10 +33,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import __version__, recipes
+from . import _finetune_runs as _runs
 from ._json import jsonable
 from .datasets import DatasetWarning
 from .models import ModelError, default_preprocessing_note, resolve_spec
-from .transformers import CNNCodes, _find_codes_step, filter_readable, warm_cache
+from .transformers import _find_codes_step, filter_readable
 
 __all__ = [
     "ExperimentResult",
@@ -597,11 +598,11 @@ def run_experiment(
     # Also None: the recipes' CNNCodes default to progress=False, which would keep a log silent.
     overrides.setdefault("progress", progress)
     pipe, grid, layer_mode = _apply_overrides(recipe_module, overrides, layer_mode)
-    step, prefix = _find_codes_step(pipe)
+    step, prefix = _runs.network_step(pipe)  # a FineTune recipe: the FineTune itself
     layer_plan = {"mode": layer_mode, "candidates": _grid_layers(grid) or [step.layer]}
     log(_describe_layers(layer_plan))
     # Fail on a bad model, layer or parameter before any image is read.
-    spec = CNNCodes(**step.get_params()).fit(paths[:1]).spec_
+    spec = _runs.resolve_network(step, paths)
     log(f"preprocessing: {spec.preprocessing.describe()}")
     note = default_preprocessing_note(spec)
     if note:
@@ -610,7 +611,7 @@ def run_experiment(
     with _cache_for_the_run(pipe, prefix, log):
         # Only the training images: the test images are transformed once, by the winner alone.
         log(f"codes: extracting what the grid needs for {len(paths)} training images (once)")
-        extraction = warm_cache(pipe, paths, grid)
+        extraction = _runs.warm(pipe, paths, grid)
         skipped = {"train": extraction.pop("skipped"), "test": []}
         runs = extraction["runs"]
         per = f" over {runs} passes of the images (one per setting other than the layer)"
@@ -682,8 +683,8 @@ def run_experiment(
             try:
                 if on_error == "skip":
                     # Screened by the winner itself: its codes are the ones predict reads.
-                    test_paths, test_labels, skipped["test"] = filter_readable(
-                        test_paths, test_labels, extractor=best
+                    test_paths, test_labels, skipped["test"] = _runs.screen_test(
+                        best, test_paths, test_labels
                     )
                     if skipped["test"]:
                         log(f"left out {len(skipped['test'])} unreadable test image(s)")
@@ -707,7 +708,6 @@ def run_experiment(
         if _sweeps_layers(grid):
             layers = layer_table(search)
 
-        best_codes = _find_codes_step(best)[0]
         config = {
             "recipe": recipe_name,
             "overrides": jsonable({k: v for k, v in overrides.items() if k != "progress"}),
@@ -729,10 +729,8 @@ def run_experiment(
             "best_params": jsonable(search.best_params_),
             "duplicates": duplicates,
             "layer": jsonable(layer_plan),
-            "extractor": jsonable(best_codes.spec_.to_dict()),
-            # Where each preprocessing value came from: explicit, checkpoint, model, ...
-            "preprocessing_source": dict(best_codes.spec_.preprocessing.source),
-            "layers": list(best_codes.layers_),
+            # The network, its preprocessing (and where each value came from), its layers.
+            **jsonable(_runs.describe_network(best)),
             "versions": _versions(),
             "platform": platform.platform(),
             "argv": list(sys.argv),
