@@ -42,6 +42,7 @@ _SUBMODULES = (
     "advise",
     "cache",
     "cli",
+    "compare",
     "datasets",
     "demo",
     "demo_data",

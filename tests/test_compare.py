@@ -100,3 +100,117 @@ def test_cli_fit_with_an_option_a_finetune_recipe_does_not_take(capsys, tmp_path
     )  # fmt: skip
     assert code == 2 and out == ""
     assert_one_line_error(err, "finetune_head.build() got unknown option(s) 'impl'")
+
+
+# ----------------------------------------------------------------------------- compare
+
+SMALL_GRIDS = {
+    "linear_probe": {"Cs": [1.0]},
+    "layer_sweep_svm": {"Cs": [1.0], "kernels": ["linear"], "poolings": ["avg"]},
+}
+
+
+def test_compare_fits_four_approaches_on_one_split(data, tmp_path):
+    from cnncodes.compare import APPROACHES, compare_approaches
+
+    paths, labels = data
+    network = {k: FAST[k] for k in ("resize", "crop", "mean", "std")}
+    result = compare_approaches(
+        paths, labels, model=FAST["model"], weights="none", preprocessing=network,
+        test_size=0.25, epochs=1, cv=2, recipe_options=SMALL_GRIDS,
+        cache_dir=str(tmp_path / "cache"), num_workers=0,
+    )  # fmt: skip
+    rows = result.rows
+    assert [r["approach"] for r in rows] == [name for name, _ in APPROACHES]
+    assert (result.n_train, result.n_test) == (12, 4)
+    # Every row trained on the same images and was tested on the same images.
+    assert len({r["train_sha256"] for r in rows}) == 1
+    assert len({r["test_sha256"] for r in rows}) == 1
+    assert all(r["metrics"]["n"] == 4 and 0 <= r["accuracy"] <= 1 for r in rows)
+    probe, svm, top, everything = rows
+    assert probe["settings"]["layers"] == ["flatten"] and probe["epochs"] is None
+    assert svm["settings"]["layer"] in result.config["sweep_layers"]
+    assert probe["images_per_second"] == pytest.approx(12 / probe["seconds"])
+    # The top-blocks row is frozen at finetune_top's first default depth, with an LP-FT head.
+    assert (top["settings"]["freeze"], top["settings"]["init_head"]) == ("features.7", "probe")
+    assert everything["settings"]["freeze"] == "none"
+    for row in (top, everything):
+        assert row["epochs"] == 1
+        assert row["images_per_second"] == pytest.approx(12 * 1 / row["seconds"])
+    table = result.table()
+    assert list(table["approach"]) == [r["approach"] for r in rows] and "metrics" not in table
+
+
+def test_compare_needs_one_held_out_set_and_a_positive_epoch_count(data):
+    from cnncodes.compare import compare_approaches
+
+    paths, labels = data
+    with pytest.raises(ValueError, match="give test=.*or test_size"):
+        compare_approaches(paths, labels, model=FAST["model"])
+    with pytest.raises(ValueError, match="epochs=0: expected an int >= 1"):
+        compare_approaches(paths, labels, model=FAST["model"], test_size=0.25, epochs=0)
+    with pytest.raises(TypeError, match=r"unknown argument\(s\) 'workers'"):
+        compare_approaches(paths, labels, model=FAST["model"], test_size=0.25, workers=0)
+
+
+def test_cli_compare_json_and_report(capsys, tmp_path):
+    write_classes(str(tmp_path / "photos"))
+    write_classes(str(tmp_path / "test"), per_class=3, seed=1)
+    report = tmp_path / "report"
+    code, out, err = run(
+        capsys, "compare", tmp_path / "photos", *CLI_MODEL, "--test", tmp_path / "test",
+        "--epochs", "1", "--cv", "2", "--freeze", "features.8",
+        "--cache-dir", tmp_path / "cache", "--report", report, "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    summary = json.loads(out)
+    assert {"command", "data", "rows", "split", "n_train", "n_test", "report"} <= set(summary)
+    assert (summary["n_train"], summary["n_test"], summary["split"]) == (16, 6, {"test": "given"})
+    row_keys = {"approach", "accuracy", "seconds", "images_per_second", "epochs", "settings"}
+    assert all(row_keys <= set(row) for row in summary["rows"])
+    assert summary["rows"][2]["settings"]["freeze"] == "features.8"
+    assert set(summary["report"]) == {"compare.json", "compare.png"}
+    assert (report / "compare.png").stat().st_size > 0
+    assert json.loads((report / "compare.json").read_text())["rows"][0]["approach"] == (
+        "linear_probe"
+    )
+
+
+def test_cli_compare_prints_a_table(capsys, tmp_path):
+    write_classes(str(tmp_path / "photos"))
+    code, out, err = run(
+        capsys, "compare", tmp_path / "photos", *CLI_MODEL, "--test-size", "0.25",
+        "--epochs", "1", "--cv", "2", "--cache-dir", tmp_path / "cache",
+    )  # fmt: skip
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0].startswith("12 training images, test: 0.25 of DATA held out (4 images)")
+    assert lines[1].split() == [
+        "approach", "accuracy", "balanced", "seconds", "images/s", "network", "settings"
+    ]  # fmt: skip
+    assert [line.split()[0] for line in lines[3:7]] == [
+        "linear_probe", "layer_sweep_svm", "finetune_top", "finetune_all"
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--freeze", "features.77", "--test-size", "0.25"], "freeze='features.77' is not a node"),
+        (["--freeze", "features.77", "--test-size", "0.25"], "Closest: features.7"),
+        (["--layer", "featurs.3", "--test-size", "0.25"], "featurs.3"),
+        ([], "one of the arguments --test --test-size is required"),
+        (["--test-size", "0.25", "--epochs", "0"], "argument --epochs: '0': expected a positive"),
+        (["--test-size", "0.25", "--lr", "-1"], "argument --lr: '-1': expected a positive"),
+        (["--test-size", "0.25", "--impl", "torch"], "--impl torch: fine-tuning decodes"),
+    ],
+)
+def test_cli_compare_bad_inputs_exit_2_before_any_work(capsys, tmp_path, args, fragment):
+    write_classes(str(tmp_path / "photos"))
+    cache = tmp_path / "cache"
+    code, out, err = run(
+        capsys, "compare", tmp_path / "photos", *CLI_MODEL, *args, "--cache-dir", cache
+    )
+    assert code == 2 and out == ""
+    assert_one_line_error(err, fragment)
+    assert not cache.exists()  # refused before any network ran
