@@ -214,3 +214,86 @@ def test_cli_compare_bad_inputs_exit_2_before_any_work(capsys, tmp_path, args, f
     assert code == 2 and out == ""
     assert_one_line_error(err, fragment)
     assert not cache.exists()  # refused before any network ran
+
+
+# ----------------------------------------------------------------------------- advise 2 and 4
+
+ADVISE_MODEL = ["--model", "cnncodes.demo_data:digits_net"]
+
+
+@pytest.fixture
+def advise_data(tmp_path, make_images):
+    root = tmp_path / "my photos"  # a space: the commands must quote it
+    make_images(3, folder=root / "ants", seed=1)
+    make_images(3, folder=root / "bees", seed=2)
+    return root
+
+
+def _option(argv, name):
+    return argv[argv.index(name) + 1]
+
+
+def test_advise_scenario_4_names_finetune_and_compare(capsys, monkeypatch, advise_data, tmp_path):
+    import shlex
+
+    from cnncodes import advise, cli
+
+    monkeypatch.setattr(advise, "SMALL_PER_CLASS", 3)  # 3 images per class count as large
+    code, out, err = run(
+        capsys, "advise", advise_data, *ADVISE_MODEL, "--weights", "none",
+        "--cache-dir", tmp_path / "cache", "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    advice = json.loads(out)
+    assert (advice["scenario"], advice["recipe"], advice["small"]) == (4, None, False)
+    assert "large means a median of 3 or more images per class" in advice["reasons"][0]
+    argv = shlex.split(advice["command"])
+    assert argv[:3] == ["cnncodes", "finetune", str(advise_data)]
+    assert _option(argv, "--freeze") == "none" and _option(argv, "--model") == ADVISE_MODEL[1]
+    assert {"--epochs", "--test-size", "--out", "--report"} <= set(argv)
+    compare = shlex.split(advice["compare_command"])
+    assert compare[:3] == ["cnncodes", "compare", str(advise_data)]
+    parsed = cli.build_parser().parse_args(compare[1:])  # the command parses as written
+    assert (parsed.model, parsed.weights, parsed.test_size) == (ADVISE_MODEL[1], "none", 0.1)
+    assert shlex.split(advice["baseline_command"])[1:5] == [
+        "fit", str(advise_data), "--pipeline", "layer_sweep_svm"
+    ]  # fmt: skip
+    assert any("`cnncodes compare` measures" in r for r in advice["reasons"])
+
+    code, out, err = run(
+        capsys, "advise", advise_data, *ADVISE_MODEL, "--weights", "none",
+        "--cache-dir", tmp_path / "cache",
+    )  # fmt: skip
+    lines = out.splitlines()
+    assert lines[0] == "scenario 4: fine-tuning (cnncodes finetune)"
+    assert [line.split(":")[0] for line in lines[-3:]] == ["compare", "baseline", "run"]
+    assert lines[-1].startswith("run: cnncodes finetune ")
+
+
+def test_advise_scenario_2_fine_tunes_the_top_blocks(monkeypatch, advise_data, tmp_path):
+    import shlex
+
+    import torch
+
+    from cnncodes import advise
+    from cnncodes.datasets import load_dataset
+    from cnncodes.demo_data import digits_net
+
+    weights = tmp_path / "net.pth"
+    torch.save(digits_net().state_dict(), weights)
+    monkeypatch.setattr(advise, "SMALL_PER_CLASS", 3)
+    # Similar data: the top layer scores as well as the earlier one (no classifier to ask).
+    monkeypatch.setattr(advise, "_cv_score", lambda codes, labels, seed: 0.9)
+    monkeypatch.setattr(advise, "_head_layer", lambda spec: None)
+    data = load_dataset(advise_data)
+    advice = advise.advise(
+        data.paths, data.labels, model=ADVISE_MODEL[1], weights=str(weights),
+        data_label=str(advise_data), cache_dir=str(tmp_path / "cache"),
+    )  # fmt: skip
+    assert (advice.scenario, advice.recipe) == (2, None)
+    argv = shlex.split(advice.command)
+    assert argv[1] == "finetune" and _option(argv, "--weights") == str(weights)
+    # The finetune_top recipe's first depth: the blocks after it train.
+    assert _option(argv, "--freeze") == "features.7"
+    assert _option(shlex.split(advice.compare_command), "--freeze") == "features.7"
+    assert "linear_probe" in advice.baseline_command
