@@ -21,6 +21,14 @@ DEFAULT_LRS = (1e-3, 1e-2, 1e-1)
 def finetune_estimator(recipe, overrides, options, defaults):
     """``(FineTune, recipe options)``: ``defaults`` under the user's FineTune parameters."""
     params, chosen = split_options(recipe, overrides, options, FINETUNE_PARAMS, "FineTune")
+    layer = params.get("layer")
+    if isinstance(layer, (list, tuple)) and len(layer) > 1:
+        raise ValueError(
+            f"layer={list(layer)!r}: {recipe} cuts the network at one layer, whose codes feed "
+            "the new head; give one (codes of several layers concatenate only in code recipes)"
+        )
+    if isinstance(layer, (list, tuple)):
+        params["layer"] = layer[0]
     return FineTune(**{**defaults, **params}), chosen
 
 

@@ -319,6 +319,9 @@ def test_finetune_head_trains_only_a_head_on_cached_codes(tmp_path):
         pipelines.get("finetune_head").build(**FAST, freeze="layer3")
     with pytest.raises(TypeError, match=r"unknown option\(s\) 'Cs'.*FineTune parameters: model"):
         pipelines.get("finetune_head").build(**FAST, Cs=[1.0])
+    with pytest.raises(ValueError, match=r"layer=\['flatten', 'fc'\]: finetune_head cuts"):
+        pipelines.get("finetune_head").build(**FAST, layer=["flatten", "fc"])
+    assert pipelines.get("finetune_head").build(**FAST, layer=["flatten"])[0].layer == "flatten"
 
 
 @pytest.mark.parametrize(
