@@ -8,7 +8,7 @@ from cnncodes import FineTune
 
 from ._common import grid_values, split_options
 
-__all__ = ["FINETUNE_PARAMS", "DEFAULT_LRS", "finetune_estimator", "grid_values", "lr_grid"]
+__all__ = ["FINETUNE_PARAMS", "DEFAULT_LRS", "finetune_estimator", "lr_grid"]
 
 #: The FineTune parameters a fine-tuning recipe's ``build(**overrides)`` passes through.
 FINETUNE_PARAMS = tuple(inspect.signature(FineTune).parameters)

@@ -22,7 +22,8 @@ import re
 from cnncodes import build_model, list_layers, resolve_spec
 from cnncodes.advise import block_outputs
 
-from ._finetune import finetune_estimator, grid_values, lr_grid
+from ._common import grid_values
+from ._finetune import finetune_estimator, lr_grid
 
 __all__ = ["LAYER", "OPTIONS", "build", "default_freezes", "DEFAULT_LRS"]
 

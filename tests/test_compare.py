@@ -8,6 +8,7 @@ import json
 import pytest
 
 from cnncodes.experiment import run_experiment
+from cnncodes.images import ImageLoadError
 from cnncodes.report import write_report
 from tests.test_cli import assert_one_line_error, run
 from tests.test_experiment import write_classes
@@ -61,13 +62,26 @@ def test_finetune_head_runs_through_run_experiment_on_cached_codes(data, tmp_pat
     assert (again.extraction["computed"], again.extraction["cached"]) == (0, 12)
 
 
+def test_finetune_top_sweeps_learning_rate_and_freeze_depth(data, tmp_path):
+    paths, labels = data
+    overrides = dict(FAST, cache_dir=str(tmp_path / "cache"), epochs=1)
+    result = run_experiment(paths, labels, "finetune_top", overrides=overrides, cv=2)
+    assert result.config["param_grid"] == {
+        "lr": [1e-3, 1e-2],
+        "freeze": ["features.7", "features.8"],
+    }
+    assert set(result.table["freeze"]) == {"features.7", "features.8"}
+    assert result.estimator.init_head == "probe" and result.metrics["test"] is None
+    assert result.metrics["cv"]["predictions"]["n"] == 16  # no test set: cross-validated
+
+
 def test_unreadable_images_with_a_finetune_recipe(data, tmp_path):
     paths, labels = data
     bad = tmp_path / "photos" / "dark" / "broken.png"
     bad.write_bytes(b"not an image")
     paths, labels = [*paths, str(bad)], [*labels, "dark"]
     overrides = dict(FAST, cache_dir=str(tmp_path / "cache"), epochs=1, lrs=[1e-2])
-    with pytest.raises(Exception, match="broken.png"):
+    with pytest.raises(ImageLoadError, match="broken.png"):
         run_experiment(paths, labels, "finetune_head", overrides=overrides, cv=2)
     result = run_experiment(
         paths, labels, "finetune_head", overrides=overrides, cv=2, on_error="skip"
