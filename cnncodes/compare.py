@@ -62,7 +62,9 @@ class Comparison:
         (fine-tuning; None for codes), ``settings`` (the chosen or given parameters),
         ``network_images`` (images pushed through the network while training; codes read
         from the cache are not counted), ``train_sha256`` and ``test_sha256`` (fingerprints
-        of the (path, label) lists each row saw: equal across rows), ``metrics``.
+        of the (path, label) lists each row saw: equal across rows), ``metrics``. A row whose
+        training failed has None for its numbers and ``error`` (the others are kept; only when
+        every row fails does :func:`compare_approaches` raise).
     split : dict
         ``{"test_size", "seed"}``, or ``{"test": "given"}``.
     n_train, n_test : int
@@ -151,11 +153,10 @@ def _code_row(name, result, n_train):
     }
 
 
-def _finetune_row(name, estimator, train, test, log):
+def _finetune_row(name, estimator, train, test):
     from .experiment import _data_fingerprint, classification_metrics
 
     (train_paths, train_labels), (test_paths, test_labels) = train, test
-    log(f"{name}: fine-tuning with freeze={estimator.freeze!r} for {estimator.epochs} epoch(s)")
     started = time.perf_counter()
     estimator.fit(train_paths, train_labels)
     seconds = time.perf_counter() - started
@@ -182,6 +183,26 @@ def _finetune_row(name, estimator, train, test, log):
         "train_sha256": _data_fingerprint(train_paths, train_labels),
         "test_sha256": _data_fingerprint(test_paths, test_labels),
         "metrics": metrics,
+    }
+
+
+def _failed_row(name, exc, train, test):
+    """The row of an approach whose training failed: its reason, no numbers."""
+    from .experiment import _data_fingerprint
+
+    return {
+        "approach": name,
+        "accuracy": None,
+        "balanced_accuracy": None,
+        "seconds": None,
+        "images_per_second": None,
+        "epochs": None,
+        "settings": {},
+        "network_images": None,
+        "train_sha256": _data_fingerprint(*train),
+        "test_sha256": _data_fingerprint(*test),
+        "metrics": None,
+        "error": f"{type(exc).__name__}: {exc}",
     }
 
 
@@ -257,6 +278,7 @@ def compare_approaches(
         raised before any row is fitted.
     """
     from .experiment import _check_labelled, _split, run_experiment
+    from .models import resolve_layers, resolve_spec
     from .transformers import filter_readable
 
     log = log or (lambda line: None)
@@ -296,8 +318,6 @@ def compare_approaches(
 
     # Everything that can be wrong is refused before the first row spends minutes.
     sweep = _sweep_layers(network, layers)
-    from .models import resolve_layers, resolve_spec
-
     spec = resolve_spec(**{"weights": None, **network})
     resolve_layers(spec, sweep)
     _check_freeze(network, freeze)
@@ -308,43 +328,47 @@ def compare_approaches(
 
     skipped = {"train": [], "test": []}
     if on_error == "skip":
-        # One test set for every row: unreadable test images are left out once, here.
+        # One set of images for every row: unreadable ones are left out once, here.
+        train_paths, train_labels, skipped["train"] = filter_readable(train_paths, train_labels)
         test_paths, test_labels, skipped["test"] = filter_readable(test_paths, test_labels)
     log(
         f"compare: {len(train_paths)} training and {len(test_paths)} test images, the same "
         "for every approach"
     )
-    common = dict(test=(test_paths, test_labels), cv=cv, seed=random_state, on_error=on_error)
+    train, held_out = (train_paths, train_labels), (test_paths, test_labels)
+    common = dict(test=held_out, cv=cv, seed=random_state, on_error=on_error)
     common.update(progress=progress, log=log)
-    rows = []
-
-    log("linear_probe: top-layer codes, logistic regression, C by cross-validation")
-    probe = run_experiment(
-        train_paths, train_labels, "linear_probe",
-        overrides={**network, **runtime, **options.get("linear_probe", {})}, **common,
-    )  # fmt: skip
-    skipped["train"] = probe.skipped["train"]
-    rows.append(_code_row("linear_probe", probe, probe.config["train"]["n_images"]))
-
-    log(f"layer_sweep_svm: SVMs on {', '.join(sweep)}")
-    svm = run_experiment(
-        train_paths, train_labels, "layer_sweep_svm",
-        overrides={**network, **runtime, "layer": sweep, **options.get("layer_sweep_svm", {})},
-        **common,
-    )  # fmt: skip
-    rows.append(_code_row("layer_sweep_svm", svm, svm.config["train"]["n_images"]))
-
-    if skipped["train"]:
-        bad = {s.index for s in skipped["train"]}
-        train_labels = [y for i, y in enumerate(train_labels) if i not in bad]
-        train_paths = [p for i, p in enumerate(train_paths) if i not in bad]
     fine = dict(epochs=epochs, lr=lr, augment=augment, init_head="probe", on_error=on_error)
     fine["progress"] = progress is not False  # a line per epoch unless told to be quiet
-    train, held_out = (train_paths, train_labels), (test_paths, test_labels)
     top.set_params(freeze=freeze, **fine)
-    rows.append(_finetune_row("finetune_top", top, train, held_out, log))
     everything = top.__class__(**{**top.get_params(), "freeze": "none"})
-    rows.append(_finetune_row("finetune_all", everything, train, held_out, log))
+
+    def codes(name, **extra):
+        overrides = {**network, **runtime, **extra, **options.get(name, {})}
+        result = run_experiment(*train, name, overrides=overrides, **common)
+        return _code_row(name, result, result.config["train"]["n_images"])
+
+    attempts = [
+        ("linear_probe", "top-layer codes, logistic regression, C by cross-validation",
+         lambda: codes("linear_probe")),
+        ("layer_sweep_svm", f"SVMs on {', '.join(sweep)}",
+         lambda: codes("layer_sweep_svm", layer=sweep)),
+        ("finetune_top", f"frozen up to {freeze!r}, {epochs} epoch(s)",
+         lambda: _finetune_row("finetune_top", top, train, held_out)),
+        ("finetune_all", f"every layer, {epochs} epoch(s)",
+         lambda: _finetune_row("finetune_all", everything, train, held_out)),
+    ]  # fmt: skip
+    rows, failures = [], []
+    for name, what, fit_row in attempts:
+        log(f"{name}: {what}")
+        try:
+            rows.append(fit_row())
+        except Exception as exc:  # the other rows' results are kept, and this one says why
+            failures.append(exc)
+            log(f"{name}: failed: {type(exc).__name__}: {exc}")
+            rows.append(_failed_row(name, exc, train, held_out))
+    if len(failures) == len(attempts):
+        raise failures[0]  # nothing to compare: the first reason, as an error
 
     described = dict(APPROACHES)
     for row in rows:

@@ -170,7 +170,9 @@ def _plot_layer_sweep(table, path, scoring):
 
 
 def _duration(seconds):
-    """``0.4 s``, ``12 s``, ``3.2 min``, ``1.5 h``: a bar's time label."""
+    """``0.4 s``, ``12 s``, ``3.2 min``, ``1.5 h``: a bar's time label (``failed``: None)."""
+    if seconds is None:
+        return "failed"
     if seconds < 10:
         return f"{seconds:.1f} s"
     if seconds < 600:

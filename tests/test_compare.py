@@ -207,6 +207,32 @@ def test_cli_compare_prints_a_table(capsys, tmp_path):
     ]  # fmt: skip
 
 
+def test_cli_compare_keeps_the_other_rows_when_one_fails(capsys, monkeypatch, tmp_path):
+    from cnncodes import FineTune
+    from cnncodes.finetune import FineTuneError
+
+    real_fit = FineTune.fit
+
+    def fit(self, X, y):
+        if self.freeze == "none":
+            raise FineTuneError("loss became nan in epoch 1 (learning rate 0.001)")
+        return real_fit(self, X, y)
+
+    monkeypatch.setattr(FineTune, "fit", fit)
+    write_classes(str(tmp_path / "photos"))
+    code, out, err = run(
+        capsys, "compare", tmp_path / "photos", *CLI_MODEL, "--test-size", "0.25",
+        "--epochs", "1", "--cv", "2", "--cache-dir", tmp_path / "cache",
+        "--report", tmp_path / "report", "--json",
+    )  # fmt: skip
+    assert code == 1
+    rows = json.loads(out)["rows"]
+    assert [r["accuracy"] is None for r in rows] == [False, False, False, True]
+    assert rows[3]["error"] == "FineTuneError: loss became nan in epoch 1 (learning rate 0.001)"
+    assert "cnncodes: warning: finetune_all failed" in err
+    assert (tmp_path / "report" / "compare.png").is_file()
+
+
 @pytest.mark.parametrize(
     "args, fragment",
     [

@@ -9,6 +9,7 @@ import numpy as np
 from .._files import display
 from ..datasets import load_dataset
 from ._core import (
+    EXIT_FAILURE,
     EXIT_OK,
     UsageError,
     _add_data_options,
@@ -159,16 +160,20 @@ def _settings(row):
     return ", ".join(f"{k}={_cell(v)}" for k, v in shown.items())
 
 
+def _number(value, digits=1):
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
 def _compare_lines(result, test_note, written):
     rows = [
         [
             r["approach"],
             _fmt(r["accuracy"]),
             _fmt(r["balanced_accuracy"]),
-            f"{r['seconds']:.1f}",
-            "-" if r["images_per_second"] is None else f"{r['images_per_second']:.1f}",
-            "-" if r["network_images"] is None else r["network_images"],
-            _settings(r),
+            _number(r["seconds"]),
+            _number(r["images_per_second"]),
+            r["network_images"],
+            f"failed: {r['error']}" if "error" in r else _settings(r),
         ]
         for r in result.rows
     ]
@@ -251,4 +256,8 @@ def run_compare(args):
         "report": written or None,
     }
     output.result(summary, _compare_lines(result, test_note, written))
+    failed = [r["approach"] for r in result.rows if "error" in r]
+    if failed:
+        output.warn(f"{', '.join(failed)} failed (the reason is in the table); the others stand")
+        return EXIT_FAILURE
     return EXIT_OK
