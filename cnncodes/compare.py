@@ -14,10 +14,11 @@ evaluated on the same held-out images, it fits:
 ========================  ==============================================================
 
 Each row reports the held-out accuracy, the seconds its training took (for the code rows the
-whole run: extraction of the codes the cache did not hold and the grid search; for the
+whole run of :func:`~cnncodes.experiment.run_experiment`: extraction of the codes the cache did
+not hold, the grid search and the refit, and also the prediction of the held-out images; for the
 fine-tuning rows the fit) and the training images per second (times the epochs run, for
-fine-tuning). Codes already in the cache cost nothing, so each row also says how many images
-went through the network.
+fine-tuning). Codes already in the cache cost nothing, so the code rows also say how many
+training images went through the network.
 
 Examples
 --------

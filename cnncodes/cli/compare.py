@@ -43,8 +43,9 @@ The four rows, on the same training and test images: a linear probe on the top l
 (linear_probe, C by cross-validation), SVMs on earlier layers (layer_sweep_svm: its default
 layers for the model, or --layer), the top blocks fine-tuned (frozen up to --freeze, default
 the finetune_top recipe's first depth; the head starts from a probe) and every layer
-fine-tuned. seconds: the whole training of a row (for the code rows extraction and the grid
-search; codes already cached cost nothing, so 'network' says how many images were computed).
+fine-tuned. seconds: the whole training of a row (for the code rows extraction, the grid
+search and the held-out prediction; codes already cached cost nothing, so 'network' says how
+many training images were computed).
 images/s: training images (x epochs, for fine-tuning) per second.
 """
 
