@@ -44,6 +44,7 @@ _SUBMODULES = (
     "cache",
     "checkpoints",
     "cli",
+    "compare",
     "datasets",
     "demo",
     "demo_data",

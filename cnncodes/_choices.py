@@ -4,3 +4,7 @@
 POOLINGS = ("avg", "max", "avgmax", "pyramid", "flatten")
 #: Extraction precisions (:func:`cnncodes.extract.resolve_precision`).
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+#: Median images per class from which ``cnncodes advise`` counts a dataset as large (then
+#: fine-tuning pays); here so that the command's help names it without importing torch.
+SMALL_PER_CLASS = 1000

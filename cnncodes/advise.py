@@ -3,11 +3,16 @@
 The scenarios (Stanford CS231n course notes, "Transfer Learning"):
 
 1. small dataset, similar to the pretraining data: a linear classifier on top-layer codes;
-2. large, similar: fine-tune the whole network;
+2. large, similar: fine-tune the network (``cnncodes finetune``, the top blocks: the early
+   layers' features already suit such data);
 3. small, different: a linear classifier or SVM on codes from earlier layers;
-4. large, different: fine-tune from the pretrained weights.
+4. large, different: fine-tune from the pretrained weights (``cnncodes finetune``, every layer).
 
-"Small" is judged from the images per class. "Similar" is measured, on a stratified subsample:
+For 2 and 4 the advice also names ``cnncodes compare``, which measures on a held-out split
+what fine-tuning gains over the codes, and the best fixed-code baseline.
+
+"Small" is judged from the images per class: large means a median of :data:`SMALL_PER_CLASS`
+(1,000) or more images per class. "Similar" is measured, on a stratified subsample:
 the cross-validated accuracy of a linear classifier on top-layer codes against the same on codes
 of an earlier layer (when the top layer is no better, its ImageNet-specific features do not fit
 the data), and, where the network still has its pretrained classifier, how confident that
@@ -22,24 +27,36 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from ._choices import SMALL_PER_CLASS
 from .extract import extract_codes
 from .layers import list_layers, resolve_layers
 from .models import resolve_spec
 
-__all__ = ["Advice", "advise", "SMALL_PER_CLASS"]
+__all__ = ["Advice", "advise", "block_outputs", "SMALL_PER_CLASS"]
 
-SMALL_PER_CLASS = 1000
+#: What the fine-tuning command of scenarios 2 and 4 holds out and trains for: with 1,000 or
+#: more images per class, a tenth is a test set of 100 or more per class.
+FINETUNE_TEST_SIZE = 0.1
+FINETUNE_EPOCHS = 10
 _RECIPES = {1: "linear_probe", 2: None, 3: "layer_sweep_svm", 4: None}
 
 
 @dataclass
 class Advice:
-    """A recommendation: the scenario, the recipe, the command, and the evidence behind them."""
+    """A recommendation: the scenario, the recipe, the command, and the evidence behind them.
+
+    ``command`` is what to run: ``cnncodes fit --pipeline <recipe>`` for scenarios 1 and 3,
+    ``cnncodes finetune`` for 2 and 4 (``recipe`` None), which also get ``compare_command``
+    (``cnncodes compare``: codes against fine-tuning on one split) and ``baseline_command``
+    (the best fixed-code recipe).
+    """
 
     scenario: int
     recipe: str | None
     command: str
     reasons: list = field(default_factory=list)
+    compare_command: str = ""
+    baseline_command: str = ""
     n_images: int = 0
     n_classes: int = 0
     min_per_class: int = 0
@@ -57,24 +74,59 @@ class Advice:
         return asdict(self)
 
 
-def _early_layer(spec, top):
-    """A block about two thirds of the way through the network, with a spatial (or token) output.
+def block_outputs(infos, exclude=()):
+    """The outputs of a network's blocks, early to top, from its :func:`~cnncodes.list_layers`.
 
-    Blocks are the layers at the shallowest naming depth that has several spatial layers
-    (``layer1``..``layer4`` in a ResNet, ``features.0``..``features.18`` in a MobileNet).
+    Blocks are the layers with a spatial (or token) output at the shallowest naming depth that
+    has at least four of them (the stem and ``layer1``..``layer4`` in a ResNet,
+    ``features.0``..``features.18`` in a MobileNetV2); where no depth has four, every such layer.
+    Names in ``exclude`` are left out.
+
+    Examples
+    --------
+    >>> from cnncodes import list_layers
+    >>> block_outputs(list_layers("resnet18", "none"))[-3:]
+    ['layer2', 'layer3', 'layer4']
     """
-    infos = list_layers(spec)
-    position = {info.name: i / max(1, len(infos) - 1) for i, info in enumerate(infos)}
-    spatial = [i.name for i in infos if len(i.shape) in (2, 3) and i.shape[1] > 1 and i.name != top]
-    if not spatial:
-        return None
+    spatial = [
+        i.name for i in infos if len(i.shape) in (2, 3) and i.shape[1] > 1 and i.name not in exclude
+    ]
     for depth in range(0, 4):
         blocks = [n for n in spatial if n.count(".") == depth]
         if len(blocks) >= 4:
-            break
-    else:
-        blocks = spatial
+            return blocks
+    return spatial
+
+
+def _early_layer(spec, top):
+    """The block (:func:`block_outputs`) about two thirds of the way through the network."""
+    infos = list_layers(spec)
+    position = {info.name: i / max(1, len(infos) - 1) for i, info in enumerate(infos)}
+    blocks = block_outputs(infos, exclude=(top,))
+    if not blocks:
+        return None
     return min(blocks, key=lambda n: abs(position[n] - 2 / 3))
+
+
+def _finetune_freeze(scenario, model, preprocessing, seed):
+    """``(freeze, why)`` of the fine-tuning command: the top blocks for similar data
+    (scenario 2: the ``finetune_top`` recipe's first depth), every layer for different data."""
+    if scenario == 4:
+        return "none", (
+            "the data differs from the pretraining data, so every layer trains (--freeze none), "
+            "from the pretrained weights."
+        )
+    from . import recipes
+
+    try:
+        top = recipes.get("finetune_top")
+    except ImportError as exc:  # fine-tuning needs skorch
+        return "none", f"(install the finetune extra: {exc})."
+    freeze = top.default_freezes(model, seed=seed, **preprocessing)[0]
+    return freeze, (
+        f"the data is like the pretraining data, so the early layers stay as they are and the "
+        f"blocks after {freeze!r} train (--freeze none trains every layer)."
+    )
 
 
 def _subsample(labels, per_class, seed):
@@ -181,7 +233,7 @@ def advise(
     advice.reasons.append(
         f"{advice.n_images} images in {advice.n_classes} classes, median "
         f"{advice.median_per_class:g} per class (fewest {advice.min_per_class}): {size_word} "
-        f"(threshold {SMALL_PER_CLASS} per class)."
+        f"(large means a median of {SMALL_PER_CLASS} or more images per class)."
     )
 
     keep = _subsample(labels, per_class, seed)
@@ -254,9 +306,11 @@ def advise(
     ]
     advice.recipe = _RECIPES[advice.scenario]
 
-    def command(recipe, *extra):
+    def command(verb, *extra, pipeline=None):
         # Quoted for a POSIX shell: data folders and checkpoint paths may hold spaces.
-        argv = ["cnncodes", "fit", str(data_label), "--pipeline", recipe, "--model", model]
+        argv = ["cnncodes", verb, str(data_label)]
+        argv += ["--pipeline", pipeline] if pipeline else []
+        argv += ["--model", model]
         if weights:
             argv += ["--weights", str(weights)]
         for key, value in preprocessing.items():
@@ -266,12 +320,24 @@ def advise(
 
     if advice.recipe:
         layers = ["--layer", early, "--layer", top] if advice.scenario == 3 and early else []
-        advice.command = command(advice.recipe, *layers)
-    else:
-        advice.command = command("linear_probe" if advice.similar else "layer_sweep_svm")
-        advice.reasons.append(
-            "With this much data, fine-tuning the whole network (from the pretrained weights) "
-            "should beat any fixed codes; cnncodes does not fine-tune, so the command below is the "
-            "strongest fixed-code baseline to compare a fine-tuned model against."
-        )
+        advice.command = command("fit", *layers, pipeline=advice.recipe)
+        return advice
+    baseline = "linear_probe" if advice.similar else "layer_sweep_svm"
+    advice.baseline_command = command("fit", pipeline=baseline)
+    freeze, note = _finetune_freeze(advice.scenario, model, preprocessing, seed)
+    held_out = ["--test-size", str(FINETUNE_TEST_SIZE)]
+    advice.command = command(
+        "finetune", "--freeze", freeze, "--epochs", str(FINETUNE_EPOCHS), *held_out,
+        "--out", "finetuned.skops", "--report", "finetune-report",
+    )  # fmt: skip
+    top_blocks = [] if freeze == "none" else ["--freeze", freeze]
+    advice.compare_command = command(
+        "compare", *held_out, *top_blocks, "--report", "compare-report"
+    )
+    advice.reasons.append(
+        f"With {advice.median_per_class:g} images per class, fine-tuning should beat fixed "
+        f"codes: {note} `cnncodes compare` measures what it gains on a held-out split (a "
+        "linear probe, an SVM layer sweep, the top blocks and every layer fine-tuned); "
+        f"`{advice.baseline_command}` is the best fixed-code baseline."
+    )
     return advice

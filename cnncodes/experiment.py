@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import __version__, recipes
+from . import _finetune_runs as _runs
 from ._json import jsonable
 from .datasets import DatasetWarning
 from .evaluation import (
@@ -53,8 +54,6 @@ from .fitted import RUNTIME_PARAMS as RUNTIME_PARAMS
 from .fitted import predict_images, set_runtime, verify_model
 from .fitted import relocate_weights as relocate_weights
 from .preprocessing import default_preprocessing_note
-from .search import _find_codes_step, filter_readable, warm_cache
-from .transformers import CNNCodes
 
 __all__ = [
     "ExperimentResult",
@@ -386,11 +385,11 @@ def run_experiment(
     # Also None: the recipes' CNNCodes default to progress=False, which would keep a log silent.
     overrides.setdefault("progress", progress)
     pipe, grid, layer_mode = _apply_overrides(recipe_module, overrides, layer_mode)
-    step, prefix = _find_codes_step(pipe)
+    step, prefix = _runs.network_step(pipe)  # a FineTune recipe: the FineTune itself
     layer_plan = {"mode": layer_mode, "candidates": _grid_layers(grid) or [step.layer]}
     log(_describe_layers(layer_plan))
     # Fail on a bad model, layer or parameter before any image is read.
-    spec = CNNCodes(**step.get_params()).fit(paths[:1]).spec_
+    spec = _runs.resolve_network(step, paths)
     log(f"preprocessing: {spec.preprocessing.describe()}")
     note = default_preprocessing_note(spec)
     if note:
@@ -399,7 +398,7 @@ def run_experiment(
     with _cache_for_the_run(pipe, prefix, log):
         # Only the training images: the test images are transformed once, by the winner alone.
         log(f"codes: extracting what the grid needs for {len(paths)} training images (once)")
-        extraction = warm_cache(pipe, paths, grid)
+        extraction = _runs.warm(pipe, paths, grid)
         skipped = {"train": extraction.pop("skipped"), "test": []}
         runs = extraction["runs"]
         per = f" over {runs} passes of the images (one per setting other than the layer)"
@@ -471,8 +470,8 @@ def run_experiment(
             try:
                 if on_error == "skip":
                     # Screened by the winner itself: its codes are the ones predict reads.
-                    test_paths, test_labels, skipped["test"] = filter_readable(
-                        test_paths, test_labels, extractor=best
+                    test_paths, test_labels, skipped["test"] = _runs.screen_test(
+                        best, test_paths, test_labels
                     )
                     if skipped["test"]:
                         log(f"left out {len(skipped['test'])} unreadable test image(s)")
@@ -496,7 +495,6 @@ def run_experiment(
         if _sweeps_layers(grid):
             layers = layer_table(search)
 
-        best_codes = _find_codes_step(best)[0]
         config = {
             "recipe": recipe_name,
             "overrides": jsonable({k: v for k, v in overrides.items() if k != "progress"}),
@@ -518,10 +516,8 @@ def run_experiment(
             "best_params": jsonable(search.best_params_),
             "duplicates": duplicates,
             "layer": jsonable(layer_plan),
-            "extractor": jsonable(best_codes.spec_.to_dict()),
-            # Where each preprocessing value came from: explicit, checkpoint, model, ...
-            "preprocessing_source": dict(best_codes.spec_.preprocessing.source),
-            "layers": list(best_codes.layers_),
+            # The network, its preprocessing (and where each value came from), its layers.
+            **jsonable(_runs.describe_network(best)),
             "versions": _versions(),
             "platform": platform.platform(),
             "argv": list(sys.argv),

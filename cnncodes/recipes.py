@@ -16,7 +16,7 @@ Examples
 --------
 >>> from cnncodes import recipes
 >>> recipes.available()
-['layer_sweep_svm', 'linear_probe', 'linear_svm', 'sgd']
+['finetune_head', 'finetune_top', 'layer_sweep_svm', 'linear_probe', 'linear_svm', 'sgd']
 >>> recipes.layer_mode("layer_sweep_svm"), recipes.layer_mode("linear_probe")
 ('sweep', 'concat')
 >>> recipes.get("linear_probe").__name__

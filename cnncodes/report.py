@@ -15,6 +15,10 @@
                                   library versions, the command line
 ================================  ===========================================================
 
+and :func:`write_comparison`, for a :class:`~cnncodes.compare.Comparison` (``cnncodes
+compare``), ``compare.json`` (every row) and ``compare.png`` (held-out accuracy per approach,
+with its training time).
+
 Plots are drawn with matplotlib's object API (no pyplot state, no display needed).
 """
 
@@ -30,7 +34,13 @@ import numpy as np
 from ._files import atomic_path
 from ._json import jsonable, skipped_json, to_json_file
 
-__all__ = ["write_report", "plot_confusion_matrix", "plot_layer_sweep"]
+__all__ = [
+    "write_report",
+    "write_comparison",
+    "plot_comparison",
+    "plot_confusion_matrix",
+    "plot_layer_sweep",
+]
 
 # Fonts with CJK or (monochrome) emoji glyphs, tried after matplotlib's DejaVu Sans where
 # installed. Colour emoji fonts are bitmaps that Agg cannot draw, so they are not listed.
@@ -159,6 +169,60 @@ def _plot_layer_sweep(table, path, scoring):
         fig.savefig(tmp, dpi=110)
 
 
+def _duration(seconds):
+    """``0.4 s``, ``12 s``, ``3.2 min``, ``1.5 h``: a bar's time label (``failed``: None)."""
+    if seconds is None:
+        return "failed"
+    if seconds < 10:
+        return f"{seconds:.1f} s"
+    if seconds < 600:
+        return f"{seconds:.0f} s"
+    if seconds < 36_000:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def plot_comparison(rows, path, title="Transfer approaches on one split"):
+    """Save the held-out accuracy of each approach as bars, each labelled with its training time.
+
+    ``rows`` are :attr:`cnncodes.compare.Comparison.rows` (``approach``, ``accuracy``,
+    ``seconds``, optionally ``description``).
+    """
+    with _drawing():
+        _plot_comparison(rows, path, title)
+
+
+def _plot_comparison(rows, path, title):
+    fig = _figure(max(5.5, 1.0 + 1.6 * len(rows)), 3.8)
+    ax = fig.add_subplot()
+    x = np.arange(len(rows))
+    accuracy = np.array([np.nan if r["accuracy"] is None else r["accuracy"] for r in rows])
+    bars = ax.bar(x, np.nan_to_num(accuracy), color="tab:blue", alpha=0.85)
+    for bar, row, value in zip(bars, rows, accuracy):
+        text = f"{_fmt_accuracy(value)}\n{_duration(row['seconds'])}"
+        ax.annotate(
+            text,
+            (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+            xytext=(0, 3),
+            textcoords="offset points",
+            ha="center",
+            va="bottom",
+            fontsize=8,
+        )
+    labels = [_drawable(r.get("description") or r["approach"]) for r in rows]
+    ax.set_xticks(x, labels, rotation=15, ha="right")
+    ax.set_ylim(0, 1.18)  # room above a bar at 1.0 for its labels
+    ax.set_ylabel("held-out accuracy")
+    ax.set_title(f"{title} (labels: accuracy, training time)")
+    ax.grid(axis="y", alpha=0.3)
+    with atomic_path(path, suffix=os.path.splitext(path)[1]) as tmp:
+        fig.savefig(tmp, dpi=110)
+
+
+def _fmt_accuracy(value):
+    return "-" if value != value else f"{value:.3f}"
+
+
 def write_report(result, folder):
     """Write the report files of ``result`` into ``folder`` (created if needed).
 
@@ -225,4 +289,22 @@ def write_report(result, folder):
 
     written["config.json"] = os.path.join(folder, "config.json")
     to_json_file(result.config, written["config.json"])
+    return written
+
+
+def write_comparison(comparison, folder):
+    """Write ``compare.json`` and ``compare.png`` of a :class:`~cnncodes.compare.Comparison`.
+
+    Returns
+    -------
+    dict
+        ``{name: path}`` of the files written.
+    """
+    os.makedirs(folder, exist_ok=True)
+    written = {
+        "compare.json": os.path.join(folder, "compare.json"),
+        "compare.png": os.path.join(folder, "compare.png"),
+    }
+    to_json_file(comparison.to_dict(), written["compare.json"])
+    plot_comparison(comparison.rows, written["compare.png"])
     return written

@@ -15,15 +15,18 @@ __all__ = ["CODES_PARAMS", "codes_step", "make_cv", "split_options"]
 CODES_PARAMS = tuple(inspect.signature(CNNCodes).parameters)
 
 
-def split_options(recipe, overrides, recipe_options):
-    """Split ``build(**overrides)`` into (CNNCodes parameters, recipe options); refuse the rest."""
-    codes = {k: v for k, v in overrides.items() if k in CODES_PARAMS}
+def split_options(recipe, overrides, recipe_options, params=CODES_PARAMS, kind="CNNCodes"):
+    """Split ``build(**overrides)`` into (``kind``'s parameters, recipe options); refuse the rest.
+
+    ``params`` are the names ``kind`` (the estimator the recipe builds its step from) takes.
+    """
+    codes = {k: v for k, v in overrides.items() if k in params}
     options = {k: v for k, v in overrides.items() if k in recipe_options}
     unknown = sorted(set(overrides) - set(codes) - set(options))
     if unknown:
         raise TypeError(
             f"{recipe}.build() got unknown option(s) {', '.join(map(repr, unknown))}. Recipe "
-            f"options: {', '.join(recipe_options)}; CNNCodes parameters: {', '.join(CODES_PARAMS)}"
+            f"options: {', '.join(recipe_options)}; {kind} parameters: {', '.join(params)}"
         )
     return codes, options
 

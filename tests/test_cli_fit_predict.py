@@ -131,7 +131,10 @@ def test_fit_help_says_what_several_layers_mean_per_recipe(capsys):
     assert code == 0
     text = " ".join(out.split())
     assert "swept, one candidate each, by layer_sweep_svm;" in text
-    assert "concatenated into one code by linear_probe, linear_svm, sgd" in text
+    assert (
+        "concatenated into one code by finetune_head, finetune_top, linear_probe, linear_svm, sgd"
+        in text
+    )
     assert "--layer-mode {sweep,concat}" in text
 
 

@@ -13,7 +13,7 @@ from sklearn.model_selection import GridSearchCV, ParameterGrid, StratifiedKFold
 from sklearn.pipeline import Pipeline
 
 import pipelines
-from cnncodes.models import resolve_layers, resolve_spec
+from cnncodes.models import build_model, resolve_layers, resolve_spec
 from cnncodes.transformers import CNNCodes
 from pipelines import layer_sweep_svm, make_cv
 
@@ -50,7 +50,9 @@ def _grid_size(grid):
 
 
 def test_available_recipes_load_by_name():
-    assert pipelines.available() == ["layer_sweep_svm", "linear_probe", "linear_svm", "sgd"]
+    assert pipelines.available() == [
+        "finetune_head", "finetune_top", "layer_sweep_svm", "linear_probe", "linear_svm", "sgd"
+    ]  # fmt: skip
     for name in pipelines.available():
         module = pipelines.get(name)
         assert module.__name__ == f"pipelines.{name}"
@@ -61,7 +63,7 @@ def test_unknown_recipe_names_the_choices():
     with pytest.raises(
         ValueError,
         match=r"unknown recipe 'linear_prob'\. Did you mean "
-        r"'linear_probe'\? Available: layer_sweep_svm",
+        r"'linear_probe'\? Available: finetune_head, finetune_top, layer_sweep_svm",
     ):
         pipelines.get("linear_prob")
     with pytest.raises(ValueError, match="recipe=None"):
@@ -299,6 +301,63 @@ def test_recipes_fit_and_predict_end_to_end(name, data, tmp_path):
     assert set(search.predict(paths)) <= {"dark", "bright"}
     # Brightness survives an untrained network: every recipe separates the two classes.
     assert search.best_score_ >= 0.8
+
+
+# -------------------------------------------------------------------------------- fine-tuning
+
+
+def test_finetune_head_trains_only_a_head_on_cached_codes(tmp_path):
+    from cnncodes import FineTune
+
+    ft, grid = pipelines.get("finetune_head").build(**FAST, cache_dir=str(tmp_path), seed=3)
+    assert isinstance(ft, FineTune)
+    assert (ft.freeze, ft.augment, ft.valid_size) == ("all", "none", 0.0)
+    assert (ft.model, ft.cache_dir, ft.seed, ft.resize) == (FAST["model"], str(tmp_path), 3, 32)
+    assert grid == {"lr": [1e-3, 1e-2, 1e-1]}
+    assert pipelines.get("finetune_head").build(**FAST, lrs=0.5)[1] == {"lr": [0.5]}
+    with pytest.raises(ValueError, match=r"freeze='layer3': finetune_head trains only the head"):
+        pipelines.get("finetune_head").build(**FAST, freeze="layer3")
+    with pytest.raises(TypeError, match=r"unknown option\(s\) 'Cs'.*FineTune parameters: model"):
+        pipelines.get("finetune_head").build(**FAST, Cs=[1.0])
+    with pytest.raises(ValueError, match=r"layer=\['flatten', 'fc'\]: finetune_head cuts"):
+        pipelines.get("finetune_head").build(**FAST, layer=["flatten", "fc"])
+    assert pipelines.get("finetune_head").build(**FAST, layer=["flatten"])[0].layer == "flatten"
+
+
+@pytest.mark.parametrize(
+    "model, kwargs, freezes",
+    [
+        ("resnet50", {}, ["layer3", "layer4.0"]),
+        ("mobilenet_v2", {}, ["features.13", "features.16"]),
+        ("efficientnet_b0", {}, ["features.6", "features.7"]),
+        # Any other network: the blocks before its last two blocks with weights (features.10
+        # is a ReLU, features.11 a pooling: training those alone would train nothing).
+        ("cnncodes.demo_data:digits_net", {"resize": 32, "crop": 32}, ["features.7", "features.8"]),
+        ("tests.tiny_nets:tiny_cnn", {"resize": 40, "crop": 32}, ["none", "relu1"]),
+    ],
+)
+def test_finetune_top_default_freeze_depths(model, kwargs, freezes):
+    from cnncodes.finetune.network import check_freeze
+    from pipelines import finetune_top
+
+    assert finetune_top.default_freezes(model, **kwargs) == freezes
+    ft, grid = finetune_top.build(model=model, weights="none", **kwargs)
+    assert grid == {"lr": [1e-3, 1e-2], "freeze": freezes}
+    assert (ft.init_head, ft.augment, ft.freeze) == ("probe", "none", freezes[0])
+    net = build_model(resolve_spec(model, "none", **kwargs))
+    assert [check_freeze(f, net, model) for f in freezes] == freezes  # real nodes
+
+
+def test_finetune_top_options_and_a_network_too_small_for_defaults():
+    from pipelines import finetune_top
+
+    ft, grid = finetune_top.build(model="resnet18", weights="none", freeze="layer2", lrs=[1e-4])
+    assert grid == {"lr": [1e-4], "freeze": ["layer2"]}
+    grid = finetune_top.build(model="resnet18", weights="none", freezes=["layer1", "layer2"])[1]
+    assert grid["freeze"] == ["layer1", "layer2"]
+    with pytest.raises(ValueError, match=r"finetune_top finds 1 block\(s\) with parameters in "
+                       r"model='tests.tiny_nets:one_conv_cnn'.*pass freezes=\[...\]"):  # fmt: skip
+        finetune_top.default_freezes("tests.tiny_nets:one_conv_cnn")
 
 
 # -------------------------------------------------------------------------------- make_cv

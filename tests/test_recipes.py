@@ -43,6 +43,7 @@ def test_pipelines_use_only_the_public_api_of_cnncodes():
         "cnncodes.recipes": set(recipes.__all__),
         "cnncodes.evaluation": set(importlib.import_module("cnncodes.evaluation").__all__),
         "cnncodes.experiment": set(importlib.import_module("cnncodes.experiment").__all__),
+        "cnncodes.advise": set(importlib.import_module("cnncodes.advise").__all__),
     }
     used = [
         (path.name, module, names)
@@ -73,7 +74,9 @@ def test_bundled_recipes_are_found_without_importing_pipelines_first():
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == [
-        "['layer_sweep_svm',",
+        "['finetune_head',",
+        "'finetune_top',",
+        "'layer_sweep_svm',",
         "'linear_probe',",
         "'linear_svm',",
         "'sgd']",
@@ -127,6 +130,8 @@ def test_bad_registrations_are_refused(registry):
 
 def test_layer_mode_of_bundled_recipes_modules_and_files(tmp_path):
     assert {name: recipes.layer_mode(name) for name in recipes.available()} == {
+        "finetune_head": "concat",
+        "finetune_top": "concat",
         "layer_sweep_svm": "sweep",
         "linear_probe": "concat",
         "linear_svm": "concat",

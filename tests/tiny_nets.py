@@ -62,3 +62,10 @@ def cnn_with_a_preprocessing_module():
     net = TinyCNN()
     net.preprocessing = torch.nn.Identity()
     return net
+
+
+def one_conv_cnn():
+    """One convolution before the pooling and the head: a single block that holds weights."""
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2)
+    )

@@ -35,6 +35,7 @@ from ._core import (
 )
 from .advise import add_advise_parser
 from .cache import add_cache_parser
+from .compare import add_compare_parser
 from .demo import add_demo_parser
 from .extract import add_extract_parser
 from .fit import add_fit_parser
@@ -55,6 +56,7 @@ COMMANDS = [
     add_layers_parser,
     add_cache_parser,
     add_advise_parser,
+    add_compare_parser,
     add_demo_parser,
 ]
 

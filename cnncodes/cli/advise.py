@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .._choices import SMALL_PER_CLASS
 from ._core import (
     EXIT_OK,
     UsageError,
@@ -35,7 +36,9 @@ def add_advise_parser(subparsers):
             "Count images per class (small or large) and measure how close DATA is to what the "
             "network was trained on (cross-validated accuracy of top-layer against earlier-layer "
             "codes on a subsample, and the pretrained classifier's confidence); name scenario 1-4, "
-            "the recipe and the command to run, with the reasons."
+            "the recipe and the command to run, with the reasons. Large means a median of "
+            f"{SMALL_PER_CLASS:,} or more images per class: then the command fine-tunes "
+            "(cnncodes finetune), with 'cnncodes compare' to measure what that gains over codes."
         ),
         epilog=_ADVISE_EPILOG,
         formatter_class=_Formatter,
@@ -79,8 +82,12 @@ def run_advise(args):
         cache_dir=_cache_dir_from_args(args),
         progress=output.progress,
     )
-    lines = [f"scenario {result.scenario}: recipe {result.recipe or '(fine-tuning; see below)'}"]
+    what = f"recipe {result.recipe}" if result.recipe else "fine-tuning (cnncodes finetune)"
+    lines = [f"scenario {result.scenario}: {what}"]
     lines += [f"  - {r}" for r in result.reasons]
+    if result.compare_command:  # scenarios 2 and 4
+        lines.append(f"compare: {result.compare_command}")
+        lines.append(f"baseline: {result.baseline_command}")
     lines.append(f"run: {result.command}")
     output.result(result.to_dict(), lines)
     return EXIT_OK

@@ -51,7 +51,8 @@ examples:
   # your own recipe file (defines build(**overrides) -> (pipeline, param_grid))
   cnncodes fit photos/ --pipeline my_recipe.py --model resnet18 --json
 
-Recipes: linear_probe (scenario 1), linear_svm (1), layer_sweep_svm (3), sgd (larger sets).
+Recipes: linear_probe (scenario 1), linear_svm (1), layer_sweep_svm (3), sgd (larger sets),
+finetune_head and finetune_top (2 and 4: a FineTune, the learning rate and freeze depth swept).
 Every image goes through the network once per configuration before the search starts; the
 folds and candidates read the cache. --report DIR writes metrics.json, cv_results.csv,
 confusion_matrix.png, layer_sweep.png (layer sweeps) and config.json (how to reproduce the run).

@@ -1,0 +1,124 @@
+"""What :func:`~cnncodes.experiment.run_experiment` does differently for a fine-tuning recipe.
+
+A code recipe builds a Pipeline whose ``cnncodes`` step makes the codes; a fine-tuning recipe
+(``finetune_head``, ``finetune_top``) builds a :class:`~cnncodes.FineTune`, which reads the
+images itself. Each function here takes either and does the one step of the experiment that
+differs: find the step that holds the network's settings, resolve its network before any image
+is read, warm the cache (and screen unreadable images) before the search, screen the test
+images, and describe the network in the run's configuration.
+"""
+
+from __future__ import annotations
+
+from .search import _find_codes_step, filter_readable, warm_cache
+from .transformers import CNNCodes
+
+__all__ = ["describe_network", "network_step", "resolve_network", "screen_test", "warm"]
+
+
+def _finetune_class():
+    """:class:`~cnncodes.FineTune`, or None where skorch is not installed (then nothing is one)."""
+    try:
+        from .finetune import FineTune
+    except ImportError:
+        return None
+    return FineTune
+
+
+def is_finetune(estimator):
+    """Whether ``estimator`` is a FineTune (without importing skorch for a code pipeline)."""
+    if isinstance(estimator, CNNCodes) or hasattr(estimator, "steps"):
+        return False
+    cls = _finetune_class()
+    return cls is not None and isinstance(estimator, cls)
+
+
+def network_step(estimator):
+    """``(step, parameter prefix)``: the CNNCodes step of a pipeline, or the FineTune itself."""
+    if is_finetune(estimator):
+        return estimator, ""
+    return _find_codes_step(estimator)
+
+
+def resolve_network(step, paths):
+    """The step's :class:`~cnncodes.ModelSpec`: a bad model, layer or parameter fails here,
+    before any image is read."""
+    if is_finetune(step):
+        probe = step.__class__(**step.get_params())
+        probe._check_params()
+        return probe._resolve()[0]
+    return CNNCodes(**step.get_params()).fit(paths[:1]).spec_
+
+
+def _grid_values(param_grid, name, default):
+    grids = [param_grid] if isinstance(param_grid, dict) else param_grid
+    values = [v for g in grids for v in g.get(name, ())]
+    return values or [default]
+
+
+def warm(estimator, paths, param_grid):
+    """Like :func:`~cnncodes.transformers.warm_cache`, for a pipeline or a FineTune.
+
+    For a FineTune every image is decoded once (an unreadable one raises, or with
+    ``on_error="skip"`` is reported in ``skipped``), and where a candidate trains only the head
+    on the frozen network (``freeze="all"``, no augmentation) or starts it from a probe (LP-FT),
+    the head layer's codes of the readable images are extracted once, so that every fold and
+    candidate reads them from the cache.
+    """
+    if not is_finetune(estimator):
+        return warm_cache(estimator, paths, param_grid)
+    from .extract import SkippedImage, extract_codes
+
+    ft = estimator
+    summary = {"runs": 0, "configurations": 0, "computed": 0, "cached": 0, "skipped": []}
+    readable, skipped = _readable_images(paths)
+    if skipped and ft.on_error == "raise":
+        raise skipped[0][2]
+    summary["skipped"] = [SkippedImage(i, p, e.reason) for i, p, e in skipped]
+    kept = [paths[i] for i in readable]
+    head_only = "all" in _grid_values(param_grid, "freeze", ft.freeze) and ft.augment == "none"
+    probe = "probe" in _grid_values(param_grid, "init_head", ft.init_head)
+    if kept and (head_only or probe):
+        probe = ft.__class__(**ft.get_params())
+        spec, layer = probe._resolve()
+        # The runtime FineTune resolves for its own look-ups, so the cache keys are the same.
+        device, precision, _, _, workers = probe._runtime()
+        result = extract_codes(
+            kept,
+            spec,
+            [layer],
+            ft.pooling,
+            cache_dir=ft.cache_dir,
+            batch_size=ft.batch_size,
+            num_workers=workers,
+            device=device,
+            precision=precision,
+            progress=ft.progress,
+        )
+        summary.update(runs=1, configurations=1, computed=result.computed, cached=result.cached)
+    return summary
+
+
+def _readable_images(paths):
+    from .finetune.estimator import _readable
+
+    return _readable(paths)
+
+
+def screen_test(best, paths, labels):
+    """``(paths, labels, skipped)`` of the readable test images (``on_error="skip"``)."""
+    if is_finetune(best):
+        return filter_readable(paths, labels)
+    return filter_readable(paths, labels, extractor=best)
+
+
+def describe_network(best):
+    """The fitted network's entries of the run's configuration: ``extractor`` (model, weights
+    identity, preprocessing), ``preprocessing_source`` and ``layers``."""
+    step = network_step(best)[0]
+    layers = [step.layer_] if is_finetune(step) else list(step.layers_)
+    return {
+        "extractor": step.spec_.to_dict(),
+        "preprocessing_source": dict(step.spec_.preprocessing.source),
+        "layers": layers,
+    }
