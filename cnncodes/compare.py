@@ -280,7 +280,7 @@ def compare_approaches(
     """
     from .experiment import _check_labelled, _split, run_experiment
     from .models import resolve_layers, resolve_spec
-    from .transformers import filter_readable
+    from .search import filter_readable
 
     log = log or (lambda line: None)
     started = time.perf_counter()
