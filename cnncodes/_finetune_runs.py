@@ -100,9 +100,9 @@ def warm(estimator, paths, param_grid):
 
 
 def _readable_images(paths):
-    from .finetune.estimator import _readable
+    from .finetune.data import readable
 
-    return _readable(paths)
+    return readable(paths)
 
 
 def screen_test(best, paths, labels):

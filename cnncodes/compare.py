@@ -155,7 +155,8 @@ def _code_row(name, result, n_train):
 
 
 def _finetune_row(name, estimator, train, test):
-    from .experiment import _data_fingerprint, classification_metrics
+    from .evaluation import classification_metrics
+    from .experiment import _data_fingerprint
 
     (train_paths, train_labels), (test_paths, test_labels) = train, test
     started = time.perf_counter()
@@ -278,7 +279,8 @@ def compare_approaches(
         Bad split, unknown ``freeze`` node or layer (the closest names given), bad parameters;
         raised before any row is fitted.
     """
-    from .experiment import _check_labelled, _split, run_experiment
+    from .evaluation import check_labelled, stratified_split
+    from .experiment import run_experiment
     from .models import resolve_layers, resolve_spec
     from .search import filter_readable
 
@@ -298,7 +300,7 @@ def compare_approaches(
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"epochs={epochs!r}: expected an int >= 1")
     paths = [os.fspath(p) for p in paths]
-    _check_labelled(paths, labels, "training data")
+    check_labelled(paths, labels, "training data")
     labels = [str(label) for label in labels]
     network = {"model": model, "weights": weights, "seed": seed, **(preprocessing or {})}
     network = {k: v for k, v in network.items() if v is not None}
@@ -306,14 +308,14 @@ def compare_approaches(
     options = dict(recipe_options or {})
 
     if test_size is not None:
-        train_paths, train_labels, test_paths, test_labels = _split(
+        train_paths, train_labels, test_paths, test_labels = stratified_split(
             paths, labels, test_size, random_state
         )
         split = {"test_size": test_size, "seed": random_state}
     else:
         train_paths, train_labels = paths, labels
         test_paths = [os.fspath(p) for p in test[0]]
-        _check_labelled(test_paths, test[1], "test data")
+        check_labelled(test_paths, test[1], "test data")
         test_labels = [str(label) for label in test[1]]
         split = {"test": "given"}
 
