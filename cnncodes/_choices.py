@@ -4,3 +4,9 @@
 POOLINGS = ("avg", "max", "avgmax", "pyramid", "flatten")
 #: Extraction precisions (:func:`cnncodes.extract.resolve_precision`).
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+#: Fine-tuning's train-time augmentations (:mod:`cnncodes.finetune.data`).
+AUGMENTS = ("crop-flip", "crop", "flip", "none")
+#: Fine-tuning's new heads (:mod:`cnncodes.finetune.network`).
+HEADS = ("linear", "mlp")
+#: How fine-tuning starts its head: random, or LP-FT's logistic regression (``"probe"``).
+INIT_HEADS = ("random", "probe")

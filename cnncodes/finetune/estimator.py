@@ -14,7 +14,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted
 
 from .. import cache as _cache
-from .._choices import PRECISIONS
+from .._choices import AUGMENTS, HEADS, INIT_HEADS, PRECISIONS
 from .._files import atomic_path
 from ..extract import ON_ERROR, SkippedImage, extract_codes
 from ..extraction.runtime import _DTYPES, _default_workers, resolve_device, resolve_precision
@@ -31,12 +31,11 @@ from ..pooling import MAX_FLATTEN_FEATURES, check_pooling, code_size
 from ..spec import PREPROCESSING_KEYS
 from ..transformers import SkippedImagesWarning, _as_path_list, _describe_skipped
 from . import network, training
-from .data import AUGMENTS, Activations, Images
+from .data import Activations, Images
 
 #: Largest block of cached trunk activations held in memory for training (bytes).
 MAX_CACHED_TRUNK_BYTES = 4 << 30
 TRUNK_CACHE = ("auto", True, False)
-INIT_HEADS = ("random", "probe")
 
 
 def _check_number(name, value, *, minimum=None, above=None, below=None, integer=False,
@@ -261,7 +260,7 @@ class FineTune(ClassifierMixin, BaseEstimator):
 
     def _check_params(self):
         check_pooling(self.pooling)
-        _choice(self.head, "head", network.HEADS)
+        _choice(self.head, "head", HEADS)
         _choice(self.init_head, "init_head", INIT_HEADS)
         _choice(self.augment, "augment", AUGMENTS)
         _choice(self.trunk_cache, "trunk_cache", TRUNK_CACHE)
