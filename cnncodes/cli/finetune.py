@@ -29,6 +29,7 @@ from ._core import (
     _Output,
     _positive_int,
     _preprocessing_from_args,
+    _short_weights,
     _table,
 )
 from .fit import _fraction
@@ -406,7 +407,7 @@ def _training_summary(ft, history):
 def _lines(ft, metrics, training, test_note, out_path, checkpoint, written):
     history = metrics["history"]
     lines = [
-        f"fine-tuned {ft.spec_.model} ({display(ft.spec_.weights_id)}), freeze={ft.freeze}, "
+        f"fine-tuned {ft.spec_.model} [{_short_weights(ft.spec_.weights_id)}], freeze={ft.freeze}, "
         f"layer={ft.layer_} ({ft.pooling} pooling), {ft.head} head: {training['epochs']} "
         f"epoch(s) on {training['train_images']} training images"
     ]
@@ -494,8 +495,8 @@ def run_finetune(args):
             raise UsageError("no readable test images")
     ft = _fine_tune(args, output, state)
     output.note(
-        f"fine-tuning {args.model} on {len(paths)} images: freeze={args.freeze}, "
-        f"{args.epochs} epoch(s)"
+        f"fine-tuning {args.model} on {len(paths)} images ({args.valid_size:g} of them for "
+        f"validation): freeze={args.freeze}, {args.epochs} epoch(s)"
     )
     ft.fit(paths, labels)
     history = ft.history_
