@@ -273,3 +273,24 @@ def test_prediction_helpers_take_a_fine_tune(tmp_path, make_images):
     ft.spec_ = dataclasses.replace(ft.spec_, arch_id="0" * 16)  # as if tiny_cnn had changed
     with pytest.raises(ModelError, match="no longer builds the architecture"):
         predict_images(ft, paths)
+
+
+def test_ctrl_c_stops_the_command_and_keeps_the_state(photos):
+    # skorch ends training quietly on KeyboardInterrupt: the command must not then evaluate,
+    # save the half-trained model as complete, or remove the state that --resume needs.
+    model, state = photos / "ft.skops", photos / "ft.skops.state"
+    argv = ["finetune", photos / "photos", *TINY, "--cache-dir", photos / "cache",
+            "--epochs", "4", "--out", model]  # fmt: skip
+    script = _KILLED_RUN.format(root=ROOT, argv=[str(a) for a in argv])
+    child = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert child.stdout.readline().strip() == "state written"
+        child.send_signal(signal.SIGINT)
+        _, err = child.communicate(timeout=120)
+    finally:
+        child.kill()
+    assert child.returncode == 130, err
+    assert f"the last finished epoch is in {state}" in err and "--resume" in err
+    assert state.is_file() and not model.exists()

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+import signal
 import sys
+import threading
 
 from .._choices import AUGMENTS, HEADS, INIT_HEADS, POOLINGS
 from .._files import display, file_format
@@ -37,20 +39,22 @@ from .fit import _fraction
 _FINETUNE_EPILOG = """\
 examples:
   # scenario 2 (large, similar): train the top blocks of MobileNetV2 and a new head
-  cnncodes finetune photos/ --model mobilenet_v2 --weights mobilenet_v2_imagenet.pth \\
-      --freeze features.13 --epochs 8 --test-size 0.25 --out ft.skops --report ft-report/
+  cnncodes finetune photos/ --model mobilenet_v2 --freeze features.13 --epochs 8 \\
+      --test-size 0.25 --out ft.skops --report ft-report/
 
   # scenario 4 (large, very different): train every layer from the pretrained start, LP-FT
-  cnncodes finetune photos/ --model mobilenet_v2 --weights mobilenet_v2_imagenet.pth \\
-      --freeze none --init-head probe --lr 1e-3 --trunk-lr 1e-4 --epochs 15 \\
-      --early-stopping 3 --test test/ --out ft.skops
+  cnncodes finetune photos/ --model mobilenet_v2 --freeze none --init-head probe \\
+      --lr 1e-3 --trunk-lr 1e-4 --epochs 15 --early-stopping 3 --test test/ --out ft.skops
 
   # a killed run: the same command with --resume continues from its last finished epoch
   cnncodes finetune photos/ ... --out ft.skops --resume
 
+  # only the head, on a local checkpoint; the frozen network runs once (--augment none)
+  cnncodes finetune photos/ --model resnet18 --weights my_resnet18.pth --freeze all \\
+      --augment none --epochs 30 --lr 1e-2 --test test/
+
   # the fine-tuned network as a checkpoint: its codes, then any recipe on them
-  cnncodes finetune photos/ --model mobilenet_v2 --weights mobilenet_v2_imagenet.pth \\
-      --freeze features.13 --save-checkpoint ft.pth
+  cnncodes finetune photos/ --model mobilenet_v2 --freeze features.13 --save-checkpoint ft.pth
   cnncodes fit photos/ --pipeline linear_svm --model mobilenet_v2 --weights ft.pth
 
 Each epoch prints its training loss, validation loss and accuracy and seconds on stderr.
@@ -59,6 +63,8 @@ With --out FILE the training state is saved after every epoch in FILE.state (wit
 the epoch it was in. --report DIR writes metrics.json, config.json (the command line that
 reproduces the run), training_curves.png and, with test images, confusion_matrix.png.
 A saved model predicts with 'cnncodes predict FILE DATA' (its weights are inside it).
+Layers that train use batch statistics in their BatchNorm: on a checkpoint whose BatchNorm was
+folded into the convolutions (running mean 0, variance 1), train only the head (--freeze all).
 """
 
 #: The state file's name in --report DIR when there is no --out.
@@ -467,6 +473,39 @@ def _lines(ft, metrics, training, test_note, out_path, checkpoint, written):
     return lines
 
 
+def _fit_or_stop(ft, paths, labels, state, output):
+    """``ft.fit``, where Ctrl-C stops the command (exit status 130) with the state kept.
+
+    skorch ends training quietly on a KeyboardInterrupt (its early stopping raises one), so an
+    interrupted fit would otherwise return as if complete: evaluated, saved, its state removed.
+    """
+    interrupted = []
+
+    def on_interrupt(signum, frame):
+        interrupted.append(signum)
+        raise KeyboardInterrupt
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, on_interrupt) if main_thread else None
+    try:
+        ft.fit(paths, labels)
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGINT, previous)
+    if interrupted:
+        if state is None:
+            kept = "no state was kept (no --out or --report): a new run starts at epoch 1"
+        elif os.path.exists(state):
+            kept = (
+                f"the last finished epoch is in {display(state)}: the same command with "
+                "--resume continues from there"
+            )
+        else:
+            kept = "no epoch had finished: a new run starts at epoch 1"
+        output.warn(f"fine-tuning interrupted; {kept}")
+        raise KeyboardInterrupt
+
+
 def run_finetune(args):
     """Fine-tune, evaluate on the held-out images, save the model, checkpoint and report."""
     from .. import persistence
@@ -498,7 +537,7 @@ def run_finetune(args):
         f"fine-tuning {args.model} on {len(paths)} images ({args.valid_size:g} of them for "
         f"validation): freeze={args.freeze}, {args.epochs} epoch(s)"
     )
-    ft.fit(paths, labels)
+    _fit_or_stop(ft, paths, labels, state, output)
     history = ft.history_
     classes = [str(c) for c in ft.classes_]
     metrics = {
