@@ -10,7 +10,7 @@ import sys
 import threading
 
 from .._choices import AUGMENTS, HEADS, INIT_HEADS, POOLINGS
-from .._files import display, file_format
+from .._files import display
 from .._json import jsonable, skipped_json
 from ..datasets import load_dataset
 from ._core import (
@@ -250,18 +250,7 @@ def _check_args(args, output):
             "leave --impl out"
         )
     out_path = _check_out_path(args.out, persistence.FORMATS)
-    checkpoint = None
-    if args.save_checkpoint is not None:
-        try:
-            file_format(args.save_checkpoint, (".pth", ".pt"), "--save-checkpoint ")
-        except ValueError as exc:
-            raise UsageError(str(exc)) from None
-        checkpoint = os.path.abspath(args.save_checkpoint)
-        if not os.path.isdir(os.path.dirname(checkpoint)):
-            raise UsageError(
-                f"--save-checkpoint {args.save_checkpoint!r}: folder "
-                f"{os.path.dirname(checkpoint)!r} does not exist"
-            )
+    checkpoint = _check_out_path(args.save_checkpoint, (".pth", ".pt"), "--save-checkpoint")
     if args.report is not None and os.path.exists(args.report) and not os.path.isdir(args.report):
         raise UsageError(f"--report {args.report!r} exists and is not a folder")
     state = _state_path(args, out_path)
