@@ -479,8 +479,8 @@ def _fit_or_stop(ft, paths, labels, state, output):
     try:
         ft.fit(paths, labels)
     finally:
-        if main_thread:
-            signal.signal(signal.SIGINT, previous)
+        if main_thread:  # None: a handler installed outside Python, restored as the default
+            signal.signal(signal.SIGINT, signal.SIG_DFL if previous is None else previous)
     if interrupted:
         if state is None:
             kept = "no state was kept (no --out or --report): a new run starts at epoch 1"
