@@ -10,32 +10,16 @@ images, and describe the network in the run's configuration.
 
 from __future__ import annotations
 
+from .fitted import is_fine_tune
 from .search import _find_codes_step, filter_readable, warm_cache
 from .transformers import CNNCodes
 
 __all__ = ["describe_network", "network_step", "resolve_network", "screen_test", "warm"]
 
 
-def _finetune_class():
-    """:class:`~cnncodes.FineTune`, or None where skorch is not installed (then nothing is one)."""
-    try:
-        from .finetune import FineTune
-    except ImportError:
-        return None
-    return FineTune
-
-
-def is_finetune(estimator):
-    """Whether ``estimator`` is a FineTune (without importing skorch for a code pipeline)."""
-    if isinstance(estimator, CNNCodes) or hasattr(estimator, "steps"):
-        return False
-    cls = _finetune_class()
-    return cls is not None and isinstance(estimator, cls)
-
-
 def network_step(estimator):
     """``(step, parameter prefix)``: the CNNCodes step of a pipeline, or the FineTune itself."""
-    if is_finetune(estimator):
+    if is_fine_tune(estimator):
         return estimator, ""
     return _find_codes_step(estimator)
 
@@ -43,7 +27,7 @@ def network_step(estimator):
 def resolve_network(step, paths):
     """The step's :class:`~cnncodes.ModelSpec`: a bad model, layer or parameter fails here,
     before any image is read."""
-    if is_finetune(step):
+    if is_fine_tune(step):
         probe = step.__class__(**step.get_params())
         probe._check_params()
         return probe._resolve()[0]
@@ -65,7 +49,7 @@ def warm(estimator, paths, param_grid):
     the head layer's codes of the readable images are extracted once, so that every fold and
     candidate reads them from the cache.
     """
-    if not is_finetune(estimator):
+    if not is_fine_tune(estimator):
         return warm_cache(estimator, paths, param_grid)
     from .extract import SkippedImage, extract_codes
 
@@ -107,7 +91,7 @@ def _readable_images(paths):
 
 def screen_test(best, paths, labels):
     """``(paths, labels, skipped)`` of the readable test images (``on_error="skip"``)."""
-    if is_finetune(best):
+    if is_fine_tune(best):
         return filter_readable(paths, labels)
     return filter_readable(paths, labels, extractor=best)
 
@@ -116,7 +100,7 @@ def describe_network(best):
     """The fitted network's entries of the run's configuration: ``extractor`` (model, weights
     identity, preprocessing), ``preprocessing_source`` and ``layers``."""
     step = network_step(best)[0]
-    layers = [step.layer_] if is_finetune(step) else list(step.layers_)
+    layers = [step.layer_] if is_fine_tune(step) else list(step.layers_)
     return {
         "extractor": step.spec_.to_dict(),
         "preprocessing_source": dict(step.spec_.preprocessing.source),

@@ -16,6 +16,7 @@ prediction never mixes codes of two different networks.
 from __future__ import annotations
 
 import os
+import sys
 import warnings
 
 import numpy as np
@@ -41,7 +42,8 @@ def set_runtime(estimator, **params):
     """Set the runtime parameters of a fitted pipeline's extractor; returns ``estimator``.
 
     Only :data:`RUNTIME_PARAMS` may change on a fitted model (batch size, workers, device,
-    cache folder, progress): what it computes stays exactly what it was fitted with.
+    cache folder, progress): what it computes stays exactly what it was fitted with. A fitted
+    :class:`~cnncodes.finetune.FineTune` takes the same parameters itself.
 
     Examples
     --------
@@ -54,6 +56,8 @@ def set_runtime(estimator, **params):
             f"only {', '.join(RUNTIME_PARAMS)} may change on a fitted model"
         )
     estimator = getattr(estimator, "best_estimator_", estimator)
+    if is_fine_tune(estimator):  # the network is the estimator: same parameters
+        return estimator.set_params(**params)
     _, prefix = _find_codes_step(estimator)
     estimator.set_params(**{f"{prefix}{k}": v for k, v in params.items()})
     return estimator
@@ -65,6 +69,9 @@ def relocate_weights(estimator, path):
     A saved model records the checkpoint's absolute path and SHA-256; on another machine, or
     after the file moved, give its new path here. The file must have the SHA-256 the model was
     fitted with, so the codes (and the cache, keyed by content) stay exactly the same.
+
+    A fitted :class:`~cnncodes.finetune.FineTune` holds its fine-tuned weights itself and never
+    reads the checkpoint it started from: it is returned unchanged.
 
     Raises
     ------
@@ -82,6 +89,8 @@ def relocate_weights(estimator, path):
 
     from sklearn.utils.validation import check_is_fitted
 
+    if is_fine_tune(getattr(estimator, "best_estimator_", estimator)):
+        return estimator
     step, _ = _find_codes_step(getattr(estimator, "best_estimator_", estimator))
     check_is_fitted(step)
     spec = step.spec_
@@ -114,9 +123,25 @@ def verify_model(estimator):
         The architecture or preprocessing differs (both are named).
     ValueError
         The estimator has no fitted CNNCodes step.
+
+    A fitted :class:`~cnncodes.finetune.FineTune` holds its weights and preprocessing itself:
+    only its architecture is checked (its weights must still fit the network its name builds).
     """
     from sklearn.utils.validation import check_is_fitted
 
+    if is_fine_tune(estimator):
+        from .architectures import _arch_id
+
+        check_is_fitted(estimator, "state_dict_")
+        fitted = estimator.spec_
+        now = _arch_id(fitted.model, fitted.weights_spec.name)
+        if now != fitted.arch_id:
+            raise ModelError(
+                f"{fitted.model} no longer builds the architecture this fine-tuned model was "
+                f"trained on (fingerprint {fitted.arch_id} at fit time, {now} now; its modules "
+                "or its forward() code changed); fine-tune again"
+            )
+        return
     step, _ = _find_codes_step(estimator)
     check_is_fitted(step)
     step._verify_weights()
@@ -148,6 +173,30 @@ def verify_model(estimator):
             f"{fitted.model} preprocessing is now {now.preprocessing.to_dict()}, but the model "
             f"was fitted with {fitted.preprocessing.to_dict()}; refit"
         )
+
+
+def is_fine_tune(estimator):
+    """Whether ``estimator`` is a :class:`~cnncodes.finetune.FineTune`, without importing the
+    fine-tuning package (its skorch is optional): a FineTune that exists has imported it."""
+    module = sys.modules.get("cnncodes.finetune.estimator")
+    return module is not None and isinstance(estimator, module.FineTune)
+
+
+def _fine_tune_scores(model, paths, proba, on_error):
+    """What :func:`_scores` gives, and the unreadable images, for a FineTune: it predicts from
+    the image files itself, in one pass. Every file is decoded first, so an unreadable one stops
+    the run naming it (or is left out) before any batch goes through the network."""
+    from .images import ImageLoadError
+
+    readable, _, skipped = filter_readable(paths)
+    if skipped and on_error == "raise":
+        raise ImageLoadError(skipped[0].path, skipped[0].reason)
+    errors = {s.index: s.reason for s in skipped}
+    if not readable:
+        return [], [], None, "none", errors
+    p = model.predict_proba(readable)
+    predicted = model.classes_[p.argmax(axis=1)]
+    return predicted, p.max(axis=1), (p if proba else None), "probability", errors
 
 
 def _split_pipeline(estimator):
@@ -204,8 +253,10 @@ def predict_images(estimator, paths, *, labels=None, proba=False, on_error="rais
 
     Parameters
     ----------
-    estimator : fitted Pipeline with a CNNCodes step
-        Or a fitted search (GridSearchCV, ...) over one: its ``best_estimator_`` is used.
+    estimator : fitted Pipeline with a CNNCodes step, or fitted FineTune
+        Or a fitted search (GridSearchCV, ...) over one: its ``best_estimator_`` is used. A
+        :class:`~cnncodes.finetune.FineTune` predicts from the images itself (its own weights:
+        the checkpoint it started from is not needed).
     paths : sequence of image paths
     labels : sequence, optional
         True labels (a labelled folder): added as ``true_label``.
@@ -221,8 +272,6 @@ def predict_images(estimator, paths, *, labels=None, proba=False, on_error="rais
         classifier's decision value), ``score_kind``, optionally ``true_label``, ``proba_*`` and,
         with ``on_error="skip"``, ``error``.
     """
-    import pandas as pd
-
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error={on_error!r}: choose 'raise' or 'skip'")
     paths = [os.fspath(p) for p in paths]
@@ -235,6 +284,12 @@ def predict_images(estimator, paths, *, labels=None, proba=False, on_error="rais
         )
     verify_model(estimator)
     classes = [str(c) for c in estimator.classes_]
+    if is_fine_tune(estimator):
+        predicted, score, probabilities, kind, errors = _fine_tune_scores(
+            estimator, paths, proba, on_error
+        )
+        return _prediction_table(paths, labels, proba, on_error, classes, errors,
+                                 predicted, score, probabilities, kind)  # fmt: skip
     step, prefix = _find_codes_step(estimator)
     previous = step.on_error
     estimator.set_params(**{f"{prefix}on_error": "raise"})
@@ -246,6 +301,15 @@ def predict_images(estimator, paths, *, labels=None, proba=False, on_error="rais
             predicted, score, probabilities, kind = [], [], None, "none"
     finally:
         estimator.set_params(**{f"{prefix}on_error": previous})
+    return _prediction_table(paths, labels, proba, on_error, classes, errors,
+                             predicted, score, probabilities, kind)  # fmt: skip
+
+
+def _prediction_table(paths, labels, proba, on_error, classes, errors, predicted, score,
+                      probabilities, kind):  # fmt: skip
+    """:func:`predict_images`' DataFrame: one row per input path, in order."""
+    import pandas as pd
+
     rows = []
     k = 0
     for i, path in enumerate(paths):

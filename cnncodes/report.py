@@ -17,7 +17,10 @@
 
 and :func:`write_comparison`, for a :class:`~cnncodes.compare.Comparison` (``cnncodes
 compare``), ``compare.json`` (every row) and ``compare.png`` (held-out accuracy per approach,
-with its training time).
+with its training time). :func:`write_finetune_report` writes the report of a fine-tuning run
+(``cnncodes finetune``): ``metrics.json`` (test metrics, the per-epoch history, timing),
+``config.json``, ``confusion_matrix.png`` (with test images) and ``training_curves.png``
+(:func:`plot_training_curves`).
 
 Plots are drawn with matplotlib's object API (no pyplot state, no display needed).
 """
@@ -40,6 +43,8 @@ __all__ = [
     "plot_comparison",
     "plot_confusion_matrix",
     "plot_layer_sweep",
+    "plot_training_curves",
+    "write_finetune_report",
 ]
 
 # Fonts with CJK or (monochrome) emoji glyphs, tried after matplotlib's DejaVu Sans where
@@ -221,6 +226,82 @@ def _plot_comparison(rows, path, title):
 
 def _fmt_accuracy(value):
     return "-" if value != value else f"{value:.3f}"
+
+
+def plot_training_curves(history, path):
+    """Save the loss per epoch (training, and validation where there is one) and the validation
+    accuracy as an image; ``history`` is :attr:`cnncodes.FineTune.history_` (rows with ``epoch``,
+    ``train_loss`` and optionally ``valid_loss``, ``valid_acc``)."""
+    with _drawing():
+        _plot_training_curves(list(history), path)
+
+
+def _plot_training_curves(history, path):
+    fig = _figure(8.0, 3.6)
+    loss, accuracy = fig.subplots(1, 2)
+    epochs = [row["epoch"] for row in history]
+
+    def column(key):
+        # None where an epoch has no such value (no validation split): a gap, not a zero.
+        return np.array([row.get(key, np.nan) for row in history], dtype=float)
+
+    loss.plot(epochs, column("train_loss"), marker="o", label="training")
+    if history and any("valid_loss" in row for row in history):
+        loss.plot(epochs, column("valid_loss"), marker="o", label="validation")
+    loss.set_xlabel("epoch")
+    loss.set_ylabel("cross-entropy loss")
+    loss.set_title("Loss per epoch")
+    loss.legend(loc="upper right")
+    loss.grid(alpha=0.3)
+    if history and any("valid_acc" in row for row in history):
+        accuracy.plot(epochs, column("valid_acc"), marker="o", color="C1")
+        accuracy.set_ylim(-0.02, 1.02)
+    else:
+        accuracy.text(0.5, 0.5, "no validation split", ha="center", va="center")
+    accuracy.set_xlabel("epoch")
+    accuracy.set_ylabel("validation accuracy")
+    accuracy.set_title("Validation accuracy per epoch")
+    accuracy.grid(alpha=0.3)
+    for ax in (loss, accuracy):
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    with atomic_path(path, suffix=os.path.splitext(path)[1]) as tmp:
+        fig.savefig(tmp, dpi=110)
+
+
+def write_finetune_report(folder, metrics, config):
+    """Write the report of a fine-tuning run into ``folder`` (created if needed).
+
+    Parameters
+    ----------
+    metrics : dict
+        Written as ``metrics.json``; its ``history`` (one row per epoch) is drawn as
+        ``training_curves.png``, its ``test`` (see
+        :func:`~cnncodes.experiment.classification_metrics`), when not None, as
+        ``confusion_matrix.png``.
+    config : dict
+        Written as ``config.json``: what it takes to rerun.
+
+    Returns
+    -------
+    dict
+        ``{name: path}`` of the files written.
+    """
+    os.makedirs(folder, exist_ok=True)
+    written = {name: os.path.join(folder, name) for name in ("metrics.json", "config.json")}
+    to_json_file(metrics, written["metrics.json"])
+    to_json_file(config, written["config.json"])
+    written["training_curves.png"] = os.path.join(folder, "training_curves.png")
+    plot_training_curves(metrics["history"], written["training_curves.png"])
+    test = metrics.get("test")
+    if test is not None:
+        written["confusion_matrix.png"] = os.path.join(folder, "confusion_matrix.png")
+        plot_confusion_matrix(
+            test["confusion_matrix"],
+            test["labels"],
+            written["confusion_matrix.png"],
+            "Confusion matrix, test images",
+        )
+    return written
 
 
 def write_report(result, folder):

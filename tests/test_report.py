@@ -40,3 +40,20 @@ def test_characters_no_font_has_are_written_as_code_points():
         # Either the font draws the character, or its code point stands in for it.
         assert all(c in drawn or f"U+{ord(c):04X}" in drawn for c in label)
     assert _drawable("ants 2") == "ants 2"
+
+
+def test_training_curves_with_and_without_a_validation_split(tmp_path):
+    from cnncodes.report import plot_training_curves
+
+    with_valid = [
+        {"epoch": e, "train_loss": 1 / e, "valid_loss": 1.2 / e, "valid_acc": 0.5 + e / 10}
+        for e in (1, 2, 3)
+    ]
+    without = [{"epoch": e, "train_loss": 1 / e} for e in (1, 2)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        plot_training_curves(with_valid, tmp_path / "a.png")
+        plot_training_curves(without, tmp_path / "b.png")
+        plot_training_curves([], tmp_path / "c.png")  # epochs=0: an empty plot, not an error
+    for name in ("a.png", "b.png", "c.png"):
+        assert (tmp_path / name).read_bytes().startswith(b"\x89PNG\r\n\x1a\n")

@@ -38,6 +38,7 @@ from .cache import add_cache_parser
 from .compare import add_compare_parser
 from .demo import add_demo_parser
 from .extract import add_extract_parser
+from .finetune import add_finetune_parser
 from .fit import add_fit_parser
 from .layers import add_layers_parser
 from .predict import add_predict_parser
@@ -52,6 +53,7 @@ __all__ = ["main", "build_parser", "COMMANDS"]
 COMMANDS = [
     add_fit_parser,
     add_predict_parser,
+    add_finetune_parser,
     add_extract_parser,
     add_layers_parser,
     add_cache_parser,

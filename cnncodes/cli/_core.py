@@ -400,19 +400,20 @@ def _cache_dir_from_args(args):
     return None if getattr(args, "no_cache", False) else args.cache_dir
 
 
-def _check_out_path(path, formats):
-    """The --out file: a known extension and an existing folder, checked before any work."""
+def _check_out_path(path, formats, option="--out"):
+    """The --out file (or ``option``'s): a known extension and an existing folder, checked
+    before any work."""
     if path is None:
         return None
     try:
-        file_format(path, formats, "--out ")
+        file_format(path, formats, f"{option} ")
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
-        raise UsageError(f"--out {path!r}: folder {folder!r} does not exist")
+        raise UsageError(f"{option} {path!r}: folder {folder!r} does not exist")
     if os.path.isdir(path):
-        raise UsageError(f"--out {path!r} is a folder")
+        raise UsageError(f"{option} {path!r} is a folder")
     return os.path.abspath(path)
 
 

@@ -1,4 +1,4 @@
-"""``cnncodes predict``: label images with a model saved by ``cnncodes fit``."""
+"""``cnncodes predict``: label images with a model saved by ``cnncodes fit`` or ``finetune``."""
 
 from __future__ import annotations
 
@@ -43,12 +43,13 @@ def add_predict_parser(subparsers):
     """``cnncodes predict MODEL DATA_OR_FILES...``."""
     parser = subparsers.add_parser(
         "predict",
-        help="predict the class of images with a model saved by 'cnncodes fit'",
+        help="predict the class of images with a model saved by 'cnncodes fit' or 'finetune'",
         description=_fill(
             "Predict one row per image: path, predicted label, and the probability of that "
             "label (or the classifier's decision score); with --proba, every class's "
             "probability. The model's extractor is verified first: a checkpoint whose SHA-256 "
-            "changed, or a model that now builds differently, is refused."
+            "changed, or a model that now builds differently, is refused. A model saved by "
+            "'cnncodes finetune' holds its fine-tuned weights: it needs no checkpoint file."
         ),
         epilog=_PREDICT_EPILOG,
         formatter_class=_Formatter,
@@ -116,7 +117,13 @@ def run_predict(args):
     """Predict every input image; print a table or JSON; optionally write a CSV."""
     from .. import persistence
     from ..evaluation import classification_metrics
-    from ..fitted import _split_pipeline, predict_images, relocate_weights, set_runtime
+    from ..fitted import (
+        _split_pipeline,
+        is_fine_tune,
+        predict_images,
+        relocate_weights,
+        set_runtime,
+    )
     from ..search import _find_codes_step
 
     output = _Output(args)
@@ -125,20 +132,27 @@ def run_predict(args):
         args.model_file, trusted=args.trust, trust_model_code=_trust_model_code(args)
     )
     estimator = getattr(estimator, "best_estimator_", estimator)  # a saved search: its best
-    try:
-        _find_codes_step(estimator)
-    except ValueError:
-        raise UsageError(
-            f"{args.model_file}: not a cnncodes model (no CNNCodes step); save one with "
-            "'cnncodes fit --out'"
-        ) from None
+    fine_tuned = is_fine_tune(estimator)
+    if not fine_tuned:
+        try:
+            _find_codes_step(estimator)
+        except ValueError:
+            raise UsageError(
+                f"{args.model_file}: not a cnncodes model (no CNNCodes step, not a FineTune); "
+                "save one with 'cnncodes fit --out' or 'cnncodes finetune --out'"
+            ) from None
     classifier = _split_pipeline(estimator)[1]
     if args.proba and not hasattr(classifier, "predict_proba"):
         raise UsageError(
             f"--proba: the classifier of {args.model_file} ({type(classifier).__name__}) gives "
             "no probabilities; leave --proba out (the score column then holds its decision value)"
         )
-    if args.weights is not None:
+    if args.weights is not None and fine_tuned:
+        output.note(
+            f"--weights {args.weights}: not needed, {display(args.model_file)} holds its "
+            "fine-tuned weights itself"
+        )
+    elif args.weights is not None:
         relocate_weights(estimator, args.weights)
     runtime = {"progress": output.progress, "batch_size": args.batch_size}
     runtime["cache_dir"] = _cache_dir_from_args(args)

@@ -13,8 +13,6 @@ from torchvision.transforms.v2 import functional as TF
 from ..extraction.decode import preprocess
 from ..images import ImageLoadError, load_image
 
-#: Train-time augmentations: random resized crops and horizontal flips, either, both or none.
-AUGMENTS = ("crop-flip", "crop", "flip", "none")
 #: Area range of the random resized crop, of the image resized as for evaluation. Milder than
 #: ImageNet training's (0.08, 1): a small dataset's object usually fills the frame.
 CROP_SCALE = (0.35, 1.0)

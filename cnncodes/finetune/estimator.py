@@ -12,7 +12,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted
 
 from .. import cache as _cache
-from .._choices import PRECISIONS
+from .._choices import AUGMENTS, HEADS, INIT_HEADS, PRECISIONS
 from .._files import atomic_path
 from .._inputs import as_path_list, check_choice, check_float, check_int, spec_of
 from ..architectures import _construct, _parse_named_weights
@@ -24,12 +24,11 @@ from ..pooling import MAX_FLATTEN_FEATURES, check_pooling, code_size
 from ..spec import PREPROCESSING_KEYS
 from ..transformers import SkippedImagesWarning, _describe_skipped
 from . import network, training
-from .data import AUGMENTS, Activations, Images, readable
+from .data import Activations, Images, readable
 
 #: Largest block of cached trunk activations held in memory for training (bytes).
 MAX_CACHED_TRUNK_BYTES = 4 << 30
 TRUNK_CACHE = ("auto", True, False)
-INIT_HEADS = ("random", "probe")
 
 
 class FineTune(ClassifierMixin, BaseEstimator):
@@ -213,7 +212,7 @@ class FineTune(ClassifierMixin, BaseEstimator):
 
     def _check_params(self):
         check_pooling(self.pooling)
-        check_choice(self.head, "head", network.HEADS)
+        check_choice(self.head, "head", HEADS)
         check_choice(self.init_head, "init_head", INIT_HEADS)
         check_choice(self.augment, "augment", AUGMENTS)
         check_choice(self.trunk_cache, "trunk_cache", TRUNK_CACHE)

@@ -25,7 +25,6 @@ from ..pooling import pool
 
 FREEZE_ALL = "all"
 FREEZE_NONE = "none"
-HEADS = ("linear", "mlp")
 
 
 def _graph_leaves(net):

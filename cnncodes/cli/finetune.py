@@ -1,0 +1,614 @@
+"""``cnncodes finetune``: fine-tune a pretrained network on labelled images, evaluate, save it."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import signal
+import sys
+import threading
+
+from .._choices import AUGMENTS, HEADS, INIT_HEADS, POOLINGS
+from .._files import display
+from .._json import jsonable, skipped_json
+from ..datasets import load_dataset
+from ._core import (
+    EXIT_OK,
+    UsageError,
+    _add_data_options,
+    _add_model_options,
+    _add_runtime_options,
+    _cache_dir_from_args,
+    _check_out_path,
+    _count,
+    _fill,
+    _fmt,
+    _Formatter,
+    _load_data,
+    _note_skipped,
+    _Once,
+    _Output,
+    _positive_int,
+    _preprocessing_from_args,
+    _short_weights,
+    _table,
+)
+from .fit import _fraction
+
+_FINETUNE_EPILOG = """\
+examples:
+  # scenario 2 (large, similar): train the top blocks of MobileNetV2 and a new head
+  cnncodes finetune photos/ --model mobilenet_v2 --freeze features.13 --epochs 8 \\
+      --test-size 0.25 --out ft.skops --report ft-report/
+
+  # scenario 4 (large, very different): train every layer from the pretrained start, LP-FT
+  cnncodes finetune photos/ --model mobilenet_v2 --freeze none --init-head probe \\
+      --lr 1e-3 --trunk-lr 1e-4 --epochs 15 --early-stopping 3 --test test/ --out ft.skops
+
+  # a killed run: the same command with --resume continues from its last finished epoch
+  cnncodes finetune photos/ ... --out ft.skops --resume
+
+  # only the head, on a local checkpoint; the frozen network runs once (--augment none)
+  cnncodes finetune photos/ --model resnet18 --weights my_resnet18.pth --freeze all \\
+      --augment none --epochs 30 --lr 1e-2 --test test/
+
+  # the fine-tuned network as a checkpoint: its codes, then any recipe on them
+  cnncodes finetune photos/ --model mobilenet_v2 --freeze features.13 --save-checkpoint ft.pth
+  cnncodes fit photos/ --pipeline linear_svm --model mobilenet_v2 --weights ft.pth
+
+Each epoch prints its training loss, validation loss and accuracy and seconds on stderr.
+With --out FILE the training state is saved after every epoch in FILE.state (with only
+--report DIR: DIR/finetune.state) and removed when the run completes: a killed run loses at most
+the epoch it was in. --report DIR writes metrics.json, config.json (the command line that
+reproduces the run), training_curves.png and, with test images, confusion_matrix.png.
+A saved model predicts with 'cnncodes predict FILE DATA' (its weights are inside it).
+Layers that train use batch statistics in their BatchNorm: on a checkpoint whose BatchNorm was
+folded into the convolutions (running mean 0, variance 1), train only the head (--freeze all).
+"""
+
+#: The state file's name in --report DIR when there is no --out.
+STATE_NAME = "finetune.state"
+
+
+def _non_negative_fraction(text):
+    """--valid-size: 0 (no validation) or a fraction below 1."""
+    return 0.0 if text.strip() in ("0", "0.0") else _fraction(text)
+
+
+def _positive_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        value = None
+    if value is None or not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a positive number such as 1e-3")
+    return value
+
+
+def add_finetune_parser(subparsers):
+    """``cnncodes finetune DATA --model M --weights W --freeze NODE|all|none ...``."""
+    parser = subparsers.add_parser(
+        "finetune",
+        help="fine-tune a pretrained network on labelled images (new head, frozen early layers)",
+        description=_fill(
+            "Fine-tune a pretrained network on the labelled images of DATA (CS231n scenarios 2 "
+            "and 4): cut it at --layer, put a new head on it, keep the layers up to --freeze as "
+            "pretrained and train the rest, with a stratified validation split reported every "
+            "epoch. Then evaluate it on held-out images (the same metrics as 'cnncodes fit') and "
+            "save it for 'cnncodes predict', as a checkpoint for any command, and a report."
+        ),
+        epilog=_FINETUNE_EPILOG,
+        formatter_class=_Formatter,
+    )
+    _add_data_options(parser)
+    _add_model_options(parser, layers=False)
+    for action in parser._actions:  # the same --seed seeds more here than the initialisation
+        if action.dest == "seed":
+            action.help = (
+                "seed of the run: new head, validation and test splits, batch order, "
+                "augmentation (and the initialisation with --weights none) (default: %(default)s)"
+            )
+    group = parser.add_argument_group("fine-tuning")
+    group.add_argument(
+        "--freeze",
+        default="all",
+        metavar="NODE|all|none",
+        help="keep this graph node and everything before it as pretrained (see 'cnncodes "
+        "layers M'); all: train only the new head; none: train every layer (default: %(default)s)",
+    )
+    group.add_argument(
+        "--layer",
+        "-l",
+        action=_Once,
+        default="penultimate",
+        metavar="L",
+        help="where the network is cut: the new head receives this node's output (default: "
+        "%(default)s, the input of the network's last linear layer)",
+    )
+    group.add_argument(
+        "--pooling",
+        "-p",
+        action=_Once,
+        choices=POOLINGS,
+        default="avg",
+        help="how --layer's maps become the head's input (default: %(default)s)",
+    )
+    group.add_argument(
+        "--head",
+        choices=HEADS,
+        default="linear",
+        help="the new head: a linear layer, or one hidden ReLU layer (default: %(default)s)",
+    )
+    group.add_argument(
+        "--init-head",
+        choices=INIT_HEADS,
+        default="random",
+        help="probe (LP-FT): start the linear head as a logistic regression on the codes of the "
+        "training images, so that training does not start from a random head (default: "
+        "%(default)s)",
+    )
+    group.add_argument(
+        "--train-bn",
+        action="store_true",
+        help="let the BatchNorm layers that train update their running statistics from the "
+        "batches (default: they keep the pretrained ones; only their scale and shift train)",
+    )
+    group.add_argument(
+        "--epochs",
+        type=_count,
+        default=10,
+        metavar="N",
+        help="passes over the training images (default: %(default)s)",
+    )
+    group.add_argument(
+        "--lr",
+        type=_positive_float,
+        default=1e-3,
+        metavar="LR",
+        help="learning rate of the head, AdamW with cosine decay (default: %(default)s)",
+    )
+    group.add_argument(
+        "--trunk-lr",
+        type=_positive_float,
+        metavar="LR",
+        help="learning rate of the trained pretrained layers (default: --lr / 10)",
+    )
+    group.add_argument(
+        "--augment",
+        choices=AUGMENTS,
+        default="crop-flip",
+        help="train-time augmentation: random resized crops and/or horizontal flips "
+        "(default: %(default)s; 'none' lets a frozen trunk be read from the code cache)",
+    )
+    group.add_argument(
+        "--valid-size",
+        type=_non_negative_fraction,
+        default=0.1,
+        metavar="F",
+        help="stratified fraction of the training images held out for the validation loss "
+        "and accuracy of every epoch; 0: none (default: %(default)s)",
+    )
+    group.add_argument(
+        "--early-stopping",
+        type=_positive_int,
+        metavar="N",
+        help="stop after N epochs without a better validation loss and keep the best epoch",
+    )
+    evaluation = parser.add_argument_group("evaluation")
+    held_out = evaluation.add_mutually_exclusive_group()
+    held_out.add_argument(
+        "--test", metavar="DATA2", help="labelled images to evaluate on (folder or CSV manifest)"
+    )
+    held_out.add_argument(
+        "--test-size",
+        type=_fraction,
+        metavar="F",
+        help="hold out this stratified fraction of DATA for the evaluation (e.g. 0.25)",
+    )
+    _add_runtime_options(parser)
+    out = parser.add_argument_group("results")
+    out.add_argument(
+        "--out",
+        "-o",
+        metavar="FILE",
+        help="save the fine-tuned model: .joblib or .skops (for 'cnncodes predict'); the "
+        "per-epoch state goes to FILE.state until the run completes",
+    )
+    out.add_argument(
+        "--report",
+        metavar="DIR",
+        help="write metrics.json, config.json, training_curves.png and confusion_matrix.png "
+        "into DIR",
+    )
+    out.add_argument(
+        "--save-checkpoint",
+        metavar="PATH.pth",
+        help="also write the fine-tuned network as a checkpoint of its architecture (--weights "
+        "PATH.pth of any command; its SHA-256 is its identity in the cache)",
+    )
+    out.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the killed run whose state is in FILE.state (--out FILE) or "
+        f"DIR/{STATE_NAME} (--report DIR, without --out); same data and settings",
+    )
+    parser.set_defaults(run=run_finetune)
+
+
+def _state_path(args, out_path):
+    """Where the per-epoch state lives: beside --out, else in --report; None: nowhere."""
+    if out_path is not None:
+        return out_path + ".state"
+    if args.report is not None:
+        return os.path.join(os.path.abspath(args.report), STATE_NAME)
+    return None
+
+
+def _check_args(args, output):
+    """Every check that needs no image and no network: (out path, checkpoint path, state path,
+    whether a killed run's state is resumed)."""
+    from .. import persistence
+
+    if args.impl != "pil":
+        raise UsageError(
+            f"--impl {args.impl}: fine-tuning decodes and augments its images with Pillow; "
+            "leave --impl out"
+        )
+    out_path = _check_out_path(args.out, persistence.FORMATS)
+    checkpoint = _check_out_path(args.save_checkpoint, (".pth", ".pt"), "--save-checkpoint")
+    if args.report is not None and os.path.exists(args.report) and not os.path.isdir(args.report):
+        raise UsageError(f"--report {args.report!r} exists and is not a folder")
+    state = _state_path(args, out_path)
+    resumed = args.resume and state is not None and os.path.exists(state)
+    if state is None:
+        if args.resume:
+            raise UsageError(
+                "--resume continues the state a killed run kept beside --out FILE (FILE.state) "
+                f"or in --report DIR (DIR/{STATE_NAME}); give the killed run's --out or --report"
+            )
+        output.note("no --out or --report: no per-epoch state is kept, a killed run cannot resume")
+    elif args.resume:
+        if resumed:
+            output.note(f"--resume: continuing the run saved in {display(state)}")
+        else:
+            output.note(f"--resume: no state in {display(state)} yet; starting at epoch 1")
+    elif os.path.exists(state):
+        raise UsageError(
+            f"{state} holds the state of an unfinished run: add --resume to continue it, or "
+            "remove the file to start afresh"
+        )
+    return out_path, checkpoint, state, resumed
+
+
+def _split_data(args, dataset):
+    """(train paths, train labels, test paths or None, test labels or None, where from)."""
+    from ..evaluation import stratified_split
+
+    labels = [str(label) for label in dataset.labels]
+    if args.test is not None:
+        test_set = load_dataset(args.test, allow_outside_root=args.allow_outside_root)
+        if test_set.labels is None:
+            raise UsageError(f"--test {args.test}: the test images need labels")
+        where = display(args.test if test_set.kind == "manifest" else test_set.root)
+        test_labels = [str(label) for label in test_set.labels]
+        return dataset.paths, labels, test_set.paths, test_labels, where
+    if args.test_size is not None:
+        # The split 'cnncodes fit' makes, with its checks: same seed, same test images.
+        train, train_labels, test, test_labels = stratified_split(
+            dataset.paths, labels, args.test_size, args.seed
+        )
+        return train, train_labels, test, test_labels, f"{args.test_size:g} of DATA held out"
+    return dataset.paths, labels, None, None, None
+
+
+def _fine_tune(args, output, state):
+    """The unfitted :class:`~cnncodes.finetune.FineTune` that the options describe."""
+    from ..finetune import FineTune
+
+    return FineTune(
+        model=args.model,
+        weights=args.weights,
+        freeze=args.freeze,
+        layer=args.layer,
+        pooling=args.pooling,
+        head=args.head,
+        init_head=args.init_head,
+        train_bn=args.train_bn,
+        lr=args.lr,
+        trunk_lr=args.trunk_lr,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        augment=args.augment,
+        valid_size=args.valid_size,
+        early_stopping=args.early_stopping,
+        seed=args.seed,
+        **{k: v for k, v in _preprocessing_from_args(args).items() if k != "impl"},
+        cache_dir=_cache_dir_from_args(args),
+        device=args.device,
+        precision=args.precision,
+        num_workers=args.workers,
+        on_error=args.on_error,
+        checkpoint=state,
+        resume=args.resume,
+        progress=not output.quiet,
+    )
+
+
+# Options of the reproducing command line: (flag, dest), in --help order. Not --out, --report,
+# --save-checkpoint, --resume, --json, --quiet: where results go, not what is computed.
+_REPRODUCED = (
+    ("--model", "model"),
+    ("--weights", "weights"),
+    ("--seed", "seed"),
+    ("--resize", "resize"),
+    ("--crop", "crop"),
+    ("--mean", "mean"),
+    ("--std", "std"),
+    ("--interpolation", "interpolation"),
+    ("--freeze", "freeze"),
+    ("--layer", "layer"),
+    ("--pooling", "pooling"),
+    ("--head", "head"),
+    ("--init-head", "init_head"),
+    ("--epochs", "epochs"),
+    ("--lr", "lr"),
+    ("--trunk-lr", "trunk_lr"),
+    ("--augment", "augment"),
+    ("--valid-size", "valid_size"),
+    ("--early-stopping", "early_stopping"),
+    ("--test", "test"),
+    ("--test-size", "test_size"),
+    ("--batch-size", "batch_size"),
+    ("--precision", "precision"),
+    ("--on-error", "on_error"),
+)
+
+
+def _option_text(value):
+    """An option's value as the command line takes it: sizes as H,W, triples as R,G,B."""
+    if isinstance(value, (tuple, list)):
+        return ",".join(map(str, value))
+    return str(value)
+
+
+def reproducing_command(args):
+    """``cnncodes finetune ...`` with every setting that changes the result, explicitly.
+
+    Defaults are written out too, so that the line means the same under a later version whose
+    defaults changed; a --cache-dir other than the default, and --no-cache, are kept.
+    """
+    argv = ["cnncodes", "finetune", args.data]
+    for flag, dest in _REPRODUCED:
+        value = getattr(args, dest)
+        if value is not None:
+            argv += [flag, _option_text(value)]
+    if args.train_bn:
+        argv.append("--train-bn")
+    if args.allow_outside_root:
+        argv.append("--allow-outside-root")
+    if getattr(args, "no_cache", False):
+        argv.append("--no-cache")
+    elif args.cache_dir != "auto":
+        argv += ["--cache-dir", args.cache_dir]
+    return shlex.join(argv)
+
+
+def _training_summary(ft, history):
+    """Seconds and images per second of the epochs (validation included), from the history."""
+    seconds = sum(row.get("dur", 0.0) for row in history)
+    images = ft.n_train_ * len(history)
+    return {
+        "epochs": len(history),
+        "train_images": ft.n_train_,
+        "fit_seconds": round(ft.fit_seconds_, 3),
+        "epoch_seconds": round(seconds, 3),
+        "images_per_second": round(images / seconds, 2) if seconds > 0 else None,
+        "trunk_cached": bool(ft.trunk_cached_),
+    }
+
+
+def _lines(ft, metrics, training, test_note, out_path, checkpoint, written):
+    history = metrics["history"]
+    lines = [
+        f"fine-tuned {ft.spec_.model} [{_short_weights(ft.spec_.weights_id)}], freeze={ft.freeze}, "
+        f"layer={ft.layer_} ({ft.pooling} pooling), {ft.head} head: {training['epochs']} "
+        f"epoch(s) on {training['train_images']} training images"
+    ]
+    if history:
+        last = history[-1]
+        valid = ""
+        if "valid_acc" in last:
+            valid = (
+                f", validation loss {_fmt(last['valid_loss'])}, accuracy {_fmt(last['valid_acc'])}"
+            )
+        lines.append(f"last epoch: training loss {_fmt(last['train_loss'])}{valid}")
+    speed = training["images_per_second"]
+    lines.append(
+        f"training: {_fmt(training['epoch_seconds'], 1)} s in epochs"
+        + (f", {speed:.1f} images/s" if speed else "")
+        + (
+            "; the frozen layers' activations came from the code cache"
+            if training["trunk_cached"]
+            else "; every epoch ran the whole network"
+        )
+    )
+    test = metrics["test"]
+    if test is None:
+        lines.append(
+            "no held-out images (--test DATA2 or --test-size F): the validation accuracy above "
+            "is the only estimate"
+        )
+    else:
+        lines.append(
+            f"test ({test_note}, {test['n']} images): accuracy {_fmt(test['accuracy'])}, "
+            f"balanced accuracy {_fmt(test['balanced_accuracy'])}"
+        )
+        lines += _table(
+            ["class", "precision", "recall", "support"],
+            [
+                [c, _fmt(m["precision"]), _fmt(m["recall"]), m["support"]]
+                for c, m in test["per_class"].items()
+            ],
+            right=("precision", "recall", "support"),
+        )
+        shared = metrics["duplicates"]["test_in_train"]
+        if shared:
+            lines.append(f"same content (SHA-256): {shared} test image(s) also in training")
+    if out_path:
+        lines.append(f"saved model: {display(out_path)}")
+        from ..persistence import BUILTIN_MODEL_CALLABLES, model_callables
+
+        own = [c for c in model_callables(ft) if c not in BUILTIN_MODEL_CALLABLES]
+        if own:
+            flags = " ".join(f"--trust-model-code {c}" for c in own)
+            lines.append(f"it names your model code: predict with {flags}")
+    if checkpoint:
+        lines.append(f"saved checkpoint: {display(checkpoint)} (use it as --weights)")
+    if written:
+        folder = os.path.dirname(next(iter(written.values())))
+        lines.append(f"report: {display(folder)} ({', '.join(written)})")
+    return lines
+
+
+def _fit_or_stop(ft, paths, labels, state, output):
+    """``ft.fit``, where Ctrl-C stops the command (exit status 130) with the state kept.
+
+    skorch ends training quietly on a KeyboardInterrupt (its early stopping raises one), so an
+    interrupted fit would otherwise return as if complete: evaluated, saved, its state removed.
+    """
+    interrupted = []
+
+    def on_interrupt(signum, frame):
+        interrupted.append(signum)
+        raise KeyboardInterrupt
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, on_interrupt) if main_thread else None
+    try:
+        ft.fit(paths, labels)
+    finally:
+        if main_thread:  # None: a handler installed outside Python, restored as the default
+            signal.signal(signal.SIGINT, signal.SIG_DFL if previous is None else previous)
+    if interrupted:
+        if state is None:
+            kept = "no state was kept (no --out or --report): a new run starts at epoch 1"
+        elif os.path.exists(state):
+            kept = (
+                f"the last finished epoch is in {display(state)}: the same command with "
+                "--resume continues from there"
+            )
+        else:
+            kept = "no epoch had finished: a new run starts at epoch 1"
+        output.warn(f"fine-tuning interrupted; {kept}")
+        raise KeyboardInterrupt
+
+
+def run_finetune(args):
+    """Fine-tune, evaluate on the held-out images, save the model, checkpoint and report."""
+    from .. import persistence
+    from ..evaluation import classification_metrics
+    from ..experiment import _data_fingerprint, _duplicates, _versions
+    from ..search import filter_readable
+
+    output = _Output(args)
+    out_path, checkpoint, state, resumed = _check_args(args, output)
+    dataset = _load_data(args, output)
+    if dataset.labels is None:
+        raise UsageError(
+            f"{args.data}: finetune needs labelled images (class sub-folders, or a manifest with "
+            "a 'label' column)"
+        )
+    paths, labels, test_paths, test_labels, test_note = _split_data(args, dataset)
+    skipped_test = []
+    if test_paths is not None:
+        # Decoded up front, as the training images are: an unreadable one stops the run now,
+        # not after the epochs.
+        test_paths, test_labels, skipped_test = filter_readable(test_paths, test_labels)
+        if skipped_test and args.on_error == "raise":
+            from ..images import ImageLoadError
+
+            raise ImageLoadError(skipped_test[0].path, skipped_test[0].reason)
+        if not test_paths:
+            raise UsageError("no readable test images")
+    ft = _fine_tune(args, output, state)
+    output.note(
+        f"fine-tuning {args.model} on {len(paths)} images ({args.valid_size:g} of them for "
+        f"validation): freeze={args.freeze}, {args.epochs} epoch(s)"
+    )
+    _fit_or_stop(ft, paths, labels, state, output)
+    history = ft.history_
+    classes = [str(c) for c in ft.classes_]
+    metrics = {
+        "test": None,
+        "duplicates": _duplicates(paths, test_paths),
+        "history": history,
+        "training": _training_summary(ft, history),
+    }
+    if test_paths is not None:
+        output.note(f"evaluating on {len(test_paths)} test images")
+        metrics["test"] = classification_metrics(test_labels, ft.predict(test_paths), classes)
+        metrics["test"]["overlap_with_training"] = metrics["duplicates"]["test_in_train"] or 0
+        unseen = sorted(set(test_labels) - set(classes))
+        if unseen:
+            metrics["test"]["unseen_classes"] = unseen
+    if out_path is not None:
+        persistence.save(ft, out_path)
+    if checkpoint is not None:
+        ft.save_checkpoint(checkpoint)
+    written = {}
+    if args.report is not None:
+        from ..report import write_finetune_report
+
+        config = {
+            "command": reproducing_command(args),
+            "argv": list(sys.argv),
+            "params": jsonable(
+                {k: v for k, v in ft.get_params().items() if k not in ("checkpoint", "progress")}
+            ),
+            "extractor": jsonable(ft.spec_.to_dict()),
+            "preprocessing_source": dict(ft.spec_.preprocessing.source),
+            "layer": ft.layer_,
+            "split": None
+            if args.test_size is None
+            else {"test_size": args.test_size, "seed": args.seed},
+            "train": {
+                "n_images": len(paths),
+                "classes": {c: labels.count(c) for c in sorted(set(labels))},
+                "sha256": _data_fingerprint(paths, labels),
+            },
+            "test": None
+            if test_paths is None
+            else {
+                "n_images": len(test_paths),
+                "sha256": _data_fingerprint(test_paths, test_labels),
+            },
+            "versions": _versions(),
+        }
+        written = write_finetune_report(args.report, metrics, config)
+    if state is not None and os.path.exists(state) and (out_path or written):
+        os.remove(state)  # the run is complete and its results saved: nothing left to resume
+    _note_skipped(output, skipped_test)
+    summary = {
+        "command": "finetune",
+        "data": dataset.root,
+        "model": ft.spec_.model,
+        "weights": ft.spec_.weights_id,
+        "freeze": ft.freeze,
+        "layer": ft.layer_,
+        "metrics": metrics,
+        "history": history,
+        **metrics["training"],
+        "preprocessing": {
+            **ft.spec_.preprocessing.to_dict(),
+            "source": dict(ft.spec_.preprocessing.source),
+        },
+        "skipped": {"test": skipped_json(skipped_test)},
+        "out": out_path,
+        "checkpoint": checkpoint,
+        "report": written or None,
+        "resumed": resumed,
+    }
+    lines = _lines(ft, metrics, metrics["training"], test_note, out_path, checkpoint, written)
+    output.result(jsonable(summary), lines)
+    return EXIT_OK
