@@ -78,7 +78,8 @@ def test_epochs_on_stderr_and_test_metrics_under_fits_json_keys(capsys, photos):
 
 
 def test_report_files_and_the_command_that_reproduces_the_run(capsys, photos):
-    from cnncodes.experiment import _data_fingerprint, _split
+    from cnncodes.evaluation import stratified_split
+    from cnncodes.experiment import _data_fingerprint
 
     report = photos / "report"
     code, out, err = finetune(
@@ -95,7 +96,7 @@ def test_report_files_and_the_command_that_reproduces_the_run(capsys, photos):
     assert config["params"]["freeze"] == "none" and config["extractor"]["model"] == TINY[1]
     # The held-out quarter is the one `cnncodes fit --test-size 0.25` holds out (same seed).
     dataset = load_dataset(photos / "photos")
-    *_, test_paths, test_labels = _split(dataset.paths, dataset.labels, 0.25, 3)
+    *_, test_paths, test_labels = stratified_split(dataset.paths, dataset.labels, 0.25, 3)
     assert config["test"]["sha256"] == _data_fingerprint(test_paths, test_labels)
     # The recorded command parses back to this run's settings.
     argv = shlex.split(config["command"])
