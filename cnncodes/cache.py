@@ -768,7 +768,8 @@ class CodeCache:
             if hits:
                 store.read(hits, out=out[name], rows=[groups[k][0] for k in hits], index=index)
         if any(have.values()):
-            missing = [k for k in groups if any(k not in held for held in have.values())]
+            complete = set.intersection(*have.values())
+            missing = [k for k in groups if k not in complete]
             # The same content asked for in several rows (only where there are such keys).
             duplicates = [(k, rows) for k, rows in groups.items() if len(rows) > 1]
             for name, held in have.items():
