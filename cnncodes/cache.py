@@ -805,7 +805,7 @@ class CodeCache:
                     held = have[name]
                     new = [r for r, key in enumerate(done) if key not in held]
                     if new:
-                        pending.add(name, [stored_as[r] for r in new], block[new])
+                        pending.add(name, [stored_as[r] for r in new], block, new)
                 computed += len(done)
                 pending.step(len(done))
 
@@ -826,14 +826,16 @@ class _Pending:
         self.stores = stores
         self.rows = rows
         self.seconds = seconds
-        self.buffer = {name: ([], []) for name in stores}
+        # A null store would only drop them: no copies held for it (flatten codes are large).
+        self.buffer = {n: ([], []) for n, s in stores.items() if not isinstance(s, _NoStore)}
         self.count = 0
         self.last = time.monotonic()
 
-    def add(self, name, keys, codes):
-        buffered_keys, blocks = self.buffer[name]
-        buffered_keys.extend(keys)
-        blocks.append(codes)
+    def add(self, name, keys, codes, rows):
+        if name in self.buffer:
+            buffered_keys, blocks = self.buffer[name]
+            buffered_keys.extend(keys)
+            blocks.append(codes[rows])
 
     def step(self, n):
         self.count += n

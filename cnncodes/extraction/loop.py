@@ -121,8 +121,8 @@ class ForwardLoop:
                             del feats  # activations of early layers are large; free before the next
                             # Counted per pass: a loader batch of a slow network can take minutes.
                             bar.update(1 if single else len(part))
-                    # A file rewritten since it was hashed is stored under the hash of what was
-                    # decoded.
+                    # Codes are true for what was decoded: a file rewritten since it was hashed
+                    # made codes of its new content.
                     deliver(
                         [d for d, _, _ in good],
                         {layer: torch.cat(pooled[layer]).cpu().numpy() for layer in layers},
