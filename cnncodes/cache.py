@@ -649,9 +649,6 @@ class _NoStore:
     def ensure_writable(self):
         pass
 
-    def write(self, keys, codes):
-        return None
-
 
 #: A configuration holding more shards than this after a call is compacted into one.
 COMPACT_ABOVE_SHARDS = 64
