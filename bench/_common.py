@@ -183,7 +183,7 @@ def _own_cpu_seconds():
 
 
 class Meter:
-    """Wall time of a block, with the CPU time other processes used meanwhile (noise indicator).
+    """Wall time of a block, its own CPU time, and the CPU time other processes used meanwhile.
 
     ``foreign_cores`` is the average number of cores busy with work that was not this process or
     its (reaped) children during the block: 0 on a quiet machine. Worker processes still alive at
@@ -199,6 +199,9 @@ class Meter:
         self.seconds = time.perf_counter() - self.t0
         own = _own_cpu_seconds() - self.own0
         busy = _machine_busy_seconds()
+        # CPU time of this process and its reaped children: on a shared machine it grows far
+        # less with other processes' load than wall time does (not for torch's spinning threads).
+        self.cpu_seconds = own
         self.own_cores = own / self.seconds
         if busy is None or self.busy0 is None:
             self.foreign_cores = float("nan")

@@ -58,20 +58,23 @@ def child(args):
         if label == "sklearn":
             from cnncodes.transformers import CNNCodes
 
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.process_time()
             est = CNNCodes(model=MODEL, weights="none", cache_dir=args.cache, progress=False)
             codes = est.fit_transform(paths)
-            seconds = time.perf_counter() - start
-            out["calls"].append({"label": label, "seconds": seconds, "shape": list(codes.shape)})
+            seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+            out["calls"].append(
+                {"label": label, "seconds": seconds, "cpu_s": cpu, "shape": list(codes.shape)}
+            )
             continue
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         spec = resolve_spec(MODEL, "none")
         res = extract_codes(paths, spec, "penultimate", cache_dir=args.cache, progress=False)
-        seconds = time.perf_counter() - start
+        seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
         out["calls"].append(
             {
                 "label": label,
                 "seconds": seconds,
+                "cpu_s": cpu,
                 "computed": res.computed,
                 "cached": res.cached,
                 "checksum": float(res.concatenated().astype("float64").sum()),
@@ -153,10 +156,16 @@ def main(argv=None):
             "cold_process_s": first["process_wall_s"] - warm_same["seconds"],
             "warm_fresh_process_s": second["process_wall_s"],
             "import_s": second["import_s"],
+            # CPU time of the calls (all threads of the process; the cold one includes torch's
+            # threads, which spin while waiting when other processes hold the cores).
+            "cold_cpu_s": cold["cpu_s"],
+            "warm_same_cpu_s": warm_same["cpu_s"],
+            "warm_fresh_cpu_s": warm_fresh["cpu_s"],
             "foreign_cores": [m.foreign_cores for m in meters],
         }
         if has_sklearn:
             row["sklearn_warm_fresh_s"] = third["calls"][0]["seconds"]
+            row["sklearn_warm_fresh_cpu_s"] = third["calls"][0]["cpu_s"]
         rows.append(row)
         print(
             f"rep {rep + 1}: cold {row['cold_s']:.2f} s, warm same process "

@@ -1,18 +1,21 @@
 """Batched extraction of CNN codes from image files, through the cache (no scikit-learn here).
 
-:func:`extract_codes` hashes every file, serves the codes the cache already has, and pushes only
-the missing images through the network: decoded while the network runs (by worker processes, or
-by a background thread where there are none), batched, under ``torch.inference_mode``, cut after
-the deepest requested layer, with BatchNorm folded into the convolutions before it and
-channels_last memory. Codes are committed to the cache every few hundred rows and whenever the run
-stops (an error, Ctrl-C), so nothing computed is lost and an interrupted run resumes where it
-stopped. Speed measurements and the reasons for the defaults: ``bench/RESULTS.md``.
+:func:`extract_codes` hashes every file and asks a read-through
+:class:`~cnncodes.cache.CodeCache` for their codes; the cache serves what it has and hands the
+missing images to the network, which is all this module and :mod:`cnncodes.extraction` do
+(neither knows about shards, indexes or compaction): decoded while the network runs (by worker
+processes, or by a background thread where there are none), batched, under
+``torch.inference_mode``, cut after the deepest requested layer, with BatchNorm folded into the
+convolutions before it and channels_last memory. Codes go to the cache batch by batch; it commits
+them every few hundred rows and whenever the run stops (an error, Ctrl-C), so nothing computed is
+lost and an interrupted run resumes where it stopped. Speed measurements and the reasons for the
+defaults: ``bench/RESULTS.md``.
 
 With ``spec.preprocessing.impl == "torch"`` the images are decoded and preprocessed as tensors on
 the extraction device instead (JPEG by torchvision: nvJPEG on a GPU, batched), in a background
 thread of this process and, on a GPU, on a second CUDA stream; see :func:`preprocess_bytes`.
 
-This module is the public face of extraction and its cache side; the work is in
+This module is the public face of extraction; the work is in
 :mod:`cnncodes.extraction`: ``runtime`` (device, precision, exact fp32), ``decode`` (the Pillow
 and torch decoders, reading threads), ``fold`` (BatchNorm folding) and ``loop`` (the forward loop).
 """
@@ -20,8 +23,6 @@ and torch decoders, reading threads), ``fold`` (BatchNorm folding) and ``loop`` 
 from __future__ import annotations
 
 import contextlib
-import copy
-import json
 import os
 import time
 from dataclasses import dataclass, field
@@ -209,41 +210,9 @@ def _as_paths(images):
     return paths
 
 
-# Per process: code widths by (spec, layers, pooling), and stores by configuration. A grid search
-# asks for the same codes once per fold and candidate; these spare it re-hashing configurations
-# and re-reading shard metadata (measured in bench/RESULTS.md).
+# Code widths by (spec, layers, pooling), per process: a grid search asks for the same codes
+# once per fold and candidate (measured in bench/RESULTS.md).
 _WIDTHS = {}
-_STORES = {}
-
-
-def _store(root, config):
-    key = (root, json.dumps(config, sort_keys=True))
-    store = _STORES.get(key)
-    if store is None:
-        if len(_STORES) >= 256:
-            _STORES.clear()
-        store = _STORES[key] = _cache.CodeStore(root, copy.deepcopy(config))
-    return store
-
-
-def _cached_widths(stores, layers):
-    """Code widths of configurations the cache already holds, or None where any is new.
-
-    Shards are only written for a valid configuration, with its code width, so a stored width
-    spares probing the network's shapes (a graph trace: most of a warm call's fixed cost).
-    """
-    if not stores:
-        return None
-    widths = {}
-    for layer in layers:
-        store = stores[layer]
-        if not store.shard_paths():
-            return None
-        width = store.info()["features"]
-        if width is None:
-            return None
-        widths[layer] = width
-    return widths
 
 
 def extract_codes(
@@ -331,9 +300,8 @@ def extract_codes(
     precision = resolve_precision(precision, dev)
     layers = resolve_layers(spec, layers)
     configs = {layer: code_config(spec, layer, pooling, precision, dev.type) for layer in layers}
-    root = _cache.resolve_cache_dir(cache_dir)
-    stores = {layer: _store(root, configs[layer]) for layer in layers} if root else {}
-    widths = _WIDTHS.get((spec, tuple(layers), pooling)) or _cached_widths(stores, layers)
+    cache = _cache.CodeCache(cache_dir, configs)
+    widths = _WIDTHS.get((spec, tuple(layers), pooling)) or cache.widths()
     if widths is None:
         # Checks the pooling against each layer's shape before any image is read.
         shapes = layer_shapes(spec, layers)
@@ -349,77 +317,59 @@ def extract_codes(
                 raise digest
             skipped[i] = digest.reason
             digests[i] = None
-    groups = {}
-    for i, digest in enumerate(digests):
-        if digest is not None:
-            groups.setdefault(digest, []).append(i)
+    valid = [i for i in range(len(paths)) if i not in skipped] if skipped else range(len(paths))
 
-    # 2. Serve what the cache has.
-    out = {layer: np.zeros((len(paths), widths[layer]), np.float32) for layer in layers}
-    have = {layer: set() for layer in layers}
-    for layer, store in stores.items():
-        index = store.index()
-        hits = [d for d in groups if d in index]
-        have[layer] = set(hits)
-        if hits:
-            rows = [groups[d][0] for d in hits]
-            store.read(hits, out=out[layer], rows=rows, index=index)
-    if len(layers) == 1:
-        todo = [d for d in groups if d not in have[layers[0]]] if have[layers[0]] else list(groups)
-    else:
-        todo = [d for d in groups if any(d not in have[layer] for layer in layers)]
-    cached = len(groups) - len(todo)
-    # The same picture under several names: copy its row (only where there are such inputs).
-    duplicates = [(d, g) for d, g in groups.items() if len(g) > 1]
-    for layer in layers:
-        for d, (first, *rest) in duplicates:
-            if d in have[layer]:
-                out[layer][rest] = out[layer][first]
-
-    # 3. Compute the rest.
-    computed = 0
+    # 2. Serve what the cache has; compute the rest, which the cache keeps as it comes.
+    failed = {}
     # fp32 codes on a GPU must be the CPU's fp32 codes (same cache key): no TF32 while they are made.
     exact = exact_fp32(dev.type) if precision == "fp32" else contextlib.nullcontext()
-    if todo:
-        for layer in layers:
-            if layer in stores and len(have[layer]) < len(groups):  # it will write codes
-                stores[layer].ensure_writable()
+
+    def compute(missing, deliver):
+        first = {}
+        for i in valid:
+            first.setdefault(digests[i], paths[i])
+        loop = ForwardLoop(
+            spec=spec,
+            layers=layers,
+            pooling=pooling,
+            device=dev,
+            precision=precision,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            on_error=on_error,
+            progress=progress,
+            items=[(d, first[d]) for d in missing],
+            deliver=deliver,
+            failed=failed,
+        )
         with exact:
-            computed = ForwardLoop(
-                spec=spec,
-                layers=layers,
-                pooling=pooling,
-                device=dev,
-                precision=precision,
-                batch_size=batch_size,
-                num_workers=num_workers,
-                on_error=on_error,
-                progress=progress,
-                commit_rows=commit_rows,
-                commit_seconds=commit_seconds,
-                paths=paths,
-                groups=groups,
-                todo=todo,
-                out=out,
-                have=have,
-                stores=stores,
-                skipped=skipped,
-            ).run()
-    for store in stores.values():
-        if len(store.shard_paths()) > 64:
-            store.compact()
+            loop.run()
+
+    served = cache.cached(
+        [digests[i] for i in valid],
+        compute,
+        widths,
+        commit_rows=commit_rows,
+        commit_seconds=commit_seconds,
+    )
+    codes = served.codes
+    if failed:  # unreadable when decoded, after hashing
+        for i in valid:
+            if digests[i] in failed:
+                skipped[i] = failed[digests[i]]
+        rows = [r for r, i in enumerate(valid) if i not in skipped]
+        codes = {layer: arr[rows] for layer, arr in codes.items()}
 
     if skipped:
         kept = np.array([i for i in range(len(paths)) if i not in skipped], dtype=np.int64)
     else:
         kept = np.arange(len(paths), dtype=np.int64)
-    codes = {layer: (arr if len(kept) == len(paths) else arr[kept]) for layer, arr in out.items()}
     return ExtractionResult(
         codes=codes,
         kept=kept,
         skipped=[SkippedImage(i, paths[i], skipped[i]) for i in sorted(skipped)],
-        computed=computed,
-        cached=cached,
+        computed=served.computed,
+        cached=served.hits,
         configs=configs,
         seconds=time.perf_counter() - started,
     )

@@ -463,3 +463,145 @@ def test_info_reads_keys_only_and_a_later_read_still_checks(store):
         assert store.info()["rows"] == 3  # no code read to count rows
     with pytest.warns(CacheWarning, match=f"{re.escape(str(path))}: checksum mismatch"):
         assert store.index() == {}  # the listing for a read checks, memo or not
+
+
+# ------------------------------------------------------------------ the read-through CodeCache
+
+CONFIGS = {"a": CONFIG, "b": {**CONFIG, "layer": "layer3"}}
+WIDTHS = {"a": 4, "b": 3}
+
+
+def _true_codes(key, name):
+    """The codes a fake network makes of ``key``: deterministic per key and name."""
+    seed = int(key, 16) % 2**32 + (1000 if name == "b" else 0)
+    return np.random.default_rng(seed).normal(size=WIDTHS[name]).astype(np.float32)
+
+
+class FakeNetwork:
+    """A ``compute`` that records its calls and delivers codes ``per_block`` keys at a time."""
+
+    def __init__(self, per_block=2, fail_after=None, names=("a", "b")):
+        self.calls = []
+        self.per_block = per_block
+        self.fail_after = fail_after  # raise once this many keys were delivered
+        self.names = names
+
+    def __call__(self, missing, deliver):
+        self.calls.append(list(missing))
+        for start in range(0, len(missing), self.per_block):
+            if self.fail_after is not None and start >= self.fail_after:
+                raise RuntimeError("network failed midway")
+            block = missing[start : start + self.per_block]
+            deliver(block, {n: np.stack([_true_codes(k, n) for k in block]) for n in self.names})
+
+
+def _expected(keys, name):
+    return np.stack([_true_codes(k, name) for k in keys])
+
+
+def test_read_through_computes_only_the_misses_once_and_serves_hits_without_compute(tmp_path):
+    cache = cnncodes.cache.CodeCache(tmp_path / "cache", CONFIGS)
+    assert cache.widths() is None  # nothing stored yet
+    net = FakeNetwork()
+    first = cache.cached(_keys(4), net, WIDTHS)
+    assert net.calls == [_keys(4)]
+    assert (first.computed, first.hits) == (4, 0)
+    # Repeats, hits and misses mixed: misses computed once, in first-seen order, each once.
+    keys = [_keys(1, 5)[0], *_keys(4), _keys(1, 4)[0], _keys(1, 2)[0], _keys(1, 5)[0]]
+    again = cnncodes.cache.CodeCache(tmp_path / "cache", CONFIGS).cached(keys, net, WIDTHS)
+    assert net.calls[1:] == [[_keys(1, 5)[0], _keys(1, 4)[0]]]
+    assert (again.computed, again.hits) == (2, 4)
+    for name in CONFIGS:
+        assert again.codes[name].dtype == np.float32
+        np.testing.assert_array_equal(again.codes[name], _expected(keys, name))
+    # Everything is stored now: a third call never computes.
+    third = cnncodes.cache.CodeCache(tmp_path / "cache", CONFIGS).cached(keys, net, WIDTHS)
+    assert len(net.calls) == 2 and (third.computed, third.hits) == (0, 6)
+    np.testing.assert_array_equal(third.codes["b"], _expected(keys, "b"))
+    assert cache.widths() == WIDTHS
+
+
+def test_read_through_computes_a_key_missing_under_one_name_and_stores_it_only_there(tmp_path):
+    root = tmp_path / "cache"
+    CodeStore(root, CONFIGS["a"]).write(_keys(3), _expected(_keys(3), "a"))
+    cache = cnncodes.cache.CodeCache(root, CONFIGS)
+    assert cache.widths() is None  # "b" holds nothing yet
+    net = FakeNetwork()
+    served = cache.cached(_keys(3), net, WIDTHS)
+    assert net.calls == [_keys(3)] and (served.computed, served.hits) == (3, 0)
+    np.testing.assert_array_equal(served.codes["b"], _expected(_keys(3), "b"))
+    assert CodeStore(root, CONFIGS["a"]).info()["rows"] == 3  # not stored a second time
+    assert CodeStore(root, CONFIGS["b"]).info()["rows"] == 3
+
+
+def test_null_cache_computes_every_time_and_writes_nothing(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("CNNCODES_CACHE", raising=False)
+    cache = cnncodes.cache.CodeCache(None, CONFIGS)
+    assert cache.widths() is None
+    net = FakeNetwork()
+    keys = _keys(3) + _keys(1)
+    for _ in range(2):
+        served = cache.cached(keys, net, WIDTHS)
+        np.testing.assert_array_equal(served.codes["a"], _expected(keys, "a"))
+        assert (served.computed, served.hits) == (3, 0)
+    assert net.calls == [_keys(3), _keys(3)]
+    assert os.listdir(tmp_path) == []
+
+
+def test_read_through_commits_as_it_goes_and_keeps_them_when_compute_raises(tmp_path):
+    root = tmp_path / "cache"
+    cache = cnncodes.cache.CodeCache(root, CONFIGS)
+    stored = []
+
+    def watching(missing, deliver):
+        def counting(keys, codes, stored_as=None):
+            deliver(keys, codes, stored_as)
+            stored.append(CodeStore(root, CONFIGS["a"]).info()["rows"])
+
+        FakeNetwork(per_block=1, fail_after=5)(missing, counting)
+
+    with pytest.raises(RuntimeError, match="network failed midway"):
+        cache.cached(_keys(8), watching, WIDTHS, commit_rows=2, commit_seconds=1e9)
+    assert stored == [0, 2, 2, 4, 4]  # a shard every 2 rows, while compute runs
+    # The fifth row, delivered but not yet due, was committed when compute raised.
+    assert CodeStore(root, CONFIGS["b"]).info()["rows"] == 5
+    net = FakeNetwork()
+    resumed = cnncodes.cache.CodeCache(root, CONFIGS).cached(_keys(8), net, WIDTHS)
+    assert net.calls == [_keys(3, 5)] and (resumed.computed, resumed.hits) == (3, 5)
+    np.testing.assert_array_equal(resumed.codes["a"], _expected(_keys(8), "a"))
+
+
+def test_read_through_stores_codes_under_the_content_they_were_made_from(tmp_path):
+    # A file rewritten between hashing and decoding: its row gets the codes of what was read,
+    # stored under the hash of what was read, never under the stale hash.
+    root = tmp_path / "cache"
+    old, new = _keys(2)
+
+    def rewritten(missing, deliver):
+        codes = {n: _expected([new], n) for n in CONFIGS}
+        deliver(missing, codes, stored_as=[new])
+
+    served = cnncodes.cache.CodeCache(root, CONFIGS).cached([old], rewritten, WIDTHS)
+    np.testing.assert_array_equal(served.codes["a"], _expected([new], "a"))
+    assert set(CodeStore(root, CONFIGS["a"]).index()) == {new}
+
+
+def test_read_through_refuses_codes_for_keys_it_did_not_ask_for(tmp_path):
+    def stray(missing, deliver):
+        deliver(_keys(1, 7), {n: _expected(_keys(1, 7), n) for n in CONFIGS})
+
+    with pytest.raises(ValueError, match=r"compute delivered codes for a key not asked for: '0+7'"):
+        cnncodes.cache.CodeCache(tmp_path / "cache", CONFIGS).cached(_keys(2), stray, WIDTHS)
+    with pytest.raises(ValueError, match=r"compute delivered codes of 'a' only; expected a, b"):
+        cnncodes.cache.CodeCache(None, CONFIGS).cached(_keys(2), FakeNetwork(names="a"), WIDTHS)
+
+
+def test_read_through_checks_the_cache_is_writable_before_computing(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    cache = cnncodes.cache.CodeCache(blocker / "cache", {"a": CONFIG})
+    net = FakeNetwork(names=("a",))
+    with pytest.raises(OSError, match=r"cannot write to the cache folder .*file.cache"):
+        cache.cached(_keys(2), net, {"a": 4})
+    assert net.calls == []

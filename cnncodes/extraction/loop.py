@@ -1,8 +1,7 @@
-"""The forward loop: decoded batches through the cut network, pooled, committed to the cache."""
+"""The forward loop: decoded batches through the cut network, pooled, handed on as they are made."""
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,10 +22,10 @@ CPU_FORWARD_BATCH = 8
 
 @dataclass(frozen=True, kw_only=True)
 class ForwardLoop:
-    """One pass of the images of ``todo`` through the network, filling ``out`` and the cache.
+    """One pass of the images of ``items`` through the network, handing each batch's codes on.
 
-    Built by :func:`cnncodes.extract.extract_codes` once it knows what the cache lacks;
-    :meth:`run` does the work.
+    Built by :func:`cnncodes.extract.extract_codes` as the ``compute`` of its
+    :class:`~cnncodes.cache.CodeCache` (which knows what to keep); :meth:`run` does the work.
     """
 
     # What runs, and how.
@@ -39,23 +38,17 @@ class ForwardLoop:
     num_workers: int
     on_error: str
     progress: object
-    commit_rows: int
-    commit_seconds: float
-    # The inputs: file paths, their positions by content digest, the digests to compute.
-    paths: list
-    groups: dict
-    todo: list
-    # Filled in place: codes per layer, digests each store already has, the stores, skipped rows.
-    out: dict
-    have: dict
-    stores: dict
-    skipped: dict
+    # The inputs: (content digest, file path) of each image to compute.
+    items: list
+    # Where the codes go: ``deliver(digests, {layer: codes}, stored_as=digests read)``.
+    deliver: object
+    # Filled in place: digest -> why its file could not be read (with on_error="skip").
+    failed: dict
 
     def run(self):
         """Push the images through the network; the number of images computed."""
-        spec, layers, pooling, paths = self.spec, self.layers, self.pooling, self.paths
-        groups, todo, out, have = self.groups, self.todo, self.out, self.have
-        stores, skipped, dev, precision = self.stores, self.skipped, self.device, self.precision
+        spec, layers, pooling, items = self.spec, self.layers, self.pooling, self.items
+        deliver, failed, dev, precision = self.deliver, self.failed, self.device, self.precision
         batch_size, num_workers, on_error = self.batch_size, self.num_workers, self.on_error
         net = build_model(spec)
         extractor = build_extractor(net, layers)
@@ -67,7 +60,6 @@ class ForwardLoop:
         extractor = extractor.to(memory_format=torch.channels_last)
         mean = torch.tensor(spec.preprocessing.mean, device=dev).view(1, 3, 1, 1)
         std = torch.tensor(spec.preprocessing.std, device=dev).view(1, 3, 1, 1)
-        items = [(d, paths[groups[d][0]]) for d in todo]
         tensors = spec.preprocessing.impl == "torch"
         if tensors:
             # Decoded in this process (a background thread), on the extraction device.
@@ -76,13 +68,12 @@ class ForwardLoop:
             loader = torch.utils.data.DataLoader(
                 _Decode(items, spec.preprocessing),
                 batch_size=batch_size,
-                num_workers=num_workers if len(todo) > 1 else 0,
+                num_workers=num_workers if len(items) > 1 else 0,
                 collate_fn=_collate,
                 worker_init_fn=_worker_init if num_workers else None,
                 pin_memory=dev.type == "cuda",
             )
-        committer = _Committer(stores, self.commit_rows, self.commit_seconds)
-        bar = Progress(len(todo), "extracting", "images", "img", self.progress)
+        bar = Progress(len(items), "extracting", "images", "img", self.progress)
         computed = 0
         # On the CPU, small forward passes are faster (activations stay in cache; measured in
         # bench/RESULTS.md): the loader's batch is pushed through in chunks. A GPU takes it whole.
@@ -91,7 +82,7 @@ class ForwardLoop:
             dev.type, dtype=_DTYPES.get(precision), enabled=precision in _DTYPES
         )
         in_process = tensors or loader.num_workers == 0
-        batches = _prefetch(loader) if in_process and len(todo) > batch_size else loader
+        batches = _prefetch(loader) if in_process and len(items) > batch_size else loader
         try:
             for batch in batches:
                 if tensors:
@@ -100,9 +91,8 @@ class ForwardLoop:
                 for digest, _a, _t, reason in batch:
                     if reason is not None:
                         if on_error == "raise":
-                            raise ImageLoadError(paths[groups[digest][0]], reason)
-                        for i in groups[digest]:
-                            skipped[i] = reason
+                            raise ImageLoadError(dict(items)[digest], reason)
+                        failed[digest] = reason
                 if good:
                     if tensors:
                         # Already on the device; stacked as channels_last.
@@ -132,54 +122,18 @@ class ForwardLoop:
                             del feats  # activations of early layers are large; free before the next
                             # Counted per pass: a loader batch of a slow network can take minutes.
                             bar.update(1 if single else len(part))
-                    rows = [groups[d] for d, _, _ in good]
-                    # A file rewritten since it was hashed is stored under the hash of what was decoded.
-                    keys = [a for _, a, _ in good]
-                    for layer in layers:
-                        codes = torch.cat(pooled[layer]).cpu().numpy()
-                        for r, idx in enumerate(rows):
-                            out[layer][idx] = codes[r]
-                        if layer in stores:
-                            new = [r for r, (d, _, _) in enumerate(good) if d not in have[layer]]
-                            if new:
-                                committer.add(layer, [keys[r] for r in new], codes[new])
+                    # Codes are true for what was decoded: a file rewritten since it was hashed
+                    # made codes of its new content.
+                    deliver(
+                        [d for d, _, _ in good],
+                        {layer: torch.cat(pooled[layer]).cpu().numpy() for layer in layers},
+                        stored_as=[a for _, a, _ in good],
+                    )
                     computed += len(good)
-                    committer.step(len(good))
                 if len(good) < len(batch):
                     bar.update(len(batch) - len(good))  # the unreadable ones are done too
         finally:
             if batches is not loader:
                 batches.close()
-            committer.commit()
             bar.close()
         return computed
-
-
-class _Committer:
-    """Buffers new codes per layer and commits them as cache shards every so often."""
-
-    def __init__(self, stores, rows, seconds):
-        self.stores = stores
-        self.rows = rows
-        self.seconds = seconds
-        self.buffer = {layer: ([], []) for layer in stores}
-        self.pending = 0
-        self.last = time.monotonic()
-
-    def add(self, layer, digests, codes):
-        keys, blocks = self.buffer[layer]
-        keys.extend(digests)
-        blocks.append(codes)
-
-    def step(self, n):
-        self.pending += n
-        if self.pending >= self.rows or time.monotonic() - self.last >= self.seconds:
-            self.commit()
-
-    def commit(self):
-        for layer, (keys, blocks) in self.buffer.items():
-            if keys:
-                self.stores[layer].write(keys, np.concatenate(blocks))
-            self.buffer[layer] = ([], [])
-        self.pending = 0
-        self.last = time.monotonic()
