@@ -97,14 +97,20 @@ def test_sigkill_at_random_moments_then_resume(ctx, images, reference, tmp_path,
         return len(kills) >= 5 and any(0 < rows < N_IMAGES for rows in kills)
 
     # 8 rounds, and more (up to 20) while a loaded machine's timing made too few kills land.
+    rows = 0
     for round_ in range(20):
         if round_ >= 8 and enough(history):
             break
+        if rows == N_IMAGES and not enough(history):
+            # A run finished before any kill caught it half-way: nothing is left to kill in
+            # this cache, so aim again at an empty one.
+            cache = str(tmp_path / f"cache{round_}")
+            store, rows = _store(cache), 0
         out = tmp_path / f"round{round_}"
         p = ctx.Process(target=worker.extract_job, args=(images, cache, str(out), 3))
         p.start()
         # Aim inside the remaining work (hashing, building, batches, commits, compaction).
-        remaining = 1 - history[-1][1] / N_IMAGES if history else 1
+        remaining = 1 - rows / N_IMAGES
         time.sleep(rng.uniform(0.0, 0.9 * duration * max(remaining, 0.3)))
         if p.is_alive():
             # It may still finish between the check and the signal: the exit code decides.
@@ -113,7 +119,8 @@ def test_sigkill_at_random_moments_then_resume(ctx, images, reference, tmp_path,
         p.join(60)
         assert p.exitcode in (0, -signal.SIGKILL)
         killed = p.exitcode == -signal.SIGKILL
-        history.append((killed, _check_cache(store, digests, expected)))
+        rows = _check_cache(store, digests, expected)
+        history.append((killed, rows))
     print(f"run takes {duration:.2f} s; (killed, rows stored) per round: {history}")
     assert sum(killed for killed, _ in history) >= 5, history
     # Some kill left a partly filled cache that a later run had to resume.
