@@ -61,6 +61,14 @@ def _timm_arch(model):
     return _timm().models.split_model_name_tag(model[len(TIMM_PREFIX) :])
 
 
+def _timm_pretrained_cfg(name):
+    """timm's pretrained config of ``"arch"`` or ``"arch.tag"``, or None (an unknown tag)."""
+    try:
+        return _timm().models.get_pretrained_cfg(name)
+    except RuntimeError:  # timm's "Invalid pretrained tag"
+        return None
+
+
 def _check_timm_name(model):
     timm = _timm()
     name = model[len(TIMM_PREFIX) :]
@@ -72,7 +80,7 @@ def _check_timm_name(model):
         raise ModelError(
             f"model={model!r}: {arch!r} is not a timm model.{hint} See timm.list_models()."
         )
-    if tag and timm.models.get_pretrained_cfg(name) is None:
+    if tag and _timm_pretrained_cfg(name) is None:
         raise ModelError(
             f"model={model!r}: timm has no pretrained tag {tag!r} for {arch!r}; choose one of "
             f"{', '.join(timm.list_pretrained(arch + '.*'))}, or leave the tag out"
@@ -159,7 +167,7 @@ def _parse_timm_weights(model, weights):
             raise WeightsError(
                 f"weights={weights!r} contradict the tag of model={model!r}: give the tag once"
             )
-    cfg = timm.models.get_pretrained_cfg(f"{arch}.{chosen}" if chosen else arch)
+    cfg = _timm_pretrained_cfg(f"{arch}.{chosen}" if chosen else arch)
     if cfg is None or not (cfg.hf_hub_id or cfg.url or cfg.file):
         available = timm.list_pretrained(arch + ".*")
         raise WeightsError(
