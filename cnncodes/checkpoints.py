@@ -190,12 +190,23 @@ def _download_timm_hub_file(repo, files, revision, cache, label):
 
 
 def _load_timm_pretrained(model_name, path, seed):
-    """timm's network ``model_name`` with the pretrained weights in file ``path``, loaded by
-    timm (``weights_only=True``) so that its own checkpoint filters apply, never fetching."""
+    """timm's network ``model_name`` with the pretrained weights in file ``path``, never
+    fetching. The file is read here (safetensors, or ``torch.load`` with ``weights_only=True``
+    whatever timm's version defaults to); timm applies its own checkpoint filters to the state."""
+    path = os.fspath(path)
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        try:
+            state = load_file(path, device="cpu")
+        except Exception as exc:  # safetensors raises its own error types
+            raise WeightsError(f"{path}: cannot be read as safetensors ({exc})") from None
+    else:
+        state = _read_checkpoint(path)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         net = _timm().create_model(
-            model_name, pretrained=True, pretrained_cfg_overlay={"file": os.fspath(path)}
+            model_name, pretrained=True, pretrained_cfg_overlay={"state_dict": state}
         )
     return net.eval()
 

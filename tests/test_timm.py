@@ -171,6 +171,30 @@ def test_pretrained_weights_are_read_from_timms_hub_cache(offline, tmp_path):
         build_model(resolve_spec(NET))
 
 
+class _RunsCode:
+    """A pickle payload that creates a file when unpickled without weights_only."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_a_pickle_in_the_hub_cache_is_never_run(offline, tmp_path):
+    marker = tmp_path / "code-ran"
+    staged = tmp_path / "staged.bin"
+    torch.save(_RunsCode(marker), staged)
+    _hub_cache_file(
+        tmp_path / "hf", "timm/resnet10t.c3_in1k", "pytorch_model.bin", staged.read_bytes()
+    )
+    with pytest.raises(
+        WeightsError, match=r"cannot be read as a checkpoint with weights_only=True"
+    ):
+        build_model(resolve_spec(NET))
+    assert not marker.exists() and offline == []
+
+
 def test_a_checkpoint_file_is_identified_by_its_sha256(tmp_path, spec):
     torch.manual_seed(7)
     state = timm.create_model("resnet10t").state_dict()
