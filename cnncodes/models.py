@@ -13,8 +13,8 @@ A model is a torchvision classification model name (``"resnet50"``), a timm mode
 - a path to a checkpoint file (a state_dict, or a dict holding one and maybe its
   ``preprocessing``); its identity is its SHA-256 (:mod:`cnncodes.checkpoints`).
 
-``weights=None`` means ``"DEFAULT"`` for a torchvision or timm model and "as the callable builds it" for the
-user's own architecture.
+``weights=None`` means ``"DEFAULT"`` for a torchvision or timm model and "as the callable builds
+it" for the user's own architecture.
 
 Resolution is cheap: :func:`resolve_spec` builds the architecture on the ``meta`` device (no memory,
 no initialisation) to fingerprint it and name its layers; :func:`build_model` loads real weights only
