@@ -1,9 +1,12 @@
-"""Model names to networks: torchvision names, ``package.module:callable``, fingerprints (torch only).
+"""Model names to networks: torchvision names, ``timm:NAME``, ``package.module:callable``,
+fingerprints (torch only).
 
-A model is a torchvision classification model name (``"resnet50"``, ``"mobilenet_v2"``, ...) or the
-user's own architecture given as ``"package.module:callable"`` returning an ``nn.Module``; such a
-callable may declare the preprocessing its network expects in a ``preprocessing`` attribute
-(see :func:`cnncodes.models.resolve_spec`).
+A model is a torchvision classification model name (``"resnet50"``, ``"mobilenet_v2"``, ...), a
+timm model (``"timm:resnet10t"``, the optional ``timm`` extra), or the user's own architecture
+given as ``"package.module:callable"`` returning an ``nn.Module``; such a callable may declare the
+preprocessing its network expects in a ``preprocessing`` attribute (see
+:func:`cnncodes.models.resolve_spec`). ``timm:`` is a reserved prefix, never a module's name
+(:func:`cnncodes.spec.is_callable_form`).
 
 Named torchvision weights (``"DEFAULT"``, ``"IMAGENET1K_V1"``, ``"ResNet50_Weights.IMAGENET1K_V1"``)
 are parsed here, next to the model names: torchvision's builders take constructor arguments from
@@ -30,7 +33,7 @@ import torch
 import torchvision
 from torch import nn
 
-from .spec import ModelError, WeightsError
+from .spec import TIMM_PREFIX, ModelError, WeightsError, is_callable_form, is_timm_name
 
 __all__ = ["model_identity"]
 
@@ -38,7 +41,50 @@ __all__ = ["model_identity"]
 def _is_callable_name(model):
     """Meant as ``package.module:callable``, well formed or not (unlike
     :func:`cnncodes.spec.is_model_callable`): a malformed one gets the callable's error."""
-    return ":" in model
+    return is_callable_form(model)
+
+
+def _timm():
+    """The timm package, or a ModelError saying how to install it."""
+    try:
+        import timm
+    except ImportError as exc:
+        raise ModelError(
+            f"timm models need the timm package ({exc}): pip install 'cnncodes[timm]' "
+            "(or pip install timm)"
+        ) from None
+    return timm
+
+
+def _timm_arch(model):
+    """``"timm:resnet10t.c3_in1k"`` -> ``("resnet10t", "c3_in1k")``; the tag may be empty."""
+    return _timm().models.split_model_name_tag(model[len(TIMM_PREFIX) :])
+
+
+def _timm_pretrained_cfg(name):
+    """timm's pretrained config of ``"arch"`` or ``"arch.tag"``, or None (an unknown tag)."""
+    try:
+        return _timm().models.get_pretrained_cfg(name)
+    except RuntimeError:  # timm's "Invalid pretrained tag"
+        return None
+
+
+def _check_timm_name(model):
+    timm = _timm()
+    name = model[len(TIMM_PREFIX) :]
+    arch, tag = timm.models.split_model_name_tag(name)
+    if not arch or not timm.models.is_model(arch):
+        names = timm.list_models()
+        close = difflib.get_close_matches(arch, names, n=5, cutoff=0.5)
+        hint = f" Did you mean {', '.join(TIMM_PREFIX + c for c in close)}?" if close else ""
+        raise ModelError(
+            f"model={model!r}: {arch!r} is not a timm model.{hint} See timm.list_models()."
+        )
+    if tag and _timm_pretrained_cfg(name) is None:
+        raise ModelError(
+            f"model={model!r}: timm has no pretrained tag {tag!r} for {arch!r}; choose one of "
+            f"{', '.join(timm.list_pretrained(arch + '.*'))}, or leave the tag out"
+        )
 
 
 def _torchvision_names():
@@ -81,9 +127,11 @@ def _call_without_arguments(model):
 def _check_model_name(model):
     if not isinstance(model, str) or not model:
         raise ModelError(
-            f"model={model!r}: expected a torchvision model name such as 'resnet50' or "
-            "'package.module:callable'"
+            f"model={model!r}: expected a torchvision model name such as 'resnet50', "
+            "'timm:NAME' or 'package.module:callable'"
         )
+    if is_timm_name(model):
+        return _check_timm_name(model)
     if _is_callable_name(model):
         return
     names = _torchvision_names()
@@ -92,8 +140,8 @@ def _check_model_name(model):
         hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
         raise ModelError(
             f"model={model!r} is not a torchvision classification model.{hint} "
-            "See torchvision.models.list_models(), or give your own architecture as "
-            "'package.module:callable'."
+            "See torchvision.models.list_models(), give a timm model as 'timm:NAME', or your "
+            "own architecture as 'package.module:callable'."
         )
 
 
@@ -101,8 +149,40 @@ def _weights_enum(model):
     return torchvision.models.get_model_weights(model)
 
 
+def _parse_timm_weights(model, weights):
+    """``DEFAULT`` / ``c3_in1k`` / ``resnet10t.c3_in1k`` -> timm's full pretrained name
+    (``"resnet10t.c3_in1k"``), whose pretrained config names the weights and their file."""
+    timm = _timm()
+    arch, tag = _timm_arch(model)
+    if weights == "DEFAULT":
+        chosen = tag
+    else:
+        other, _, chosen = weights.rpartition(".")
+        if other and other != arch:
+            raise WeightsError(
+                f"weights={weights!r} are for another model: {model!r} takes the pretrained "
+                f"weights of {arch!r} ({', '.join(timm.list_pretrained(arch + '.*'))})"
+            )
+        if tag and chosen != tag:
+            raise WeightsError(
+                f"weights={weights!r} contradict the tag of model={model!r}: give the tag once"
+            )
+    cfg = _timm_pretrained_cfg(f"{arch}.{chosen}" if chosen else arch)
+    if cfg is None or not (cfg.hf_hub_id or cfg.url or cfg.file):
+        available = timm.list_pretrained(arch + ".*")
+        raise WeightsError(
+            f"weights={weights!r}: timm has no pretrained weights of that name for {arch!r}; "
+            f"choose DEFAULT or one of {', '.join(available) or '(none)'}, 'none', or a "
+            "checkpoint file path"
+        )
+    return f"{arch}.{cfg.tag}" if cfg.tag else arch
+
+
 def _parse_named_weights(model, weights):
-    """``DEFAULT`` / ``IMAGENET1K_V1`` / ``ResNet50_Weights.IMAGENET1K_V1`` -> the enum member."""
+    """``DEFAULT`` / ``IMAGENET1K_V1`` / ``ResNet50_Weights.IMAGENET1K_V1`` -> the enum member;
+    for a timm model, the full name of timm's pretrained weights (:func:`_parse_timm_weights`)."""
+    if is_timm_name(model):
+        return _parse_timm_weights(model, weights)
     if _is_callable_name(model):
         raise WeightsError(
             f"weights={weights!r}: named torchvision weights only apply to torchvision models, "
@@ -142,10 +222,18 @@ def _arch_kwargs(model, weights_enum):
 
 
 def _construct(model, weights_enum, seed):
-    """Build the architecture with a deterministic random initialisation."""
+    """Build the architecture with a deterministic random initialisation.
+
+    For a timm model ``weights_enum`` is the full pretrained name (:func:`_parse_timm_weights`)
+    or None: its pretrained config sets the constructor's arguments (the number of classes).
+    """
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        if _is_callable_name(model):
+        if is_timm_name(model):
+            arch, tag = _timm_arch(model)
+            name = weights_enum or (f"{arch}.{tag}" if tag else arch)
+            net = _timm().create_model(name, pretrained=False)
+        elif _is_callable_name(model):
             net = _call_without_arguments(model)
         else:
             net = torchvision.models.get_model(

@@ -1,11 +1,14 @@
-"""Weights files: torchvision's named weights, read offline, and checkpoint files (torch only).
+"""Weights files: torchvision's and timm's named weights, read offline, and checkpoint files
+(torch only).
 
 Nothing here downloads at import or resolution time. Torchvision weights are read from
 ``$TORCH_HOME/hub/checkpoints`` (checked against the hash in their published file name and loaded
 with ``weights_only=True``, unlike torchvision's own loader). Nothing is fetched from the internet
 unless ``CNNCODES_DOWNLOAD=1`` is set (then a missing file is downloaded the way torchvision does
 it); otherwise :class:`WeightsUnavailableError` says where to put the file, its URL, and how to
-pass a local checkpoint instead.
+pass a local checkpoint instead. timm's pretrained weights are looked up the same way, where timm
+itself keeps them: the Hugging Face hub cache (``$HF_HUB_CACHE``, else ``$HF_HOME/hub``), or, for
+weights published by URL, ``$TORCH_HOME/hub/checkpoints``.
 
 A checkpoint file holds a state_dict, or a dict holding one under ``state_dict``,
 ``model_state_dict``, ``model``, ``net`` or ``module``; ``module.`` (DataParallel) and
@@ -28,8 +31,8 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from .architectures import _is_callable_name
-from .spec import WeightsError, file_sha256
+from .architectures import _is_callable_name, _timm
+from .spec import WeightsError, file_sha256, is_timm_name
 
 __all__ = ["WeightsUnavailableError"]
 
@@ -38,7 +41,7 @@ _PREFIXES = ("module.", "_orig_mod.")
 
 
 class WeightsUnavailableError(WeightsError):
-    """Named torchvision weights that are neither on disk nor downloadable (offline)."""
+    """Named torchvision or timm weights that are neither on disk nor downloadable (offline)."""
 
 
 def _hub_checkpoint_path(url):
@@ -56,8 +59,6 @@ def _fetch_named_weights(enum_member):
     is a :class:`WeightsUnavailableError` that names the file, where it goes and its URL.
     """
     path = _hub_checkpoint_path(enum_member.url)
-    match = re.search(r"-([a-f0-9]+)\.", os.path.basename(path))
-    prefix = match.group(1) if match else None
     name = f"{type(enum_member).__name__}.{enum_member.name}"
     if not os.path.exists(path):
         where = (
@@ -66,27 +67,148 @@ def _fetch_named_weights(enum_member):
             f"published at {enum_member.url}), or pass a local checkpoint instead: "
             "weights='/path/to/checkpoint.pth' (--weights /path/to/checkpoint.pth)"
         )
-        if not _downloads_allowed():
-            raise WeightsUnavailableError(
-                f"weights {name} are not on this machine.\n{where}, or set CNNCODES_DOWNLOAD=1 "
-                "to let cnncodes download them."
-            )
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        try:
-            torch.hub.download_url_to_file(
-                enum_member.url, path, hash_prefix=prefix, progress=False
-            )
-        except (urllib.error.URLError, OSError, RuntimeError) as exc:
-            raise WeightsUnavailableError(
-                f"weights {name} are not on this machine and could not be downloaded ({exc}).\n"
-                f"{where}."
-            ) from None
+        _download_url(enum_member.url, path, name, where)
+    return _check_published_hash(path, name)
+
+
+def _download_url(url, path, name, where):
+    """Download ``url`` to ``path`` if ``CNNCODES_DOWNLOAD=1``, else say ``where`` it goes."""
+    if not _downloads_allowed():
+        raise WeightsUnavailableError(
+            f"weights {name} are not on this machine.\n{where}, or set CNNCODES_DOWNLOAD=1 "
+            "to let cnncodes download them."
+        )
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    try:
+        torch.hub.download_url_to_file(url, path, hash_prefix=_hash_prefix(path), progress=False)
+    except (urllib.error.URLError, OSError, RuntimeError) as exc:
+        raise WeightsUnavailableError(
+            f"weights {name} are not on this machine and could not be downloaded ({exc}).\n{where}."
+        ) from None
+
+
+def _hash_prefix(path):
+    """The SHA-256 prefix a published file name carries (``resnet18-f37072fd.pth``), or None."""
+    match = re.search(r"-([a-f0-9]+)\.", os.path.basename(path))
+    return match.group(1) if match else None
+
+
+def _check_published_hash(path, name):
+    """``path`` if its SHA-256 matches the one its name publishes: a hash prefix in the file
+    name, or, in the Hugging Face cache, the blob's own name (the full SHA-256 of its bytes)."""
+    blob = os.path.basename(os.path.realpath(path))
+    prefix = blob if re.fullmatch(r"[a-f0-9]{64}", blob) else _hash_prefix(path)
     if prefix and not file_sha256(path).startswith(prefix):
         raise WeightsError(
-            f"{path} does not match the SHA-256 prefix {prefix!r} published for {name}: the file "
-            "was altered or is incomplete; delete it and supply the original"
+            f"{path} does not match the SHA-256 {'prefix ' if len(prefix) < 64 else ''}"
+            f"{prefix!r} published for {name}: the file was altered or is incomplete; delete it "
+            "and supply the original"
         )
     return path
+
+
+def _hf_hub_cache():
+    """Where the Hugging Face hub keeps its files, read at each call (not at import)."""
+    from huggingface_hub import constants
+
+    if os.environ.get("HF_HUB_CACHE"):
+        return os.environ["HF_HUB_CACHE"]
+    if os.environ.get("HF_HOME"):
+        return os.path.join(os.environ["HF_HOME"], "hub")
+    return constants.HF_HUB_CACHE
+
+
+def _fetch_timm_weights(name):
+    """Path to the local file of timm's pretrained weights ``name`` (``"resnet10t.c3_in1k"``).
+
+    Looked up where timm itself keeps them (the Hugging Face hub cache, or
+    ``$TORCH_HOME/hub/checkpoints`` for weights published by URL); nothing is fetched unless
+    ``CNNCODES_DOWNLOAD=1``: a missing file is a :class:`WeightsUnavailableError` naming where
+    it goes.
+    """
+    cfg = _timm().models.get_pretrained_cfg(name)
+    label = f"timm:{name}"
+    if cfg.file:
+        if not os.path.isfile(cfg.file):
+            raise WeightsUnavailableError(f"weights {label}: file not found: {cfg.file}")
+        return cfg.file
+    if cfg.hf_hub_id:
+        from huggingface_hub import try_to_load_from_cache
+
+        repo, _, revision = cfg.hf_hub_id.partition("@")
+        files = [cfg.hf_hub_filename] if cfg.hf_hub_filename else []
+        files += [f for f in ("model.safetensors", "pytorch_model.bin") if f not in files]
+        cache = _hf_hub_cache()
+        for filename in files:
+            path = try_to_load_from_cache(
+                repo, filename, cache_dir=cache, revision=revision or None
+            )
+            if isinstance(path, str) and os.path.isfile(path):
+                return _check_published_hash(path, label)
+        if not _downloads_allowed():
+            snapshot = os.path.join(cache, f"models--{repo.replace('/', '--')}", "snapshots")
+            raise WeightsUnavailableError(
+                f"weights {label} are not on this machine.\ntimm looks for them in the Hugging "
+                f"Face hub cache, {cache} (set HF_HUB_CACHE or HF_HOME to change it): the file "
+                f"{files[0]} of the repository {repo}, under {snapshot}/<revision>/ (as "
+                f"`huggingface-cli download {repo} {files[0]}` puts it). Or pass a local "
+                "checkpoint instead: weights='/path/to/model.safetensors' (--weights PATH), "
+                "or set CNNCODES_DOWNLOAD=1 to let cnncodes download them."
+            )
+        return _download_timm_hub_file(repo, files, revision or None, cache, label)
+    path = _hub_checkpoint_path(cfg.url)
+    if not os.path.exists(path):
+        where = (
+            f"timm looks for them at {path} (set TORCH_HOME to change {torch.hub.get_dir()}). "
+            f"Either copy the file {os.path.basename(path)} there (it is published at "
+            f"{cfg.url}), or pass a local checkpoint instead: weights='/path/to/checkpoint.pth' "
+            "(--weights /path/to/checkpoint.pth)"
+        )
+        _download_url(cfg.url, path, label, where)
+    return _check_published_hash(path, label)
+
+
+def _download_timm_hub_file(repo, files, revision, cache, label):
+    """The first of ``files`` the hub repository has, downloaded into the hub cache."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
+
+    problem = None
+    for filename in files:
+        try:
+            return hf_hub_download(repo, filename, revision=revision, cache_dir=cache)
+        except EntryNotFoundError as exc:
+            problem = exc
+        except Exception as exc:  # network and hub errors come in many types
+            problem = exc
+            break
+    raise WeightsUnavailableError(
+        f"weights {label} are not on this machine and could not be downloaded from the Hugging "
+        f"Face hub repository {repo} ({problem}). Pass a local checkpoint instead: "
+        "weights='/path/to/model.safetensors' (--weights PATH)"
+    )
+
+
+def _load_timm_pretrained(model_name, path, seed):
+    """timm's network ``model_name`` with the pretrained weights in file ``path``, never
+    fetching. The file is read here (safetensors, or ``torch.load`` with ``weights_only=True``
+    whatever timm's version defaults to); timm applies its own checkpoint filters to the state."""
+    path = os.fspath(path)
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        try:
+            state = load_file(path, device="cpu")
+        except Exception as exc:  # safetensors raises its own error types
+            raise WeightsError(f"{path}: cannot be read as safetensors ({exc})") from None
+    else:
+        state = _read_checkpoint(path)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = _timm().create_model(
+            model_name, pretrained=True, pretrained_cfg_overlay={"state_dict": state}
+        )
+    return net.eval()
 
 
 def _unwrap_state_dict(obj, path):
@@ -192,7 +314,8 @@ def _head_hint(net, state, problems, model=None):
         return ""
     weight = state.get(f"{head}.weight")
     classes = f"num_classes={weight.shape[0]}" if weight is not None and weight.ndim == 2 else ""
-    name = model if isinstance(model, str) and not _is_callable_name(model) else "<name>"
+    torchvision = isinstance(model, str) and not _is_callable_name(model)
+    name = model if torchvision and not is_timm_name(model) else "<name>"
     return (
         f". Only the classifier head {head!r} differs (a checkpoint fine-tuned on other classes?): "
         f"give the architecture with that head as your own callable, e.g. a function returning "

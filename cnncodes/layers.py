@@ -3,7 +3,9 @@
 Layers cross the API as torchvision's graph-node names (``"layer3"``, ``"avgpool"``,
 ``"features.7"``); a submodule's name names its output. :func:`build_extractor` cuts the graph
 after the deepest requested layer (forward hooks where torch.fx cannot trace the model), and
-shapes are computed on the ``meta`` device, without real compute.
+shapes are computed on the ``meta`` device, without real compute. A timm model also answers to
+``"forward_features"`` and ``"pre_logits"`` (:data:`TIMM_ALIASES`), resolved to the graph nodes
+whose outputs are timm's ``forward_features(x)`` and ``forward_head(..., pre_logits=True)``.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from .spec import ModelSpec
 
 __all__ = [
     "PENULTIMATE",
+    "TIMM_ALIASES",
     "LayerError",
     "LayerInfo",
     "build_extractor",
@@ -33,6 +36,9 @@ __all__ = [
 ]
 
 PENULTIMATE = "penultimate"
+#: Layer names a timm model also answers to: its unpooled feature map (``forward_features``) and
+#: its pooled codes before the classifier (``forward_head(x, pre_logits=True)``).
+TIMM_ALIASES = ("forward_features", "pre_logits")
 
 
 class LayerError(ValueError):
@@ -98,7 +104,9 @@ def _penultimate(net, nodes):
             if isinstance(modules.get(name), nn.Linear):
                 last = name
         if last is not None:
-            return nodes[nodes.index(last) - 1]
+            # A Linear subclass FX traces through (timm's) has nodes of its own before its name.
+            first = next(i for i, n in enumerate(nodes) if n == last or n.startswith(last + "."))
+            return nodes[first - 1]
     linear = [name for name, m in modules.items() if isinstance(m, nn.Linear)]
     names = module_names(net)
     if linear:
@@ -109,6 +117,45 @@ def _penultimate(net, nodes):
         "layer='penultimate' needs a model that ends in an nn.Linear; name a layer instead "
         "(see cnncodes.list_layers or `cnncodes layers MODEL`)"
     )
+
+
+class _TimmPart(nn.Module):
+    """What a timm model's ``forward_features`` (or, with ``pre_logits``, its
+    ``forward_head(..., pre_logits=True)`` after it) computes, as a module FX can trace."""
+
+    def __init__(self, net, pre_logits):
+        super().__init__()
+        self.net = net
+        self.pre_logits = pre_logits
+
+    def forward(self, x):
+        x = self.net.forward_features(x)
+        return self.net.forward_head(x, pre_logits=True) if self.pre_logits else x
+
+
+def _is_timm_net(net):
+    return type(net).__module__.partition(".")[0] == "timm"
+
+
+def _timm_alias(net, nodes, alias):
+    """The graph node an alias of :data:`TIMM_ALIASES` stands for: the last node of the traced
+    timm method, named by the outermost submodule it closes (``"layer4"``, not
+    ``"layer4.1.act2"``), so that the alias and the name share their cached codes."""
+    try:
+        part = feature_extraction.get_graph_node_names(_TimmPart(net, alias == "pre_logits"))[1]
+    except Exception:  # FX raises many kinds of errors on untraceable Python control flow
+        part = None
+    last = part[-1].removeprefix("net.") if part else None
+    if nodes is None or last not in nodes:
+        raise LayerError(
+            f"layer={alias!r}: the graph of {type(net).__name__} cannot be traced, so its "
+            f"{alias} output has no node name; name a layer instead (see cnncodes.list_layers "
+            "or `cnncodes layers MODEL`)"
+        )
+    i = nodes.index(last)
+    while i + 1 < len(nodes) and last.startswith(nodes[i + 1] + "."):
+        i += 1
+    return nodes[i]
 
 
 def _traceable(spec_or_net):
@@ -147,12 +194,15 @@ def _resolve_layers(spec, layers):
     net = _traceable(spec)
     nodes = node_names(net)
     valid = nodes if nodes is not None else module_names(net)
-    out = []
+    out, aliases = [], {}  # aliases: the node -> the aliases given for it
     for layer in layers:
+        given = layer
         if not isinstance(layer, str) or not layer:
             raise LayerError(f"layer={layer!r}: expected a graph-node name such as 'layer4'")
         if layer == PENULTIMATE:
             layer = _penultimate(net, nodes)
+        elif layer in TIMM_ALIASES and layer not in valid and _is_timm_net(net):
+            layer = _timm_alias(net, nodes, layer)
         elif layer not in valid:
             close = difflib.get_close_matches(layer, valid, n=6, cutoff=0.4)
             hint = f" Closest: {', '.join(close)}." if close else ""
@@ -161,8 +211,12 @@ def _resolve_layers(spec, layers):
                 f"layer={layer!r} is not a node of {model}.{hint} "
                 f"List them with cnncodes.list_layers({model!r}) or `cnncodes layers {model}`."
             )
+        if given != layer:
+            aliases.setdefault(layer, []).append(given)
         if layer in out:
-            alias = f" ({PENULTIMATE!r} is {layer!r} here)" if PENULTIMATE in layers else ""
+            named = aliases.get(layer, [])
+            verb = "is" if len(named) == 1 else "are"
+            alias = f" ({', '.join(map(repr, named))} {verb} {layer!r} here)" if named else ""
             raise LayerError(
                 f"layer={list(layers)!r} names {layer!r} twice{alias}: each layer's codes "
                 "would be repeated; list every layer once"

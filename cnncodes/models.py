@@ -1,16 +1,20 @@
 """Names to networks: :func:`resolve_spec` and :func:`build_model` (torch only).
 
-A model is a torchvision classification model name (``"resnet50"``) or the user's own
-architecture, ``"package.module:callable"`` (:mod:`cnncodes.architectures`). Weights are one of
+A model is a torchvision classification model name (``"resnet50"``), a timm model
+(``"timm:resnet10t"``) or the user's own architecture, ``"package.module:callable"``
+(:mod:`cnncodes.architectures`). Weights are one of
 
 - a torchvision weights name: ``"DEFAULT"``, ``"IMAGENET1K_V1"`` or ``"ResNet50_Weights.IMAGENET1K_V1"``,
   read offline from ``$TORCH_HOME/hub/checkpoints``;
+- for a timm model, timm's pretrained weights: ``"DEFAULT"``, a tag (``"c3_in1k"``) or the full
+  name (``"resnet10t.c3_in1k"``), read offline from where timm keeps them (the Hugging Face hub
+  cache, or ``$TORCH_HOME/hub/checkpoints``);
 - ``"none"``: random initialisation from ``seed``;
 - a path to a checkpoint file (a state_dict, or a dict holding one and maybe its
   ``preprocessing``); its identity is its SHA-256 (:mod:`cnncodes.checkpoints`).
 
-``weights=None`` means ``"DEFAULT"`` for a torchvision model and "as the callable builds it" for the
-user's own architecture.
+``weights=None`` means ``"DEFAULT"`` for a torchvision or timm model and "as the callable builds
+it" for the user's own architecture.
 
 Resolution is cheap: :func:`resolve_spec` builds the architecture on the ``meta`` device (no memory,
 no initialisation) to fingerprint it and name its layers; :func:`build_model` loads real weights only
@@ -38,6 +42,7 @@ from .architectures import (
     _is_callable_name,
     _meta_model,
     _parse_named_weights,
+    _timm,
 )
 
 # Not in __all__, but imported from this module before it was split: still importable here.
@@ -46,7 +51,9 @@ from .checkpoints import (
     WeightsUnavailableError,
     _checkpoint_preprocessing,
     _fetch_named_weights,
+    _fetch_timm_weights,
     _load_state,
+    _load_timm_pretrained,
     _read_checkpoint,
     _state_fingerprint,
 )
@@ -62,6 +69,7 @@ from .layers import layer_shapes as layer_shapes  # as model_identity above
 from .preprocessing import (
     _declared_preprocessing,
     _is_int,
+    _timm_preprocessing,
     default_preprocessing_note,
     resolve_preprocessing,
 )
@@ -75,6 +83,7 @@ from .spec import (
     WeightsError,
     describe_preprocessing,
     file_sha256,
+    is_timm_name,
 )
 
 __all__ = [
@@ -126,9 +135,9 @@ def resolve_spec(
     Parameters
     ----------
     model : str
-        A torchvision model name or ``"package.module:callable"``.
+        A torchvision model name, ``"timm:NAME"`` or ``"package.module:callable"``.
     weights : str or path-like, optional
-        See the module docstring. ``None`` means ``"DEFAULT"`` for torchvision models.
+        See the module docstring. ``None`` means ``"DEFAULT"`` for torchvision and timm models.
     seed : int
         Seed of the random initialisation (``weights="none"``, or parameters a checkpoint lacks).
     resize, crop, mean, std, interpolation : optional
@@ -149,7 +158,9 @@ def resolve_spec(
 
     It wins over the architecture's declaration, since it describes these very weights; a bad
     entry raises :class:`WeightsError` naming the file and the key. A torchvision model's own
-    is its weights' ``transforms()``.
+    is its weights' ``transforms()``; a timm model's is its pretrained config
+    (``timm.data.resolve_model_data_config``, resize = crop / ``crop_pct``), from ``"weights"``
+    when those pretrained weights are used, else from ``"model"``.
     The user's own architecture declares its own with a ``preprocessing`` attribute on the
     callable (a function attribute, or a class attribute of an ``nn.Module`` class): a dict with
     any of the keys ``resize``, ``crop``, ``mean``, ``std``, ``interpolation``, in the forms the
@@ -189,7 +200,10 @@ def resolve_spec(
         resolved = None
     elif weights is None or (weights.lower() != "none" and not _looks_like_path(weights)):
         enum = _parse_named_weights(model, "DEFAULT" if weights is None else weights)
-        resolved = Weights("torchvision", name=f"{type(enum).__name__}.{enum.name}")
+        if is_timm_name(model):
+            resolved = Weights("timm", name=enum)
+        else:
+            resolved = Weights("torchvision", name=f"{type(enum).__name__}.{enum.name}")
     elif weights.lower() == "none":
         resolved = Weights("none", seed=seed)
     else:
@@ -208,8 +222,14 @@ def resolve_spec(
     checkpoint = None
     if resolved.kind == "checkpoint":
         checkpoint = _checkpoint_preprocessing(resolved.file, resolved.identity)
+    pretrained = None
+    if is_timm_name(model):
+        pretrained = _timm_preprocessing(_timm().data.resolve_model_data_config(meta))
+        enum = None  # timm's weights give no torchvision transforms()
     pre = resolve_preprocessing(
         enum,
+        pretrained=pretrained,
+        pretrained_origin="weights" if resolved.kind == "timm" else "model",
         declared=declared,
         declared_by=declared_by,
         checkpoint=checkpoint,
@@ -242,8 +262,11 @@ def build_model(spec):
     """
     weights = spec.weights_spec
     enum = _parse_named_weights(spec.model, weights.name) if weights.name else None
-    net = _construct(spec.model, enum, spec.seed)
-    if enum is not None:
+    if weights.kind == "timm":
+        net = _load_timm_pretrained(enum, _fetch_timm_weights(enum), spec.seed)
+    else:
+        net = _construct(spec.model, enum, spec.seed)
+    if weights.kind == "torchvision":
         path = _fetch_named_weights(enum)
         _load_state(net, _read_checkpoint(path), path)
     elif weights.kind == "checkpoint":

@@ -31,7 +31,7 @@ import zipfile
 import zlib
 
 from ._files import atomic_path, file_format
-from .spec import is_model_callable
+from .spec import is_callable_form, is_model_callable
 
 __all__ = [
     "BUILTIN_MODEL_CALLABLES",
@@ -222,7 +222,7 @@ def model_callables(estimator):
         seen.add(id(obj))
         if kinds and isinstance(obj, kinds):
             model = getattr(obj, "model", None)
-            if isinstance(model, str) and ":" in model:
+            if is_callable_form(model):
                 found.add(model)
         if isinstance(obj, dict):
             stack.extend(obj.keys())
@@ -242,7 +242,8 @@ def refused_model_code(callables, trust_model_code):
     The one rule for every place that would import a model callable named by a file (a model
     file, a cache folder's configuration): :data:`BUILTIN_MODEL_CALLABLES` are always allowed,
     ``trust_model_code`` is False (nothing else), True (anything) or a list of names. Names
-    without ``:`` (torchvision models) are never refused. Imports nothing.
+    without ``:`` (torchvision models) and ``timm:NAME`` (library code, like torchvision's) are
+    never refused. Imports nothing.
 
     Examples
     --------
@@ -250,12 +251,14 @@ def refused_model_code(callables, trust_model_code):
     ['mymodels:resnet20']
     >>> refused_model_code(["mymodels:resnet20"], ["mymodels:resnet20"])
     []
+    >>> refused_model_code(["timm:resnet10t"], False)
+    []
     """
     trust_model_code = _check_trust_model_code(trust_model_code)
     if trust_model_code is True:
         return []
     allowed = set(BUILTIN_MODEL_CALLABLES) | trust_model_code
-    return [n for n in callables if isinstance(n, str) and ":" in n and n not in allowed]
+    return [n for n in callables if is_callable_form(n) and n not in allowed]
 
 
 def _gate_model_code(path, estimator, trust_model_code):

@@ -2,14 +2,16 @@
 
 Each key (``resize``, ``crop``, ``mean``, ``std``, ``interpolation``) is resolved on its own and
 keeps where its value came from; the result is a :class:`cnncodes.spec.Preprocessing`, part of
-the cache key. The model's own is its torchvision weights' ``transforms()`` or the
-``preprocessing`` attribute of the user's callable; the checkpoint's own is the ``preprocessing``
+the cache key. The model's own is its torchvision weights' ``transforms()``, a timm model's pretrained
+data config (``timm.data.resolve_model_data_config``), or the ``preprocessing`` attribute of the
+user's callable; the checkpoint's own is the ``preprocessing``
 entry of a checkpoint file's dict (read by :mod:`cnncodes.checkpoints`).
 """
 
 from __future__ import annotations
 
 import inspect
+import math
 import numbers
 from collections.abc import Mapping
 
@@ -122,6 +124,8 @@ def resolve_preprocessing(
     declared_by="model",
     checkpoint=None,
     checkpoint_path="checkpoint",
+    pretrained=None,
+    pretrained_origin="weights",
     resize=None,
     crop=None,
     mean=None,
@@ -158,6 +162,12 @@ def resolve_preprocessing(
         The ``preprocessing`` entry of a checkpoint file, in the same forms.
     checkpoint_path : str
         The checkpoint file, named in error messages.
+    pretrained : dict, optional
+        A timm model's own preprocessing (:func:`_timm_preprocessing`), in the same forms; it
+        ranks with ``weights_enum``'s, below ``declared``.
+    pretrained_origin : str
+        The origin :attr:`Preprocessing.source` gives ``pretrained``'s values: ``"weights"``
+        when these are the pretrained weights it describes, ``"model"`` otherwise.
     resize, crop, mean, std, interpolation : optional
         Explicit values; ``None`` leaves the key to the model or the default.
     impl : {"pil", "torch"}
@@ -206,6 +216,8 @@ def resolve_preprocessing(
         if interp is not None:
             base["interpolation"] = getattr(interp, "value", str(interp))
     own = []  # (values, where they are written, their origin, the error to raise)
+    if pretrained is not None:
+        own.append((pretrained, "timm's pretrained config", pretrained_origin, ModelError))
     if declared is not None:
         own.append((declared, f"{declared_by}.preprocessing", "model", ModelError))
     if checkpoint is not None:
@@ -255,6 +267,32 @@ def resolve_preprocessing(
         )
     base["resize"] = tuple(base["resize"])
     return Preprocessing(**base, impl=impl, source=tuple(source.items()))
+
+
+def _timm_preprocessing(config):
+    """A timm data config (``timm.data.resolve_model_data_config``) in :func:`resolve_preprocessing`'s
+    argument forms: resize = crop / ``crop_pct`` as timm's own eval transform does it (the shorter
+    side for a square input, else both sides; both with ``crop_mode="squash"``).
+
+    Examples
+    --------
+    >>> out = _timm_preprocessing({"input_size": (3, 176, 176), "interpolation": "bicubic",
+    ...     "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5), "crop_pct": 0.875})
+    >>> out["resize"], out["crop"], out["interpolation"]
+    ((201,), (176, 176), 'bicubic')
+    """
+    crop = tuple(int(v) for v in config["input_size"][-2:])
+    crop_pct = config.get("crop_pct") or 1.0
+    scaled = tuple(math.floor(v / crop_pct) for v in crop)
+    square = crop[0] == crop[1] and config.get("crop_mode", "center") != "squash"
+    out = {"crop": crop, "resize": scaled[:1] if square else scaled}
+    for key in ("mean", "std"):
+        values = tuple(float(v) for v in config[key])
+        out[key] = values * 3 if len(values) == 1 else values
+    interpolation = config.get("interpolation")
+    # timm's "random" is a training augmentation; evaluation resizes bilinearly then.
+    out["interpolation"] = interpolation if interpolation in INTERPOLATIONS else "bilinear"
+    return out
 
 
 def default_preprocessing_note(spec):

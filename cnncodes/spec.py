@@ -24,6 +24,7 @@ __all__ = [
     "PREPROCESSING_IMPLS",
     "PREPROCESSING_KEYS",
     "Preprocessing",
+    "TIMM_PREFIX",
     "Weights",
     "WeightsError",
     "describe_preprocessing",
@@ -52,10 +53,26 @@ class WeightsError(ValueError):
     """Weights that do not exist, do not fit the architecture, or changed on disk."""
 
 
+#: The reserved prefix of timm model names (``"timm:resnet50"``); ``timm`` is never read as the
+#: module of a ``package.module:callable``.
+TIMM_PREFIX = "timm:"
+
+
+def is_timm_name(name):
+    """Whether ``name`` is meant as a timm model, ``"timm:NAME"`` (well formed or not)."""
+    return isinstance(name, str) and name.startswith(TIMM_PREFIX)
+
+
+def is_callable_form(name):
+    """Whether ``name`` is meant as ``package.module:callable``, well formed or not: it has a
+    colon and is not a timm name. The one place that tells the two colon forms apart."""
+    return isinstance(name, str) and ":" in name and not is_timm_name(name)
+
+
 def is_model_callable(name):
     """Whether ``name`` has the ``package.module:callable`` form of a user's own architecture."""
     module, _, attr = name.partition(":")
-    return bool(module) and bool(attr)
+    return bool(module) and bool(attr) and not is_timm_name(name)
 
 
 def file_stamp(path, st=None) -> tuple:
@@ -96,7 +113,7 @@ def _file_sha256(stamp):
 GPU_DECODER = "+nvjpeg"
 
 #: What :attr:`Weights.kind` can be.
-WEIGHTS_KINDS = ("torchvision", "checkpoint", "none", "callable")
+WEIGHTS_KINDS = ("torchvision", "checkpoint", "none", "callable", "timm")
 
 
 @dataclass(frozen=True)
@@ -110,7 +127,9 @@ class Weights:
       (a cache configuration does not store it);
     - ``"none"``: random initialisation from ``seed``;
     - ``"callable"``: as the user's ``package.module:callable`` builds them; ``sha256`` of the
-      state it built.
+      state it built;
+    - ``"timm"``: timm's pretrained weights; ``name`` is the pretrained tag, e.g.
+      ``"resnet10t.c3_in1k"`` (identity ``"timm:resnet10t.c3_in1k"``).
 
     :attr:`identity` is the string that cache keys and saved models hold, and :meth:`parse` reads
     it back. Building such weights is :func:`cnncodes.models.resolve_spec`'s work.
@@ -125,6 +144,8 @@ class Weights:
     'checkpoint'
     >>> Weights.parse("ResNet18_Weights.IMAGENET1K_V1").name
     'ResNet18_Weights.IMAGENET1K_V1'
+    >>> Weights.parse("timm:resnet10t.c3_in1k").argument
+    'resnet10t.c3_in1k'
     """
 
     kind: str
@@ -139,9 +160,12 @@ class Weights:
 
     @property
     def identity(self):
-        """``name``, ``"sha256:<hex>"``, ``"none:seed=<n>"`` or ``"state-sha256:<hex>"``."""
+        """``name``, ``"sha256:<hex>"``, ``"none:seed=<n>"``, ``"state-sha256:<hex>"`` or
+        ``"timm:<name>"``."""
         if self.kind == "torchvision":
             return self.name
+        if self.kind == "timm":
+            return TIMM_PREFIX + self.name
         if self.kind == "checkpoint":
             return f"sha256:{self.sha256}"
         if self.kind == "none":
@@ -151,8 +175,9 @@ class Weights:
     @property
     def argument(self):
         """The ``weights`` argument that resolves to these weights again (:attr:`ModelSpec.weights`):
-        the torchvision name, the checkpoint's file, ``"none"`` or ``"callable"``."""
-        return {"torchvision": self.name, "checkpoint": self.file}.get(self.kind, self.kind)
+        the torchvision or timm name, the checkpoint's file, ``"none"`` or ``"callable"``."""
+        named = {"torchvision": self.name, "timm": self.name, "checkpoint": self.file}
+        return named.get(self.kind, self.kind)
 
     @property
     def short_identity(self):
@@ -174,13 +199,15 @@ class Weights:
         if not isinstance(identity, str) or not identity:
             raise WeightsError(
                 f"weights identity {identity!r}: expected a torchvision weights name, "
-                "'sha256:<hex>', 'state-sha256:<hex>' or 'none:seed=<n>'"
+                "'timm:<name>', 'sha256:<hex>', 'state-sha256:<hex>' or 'none:seed=<n>'"
             )
         kind, sep, rest = identity.partition(":")
         if sep and kind == "sha256":
             return cls("checkpoint", file=None if file is None else os.fspath(file), sha256=rest)
         if sep and kind == "state-sha256":
             return cls("callable", sha256=rest)
+        if sep and kind + ":" == TIMM_PREFIX and rest:
+            return cls("timm", name=rest)
         if sep and kind == "none" and rest.startswith("seed="):
             try:
                 return cls("none", seed=int(rest[len("seed=") :]))
@@ -249,8 +276,9 @@ class Preprocessing:
       (:data:`cnncodes.images.DECODE_POLICY`) is the same.
 
     ``source`` says where each value came from, as ``(key, origin)`` pairs; origins are
-    ``"explicit"``, ``"checkpoint"``, ``"model"`` (the user's callable declared it),
-    ``"weights"`` (torchvision weights' ``transforms()``) and ``"ImageNet default"``. It is
+    ``"explicit"``, ``"checkpoint"``, ``"model"`` (the user's callable declared it, or a timm
+    model's pretrained config when other weights are used), ``"weights"`` (torchvision weights'
+    ``transforms()``, timm's pretrained config) and ``"ImageNet default"``. It is
     for display only: not compared, not in :meth:`to_dict`, not in the cache key.
 
     Examples

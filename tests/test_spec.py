@@ -86,6 +86,7 @@ def test_model_saved_before_spec_still_loads(tmp_path, suffix):
         ("state-sha256:" + "cd" * 32, "callable"),
         ("none:seed=7", "none"),
         ("none:seed=-1", "none"),
+        ("timm:resnet10t.c3_in1k", "timm"),
     ],
 )
 def test_weights_identity_round_trips(identity, kind):

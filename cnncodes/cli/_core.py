@@ -183,8 +183,8 @@ def _add_weights_options(group):
         "--weights",
         metavar="W",
         help="DEFAULT, a torchvision weights name (IMAGENET1K_V1, ResNet50_Weights.IMAGENET1K_V1), "
-        "'none' (random initialisation from --seed), or a checkpoint file path "
-        "(default: DEFAULT for torchvision models)",
+        "a timm pretrained tag (c3_in1k), 'none' (random initialisation from --seed), or a "
+        "checkpoint file path (default: DEFAULT for torchvision and timm models)",
     )
     group.add_argument(
         "--seed",
@@ -234,8 +234,8 @@ def _add_model_options(parser, *, model=True, layers=True, required=True, layer_
             "-m",
             required=required,
             metavar="M",
-            help="torchvision model name (resnet50, mobilenet_v2, ...) or package.module:callable"
-            + ("" if required else " (default: the recipe's, resnet50)"),
+            help="torchvision model name (resnet50, mobilenet_v2, ...), timm:NAME or "
+            "package.module:callable" + ("" if required else " (default: the recipe's, resnet50)"),
         )
     _add_weights_options(group)
     if layers:

@@ -41,7 +41,7 @@ def add_layers_parser(subparsers):
         formatter_class=_Formatter,
     )
     parser.add_argument(
-        "model", metavar="MODEL", help="torchvision name or package.module:callable"
+        "model", metavar="MODEL", help="torchvision name, timm:NAME or package.module:callable"
     )
     group = parser.add_argument_group("model")
     _add_weights_options(group)
