@@ -60,6 +60,7 @@ _SUBMODULES = (
     "persistence",
     "pooling",
     "preprocessing",
+    "readthrough",
     "recipes",
     "report",
     "search",

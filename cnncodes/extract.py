@@ -1,7 +1,7 @@
 """Batched extraction of CNN codes from image files, through the cache (no scikit-learn here).
 
 :func:`extract_codes` hashes every file and asks a read-through
-:class:`~cnncodes.cache.CodeCache` for their codes; the cache serves what it has and hands the
+:class:`~cnncodes.readthrough.CodeCache` for their codes; the cache serves what it has and hands the
 missing images to the network, which is all this module and :mod:`cnncodes.extraction` do
 (neither knows about shards, indexes or compaction): decoded while the network runs (by worker
 processes, or by a background thread where there are none), batched, under
@@ -29,7 +29,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import cache as _cache
 from ._choices import PRECISIONS
 from .extraction.decode import preprocess, preprocess_bytes
 from .extraction.loop import CPU_FORWARD_BATCH, ForwardLoop
@@ -40,6 +39,7 @@ from .models import resolve_spec
 from .persistence import UntrustedModelCodeError, refused_model_code
 from .pooling import check_pooling, code_size
 from .preprocessing import _is_int
+from .readthrough import CodeCache
 from .spec import GPU_DECODER, CodeKey, WeightsError, file_sha256
 
 __all__ = [
@@ -300,7 +300,7 @@ def extract_codes(
     precision = resolve_precision(precision, dev)
     layers = resolve_layers(spec, layers)
     configs = {layer: code_config(spec, layer, pooling, precision, dev.type) for layer in layers}
-    cache = _cache.CodeCache(cache_dir, configs)
+    cache = CodeCache(cache_dir, configs)
     widths = _WIDTHS.get((spec, tuple(layers), pooling)) or cache.widths()
     if widths is None:
         # Checks the pooling against each layer's shape before any image is read.

@@ -16,6 +16,7 @@ import pytest
 
 import cnncodes._files
 import cnncodes.cache
+import cnncodes.readthrough
 from cnncodes.cache import (
     DEFAULT_CACHE_DIR,
     CacheWarning,
@@ -500,7 +501,7 @@ def _expected(keys, name):
 
 
 def test_read_through_computes_only_the_misses_once_and_serves_hits_without_compute(tmp_path):
-    cache = cnncodes.cache.CodeCache(tmp_path / "cache", CONFIGS)
+    cache = cnncodes.readthrough.CodeCache(tmp_path / "cache", CONFIGS)
     assert cache.widths() is None  # nothing stored yet
     net = FakeNetwork()
     first = cache.cached(_keys(4), net, WIDTHS)
@@ -508,14 +509,14 @@ def test_read_through_computes_only_the_misses_once_and_serves_hits_without_comp
     assert (first.computed, first.hits) == (4, 0)
     # Repeats, hits and misses mixed: misses computed once, in first-seen order, each once.
     keys = [_keys(1, 5)[0], *_keys(4), _keys(1, 4)[0], _keys(1, 2)[0], _keys(1, 5)[0]]
-    again = cnncodes.cache.CodeCache(tmp_path / "cache", CONFIGS).cached(keys, net, WIDTHS)
+    again = cnncodes.readthrough.CodeCache(tmp_path / "cache", CONFIGS).cached(keys, net, WIDTHS)
     assert net.calls[1:] == [[_keys(1, 5)[0], _keys(1, 4)[0]]]
     assert (again.computed, again.hits) == (2, 4)
     for name in CONFIGS:
         assert again.codes[name].dtype == np.float32
         np.testing.assert_array_equal(again.codes[name], _expected(keys, name))
     # Everything is stored now: a third call never computes.
-    third = cnncodes.cache.CodeCache(tmp_path / "cache", CONFIGS).cached(keys, net, WIDTHS)
+    third = cnncodes.readthrough.CodeCache(tmp_path / "cache", CONFIGS).cached(keys, net, WIDTHS)
     assert len(net.calls) == 2 and (third.computed, third.hits) == (0, 6)
     np.testing.assert_array_equal(third.codes["b"], _expected(keys, "b"))
     assert cache.widths() == WIDTHS
@@ -524,7 +525,7 @@ def test_read_through_computes_only_the_misses_once_and_serves_hits_without_comp
 def test_read_through_computes_a_key_missing_under_one_name_and_stores_it_only_there(tmp_path):
     root = tmp_path / "cache"
     CodeStore(root, CONFIGS["a"]).write(_keys(3), _expected(_keys(3), "a"))
-    cache = cnncodes.cache.CodeCache(root, CONFIGS)
+    cache = cnncodes.readthrough.CodeCache(root, CONFIGS)
     assert cache.widths() is None  # "b" holds nothing yet
     net = FakeNetwork()
     served = cache.cached(_keys(3), net, WIDTHS)
@@ -537,7 +538,7 @@ def test_read_through_computes_a_key_missing_under_one_name_and_stores_it_only_t
 def test_null_cache_computes_every_time_and_writes_nothing(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("CNNCODES_CACHE", raising=False)
-    cache = cnncodes.cache.CodeCache(None, CONFIGS)
+    cache = cnncodes.readthrough.CodeCache(None, CONFIGS)
     assert cache.widths() is None
     net = FakeNetwork()
     keys = _keys(3) + _keys(1)
@@ -551,7 +552,7 @@ def test_null_cache_computes_every_time_and_writes_nothing(tmp_path, monkeypatch
 
 def test_read_through_commits_as_it_goes_and_keeps_them_when_compute_raises(tmp_path):
     root = tmp_path / "cache"
-    cache = cnncodes.cache.CodeCache(root, CONFIGS)
+    cache = cnncodes.readthrough.CodeCache(root, CONFIGS)
     stored = []
 
     def watching(missing, deliver):
@@ -567,7 +568,7 @@ def test_read_through_commits_as_it_goes_and_keeps_them_when_compute_raises(tmp_
     # The fifth row, delivered but not yet due, was committed when compute raised.
     assert CodeStore(root, CONFIGS["b"]).info()["rows"] == 5
     net = FakeNetwork()
-    resumed = cnncodes.cache.CodeCache(root, CONFIGS).cached(_keys(8), net, WIDTHS)
+    resumed = cnncodes.readthrough.CodeCache(root, CONFIGS).cached(_keys(8), net, WIDTHS)
     assert net.calls == [_keys(3, 5)] and (resumed.computed, resumed.hits) == (3, 5)
     np.testing.assert_array_equal(resumed.codes["a"], _expected(_keys(8), "a"))
 
@@ -582,7 +583,7 @@ def test_read_through_stores_codes_under_the_content_they_were_made_from(tmp_pat
         codes = {n: _expected([new], n) for n in CONFIGS}
         deliver(missing, codes, stored_as=[new])
 
-    served = cnncodes.cache.CodeCache(root, CONFIGS).cached([old], rewritten, WIDTHS)
+    served = cnncodes.readthrough.CodeCache(root, CONFIGS).cached([old], rewritten, WIDTHS)
     np.testing.assert_array_equal(served.codes["a"], _expected([new], "a"))
     assert set(CodeStore(root, CONFIGS["a"]).index()) == {new}
 
@@ -592,15 +593,17 @@ def test_read_through_refuses_codes_for_keys_it_did_not_ask_for(tmp_path):
         deliver(_keys(1, 7), {n: _expected(_keys(1, 7), n) for n in CONFIGS})
 
     with pytest.raises(ValueError, match=r"compute delivered codes for a key not asked for: '0+7'"):
-        cnncodes.cache.CodeCache(tmp_path / "cache", CONFIGS).cached(_keys(2), stray, WIDTHS)
+        cnncodes.readthrough.CodeCache(tmp_path / "cache", CONFIGS).cached(_keys(2), stray, WIDTHS)
     with pytest.raises(ValueError, match=r"compute delivered codes of 'a' only; expected a, b"):
-        cnncodes.cache.CodeCache(None, CONFIGS).cached(_keys(2), FakeNetwork(names="a"), WIDTHS)
+        cnncodes.readthrough.CodeCache(None, CONFIGS).cached(
+            _keys(2), FakeNetwork(names="a"), WIDTHS
+        )
 
 
 def test_read_through_checks_the_cache_is_writable_before_computing(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("")
-    cache = cnncodes.cache.CodeCache(blocker / "cache", {"a": CONFIG})
+    cache = cnncodes.readthrough.CodeCache(blocker / "cache", {"a": CONFIG})
     net = FakeNetwork(names=("a",))
     with pytest.raises(OSError, match=r"cannot write to the cache folder .*file.cache"):
         cache.cached(_keys(2), net, {"a": 4})

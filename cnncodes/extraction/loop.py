@@ -25,7 +25,7 @@ class ForwardLoop:
     """One pass of the images of ``items`` through the network, handing each batch's codes on.
 
     Built by :func:`cnncodes.extract.extract_codes` as the ``compute`` of its
-    :class:`~cnncodes.cache.CodeCache` (which knows what to keep); :meth:`run` does the work.
+    :class:`~cnncodes.readthrough.CodeCache` (which knows what to keep); :meth:`run` does the work.
     """
 
     # What runs, and how.
