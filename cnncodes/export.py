@@ -63,26 +63,24 @@ def _format(path):
     return file_format(path, FORMATS, "codes file ")
 
 
-def _parquet(path):
+def _parquet(path, what="codes file "):
     """pyarrow and pyarrow.parquet, or an ImportError naming ``path`` and the extra to install."""
     try:
         import pyarrow as pa
         import pyarrow.parquet as pq
     except ImportError:
         raise ImportError(
-            f"codes file {os.fspath(path)!r}: a .parquet file needs pyarrow: "
+            f"{what}{os.fspath(path)!r}: a .parquet file needs pyarrow: "
             "pip install 'cnncodes[parquet]' (or pip install pyarrow), or use .h5 or .npz"
         ) from None
     return pa, pq
 
 
-def check_format_available(path):
-    """Raise ImportError (with the package to install) if ``path``'s format needs a missing one.
-
-    Checked by the command line before any image is read.
-    """
+def check_format_available(path, what="codes file "):
+    """Raise ImportError (naming ``what`` and ``path``, and the package to install) if the format
+    of ``path`` needs a package that is missing; the command line checks this before any work."""
     if _format(path) == ".parquet":
-        _parquet(path)
+        _parquet(path, what)
 
 
 def _parquet_table(pa, codes, layers, pooling, layout, columns, metadata):
