@@ -24,9 +24,10 @@ per image: ``path`` (the display path), ``label`` (only for labelled data), ``ke
 ``codes`` of float32 (``parquet_layout="list"``), or as one float32 column per feature named
 ``{layer}__{pooling}{i}`` like :meth:`CNNCodes.get_feature_names_out
 <cnncodes.transformers.CNNCodes.get_feature_names_out>` (``"wide"``). The list column is the
-default because CNN codes run to thousands of features: with 21,504 (pyramid pooling) a wide file
-was 1.6x larger and 6x slower to read with pandas. The schema's metadata holds ``cnncodes.config``
-(the same JSON), ``cnncodes.layers`` (``[[layer, width], ...]``) and ``cnncodes.layout``.
+default because CNN codes run to thousands of features: with 2,048 and 21,504 a wide file was
+1.3x and 1.6x larger and 3-17x slower to read with pandas (bench/bench_parquet.py). The schema's
+metadata holds ``cnncodes.config`` (the same JSON), ``cnncodes.layers`` (``[[layer, width],
+...]``), ``cnncodes.layout`` and ``cnncodes.version``.
 
 An ``.h5`` file reads with plain h5py (``f["codes"][:]``, ``f.attrs["config"]``), an ``.npz``
 file with ``numpy.load``, a ``.parquet`` file with pandas (``np.stack(pd.read_parquet(path)
@@ -278,8 +279,10 @@ def _read_parquet(path):
     config = json.loads(meta["cnncodes.config"])
     layout = meta["cnncodes.layout"].decode()
 
+    present = set(table.column_names)  # once: a wide file has a column per feature
+
     def column(name):
-        if name not in table.column_names:
+        if name not in present:
             raise KeyError(name)
         return table.column(name).combine_chunks()
 
@@ -306,7 +309,7 @@ def _read_parquet(path):
         for layer, w in widths:
             arrays[f"layers/{layer}"] = codes[:, start : start + w].copy()
             start += w
-    labels = column("label").to_pylist() if "label" in table.column_names else None
+    labels = column("label").to_pylist() if "label" in present else None
     raw = column("path_bytes").to_pylist()
     return arrays, config, raw, column("path").to_pylist(), labels
 
