@@ -84,14 +84,20 @@ def check_format_available(path, what="codes file "):
         _parquet(path, what)
 
 
-def _parquet_table(pa, codes, layers, pooling, layout, columns, metadata):
+def _feature_names(widths, pooling):
+    """The columns of a wide .parquet file, named as ``CNNCodes.get_feature_names_out`` names
+    its outputs (``widths``: ``[[layer, width], ...]``)."""
+    return [f"{layer}__{pooling}{i}" for layer, w in widths for i in range(w)]
+
+
+def _parquet_table(pa, codes, widths, pooling, layout, columns, metadata):
     """The table of a .parquet codes file: ``columns`` (name -> array), then the codes."""
     fields = dict(columns)
     if layout == "list":
         d = codes.shape[1]
         fields["codes"] = pa.FixedSizeListArray.from_arrays(pa.array(codes.reshape(-1)), d)
     else:
-        names = (f"{layer}__{pooling}{i}" for layer, w in layers for i in range(w))
+        names = _feature_names(widths, pooling)
         fields.update((name, codes[:, j]) for j, name in enumerate(names))
     table = pa.table(fields)
     return table.replace_schema_metadata({f"cnncodes.{k}": v for k, v in metadata.items()})
@@ -277,7 +283,9 @@ def _read_parquet(path):
             raise KeyError(key)
     widths = json.loads(meta["cnncodes.layers"])
     config = json.loads(meta["cnncodes.config"])
-    layout = meta["cnncodes.layout"].decode()
+    layout = meta["cnncodes.layout"].decode("utf-8", "replace")
+    if layout not in PARQUET_LAYOUTS:
+        raise ValueError(f"codes file {path!r}: unknown layout {layout!r}")
 
     present = set(table.column_names)  # once: a wide file has a column per feature
 
@@ -299,9 +307,8 @@ def _read_parquet(path):
             raise ValueError(f"codes file {path!r}: 'codes' is not {d} float32 per row")
         codes = float32(codes.flatten(), "codes").reshape(n, d)
     else:
-        names = [f"{layer}__{config['pooling']}{i}" for layer, w in widths for i in range(w)]
         codes = np.empty((n, d), np.float32)
-        for j, name in enumerate(names):
+        for j, name in enumerate(_feature_names(widths, config["pooling"])):
             codes[:, j] = float32(column(name), name)
     arrays = {"codes": codes, "kept": column("kept").to_numpy().astype(np.int64)}
     if len(widths) > 1:
