@@ -22,6 +22,7 @@ import cnncodes.extract
 from cnncodes import cli
 from cnncodes.cache import list_configs
 from cnncodes.datasets import load_dataset
+from cnncodes.export import read_codes
 from cnncodes.extract import code_config, extract_codes, spec_from_config
 from cnncodes.models import WeightsError, resolve_spec
 from cnncodes.persistence import UntrustedModelCodeError
@@ -201,6 +202,51 @@ def test_extract_out_is_checked_before_any_work(capsys, data, cache, tmp_path):
     assert code == 2
     assert_one_line_error(err, "does not exist")
     assert not cache.exists()
+
+
+def test_extract_out_parquet_holds_what_npz_holds(capsys, data, cache, tmp_path):
+    pq = pytest.importorskip("pyarrow.parquet")
+    layers = ["--layer", "layer3", "--layer", "avgpool"]
+    files = {name: tmp_path / name for name in ("codes.npz", "codes.parquet", "wide.parquet")}
+    extract(capsys, data, cache, *layers, "--out", files["codes.npz"])
+    summary = extract(capsys, data, cache, *layers, "--out", files["codes.parquet"])
+    assert summary["out"] == str(files["codes.parquet"]) and summary["computed"] == 0
+    code, out, err = run(
+        capsys, "extract", data, *MODEL, *FAST, "--cache-dir", cache, *layers,
+        "--out", files["wide.parquet"], "--parquet-layout", "wide",
+    )  # fmt: skip
+    assert code == 0, err
+    assert f"wrote {files['wide.parquet']} (codes as one column per feature)" in out
+    assert pq.read_schema(files["codes.parquet"]).names[-1] == "codes"
+    columns = pq.read_schema(files["wide.parquet"]).names
+    assert len(columns) == 4 + 768 and columns[4:6] == ["layer3__avg0", "layer3__avg1"]
+    npz, parquet, wide = (read_codes(p) for p in files.values())
+    for saved in (parquet, wide):
+        np.testing.assert_array_equal(saved.codes.view(np.uint32), npz.codes.view(np.uint32))
+        assert saved.paths == npz.paths == load_dataset(data).paths
+        assert saved.labels == npz.labels and saved.config == npz.config
+        np.testing.assert_array_equal(saved.layers["avgpool"], npz.layers["avgpool"])
+
+    code, _, err = run(
+        capsys, "extract", data, *MODEL, "--cache-dir", cache, "--out", tmp_path / "c.h5",
+        "--parquet-layout", "wide",
+    )  # fmt: skip
+    assert code == 2
+    assert_one_line_error(err, "--parquet-layout 'wide' applies only to an --out FILE.parquet")
+
+
+def test_extract_out_parquet_without_pyarrow_fails_before_any_work(
+    capsys, data, cache, tmp_path, monkeypatch
+):
+    monkeypatch.setitem(sys.modules, "pyarrow", None)
+    monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
+    for where in (data, tmp_path / "no-such-data"):  # the data is not even looked at
+        code, out, err = run(
+            capsys, "extract", where, *MODEL, "--cache-dir", cache, "--out", tmp_path / "c.parquet"
+        )
+        assert code == 2 and out == ""
+        assert_one_line_error(err, "--out '", "c.parquet", "pip install 'cnncodes[parquet]'")
+    assert not cache.exists() and not list(tmp_path.glob("*.parquet"))
 
 
 def test_extract_skip_reports_corrupt_file(capsys, data, cache, tmp_path):

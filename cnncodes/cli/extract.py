@@ -7,9 +7,10 @@ from .._json import skipped_json
 from ..cache import (
     resolve_cache_dir,
 )
-from ..export import FORMATS, write_codes
+from ..export import FORMATS, PARQUET_LAYOUTS, check_format_available, write_codes
 from ._core import (
     EXIT_OK,
+    UsageError,
     _add_data_options,
     _add_model_options,
     _add_runtime_options,
@@ -33,6 +34,9 @@ examples:
   cnncodes extract train.csv --model mobilenet_v2 --weights mobilenet_v2.pth \\
       --layer features.14 --layer features.18 --pooling max --out codes.npz
 
+  # a table for pandas, polars or DuckDB (needs pyarrow): path, label, codes
+  cnncodes extract photos/ --model resnet50 --out codes.parquet
+
   # an untrained network on small inputs, machine-readable report, bad images left out
   cnncodes extract photos/ --model resnet18 --weights none --resize 40 --crop 32 \\
       --on-error skip --json
@@ -41,7 +45,11 @@ Codes are cached by image content (--cache-dir, default ./cache): a second run o
 images computes nothing. Read an .h5 output with plain h5py (paths are the file names' bytes,
 so that names that are not UTF-8 open too; display_paths is the printable form):
   f = h5py.File("codes.h5"); X = f["codes"][:]; paths = [os.fsdecode(p) for p in f["paths"][:]]
-or both formats with cnncodes.export.read_codes("codes.h5") (.codes, .paths, .labels, .config).
+A .parquet output is a table, one row per image: path (printable), label, kept, path_bytes and
+the codes as one fixed-size list column "codes" (--parquet-layout wide: one column per feature),
+the configuration in the schema metadata ("cnncodes.config"):
+  df = pandas.read_parquet("codes.parquet"); X = numpy.stack(df["codes"])
+Every format reads with cnncodes.export.read_codes("codes.h5") (.codes, .paths, .labels, .config).
 """
 
 
@@ -64,7 +72,14 @@ def add_extract_parser(subparsers):
         "--out",
         "-o",
         metavar="FILE",
-        help="write the codes with paths, labels and configuration to FILE: .h5 (HDF5) or .npz",
+        help="write the codes with paths, labels and configuration to FILE: .h5 (HDF5), .npz "
+        "or .parquet (needs pyarrow: pip install 'cnncodes[parquet]')",
+    )
+    parser.add_argument(
+        "--parquet-layout",
+        choices=PARQUET_LAYOUTS,
+        help="codes in an --out FILE.parquet: one fixed-size list column 'codes' (list, the "
+        "default) or one float32 column per feature, LAYER__POOLINGi (wide)",
     )
     parser.set_defaults(run=run_extract)
 
@@ -77,6 +92,17 @@ def run_extract(args):
 
     output = _Output(args)
     out_path = _check_out_path(args.out, FORMATS)
+    parquet = out_path is not None and out_path.lower().endswith(".parquet")
+    if args.parquet_layout is not None and not parquet:
+        raise UsageError(
+            f"--parquet-layout {args.parquet_layout!r} applies only to an --out FILE.parquet"
+        )
+    if out_path is not None:
+        try:
+            check_format_available(out_path, "--out ")
+        except ImportError as exc:
+            raise UsageError(str(exc)) from None
+    layout = (args.parquet_layout or "list") if parquet else None
     dataset = _load_data(args, output)
     spec = _spec_from_args(args)
     layers = resolve_layers(spec, args.layer or ["penultimate"])
@@ -99,7 +125,7 @@ def run_extract(args):
         progress=output.progress,
     )
     if out_path is not None:
-        write_codes(out_path, result, dataset, spec, args.pooling)
+        write_codes(out_path, result, dataset, spec, args.pooling, parquet_layout=layout)
     _note_skipped(output, result.skipped)
     widths = {layer: codes.shape[1] for layer, codes in result.codes.items()}
     precision = next(iter(result.configs.values()))["precision"]
@@ -128,6 +154,7 @@ def run_extract(args):
         "cache_dir": cache_root,
         "seconds": round(result.seconds, 3),
         "out": out_path,
+        "parquet_layout": layout,
     }
     lines = [
         f"{len(dataset)} images: {result.computed} computed, {result.cached} cached, "
@@ -138,6 +165,10 @@ def run_extract(args):
     ]
     lines.append(f"cache: {cache_root}" if cache_root else "cache: off")
     if out_path:
-        lines.append(f"wrote {display(out_path)}")
+        how = {
+            "list": " (codes as one list column 'codes')",
+            "wide": " (codes as one column per feature)",
+        }
+        lines.append(f"wrote {display(out_path)}{how.get(layout, '')}")
     output.result(summary, lines)
     return EXIT_OK
