@@ -214,6 +214,18 @@ def _add_held_out_options(
     held_out.add_argument("--test-size", type=_fraction, metavar="F", help=test_size_help)
 
 
+def _add_folds_options(group, cv_help):
+    """--cv K and --random-state N, the folds of a cross-validated search and their seed."""
+    group.add_argument("--cv", type=_at_least_two, default=5, metavar="K", help=cv_help)
+    group.add_argument(
+        "--random-state",
+        type=_seed,
+        default=0,
+        metavar="N",
+        help="seed of the test split and the folds (default: %(default)s)",
+    )
+
+
 def _add_weights_options(group):
     """--weights and --seed."""
     group.add_argument(

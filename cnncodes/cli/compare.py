@@ -9,10 +9,10 @@ from ._core import (
     EXIT_OK,
     UsageError,
     _add_data_options,
+    _add_folds_options,
     _add_held_out_options,
     _add_model_options,
     _add_runtime_options,
-    _at_least_two,
     _cache_dir_from_args,
     _check_report_dir,
     _fill,
@@ -24,7 +24,6 @@ from ._core import (
     _positive_int,
     _preprocessing_from_args,
     _report_lines,
-    _seed,
     _table,
 )
 from .finetune import _add_tuning_options
@@ -80,20 +79,7 @@ def add_compare_parser(subparsers):
         required=True,
         test_size_help="hold out this stratified fraction of DATA (the split 'cnncodes fit' makes)",
     )
-    evaluation.add_argument(
-        "--cv",
-        type=_at_least_two,
-        default=5,
-        metavar="K",
-        help="cross-validation folds of the code rows (default: %(default)s)",
-    )
-    evaluation.add_argument(
-        "--random-state",
-        type=_seed,
-        default=0,
-        metavar="N",
-        help="seed of the test split and the folds (default: %(default)s)",
-    )
+    _add_folds_options(evaluation, "cross-validation folds of the code rows (default: %(default)s)")
     tuning = parser.add_argument_group("fine-tuning")
     tuning.add_argument(
         "--freeze",

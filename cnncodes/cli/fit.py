@@ -13,10 +13,10 @@ from ._core import (
     EXIT_OK,
     UsageError,
     _add_data_options,
+    _add_folds_options,
     _add_held_out_options,
     _add_model_options,
     _add_runtime_options,
-    _at_least_two,
     _cache_dir_from_args,
     _check_out_path,
     _check_report_dir,
@@ -31,7 +31,6 @@ from ._core import (
     _preprocessing_from_args,
     _report_lines,
     _saved_model_lines,
-    _seed,
     _table,
     _test_metrics_lines,
 )
@@ -117,12 +116,8 @@ def add_fit_parser(subparsers):
     _add_model_options(parser, required=False, layer_help=_layer_help(by_mode))
     evaluation = parser.add_argument_group("evaluation")
     _add_held_out_options(evaluation)
-    evaluation.add_argument(
-        "--cv",
-        type=_at_least_two,
-        default=5,
-        metavar="K",
-        help="cross-validation folds, lowered to the smallest class (default: %(default)s)",
+    _add_folds_options(
+        evaluation, "cross-validation folds, lowered to the smallest class (default: %(default)s)"
     )
     evaluation.add_argument(
         "--scoring",
@@ -137,13 +132,6 @@ def add_fit_parser(subparsers):
         default=None,
         metavar="N",
         help="parallel fits of the search (-1: one per CPU)",
-    )
-    evaluation.add_argument(
-        "--random-state",
-        type=_seed,
-        default=0,
-        metavar="N",
-        help="seed of the test split and the folds (default: %(default)s)",
     )
     _add_runtime_options(parser)
     out = parser.add_argument_group("results")
