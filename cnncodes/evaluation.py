@@ -170,6 +170,18 @@ def classification_metrics(y_true, y_pred, labels=None):
     }
 
 
+def _held_out_metrics(y_true, y_pred, classes, overlap):
+    """:func:`classification_metrics` of the held-out images, with ``overlap_with_training``
+    (how many of them are also training images) and, where there are any, ``unseen_classes``
+    (their classes that training never saw)."""
+    metrics = classification_metrics(y_true, y_pred, labels=classes)
+    metrics["overlap_with_training"] = overlap
+    unseen = sorted(set(y_true) - set(classes))
+    if unseen:
+        metrics["unseen_classes"] = unseen
+    return metrics
+
+
 def cv_table(search):
     """Every candidate of a fitted search, best first.
 

@@ -41,6 +41,7 @@ from . import _finetune_runs as _runs
 from ._json import jsonable
 from .datasets import DatasetWarning
 from .evaluation import (
+    _held_out_metrics,
     _layer_label,
     check_labelled,
     classification_metrics,
@@ -133,6 +134,24 @@ def _data_fingerprint(paths, labels):
         label = "" if labels is None else str(labels[i])
         h.update(os.fsencode(path) + b"\0" + label.encode("utf-8", "surrogateescape") + b"\n")
     return h.hexdigest()
+
+
+def _data_config(paths, labels, test_paths=None, test_labels=None):
+    """The ``train`` and ``test`` entries of a run's configuration: how many images, of which
+    classes, and fingerprints that tell whether a rerun saw the same ones."""
+    return {
+        "train": {
+            "n_images": len(paths),
+            "classes": {c: labels.count(c) for c in sorted(set(labels))},
+            "sha256": _data_fingerprint(paths, labels),
+        },
+        "test": None
+        if test_paths is None
+        else {
+            "n_images": len(test_paths),
+            "sha256": _data_fingerprint(test_paths, test_labels),
+        },
+    }
 
 
 def _versions():
@@ -480,11 +499,9 @@ def run_experiment(
                 predicted = best.predict(test_paths)
             finally:
                 best.set_params(**{f"{prefix}progress": False})
-            metrics["test"] = classification_metrics(test_labels, predicted, labels=classes)
-            metrics["test"]["overlap_with_training"] = overlap
-            unseen = sorted(set(test_labels) - set(classes))
+            metrics["test"] = _held_out_metrics(test_labels, predicted, classes, overlap)
+            unseen = metrics["test"].get("unseen_classes")
             if unseen:
-                metrics["test"]["unseen_classes"] = unseen
                 log(f"test images of class(es) never seen in training: {', '.join(unseen)}")
         else:
             # No held-out images: describe the best candidate by its cross-validated predictions.
@@ -502,17 +519,7 @@ def run_experiment(
             "cv": {"n_splits": int(folds.get_n_splits()), "shuffle": True, "seed": seed},
             "scoring": scoring or "accuracy",
             "split": split,
-            "train": {
-                "n_images": len(paths),
-                "classes": {c: labels.count(c) for c in sorted(set(labels))},
-                "sha256": _data_fingerprint(paths, labels),
-            },
-            "test": None
-            if test_paths is None
-            else {
-                "n_images": len(test_paths),
-                "sha256": _data_fingerprint(test_paths, test_labels),
-            },
+            **_data_config(paths, labels, test_paths, test_labels),
             "best_params": jsonable(search.best_params_),
             "duplicates": duplicates,
             "layer": jsonable(layer_plan),

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +59,106 @@ def make_images(tmp_path):
         return write_images(folder or tmp_path / "images", n, sizes, seed, prefix)
 
     return make
+
+
+def write_classes(folder, per_class=8, seed=0, classes=("bright", "dark")):
+    """Class folders of small PNGs whose classes differ in brightness; returns (paths, labels)."""
+    rng = np.random.default_rng(seed)
+    paths, labels = [], []
+    for c, name in enumerate(classes):
+        level = 200 - 150 * c / max(1, len(classes) - 1)
+        os.makedirs(os.path.join(folder, name), exist_ok=True)
+        for i in range(per_class):
+            pixels = np.clip(level + rng.integers(-40, 40, (26, 26, 3)), 0, 255).astype(np.uint8)
+            path = os.path.join(folder, name, f"{i:02d}.png")
+            Image.fromarray(pixels).save(path)
+            paths.append(path)
+            labels.append(name)
+    return paths, labels
+
+
+@pytest.fixture
+def data(tmp_path):
+    """(paths, labels) of two classes of 8 images in tmp_path/photos (modules whose ``data``
+    is something else define their own)."""
+    return write_classes(str(tmp_path / "photos"))
+
+
+@pytest.fixture
+def photos(tmp_path):
+    """tmp_path holding photos/ (two classes of 8 images) and test/ (3 of each, other pixels)."""
+    write_classes(str(tmp_path / "photos"), per_class=8)
+    write_classes(str(tmp_path / "test"), per_class=3, seed=1)
+    return tmp_path
+
+
+def write_bright_dark(folder, n, seed=0, size=(24, 28)):
+    """``n`` distinct small PNGs in one folder; odd ones bright, even ones dark (two learnable
+    classes, in the order of the ``labels`` fixture)."""
+    os.makedirs(folder, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(n):
+        base = 170 if i % 2 else 40
+        pixels = np.clip(base + rng.integers(-40, 40, (*size, 3)), 0, 255).astype(np.uint8)
+        path = os.path.join(folder, f"img{i:03d}.png")
+        Image.fromarray(pixels).save(path)
+        paths.append(path)
+    return paths
+
+
+@pytest.fixture
+def images(tmp_path):
+    """12 images of :func:`write_bright_dark` in tmp_path/img."""
+    return write_bright_dark(tmp_path / "img", 12)
+
+
+@pytest.fixture
+def labels():
+    """The classes of the ``images`` fixture: 0 dark, 1 bright."""
+    return np.array([i % 2 for i in range(12)])
+
+
+@pytest.fixture
+def with_bad(tmp_path, images):
+    """(paths, labels, bad path): the ``images`` with a file that is not an image at index 5."""
+    bad = tmp_path / "img" / "broken.png"
+    bad.write_bytes(Image.new("RGB", (8, 8)).tobytes()[:40])
+    paths = images[:5] + [str(bad)] + images[5:]
+    y = np.array([i % 2 for i in range(13)])
+    return paths, y, str(bad)
+
+
+# Run in a child process before the code of a fine-tuning: once the second epoch's state is
+# written it says so and sleeps, so that the test can kill or interrupt it at a known point.
+_PAUSE_AFTER_TWO_EPOCHS = """
+import sys, time
+sys.path.insert(0, {root!r})
+from cnncodes.finetune import training
+original = training.EpochState.on_epoch_end
+def on_epoch_end(self, net, **kwargs):
+    original(self, net, **kwargs)
+    if len(net.history) == 2:
+        print("state written", flush=True)
+        time.sleep(60)
+training.EpochState.on_epoch_end = on_epoch_end
+"""
+
+
+@contextlib.contextmanager
+def paused_after_two_epochs(code, stderr=None):
+    """A child process running the Python ``code`` of a fine-tuning, yielded once its second
+    epoch's state is written (it then sleeps); killed at the end of the block."""
+    script = _PAUSE_AFTER_TWO_EPOCHS.format(root=str(ROOT)) + code
+    child = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=stderr, text=True
+    )
+    try:
+        assert child.stdout.readline().strip() == "state written"
+        yield child
+    finally:
+        child.kill()
+        child.wait()
 
 
 @pytest.fixture

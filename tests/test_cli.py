@@ -739,6 +739,47 @@ def test_advise_reports_unreadable_images(capsys, tmp_path, make_images, cache):
     assert_one_line_error(err, "none of the 6 measured images could be read")
 
 
+# ----------------------------------------------------------------------------- labelled commands
+
+
+@pytest.mark.parametrize("command", ["fit", "finetune", "compare"])
+@pytest.mark.parametrize(
+    "case, fragments",
+    [
+        ("unlabelled DATA", ["needs labelled images", "a manifest with a 'label' column"]),
+        ("unlabelled --test", ["--test", "the test images need labels"]),
+        ("--report is a file", ["--report", "exists and is not a folder"]),
+    ],
+)
+def test_commands_that_train_refuse_the_same_inputs_alike(
+    capsys, tmp_path, make_images, data, cache, command, case, fragments
+):
+    # fit, finetune and compare share their data, --test and --report checks (cli/_core.py).
+    flat = tmp_path / "flat"
+    make_images(4, folder=flat)
+    report = tmp_path / "report.txt"
+    report.write_text("not a folder")
+    argv = {
+        "unlabelled DATA": [flat, "--test-size", "0.5"],
+        "unlabelled --test": [data, "--test", flat],
+        "--report is a file": [data, "--test-size", "0.5", "--report", report],
+    }[case]
+    code, out, err = run(capsys, command, *argv, *MODEL, *FAST, "--cache-dir", cache)
+    assert code == 2 and out == ""
+    assert_one_line_error(err, *fragments)
+    if case == "unlabelled DATA":
+        assert f"{command} needs labelled images" in err
+    assert not cache.exists()  # refused before any network ran
+
+
+@pytest.mark.parametrize("command", ["finetune", "compare"])
+@pytest.mark.parametrize("lr", ["0", "-1e-3", "nan", "inf", "fast"])
+def test_fine_tuning_commands_take_the_same_learning_rates(capsys, data, command, lr):
+    code, _, err = run(capsys, command, data, *MODEL, "--test-size", "0.5", f"--lr={lr}")
+    assert code == 2
+    assert_one_line_error(err, "--lr", f"{lr!r}: expected a positive number such as 1e-3")
+
+
 # ----------------------------------------------------------------------------- demo
 
 

@@ -7,7 +7,6 @@ import os
 import shlex
 import signal
 import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
@@ -16,19 +15,11 @@ import torch
 
 from cnncodes import cli, persistence
 from cnncodes.datasets import load_dataset
+from tests.conftest import paused_after_two_epochs
 from tests.test_cli import assert_one_line_error, run, run_json
-from tests.test_experiment import write_classes
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--model", "tests.tiny_nets:tiny_cnn", "--resize", "32", "--crop", "32", "--workers", "0"]
 PNG = b"\x89PNG\r\n\x1a\n"
-
-
-@pytest.fixture
-def photos(tmp_path):
-    write_classes(str(tmp_path / "photos"), per_class=8)
-    write_classes(str(tmp_path / "test"), per_class=3, seed=1)
-    return tmp_path
 
 
 def finetune(capsys, root, *extra, model=TINY):
@@ -192,20 +183,9 @@ def test_checkpoint_of_the_fine_tuned_network_feeds_extract(capsys, photos):
     np.testing.assert_allclose(torch.softmax(logits, 1), fitted.predict_proba(paths), atol=1e-4)
 
 
-_KILLED_RUN = """
-import sys, time
-sys.path.insert(0, {root!r})
-from cnncodes import cli
-from cnncodes.finetune import training
-original = training.EpochState.on_epoch_end
-def on_epoch_end(self, net, **kwargs):
-    original(self, net, **kwargs)
-    if len(net.history) == 2:
-        print("state written", flush=True)
-        time.sleep(60)
-training.EpochState.on_epoch_end = on_epoch_end
-sys.exit(cli.main({argv!r}))
-"""
+def _command(argv):
+    """Python code running ``cnncodes ARGV`` (in a child process)."""
+    return f"from cnncodes import cli\nsys.exit(cli.main({[str(a) for a in argv]!r}))\n"
 
 
 def test_a_killed_run_resumes_from_its_last_epoch(capsys, photos):
@@ -214,14 +194,8 @@ def test_a_killed_run_resumes_from_its_last_epoch(capsys, photos):
     settings = ["finetune", photos / "photos", *TINY, "--cache-dir", photos / "cache",
                 "--epochs", "4", "--freeze", "none", "--lr", "0.01", "--json"]  # fmt: skip
     straight = run_json(capsys, *settings)
-    argv = [str(a) for a in [*settings, "--out", model, "--quiet"]]
-    script = _KILLED_RUN.format(root=ROOT, argv=argv)
-    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
-    try:
-        assert child.stdout.readline().strip() == "state written"
-    finally:
-        child.send_signal(signal.SIGKILL)
-        child.wait()
+    with paused_after_two_epochs(_command([*settings, "--out", model, "--quiet"])):
+        pass  # killed (SIGKILL) on leaving the block
     assert state.is_file() and not model.exists()
     # The same command without --resume would overwrite the killed run's epochs: refused.
     code, out, err = run(capsys, *settings, "--out", model)
@@ -282,16 +256,9 @@ def test_ctrl_c_stops_the_command_and_keeps_the_state(photos):
     model, state = photos / "ft.skops", photos / "ft.skops.state"
     argv = ["finetune", photos / "photos", *TINY, "--cache-dir", photos / "cache",
             "--epochs", "4", "--out", model]  # fmt: skip
-    script = _KILLED_RUN.format(root=ROOT, argv=[str(a) for a in argv])
-    child = subprocess.Popen(
-        [sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-    try:
-        assert child.stdout.readline().strip() == "state written"
+    with paused_after_two_epochs(_command(argv), stderr=subprocess.PIPE) as child:
         child.send_signal(signal.SIGINT)
         _, err = child.communicate(timeout=120)
-    finally:
-        child.kill()
     assert child.returncode == 130, err
     assert f"the last finished epoch is in {state}" in err and "--resume" in err
     assert state.is_file() and not model.exists()

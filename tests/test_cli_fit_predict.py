@@ -9,21 +9,14 @@ import pandas as pd
 import pytest
 import torch
 
+from tests.conftest import write_classes
 from tests.test_cli import assert_one_line_error, run
-from tests.test_experiment import write_classes
 
 MODEL = [
     "--model", "cnncodes.demo_data:digits_net",
     "--resize", "32", "--crop", "32", "--mean", "0.5", "--std", "0.5",
     "--workers", "0",
 ]  # fmt: skip
-
-
-@pytest.fixture
-def photos(tmp_path):
-    write_classes(str(tmp_path / "photos"), per_class=8)
-    write_classes(str(tmp_path / "test"), per_class=3, seed=1)
-    return tmp_path
 
 
 @pytest.fixture

@@ -8,29 +8,15 @@ import json
 import pytest
 
 from cnncodes.experiment import run_experiment
-from cnncodes.images import ImageLoadError
 from cnncodes.report import write_report
+from tests.conftest import write_classes
 from tests.test_cli import assert_one_line_error, run
-from tests.test_experiment import write_classes
+from tests.test_experiment import FAST
 
-FAST = {
-    "model": "cnncodes.demo_data:digits_net",
-    "weights": "none",
-    "resize": 32,
-    "crop": 32,
-    "mean": 0.5,
-    "std": 0.5,
-    "num_workers": 0,
-}
 CLI_MODEL = [
     "--model", "cnncodes.demo_data:digits_net", "--weights", "none",
     "--resize", "32", "--crop", "32", "--mean", "0.5", "--std", "0.5", "--workers", "0",
 ]  # fmt: skip
-
-
-@pytest.fixture
-def data(tmp_path):
-    return write_classes(str(tmp_path / "photos"))
 
 
 # ----------------------------------------------------------------------------- fit a FineTune
@@ -73,21 +59,6 @@ def test_finetune_top_sweeps_learning_rate_and_freeze_depth(data, tmp_path):
     assert set(result.table["freeze"]) == {"features.7", "features.8"}
     assert result.estimator.init_head == "probe" and result.metrics["test"] is None
     assert result.metrics["cv"]["predictions"]["n"] == 16  # no test set: cross-validated
-
-
-def test_unreadable_images_with_a_finetune_recipe(data, tmp_path):
-    paths, labels = data
-    bad = tmp_path / "photos" / "dark" / "broken.png"
-    bad.write_bytes(b"not an image")
-    paths, labels = [*paths, str(bad)], [*labels, "dark"]
-    overrides = dict(FAST, cache_dir=str(tmp_path / "cache"), epochs=1, lrs=[1e-2])
-    with pytest.raises(ImageLoadError, match="broken.png"):
-        run_experiment(paths, labels, "finetune_head", overrides=overrides, cv=2)
-    result = run_experiment(
-        paths, labels, "finetune_head", overrides=overrides, cv=2, on_error="skip"
-    )
-    assert [s.path for s in result.skipped["train"]] == [str(bad)]
-    assert result.config["train"]["n_images"] == 16
 
 
 def test_cli_fit_with_finetune_head_saves_a_model_that_predicts(capsys, tmp_path):

@@ -15,6 +15,7 @@ from cnncodes._json import jsonable
 from cnncodes.experiment import run_experiment
 from cnncodes.images import ImageLoadError
 from cnncodes.report import write_report
+from tests.conftest import write_classes
 
 FAST = {
     "model": "cnncodes.demo_data:digits_net",
@@ -31,27 +32,6 @@ SMALL_C = {"Cs": [0.01, 1.0, 100.0]}
 def _counts(line):
     """A progress line without its rates and times (the machine's speed is not under test)."""
     return re.sub(r" in [0-9.]+ s$", " in", line.split(",")[0])
-
-
-def write_classes(folder, per_class=8, seed=0, classes=("bright", "dark")):
-    """Class folders of small PNGs whose classes differ in brightness; returns (paths, labels)."""
-    rng = np.random.default_rng(seed)
-    paths, labels = [], []
-    for c, name in enumerate(classes):
-        level = 200 - 150 * c / max(1, len(classes) - 1)
-        os.makedirs(os.path.join(folder, name), exist_ok=True)
-        for i in range(per_class):
-            pixels = np.clip(level + rng.integers(-40, 40, (26, 26, 3)), 0, 255).astype(np.uint8)
-            path = os.path.join(folder, name, f"{i:02d}.png")
-            Image.fromarray(pixels).save(path)
-            paths.append(path)
-            labels.append(name)
-    return paths, labels
-
-
-@pytest.fixture
-def data(tmp_path):
-    return write_classes(str(tmp_path / "photos"))
 
 
 def test_jsonable_makes_strict_json():
@@ -269,17 +249,22 @@ def test_a_separate_test_set(data, tmp_path):
     assert result.config["test"]["sha256"] != result.config["train"]["sha256"]
 
 
-def test_unreadable_training_images_are_left_out_with_their_labels(data, tmp_path):
+# A fine-tuning recipe takes its own path through run_experiment (cnncodes._finetune_runs).
+@pytest.mark.parametrize(
+    "recipe, settings",
+    [("linear_probe", SMALL_C), ("finetune_head", {"epochs": 1, "lrs": [1e-2]})],
+)
+def test_unreadable_training_images_are_left_out_with_their_labels(
+    data, tmp_path, recipe, settings
+):
     paths, labels = data
     bad = tmp_path / "photos" / "dark" / "broken.png"
     bad.write_bytes(b"not an image")
     paths, labels = paths + [str(bad)], labels + ["dark"]
-    overrides = dict(FAST, cache_dir=str(tmp_path / "cache"), **SMALL_C)
+    overrides = dict(FAST, cache_dir=str(tmp_path / "cache"), **settings)
     with pytest.raises(ImageLoadError, match="broken.png"):
-        run_experiment(paths, labels, "linear_probe", overrides=overrides, cv=2)
-    result = run_experiment(
-        paths, labels, "linear_probe", overrides=overrides, cv=2, on_error="skip"
-    )
+        run_experiment(paths, labels, recipe, overrides=overrides, cv=2)
+    result = run_experiment(paths, labels, recipe, overrides=overrides, cv=2, on_error="skip")
     assert [s.path for s in result.skipped["train"]] == [str(bad)]
     assert result.config["train"]["n_images"] == 16
 

@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import pickle
-import signal
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -18,8 +14,8 @@ from cnncodes.finetune import FineTune, FineTuneError
 from cnncodes.images import ImageLoadError
 from cnncodes.models import LayerError, build_model, resolve_spec
 from cnncodes.transformers import CNNCodes, SkippedImagesWarning
+from tests.conftest import paused_after_two_epochs
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = dict(model="tests.tiny_nets:tiny_cnn", resize=40, crop=32)
 RESNET = dict(model="resnet18", weights="none", resize=40, crop=32)
 
@@ -150,18 +146,9 @@ def test_untraceable_network_fine_tunes_through_hooks(data, tmp_path):
     assert ft.predict(paths).shape == (24,)
 
 
-_KILLED_RUN = """
-import sys, time
-sys.path.insert(0, {root!r})
+_FIT = """
 import numpy as np
-from cnncodes.finetune import FineTune, training
-original = training.EpochState.on_epoch_end
-def on_epoch_end(self, net, **kwargs):
-    original(self, net, **kwargs)
-    if len(net.history) == 2:
-        print("state written", flush=True)
-        time.sleep(60)
-training.EpochState.on_epoch_end = on_epoch_end
+from cnncodes.finetune import FineTune
 FineTune(**{params!r}).fit({paths!r}, np.array({labels!r}))
 """
 
@@ -174,13 +161,9 @@ def test_a_killed_run_resumes_where_it_stopped(data, tmp_path):
         checkpoint=str(state), lr=1e-2,
     )  # fmt: skip
     straight = FineTune(**{**params, "checkpoint": None}).fit(paths, labels)
-    script = _KILLED_RUN.format(root=ROOT, params=params, paths=paths, labels=labels.tolist())
-    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
-    try:
-        assert child.stdout.readline().strip() == "state written"
-    finally:
-        child.send_signal(signal.SIGKILL)
-        child.wait()
+    code = _FIT.format(params=params, paths=paths, labels=labels.tolist())
+    with paused_after_two_epochs(code):
+        pass  # killed (SIGKILL) on leaving the block
     with pytest.raises(FineTuneError, match="another run"):
         FineTune(**{**params, "lr": 0.5, "resume": True}).fit(paths, labels)
     resumed = FineTune(**params, resume=True).fit(paths, labels)

@@ -14,12 +14,7 @@ from cnncodes.experiment import run_experiment
 from cnncodes.fitted import predict_images, relocate_weights, set_runtime, verify_model
 from cnncodes.images import ImageLoadError
 from cnncodes.models import ModelError, WeightsError
-from tests.test_experiment import FAST, SMALL_C, write_classes
-
-
-@pytest.fixture
-def data(tmp_path):
-    return write_classes(str(tmp_path / "photos"))
+from tests.test_experiment import FAST, SMALL_C
 
 
 def _checkpoint(path, seed):

@@ -7,32 +7,12 @@ import os
 import numpy as np
 import pandas as pd
 import pytest
-from PIL import Image
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
 from cnncodes.search import filter_readable, warm_cache
-from tests.test_transformers import _search, codes, write_images
-
-
-@pytest.fixture
-def images(tmp_path):
-    return write_images(tmp_path / "img", 12)
-
-
-@pytest.fixture
-def labels():
-    return np.array([i % 2 for i in range(12)])
-
-
-@pytest.fixture
-def with_bad(tmp_path, images):
-    bad = tmp_path / "img" / "broken.png"
-    bad.write_bytes(Image.new("RGB", (8, 8)).tobytes()[:40])  # not an image
-    paths = images[:5] + [str(bad)] + images[5:]
-    y = np.array([i % 2 for i in range(13)])
-    return paths, y, str(bad)
+from tests.test_transformers import _search, codes
 
 
 def _shards(root):

@@ -8,7 +8,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from PIL import Image
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GridSearchCV, StratifiedKFold
 from sklearn.pipeline import Pipeline
@@ -27,30 +26,6 @@ from tests.test_models import overwrite_in_place
 
 NET = "cnncodes.demo_data:digits_net"
 SMALL = {"resize": 32, "crop": 32, "num_workers": 0}
-
-
-def write_images(folder, n, seed=0, size=(24, 28)):
-    """``n`` distinct small PNGs; odd ones bright, even ones dark (two learnable classes)."""
-    os.makedirs(folder, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    paths = []
-    for i in range(n):
-        base = 170 if i % 2 else 40
-        pixels = np.clip(base + rng.integers(-40, 40, (*size, 3)), 0, 255).astype(np.uint8)
-        path = os.path.join(folder, f"img{i:03d}.png")
-        Image.fromarray(pixels).save(path)
-        paths.append(path)
-    return paths
-
-
-@pytest.fixture
-def images(tmp_path):
-    return write_images(tmp_path / "img", 12)
-
-
-@pytest.fixture
-def labels():
-    return np.array([i % 2 for i in range(12)])
 
 
 def codes(tmp_path, **params):
@@ -266,15 +241,6 @@ def test_checkpoint_weights_change_the_codes(tmp_path, images):
 
 
 # -------------------------------------------------------------------------------- bad images
-
-
-@pytest.fixture
-def with_bad(tmp_path, images):
-    bad = tmp_path / "img" / "broken.png"
-    bad.write_bytes(Image.new("RGB", (8, 8)).tobytes()[:40])  # not an image
-    paths = images[:5] + [str(bad)] + images[5:]
-    y = np.array([i % 2 for i in range(13)])
-    return paths, y, str(bad)
 
 
 def test_raise_names_the_bad_file(tmp_path, with_bad):

@@ -153,6 +153,29 @@ def _int_at_least(minimum, what):
     return _int_where(lambda value: value >= minimum, what)
 
 
+def _fraction(text):
+    """A number strictly between 0 and 1 (--test-size, --valid-size)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a fraction such as 0.25") from None
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a fraction between 0 and 1")
+    return value
+
+
+def _positive_float(text):
+    """A finite number above 0 (learning rates)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = None
+    # `not value > 0` also refuses nan.
+    if value is None or not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a positive number such as 1e-3")
+    return value
+
+
 _positive_int = _int_at_least(1, "a positive integer")
 _at_least_two = _int_at_least(2, "an integer >= 2")
 _count = _int_at_least(0, "an integer >= 0")
@@ -174,6 +197,32 @@ def _add_data_options(parser, *, positional=True):
         action="store_true",
         help="accept images that resolve outside DATA's folder through ../ or symbolic links "
         "(refused by default); a manifest's absolute paths are always accepted",
+    )
+
+
+def _add_held_out_options(
+    group,
+    *,
+    required=False,
+    test_size_help="hold out this stratified fraction of DATA for the evaluation (e.g. 0.25)",
+):
+    """--test DATA2 or --test-size F (one of them), read by :func:`_load_labelled`."""
+    held_out = group.add_mutually_exclusive_group(required=required)
+    held_out.add_argument(
+        "--test", metavar="DATA2", help="labelled images to evaluate on (folder or CSV manifest)"
+    )
+    held_out.add_argument("--test-size", type=_fraction, metavar="F", help=test_size_help)
+
+
+def _add_folds_options(group, cv_help):
+    """--cv K and --random-state N, the folds of a cross-validated search and their seed."""
+    group.add_argument("--cv", type=_at_least_two, default=5, metavar="K", help=cv_help)
+    group.add_argument(
+        "--random-state",
+        type=_seed,
+        default=0,
+        metavar="N",
+        help="seed of the test split and the folds (default: %(default)s)",
     )
 
 
@@ -396,6 +445,36 @@ def _load_data(args, output=None):
     return dataset
 
 
+def _load_labelled(args, output, command):
+    """DATA as by :func:`_load_data`, refused unless labelled (``command`` needs the labels)."""
+    dataset = _load_data(args, output)
+    if dataset.labels is None:
+        raise UsageError(
+            f"{args.data}: {command} needs labelled images (class sub-folders, or a manifest "
+            "with a 'label' column)"
+        )
+    return dataset
+
+
+def _load_test(args):
+    """The held-out images of --test DATA2 (which must be labelled) or --test-size F:
+    ``(test set or None, note or None)``; the note tells the output where they came from."""
+    if args.test is not None:
+        test_set = load_dataset(args.test, allow_outside_root=args.allow_outside_root)
+        if test_set.labels is None:
+            raise UsageError(f"--test {args.test}: the test images need labels")
+        return test_set, display(args.test if test_set.kind == "manifest" else test_set.root)
+    if args.test_size is not None:
+        return None, f"{args.test_size:g} of DATA held out"
+    return None, None
+
+
+def _check_report_dir(path):
+    """--report DIR: a folder, or a path that does not exist yet (checked before any work)."""
+    if path is not None and os.path.exists(path) and not os.path.isdir(path):
+        raise UsageError(f"--report {path!r} exists and is not a folder")
+
+
 def _cache_dir_from_args(args):
     return None if getattr(args, "no_cache", False) else args.cache_dir
 
@@ -429,6 +508,46 @@ def _note_skipped(output, skipped, limit=20):
 
 def _fmt(value, digits=3):
     return "-" if value is None or value != value else f"{value:.{digits}f}"
+
+
+def _test_metrics_lines(head, evaluated):
+    """Accuracy, balanced accuracy and the per-class table of ``evaluated`` (from
+    :func:`~cnncodes.evaluation.classification_metrics`), after ``head``."""
+    lines = [
+        f"{head}: accuracy {_fmt(evaluated['accuracy'])}, balanced accuracy "
+        f"{_fmt(evaluated['balanced_accuracy'])}"
+    ]
+    lines += _table(
+        ["class", "precision", "recall", "support"],
+        [
+            [c, _fmt(m["precision"]), _fmt(m["recall"]), m["support"]]
+            for c, m in evaluated["per_class"].items()
+        ],
+        right=("precision", "recall", "support"),
+    )
+    return lines
+
+
+def _saved_model_lines(out_path, estimator):
+    """Where --out saved the model, and the flags its own model code will need to predict."""
+    if not out_path:
+        return []
+    from ..persistence import BUILTIN_MODEL_CALLABLES, model_callables
+
+    lines = [f"saved model: {display(out_path)}"]
+    own = [c for c in model_callables(estimator) if c not in BUILTIN_MODEL_CALLABLES]
+    if own:
+        flags = " ".join(f"--trust-model-code {c}" for c in own)
+        lines.append(f"it names your model code: predict with {flags}")
+    return lines
+
+
+def _report_lines(written):
+    """The --report folder and the files written in it (``written``: name -> path)."""
+    if not written:
+        return []
+    folder = os.path.dirname(next(iter(written.values())))
+    return [f"report: {display(folder)} ({', '.join(written)})"]
 
 
 def _trust_model_code(args):

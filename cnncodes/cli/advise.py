@@ -5,7 +5,6 @@ from __future__ import annotations
 from .._choices import SMALL_PER_CLASS
 from ._core import (
     EXIT_OK,
-    UsageError,
     _add_cache_dir_option,
     _add_data_options,
     _add_output_options,
@@ -15,7 +14,7 @@ from ._core import (
     _cache_dir_from_args,
     _fill,
     _Formatter,
-    _load_data,
+    _load_labelled,
     _Output,
     _preprocessing_from_args,
 )
@@ -65,11 +64,7 @@ def run_advise(args):
     from ..advise import advise
 
     output = _Output(args)
-    dataset = _load_data(args, output)
-    if dataset.labels is None:
-        raise UsageError(
-            f"{args.data}: advise needs labelled images (class sub-folders or a label column)"
-        )
+    dataset = _load_labelled(args, output, "advise")
     result = advise(
         dataset.paths,
         dataset.labels,

@@ -2,32 +2,31 @@
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
-from .._files import display
-from ..datasets import load_dataset
 from ._core import (
     EXIT_FAILURE,
     EXIT_OK,
     UsageError,
     _add_data_options,
+    _add_folds_options,
+    _add_held_out_options,
     _add_model_options,
     _add_runtime_options,
-    _at_least_two,
     _cache_dir_from_args,
+    _check_report_dir,
     _fill,
     _fmt,
     _Formatter,
-    _load_data,
+    _load_labelled,
+    _load_test,
     _Output,
     _positive_int,
     _preprocessing_from_args,
-    _seed,
+    _report_lines,
     _table,
 )
-from .fit import _fraction
+from .finetune import _add_tuning_options
 
 _COMPARE_EPILOG = """\
 examples:
@@ -75,30 +74,12 @@ def add_compare_parser(subparsers):
         "layer_sweep_svm recipe's for the model, else its last three blocks)",
     )
     evaluation = parser.add_argument_group("evaluation")
-    held_out = evaluation.add_mutually_exclusive_group(required=True)
-    held_out.add_argument(
-        "--test", metavar="DATA2", help="labelled images to evaluate on (folder or CSV manifest)"
+    _add_held_out_options(
+        evaluation,
+        required=True,
+        test_size_help="hold out this stratified fraction of DATA (the split 'cnncodes fit' makes)",
     )
-    held_out.add_argument(
-        "--test-size",
-        type=_fraction,
-        metavar="F",
-        help="hold out this stratified fraction of DATA (the split 'cnncodes fit' makes)",
-    )
-    evaluation.add_argument(
-        "--cv",
-        type=_at_least_two,
-        default=5,
-        metavar="K",
-        help="cross-validation folds of the code rows (default: %(default)s)",
-    )
-    evaluation.add_argument(
-        "--random-state",
-        type=_seed,
-        default=0,
-        metavar="N",
-        help="seed of the test split and the folds (default: %(default)s)",
-    )
+    _add_folds_options(evaluation, "cross-validation folds of the code rows (default: %(default)s)")
     tuning = parser.add_argument_group("fine-tuning")
     tuning.add_argument(
         "--freeze",
@@ -106,45 +87,24 @@ def add_compare_parser(subparsers):
         help="the top-blocks row keeps the network frozen up to this node (default: the "
         "finetune_top recipe's first depth, e.g. layer3 for a ResNet)",
     )
-    tuning.add_argument(
-        "--epochs",
-        type=_positive_int,
-        default=5,
-        metavar="N",
-        help="epochs of each fine-tuning (default: %(default)s)",
-    )
-    tuning.add_argument(
-        "--lr",
-        type=_positive_float,
-        default=1e-3,
-        metavar="LR",
-        help="learning rate of the new head; the pretrained layers train at a tenth "
-        "(default: %(default)s)",
-    )
-    tuning.add_argument(
-        "--augment",
-        choices=("none", "crop-flip", "crop", "flip"),
-        default="none",
-        help="train-time augmentation of the fine-tuning rows; 'none' lets a frozen part's "
-        "activations come from the code cache (default: %(default)s)",
+    _add_tuning_options(
+        tuning,
+        epochs=5,
+        augment="none",
+        epochs_type=_positive_int,
+        helps={
+            "epochs": "epochs of each fine-tuning (default: %(default)s)",
+            "lr": "learning rate of the new head; the pretrained layers train at a tenth "
+            "(default: %(default)s)",
+            "augment": "train-time augmentation of the fine-tuning rows; 'none' lets a frozen "
+            "part's activations come from the code cache (default: %(default)s)",
+        },
     )
     _add_runtime_options(parser)
     parser.add_argument(
         "--report", metavar="DIR", help="write compare.json and compare.png into DIR"
     )
     parser.set_defaults(run=run_compare)
-
-
-def _positive_float(text):
-    import argparse
-
-    try:
-        value = float(text)
-    except ValueError:
-        value = None
-    if value is None or not np.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected a positive number such as 1e-3")
-    return value
 
 
 def _cell(value):
@@ -187,9 +147,7 @@ def _compare_lines(result, test_note, written):
         rows,
         right=("accuracy", "balanced", "seconds", "images/s", "network"),
     )
-    if written:
-        folder = os.path.dirname(next(iter(written.values())))
-        lines.append(f"report: {display(folder)} ({', '.join(written)})")
+    lines += _report_lines(written)
     return lines
 
 
@@ -203,23 +161,10 @@ def run_compare(args):
         raise UsageError(
             f"--impl {args.impl}: fine-tuning decodes images with Pillow only; leave --impl out"
         )
-    if args.report is not None and os.path.exists(args.report) and not os.path.isdir(args.report):
-        raise UsageError(f"--report {args.report!r} exists and is not a folder")
-    dataset = _load_data(args, output)
-    if dataset.labels is None:
-        raise UsageError(
-            f"{args.data}: compare needs labelled images (class sub-folders, or a manifest with "
-            "a 'label' column)"
-        )
-    test = None
-    if args.test is not None:
-        test_set = load_dataset(args.test, allow_outside_root=args.allow_outside_root)
-        if test_set.labels is None:
-            raise UsageError(f"--test {args.test}: the test images need labels")
-        test = (test_set.paths, test_set.labels)
-        test_note = display(args.test if test_set.kind == "manifest" else test_set.root)
-    else:
-        test_note = f"{args.test_size:g} of DATA held out"
+    _check_report_dir(args.report)
+    dataset = _load_labelled(args, output, "compare")
+    test_set, test_note = _load_test(args)
+    test = None if test_set is None else (test_set.paths, test_set.labels)
     result = compare_approaches(
         dataset.paths,
         dataset.labels,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 import shlex
 import signal
@@ -12,29 +11,34 @@ import threading
 from .._choices import AUGMENTS, HEADS, INIT_HEADS, POOLINGS
 from .._files import display
 from .._json import jsonable, skipped_json
-from ..datasets import load_dataset
 from ._core import (
     EXIT_OK,
     UsageError,
     _add_data_options,
+    _add_held_out_options,
     _add_model_options,
     _add_runtime_options,
     _cache_dir_from_args,
     _check_out_path,
+    _check_report_dir,
     _count,
     _fill,
     _fmt,
     _Formatter,
-    _load_data,
+    _fraction,
+    _load_labelled,
+    _load_test,
     _note_skipped,
     _Once,
     _Output,
+    _positive_float,
     _positive_int,
     _preprocessing_from_args,
+    _report_lines,
+    _saved_model_lines,
     _short_weights,
-    _table,
+    _test_metrics_lines,
 )
-from .fit import _fraction
 
 _FINETUNE_EPILOG = """\
 examples:
@@ -76,14 +80,17 @@ def _non_negative_fraction(text):
     return 0.0 if text.strip() in ("0", "0.0") else _fraction(text)
 
 
-def _positive_float(text):
-    try:
-        value = float(text)
-    except ValueError:
-        value = None
-    if value is None or not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"{text!r}: expected a positive number such as 1e-3")
-    return value
+def _add_tuning_options(group, *, epochs, augment, helps, epochs_type=_count):
+    """--epochs, --lr (--trunk-lr where ``helps`` has it) and --augment, for ``finetune`` and
+    ``compare`` (whose rows fine-tune): the defaults and ``helps`` (by option) say what each
+    command means by them."""
+    group.add_argument(
+        "--epochs", type=epochs_type, default=epochs, metavar="N", help=helps["epochs"]
+    )
+    group.add_argument("--lr", type=_positive_float, default=1e-3, metavar="LR", help=helps["lr"])
+    if "trunk_lr" in helps:
+        group.add_argument("--trunk-lr", type=_positive_float, metavar="LR", help=helps["trunk_lr"])
+    group.add_argument("--augment", choices=AUGMENTS, default=augment, help=helps["augment"])
 
 
 def add_finetune_parser(subparsers):
@@ -154,32 +161,17 @@ def add_finetune_parser(subparsers):
         help="let the BatchNorm layers that train update their running statistics from the "
         "batches (default: they keep the pretrained ones; only their scale and shift train)",
     )
-    group.add_argument(
-        "--epochs",
-        type=_count,
-        default=10,
-        metavar="N",
-        help="passes over the training images (default: %(default)s)",
-    )
-    group.add_argument(
-        "--lr",
-        type=_positive_float,
-        default=1e-3,
-        metavar="LR",
-        help="learning rate of the head, AdamW with cosine decay (default: %(default)s)",
-    )
-    group.add_argument(
-        "--trunk-lr",
-        type=_positive_float,
-        metavar="LR",
-        help="learning rate of the trained pretrained layers (default: --lr / 10)",
-    )
-    group.add_argument(
-        "--augment",
-        choices=AUGMENTS,
-        default="crop-flip",
-        help="train-time augmentation: random resized crops and/or horizontal flips "
-        "(default: %(default)s; 'none' lets a frozen trunk be read from the code cache)",
+    _add_tuning_options(
+        group,
+        epochs=10,
+        augment="crop-flip",
+        helps={
+            "epochs": "passes over the training images (default: %(default)s)",
+            "lr": "learning rate of the head, AdamW with cosine decay (default: %(default)s)",
+            "trunk_lr": "learning rate of the trained pretrained layers (default: --lr / 10)",
+            "augment": "train-time augmentation: random resized crops and/or horizontal flips "
+            "(default: %(default)s; 'none' lets a frozen trunk be read from the code cache)",
+        },
     )
     group.add_argument(
         "--valid-size",
@@ -195,17 +187,7 @@ def add_finetune_parser(subparsers):
         metavar="N",
         help="stop after N epochs without a better validation loss and keep the best epoch",
     )
-    evaluation = parser.add_argument_group("evaluation")
-    held_out = evaluation.add_mutually_exclusive_group()
-    held_out.add_argument(
-        "--test", metavar="DATA2", help="labelled images to evaluate on (folder or CSV manifest)"
-    )
-    held_out.add_argument(
-        "--test-size",
-        type=_fraction,
-        metavar="F",
-        help="hold out this stratified fraction of DATA for the evaluation (e.g. 0.25)",
-    )
+    _add_held_out_options(parser.add_argument_group("evaluation"))
     _add_runtime_options(parser)
     out = parser.add_argument_group("results")
     out.add_argument(
@@ -257,8 +239,7 @@ def _check_args(args, output):
         )
     out_path = _check_out_path(args.out, persistence.FORMATS)
     checkpoint = _check_out_path(args.save_checkpoint, (".pth", ".pt"), "--save-checkpoint")
-    if args.report is not None and os.path.exists(args.report) and not os.path.isdir(args.report):
-        raise UsageError(f"--report {args.report!r} exists and is not a folder")
+    _check_report_dir(args.report)
     state = _state_path(args, out_path)
     resumed = args.resume and state is not None and os.path.exists(state)
     if state is None:
@@ -281,25 +262,17 @@ def _check_args(args, output):
     return out_path, checkpoint, state, resumed
 
 
-def _split_data(args, dataset):
-    """(train paths, train labels, test paths or None, test labels or None, where from)."""
+def _split_data(args, dataset, test_set):
+    """(train paths, train labels, test paths or None, test labels or None)."""
     from ..evaluation import stratified_split
 
     labels = [str(label) for label in dataset.labels]
-    if args.test is not None:
-        test_set = load_dataset(args.test, allow_outside_root=args.allow_outside_root)
-        if test_set.labels is None:
-            raise UsageError(f"--test {args.test}: the test images need labels")
-        where = display(args.test if test_set.kind == "manifest" else test_set.root)
-        test_labels = [str(label) for label in test_set.labels]
-        return dataset.paths, labels, test_set.paths, test_labels, where
+    if test_set is not None:
+        return dataset.paths, labels, test_set.paths, [str(label) for label in test_set.labels]
     if args.test_size is not None:
         # The split 'cnncodes fit' makes, with its checks: same seed, same test images.
-        train, train_labels, test, test_labels = stratified_split(
-            dataset.paths, labels, args.test_size, args.seed
-        )
-        return train, train_labels, test, test_labels, f"{args.test_size:g} of DATA held out"
-    return dataset.paths, labels, None, None, None
+        return stratified_split(dataset.paths, labels, args.test_size, args.seed)
+    return dataset.paths, labels, None, None
 
 
 def _fine_tune(args, output, state):
@@ -440,34 +413,14 @@ def _lines(ft, metrics, training, test_note, out_path, checkpoint, written):
             "is the only estimate"
         )
     else:
-        lines.append(
-            f"test ({test_note}, {test['n']} images): accuracy {_fmt(test['accuracy'])}, "
-            f"balanced accuracy {_fmt(test['balanced_accuracy'])}"
-        )
-        lines += _table(
-            ["class", "precision", "recall", "support"],
-            [
-                [c, _fmt(m["precision"]), _fmt(m["recall"]), m["support"]]
-                for c, m in test["per_class"].items()
-            ],
-            right=("precision", "recall", "support"),
-        )
+        lines += _test_metrics_lines(f"test ({test_note}, {test['n']} images)", test)
         shared = metrics["duplicates"]["test_in_train"]
         if shared:
             lines.append(f"same content (SHA-256): {shared} test image(s) also in training")
-    if out_path:
-        lines.append(f"saved model: {display(out_path)}")
-        from ..persistence import BUILTIN_MODEL_CALLABLES, model_callables
-
-        own = [c for c in model_callables(ft) if c not in BUILTIN_MODEL_CALLABLES]
-        if own:
-            flags = " ".join(f"--trust-model-code {c}" for c in own)
-            lines.append(f"it names your model code: predict with {flags}")
+    lines += _saved_model_lines(out_path, ft)
     if checkpoint:
         lines.append(f"saved checkpoint: {display(checkpoint)} (use it as --weights)")
-    if written:
-        folder = os.path.dirname(next(iter(written.values())))
-        lines.append(f"report: {display(folder)} ({', '.join(written)})")
+    lines += _report_lines(written)
     return lines
 
 
@@ -507,19 +460,15 @@ def _fit_or_stop(ft, paths, labels, state, output):
 def run_finetune(args):
     """Fine-tune, evaluate on the held-out images, save the model, checkpoint and report."""
     from .. import persistence
-    from ..evaluation import classification_metrics
-    from ..experiment import _data_fingerprint, _duplicates, _versions
+    from ..evaluation import _held_out_metrics
+    from ..experiment import _data_config, _duplicates, _versions
     from ..search import filter_readable
 
     output = _Output(args)
     out_path, checkpoint, state, resumed = _check_args(args, output)
-    dataset = _load_data(args, output)
-    if dataset.labels is None:
-        raise UsageError(
-            f"{args.data}: finetune needs labelled images (class sub-folders, or a manifest with "
-            "a 'label' column)"
-        )
-    paths, labels, test_paths, test_labels, test_note = _split_data(args, dataset)
+    dataset = _load_labelled(args, output, "finetune")
+    test_set, test_note = _load_test(args)
+    paths, labels, test_paths, test_labels = _split_data(args, dataset, test_set)
     skipped_test = []
     if test_paths is not None:
         # Decoded up front, as the training images are: an unreadable one stops the run now,
@@ -547,11 +496,12 @@ def run_finetune(args):
     }
     if test_paths is not None:
         output.note(f"evaluating on {len(test_paths)} test images")
-        metrics["test"] = classification_metrics(test_labels, ft.predict(test_paths), classes)
-        metrics["test"]["overlap_with_training"] = metrics["duplicates"]["test_in_train"] or 0
-        unseen = sorted(set(test_labels) - set(classes))
-        if unseen:
-            metrics["test"]["unseen_classes"] = unseen
+        metrics["test"] = _held_out_metrics(
+            test_labels,
+            ft.predict(test_paths),
+            classes,
+            overlap=metrics["duplicates"]["test_in_train"] or 0,
+        )
     if out_path is not None:
         persistence.save(ft, out_path)
     if checkpoint is not None:
@@ -572,17 +522,7 @@ def run_finetune(args):
             "split": None
             if args.test_size is None
             else {"test_size": args.test_size, "seed": args.seed},
-            "train": {
-                "n_images": len(paths),
-                "classes": {c: labels.count(c) for c in sorted(set(labels))},
-                "sha256": _data_fingerprint(paths, labels),
-            },
-            "test": None
-            if test_paths is None
-            else {
-                "n_images": len(test_paths),
-                "sha256": _data_fingerprint(test_paths, test_labels),
-            },
+            **_data_config(paths, labels, test_paths, test_labels),
             "versions": _versions(),
         }
         written = write_finetune_report(args.report, metrics, config)

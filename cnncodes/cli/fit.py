@@ -4,33 +4,35 @@ from __future__ import annotations
 
 import argparse
 import difflib
-import os
 
 import numpy as np
 
-from .._files import display
 from .._json import jsonable, skipped_json
-from ..datasets import load_dataset
 from ..spec import describe_preprocessing
 from ._core import (
     EXIT_OK,
     UsageError,
     _add_data_options,
+    _add_folds_options,
+    _add_held_out_options,
     _add_model_options,
     _add_runtime_options,
-    _at_least_two,
     _cache_dir_from_args,
     _check_out_path,
+    _check_report_dir,
     _fill,
     _fmt,
     _Formatter,
-    _load_data,
+    _load_labelled,
+    _load_test,
     _n_jobs,
     _note_skipped,
     _Output,
     _preprocessing_from_args,
-    _seed,
+    _report_lines,
+    _saved_model_lines,
     _table,
+    _test_metrics_lines,
 )
 
 _FIT_EPILOG = """\
@@ -113,22 +115,9 @@ def add_fit_parser(subparsers):
     )
     _add_model_options(parser, required=False, layer_help=_layer_help(by_mode))
     evaluation = parser.add_argument_group("evaluation")
-    held_out = evaluation.add_mutually_exclusive_group()
-    held_out.add_argument(
-        "--test", metavar="DATA2", help="labelled images to evaluate on (folder or CSV manifest)"
-    )
-    held_out.add_argument(
-        "--test-size",
-        type=_fraction,
-        metavar="F",
-        help="hold out this stratified fraction of DATA for the evaluation (e.g. 0.25)",
-    )
-    evaluation.add_argument(
-        "--cv",
-        type=_at_least_two,
-        default=5,
-        metavar="K",
-        help="cross-validation folds, lowered to the smallest class (default: %(default)s)",
+    _add_held_out_options(evaluation)
+    _add_folds_options(
+        evaluation, "cross-validation folds, lowered to the smallest class (default: %(default)s)"
     )
     evaluation.add_argument(
         "--scoring",
@@ -143,13 +132,6 @@ def add_fit_parser(subparsers):
         default=None,
         metavar="N",
         help="parallel fits of the search (-1: one per CPU)",
-    )
-    evaluation.add_argument(
-        "--random-state",
-        type=_seed,
-        default=0,
-        metavar="N",
-        help="seed of the test split and the folds (default: %(default)s)",
     )
     _add_runtime_options(parser)
     out = parser.add_argument_group("results")
@@ -176,16 +158,6 @@ def _scoring(text):
             "f1_macro; all: sklearn.metrics.get_scorer_names())"
         )
     return text
-
-
-def _fraction(text):
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected a fraction such as 0.25") from None
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected a fraction between 0 and 1")
-    return value
 
 
 def _codes_overrides(args):
@@ -267,18 +239,7 @@ def _fit_lines(result, test_note, out_path, written, limit=15, n_layers_given=0)
     else:
         head = f"test ({test_note}, {evaluated['n']} images)"
     if evaluated is not None:
-        lines.append(
-            f"{head}: accuracy {_fmt(evaluated['accuracy'])}, balanced accuracy "
-            f"{_fmt(evaluated['balanced_accuracy'])}"
-        )
-        lines += _table(
-            ["class", "precision", "recall", "support"],
-            [
-                [c, _fmt(m["precision"]), _fmt(m["recall"]), m["support"]]
-                for c, m in evaluated["per_class"].items()
-            ],
-            right=("precision", "recall", "support"),
-        )
+        lines += _test_metrics_lines(head, evaluated)
     lines.append(f"preprocessing: {describe_preprocessing(*_fit_preprocessing(result))}")
     duplicates = metrics.get("duplicates")
     if duplicates is not None:
@@ -288,17 +249,8 @@ def _fit_lines(result, test_note, out_path, written, limit=15, n_layers_given=0)
             + ("" if shared is None else f"{shared} test image(s) also in training, ")
             + f"{duplicates['within_train']} training image(s) repeating another"
         )
-    if out_path:
-        lines.append(f"saved model: {display(out_path)}")
-        from ..persistence import BUILTIN_MODEL_CALLABLES, model_callables
-
-        own = [c for c in model_callables(result.estimator) if c not in BUILTIN_MODEL_CALLABLES]
-        if own:
-            flags = " ".join(f"--trust-model-code {c}" for c in own)
-            lines.append(f"it names your model code: predict with {flags}")
-    if written:
-        folder = os.path.dirname(next(iter(written.values())))
-        lines.append(f"report: {display(folder)} ({', '.join(written)})")
+    lines += _saved_model_lines(out_path, result.estimator)
+    lines += _report_lines(written)
     return lines
 
 
@@ -314,24 +266,10 @@ def run_fit(args):
             "(e.g. --layer layer3 --layer layer4), or leave it out for the recipe's own"
         )
     out_path = _check_out_path(args.out, persistence.FORMATS)
-    if args.report is not None and os.path.exists(args.report) and not os.path.isdir(args.report):
-        raise UsageError(f"--report {args.report!r} exists and is not a folder")
-    dataset = _load_data(args, output)
-    if dataset.labels is None:
-        raise UsageError(
-            f"{args.data}: fit needs labelled images (class sub-folders, or a manifest with a "
-            "'label' column)"
-        )
-    test = None
-    test_note = None
-    if args.test is not None:
-        test_set = load_dataset(args.test, allow_outside_root=args.allow_outside_root)
-        if test_set.labels is None:
-            raise UsageError(f"--test {args.test}: the test images need labels")
-        test = (test_set.paths, test_set.labels)
-        test_note = display(args.test if test_set.kind == "manifest" else test_set.root)
-    elif args.test_size is not None:
-        test_note = f"{args.test_size:g} of DATA held out"
+    _check_report_dir(args.report)
+    dataset = _load_labelled(args, output, "fit")
+    test_set, test_note = _load_test(args)
+    test = None if test_set is None else (test_set.paths, test_set.labels)
     try:
         result = run_experiment(
             dataset.paths,
