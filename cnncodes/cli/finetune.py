@@ -67,8 +67,10 @@ With --out FILE the training state is saved after every epoch in FILE.state (wit
 the epoch it was in. --report DIR writes metrics.json, config.json (the command line that
 reproduces the run), training_curves.png and, with test images, confusion_matrix.png.
 A saved model predicts with 'cnncodes predict FILE DATA' (its weights are inside it).
-Layers that train use batch statistics in their BatchNorm: on a checkpoint whose BatchNorm was
-folded into the convolutions (running mean 0, variance 1), train only the head (--freeze all).
+BatchNorm layers keep their pretrained running statistics, also in the layers that train (their
+scale and shift train): --train-bn lets them follow the batches instead (for large datasets and
+checkpoints with real BatchNorm statistics; one whose BatchNorm was folded into the convolutions,
+running mean 0 and variance 1, collapses under batch statistics).
 """
 
 #: The state file's name in --report DIR when there is no --out.
