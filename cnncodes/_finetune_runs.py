@@ -51,7 +51,7 @@ def warm(estimator, paths, param_grid):
     """
     if not is_fine_tune(estimator):
         return warm_cache(estimator, paths, param_grid)
-    from .extract import SkippedImage, extract_codes
+    from .extract import SkippedImage
 
     ft = estimator
     summary = {"runs": 0, "configurations": 0, "computed": 0, "cached": 0, "skipped": []}
@@ -63,22 +63,7 @@ def warm(estimator, paths, param_grid):
     head_only = "all" in _grid_values(param_grid, "freeze", ft.freeze) and ft.augment == "none"
     probe = "probe" in _grid_values(param_grid, "init_head", ft.init_head)
     if kept and (head_only or probe):
-        probe = ft.__class__(**ft.get_params())
-        spec, layer = probe._resolve()
-        # The runtime FineTune resolves for its own look-ups, so the cache keys are the same.
-        device, precision, _, _, workers = probe._runtime()
-        result = extract_codes(
-            kept,
-            spec,
-            [layer],
-            ft.pooling,
-            cache_dir=ft.cache_dir,
-            batch_size=ft.batch_size,
-            num_workers=workers,
-            device=device,
-            precision=precision,
-            progress=ft.progress,
-        )
+        result = ft.__class__(**ft.get_params()).warm_codes(kept)
         summary.update(runs=1, configurations=1, computed=result.computed, cached=result.cached)
     return summary
 

@@ -298,8 +298,21 @@ class FineTune(ClassifierMixin, BaseEstimator):
         )
         return [paths[i] for i in kept], labels[kept]
 
+    def warm_codes(self, paths):
+        """Extract into the code cache the codes of ``layer`` (with ``pooling``) that ``fit``
+        reads for ``init_head="probe"`` and for a head trained on a frozen network; returns the
+        :class:`~cnncodes.extract.ExtractionResult`. A grid search calls it once before its
+        folds, as :func:`cnncodes.warm_cache` does for code pipelines."""
+        self._check_params()
+        spec, layer = self._resolve()
+        device, precision, _, _, workers = self._runtime()
+        return self._extract(list(paths), spec, layer, self.pooling, device, precision, workers)
+
     def _codes(self, paths, spec, layer, pooling, device, precision, workers):
-        result = extract_codes(
+        return self._extract(paths, spec, layer, pooling, device, precision, workers).codes[layer]
+
+    def _extract(self, paths, spec, layer, pooling, device, precision, workers):
+        return extract_codes(
             paths,
             spec,
             [layer],
@@ -311,7 +324,6 @@ class FineTune(ClassifierMixin, BaseEstimator):
             precision=precision,
             progress=self.progress,
         )
-        return result.codes[layer]
 
     def _trunk_plan(self, net, spec, layer, freeze, n_images):
         """``(tail, node)``: the trainable part and the node whose cached activations feed it, or
