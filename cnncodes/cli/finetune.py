@@ -298,6 +298,7 @@ def _fine_tune(args, output, state):
         valid_size=args.valid_size,
         early_stopping=args.early_stopping,
         seed=args.seed,
+        model_kwargs=args.model_kwargs,
         **{k: v for k, v in _preprocessing_from_args(args).items() if k != "impl"},
         cache_dir=_cache_dir_from_args(args),
         device=args.device,
