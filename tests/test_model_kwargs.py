@@ -11,6 +11,7 @@ import torchvision
 from sklearn.base import clone
 
 from cnncodes import cli
+from cnncodes.cache import list_configs
 from cnncodes.extract import code_config, spec_from_config
 from cnncodes.finetune import FineTune
 from cnncodes.models import ModelError, WeightsError, build_model, list_layers, resolve_spec
@@ -204,3 +205,24 @@ def test_fine_tune_builds_with_kwargs(make_images, tmp_path):
     assert ft.spec_.model_kwargs == (("num_classes", 4),)
     assert ft.state_dict_["head.weight"].shape == (4, 16)
     assert ft.predict(paths).shape == (6,)
+
+
+def test_fit_passes_model_arg_to_the_recipe(capsys, photos):
+    code, out, err = run(
+        capsys, "fit", photos / "photos", "--model", BUILDER, "--model-arg", "num_classes=3",
+        "--layer", "head", "--resize", "40", "--crop", "32", "--workers", "0",
+        "--cache-dir", photos / "cache", "--cv", "2", "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    assert json.loads(out)["extraction"]["computed"] == 16
+    [(store, _)] = list_configs(photos / "cache")
+    assert store.config["model_kwargs"] == {"num_classes": 3}
+
+
+def test_finetune_top_finds_freeze_depths_of_a_builder_that_needs_arguments():
+    import pipelines
+
+    _, grid = pipelines.get("finetune_top").build(
+        model=BUILDER, weights="none", model_kwargs={"num_classes": 3}
+    )
+    assert grid["freeze"] == ["none", "relu1"]
