@@ -226,3 +226,16 @@ def test_finetune_top_finds_freeze_depths_of_a_builder_that_needs_arguments():
         model=BUILDER, weights="none", model_kwargs={"num_classes": 3}
     )
     assert grid["freeze"] == ["none", "relu1"]
+
+
+@pytest.mark.parametrize("cls", [CNNCodes, FineTune])
+def test_an_estimator_pickled_before_model_kwargs_still_loads(cls):
+    import pickle
+
+    est = cls(model="resnet18", weights="none")
+    state = est.__getstate__()
+    del state["model_kwargs"]  # as saved before the parameter existed
+    old = cls.__new__(cls)
+    old.__setstate__(state)
+    assert old.get_params()["model_kwargs"] is None
+    assert pickle.loads(pickle.dumps(old)).get_params() == est.get_params()
