@@ -239,3 +239,20 @@ def test_an_estimator_pickled_before_model_kwargs_still_loads(cls):
     old.__setstate__(state)
     assert old.get_params()["model_kwargs"] is None
     assert pickle.loads(pickle.dumps(old)).get_params() == est.get_params()
+
+
+def test_cache_info_shows_the_builder_arguments(capsys, make_images, tmp_path):
+    make_images(2)
+    cache = tmp_path / "cache"
+    code, _, err = run(
+        capsys, "extract", tmp_path / "images", "--model", "resnet18", "--weights", "none",
+        "--resize", "40", "--crop", "32", "--workers", "0", "--cache-dir", cache,
+        "--layer", "fc", "--model-arg", "num_classes=3", "--quiet",
+    )  # fmt: skip
+    assert code == 0, err
+    code, out, err = run(capsys, "cache", "info", "--cache-dir", cache, "--json")
+    assert code == 0, err
+    [config] = json.loads(out)["configs"]
+    assert config["model_kwargs"] == {"num_classes": 3}
+    code, out, _ = run(capsys, "cache", "info", "--cache-dir", cache)
+    assert "resnet18(num_classes=3)" in out
