@@ -256,3 +256,31 @@ def test_cache_info_shows_the_builder_arguments(capsys, make_images, tmp_path):
     assert config["model_kwargs"] == {"num_classes": 3}
     code, out, _ = run(capsys, "cache", "info", "--cache-dir", cache)
     assert "resnet18(num_classes=3)" in out
+
+
+def test_finetune_cli_with_model_arg_records_it_and_predicts(capsys, photos):
+    import shlex
+
+    out_file, report = photos / "ft.skops", photos / "report"
+    code, out, err = run(
+        capsys, "finetune", photos / "photos", "--model", BUILDER, "--model-arg", "num_classes=4",
+        "--model-arg", 'relu="yes"', "--resize", "32", "--crop", "32", "--workers", "0",
+        "--cache-dir", photos / "cache", "--epochs", "1", "--out", out_file, "--report", report,
+        "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    config = json.loads((report / "config.json").read_text())
+    argv = shlex.split(config["command"])
+    assert argv[argv.index("--model-arg") :][:4] == [
+        "--model-arg", "num_classes=4", "--model-arg", 'relu="yes"',
+    ]  # fmt: skip
+    assert cli.build_parser().parse_args(argv[1:]).model_kwargs == {"num_classes": 4, "relu": "yes"}
+    code, out, err = run(
+        capsys, "predict", out_file, photos / "test", "--trust-model-code", BUILDER,
+        "--workers", "0",
+    )  # fmt: skip
+    assert code == 0, err
+    assert load(out_file, trust_model_code=[BUILDER]).spec_.model_kwargs == (
+        ("num_classes", 4),
+        ("relu", "yes"),
+    )

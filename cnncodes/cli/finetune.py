@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import signal
@@ -359,6 +360,9 @@ def reproducing_command(args):
         value = getattr(args, dest)
         if value is not None:
             argv += [flag, _option_text(value)]
+    for key, value in (getattr(args, "model_kwargs", None) or {}).items():
+        # As JSON, which --model-arg reads back to the same value (a string "5" stays one).
+        argv += ["--model-arg", f"{key}={json.dumps(value)}"]
     if args.train_bn:
         argv.append("--train-bn")
     if args.allow_outside_root:
