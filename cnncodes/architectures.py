@@ -24,6 +24,7 @@ import functools
 import hashlib
 import importlib
 import inspect
+import json
 import marshal
 import os
 import sys
@@ -110,18 +111,41 @@ def _load_callable(model):
     return obj
 
 
-def _call_without_arguments(model):
+def _call_builder(model, kwargs=()):
+    """Call the user's ``package.module:callable`` with ``kwargs`` (:attr:`ModelSpec.model_kwargs`)."""
     builder = _load_callable(model)
     try:
-        inspect.signature(builder).bind()
-    except TypeError as exc:  # needs arguments (torch.nn:Linear, ...)
+        inspect.signature(builder).bind(**dict(kwargs))
+    except TypeError as exc:  # needs arguments (torch.nn:Linear, ...), or refuses one given
+        if kwargs:
+            raise _kwargs_refused(model, kwargs, exc) from None
         raise ModelError(
             f"model={model!r} cannot be called without arguments ({exc}): give a callable that "
-            "builds the whole network by itself, e.g. a function in your own module"
+            "builds the whole network by itself, e.g. a function in your own module, or its "
+            "arguments (model_kwargs={...}, --model-arg KEY=VALUE)"
         ) from None
     except ValueError:  # no signature to inspect (some builtins): just try
         pass
-    return builder()
+    return _call_with_kwargs(model, builder, kwargs)
+
+
+def _call_with_kwargs(model, builder, kwargs):
+    """``builder(**kwargs)``; a keyword the builder (or a constructor it passes them to) does
+    not take becomes a ModelError naming the model and the argument."""
+    if not kwargs:
+        return builder()
+    try:
+        return builder(**dict(kwargs))
+    except TypeError as exc:
+        raise _kwargs_refused(model, kwargs, exc) from None
+
+
+def _kwargs_refused(model, kwargs, exc):
+    given = ", ".join(f"{k}={v!r}" for k, v in kwargs)
+    return ModelError(
+        f"model={model!r} does not take model_kwargs {given} ({exc}); check the argument "
+        "names of its builder"
+    )
 
 
 def _check_model_name(model):
@@ -221,24 +245,26 @@ def _arch_kwargs(model, weights_enum):
     return kwargs
 
 
-def _construct(model, weights_enum, seed):
+def _construct(model, weights_enum, seed, kwargs=()):
     """Build the architecture with a deterministic random initialisation.
 
     For a timm model ``weights_enum`` is the full pretrained name (:func:`_parse_timm_weights`)
     or None: its pretrained config sets the constructor's arguments (the number of classes).
+    ``kwargs`` (:attr:`ModelSpec.model_kwargs`) go to the builder, over those of the weights.
     """
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         if is_timm_name(model):
             arch, tag = _timm_arch(model)
             name = weights_enum or (f"{arch}.{tag}" if tag else arch)
-            net = _timm().create_model(name, pretrained=False)
+            create = functools.partial(_timm().create_model, name, pretrained=False)
+            net = _call_with_kwargs(model, create, kwargs)
         elif _is_callable_name(model):
-            net = _call_without_arguments(model)
+            net = _call_builder(model, kwargs)
         else:
-            net = torchvision.models.get_model(
-                model, weights=None, **_arch_kwargs(model, weights_enum)
-            )
+            own = _arch_kwargs(model, weights_enum)
+            build = functools.partial(torchvision.models.get_model, model, weights=None)
+            net = _call_with_kwargs(model, build, tuple({**own, **dict(kwargs)}.items()))
     if not isinstance(net, nn.Module):
         raise ModelError(f"model={model!r} returned {type(net).__name__}, not a torch.nn.Module")
     return net.eval()
@@ -263,9 +289,9 @@ def model_identity(model):
     return (model, obj, declared)
 
 
-def _meta_model(model, weights_name):
+def _meta_model(model, weights_name, kwargs=()):
     """The architecture on the meta device: no memory, no initialisation; for names and shapes."""
-    return _meta_model_memo(_identity_or_raise(model), weights_name)
+    return _meta_model_memo(_identity_or_raise(model), weights_name, kwargs)
 
 
 def _identity_or_raise(model):
@@ -276,25 +302,28 @@ def _identity_or_raise(model):
 
 
 @functools.lru_cache(maxsize=32)
-def _meta_model_memo(identity, weights_name):
+def _meta_model_memo(identity, weights_name, kwargs=()):
     model = identity[0]
     enum = _parse_named_weights(model, weights_name) if weights_name else None
     try:
         with torch.device("meta"):
-            return _construct(model, enum, 0)
+            return _construct(model, enum, 0, kwargs)
     except (NotImplementedError, RuntimeError):
         # Some builders compute with tensors (regnet's block widths), which meta cannot do.
-        return _construct(model, enum, 0).to("meta")
+        return _construct(model, enum, 0, kwargs).to("meta")
 
 
-def _arch_fingerprint(net):
+def _arch_fingerprint(net, kwargs=()):
     digest = hashlib.sha256(repr(net).encode())
     for name, t in list(net.state_dict().items()):
         digest.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
+    if kwargs:
+        # Arguments that leave modules and shapes alone may still change what forward() does.
+        digest.update(b"kwargs\0" + json.dumps(dict(kwargs), sort_keys=True).encode())
     return digest.hexdigest()[:16]
 
 
-def _arch_id(model, weights_name):
+def _arch_id(model, weights_name, kwargs=()):
     """:attr:`ModelSpec.arch_id`: the modules, names and shapes of the network; for the user's
     own architecture also what its ``forward()`` computes (``"<modules>+<code>"``).
 
@@ -302,13 +331,13 @@ def _arch_id(model, weights_name):
     ``relu(x) * 2``): the cache would serve the old codes. Torchvision names keep the plain
     form, so their caches stay valid; their code changes only with a torchvision upgrade.
     """
-    return _arch_id_memo(_identity_or_raise(model), weights_name)
+    return _arch_id_memo(_identity_or_raise(model), weights_name, kwargs)
 
 
 @functools.lru_cache(maxsize=32)
-def _arch_id_memo(identity, weights_name):
-    net = _meta_model_memo(identity, weights_name)
-    modules = _arch_fingerprint(net)
+def _arch_id_memo(identity, weights_name, kwargs=()):
+    net = _meta_model_memo(identity, weights_name, kwargs)
+    modules = _arch_fingerprint(net, kwargs)
     if not _is_callable_name(identity[0]):
         return modules
     return f"{modules}+{_code_fingerprint(net, identity[0])}"

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from .architectures import _is_callable_name, _timm
-from .spec import WeightsError, file_sha256, is_timm_name
+from .spec import WeightsError, file_sha256
 
 __all__ = ["WeightsUnavailableError"]
 
@@ -189,7 +189,7 @@ def _download_timm_hub_file(repo, files, revision, cache, label):
     )
 
 
-def _load_timm_pretrained(model_name, path, seed):
+def _load_timm_pretrained(model_name, path, seed, kwargs=()):
     """timm's network ``model_name`` with the pretrained weights in file ``path``, never
     fetching. The file is read here (safetensors, or ``torch.load`` with ``weights_only=True``
     whatever timm's version defaults to); timm applies its own checkpoint filters to the state."""
@@ -206,7 +206,10 @@ def _load_timm_pretrained(model_name, path, seed):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         net = _timm().create_model(
-            model_name, pretrained=True, pretrained_cfg_overlay={"state_dict": state}
+            model_name,
+            pretrained=True,
+            pretrained_cfg_overlay={"state_dict": state},
+            **dict(kwargs),
         )
     return net.eval()
 
@@ -313,13 +316,12 @@ def _head_hint(net, state, problems, model=None):
     if not all(key.rsplit(".", 1)[0] == head for key in problems):
         return ""
     weight = state.get(f"{head}.weight")
-    classes = f"num_classes={weight.shape[0]}" if weight is not None and weight.ndim == 2 else ""
-    torchvision = isinstance(model, str) and not _is_callable_name(model)
-    name = model if torchvision and not is_timm_name(model) else "<name>"
+    n = weight.shape[0] if weight is not None and weight.ndim == 2 else "N"
+    own = isinstance(model, str) and _is_callable_name(model)
     return (
         f". Only the classifier head {head!r} differs (a checkpoint fine-tuned on other classes?): "
-        f"give the architecture with that head as your own callable, e.g. a function returning "
-        f"torchvision.models.{name}({classes or 'num_classes=N'}), as --model module:function"
+        f"build the network with that head, --model-arg num_classes={n} (model_kwargs="
+        f"{{'num_classes': {n}}})" + (", if your callable takes that argument" if own else "")
     )
 
 

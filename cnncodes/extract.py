@@ -157,6 +157,7 @@ def spec_from_config(config, weights_path=None, seed=0, trust_model_code=False):
             call=f"spec_from_config(config, trust_model_code={refused!r})",
         )
     overrides = key.spec.preprocessing.arguments()
+    overrides["model_kwargs"] = dict(key.spec.model_kwargs) or None
     if weights.kind == "none":
         spec = resolve_spec(model, "none", seed=weights.seed, **overrides)
     elif weights.kind == "checkpoint":

@@ -134,7 +134,7 @@ def verify_model(estimator):
 
         check_is_fitted(estimator, "state_dict_")
         fitted = estimator.spec_
-        now = _arch_id(fitted.model, fitted.weights_spec.name)
+        now = _arch_id(fitted.model, fitted.weights_spec.name, fitted.model_kwargs)
         if now != fitted.arch_id:
             raise ModelError(
                 f"{fitted.model} no longer builds the architecture this fine-tuned model was "

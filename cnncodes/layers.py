@@ -166,7 +166,7 @@ def _traceable(spec_or_net):
 
 
 def _meta_for_spec(spec):
-    return _meta_model(spec.model, spec.weights_spec.name)
+    return _meta_model(spec.model, spec.weights_spec.name, spec.model_kwargs)
 
 
 def resolve_layers(spec, layers):
@@ -330,7 +330,7 @@ def _probe(spec, meta_net, layers):
         except (RuntimeError, NotImplementedError):  # e.g. "cannot call .item() on meta tensors"
             named = spec.weights_spec.name
             enum = _parse_named_weights(spec.model, named) if named else None
-            net = _construct(spec.model, enum, spec.seed)
+            net = _construct(spec.model, enum, spec.seed, spec.model_kwargs)
             try:
                 return build_extractor(net, layers)(torch.zeros(1, 3, h, w))
             except RuntimeError as exc:

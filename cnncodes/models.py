@@ -81,6 +81,7 @@ from .spec import (
     Preprocessing,
     Weights,
     WeightsError,
+    check_model_kwargs,
     describe_preprocessing,
     file_sha256,
     is_timm_name,
@@ -129,6 +130,7 @@ def resolve_spec(
     std=None,
     interpolation=None,
     impl="pil",
+    model_kwargs=None,
 ):
     """Resolve names to a :class:`ModelSpec`, without loading any weights.
 
@@ -145,6 +147,11 @@ def resolve_spec(
     impl : {"pil", "torch"}
         Which implementation preprocesses the images (see :class:`Preprocessing`); part of the
         cache key.
+    model_kwargs : dict, optional
+        Keyword arguments of the model's builder (the torchvision or timm builder, or the
+        user's callable), e.g. ``{"num_classes": 5}`` for a checkpoint fine-tuned on 5 classes.
+        Values are JSON scalars (int, float, str, bool, None). Part of the architecture's
+        identity and of the cache key when given.
 
     Notes
     -----
@@ -186,6 +193,7 @@ def resolve_spec(
     ((32, 32), (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
     """
     _check_model_name(model)
+    kwargs = check_model_kwargs(model_kwargs, model)
     if not _is_int(seed):
         raise ValueError(f"seed={seed!r}: expected an int")
     seed = int(seed)
@@ -211,9 +219,9 @@ def resolve_spec(
         if not os.path.isfile(path):
             raise WeightsError(f"weights file not found: {weights}")
         resolved = Weights("checkpoint", file=path, sha256=file_sha256(path))
-    meta = _meta_model(model, resolved.name if enum is not None else None)
+    meta = _meta_model(model, resolved.name if enum is not None else None, kwargs)
     if resolved is None:
-        resolved = Weights("callable", sha256=_built_state_id(model, seed))
+        resolved = Weights("callable", sha256=_built_state_id(model, seed, kwargs))
     declared, declared_by = _declared_preprocessing(model), model
     own = getattr(meta, "preprocessing", None)
     if declared is None and isinstance(own, Mapping) and _is_callable_name(model):
@@ -241,17 +249,17 @@ def resolve_spec(
         interpolation=interpolation,
         impl=impl,
     )
-    arch_id = _arch_id(model, resolved.name)
-    return ModelSpec(model, resolved.argument, resolved.identity, arch_id, seed, pre)
+    arch_id = _arch_id(model, resolved.name, kwargs)
+    return ModelSpec(model, resolved.argument, resolved.identity, arch_id, seed, pre, kwargs)
 
 
-def _built_state_id(model, seed):
-    return _built_state_id_memo(_identity_or_raise(model), seed)
+def _built_state_id(model, seed, kwargs=()):
+    return _built_state_id_memo(_identity_or_raise(model), seed, kwargs)
 
 
 @functools.lru_cache(maxsize=8)
-def _built_state_id_memo(identity, seed):
-    return _state_fingerprint(_construct(identity[0], None, seed))
+def _built_state_id_memo(identity, seed, kwargs=()):
+    return _state_fingerprint(_construct(identity[0], None, seed, kwargs))
 
 
 def build_model(spec):
@@ -263,9 +271,9 @@ def build_model(spec):
     weights = spec.weights_spec
     enum = _parse_named_weights(spec.model, weights.name) if weights.name else None
     if weights.kind == "timm":
-        net = _load_timm_pretrained(enum, _fetch_timm_weights(enum), spec.seed)
+        net = _load_timm_pretrained(enum, _fetch_timm_weights(enum), spec.seed, spec.model_kwargs)
     else:
-        net = _construct(spec.model, enum, spec.seed)
+        net = _construct(spec.model, enum, spec.seed, spec.model_kwargs)
     if weights.kind == "torchvision":
         path = _fetch_named_weights(enum)
         _load_state(net, _read_checkpoint(path), path)

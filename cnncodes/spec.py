@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import math
 import os
 from dataclasses import asdict, dataclass, field
 
@@ -29,6 +30,7 @@ __all__ = [
     "WeightsError",
     "describe_preprocessing",
     "file_sha256",
+    "check_model_kwargs",
     "file_stamp",
 ]
 
@@ -37,7 +39,7 @@ __all__ = [
 PREPROCESSING_KEYS = ("resize", "crop", "mean", "std", "interpolation")
 #: The parameters that choose a network and its input, by the names of the estimators' attributes
 #: and of :func:`cnncodes.models.resolve_spec`'s arguments: what resolves to a :class:`ModelSpec`.
-MODEL_PARAMS = ("model", "weights", "seed", *PREPROCESSING_KEYS, "impl")
+MODEL_PARAMS = ("model", "weights", "seed", *PREPROCESSING_KEYS, "impl", "model_kwargs")
 #: Resize interpolations, by their torchvision ``InterpolationMode`` values.
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos")
 #: Implementations of :class:`Preprocessing` (``impl``), and the interpolations each supports.
@@ -51,6 +53,48 @@ class ModelError(ValueError):
 
 class WeightsError(ValueError):
     """Weights that do not exist, do not fit the architecture, or changed on disk."""
+
+
+def check_model_kwargs(model_kwargs, model=None):
+    """``model_kwargs`` (a dict of the builder's keyword arguments, or None) as the sorted
+    ``((key, value), ...)`` that :attr:`ModelSpec.model_kwargs` holds.
+
+    Values must be JSON scalars (int, float, str, bool, None): they go into cache keys and
+    saved models as JSON.
+
+    Examples
+    --------
+    >>> check_model_kwargs({"num_classes": 5, "dropout": 0.5})
+    (('dropout', 0.5), ('num_classes', 5))
+    >>> check_model_kwargs(None)
+    ()
+    """
+    if model_kwargs is None:
+        return ()
+    if isinstance(model_kwargs, tuple) and all(
+        isinstance(p, tuple) and len(p) == 2 for p in model_kwargs
+    ):
+        model_kwargs = dict(model_kwargs)  # the form ModelSpec holds
+    if not isinstance(model_kwargs, dict):
+        raise ModelError(
+            f"model_kwargs={model_kwargs!r}: expected a dict of the model builder's keyword "
+            "arguments, e.g. {'num_classes': 5}, or None"
+        )
+    who = f" of model={model!r}" if model is not None else ""
+    for key, value in model_kwargs.items():
+        if not isinstance(key, str) or not key.isidentifier():
+            raise ModelError(
+                f"model_kwargs{who}: key {key!r} is not a keyword argument name (a Python "
+                "identifier string such as 'num_classes')"
+            )
+        scalar = value is None or isinstance(value, (bool, int, str))
+        scalar = scalar or (isinstance(value, float) and math.isfinite(value))
+        if not scalar:
+            raise ModelError(
+                f"model_kwargs{who}: {key}={value!r} is a {type(value).__name__}; values must "
+                "be JSON scalars (int, finite float, str, bool or None)"
+            )
+    return tuple(sorted(model_kwargs.items()))
 
 
 #: The reserved prefix of timm model names (``"timm:resnet50"``); ``timm`` is never read as the
@@ -391,6 +435,9 @@ class ModelSpec:
     SHA-256 of the state the user's callable built. ``arch_id`` fingerprints the architecture itself:
     its modules, parameter names and shapes, and for the user's own architecture also the code its
     ``forward()`` runs (``"<modules>+<code>"``, see :func:`cnncodes.architectures._arch_id`).
+    ``model_kwargs`` are the keyword arguments the builder is called with, as sorted
+    ``(key, value)`` pairs (:func:`check_model_kwargs`); empty for most models, and then absent
+    from :meth:`to_dict` and the cache key, which stay as they were before it existed.
     Made by :func:`cnncodes.models.resolve_spec`.
     """
 
@@ -400,6 +447,8 @@ class ModelSpec:
     arch_id: str
     seed: int
     preprocessing: Preprocessing
+    # A class default too: a ModelSpec pickled before this field existed reads back as ().
+    model_kwargs: tuple = ()
 
     @property
     def weights_spec(self):
@@ -410,6 +459,9 @@ class ModelSpec:
         """A JSON-ready description (cache keys, reports, ``--out`` files)."""
         out = asdict(self)
         out["preprocessing"] = self.preprocessing.to_dict()
+        del out["model_kwargs"]
+        if self.model_kwargs:
+            out["model_kwargs"] = dict(self.model_kwargs)
         return out
 
 
@@ -466,8 +518,9 @@ class CodeKey:
             object.__setattr__(self, "format", FORMAT_VERSION)
 
     def config(self):
-        """The cache configuration: a JSON-ready dict."""
-        return {
+        """The cache configuration: a JSON-ready dict (``model_kwargs`` only where given, so
+        the keys of codes made without them are unchanged)."""
+        config = {
             "format": self.format,
             "model": self.spec.model,
             "arch": self.spec.arch_id,
@@ -478,6 +531,9 @@ class CodeKey:
             "precision": self.precision,
             "decode": self.decode,
         }
+        if self.spec.model_kwargs:
+            config["model_kwargs"] = dict(self.spec.model_kwargs)
+        return config
 
     @property
     def digest(self):
@@ -513,6 +569,7 @@ class CodeKey:
                 arch_id=config["arch"],
                 seed=weights.seed if weights.kind == "none" else 0,
                 preprocessing=Preprocessing.from_dict(config["preprocessing"]),
+                model_kwargs=check_model_kwargs(config.get("model_kwargs")),
             )
             return cls(
                 spec,

@@ -150,6 +150,10 @@ class CNNCodes(TransformerMixin, BaseEstimator):
         files decoded by torchvision on the extraction device, nvJPEG on a GPU; resizing and
         cropping as tensor operations; bilinear or bicubic only; other files fall back to
         Pillow). Part of the cache key: the two give slightly different codes.
+    model_kwargs : dict, default=None
+        Keyword arguments of the model's builder, e.g. ``{"num_classes": 5}`` for a checkpoint
+        fine-tuned on 5 classes (JSON scalars: int, float, str, bool, None). Part of the cache
+        key when given.
     cache_dir : "auto", None or path, default="auto"
         The code cache: ``"auto"`` is ``$CNNCODES_CACHE`` or ``./cache``; None disables it.
     batch_size : int, default=32
@@ -235,6 +239,7 @@ class CNNCodes(TransformerMixin, BaseEstimator):
         precision="auto",
         on_error="raise",
         progress=False,
+        model_kwargs=None,
     ):
         self.model = model
         self.weights = weights
@@ -254,10 +259,13 @@ class CNNCodes(TransformerMixin, BaseEstimator):
         self.precision = precision
         self.on_error = on_error
         self.progress = progress
+        self.model_kwargs = model_kwargs
 
     def __setstate__(self, state):
-        # Estimators saved before ``impl`` existed preprocessed with Pillow.
+        # Estimators saved before ``impl`` existed preprocessed with Pillow; those saved before
+        # ``model_kwargs`` called the builder without arguments.
         state.setdefault("impl", "pil")
+        state.setdefault("model_kwargs", None)
         super().__setstate__(state)
 
     # -- fitting -------------------------------------------------------------------------------

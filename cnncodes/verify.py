@@ -29,7 +29,7 @@ def config_summary(store, info):
     ``store`` and ``info`` are a pair from :func:`~cnncodes.cache.list_configs`.
     """
     config = info["config"]
-    return {
+    summary = {
         "key": store.key,
         "model": config.get("model"),
         "weights": config.get("weights"),
@@ -44,6 +44,9 @@ def config_summary(store, info):
         "size_mb": round(info["bytes"] / 1e6, 3),
         "path": store.path,
     }
+    if config.get("model_kwargs"):  # only where given, as in the configuration itself
+        summary["model_kwargs"] = config["model_kwargs"]
+    return summary
 
 
 def _not_rechecked(reason):

@@ -123,7 +123,7 @@ def build(**overrides):
     if freezes is None and "freeze" in overrides:
         freezes = [overrides["freeze"]]
     if freezes is None:
-        shape = ("seed", "resize", "crop", "mean", "std", "interpolation")
+        shape = ("seed", "resize", "crop", "mean", "std", "interpolation", "model_kwargs")
         kwargs = {k: overrides[k] for k in shape if overrides.get(k) is not None}
         freezes = default_freezes(estimator.model, **kwargs)
     freezes = grid_values("freezes", freezes)

@@ -393,7 +393,7 @@ def test_a_checkpoint_with_another_head_gets_advice(tmp_path):
     message = str(info.value)
     assert "fc.weight (10, 512) vs (1000, 512)" in message
     assert "Only the classifier head 'fc' differs" in message
-    assert "torchvision.models.resnet18(num_classes=10), as --model module:function" in message
+    assert "--model-arg num_classes=10 (model_kwargs={'num_classes': 10})" in message
 
 
 def test_pickles_that_need_code_are_refused(tmp_path):

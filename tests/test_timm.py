@@ -282,3 +282,11 @@ def test_cli_layers_lists_a_timm_model(capsys):
 
     code, _, err = run(capsys, "layers", "timm:resnet10x")
     assert code == 2 and "'resnet10x' is not a timm model" in err
+
+
+def test_model_kwargs_reach_timm_create_model():
+    spec = resolve_spec(NET, "none", model_kwargs={"num_classes": 4}, **SMALL)
+    assert build_model(spec).fc.out_features == 4
+    assert spec.arch_id != resolve_spec(NET, "none", **SMALL).arch_id
+    with pytest.raises(ModelError, match=r"model='timm:resnet10t' does not take model_kwargs"):
+        resolve_spec(NET, "none", model_kwargs={"colour": 4})

@@ -69,3 +69,12 @@ def one_conv_cnn():
     return nn.Sequential(
         nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2)
     )
+
+
+def tiny_cnn_for(num_classes, relu=True):
+    """A :class:`TinyCNN` with ``num_classes`` classes: a builder that needs an argument
+    (``model_kwargs={"num_classes": N}``); ``relu=False`` changes no module's shape."""
+    net = TinyCNN(num_classes)
+    if not relu:
+        net.relu1 = nn.Identity()
+    return net

@@ -243,6 +243,49 @@ def _add_weights_options(group):
     )
 
 
+def _model_arg(text):
+    """``KEY=VALUE`` of --model-arg: VALUE as JSON where it parses (5, 0.5, true, null, "x"),
+    else as the string itself."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected KEY=VALUE, e.g. --model-arg num_classes=5"
+        )
+    try:
+        value = json.loads(value)
+    except ValueError:
+        pass  # a bare word: the string itself
+    return key.strip(), value
+
+
+class _ModelArgs(argparse.Action):
+    """Collects repeated --model-arg KEY=VALUE into one dict (``args.model_kwargs``)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        key, value = values
+        given = dict(getattr(namespace, self.dest) or {})
+        if key in given:
+            raise UsageError(
+                f"{option_string} {key} given twice ({given[key]!r}, then {value!r}): give it once"
+            )
+        given[key] = value
+        setattr(namespace, self.dest, given)
+
+
+def _add_model_arg_option(group):
+    """--model-arg KEY=VALUE (repeatable): keyword arguments of the model's builder."""
+    group.add_argument(
+        "--model-arg",
+        dest="model_kwargs",
+        action=_ModelArgs,
+        type=_model_arg,
+        metavar="KEY=VALUE",
+        help="a keyword argument of the model's builder (torchvision, timm or your callable), "
+        "e.g. num_classes=5 for a checkpoint fine-tuned on 5 classes; VALUE is read as JSON "
+        "(5, 0.5, true, null) where it parses, else as a string; repeat for several",
+    )
+
+
 def _add_preprocessing_options(group):
     """--resize/--crop/--mean/--std/--interpolation: overrides of the weights' own transform."""
     group.add_argument(
@@ -271,8 +314,11 @@ def _add_preprocessing_options(group):
     )
 
 
-def _add_model_options(parser, *, model=True, layers=True, required=True, layer_help=None):
-    """The network: --model, --weights, --seed, --layer, --pooling and the preprocessing.
+def _add_model_options(
+    parser, *, model=True, layers=True, required=True, layer_help=None, model_args=True
+):
+    """The network: --model, --weights, --seed, --model-arg, --layer, --pooling and the
+    preprocessing.
 
     With ``required=False`` (``fit``), --model and --pooling default to None: the recipe decides.
     """
@@ -287,6 +333,8 @@ def _add_model_options(parser, *, model=True, layers=True, required=True, layer_
             "package.module:callable" + ("" if required else " (default: the recipe's, resnet50)"),
         )
     _add_weights_options(group)
+    if model_args:
+        _add_model_arg_option(group)
     if layers:
         group.add_argument(
             "--layer",

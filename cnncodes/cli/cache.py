@@ -141,6 +141,14 @@ def _preprocessing_cell(values):
         return repr(values)
 
 
+def _model_cell(summary):
+    """The model, with its builder's arguments where given: ``resnet18(num_classes=3)``."""
+    kwargs = summary.get("model_kwargs")
+    if not kwargs:
+        return summary["model"]
+    return f"{summary['model']}({', '.join(f'{k}={v!r}' for k, v in kwargs.items())})"
+
+
 def run_cache_info(args):
     """List the configurations in the cache."""
     output = _Output(args)
@@ -157,7 +165,7 @@ def run_cache_info(args):
         rows = [
             [
                 c["key"][:12],
-                c["model"],
+                _model_cell(c),
                 _short_weights(str(c["weights"])),
                 c["layer"],
                 c["pooling"],

@@ -64,7 +64,7 @@ def add_compare_parser(subparsers):
         formatter_class=_Formatter,
     )
     _add_data_options(parser)
-    _add_model_options(parser, layers=False)
+    _add_model_options(parser, layers=False, model_args=False)
     parser.add_argument(
         "--layer",
         "-l",

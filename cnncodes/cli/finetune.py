@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import signal
@@ -298,6 +299,7 @@ def _fine_tune(args, output, state):
         valid_size=args.valid_size,
         early_stopping=args.early_stopping,
         seed=args.seed,
+        model_kwargs=args.model_kwargs,
         **{k: v for k, v in _preprocessing_from_args(args).items() if k != "impl"},
         cache_dir=_cache_dir_from_args(args),
         device=args.device,
@@ -358,6 +360,9 @@ def reproducing_command(args):
         value = getattr(args, dest)
         if value is not None:
             argv += [flag, _option_text(value)]
+    for key, value in (getattr(args, "model_kwargs", None) or {}).items():
+        # As JSON, which --model-arg reads back to the same value (a string "5" stays one).
+        argv += ["--model-arg", f"{key}={json.dumps(value)}"]
     if args.train_bn:
         argv.append("--train-bn")
     if args.allow_outside_root:

@@ -165,6 +165,7 @@ def _codes_overrides(args):
     given = {
         "model": getattr(args, "model", None),
         "weights": args.weights,
+        "model_kwargs": args.model_kwargs,
         **_preprocessing_from_args(args),
         "layer": args.layer,
         "pooling": args.pooling,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from .._choices import POOLINGS
 from ._core import (
     EXIT_OK,
+    _add_model_arg_option,
     _add_output_options,
     _add_preprocessing_options,
     _add_weights_options,
@@ -45,6 +46,7 @@ def add_layers_parser(subparsers):
     )
     group = parser.add_argument_group("model")
     _add_weights_options(group)
+    _add_model_arg_option(group)
     _add_preprocessing_options(parser.add_argument_group("preprocessing"))
     _add_output_options(parser, quiet=False)
     parser.set_defaults(run=run_layers)

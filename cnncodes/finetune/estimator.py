@@ -41,8 +41,8 @@ class FineTune(ClassifierMixin, BaseEstimator):
 
     Parameters
     ----------
-    model, weights, seed, resize, crop, mean, std, interpolation :
-        The pretrained network and its preprocessing, as for
+    model, weights, seed, resize, crop, mean, std, interpolation, model_kwargs :
+        The pretrained network, its builder's arguments and its preprocessing, as for
         :class:`~cnncodes.transformers.CNNCodes`.
     freeze : str, default="all"
         A graph-node name (as ``cnncodes layers`` prints them): it and everything before it stay
@@ -172,6 +172,7 @@ class FineTune(ClassifierMixin, BaseEstimator):
         checkpoint=None,
         resume=False,
         progress=False,
+        model_kwargs=None,
     ):
         self.model = model
         self.weights = weights
@@ -207,6 +208,12 @@ class FineTune(ClassifierMixin, BaseEstimator):
         self.checkpoint = checkpoint
         self.resume = resume
         self.progress = progress
+        self.model_kwargs = model_kwargs
+
+    def __setstate__(self, state):
+        # Models saved before ``model_kwargs`` existed called the builder without arguments.
+        state.setdefault("model_kwargs", None)
+        super().__setstate__(state)
 
     # -- parameters ----------------------------------------------------------------------------
 
@@ -513,7 +520,7 @@ class FineTune(ClassifierMixin, BaseEstimator):
         spec = self.spec_
         named = spec.weights_spec.name
         enum = _parse_named_weights(spec.model, named) if named else None
-        net = _construct(spec.model, enum, spec.seed)
+        net = _construct(spec.model, enum, spec.seed, spec.model_kwargs)
         net.load_state_dict({k: torch.as_tensor(v) for k, v in self.state_dict_.items()})
         trunk, _ = network.build_trunk(net, self.layer_, network.FREEZE_NONE)
         head = network.make_head(
