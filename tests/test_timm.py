@@ -273,12 +273,15 @@ def test_cli_layers_lists_a_timm_model(capsys):
     assert code == 0, err
     assert "input 3x32x32" in out
     assert "penultimate = global_pool" in out
+    assert "forward_features = layer4 (timm's forward_features output)" in out
+    assert "pre_logits = global_pool (timm's pre_logits output)" in out
     assert (
         "interpolation=bicubic (from: model: mean, std, interpolation; explicit: resize, crop)"
         in out
     )
     data = run_json(capsys, "layers", NET, "--weights", "none", "--crop", "32", "--resize", "40")
     assert {layer["name"]: layer["shape"] for layer in data["layers"]}["layer4"] == [512, 1, 1]
+    assert data["aliases"] == {"forward_features": "layer4", "pre_logits": "global_pool"}
 
     code, _, err = run(capsys, "layers", "timm:resnet10x")
     assert code == 2 and "'resnet10x' is not a timm model" in err
@@ -290,3 +293,33 @@ def test_model_kwargs_reach_timm_create_model():
     assert spec.arch_id != resolve_spec(NET, "none", **SMALL).arch_id
     with pytest.raises(ModelError, match=r"model='timm:resnet10t' does not take model_kwargs"):
         resolve_spec(NET, "none", model_kwargs={"colour": 4})
+
+
+def test_fine_tuning_a_timm_model_freezes_and_feeds_cnncodes(make_images, tmp_path):
+    from cnncodes.finetune import FineTune
+
+    paths = make_images(12)
+    labels = np.array(["ant", "bee"] * 6)
+    ft = FineTune(
+        model=NET,
+        weights="none",
+        freeze="layer3",
+        epochs=2,
+        lr=1e-2,
+        valid_size=0.25,
+        cache_dir=str(tmp_path / "cache"),
+        progress=False,
+        **SMALL,
+    ).fit(paths, labels)
+    before = build_model(resolve_spec(NET, "none", **SMALL)).state_dict()
+    for name, value in before.items():
+        if name.startswith(("conv1", "bn1", "layer1", "layer2", "layer3", "fc.")):
+            assert np.array_equal(value.numpy(), ft.state_dict_[name]), f"{name} changed"
+    trained = [n for n in before if n.startswith("layer4") and n.endswith("weight")]
+    assert not any(np.array_equal(before[n].numpy(), ft.state_dict_[n]) for n in trained)
+    # The saved checkpoint is a timm checkpoint: CNNCodes extracts the fine-tuned codes from it.
+    path = ft.save_checkpoint(tmp_path / "ft.pth")
+    codes = CNNCodes(model=NET, weights=path, layer="pre_logits", cache_dir=None, progress=False)
+    head = torch.load(path, weights_only=True)["finetune"]["head"]
+    logits = torch.as_tensor(codes.fit_transform(paths)) @ head["1.weight"].T + head["1.bias"]
+    np.testing.assert_allclose(torch.softmax(logits, 1), ft.predict_proba(paths), atol=1e-4)

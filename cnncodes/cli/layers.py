@@ -54,7 +54,7 @@ def add_layers_parser(subparsers):
 
 def run_layers(args):
     """Print the layer table of a model."""
-    from ..layers import list_layers, resolve_layers
+    from ..layers import TIMM_ALIASES, list_layers, resolve_layers
     from ..preprocessing import default_preprocessing_note
 
     output = _Output(args)
@@ -64,6 +64,13 @@ def run_layers(args):
         penultimate = resolve_layers(spec, ["penultimate"])[0]
     except ValueError:
         penultimate = None
+    aliases = {}
+    if spec.model.startswith("timm:"):
+        for alias in TIMM_ALIASES:
+            try:
+                aliases[alias] = resolve_layers(spec, [alias])[0]
+            except ValueError:
+                pass  # untraceable: the name is refused with the reason when asked for
     h, w = spec.preprocessing.input_size
     note = default_preprocessing_note(spec)
     if note:
@@ -77,6 +84,7 @@ def run_layers(args):
             "source": dict(spec.preprocessing.source),
         },
         "penultimate": penultimate,
+        "aliases": aliases,
         "layers": [
             {"name": i.name, "shape": list(i.shape), "code_sizes": dict(i.code_sizes)}
             for i in infos
@@ -97,5 +105,6 @@ def run_layers(args):
     lines += _table(["  layer", "shape", *POOLINGS], rows, right=POOLINGS)
     if penultimate is not None:
         lines.append(f"* penultimate = {penultimate} (the default --layer)")
+    lines += [f"  {alias} = {node} (timm's {alias} output)" for alias, node in aliases.items()]
     output.result(data, lines)
     return EXIT_OK
