@@ -6,6 +6,7 @@ its own cluster of two nodes on this machine.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -235,3 +236,45 @@ def test_a_cluster_of_two_nodes_computes_every_image_once_into_one_cache(spec, t
     _assert_same(local, on_ray)
     assert on_ray.computed == 12
     assert list(_rows(tmp_path / "c").values()) == [12, 12]
+
+
+DIGITS = [
+    "--model", "cnncodes.demo_data:digits_net",
+    "--resize", "32", "--crop", "32", "--mean", "0.5", "--std", "0.5", "--workers", "0",
+]  # fmt: skip
+
+
+def test_cli_extract_and_fit_with_engine_ray(ray_local, capsys, photos):
+    from tests.test_cli import assert_one_line_error, run
+
+    data, out = photos / "photos", {}
+    for engine in ("local", "ray"):
+        cache = photos / f"cache-{engine}"
+        code, _, err = run(
+            capsys, "extract", data, *DIGITS, "--cache-dir", cache, "--engine", engine,
+            "--out", photos / f"{engine}.npz",
+        )  # fmt: skip
+        assert code == 0, err
+        code, text, err = run(
+            capsys, "fit", data, "--pipeline", "linear_probe", *DIGITS, "--cv", "2",
+            "--cache-dir", cache, "--engine", engine, "--json", "--out", photos / f"{engine}.skops",
+        )  # fmt: skip
+        assert code == 0, err
+        out[engine] = json.loads(text)
+        assert "codes: 0 image codes computed, 16 from the cache" in err  # extract filled it
+    local, on_ray = np.load(photos / "local.npz"), np.load(photos / "ray.npz")
+    np.testing.assert_array_equal(local["codes"], on_ray["codes"])
+    assert out["ray"]["metrics"]["best_params"] == out["local"]["metrics"]["best_params"]
+    scores = {
+        engine: [{k: v for k, v in row.items() if k != "fit_seconds"} for row in o["candidates"]]
+        for engine, o in out.items()
+    }
+    assert scores["ray"] == scores["local"]
+    # The saved model extracts locally wherever it is used.
+    from cnncodes import persistence
+
+    saved = persistence.load(photos / "ray.skops")
+    assert saved.named_steps["cnncodes"].engine == "local"
+    code, _, err = run(capsys, "extract", data, *DIGITS, "--address", "auto")
+    assert code == 2
+    assert_one_line_error(err, "--address 'auto' applies only to --engine ray")

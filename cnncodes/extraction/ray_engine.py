@@ -31,7 +31,7 @@ from .decode import _Decode, _stack_ready, _TorchDecode
 from .loop import Forward
 from .runtime import exact_fp32
 
-__all__ = ["ENGINES", "cluster_device", "ray_session", "require_ray", "run_on_ray"]
+__all__ = ["ENGINES", "cluster_device", "joblib_on_ray", "ray_session", "require_ray", "run_on_ray"]
 
 #: The extraction engines of :func:`cnncodes.extract.extract_codes`.
 ENGINES = ("local", "ray")
@@ -69,6 +69,22 @@ def ray_session(address=None):
         yield ray
     finally:
         ray.shutdown()
+
+
+@contextlib.contextmanager
+def joblib_on_ray():
+    """joblib's Ray backend for the block (``ray.util.joblib``): a search's fits as Ray tasks.
+
+    With a warm cache (:func:`cnncodes.search.warm_cache`) each task reads its codes from the
+    cache folder; none runs the network.
+    """
+    require_ray()
+    import joblib
+    from ray.util.joblib import register_ray
+
+    register_ray()
+    with joblib.parallel_backend("ray"):
+        yield
 
 
 def cluster_device(ray, device):
