@@ -17,7 +17,9 @@ thread of this process and, on a GPU, on a second CUDA stream; see :func:`prepro
 
 This module is the public face of extraction; the work is in
 :mod:`cnncodes.extraction`: ``runtime`` (device, precision, exact fp32), ``decode`` (the Pillow
-and torch decoders, reading threads), ``fold`` (BatchNorm folding) and ``loop`` (the forward loop).
+and torch decoders, reading threads), ``fold`` (BatchNorm folding), ``loop`` (the forward loop) and
+``ray_engine`` (``engine="ray"``: the same decoding and forward step on a Ray cluster, whose actors
+commit codes to the cache themselves).
 """
 
 from __future__ import annotations

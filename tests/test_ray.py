@@ -105,12 +105,17 @@ def test_same_codes_as_the_local_engine_and_the_same_skipped_images(
     assert (again.computed, again.cached) == (0, 12)
 
 
-def test_impl_torch_decodes_in_the_actors_with_the_same_codes(ray_local, images, tmp_path):
+def test_impl_torch_decodes_in_the_actors_with_the_same_codes(ray_local, images, tmp_path, capsys):
     # impl="torch" decodes on the extraction device, so in the actor, as the local engine does.
     torch_spec = resolve_spec("tests.tiny_nets:tiny_cnn", None, resize=40, crop=32, impl="torch")
     local = extract_codes(images, torch_spec, LAYERS, cache_dir=None)
-    on_ray = extract_codes(images, torch_spec, LAYERS, cache_dir=tmp_path / "c", engine="ray")
+    capsys.readouterr()
+    on_ray = extract_codes(
+        images, torch_spec, LAYERS, cache_dir=tmp_path / "c", engine="ray", progress=True
+    )
     _assert_same(local, on_ray)
+    # One progress report over every actor, counted by the driver.
+    assert "extracting on Ray: 12/12 images" in capsys.readouterr().err
 
 
 def test_a_bad_image_raises_the_same_error_and_keeps_the_other_codes(
