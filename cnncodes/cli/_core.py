@@ -458,6 +458,13 @@ def _check_engine_args(args):
         raise UsageError(f"--address {args.address!r} applies only to --engine ray")
     if getattr(args, "ray_actors", None) is not None and args.engine != "ray":
         raise UsageError(f"--ray-actors {args.ray_actors} applies only to --engine ray")
+    if args.engine == "ray":
+        from ..extraction.ray_engine import require_ray
+
+        try:
+            require_ray()
+        except ImportError as exc:  # before any image is read
+            raise UsageError(f"--engine ray: {exc}") from None
 
 
 def _add_trust_model_code_option(
