@@ -118,6 +118,28 @@ def test_impl_torch_decodes_in_the_actors_with_the_same_codes(ray_local, images,
     assert "extracting on Ray: 12/12 images" in capsys.readouterr().err
 
 
+def test_a_file_rewritten_after_hashing_gets_the_codes_of_its_new_content(
+    ray_local, spec, images, tmp_path, monkeypatch, forward_counter
+):
+    import cnncodes.extract as extract_module
+
+    real = extract_module.ray_file_digests
+
+    def stale(ray_, paths):  # image 3 as it was when hashed: other bytes than the actors read
+        digests = real(ray_, paths)
+        digests[3] = "f" * 64
+        return digests
+
+    monkeypatch.setattr(extract_module, "ray_file_digests", stale)
+    local = extract_codes(images, spec, LAYERS, cache_dir=None)
+    assert forward_counter.builds == 1
+    on_ray = extract_codes(images, spec, LAYERS, cache_dir=tmp_path / "c", engine="ray")
+    _assert_same(local, on_ray)
+    assert on_ray.computed == 12
+    # Read back from what the actor stored, not recomputed by this process.
+    assert forward_counter.builds == 1
+
+
 def test_a_bad_image_raises_the_same_error_and_keeps_the_other_codes(
     ray_local, spec, with_bad, tmp_path
 ):
