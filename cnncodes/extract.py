@@ -430,6 +430,13 @@ def _extract(
                 actors=ray_actors,
                 progress=progress,
             )
+            lost = cache.missing(list(dict.fromkeys(ray_stored.values())))
+            if lost:
+                raise OSError(
+                    f"the Ray workers committed the codes of {len(lost)} image(s) to "
+                    f"{cache.root}, which this process does not find there: the cache folder "
+                    "must be on a filesystem every node sees, at the same path"
+                )
 
     def compute(missing, deliver):
         rest = []

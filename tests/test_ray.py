@@ -248,6 +248,20 @@ def test_an_unwritable_cache_folder_is_refused_naming_it(ray_local, spec, images
         CodeWriter(spec, LAYERS, "avg", "fp32", 8, "cpu", folder, configs)
 
 
+def test_codes_committed_where_the_driver_cannot_see_them_are_reported(
+    ray_local, spec, images, tmp_path, monkeypatch
+):
+    import cnncodes.extract as extract_module
+
+    def elsewhere(ray_, items, *args, **kwargs):  # as workers writing to their own disks
+        return {digest: digest for digest, _ in items}, {}
+
+    monkeypatch.setattr(extract_module, "run_on_ray", elsewhere)
+    folder = str(tmp_path / "c")
+    with pytest.raises(OSError, match=f"codes of 12 image.s. to {folder}, which this process"):
+        extract_codes(images, spec, LAYERS, cache_dir=folder, engine="ray")
+
+
 def test_a_cluster_of_two_nodes_computes_every_image_once_into_one_cache(spec, tmp_path):
     from ray.cluster_utils import Cluster
 
