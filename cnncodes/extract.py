@@ -349,6 +349,7 @@ def extract_codes(
         started=started,
     )
     if engine == "ray":
+        resolve_precision(precision, "cpu")  # a bad value is refused before Ray starts
         with ray_session(ray_address) as ray:
             dev = cluster_device(ray, device)
             with cache_root_for_run(ray, resolve_cache_dir(cache_dir)) as root:

@@ -261,6 +261,12 @@ def test_ray_engine_without_ray_says_how_to_install_it(tiny_spec, make_images, m
         extract_codes(make_images(1), tiny_spec, "avgpool", cache_dir=None, engine="ray")
 
 
+def test_ray_engine_arguments_are_checked_before_ray_is_needed(tiny_spec, make_images, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # no Ray session is started (nor could be)
+    with pytest.raises(ValueError, match="precision='fp64': choose one of"):
+        extract_codes(make_images(1), tiny_spec, "avgpool", engine="ray", precision="fp64")
+
+
 def test_importing_cnncodes_does_not_import_ray():
     code = (
         "import sys, cnncodes, cnncodes.extract, cnncodes.transformers; print('ray' in sys.modules)"

@@ -236,6 +236,13 @@ def test_grid_search_through_the_ray_backend(ray_local, images, labels, tmp_path
     assert _rows(tmp_path / "c") == rows  # the Ray workers read the codes, computed none
 
 
+def test_devices_the_ray_engine_cannot_use_are_refused(ray_local, spec, images):
+    with pytest.raises(ValueError, match=r"device='tpu': engine='ray' takes 'auto', 'cpu' or"):
+        extract_codes(images, spec, LAYERS, cache_dir=None, engine="ray", device="tpu")
+    with pytest.raises(ValueError, match=r"device='cuda': the Ray cluster has no GPU"):
+        extract_codes(images, spec, LAYERS, cache_dir=None, engine="ray", device="cuda")
+
+
 def test_an_unwritable_cache_folder_is_refused_naming_it(ray_local, spec, images, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")

@@ -92,13 +92,16 @@ def cluster_device(ray, device):
     gpus = ray.cluster_resources().get("GPU", 0)
     if device == "auto":
         return torch.device("cuda" if gpus else "cpu")
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"device={device!r}: engine='ray' takes 'auto', 'cpu' or 'cuda'")
     if dev.type == "cuda" and not gpus:
         raise ValueError(
             f"device={device!r}: the Ray cluster has no GPU; use device='cpu' or 'auto'"
         )
-    if dev.type not in ("cpu", "cuda"):
-        raise ValueError(f"device={device!r}: engine='ray' runs on 'cpu' or 'cuda' actors")
     return torch.device(dev.type)  # each actor sees its own GPU as cuda:0
 
 
