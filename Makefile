@@ -11,7 +11,7 @@ $(BIN)/python:
 
 $(VENV)/.installed: $(BIN)/python setup.cfg pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet $(TORCH) -e '.[test,finetune,timm,parquet]'
+	$(BIN)/python -m pip install --quiet $(TORCH) -e '.[test,finetune,timm,parquet,ray]'
 	touch $@
 
 setup: $(VENV)/.installed

@@ -49,6 +49,7 @@ from .evaluation import (
     layer_table,
     stratified_split,
 )
+from .extraction.ray_engine import joblib_on_ray, ray_session
 
 # Moved to cnncodes.fitted; importable from here as before (`as` marks the re-exports).
 from .fitted import RUNTIME_PARAMS as RUNTIME_PARAMS
@@ -414,7 +415,10 @@ def run_experiment(
     if note:
         log(note)
     cache_dir = step.cache_dir
-    with _cache_for_the_run(pipe, prefix, log):
+    # engine="ray": one Ray session for the run (every extraction, then the search's fits).
+    on_ray = getattr(step, "engine", "local") == "ray"
+    session = ray_session(step.ray_address) if on_ray else contextlib.nullcontext()
+    with session, _cache_for_the_run(pipe, prefix, log):
         # Only the training images: the test images are transformed once, by the winner alone.
         log(f"codes: extracting what the grid needs for {len(paths)} training images (once)")
         extraction = _runs.warm(pipe, paths, grid)
@@ -462,11 +466,15 @@ def run_experiment(
             f"on {len(paths)} images, {len(set(labels))} classes"
         )
         fits = n_candidates * folds.get_n_splits()
-        with _fit_progress(pipe, scoring, fits, progress, n_jobs) as scorer:
+        # On Ray, the fits are Ray tasks reading the warm cache (n_jobs None: every CPU of the
+        # cluster); a bar in this process cannot count them.
+        backend = joblib_on_ray() if on_ray else contextlib.nullcontext()
+        with _fit_progress(pipe, scoring, fits, progress, -1 if on_ray else n_jobs) as scorer:
             search = GridSearchCV(
                 pipe, grid, cv=folds, scoring=scorer, n_jobs=n_jobs, refit=True, error_score="raise"
             )
-            search.fit(paths, labels)
+            with backend:
+                search.fit(paths, labels)
         best = search.best_estimator_
         classes = [str(c) for c in best.classes_]
 

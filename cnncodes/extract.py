@@ -17,12 +17,15 @@ thread of this process and, on a GPU, on a second CUDA stream; see :func:`prepro
 
 This module is the public face of extraction; the work is in
 :mod:`cnncodes.extraction`: ``runtime`` (device, precision, exact fp32), ``decode`` (the Pillow
-and torch decoders, reading threads), ``fold`` (BatchNorm folding) and ``loop`` (the forward loop).
+and torch decoders, reading threads), ``fold`` (BatchNorm folding), ``loop`` (the forward loop) and
+``ray_engine`` (``engine="ray"``: the same decoding and forward step on a Ray cluster, whose actors
+commit codes to the cache themselves).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import time
 from dataclasses import dataclass, field
@@ -30,8 +33,17 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ._choices import PRECISIONS
+from .cache import resolve_cache_dir
 from .extraction.decode import preprocess, preprocess_bytes
 from .extraction.loop import CPU_FORWARD_BATCH, ForwardLoop
+from .extraction.ray_engine import (
+    ENGINES,
+    cache_root_for_run,
+    cluster_device,
+    ray_file_digests,
+    ray_session,
+    run_on_ray,
+)
 from .extraction.runtime import _default_workers, exact_fp32, resolve_device, resolve_precision
 from .images import ImageLoadError, file_digests
 from .layers import layer_shapes, resolve_layers
@@ -231,6 +243,9 @@ def extract_codes(
     progress=None,
     commit_rows=512,
     commit_seconds=5.0,
+    engine="local",
+    ray_address=None,
+    ray_actors=None,
 ):
     """CNN codes of image files, from the cache where possible, else from the network.
 
@@ -271,6 +286,24 @@ def extract_codes(
         stays silent (see :class:`cnncodes._progress.Progress`).
     commit_rows, commit_seconds :
         Commit new codes to the cache after this many images or seconds, whichever comes first.
+    engine : {"local", "ray"}
+        ``local``: this process (and its decoding workers). ``ray``: a Ray cluster (``pip install
+        -e '.[ray]'``; see :mod:`cnncodes.extraction.ray_engine`): files hashed by Ray tasks
+        (for large inputs), the images the cache lacks decoded by CPU tasks and pushed through
+        the same network code by a pool of actors (one GPU each where the cluster has GPUs,
+        ``device="auto"``), which commit their codes to ``cache_dir`` themselves; so it must be
+        a folder every node can write (a shared filesystem). The codes are then served from the
+        cache as with the local engine: the same codes, the same ``on_error`` handling. With
+        ``cache_dir=None`` a temporary folder is used on a one-node cluster (a cluster of
+        several nodes needs a shared one).
+    ray_address : str, optional
+        With ``engine="ray"``: the cluster to connect to (``"auto"`` or ``"HOST:PORT"``). None:
+        the Ray session already running in this process, else a local Ray started for the call
+        and shut down after.
+    ray_actors : int, optional
+        With ``engine="ray"``: actors running the network. None: one per GPU of the cluster (CPU
+        tasks decode for them), or on a cluster without GPUs one per CPU (each decodes its own
+        images).
 
     Returns
     -------
@@ -293,9 +326,58 @@ def extract_codes(
         raise ValueError(f"batch_size={batch_size!r}: expected a positive int")
     if num_workers is not None and (not _is_int(num_workers) or num_workers < 0):
         raise ValueError(f"num_workers={num_workers!r}: expected an int >= 0")
+    if engine not in ENGINES:
+        raise ValueError(f"engine={engine!r}: choose one of {', '.join(map(repr, ENGINES))}")
+    if ray_actors is not None and (not _is_int(ray_actors) or ray_actors < 1):
+        raise ValueError(f"ray_actors={ray_actors!r}: expected an int >= 1, or None")
     batch_size = int(batch_size)
     num_workers = None if num_workers is None else int(num_workers)
-    dev = resolve_device(device)
+    run = functools.partial(
+        _extract,
+        paths,
+        spec,
+        layers,
+        pooling,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        precision=precision,
+        on_error=on_error,
+        progress=progress,
+        commit_rows=commit_rows,
+        commit_seconds=commit_seconds,
+        ray_actors=ray_actors,
+        started=started,
+    )
+    if engine == "ray":
+        resolve_precision(precision, "cpu")  # a bad value is refused before Ray starts
+        with ray_session(ray_address) as ray:
+            dev = cluster_device(ray, device)
+            with cache_root_for_run(ray, resolve_cache_dir(cache_dir)) as root:
+                return run(dev, root, ray)
+    return run(resolve_device(device), cache_dir, None)
+
+
+def _extract(
+    paths,
+    spec,
+    layers,
+    pooling,
+    dev,
+    cache_dir,
+    ray,
+    *,
+    batch_size,
+    num_workers,
+    precision,
+    on_error,
+    progress,
+    commit_rows,
+    commit_seconds,
+    ray_actors,
+    started,
+):
+    """:func:`extract_codes` once its arguments are checked and its engine connected (``ray``:
+    the Ray module for ``engine="ray"``, else None)."""
     if num_workers is None:
         num_workers = _default_workers(dev)
     precision = resolve_precision(precision, dev)
@@ -311,7 +393,7 @@ def extract_codes(
 
     # 1. Identify every input by content.
     skipped = {}
-    digests = file_digests(paths)
+    digests = file_digests(paths) if ray is None else ray_file_digests(ray, paths)
     for i, digest in enumerate(digests):
         if isinstance(digest, ImageLoadError):
             if on_error == "raise":
@@ -325,10 +407,53 @@ def extract_codes(
     # fp32 codes on a GPU must be the CPU's fp32 codes (same cache key): no TF32 while they are made.
     exact = exact_fp32(dev.type) if precision == "fp32" else contextlib.nullcontext()
 
+    first = {}
+    for i in valid:
+        first.setdefault(digests[i], paths[i])
+    # On Ray, the actors commit the codes of what the cache lacks; all is then served from it.
+    ray_stored, ray_failed = {}, {}
+    if ray is not None:
+        todo = cache.missing([digests[i] for i in valid])
+        if todo:
+            for store in cache.stores.values():
+                store.ensure_writable()
+            ray_stored, ray_failed = run_on_ray(
+                ray,
+                [(d, first[d]) for d in todo],
+                spec,
+                layers,
+                pooling,
+                precision,
+                dev,
+                cache.root,
+                configs,
+                batch_size=batch_size,
+                actors=ray_actors,
+                progress=progress,
+            )
+            lost = cache.missing(list(dict.fromkeys(ray_stored.values())))
+            if lost:
+                raise OSError(
+                    f"the Ray workers committed the codes of {len(lost)} image(s) to "
+                    f"{cache.root}, which this process does not find there: the cache folder "
+                    "must be on a filesystem every node sees, at the same path"
+                )
+
     def compute(missing, deliver):
-        first = {}
-        for i in valid:
-            first.setdefault(digests[i], paths[i])
+        rest = []
+        for digest in missing:
+            if digest in ray_failed:  # unreadable when an engine task decoded it
+                if on_error == "raise":
+                    raise ImageLoadError(first[digest], ray_failed[digest])
+                failed[digest] = ray_failed[digest]
+            elif digest in ray_stored:  # rewritten since hashed: stored under its new content
+                actual = [ray_stored[digest]]
+                codes = {layer: store.read(actual) for layer, store in cache.stores.items()}
+                deliver([digest], codes, stored_as=actual)
+            else:
+                rest.append(digest)
+        if not rest:
+            return
         loop = ForwardLoop(
             spec=spec,
             layers=layers,
@@ -339,7 +464,7 @@ def extract_codes(
             num_workers=num_workers,
             on_error=on_error,
             progress=progress,
-            items=[(d, first[d]) for d in missing],
+            items=[(d, first[d]) for d in rest],
             deliver=deliver,
             failed=failed,
         )
@@ -354,6 +479,8 @@ def extract_codes(
         commit_seconds=commit_seconds,
     )
     codes = served.codes
+    # Served as hits, but computed by this call's actors (a rewritten file's were delivered).
+    on_ray = sum(1 for digest, actual in ray_stored.items() if actual == digest)
     if failed:  # unreadable when decoded, after hashing
         for i in valid:
             if digests[i] in failed:
@@ -369,8 +496,8 @@ def extract_codes(
         codes=codes,
         kept=kept,
         skipped=[SkippedImage(i, paths[i], skipped[i]) for i in sorted(skipped)],
-        computed=served.computed,
-        cached=served.hits,
+        computed=served.computed + on_ray,
+        cached=served.hits - on_ray,
         configs=configs,
         seconds=time.perf_counter() - started,
     )

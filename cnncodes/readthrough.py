@@ -126,6 +126,15 @@ class CodeCache:
             widths[name] = width
         return widths
 
+    def missing(self, keys):
+        """The distinct ``keys`` not stored under every name, in the order first asked for.
+
+        What :meth:`cached` would hand to ``compute``; an engine that stores codes itself asks
+        this first, then :meth:`cached` serves them.
+        """
+        indexes = [store.index() for store in self.stores.values()]
+        return [k for k in dict.fromkeys(keys) if not all(k in index for index in indexes)]
+
     def cached(self, keys, compute, widths, *, commit_rows=512, commit_seconds=5.0):
         """Codes of ``keys`` under every configuration: stored ones read, the others computed.
 

@@ -147,6 +147,10 @@ def warm_cache(estimator, X, param_grid=None):
     calling this first makes every worker read from the cache. Candidates that differ only
     in ``layer`` share one forward pass.
 
+    On a Ray cluster: with ``CNNCodes(engine="ray")`` this extracts on the cluster; then fit the
+    search inside ``joblib.parallel_backend("ray")`` (after ``ray.util.joblib.register_ray()``),
+    and its fits run as Ray tasks that read the codes from the cache (a folder every node sees).
+
     Parameters
     ----------
     estimator : search, Pipeline or CNNCodes

@@ -27,6 +27,7 @@ from . import cache as _cache
 from ._inputs import as_path_list, check_int, spec_of
 from .architectures import model_identity
 from .extract import ON_ERROR, PRECISIONS, extract_codes, resolve_device
+from .extraction.ray_engine import ENGINES
 from .layers import layer_shapes, resolve_layers
 from .pooling import check_pooling, code_size
 from .spec import MODEL_PARAMS, file_stamp
@@ -171,6 +172,15 @@ class CNNCodes(TransformerMixin, BaseEstimator):
     progress : bool or None, default=False
         Report the images going through the network: a bar on a terminal, else a line every 10
         seconds (None: only for runs that long; see :func:`~cnncodes.extract.extract_codes`).
+    engine : {"local", "ray"}, default="local"
+        Where codes the cache lacks are computed: in this process, or on a Ray cluster (the
+        same codes; ``cache_dir`` must then be a folder every node sees; see
+        :func:`~cnncodes.extract.extract_codes`). For a grid search on the cluster, call
+        :func:`~cnncodes.search.warm_cache` first, then fit inside
+        ``joblib.parallel_backend("ray")`` (after ``ray.util.joblib.register_ray()``).
+    ray_address : str, default=None
+        With ``engine="ray"``: ``"auto"`` or ``"HOST:PORT"`` of the cluster; None: the Ray
+        session of this process, else a local Ray started for each extraction.
 
     Attributes
     ----------
@@ -240,6 +250,8 @@ class CNNCodes(TransformerMixin, BaseEstimator):
         on_error="raise",
         progress=False,
         model_kwargs=None,
+        engine="local",
+        ray_address=None,
     ):
         self.model = model
         self.weights = weights
@@ -260,12 +272,17 @@ class CNNCodes(TransformerMixin, BaseEstimator):
         self.on_error = on_error
         self.progress = progress
         self.model_kwargs = model_kwargs
+        self.engine = engine
+        self.ray_address = ray_address
 
     def __setstate__(self, state):
         # Estimators saved before ``impl`` existed preprocessed with Pillow; those saved before
-        # ``model_kwargs`` called the builder without arguments.
+        # ``model_kwargs`` called the builder without arguments; those saved before ``engine``
+        # extracted in their own process.
         state.setdefault("impl", "pil")
         state.setdefault("model_kwargs", None)
+        state.setdefault("engine", "local")
+        state.setdefault("ray_address", None)
         super().__setstate__(state)
 
     # -- fitting -------------------------------------------------------------------------------
@@ -284,7 +301,17 @@ class CNNCodes(TransformerMixin, BaseEstimator):
         check_int(self.num_workers, "num_workers", 0, allow_none=True)
         if self.progress is not None and not isinstance(self.progress, (bool, np.bool_)):
             raise ValueError(f"progress={self.progress!r}: expected True, False or None")
-        resolve_device(self.device)
+        if self.engine not in ENGINES:
+            raise ValueError(
+                f"engine={self.engine!r}: choose one of {', '.join(map(repr, ENGINES))}"
+            )
+        if self.ray_address is not None and not isinstance(self.ray_address, str):
+            raise ValueError(
+                f"ray_address={self.ray_address!r}: expected None (the running Ray session or a "
+                "local one), 'auto' or 'HOST:PORT'"
+            )
+        if self.engine == "local":
+            resolve_device(self.device)  # on Ray, the workers' devices count
         _cache.resolve_cache_dir(self.cache_dir)
         layer = self.layer
         if isinstance(layer, str):
@@ -357,6 +384,8 @@ class CNNCodes(TransformerMixin, BaseEstimator):
             precision=self.precision,
             on_error=self.on_error,
             progress=self.progress,
+            engine=self.engine,
+            ray_address=self.ray_address,
         )
         return result
 

@@ -522,6 +522,22 @@ def test_read_through_computes_only_the_misses_once_and_serves_hits_without_comp
     assert cache.widths() == WIDTHS
 
 
+def test_missing_is_what_cached_would_compute(tmp_path):
+    # The Ray engine asks this first, lets its actors store the codes, then calls cached().
+    root = tmp_path / "cache"
+    CodeStore(root, CONFIGS["a"]).write(_keys(3), _expected(_keys(3), "a"))
+    CodeStore(root, CONFIGS["b"]).write(_keys(2), _expected(_keys(2), "b"))
+    cache = cnncodes.readthrough.CodeCache(root, CONFIGS)
+    keys = [_keys(1, 4)[0], *_keys(4), _keys(1, 4)[0]]
+    missing = cache.missing(keys)
+    assert missing == [_keys(1, 4)[0], _keys(3)[2], _keys(4)[3]]
+    net = FakeNetwork()
+    cache.cached(keys, net, WIDTHS)
+    assert net.calls == [missing]
+    assert cache.missing(keys) == []
+    assert cnncodes.readthrough.CodeCache(None, CONFIGS).missing(keys[:2]) == keys[:2]
+
+
 def test_read_through_computes_a_key_missing_under_one_name_and_stores_it_only_there(tmp_path):
     root = tmp_path / "cache"
     CodeStore(root, CONFIGS["a"]).write(_keys(3), _expected(_keys(3), "a"))

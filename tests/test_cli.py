@@ -961,3 +961,10 @@ def test_a_repeated_pooling_is_refused_not_silently_dropped(capsys, data, cache)
     )
     assert code == 2
     assert_one_line_error(err, "--pooling given twice ('avg', then 'max')")
+
+
+def test_engine_ray_without_ray_says_how_to_install_it(capsys, data, cache, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if it were not installed
+    code, _, err = run(capsys, "extract", data, *MODEL, "--cache-dir", cache, "--engine", "ray")
+    assert code == 2
+    assert_one_line_error(err, "--engine ray: engine='ray' needs Ray", "pip install -e '.[ray]'")

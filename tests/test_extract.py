@@ -6,6 +6,8 @@ import math
 import os
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -242,6 +244,8 @@ def test_path_objects_are_accepted(cnn_spec, make_images):
         ({"device": "tpu"}, ValueError, "device='tpu': expected 'auto', 'cpu'"),
         ({"precision": "fp64"}, ValueError, "precision='fp64': choose one of auto, fp32"),
         ({"layers": "layer9"}, ValueError, "layer='layer9' is not a node of resnet18"),
+        ({"engine": "spark"}, ValueError, "engine='spark': choose one of 'local', 'ray'"),
+        ({"engine": "ray", "ray_actors": 0}, ValueError, "ray_actors=0: expected an int >= 1"),
     ],
 )
 def test_bad_arguments(tiny_spec, make_images, kwargs, error, match):
@@ -249,6 +253,26 @@ def test_bad_arguments(tiny_spec, make_images, kwargs, error, match):
     kwargs = {"layers": "avgpool", "cache_dir": None, **kwargs}
     with pytest.raises(error, match=match):
         extract_codes(images, tiny_spec, **kwargs)
+
+
+def test_ray_engine_without_ray_says_how_to_install_it(tiny_spec, make_images, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if it were not installed
+    with pytest.raises(ImportError, match=r"engine='ray' needs Ray.*pip install -e '\.\[ray\]'"):
+        extract_codes(make_images(1), tiny_spec, "avgpool", cache_dir=None, engine="ray")
+
+
+def test_ray_engine_arguments_are_checked_before_ray_is_needed(tiny_spec, make_images, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # no Ray session is started (nor could be)
+    with pytest.raises(ValueError, match="precision='fp64': choose one of"):
+        extract_codes(make_images(1), tiny_spec, "avgpool", engine="ray", precision="fp64")
+
+
+def test_importing_cnncodes_does_not_import_ray():
+    code = (
+        "import sys, cnncodes, cnncodes.extract, cnncodes.transformers; print('ray' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
 
 
 def test_bad_image_arguments(tiny_spec, tmp_path):

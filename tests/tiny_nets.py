@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import time
+
 import torch
 from torch import nn
 
@@ -78,3 +81,49 @@ def tiny_cnn_for(num_classes, relu=True):
     if not relu:
         net.relu1 = nn.Identity()
     return net
+
+
+# For the Ray engine's fault tests (tests/test_ray.py). The environment variables are set by the
+# test before Ray starts, so that every worker sees them; the test's own process (whose pid is
+# CNNCODES_TEST_DRIVER_PID) runs these networks unharmed, e.g. to probe their layer shapes.
+
+
+def _in_a_worker():
+    return str(os.getpid()) != os.environ.get("CNNCODES_TEST_DRIVER_PID")
+
+
+class ExitingCNN(DynamicCNN):
+    """Ends its process (as a crash would) on the first forward pass after the test arms it by
+    creating the file named by ``CNNCODES_TEST_EXIT_ARMED``; once only, whichever process
+    removes the file first. Not traceable (a DynamicCNN), so its forward runs as written."""
+
+    def forward(self, x):
+        armed = os.environ.get("CNNCODES_TEST_EXIT_ARMED")
+        if armed and _in_a_worker():
+            try:
+                os.unlink(armed)
+            except FileNotFoundError:
+                pass
+            else:
+                os._exit(1)
+        return super().forward(x)
+
+
+class SlowCNN(DynamicCNN):
+    """Takes ``CNNCODES_TEST_SLOW_SECONDS`` per forward pass in a worker: a run long enough to be
+    killed half-way."""
+
+    def forward(self, x):
+        if _in_a_worker():
+            time.sleep(float(os.environ.get("CNNCODES_TEST_SLOW_SECONDS", "0")))
+        return super().forward(x)
+
+
+def exiting_cnn():
+    """An :class:`ExitingCNN` with 5 classes."""
+    return ExitingCNN()
+
+
+def slow_cnn():
+    """A :class:`SlowCNN` with 5 classes."""
+    return SlowCNN()

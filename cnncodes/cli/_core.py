@@ -427,6 +427,46 @@ class _Once(argparse.Action):
         setattr(namespace, self.dest, values)
 
 
+def _add_engine_options(parser, *, actors=False):
+    """--engine, --address (and --ray-actors): where the codes are computed."""
+    group = parser.add_argument_group("scale-out")
+    group.add_argument(
+        "--engine",
+        choices=("local", "ray"),
+        default="local",
+        help="compute the codes the cache lacks in this process (local) or on a Ray cluster "
+        "(ray: needs pip install -e '.[ray]' and a cache folder every node sees); the same "
+        "codes (default: %(default)s)",
+    )
+    group.add_argument(
+        "--address",
+        metavar="auto|HOST:PORT",
+        help="with --engine ray: the cluster to join (default: a local Ray for the run)",
+    )
+    if actors:
+        group.add_argument(
+            "--ray-actors",
+            type=_positive_int,
+            metavar="N",
+            help="with --engine ray: actors running the network (default: one per GPU of the "
+            "cluster, else one per CPU)",
+        )
+
+
+def _check_engine_args(args):
+    if args.address is not None and args.engine != "ray":
+        raise UsageError(f"--address {args.address!r} applies only to --engine ray")
+    if getattr(args, "ray_actors", None) is not None and args.engine != "ray":
+        raise UsageError(f"--ray-actors {args.ray_actors} applies only to --engine ray")
+    if args.engine == "ray":
+        from ..extraction.ray_engine import require_ray
+
+        try:
+            require_ray()
+        except ImportError as exc:  # before any image is read
+            raise UsageError(f"--engine ray: {exc}") from None
+
+
 def _add_trust_model_code_option(
     parser, *, named_in="the file", every="every callable the file names", where=", after the data"
 ):

@@ -12,9 +12,11 @@ from ._core import (
     EXIT_OK,
     UsageError,
     _add_data_options,
+    _add_engine_options,
     _add_model_options,
     _add_runtime_options,
     _cache_dir_from_args,
+    _check_engine_args,
     _check_out_path,
     _fill,
     _Formatter,
@@ -68,6 +70,7 @@ def add_extract_parser(subparsers):
     _add_data_options(parser)
     _add_model_options(parser)
     _add_runtime_options(parser)
+    _add_engine_options(parser, actors=True)
     parser.add_argument(
         "--out",
         "-o",
@@ -91,6 +94,7 @@ def run_extract(args):
     from ..preprocessing import default_preprocessing_note
 
     output = _Output(args)
+    _check_engine_args(args)
     out_path = _check_out_path(args.out, FORMATS)
     parquet = out_path is not None and out_path.lower().endswith(".parquet")
     if args.parquet_layout is not None and not parquet:
@@ -123,6 +127,9 @@ def run_extract(args):
         precision=args.precision,
         on_error=args.on_error,
         progress=output.progress,
+        engine=args.engine,
+        ray_address=args.address,
+        ray_actors=args.ray_actors,
     )
     if out_path is not None:
         write_codes(out_path, result, dataset, spec, args.pooling, parquet_layout=layout)

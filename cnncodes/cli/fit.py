@@ -13,11 +13,13 @@ from ._core import (
     EXIT_OK,
     UsageError,
     _add_data_options,
+    _add_engine_options,
     _add_folds_options,
     _add_held_out_options,
     _add_model_options,
     _add_runtime_options,
     _cache_dir_from_args,
+    _check_engine_args,
     _check_out_path,
     _check_report_dir,
     _fill,
@@ -134,6 +136,7 @@ def add_fit_parser(subparsers):
         help="parallel fits of the search (-1: one per CPU)",
     )
     _add_runtime_options(parser)
+    _add_engine_options(parser)
     out = parser.add_argument_group("results")
     out.add_argument(
         "--out", "-o", metavar="FILE", help="save the fitted pipeline: .joblib or .skops"
@@ -177,6 +180,9 @@ def _codes_overrides(args):
     overrides["seed"] = args.seed
     overrides["batch_size"] = args.batch_size
     overrides["cache_dir"] = _cache_dir_from_args(args)
+    if args.engine != "local":
+        overrides["engine"] = args.engine
+        overrides["ray_address"] = args.address
     return overrides
 
 
@@ -261,6 +267,7 @@ def run_fit(args):
     from ..experiment import run_experiment
 
     output = _Output(args)
+    _check_engine_args(args)
     if args.layer_mode is not None and not args.layer:
         raise UsageError(
             f"--layer-mode {args.layer_mode} says what several --layer mean; give the layers "
@@ -290,6 +297,13 @@ def run_fit(args):
         )
     except TypeError as exc:  # a recipe option the recipe does not take
         raise UsageError(str(exc)) from None
+    if args.engine != "local":
+        # Where codes are computed is this run's choice, not the model's: the saved model
+        # extracts locally wherever it is used (Ray need not be installed there).
+        from ..search import _find_codes_step
+
+        _, prefix = _find_codes_step(result.estimator)
+        result.estimator.set_params(**{f"{prefix}engine": "local", f"{prefix}ray_address": None})
     if out_path is not None:
         persistence.save(result.estimator, out_path)
     written = {}

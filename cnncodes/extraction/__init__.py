@@ -1,1 +1,1 @@
-"""Extraction's parts behind :mod:`cnncodes.extract`: runtime, decode, fold, loop."""
+"""Extraction's parts behind :mod:`cnncodes.extract`: runtime, decode, fold, loop, ray_engine."""
