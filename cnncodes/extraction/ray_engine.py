@@ -251,8 +251,10 @@ def run_on_ray(
     context.enable_progress_bars = False  # one bar over all nodes: ours, counted on acks
     # Blocks of up to BLOCK_ROWS, at least a few per actor, so that the pool shares the work out.
     block = max(1, min(BLOCK_ROWS, -(-len(items) // (4 * actors))))
+    blocks = max(1, -(-len(items) // block))
+    actors = min(actors, blocks)  # an actor without a block would only be started and idle
     rows = [{"digest": d, "path": p} for d, p in items]
-    ds = ray.data.from_items(rows, override_num_blocks=max(1, -(-len(rows) // block)))
+    ds = ray.data.from_items(rows, override_num_blocks=blocks)
     if spec.preprocessing.impl != "torch":
         # CPU tasks; Ray Data fuses them into CPU actors (same resources: the pixels then stay
         # in the actor's process), not into GPU actors, whose decoding runs on other cores.
