@@ -13,6 +13,7 @@ _EXPORTS = {
     "SignedPower": "transformers",
     "SkippedImagesError": "transformers",
     "SkippedImagesWarning": "transformers",
+    "ViewStack": "viewstack",
     "filter_readable": "search",
     "warm_cache": "search",
     "FineTune": "finetune",
@@ -67,6 +68,8 @@ _SUBMODULES = (
     "spec",
     "transformers",
     "verify",
+    "views",
+    "viewstack",
 )
 
 __all__ = [*_EXPORTS, "__version__"]

@@ -16,7 +16,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
-from ._common import codes_step, grid_values, split_options
+from ._common import codes_step, grid_values, split_options, stack_views
 
 __all__ = ["LAYER", "OPTIONS", "build", "DEFAULT_CS"]
 
@@ -61,4 +61,4 @@ def build(**overrides):
             ("clf", LogisticRegression(solver="lbfgs", max_iter=1000)),
         ]
     )
-    return pipe, {"clf__C": grid_values("Cs", options.get("Cs", DEFAULT_CS))}
+    return stack_views(pipe, {"clf__C": grid_values("Cs", options.get("Cs", DEFAULT_CS))}, codes)

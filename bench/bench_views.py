@@ -1,0 +1,161 @@
+"""Codes of several views (issue 14, item 3): centre vs flip vs ten crops vs random crops.
+
+MobileNetV2 with the asset's ImageNet weights (trained on (x - 128) / 128: mean = std = 0.5),
+resized to 256 and cropped to 224 (the ten-crop protocol; with a plain 224 resize the corner
+crops of a square image would all be the centre), penultimate codes (1280-d), the
+``linear_probe`` recipe (StandardScaler + logistic regression, ``C`` over 13 decades).
+On ``../shared/assets`` hymenoptera (train + val, 398 photos, 2 classes) and sign-language
+digits (2,062 images, 10 classes). Two phases, run in this order:
+
+- ``extract``: every view's codes into a private cache (``--cache-dir``, default under /tmp),
+  one view after another; seconds and images per second of each view, cold, to
+  ``bench/out/views_extract.json``: the extraction cost of a setting is the sum over its views.
+- ``evaluate``: per dataset and setting, side by side in one run, the held-out accuracy of a
+  stratified 30% split (seed 0; grid search with 5-fold CV on the 70%) and the best mean 5-fold
+  CV accuracy on the 70%, with the fit seconds (codes read from the cache), to
+  ``bench/out/views_evaluate.json``.
+
+Usage::
+
+    .venv/bin/python bench/bench_views.py extract [--rrc 10]
+    .venv/bin/python bench/bench_views.py evaluate [--rrc 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import _common as C  # noqa: E402
+import numpy as np  # noqa: E402
+
+WEIGHTS = os.path.join(C.ASSETS, "weights", "mobilenet_v2_imagenet.pth")
+DATASETS = {
+    "hymenoptera": [
+        os.path.join(C.ASSETS, "data", "hymenoptera", "train"),
+        os.path.join(C.ASSETS, "data", "hymenoptera", "val"),
+    ],
+    "sign_digits": [os.path.join(C.ASSETS, "data", "sign_language_digits")],
+}
+NETWORK = dict(
+    model="mobilenet_v2", weights=WEIGHTS, mean=0.5, std=0.5, resize=256, crop=224, precision="fp32"
+)
+
+
+def settings(rrc):
+    """``(name, views, view_reduce)`` of every setting compared."""
+    out = [
+        ("center", "center", "mean"),
+        ("flip-mean", "flip", "mean"),
+        ("flip-stack", "flip", "stack"),
+        ("ten_crop-mean", "ten_crop", "mean"),
+        ("ten_crop-stack", "ten_crop", "stack"),
+    ]
+    if rrc:
+        out += [(f"rrc{rrc}-mean", rrc, "mean"), (f"rrc{rrc}-stack", rrc, "stack")]
+    return out
+
+
+def load(name):
+    from cnncodes.datasets import load_dataset
+
+    paths, labels = [], []
+    for root in DATASETS[name]:
+        data = load_dataset(root)
+        paths += list(data.paths)
+        labels += list(data.labels)
+    return np.asarray(paths), np.asarray(labels)
+
+
+def extract(args):
+    from cnncodes.extract import extract_codes
+    from cnncodes.models import resolve_spec
+    from cnncodes.views import expand_views
+
+    spec = resolve_spec(
+        NETWORK["model"], NETWORK["weights"], mean=0.5, std=0.5, resize=256, crop=224
+    )
+    views = expand_views("ten_crop") + (expand_views(args.rrc) if args.rrc else [])
+    out = {"machine": C.machine(), "network": NETWORK, "views": {}}
+    path = os.path.join(C.OUT, "views_extract.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            out["views"] = json.load(f).get("views", {})
+    for name in DATASETS:
+        paths, _ = load(name)
+        for view in views:
+            started = time.perf_counter()
+            result = extract_codes(
+                list(paths),
+                spec.with_view(view),
+                "penultimate",
+                cache_dir=args.cache_dir,
+                precision="fp32",
+                progress=None,
+            )
+            seconds = time.perf_counter() - started
+            entry = {"images": len(paths), "computed": result.computed, "seconds": seconds}
+            if result.computed:
+                out["views"][f"{name}/{view}"] = entry
+            print(name, view, entry, flush=True)
+            os.makedirs(C.OUT, exist_ok=True)
+            with open(path, "w") as f:
+                json.dump(out, f, indent=1)
+
+
+def evaluate(args):
+    from sklearn.model_selection import GridSearchCV, train_test_split
+
+    import pipelines
+
+    out = {"machine": C.machine(), "network": NETWORK, "results": []}
+    for name in DATASETS:
+        paths, labels = load(name)
+        train_x, test_x, train_y, test_y = train_test_split(
+            paths, labels, test_size=0.3, stratify=labels, random_state=0
+        )
+        cv = pipelines.make_cv(train_y, n_splits=5)
+        for setting, views, reduce in settings(args.rrc):
+            pipe, grid = pipelines.get("linear_probe").build(
+                cache_dir=args.cache_dir, views=views, view_reduce=reduce, **NETWORK
+            )
+            started = time.perf_counter()
+            search = GridSearchCV(pipe, grid, cv=cv, n_jobs=1)
+            search.fit(list(train_x), train_y)
+            fit_seconds = time.perf_counter() - started
+            accuracy = float(np.mean(search.predict(list(test_x)) == test_y))
+            row = {
+                "dataset": name,
+                "setting": setting,
+                "train": len(train_x),
+                "test": len(test_x),
+                "cv_accuracy": float(search.best_score_),
+                "cv_std": float(search.cv_results_["std_test_score"][search.best_index_]),
+                "test_accuracy": accuracy,
+                "best_C": search.best_params_["clf__C"],
+                "fit_seconds": fit_seconds,
+            }
+            out["results"].append(row)
+            print(json.dumps(row), flush=True)
+            with open(os.path.join(C.OUT, "views_evaluate.json"), "w") as f:
+                json.dump(out, f, indent=1)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("phase", choices=["extract", "evaluate"])
+    parser.add_argument("--rrc", type=int, default=0, help="also N random resized crops")
+    parser.add_argument("--cache-dir", default="/tmp/cnncodes-bench-views-cache")
+    args = parser.parse_args()
+    if not os.path.isdir(C.ASSETS):
+        sys.exit(f"needs the real assets at {C.ASSETS}")
+    {"extract": extract, "evaluate": evaluate}[args.phase](args)
+
+
+if __name__ == "__main__":
+    main()
