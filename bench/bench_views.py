@@ -86,7 +86,7 @@ def extract(args):
     if os.path.exists(path):
         with open(path) as f:
             out["views"] = json.load(f).get("views", {})
-    for name in DATASETS:
+    for name in args.datasets:
         paths, _ = load(name)
         for view in views:
             started = time.perf_counter()
@@ -114,7 +114,7 @@ def evaluate(args):
     import pipelines
 
     out = {"machine": C.machine(), "network": NETWORK, "results": []}
-    for name in DATASETS:
+    for name in args.datasets:
         paths, labels = load(name)
         train_x, test_x, train_y, test_y = train_test_split(
             paths, labels, test_size=0.3, stratify=labels, random_state=0
@@ -142,7 +142,8 @@ def evaluate(args):
             }
             out["results"].append(row)
             print(json.dumps(row), flush=True)
-            with open(os.path.join(C.OUT, "views_evaluate.json"), "w") as f:
+            name_out = f"views_evaluate{'_' + args.out if args.out else ''}.json"
+            with open(os.path.join(C.OUT, name_out), "w") as f:
                 json.dump(out, f, indent=1)
 
 
@@ -150,6 +151,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("phase", choices=["extract", "evaluate"])
     parser.add_argument("--rrc", type=int, default=0, help="also N random resized crops")
+    parser.add_argument("--datasets", nargs="+", choices=list(DATASETS), default=list(DATASETS))
+    parser.add_argument("--out", default=None, help="the result file's suffix (default: none)")
     parser.add_argument("--cache-dir", default="/tmp/cnncodes-bench-views-cache")
     args = parser.parse_args()
     if not os.path.isdir(C.ASSETS):

@@ -202,7 +202,7 @@ def warm_cache(estimator, X, param_grid=None):
         candidate = CNNCodes(layer=layers, **others).fit(paths)
         result = candidate._extract(paths)
         summary["runs"] += 1
-        summary["configurations"] += len(candidate.layers_)
+        summary["configurations"] += len(candidate.layers_) * len(candidate.views_)
         summary["computed"] += result.computed
         summary["cached"] += result.cached
         if summary["skipped"] is None:

@@ -17,15 +17,14 @@ view's codes are cached under their own configuration:
 A *set of views* is what estimators and the command line take (``views=``, ``--views``), and
 :func:`expand_views` turns it into view strings: ``"center"``, ``"flip"`` (centre and mirror),
 ``"five_crop"``, ``"ten_crop"``, or a count N of random resized crops. Torch-free: the decoders
-(:mod:`cnncodes.extraction.decode`) ask :func:`view_box` where to cut.
+(:mod:`cnncodes.extraction.decode`) ask :func:`view_box` where to cut. Importing it costs
+nothing (numpy is imported where crops are drawn), so the command line lists these names.
 """
 
 from __future__ import annotations
 
 import math
 import numbers
-
-import numpy as np
 
 __all__ = [
     "CORNERS",
@@ -64,7 +63,8 @@ _RATIO = (3 / 4, 4 / 3)
 
 
 def _is_count(value):
-    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+    # numpy ints are Integral (a grid written with np.arange); bools, numpy's too, are not counts.
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def expand_views(views, view_seed=0, name="views"):
@@ -160,6 +160,8 @@ def view_box(view, size, crop, digest=None):
         return top, left, ch, cw, bool(plus)
     if digest is None:
         raise ValueError(f"view={view!r}: a random resized crop needs the image's digest")
+    import numpy as np
+
     seed, _, index = rest.partition(":")
     # SeedSequence mixes arbitrarily large ints: no Python hash() (salted per process).
     rng = np.random.default_rng([int(seed), int(index), int(digest, 16)])
@@ -198,6 +200,7 @@ def reduce_views(codes, view_reduce):
 
     Examples
     --------
+    >>> import numpy as np
     >>> reduce_views(np.array([[[1.0, 4.0], [3.0, 0.0]]]), "mean")
     array([[2., 2.]])
     """

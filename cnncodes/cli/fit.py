@@ -113,7 +113,13 @@ def add_fit_parser(subparsers):
         "concatenating them); default: the recipe's (sweep for "
         f"{', '.join(by_mode.get('sweep', ())) or 'none'}, concat for the others)",
     )
-    _add_model_options(parser, required=False, layer_help=_layer_help(by_mode))
+    _add_model_options(
+        parser,
+        required=False,
+        layer_help=_layer_help(by_mode),
+        views="stack (every view a training row, their mean to predict: cnncodes.ViewStack "
+        "around the recipe's classifier) (default: mean)",
+    )
     evaluation = parser.add_argument_group("evaluation")
     _add_held_out_options(evaluation)
     _add_folds_options(
@@ -172,6 +178,9 @@ def _codes_overrides(args):
         "num_workers": args.workers,
         "precision": None if args.precision == "auto" else args.precision,
         "device": None if args.device == "auto" else args.device,
+        "views": args.views,
+        "view_reduce": args.view_reduce,
+        "view_seed": args.view_seed,
     }
     overrides = {k: v for k, v in given.items() if v is not None}
     overrides["seed"] = args.seed
