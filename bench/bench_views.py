@@ -10,6 +10,9 @@ digits (2,062 images, 10 classes). Two phases, run in this order:
 - ``extract``: every view's codes into a private cache (``--cache-dir``, default under /tmp),
   one view after another; seconds and images per second of each view, cold, to
   ``bench/out/views_extract.json``: the extraction cost of a setting is the sum over its views.
+- ``decode``: what decoding a view costs, against the network's time per image: Pillow
+  read + decode + resize + view of 100 hymenoptera images for ``center``, ``flip``,
+  ``crop:tl`` and ``rrc:0:0``, interleaved, median of 5 rounds, to ``bench/out/views_decode.json``.
 - ``evaluate``: per dataset and setting, side by side in one run, the held-out accuracy of a
   stratified 30% split (seed 0; grid search with 5-fold CV on the 70%) and the best mean 5-fold
   CV accuracy on the 70%, with the fit seconds (codes read from the cache), to
@@ -17,7 +20,8 @@ digits (2,062 images, 10 classes). Two phases, run in this order:
 
 Usage::
 
-    .venv/bin/python bench/bench_views.py extract [--rrc 10]
+    .venv/bin/python bench/bench_views.py extract [--rrc 10] [--subsample sign_digits=700]
+    .venv/bin/python bench/bench_views.py decode
     .venv/bin/python bench/bench_views.py evaluate [--rrc 10]
 """
 
@@ -61,7 +65,10 @@ def settings(rrc):
     return out
 
 
-def load(name):
+def load(name, subsample=None):
+    """(paths, labels) of a dataset; ``subsample``: at most that many images, stratified (seed 0)."""
+    from sklearn.model_selection import train_test_split
+
     from cnncodes.datasets import load_dataset
 
     paths, labels = [], []
@@ -69,7 +76,12 @@ def load(name):
         data = load_dataset(root)
         paths += list(data.paths)
         labels += list(data.labels)
-    return np.asarray(paths), np.asarray(labels)
+    paths, labels = np.asarray(paths), np.asarray(labels)
+    if subsample and subsample < len(paths):
+        paths, _, labels, _ = train_test_split(
+            paths, labels, train_size=subsample, stratify=labels, random_state=0
+        )
+    return paths, labels
 
 
 def extract(args):
@@ -80,14 +92,18 @@ def extract(args):
     spec = resolve_spec(
         NETWORK["model"], NETWORK["weights"], mean=0.5, std=0.5, resize=256, crop=224
     )
-    views = expand_views("ten_crop") + (expand_views(args.rrc) if args.rrc else [])
+    # Centre and mirror first: the cheap settings are complete first.
+    views = ["center", "flip"] + [
+        v for v in expand_views("ten_crop") if v not in ("center", "flip")
+    ]
+    views += expand_views(args.rrc) if args.rrc else []
     out = {"machine": C.machine(), "network": NETWORK, "views": {}}
     path = os.path.join(C.OUT, "views_extract.json")
     if os.path.exists(path):
         with open(path) as f:
             out["views"] = json.load(f).get("views", {})
     for name in args.datasets:
-        paths, _ = load(name)
+        paths, _ = load(name, args.subsample.get(name))
         for view in views:
             started = time.perf_counter()
             result = extract_codes(
@@ -108,14 +124,39 @@ def extract(args):
                 json.dump(out, f, indent=1)
 
 
+def decode(args):
+    import statistics
+
+    from cnncodes.extraction.decode import _Decode
+    from cnncodes.images import file_digest
+    from cnncodes.models import resolve_spec
+
+    spec = resolve_spec(NETWORK["model"], WEIGHTS, mean=0.5, std=0.5, resize=256, crop=224)
+    paths, _ = load("hymenoptera")
+    items = [(file_digest(p), p) for p in paths[:100]]
+    views = ["center", "flip", "crop:tl", "rrc:0:0"]
+    times = {v: [] for v in views}
+    for _ in range(5):
+        for view in views:
+            work = _Decode(items, spec.with_view(view).preprocessing)
+            started = time.perf_counter()
+            for i in range(len(work)):
+                assert work[i][3] is None
+            times[view].append((time.perf_counter() - started) / len(items))
+    out = {v: {"median_ms_per_image": 1000 * statistics.median(t)} for v, t in times.items()}
+    print(json.dumps(out, indent=1))
+    with open(os.path.join(C.OUT, "views_decode.json"), "w") as f:
+        json.dump({"machine": C.machine(), "decode": out}, f, indent=1)
+
+
 def evaluate(args):
     from sklearn.model_selection import GridSearchCV, train_test_split
 
     import pipelines
 
-    out = {"machine": C.machine(), "network": NETWORK, "results": []}
+    out = {"machine": C.machine(), "network": NETWORK, "subsample": args.subsample, "results": []}
     for name in args.datasets:
-        paths, labels = load(name)
+        paths, labels = load(name, args.subsample.get(name))
         train_x, test_x, train_y, test_y = train_test_split(
             paths, labels, test_size=0.3, stratify=labels, random_state=0
         )
@@ -137,7 +178,7 @@ def evaluate(args):
                 "cv_accuracy": float(search.best_score_),
                 "cv_std": float(search.cv_results_["std_test_score"][search.best_index_]),
                 "test_accuracy": accuracy,
-                "best_C": search.best_params_["clf__C"],
+                "best_C": next(v for k, v in search.best_params_.items() if k.endswith("C")),
                 "fit_seconds": fit_seconds,
             }
             out["results"].append(row)
@@ -149,15 +190,23 @@ def evaluate(args):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("phase", choices=["extract", "evaluate"])
+    parser.add_argument("phase", choices=["extract", "decode", "evaluate"])
     parser.add_argument("--rrc", type=int, default=0, help="also N random resized crops")
     parser.add_argument("--datasets", nargs="+", choices=list(DATASETS), default=list(DATASETS))
+    parser.add_argument(
+        "--subsample",
+        nargs="*",
+        default=[],
+        metavar="NAME=N",
+        help="a stratified subsample (seed 0) of a dataset, e.g. sign_digits=700",
+    )
     parser.add_argument("--out", default=None, help="the result file's suffix (default: none)")
     parser.add_argument("--cache-dir", default="/tmp/cnncodes-bench-views-cache")
     args = parser.parse_args()
+    args.subsample = {k: int(v) for k, _, v in (item.partition("=") for item in args.subsample)}
     if not os.path.isdir(C.ASSETS):
         sys.exit(f"needs the real assets at {C.ASSETS}")
-    {"extract": extract, "evaluate": evaluate}[args.phase](args)
+    {"extract": extract, "decode": decode, "evaluate": evaluate}[args.phase](args)
 
 
 if __name__ == "__main__":

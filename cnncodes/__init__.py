@@ -27,6 +27,7 @@ _EXPORTS = {
     "ExtractionResult": "extract",
     "SkippedImage": "extract",
     "extract_codes": "extract",
+    "extract_views": "extract",
     "ImageLoadError": "images",
     "load_image": "images",
     "LayerError": "layers",

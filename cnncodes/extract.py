@@ -409,7 +409,7 @@ def extract_views(
     ----------
     images, spec, layers, pooling, **options :
         As :func:`extract_codes` (``spec``'s own view is replaced by each view's).
-    views : {"center", "flip", "five_crop", "ten_crop"} or int
+    views : {"center", "flip", "five_crop", "ten_crop"}, int or list of str
         A set of views, see :func:`cnncodes.views.expand_views`.
     view_seed : int
         The seed of random resized crops (``views`` an int).

@@ -80,7 +80,14 @@ def filter_readable(X, y=None, *, extractor=None):
         screen = clone(step).set_params(on_error="skip")
         if hasattr(step, "spec_"):
             # Fitted: keep exactly its resolved configuration.
-            for attr in ("spec_", "layers_", "layer_sizes_", "n_features_out_", "n_features_in_"):
+            for attr in (
+                "spec_",
+                "layers_",
+                "layer_sizes_",
+                "n_features_out_",
+                "n_features_in_",
+                "views_",
+            ):
                 setattr(screen, attr, getattr(step, attr))
         else:
             screen.fit(paths)

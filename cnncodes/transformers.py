@@ -155,12 +155,13 @@ class CNNCodes(TransformerMixin, BaseEstimator):
         Keyword arguments of the model's builder, e.g. ``{"num_classes": 5}`` for a checkpoint
         fine-tuned on 5 classes (JSON scalars: int, float, str, bool, None). Part of the cache
         key when given.
-    views : {"center", "flip", "five_crop", "ten_crop"} or int, default="center"
+    views : {"center", "flip", "five_crop", "ten_crop"}, int or list of str, default="center"
         Which views of each image are coded (see :mod:`cnncodes.views`): the centre crop,
-        ``"flip"`` (centre and its mirror), torchvision's five or ten crops, or an int N: N
+        ``"flip"`` (centre and its mirror), torchvision's five or ten crops, an int N: N
         random resized crops (seeded by ``view_seed`` and each image's content, so the same
-        whatever the batch or order). Each view's codes are cached apart, so a grid search
-        over ``views`` computes each view once.
+        whatever the batch or order), or a list of view strings (``["center", "crop:tl"]``).
+        Each view's codes are cached apart, so a grid search over ``views`` computes each
+        view once.
     view_reduce : {"mean", "max", "stack"}, default="mean"
         How an image's views become its codes: their mean or maximum, ``(n_images,
         n_features_out_)``; or ``"stack"``, ``(n_images, n_views, n_features_out_)``, for a
@@ -387,7 +388,7 @@ class CNNCodes(TransformerMixin, BaseEstimator):
             extract, by_view = extract_codes, {}
         else:
             extract = extract_views
-            by_view = dict(views=self.views, view_seed=self.view_seed, view_reduce=self.view_reduce)
+            by_view = dict(views=views, view_reduce=self.view_reduce)
         result = extract(
             paths,
             self.spec_,

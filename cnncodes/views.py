@@ -72,8 +72,9 @@ def expand_views(views, view_seed=0, name="views"):
 
     Parameters
     ----------
-    views : {"center", "flip", "five_crop", "ten_crop"} or int
-        A named set, or N >= 1: N random resized crops ``"rrc:{view_seed}:{i}"``.
+    views : {"center", "flip", "five_crop", "ten_crop"}, int or list of str
+        A named set, N >= 1: N random resized crops ``"rrc:{view_seed}:{i}"``, or a list of
+        view strings (taken as they are).
     view_seed : int
         The seed of the random crops (an int >= 0).
     name : str
@@ -97,6 +98,11 @@ def expand_views(views, view_seed=0, name="views"):
         return [f"rrc:{int(view_seed)}:{i}" for i in range(int(views))]
     if isinstance(views, str) and views in VIEW_SETS:
         return list(VIEW_SETS[views])
+    if isinstance(views, (list, tuple)) and views and all(isinstance(v, str) for v in views):
+        try:
+            return [check_view(v) for v in views]
+        except ValueError as exc:
+            raise ValueError(f"{name}={views!r}: {exc}") from None
     raise ValueError(
         f"{name}={views!r}: choose one of {', '.join(map(repr, VIEW_SETS))}, or an int N >= 1 "
         "(N random resized crops, seeded by view_seed)"

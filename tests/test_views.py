@@ -320,3 +320,13 @@ def test_every_named_view_set_is_documented():
 
     for name in VIEW_SETS:
         assert f'"{name}"' in views.__doc__
+
+
+def test_a_list_of_view_strings_is_a_set_of_views(tmp_path, images):
+    assert expand_views(["center", "crop:tl+flip"]) == ["center", "crop:tl+flip"]
+    with pytest.raises(ValueError, match=r"views=\['center', 'top'\]: view='top': expected"):
+        CNNCodes(**NET, views=["center", "top"]).fit(images)
+    codes = CNNCodes(**NET, cache_dir=tmp_path / "c", views=["flip"]).fit(images)
+    flip = codes.transform(images)
+    both = clone(codes).set_params(views="flip", view_reduce="stack").fit_transform(images)
+    assert np.array_equal(flip, both[:, 1])
