@@ -162,6 +162,8 @@ def evaluate(args):
         )
         cv = pipelines.make_cv(train_y, n_splits=5)
         for setting, views, reduce in settings(args.rrc):
+            if args.only and setting not in args.only:
+                continue
             pipe, grid = pipelines.get("linear_probe").build(
                 cache_dir=args.cache_dir, views=views, view_reduce=reduce, **NETWORK
             )
@@ -200,6 +202,7 @@ def main():
         metavar="NAME=N",
         help="a stratified subsample (seed 0) of a dataset, e.g. sign_digits=700",
     )
+    parser.add_argument("--only", nargs="*", help="evaluate only these settings (rrc10-mean, ...)")
     parser.add_argument("--out", default=None, help="the result file's suffix (default: none)")
     parser.add_argument("--cache-dir", default="/tmp/cnncodes-bench-views-cache")
     args = parser.parse_args()

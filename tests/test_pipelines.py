@@ -115,6 +115,30 @@ def test_every_grid_point_is_a_valid_setting_and_overrides_reach_cnncodes(name, 
         clone(pipe).set_params(**params)  # raises on a parameter the pipeline does not have
 
 
+@pytest.mark.parametrize("name", ["linear_probe", "linear_svm", "layer_sweep_svm", "sgd"])
+def test_stacked_views_put_the_steps_after_the_codes_in_a_view_stack(name):
+    from cnncodes import ViewStack
+
+    plain, plain_grid = pipelines.get(name).build(model="resnet18", weights="none")
+    pipe, grid = pipelines.get(name).build(
+        model="resnet18", weights="none", views="flip", view_reduce="stack"
+    )
+    assert [n for n, _ in pipe.steps] == ["cnncodes", "views"]
+    stack = pipe.named_steps["views"]
+    assert isinstance(stack, ViewStack)
+    assert [n for n, _ in stack.estimator.steps] == [n for n, _ in plain.steps][1:]
+    grids = grid if isinstance(grid, list) else [grid]
+    plain_grids = plain_grid if isinstance(plain_grid, list) else [plain_grid]
+    for part, plain_part in zip(grids, plain_grids, strict=True):
+        renamed = {
+            k if k.startswith("cnncodes__") else k.replace("views__estimator__", "", 1): v
+            for k, v in part.items()
+        }
+        assert renamed == plain_part
+    for params in ParameterGrid(grid):
+        clone(pipe).set_params(**params)
+
+
 def test_unknown_override_is_a_type_error_listing_the_options():
     with pytest.raises(
         TypeError,
