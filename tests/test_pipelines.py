@@ -139,11 +139,21 @@ def test_stacked_views_put_the_steps_after_the_codes_in_a_view_stack(name):
         clone(pipe).set_params(**params)
 
 
+def test_linear_probe_searches_the_view_sets_it_is_given():
+    assert "cnncodes__views" not in pipelines.get("linear_probe").build()[1]
+    _, grid = pipelines.get("linear_probe").build(view_sets=["center", "ten_crop"], Cs=[1.0])
+    assert grid == {"clf__C": [1.0], "cnncodes__views": ["center", "ten_crop"]}
+    _, grid = pipelines.get("linear_probe").build(
+        view_sets=["flip", 10], view_reduce="stack", Cs=[1.0]
+    )
+    assert grid == {"views__estimator__clf__C": [1.0], "cnncodes__views": ["flip", 10]}
+
+
 def test_unknown_override_is_a_type_error_listing_the_options():
     with pytest.raises(
         TypeError,
         match=r"linear_probe\.build\(\) got unknown option\(s\) 'C'\. "
-        r"Recipe options: Cs; CNNCodes parameters: model",
+        r"Recipe options: Cs, view_sets; CNNCodes parameters: model",
     ):
         pipelines.get("linear_probe").build(C=1.0)
 
