@@ -5,7 +5,8 @@ resized to 256 and cropped to 224 (the ten-crop protocol; with a plain 224 resiz
 crops of a square image would all be the centre), penultimate codes (1280-d), the
 ``linear_probe`` recipe (StandardScaler + logistic regression, ``C`` over 13 decades).
 On ``../shared/assets`` hymenoptera (train + val, 398 photos, 2 classes) and sign-language
-digits (2,062 images, 10 classes). Two phases, run in this order:
+digits (2,062 images, 10 classes; ``--subsample sign_digits=700`` for a stratified subset).
+Phases:
 
 - ``extract``: every view's codes into a private cache (``--cache-dir``, default under /tmp),
   one view after another; seconds and images per second of each view, cold, to
@@ -13,7 +14,7 @@ digits (2,062 images, 10 classes). Two phases, run in this order:
 - ``decode``: what decoding a view costs, against the network's time per image: Pillow
   read + decode + resize + view of 100 hymenoptera images for ``center``, ``flip``,
   ``crop:tl`` and ``rrc:0:0``, interleaved, median of 5 rounds, to ``bench/out/views_decode.json``.
-- ``evaluate``: per dataset and setting, side by side in one run, the held-out accuracy of a
+- ``evaluate``: per dataset and setting, side by side, the held-out accuracy of a
   stratified 30% split (seed 0; grid search with 5-fold CV on the 70%) and the best mean 5-fold
   CV accuracy on the 70%, with the fit seconds (codes read from the cache), to
   ``bench/out/views_evaluate.json``.
@@ -22,7 +23,11 @@ Usage::
 
     .venv/bin/python bench/bench_views.py extract [--rrc 10] [--subsample sign_digits=700]
     .venv/bin/python bench/bench_views.py decode
-    .venv/bin/python bench/bench_views.py evaluate [--rrc 10]
+    .venv/bin/python bench/bench_views.py evaluate [--rrc 10] [--subsample sign_digits=700]
+        [--datasets hymenoptera] [--only ten_crop-stack] [--cs -4 2] [--out NAME]
+
+bench/RESULTS.md section 10 ran ``extract`` on both datasets (sign digits subsampled to 700),
+``extract --datasets hymenoptera --rrc 10``, ``decode``, and ``evaluate`` per dataset.
 """
 
 from __future__ import annotations
@@ -164,8 +169,13 @@ def evaluate(args):
         for setting, views, reduce in settings(args.rrc):
             if args.only and setting not in args.only:
                 continue
+            options = (
+                {}
+                if args.cs is None
+                else {"Cs": np.logspace(*args.cs, int(args.cs[1] - args.cs[0]) + 1)}
+            )
             pipe, grid = pipelines.get("linear_probe").build(
-                cache_dir=args.cache_dir, views=views, view_reduce=reduce, **NETWORK
+                cache_dir=args.cache_dir, views=views, view_reduce=reduce, **NETWORK, **options
             )
             started = time.perf_counter()
             search = GridSearchCV(pipe, grid, cv=cv, n_jobs=1)
@@ -180,6 +190,7 @@ def evaluate(args):
                 "cv_accuracy": float(search.best_score_),
                 "cv_std": float(search.cv_results_["std_test_score"][search.best_index_]),
                 "test_accuracy": accuracy,
+                "Cs": len(next(v for k, v in grid.items() if k.endswith("C"))),
                 "best_C": next(v for k, v in search.best_params_.items() if k.endswith("C")),
                 "fit_seconds": fit_seconds,
             }
@@ -201,6 +212,13 @@ def main():
         default=[],
         metavar="NAME=N",
         help="a stratified subsample (seed 0) of a dataset, e.g. sign_digits=700",
+    )
+    parser.add_argument(
+        "--cs",
+        nargs=2,
+        type=float,
+        metavar=("LO", "HI"),
+        help="C from 10**LO to 10**HI, one per decade (default: the recipe's 1e-6 ... 1e6)",
     )
     parser.add_argument("--only", nargs="*", help="evaluate only these settings (rrc10-mean, ...)")
     parser.add_argument("--out", default=None, help="the result file's suffix (default: none)")
