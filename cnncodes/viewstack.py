@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+from scipy.sparse import issparse
 from sklearn.base import BaseEstimator, MetaEstimatorMixin, clone
 from sklearn.utils import get_tags
 from sklearn.utils.metaestimators import available_if
@@ -63,13 +64,19 @@ class ViewStack(MetaEstimatorMixin, BaseEstimator):
 
     @staticmethod
     def _check_X(X):
+        if issparse(X):
+            raise TypeError(
+                "ViewStack got a sparse matrix; it takes dense codes of shape (n_images, "
+                "n_views, n_features) or (n_images, n_features): use X.toarray()"
+            )
         X = np.asarray(X)
         if X.ndim == 2:
             return X[:, None, :]
         if X.ndim != 3:
             raise ValueError(
                 f"ViewStack expects codes of shape (n_images, n_views, n_features) or "
-                f"(n_images, n_features), got an array of shape {X.shape}"
+                f"(n_images, n_features), got an array of shape {X.shape}. Reshape your data: "
+                "X.reshape(-1, 1) for a single feature, X.reshape(1, -1) for a single image"
             )
         return X
 
@@ -114,34 +121,39 @@ class ViewStack(MetaEstimatorMixin, BaseEstimator):
         X = self._check_X(X)
         if X.shape[2] != self.n_features_in_:
             raise ValueError(
-                f"X has {X.shape[2]} features per view, but ViewStack was fitted with "
-                f"{self.n_features_in_}"
+                f"X has {X.shape[2]} features, but ViewStack is expecting "
+                f"{self.n_features_in_} features as input (per view)"
             )
         return X.mean(axis=1) if X.shape[1] > 1 else X[:, 0]
 
     def predict(self, X):
         """The estimator's predictions for the mean of each image's views."""
-        return self.estimator_.predict(self._mean(X))
+        X = self._mean(X)  # first: it checks that this is fitted
+        return self.estimator_.predict(X)
 
     @available_if(_estimator_has("predict_proba"))
     def predict_proba(self, X):
         """The estimator's class probabilities for the mean of each image's views."""
-        return self.estimator_.predict_proba(self._mean(X))
+        X = self._mean(X)  # first: it checks that this is fitted
+        return self.estimator_.predict_proba(X)
 
     @available_if(_estimator_has("predict_log_proba"))
     def predict_log_proba(self, X):
         """The estimator's log probabilities for the mean of each image's views."""
-        return self.estimator_.predict_log_proba(self._mean(X))
+        X = self._mean(X)  # first: it checks that this is fitted
+        return self.estimator_.predict_log_proba(X)
 
     @available_if(_estimator_has("decision_function"))
     def decision_function(self, X):
         """The estimator's decision values for the mean of each image's views."""
-        return self.estimator_.decision_function(self._mean(X))
+        X = self._mean(X)  # first: it checks that this is fitted
+        return self.estimator_.decision_function(X)
 
     def score(self, X, y, sample_weight=None):
         """The estimator's score on the mean of each image's views."""
+        X = self._mean(X)
         kwargs = {} if sample_weight is None else {"sample_weight": sample_weight}
-        return self.estimator_.score(self._mean(X), y, **kwargs)
+        return self.estimator_.score(X, y, **kwargs)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
