@@ -330,3 +330,14 @@ def test_a_list_of_view_strings_is_a_set_of_views(tmp_path, images):
     flip = codes.transform(images)
     both = clone(codes).set_params(views="flip", view_reduce="stack").fit_transform(images)
     assert np.array_equal(flip, both[:, 1])
+
+
+def test_several_layers_of_several_views_sit_side_by_side_per_view(images):
+    codes = CNNCodes(
+        **NET, cache_dir=None, layer=["conv1", "flatten"], views="flip", view_reduce="stack"
+    )
+    stack = codes.fit_transform(images)
+    assert stack.shape == (12, 2, codes.n_features_out_)
+    alone = CNNCodes(**NET, cache_dir=None, layer="flatten", views="flip", view_reduce="stack")
+    width = alone.fit(images).n_features_out_
+    assert np.array_equal(stack[:, :, -width:], alone.transform(images))
