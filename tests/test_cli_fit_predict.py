@@ -374,6 +374,7 @@ def test_fit_with_stacked_views_then_predict(capsys, photos, weights):
     # ViewStack, its C searched under the stack's name.
     assert "codes: 32 image codes computed, 0 from the cache" in err
     assert "best: views__estimator__clf__C=" in out
+    assert "views: stack of center, flip" in out
     assert "6 images): accuracy 1.000" in out
     code, out, err = run(
         capsys, "predict", model, photos / "test", "--proba", "--json",

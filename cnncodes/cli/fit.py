@@ -251,6 +251,9 @@ def _fit_lines(result, test_note, out_path, written, limit=15, n_layers_given=0)
     if evaluated is not None:
         lines += _test_metrics_lines(head, evaluated)
     lines.append(f"preprocessing: {describe_preprocessing(*_fit_preprocessing(result))}")
+    views = result.config.get("views")
+    if views is not None:
+        lines.append(f"views: {views['reduce']} of {', '.join(views['views'])}")
     duplicates = metrics.get("duplicates")
     if duplicates is not None:
         shared = duplicates["test_in_train"]
