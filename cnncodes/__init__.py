@@ -13,6 +13,7 @@ _EXPORTS = {
     "SignedPower": "transformers",
     "SkippedImagesError": "transformers",
     "SkippedImagesWarning": "transformers",
+    "ViewStack": "viewstack",
     "filter_readable": "search",
     "warm_cache": "search",
     "FineTune": "finetune",
@@ -26,6 +27,7 @@ _EXPORTS = {
     "ExtractionResult": "extract",
     "SkippedImage": "extract",
     "extract_codes": "extract",
+    "extract_views": "extract",
     "ImageLoadError": "images",
     "load_image": "images",
     "LayerError": "layers",
@@ -67,6 +69,8 @@ _SUBMODULES = (
     "spec",
     "transformers",
     "verify",
+    "views",
+    "viewstack",
 )
 
 __all__ = [*_EXPORTS, "__version__"]

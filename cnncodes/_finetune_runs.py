@@ -83,11 +83,16 @@ def screen_test(best, paths, labels):
 
 def describe_network(best):
     """The fitted network's entries of the run's configuration: ``extractor`` (model, weights
-    identity, preprocessing), ``preprocessing_source`` and ``layers``."""
+    identity, preprocessing), ``preprocessing_source``, ``layers`` and, for codes of several
+    views, ``views`` (the views and how they were reduced)."""
     step = network_step(best)[0]
     layers = [step.layer_] if is_fine_tune(step) else list(step.layers_)
-    return {
+    out = {
         "extractor": step.spec_.to_dict(),
         "preprocessing_source": dict(step.spec_.preprocessing.source),
         "layers": layers,
     }
+    views = getattr(step, "views_", ["center"])
+    if views != ["center"]:  # configurations of the centre crop alone read as before
+        out["views"] = {"views": list(views), "reduce": step.view_reduce}
+    return out

@@ -157,6 +157,11 @@ def write_codes(path, result, dataset, spec, pooling, parquet_layout=None):
         "layers": layers,
         "pooling": pooling,
         "configs": result.configs,
+        **(
+            {"views": list(result.views), "view_reduce": result.view_reduce}
+            if result.view_reduce is not None
+            else {}
+        ),
         "source": {"kind": dataset.kind, "root": display(dataset.root)},
         "skipped": skipped_json(result.skipped),
     }

@@ -53,6 +53,7 @@ from .pooling import check_pooling, code_size
 from .preprocessing import _is_int
 from .readthrough import CodeCache
 from .spec import GPU_DECODER, CodeKey, WeightsError, file_sha256
+from .views import check_view_reduce, expand_views, reduce_views
 
 __all__ = [
     "CPU_FORWARD_BATCH",
@@ -62,6 +63,7 @@ __all__ = [
     "code_config",
     "exact_fp32",
     "extract_codes",
+    "extract_views",
     "preprocess",
     "preprocess_bytes",
     "resolve_device",
@@ -98,7 +100,12 @@ class ExtractionResult:
     cached : int
         Images (distinct contents) whose codes all came from the cache.
     configs : dict of str to dict
-        Per layer, the configuration that made the codes (as stored in the cache).
+        Per layer, the configuration that made the codes (as stored in the cache); of the
+        first view, for :func:`extract_views`.
+    views : tuple of str
+        The views whose codes these are (:mod:`cnncodes.views`), and ``view_reduce`` how they
+        were reduced: ``None`` for one view's codes, ``"mean"`` or ``"max"`` (2-D codes), or
+        ``"stack"`` (codes of shape ``(len(kept), len(views), n_features)``).
     """
 
     codes: dict
@@ -108,13 +115,15 @@ class ExtractionResult:
     cached: int = 0
     configs: dict = field(default_factory=dict)
     seconds: float = 0.0
+    views: tuple = ("center",)
+    view_reduce: str | None = None
 
     def concatenated(self):
         """All layers' codes side by side, in the order the layers were requested."""
         arrays = list(self.codes.values())
         if len(arrays) == 1:
             return arrays[0]
-        return np.concatenate(arrays, axis=1)
+        return np.concatenate(arrays, axis=-1)
 
 
 def code_config(spec, layer, pooling, precision, device_type="cpu"):
@@ -169,6 +178,7 @@ def spec_from_config(config, weights_path=None, seed=0, trust_model_code=False):
             call=f"spec_from_config(config, trust_model_code={refused!r})",
         )
     overrides = key.spec.preprocessing.arguments()
+    view = key.spec.preprocessing.view
     overrides["model_kwargs"] = dict(key.spec.model_kwargs) or None
     if weights.kind == "none":
         spec = resolve_spec(model, "none", seed=weights.seed, **overrides)
@@ -192,6 +202,8 @@ def spec_from_config(config, weights_path=None, seed=0, trust_model_code=False):
         spec = resolve_spec(model, None, seed=seed, **overrides)
     else:
         spec = resolve_spec(model, weights.name, seed=seed, **overrides)
+    if view != "center":  # not an argument of resolve_spec: chosen per extraction
+        spec = spec.with_view(view)
     gpu = isinstance(key.decode, str) and key.decode.endswith(GPU_DECODER)
     device_type = "cuda" if gpu else "cpu"
     rebuilt = CodeKey.for_device(spec, key.layer, key.pooling, key.precision, device_type).config()
@@ -500,4 +512,81 @@ def _extract(
         cached=served.hits - on_ray,
         configs=configs,
         seconds=time.perf_counter() - started,
+    )
+
+
+def extract_views(
+    images,
+    spec,
+    layers,
+    pooling="avg",
+    *,
+    views="center",
+    view_seed=0,
+    view_reduce="mean",
+    **options,
+):
+    """CNN codes of several views of every image (:mod:`cnncodes.views`), from the cache.
+
+    One :func:`extract_codes` per view (each view is a preprocessing of its own, cached under
+    its own configuration, so a later request for any subset of these views computes nothing);
+    file hashes are memoised, so files are hashed once.
+
+    Parameters
+    ----------
+    images, spec, layers, pooling, **options :
+        As :func:`extract_codes` (``spec``'s own view is replaced by each view's).
+    views : {"center", "flip", "five_crop", "ten_crop"}, int or list of str
+        A set of views, see :func:`cnncodes.views.expand_views`.
+    view_seed : int
+        The seed of random resized crops (``views`` an int).
+    view_reduce : {"mean", "max", "stack"}
+        ``"mean"`` or ``"max"`` over the views: codes of shape ``(len(kept), n_features)``;
+        ``"stack"``: ``(len(kept), n_views, n_features)``.
+
+    Returns
+    -------
+    ExtractionResult
+        With ``on_error="skip"``, an image skipped in any view is skipped in all, so that rows
+        stay one per kept image. ``computed`` and ``cached`` are summed over views (an image
+        computed for two views counts twice).
+
+    Examples
+    --------
+    >>> result = extract_views(paths, spec, "avgpool", views="flip")  # doctest: +SKIP
+    >>> result.codes["avgpool"].shape, result.views  # doctest: +SKIP
+    ((2, 512), ('center', 'flip'))
+    """
+    started = time.perf_counter()
+    names = expand_views(views, view_seed)
+    check_view_reduce(view_reduce)
+    # One Ray session for all the views (each extract_codes would otherwise start its own).
+    ray = options.get("engine") == "ray"
+    with ray_session(options.get("ray_address")) if ray else contextlib.nullcontext():
+        results = [
+            extract_codes(images, spec.with_view(v), layers, pooling, **options) for v in names
+        ]
+    skipped = {}
+    for result in results:
+        for s in result.skipped:
+            skipped.setdefault(s.index, s)
+    n = len(_as_paths(images))
+    kept = np.array([i for i in range(n) if i not in skipped], dtype=np.int64)
+    codes = {}
+    for layer in results[0].codes:
+        per_view = []
+        for result in results:
+            rows = np.searchsorted(result.kept, kept)  # kept is a sorted subset of result.kept
+            per_view.append(result.codes[layer][rows])
+        codes[layer] = reduce_views(np.stack(per_view, axis=1), view_reduce)
+    return ExtractionResult(
+        codes=codes,
+        kept=kept,
+        skipped=[skipped[i] for i in sorted(skipped)],
+        computed=sum(r.computed for r in results),
+        cached=sum(r.cached for r in results),
+        configs=results[0].configs,
+        seconds=time.perf_counter() - started,
+        views=tuple(names),
+        view_reduce=view_reduce,
     )

@@ -57,6 +57,7 @@ PROJECT_TYPES = (
     "cnncodes.models.Preprocessing",
     "cnncodes.transformers.CNNCodes",
     "cnncodes.transformers.SignedPower",
+    "cnncodes.viewstack.ViewStack",
     "cnncodes.finetune.estimator.FineTune",
 )
 

@@ -80,7 +80,14 @@ def filter_readable(X, y=None, *, extractor=None):
         screen = clone(step).set_params(on_error="skip")
         if hasattr(step, "spec_"):
             # Fitted: keep exactly its resolved configuration.
-            for attr in ("spec_", "layers_", "layer_sizes_", "n_features_out_", "n_features_in_"):
+            for attr in (
+                "spec_",
+                "layers_",
+                "layer_sizes_",
+                "n_features_out_",
+                "n_features_in_",
+                "views_",
+            ):
                 setattr(screen, attr, getattr(step, attr))
         else:
             screen.fit(paths)
@@ -206,7 +213,7 @@ def warm_cache(estimator, X, param_grid=None):
         candidate = CNNCodes(layer=layers, **others).fit(paths)
         result = candidate._extract(paths)
         summary["runs"] += 1
-        summary["configurations"] += len(candidate.layers_)
+        summary["configurations"] += len(candidate.layers_) * len(candidate.views_)
         summary["computed"] += result.computed
         summary["cached"] += result.cached
         if summary["skipped"] is None:

@@ -13,7 +13,7 @@ import hashlib
 import json
 import math
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 __all__ = [
     "CodeKey",
@@ -319,6 +319,11 @@ class Preprocessing:
       cropping are tensor operations on the device. The decode policy
       (:data:`cnncodes.images.DECODE_POLICY`) is the same.
 
+    ``view`` says which part of the resized image is taken (:mod:`cnncodes.views`):
+    ``"center"`` (the centre crop, the default), ``"flip"`` (mirrored), a corner crop
+    ``"crop:tl"`` ... or a random resized crop ``"rrc:SEED:I"``. It is part of the cache key
+    only when it is not ``"center"``, so keys made before views existed are unchanged.
+
     ``source`` says where each value came from, as ``(key, origin)`` pairs; origins are
     ``"explicit"``, ``"checkpoint"``, ``"model"`` (the user's callable declared it, or a timm
     model's pretrained config when other weights are used), ``"weights"`` (torchvision weights'
@@ -338,7 +343,20 @@ class Preprocessing:
     std: tuple
     interpolation: str = "bilinear"
     impl: str = "pil"
+    view: str = "center"
     source: tuple = field(default=(), compare=False, repr=False)
+
+    def __post_init__(self):
+        if self.view != "center":
+            from .views import check_view  # numpy only; spec stays import-light
+
+            check_view(self.view)
+            if self.crop is None and self.view != "flip":
+                raise ValueError(
+                    f"view={self.view!r} cuts crops of the crop size, but this preprocessing "
+                    "has no crop (crop=0): give a crop size (crop=..., --crop), or use the "
+                    "views 'center' or 'flip'"
+                )
 
     @property
     def input_size(self):
@@ -348,16 +366,18 @@ class Preprocessing:
         return tuple(self.resize)
 
     def to_dict(self):
-        """A JSON-ready description, used in cache keys and reports (without ``source``)."""
+        """A JSON-ready description, used in cache keys and reports (without ``source``; with
+        ``view`` only when it is not ``"center"``)."""
         return {
             k: (list(v) if isinstance(v, tuple) else v)
             for k, v in asdict(self).items()
-            if k != "source"
+            if k != "source" and (k != "view" or v != "center")
         }
 
     @classmethod
     def from_dict(cls, values):
-        """The inverse of :meth:`to_dict` (lists become tuples; ``impl`` defaults to ``"pil"``)."""
+        """The inverse of :meth:`to_dict` (lists become tuples; ``impl`` defaults to ``"pil"``,
+        ``view`` to ``"center"``)."""
         crop = values["crop"]
         return cls(
             resize=tuple(values["resize"]),
@@ -366,13 +386,15 @@ class Preprocessing:
             std=tuple(values["std"]),
             interpolation=values["interpolation"],
             impl=values.get("impl", "pil"),
+            view=values.get("view", "center"),
         )
 
     def arguments(self):
         """The explicit arguments of :func:`cnncodes.models.resolve_spec` (``resize``, ``crop``,
         ``mean``, ``std``, ``interpolation``, ``impl``) that resolve to exactly this preprocessing
-        (no crop is ``crop=0``)."""
-        values = {k: v for k, v in asdict(self).items() if k != "source"}
+        (no crop is ``crop=0``), apart from :attr:`view`, which is not an argument there: a view
+        is chosen per extraction (``dataclasses.replace(preprocessing, view=...)``)."""
+        values = {k: v for k, v in asdict(self).items() if k not in ("source", "view")}
         values["crop"] = 0 if self.crop is None else self.crop
         return values
 
@@ -414,6 +436,8 @@ def describe_preprocessing(values, source=None):
     )
     if values.get("impl", "pil") != "pil":
         text += f" impl={values['impl']}"
+    if values.get("view", "center") != "center":
+        text += f" view={values['view']}"
     if source:
         groups = {}
         for key in ("mean", "std", "resize", "crop", "interpolation"):
@@ -449,6 +473,13 @@ class ModelSpec:
     preprocessing: Preprocessing
     # A class default too: a ModelSpec pickled before this field existed reads back as ().
     model_kwargs: tuple = ()
+
+    def with_view(self, view):
+        """This spec with its preprocessing taking ``view`` (:mod:`cnncodes.views`): the spec of
+        that view's codes, cached under their own configuration."""
+        if view == self.preprocessing.view:
+            return self
+        return replace(self, preprocessing=replace(self.preprocessing, view=view))
 
     @property
     def weights_spec(self):

@@ -26,11 +26,12 @@ from sklearn.utils.validation import (
 from . import cache as _cache
 from ._inputs import as_path_list, check_int, spec_of
 from .architectures import model_identity
-from .extract import ON_ERROR, PRECISIONS, extract_codes, resolve_device
+from .extract import ON_ERROR, PRECISIONS, extract_codes, extract_views, resolve_device
 from .extraction.ray_engine import ENGINES
 from .layers import layer_shapes, resolve_layers
 from .pooling import check_pooling, code_size
 from .spec import MODEL_PARAMS, file_stamp
+from .views import check_view_reduce, expand_views
 
 __all__ = [
     "CNNCodes",
@@ -155,6 +156,20 @@ class CNNCodes(TransformerMixin, BaseEstimator):
         Keyword arguments of the model's builder, e.g. ``{"num_classes": 5}`` for a checkpoint
         fine-tuned on 5 classes (JSON scalars: int, float, str, bool, None). Part of the cache
         key when given.
+    views : {"center", "flip", "five_crop", "ten_crop"}, int or list of str, default="center"
+        Which views of each image are coded (see :mod:`cnncodes.views`): the centre crop,
+        ``"flip"`` (centre and its mirror), torchvision's five or ten crops, an int N: N
+        random resized crops (seeded by ``view_seed`` and each image's content, so the same
+        whatever the batch or order), or a list of view strings (``["center", "crop:tl"]``).
+        Each view's codes are cached apart, so a grid search over ``views`` computes each
+        view once.
+    view_reduce : {"mean", "max", "stack"}, default="mean"
+        How an image's views become its codes: their mean or maximum, ``(n_images,
+        n_features_out_)``; or ``"stack"``, ``(n_images, n_views, n_features_out_)``, for a
+        :class:`~cnncodes.ViewStack` classifier (each view a training row; their mean at
+        prediction).
+    view_seed : int, default=0
+        Seed of the random resized crops (``views`` an int).
     cache_dir : "auto", None or path, default="auto"
         The code cache: ``"auto"`` is ``$CNNCODES_CACHE`` or ``./cache``; None disables it.
     batch_size : int, default=32
@@ -192,6 +207,8 @@ class CNNCodes(TransformerMixin, BaseEstimator):
         Code length of each layer under ``pooling``.
     n_features_out_ : int
         Total code length (the number of output columns).
+    views_ : list of str
+        The views coded (:func:`cnncodes.views.expand_views` of ``views``).
     n_features_in_ : int
         Always 1: one path per sample.
     feature_names_in_ : ndarray of str
@@ -250,6 +267,9 @@ class CNNCodes(TransformerMixin, BaseEstimator):
         on_error="raise",
         progress=False,
         model_kwargs=None,
+        views="center",
+        view_reduce="mean",
+        view_seed=0,
         engine="local",
         ray_address=None,
     ):
@@ -272,17 +292,25 @@ class CNNCodes(TransformerMixin, BaseEstimator):
         self.on_error = on_error
         self.progress = progress
         self.model_kwargs = model_kwargs
+        self.views = views
+        self.view_reduce = view_reduce
+        self.view_seed = view_seed
         self.engine = engine
         self.ray_address = ray_address
 
     def __setstate__(self, state):
         # Estimators saved before ``impl`` existed preprocessed with Pillow; those saved before
-        # ``model_kwargs`` called the builder without arguments; those saved before ``engine``
-        # extracted in their own process.
+        # ``model_kwargs`` called the builder without arguments; before views, they coded the
+        # centre crop alone; before ``engine``, they extracted in their own process.
         state.setdefault("impl", "pil")
         state.setdefault("model_kwargs", None)
+        state.setdefault("views", "center")
+        state.setdefault("view_reduce", "mean")
+        state.setdefault("view_seed", 0)
         state.setdefault("engine", "local")
         state.setdefault("ray_address", None)
+        if "spec_" in state:
+            state.setdefault("views_", ["center"])
         super().__setstate__(state)
 
     # -- fitting -------------------------------------------------------------------------------
@@ -313,6 +341,8 @@ class CNNCodes(TransformerMixin, BaseEstimator):
         if self.engine == "local":
             resolve_device(self.device)  # on Ray, the workers' devices count
         _cache.resolve_cache_dir(self.cache_dir)
+        check_view_reduce(self.view_reduce)
+        views = expand_views(self.views, self.view_seed)
         layer = self.layer
         if isinstance(layer, str):
             layer = [layer]
@@ -323,7 +353,7 @@ class CNNCodes(TransformerMixin, BaseEstimator):
                 f"layer={self.layer!r}: expected a layer name such as 'layer4' or "
                 "'penultimate', or a non-empty list of names"
             )
-        return layer
+        return layer, views
 
     def fit(self, X, y=None):
         """Resolve the model and layers and check every parameter; no image is read.
@@ -338,9 +368,15 @@ class CNNCodes(TransformerMixin, BaseEstimator):
         -------
         self : CNNCodes
         """
-        layers = self._check_params()
+        layers, views = self._check_params()
         _, names = as_path_list(X)
         spec, resolved, sizes = _resolve(self, layers)
+        for view in views:
+            try:
+                spec.with_view(view)
+            except ValueError as exc:
+                raise ValueError(f"views={self.views!r}: {exc}") from None
+        self.views_ = views
         self.spec_ = spec
         self.layers_ = resolved
         self.layer_sizes_ = sizes
@@ -370,13 +406,21 @@ class CNNCodes(TransformerMixin, BaseEstimator):
         self.spec_.weights_spec.verify()
 
     def _extract(self, paths):
-        """Codes of ``paths`` under the fitted configuration: an ExtractionResult."""
+        """Codes of ``paths`` under the fitted configuration: an ExtractionResult (its codes
+        reduced over the views as ``view_reduce`` says)."""
         self._verify_weights()
-        result = extract_codes(
+        views = getattr(self, "views_", ["center"])
+        if views == ["center"]:
+            extract, by_view = extract_codes, {}
+        else:
+            extract = extract_views
+            by_view = dict(views=views, view_reduce=self.view_reduce)
+        result = extract(
             paths,
             self.spec_,
             self.layers_,
             self.pooling,
+            **by_view,
             cache_dir=self.cache_dir,
             batch_size=self.batch_size,
             num_workers=self.num_workers,
@@ -392,9 +436,9 @@ class CNNCodes(TransformerMixin, BaseEstimator):
     def _assemble(self, paths, result, labelled):
         """One float32 row per input; NaN rows for skipped images (or an error with labels)."""
         codes = np.asarray(result.concatenated(), dtype=np.float32)
-        if codes.shape[1] != self.n_features_out_:  # a safeguard: fit and extraction disagree
+        if codes.shape[-1] != self.n_features_out_:  # a safeguard: fit and extraction disagree
             raise RuntimeError(
-                f"extraction returned {codes.shape[1]} features, expected {self.n_features_out_}"
+                f"extraction returned {codes.shape[-1]} features, expected {self.n_features_out_}"
             )
         if not result.skipped:
             return codes
@@ -414,7 +458,7 @@ class CNNCodes(TransformerMixin, BaseEstimator):
             SkippedImagesWarning,
             stacklevel=4,  # _assemble, transform, sklearn's set_output wrapper, caller
         )
-        full = np.full((len(paths), codes.shape[1]), np.nan, dtype=np.float32)
+        full = np.full((len(paths), *codes.shape[1:]), np.nan, dtype=np.float32)
         full[result.kept] = codes
         return full
 
@@ -430,7 +474,8 @@ class CNNCodes(TransformerMixin, BaseEstimator):
         -------
         codes : ndarray of shape (n_images, n_features_out_), dtype float32
             One row per input, in input order (NaN rows for images skipped with
-            ``on_error="skip"``).
+            ``on_error="skip"``); ``(n_images, n_views, n_features_out_)`` with
+            ``view_reduce="stack"`` and several views.
         """
         check_is_fitted(self)
         paths, _ = as_path_list(X)

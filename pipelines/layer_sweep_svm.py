@@ -27,7 +27,7 @@ from sklearn.svm import SVC
 from cnncodes import list_layers
 from cnncodes.evaluation import layer_table
 
-from ._common import codes_step, grid_values, split_options
+from ._common import codes_step, grid_values, split_options, stack_views
 
 __all__ = [
     "LAYER",
@@ -158,7 +158,7 @@ def build(**overrides):
             if kernel in ("rbf", "poly", "sigmoid"):
                 part["clf__gamma"] = grid_values("gammas", options.get("gammas", DEFAULT_GAMMAS))
             grid.append(part)
-    return pipe, grid
+    return stack_views(pipe, grid, codes)
 
 
 def _flat_layers(codes):

@@ -16,7 +16,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
-from ._common import codes_step, grid_values, split_options
+from ._common import codes_step, grid_values, split_options, stack_views
 
 __all__ = ["LAYER", "OPTIONS", "build", "DEFAULT_CS"]
 
@@ -24,7 +24,7 @@ __all__ = ["LAYER", "OPTIONS", "build", "DEFAULT_CS"]
 LAYER = "concat"
 
 #: The recipe's own options of ``build(**overrides)`` (besides CNNCodes parameters).
-OPTIONS = ("Cs",)
+OPTIONS = ("Cs", "view_sets")
 
 #: One value per decade over [1e-6, 1e6]; pass ``Cs=np.logspace(-6, 6, 97)`` for a finer sweep.
 DEFAULT_CS = np.logspace(-6, 6, 13)
@@ -37,8 +37,11 @@ def build(**overrides):
     ----------
     **overrides
         CNNCodes parameters (``model``, ``weights``, ``layer`` (default ``"penultimate"``),
-        ``pooling``, ``cache_dir``, ...) and the recipe option ``Cs`` (values of
-        ``clf__C``; default :data:`DEFAULT_CS`).
+        ``pooling``, ``cache_dir``, ``views``, ``view_reduce``, ...) and the recipe options
+        ``Cs`` (values of ``clf__C``; default :data:`DEFAULT_CS`) and ``view_sets``: sets of
+        views to search over (``cnncodes__views``, e.g. ``["center", "ten_crop"]``; default:
+        none, the centre crop or ``views``). Each view costs a forward pass of every image
+        (ten crops: ten times the extraction), once: its codes are cached.
 
     Returns
     -------
@@ -61,4 +64,7 @@ def build(**overrides):
             ("clf", LogisticRegression(solver="lbfgs", max_iter=1000)),
         ]
     )
-    return pipe, {"clf__C": grid_values("Cs", options.get("Cs", DEFAULT_CS))}
+    grid = {"clf__C": grid_values("Cs", options.get("Cs", DEFAULT_CS))}
+    if options.get("view_sets") is not None:
+        grid["cnncodes__views"] = grid_values("view_sets", options["view_sets"])
+    return stack_views(pipe, grid, codes)

@@ -20,7 +20,7 @@ from sklearn.svm import LinearSVC
 
 from cnncodes import SignedPower
 
-from ._common import codes_step, grid_values, split_options
+from ._common import codes_step, grid_values, split_options, stack_views
 
 __all__ = ["LAYER", "OPTIONS", "build", "DEFAULT_CS", "DEFAULT_POWERS"]
 
@@ -69,4 +69,4 @@ def build(**overrides):
         "power__alpha": grid_values("powers", options.get("powers", DEFAULT_POWERS)),
         "clf__C": grid_values("Cs", options.get("Cs", DEFAULT_CS)),
     }
-    return pipe, grid
+    return stack_views(pipe, grid, codes)

@@ -15,7 +15,7 @@ from sklearn.linear_model import SGDClassifier
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
-from ._common import codes_step, grid_values, split_options
+from ._common import codes_step, grid_values, split_options, stack_views
 
 __all__ = ["LAYER", "OPTIONS", "build", "DEFAULT_ALPHAS"]
 
@@ -66,4 +66,5 @@ def build(**overrides):
         random_state=options.get("random_state", 0),
     )
     pipe = Pipeline([("cnncodes", codes_step(**codes)), ("scale", StandardScaler()), ("clf", clf)])
-    return pipe, {"clf__alpha": grid_values("alphas", options.get("alphas", DEFAULT_ALPHAS))}
+    grid = {"clf__alpha": grid_values("alphas", options.get("alphas", DEFAULT_ALPHAS))}
+    return stack_views(pipe, grid, codes)

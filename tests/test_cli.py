@@ -968,3 +968,31 @@ def test_engine_ray_without_ray_says_how_to_install_it(capsys, data, cache, monk
     code, _, err = run(capsys, "extract", data, *MODEL, "--cache-dir", cache, "--engine", "ray")
     assert code == 2
     assert_one_line_error(err, "--engine ray: engine='ray' needs Ray", "pip install -e '.[ray]'")
+
+
+def test_extract_views_stores_their_mean_and_refuses_a_stack(capsys, data, cache, tmp_path):
+    plain = tmp_path / "plain.npz"
+    extract(capsys, data, cache, "--out", plain)
+    out = tmp_path / "views.npz"
+    summary = extract(capsys, data, cache, "--views", "flip", "--out", out)
+    assert summary["views"] == ["center", "flip"] and summary["view_reduce"] == "mean"
+    assert (summary["computed"], summary["cached"]) == (6, 6)  # the centre came from the cache
+    assert summary["features"] == 512
+    codes = read_codes(out)
+    assert codes.codes.shape == (6, 512) and codes.config["views"] == ["center", "flip"]
+    assert not np.array_equal(codes.codes, read_codes(plain).codes)
+    assert "views" not in read_codes(plain).config and extract(capsys, data, cache)["views"] == [
+        "center"
+    ]
+    code, _, err = run(
+        capsys, "extract", data, *MODEL, "--cache-dir", cache, "--views", "flip",
+        "--view-reduce", "stack",
+    )  # fmt: skip
+    assert code == 2
+    assert_one_line_error(err, "--view-reduce stack gives several rows per image")
+    code, _, err = run(
+        capsys, "extract", data, "--model", "resnet18", "--weights", "none", "--resize", "40,40",
+        "--crop", "none", "--views", "ten_crop",
+    )  # fmt: skip
+    assert code == 2
+    assert_one_line_error(err, "view='crop:tl' cuts crops of the crop size")

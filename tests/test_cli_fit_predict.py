@@ -361,3 +361,38 @@ def test_fit_shows_the_preprocessing_a_checkpoint_carries(capsys, photos):
     )  # fmt: skip
     assert code == 0, err
     assert f"preprocessing: {described}" in out
+
+
+def test_fit_with_stacked_views_then_predict(capsys, photos, weights):
+    model = photos / "views.skops"
+    code, out, err = fit(
+        capsys, photos, "--pipeline", "linear_probe", "--weights", weights, "--cv", "3",
+        "--views", "flip", "--view-reduce", "stack", "--test", photos / "test", "--out", model,
+    )  # fmt: skip
+    assert code == 0, err
+    # Every view of the 16 training images through the network once; the classifier in a
+    # ViewStack, its C searched under the stack's name.
+    assert "codes: 32 image codes computed, 0 from the cache" in err
+    assert "best: views__estimator__clf__C=" in out
+    assert "views: stack of center, flip" in out
+    assert "6 images): accuracy 1.000" in out
+    code, out, err = run(
+        capsys, "predict", model, photos / "test", "--proba", "--json",
+        "--cache-dir", photos / "cache", "--workers", "0",
+    )  # fmt: skip
+    assert code == 0, err
+    assert json.loads(out)["accuracy"]["accuracy"] == 1.0
+
+
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        (["--views", "eleven"], "--views='eleven': choose one of 'center', 'flip', 'five_crop'"),
+        (["--views", "0"], "--views=0: a count of random resized crops must be between 1"),
+        (["--view-reduce", "median"], "--view-reduce: invalid choice: 'median'"),
+    ],
+)
+def test_fit_refuses_bad_views(capsys, photos, argv, fragment):
+    code, _, err = fit(capsys, photos, *argv)
+    assert code == 2
+    assert_one_line_error(err, fragment)

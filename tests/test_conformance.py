@@ -1,6 +1,7 @@
 """scikit-learn conformance of the project's estimators.
 
-Numeric steps run the full ``parametrize_with_checks`` suite. ``CNNCodes`` takes file paths, so
+Numeric steps (and ``ViewStack``, on 2-D codes: one view per image) run the full
+``parametrize_with_checks`` suite. ``CNNCodes`` takes file paths, so
 its tags honestly say "not a 2-D array" and ``check_estimator`` cannot exercise it (it runs a
 single check and warns that it cannot test the rest; claiming 2-D input makes 23 checks fail):
 it runs the data-independent checks directly, and the data-dependent ones ported to image
@@ -20,13 +21,17 @@ import pytest
 from PIL import Image
 from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
+from sklearn.linear_model import LogisticRegression
 from sklearn.utils import estimator_checks
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from cnncodes.transformers import CNNCodes, SignedPower
+from cnncodes.viewstack import ViewStack
 
 
-@parametrize_with_checks([SignedPower(), SignedPower(alpha=2.0)])
+@parametrize_with_checks(
+    [SignedPower(), SignedPower(alpha=2.0), ViewStack(LogisticRegression(max_iter=200))]
+)
 def test_numeric_steps(estimator, check):
     check(estimator)
 

@@ -115,11 +115,45 @@ def test_every_grid_point_is_a_valid_setting_and_overrides_reach_cnncodes(name, 
         clone(pipe).set_params(**params)  # raises on a parameter the pipeline does not have
 
 
+@pytest.mark.parametrize("name", ["linear_probe", "linear_svm", "layer_sweep_svm", "sgd"])
+def test_stacked_views_put_the_steps_after_the_codes_in_a_view_stack(name):
+    from cnncodes import ViewStack
+
+    plain, plain_grid = pipelines.get(name).build(model="resnet18", weights="none")
+    pipe, grid = pipelines.get(name).build(
+        model="resnet18", weights="none", views="flip", view_reduce="stack"
+    )
+    assert [n for n, _ in pipe.steps] == ["cnncodes", "views"]
+    stack = pipe.named_steps["views"]
+    assert isinstance(stack, ViewStack)
+    assert [n for n, _ in stack.estimator.steps] == [n for n, _ in plain.steps][1:]
+    grids = grid if isinstance(grid, list) else [grid]
+    plain_grids = plain_grid if isinstance(plain_grid, list) else [plain_grid]
+    for part, plain_part in zip(grids, plain_grids, strict=True):
+        renamed = {
+            k if k.startswith("cnncodes__") else k.replace("views__estimator__", "", 1): v
+            for k, v in part.items()
+        }
+        assert renamed == plain_part
+    for params in ParameterGrid(grid):
+        clone(pipe).set_params(**params)
+
+
+def test_linear_probe_searches_the_view_sets_it_is_given():
+    assert "cnncodes__views" not in pipelines.get("linear_probe").build()[1]
+    _, grid = pipelines.get("linear_probe").build(view_sets=["center", "ten_crop"], Cs=[1.0])
+    assert grid == {"clf__C": [1.0], "cnncodes__views": ["center", "ten_crop"]}
+    _, grid = pipelines.get("linear_probe").build(
+        view_sets=["flip", 10], view_reduce="stack", Cs=[1.0]
+    )
+    assert grid == {"views__estimator__clf__C": [1.0], "cnncodes__views": ["flip", 10]}
+
+
 def test_unknown_override_is_a_type_error_listing_the_options():
     with pytest.raises(
         TypeError,
         match=r"linear_probe\.build\(\) got unknown option\(s\) 'C'\. "
-        r"Recipe options: Cs; CNNCodes parameters: model",
+        r"Recipe options: Cs, view_sets; CNNCodes parameters: model",
     ):
         pipelines.get("linear_probe").build(C=1.0)
 

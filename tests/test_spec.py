@@ -14,7 +14,7 @@ import pytest
 
 from cnncodes import persistence
 from cnncodes.cache import config_key
-from cnncodes.extract import code_config
+from cnncodes.extract import code_config, spec_from_config
 from cnncodes.models import ModelSpec, Preprocessing, WeightsError, resolve_spec
 from cnncodes.spec import GPU_DECODER, CodeKey, Weights
 from tests.conftest import write_images
@@ -177,6 +177,20 @@ def test_code_key_from_a_config_that_is_none_names_the_missing_key():
         ValueError, match=r"not a cnncodes code configuration \(missing 'precision'"
     ):
         CodeKey.from_config(config)
+
+
+def test_a_view_is_in_the_cache_key_only_when_it_is_not_the_centre():
+    centre = code_config(_TINY_SPEC, "flatten", "avg", "fp32")
+    assert "view" not in centre["preprocessing"]
+    assert _TINY_SPEC.with_view("center") is _TINY_SPEC
+    flip = code_config(_TINY_SPEC.with_view("flip"), "flatten", "avg", "fp32")
+    assert flip["preprocessing"] == {**centre["preprocessing"], "view": "flip"}
+    assert config_key(flip) == "06475adbb3cbea7581bc6aca"
+    back = CodeKey.from_config(json.loads(json.dumps(flip)))
+    assert back.spec.preprocessing.view == "flip" and back.config() == flip
+    spec = resolve_spec("resnet18", "none", seed=3, resize=40, crop=32).with_view("rrc:0:2")
+    assert spec_from_config(code_config(spec, "avgpool", "avg", "fp32")) == spec
+    assert "view=rrc:0:2" in spec.preprocessing.describe()
 
 
 def test_the_package_names_every_public_object_lazily():

@@ -19,6 +19,7 @@ from .._files import display, file_format
 from .._json import jsonable
 from ..datasets import load_dataset
 from ..spec import INTERPOLATIONS, PREPROCESSING_KEYS, Weights, is_model_callable
+from ..views import VIEW_REDUCES, VIEW_SETS, expand_views
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -314,11 +315,44 @@ def _add_preprocessing_options(group):
     )
 
 
+def _views(text):
+    """--views: a named set of views, or a count of random resized crops."""
+    value = int(text) if text.strip().isdigit() else text
+    try:
+        expand_views(value, name="--views")
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return value
+
+
+def _add_view_options(group, stack_help):
+    """--views, --view-reduce, --view-seed (:mod:`cnncodes.views`)."""
+    group.add_argument(
+        "--views",
+        type=_views,
+        metavar="V",
+        help="views of each image to code: " + ", ".join(VIEW_SETS) + " (centre and its "
+        "mirror; torchvision's five crops; the five and their mirrors), or N random resized "
+        "crops; each view's codes are cached (default: center)",
+    )
+    group.add_argument(
+        "--view-reduce",
+        choices=VIEW_REDUCES,
+        help="how an image's views become its codes: their mean or max, or " + stack_help,
+    )
+    group.add_argument(
+        "--view-seed",
+        type=int,
+        metavar="S",
+        help="seed of the random resized crops of --views N (default: 0)",
+    )
+
+
 def _add_model_options(
-    parser, *, model=True, layers=True, required=True, layer_help=None, model_args=True
+    parser, *, model=True, layers=True, required=True, layer_help=None, model_args=True, views=False
 ):
     """The network: --model, --weights, --seed, --model-arg, --layer, --pooling and the
-    preprocessing.
+    preprocessing (with ``views``, also --views, --view-reduce, --view-seed).
 
     With ``required=False`` (``fit``), --model and --pooling default to None: the recipe decides.
     """
@@ -355,7 +389,10 @@ def _add_model_options(
             help="how spatial maps become vectors (default: "
             + ("%(default)s)" if required else "the recipe's)"),
         )
-    _add_preprocessing_options(parser.add_argument_group("preprocessing"))
+    preprocessing = parser.add_argument_group("preprocessing")
+    _add_preprocessing_options(preprocessing)
+    if views:
+        _add_view_options(preprocessing, views)
 
 
 def _add_output_options(parser, *, quiet=True):

@@ -8,6 +8,7 @@ from ..cache import (
     resolve_cache_dir,
 )
 from ..export import FORMATS, PARQUET_LAYOUTS, check_format_available, write_codes
+from ..views import expand_views
 from ._core import (
     EXIT_OK,
     UsageError,
@@ -68,7 +69,9 @@ def add_extract_parser(subparsers):
         formatter_class=_Formatter,
     )
     _add_data_options(parser)
-    _add_model_options(parser)
+    _add_model_options(
+        parser, views="stack, refused here: extract writes one row per image (default: mean)"
+    )
     _add_runtime_options(parser)
     _add_engine_options(parser, actors=True)
     parser.add_argument(
@@ -89,7 +92,7 @@ def add_extract_parser(subparsers):
 
 def run_extract(args):
     """Extract codes for DATA; print a summary; optionally write them to --out."""
-    from ..extract import extract_codes
+    from ..extract import extract_codes, extract_views
     from ..layers import resolve_layers
     from ..preprocessing import default_preprocessing_note
 
@@ -107,6 +110,16 @@ def run_extract(args):
         except ImportError as exc:
             raise UsageError(str(exc)) from None
     layout = (args.parquet_layout or "list") if parquet else None
+    if args.view_reduce == "stack":
+        raise UsageError(
+            "--view-reduce stack gives several rows per image; extract writes one row per "
+            "image: use --view-reduce mean or max (or cnncodes fit --view-reduce stack)"
+        )
+    views = {
+        "views": "center" if args.views is None else args.views,
+        "view_seed": 0 if args.view_seed is None else args.view_seed,
+        "view_reduce": args.view_reduce or "mean",
+    }
     dataset = _load_data(args, output)
     spec = _spec_from_args(args)
     layers = resolve_layers(spec, args.layer or ["penultimate"])
@@ -115,11 +128,21 @@ def run_extract(args):
     note = default_preprocessing_note(spec)
     if note:
         output.note(note)
-    result = extract_codes(
+    if views["views"] == "center":
+        extract, views = extract_codes, {}
+    else:
+        extract = extract_views
+        try:
+            for view in expand_views(views["views"], views["view_seed"]):
+                spec.with_view(view)
+        except ValueError as exc:
+            raise UsageError(f"--views {args.views}: {exc}") from None
+    result = extract(
         dataset.paths,
         spec,
         layers,
         args.pooling,
+        **views,
         cache_dir=_cache_dir_from_args(args),
         batch_size=args.batch_size,
         num_workers=args.workers,
@@ -155,6 +178,8 @@ def run_extract(args):
             "source": dict(spec.preprocessing.source),
         },
         "precision": precision,
+        "views": list(result.views),
+        "view_reduce": result.view_reduce,
         "features": int(sum(widths.values())),
         "features_per_layer": widths,
         "classes": dataset.counts() or None,
@@ -170,6 +195,10 @@ def run_extract(args):
         + ", ".join(f"{layer} ({w})" for layer, w in widths.items())
         + f", pooling {args.pooling}, {spec.model} [{_short_weights(spec.weights_id)}], {precision}",
     ]
+    if result.view_reduce is not None:
+        lines.append(
+            f"views: {result.view_reduce} of {len(result.views)}: {', '.join(result.views)}"
+        )
     lines.append(f"cache: {cache_root}" if cache_root else "cache: off")
     if out_path:
         how = {

@@ -115,7 +115,13 @@ def add_fit_parser(subparsers):
         "concatenating them); default: the recipe's (sweep for "
         f"{', '.join(by_mode.get('sweep', ())) or 'none'}, concat for the others)",
     )
-    _add_model_options(parser, required=False, layer_help=_layer_help(by_mode))
+    _add_model_options(
+        parser,
+        required=False,
+        layer_help=_layer_help(by_mode),
+        views="stack (every view a training row, their mean to predict: cnncodes.ViewStack "
+        "around the recipe's classifier) (default: mean)",
+    )
     evaluation = parser.add_argument_group("evaluation")
     _add_held_out_options(evaluation)
     _add_folds_options(
@@ -175,6 +181,9 @@ def _codes_overrides(args):
         "num_workers": args.workers,
         "precision": None if args.precision == "auto" else args.precision,
         "device": None if args.device == "auto" else args.device,
+        "views": args.views,
+        "view_reduce": args.view_reduce,
+        "view_seed": args.view_seed,
     }
     overrides = {k: v for k, v in given.items() if v is not None}
     overrides["seed"] = args.seed
@@ -248,6 +257,9 @@ def _fit_lines(result, test_note, out_path, written, limit=15, n_layers_given=0)
     if evaluated is not None:
         lines += _test_metrics_lines(head, evaluated)
     lines.append(f"preprocessing: {describe_preprocessing(*_fit_preprocessing(result))}")
+    views = result.config.get("views")
+    if views is not None:
+        lines.append(f"views: {views['reduce']} of {', '.join(views['views'])}")
     duplicates = metrics.get("duplicates")
     if duplicates is not None:
         shared = duplicates["test_in_train"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import warnings
 
 import numpy as np
@@ -17,29 +18,55 @@ from ..images import (
     read_file,
     remember_digest,
 )
+from ..views import view_box
 
 
-def preprocess(image, preprocessing):
+def preprocess(image, preprocessing, digest=None):
     """Resize and crop an RGB PIL image as ``preprocessing`` says; a uint8 ``(3, H, W)`` tensor.
 
     Normalisation happens later, on the whole batch (on the GPU when there is one), so that
-    worker processes send 4x less data.
+    worker processes send 4x less data. ``digest``: the SHA-256 hex digest of the image file's
+    bytes, which seeds a random resized crop view (``"rrc:SEED:I"``, see :mod:`cnncodes.views`).
     """
-    return TF.pil_to_tensor(_resize_crop(image, preprocessing))
+    return TF.pil_to_tensor(_resize_crop(image, preprocessing, digest))
 
 
-def _resize_crop(image, preprocessing):
+def _resize_crop(image, preprocessing, digest=None):
     mode = InterpolationMode(preprocessing.interpolation)
     size = list(preprocessing.resize)
     image = TF.resize(image, size, interpolation=mode, antialias=True)
+    if preprocessing.view != "center":
+        return _cut_view(image, preprocessing, digest)
     if preprocessing.crop is not None:
         image = TF.center_crop(image, list(preprocessing.crop))
     return image
 
 
-def _pixels_hwc(image, preprocessing):
+def _cut_view(image, preprocessing, digest):
+    """The view of a resized PIL image or ``(3, H, W)`` tensor other than ``"center"``.
+
+    Both decoders cut the same boxes (:func:`cnncodes.views.view_box`), so a view differs
+    between ``impl="pil"`` and ``"torch"`` only as their resizing does.
+    """
+    view, crop = preprocessing.view, preprocessing.crop
+    if view == "flip":
+        if crop is not None:
+            image = TF.center_crop(image, list(crop))
+        return TF.horizontal_flip(image)
+    top, left, height, width, flip = view_box(view, tuple(TF.get_size(image)), crop, digest)
+    if view.startswith("rrc:"):
+        mode = InterpolationMode(preprocessing.interpolation)
+        image = TF.resized_crop(
+            image, top, left, height, width, list(crop), interpolation=mode, antialias=True
+        )
+    else:
+        image = TF.crop(image, top, left, height, width)
+    return TF.horizontal_flip(image) if flip else image
+
+
+def _pixels_hwc(image, preprocessing, digest=None):
     """:func:`preprocess` as a uint8 ``(H, W, 3)`` array: stacked, it is already channels_last."""
-    return np.asarray(_resize_crop(image, preprocessing), dtype=np.uint8)
+    return np.asarray(_resize_crop(image, preprocessing, digest), dtype=np.uint8)
 
 
 class _Decode:
@@ -62,7 +89,7 @@ class _Decode:
             data = read_file(path)
             actual = remember_digest(path, data)
             image = load_image_bytes(data, name=path)
-            return digest, actual, _pixels_hwc(image, self.preprocessing), None
+            return digest, actual, _pixels_hwc(image, self.preprocessing, actual), None
         except ImageLoadError as exc:
             return digest, None, None, exc.reason
         except Exception as exc:  # resize of a degenerate image, etc.: report per file
@@ -117,10 +144,12 @@ def _decode_jpegs(blobs, device):
 
 
 def _resize_crop_tensor(pixels, preprocessing):
-    """:func:`_resize_crop` for a uint8 ``(3, H, W)`` tensor, on the tensor's device."""
+    """:func:`_resize_crop` for a uint8 ``(3, H, W)`` tensor (or a stack of them), on the
+    tensor's device; a view other than ``"center"`` is cut afterwards, image by image
+    (:func:`_cut_view`), as it depends on the image's digest."""
     mode = InterpolationMode(preprocessing.interpolation)
     pixels = TF.resize(pixels, list(preprocessing.resize), interpolation=mode, antialias=True)
-    if preprocessing.crop is not None:
+    if preprocessing.crop is not None and preprocessing.view == "center":
         pixels = TF.center_crop(pixels, list(preprocessing.crop))
     return pixels
 
@@ -234,6 +263,12 @@ class _TorchDecode:
                     out[i][2] = _resize_crop_tensor(out[i][2], self.preprocessing)
                 except Exception as exc:  # resize of a degenerate image, etc.: report per file
                     out[i][2], out[i][3] = None, f"cannot preprocess: {exc}"
+        if self.preprocessing.view != "center":
+            for i, row in enumerate(out):
+                if row[2] is not None:
+                    # The digest of the bytes decoded, as _Decode's (bytes given: hashed here).
+                    digest = row[1] or hashlib.sha256(datas[i]).hexdigest()
+                    row[2] = _cut_view(row[2], self.preprocessing, digest)
         return [tuple(row) for row in out]
 
 
