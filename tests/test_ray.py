@@ -162,6 +162,19 @@ def test_estimator_on_ray_without_a_cache_uses_a_temporary_folder(ray_local, ima
     np.testing.assert_array_equal(local, on_ray)
 
 
+def test_views_on_ray_are_the_local_engines_views(ray_local, images, tmp_path, monkeypatch):
+    params = dict(model="tests.tiny_nets:tiny_cnn", layer=LAYERS, resize=40, crop=32)
+    local = CNNCodes(cache_dir=None, views="flip", view_reduce="stack", **params)
+    on_ray = CNNCodes(
+        cache_dir=tmp_path / "c", views="flip", view_reduce="stack", engine="ray", **params
+    )
+    codes = on_ray.fit_transform(images)
+    assert codes.shape[:2] == (12, 2)
+    np.testing.assert_array_equal(local.fit_transform(images), codes)
+    # Every view's codes committed by the actors under its own configuration.
+    assert sorted(_rows(tmp_path / "c").values()) == [12, 12, 12, 12]
+
+
 def test_a_killed_actor_is_restarted_and_its_block_retried(ray_local, images, tmp_path):
     dying = resolve_spec("tests.tiny_nets:exiting_cnn", None, resize=40, crop=32)
     local = extract_codes(images, dying, ["pool"], cache_dir=None)
