@@ -104,7 +104,7 @@ def post_steps(variant, fraction):
     return [] if variant == "none" else [make[part]() for part in variant.split("+")]
 
 
-def recipe_pipeline(recipe, variant, fraction):
+def recipe_pipeline(recipe, variant, fraction, sweep=None):
     """The recipe's pipeline on code matrices with ``variant``'s post-processing, and its grid.
 
     The recipe's own L2 and whitening steps (and their grid keys) are replaced by the variant's,
@@ -114,7 +114,8 @@ def recipe_pipeline(recipe, variant, fraction):
 
     import pipelines
 
-    pipe, grid = pipelines.get(recipe).build(model="mobilenet_v2", weights="none")
+    options = sweep if recipe == "layer_sweep_svm" and sweep else {}
+    pipe, grid = pipelines.get(recipe).build(model="mobilenet_v2", weights="none", **options)
     ours = ("l2", "whiten")
     steps = [(n, s) for n, s in pipe.steps if n not in ours]
     steps[0] = ("cnncodes", "passthrough")
@@ -125,7 +126,7 @@ def recipe_pipeline(recipe, variant, fraction):
     return Pipeline(steps), grids
 
 
-def run_recipe(recipe, variant, fraction, features, y, train, test):
+def run_recipe(recipe, variant, fraction, features, y, train, test, sweep=None):
     """Best CV score, test accuracy, best parameters and search seconds of one recipe/variant.
 
     ``features`` maps (layer, pooling) to code matrices; the recipe's grid over
@@ -137,7 +138,7 @@ def run_recipe(recipe, variant, fraction, features, y, train, test):
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.model_selection import GridSearchCV, StratifiedKFold
 
-    pipe, grids = recipe_pipeline(recipe, variant, fraction)
+    pipe, grids = recipe_pipeline(recipe, variant, fraction, sweep)
     cv = StratifiedKFold(5, shuffle=True, random_state=0)
     by_codes = {}
     for g in grids:
@@ -194,6 +195,18 @@ def main(argv=None):
     ap.add_argument(
         "--fractions", nargs="+", type=float, default=[0.95], help="PCA variance kept (each)"
     )
+    ap.add_argument(
+        "--sweep-layers",
+        nargs="+",
+        choices=SWEEP_LAYERS,
+        help="layer_sweep_svm: sweep only these layers (default: the recipe's four)",
+    )
+    ap.add_argument(
+        "--sweep-poolings",
+        nargs="+",
+        choices=POOLINGS,
+        help="layer_sweep_svm: sweep only these poolings (default: avg and max)",
+    )
     ap.add_argument("--cache-dir", default="/tmp/cnncodes-bench-postprocess")
     ap.add_argument("--extract-only", action="store_true")
     ap.add_argument("--out", default="postprocess.json")
@@ -212,6 +225,11 @@ def main(argv=None):
 
     os.makedirs(args.cache_dir, exist_ok=True)
     info = C.print_machine()
+    sweep = {}
+    if args.sweep_layers:
+        sweep["layers"] = args.sweep_layers
+    if args.sweep_poolings:
+        sweep["poolings"] = args.sweep_poolings
     rows = []
     for name in args.datasets:
         features, y = codes(name, args.cache_dir)
@@ -224,7 +242,7 @@ def main(argv=None):
             for variant in args.variants:
                 for fraction in args.fractions if "pca" in variant else [None]:
                     with threadpool_limits(args.blas_threads):
-                        row = run_recipe(recipe, variant, fraction, features, y, train, test)
+                        row = run_recipe(recipe, variant, fraction, features, y, train, test, sweep)
                     row["dataset"] = name
                     rows.append(row)
                     label = variant if fraction is None else f"{variant} ({fraction:g})"
@@ -235,7 +253,10 @@ def main(argv=None):
                         flush=True,
                     )
     if rows:
-        C.save_json(args.out, {"machine": info, "blas_threads": args.blas_threads, "rows": rows})
+        C.save_json(
+            args.out,
+            {"machine": info, "blas_threads": args.blas_threads, "sweep": sweep, "rows": rows},
+        )
 
 
 if __name__ == "__main__":

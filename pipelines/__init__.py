@@ -34,7 +34,7 @@ Examples
 ['finetune_head', 'finetune_top', 'layer_sweep_svm', 'linear_probe', 'linear_svm', 'sgd']
 >>> pipe, grid = pipelines.get("linear_probe").build(model="resnet18", weights="none")
 >>> [name for name, _ in pipe.steps]
-['cnncodes', 'scale', 'clf']
+['cnncodes', 'whiten', 'l2', 'scale', 'clf']
 """
 
 from __future__ import annotations

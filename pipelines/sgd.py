@@ -15,19 +15,24 @@ from sklearn.linear_model import SGDClassifier
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
-from ._common import codes_step, grid_values, split_options
+from ._common import codes_step, grid_values, post_steps, split_options
 
-__all__ = ["LAYER", "OPTIONS", "build", "DEFAULT_ALPHAS"]
+__all__ = ["LAYER", "OPTIONS", "build", "DEFAULT_ALPHAS", "DEFAULT_L2", "DEFAULT_WHITEN"]
 
 #: Layers given by the user (``--layer`` a ``--layer`` b) are concatenated into one code.
 LAYER = "concat"
 
 #: The recipe's own options of ``build(**overrides)`` (besides CNNCodes parameters).
-OPTIONS = ("alphas", "loss", "random_state")
+OPTIONS = ("alphas", "loss", "random_state", "l2", "whiten")
 
 #: 1e-6 ... 10: with the adaptive step, smaller alphas all fit alike (no regularisation to speak
 #: of), while on standardised MobileNetV2 codes the best alphas were 0.3 to 10.
 DEFAULT_ALPHAS = np.logspace(-6, 1, 8)
+
+#: Post-processing off by default: L2 normalisation and PCA-whitening (either order) did not
+#: raise SGD's scores on real MobileNetV2 codes (bench/RESULTS.md, "Post-processing").
+DEFAULT_L2 = (False,)
+DEFAULT_WHITEN = (None,)
 
 
 def build(**overrides):
@@ -37,12 +42,15 @@ def build(**overrides):
     ----------
     **overrides
         CNNCodes parameters and the recipe options ``alphas`` (``clf__alpha``, default
-        :data:`DEFAULT_ALPHAS`), ``loss`` (default ``"hinge"``) and ``random_state`` (default 0).
+        :data:`DEFAULT_ALPHAS`), ``loss`` (default ``"hinge"``), ``random_state`` (default 0),
+        ``l2`` (L2 normalisation on, True, or off, False; default :data:`DEFAULT_L2`) and
+        ``whiten`` (PCA-whitening off, None, or the fraction of variance it keeps, in (0, 1);
+        default :data:`DEFAULT_WHITEN`); several values of ``l2`` or ``whiten`` are searched.
 
     Returns
     -------
     pipeline : Pipeline
-        Steps ``cnncodes``, ``scale``, ``clf``.
+        Steps ``cnncodes``, ``whiten``, ``l2`` (``"passthrough"`` when off), ``scale``, ``clf``.
     param_grid : dict
 
     Examples
@@ -65,5 +73,9 @@ def build(**overrides):
         tol=1e-3,
         random_state=options.get("random_state", 0),
     )
-    pipe = Pipeline([("cnncodes", codes_step(**codes)), ("scale", StandardScaler()), ("clf", clf)])
-    return pipe, {"clf__alpha": grid_values("alphas", options.get("alphas", DEFAULT_ALPHAS))}
+    post, post_grid = post_steps(options, DEFAULT_L2, DEFAULT_WHITEN)
+    pipe = Pipeline(
+        [("cnncodes", codes_step(**codes)), *post, ("scale", StandardScaler()), ("clf", clf)]
+    )
+    alphas = grid_values("alphas", options.get("alphas", DEFAULT_ALPHAS))
+    return pipe, {**post_grid, "clf__alpha": alphas}
