@@ -21,6 +21,7 @@ from ._core import (
     _load_data,
     _note_skipped,
     _Output,
+    _runtime_from_args,
     _short_weights,
     _spec_from_args,
 )
@@ -117,10 +118,7 @@ def run_extract(args):
         layers,
         args.pooling,
         cache_dir=_cache_dir_from_args(args),
-        batch_size=args.batch_size,
-        num_workers=args.workers,
-        device=args.device,
-        precision=args.precision,
+        **_runtime_from_args(args),
         on_error=args.on_error,
         progress=output.progress,
     )
