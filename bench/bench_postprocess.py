@@ -15,7 +15,8 @@ signed-power sweep in front):
 - ``none``: no L2 normalisation, no PCA;
 - ``l2``: ``Normalizer(norm="l2")``;
 - ``pca``: ``PCA(whiten=True, n_components=F)``, F the fraction of variance kept;
-- ``l2+pca`` and ``pca+l2``: both, in each order.
+- ``l2+pca`` and ``pca+l2``: both, in each order;
+- ``l2?``: L2 normalisation on and off in the grid, the search choosing.
 
 The codes are extracted once per dataset into a private cache (``--cache-dir``, default under
 /tmp) and kept as ``.npy`` beside it, so a second run only fits.
@@ -120,9 +121,15 @@ def recipe_pipeline(recipe, variant, fraction, sweep=None):
     steps = [(n, s) for n, s in pipe.steps if n not in ours]
     steps[0] = ("cnncodes", "passthrough")
     at = 2 if steps[1][0] == "power" else 1
-    steps[at:at] = post_steps(variant, fraction)
     grids = [grid] if isinstance(grid, dict) else grid
     grids = [{k: v for k, v in g.items() if k.split("__")[0] not in ours} for g in grids]
+    if variant == "l2?":  # L2 normalisation on and off, chosen by the search
+        from sklearn.preprocessing import Normalizer
+
+        steps[at:at] = [("l2", "passthrough")]
+        grids = [{"l2": ["passthrough", Normalizer(norm="l2")], **g} for g in grids]
+    else:
+        steps[at:at] = post_steps(variant, fraction)
     return Pipeline(steps), grids
 
 
