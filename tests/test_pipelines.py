@@ -148,7 +148,7 @@ _LAYERS = {"layer_sweep_svm": {"layers": ["flatten"], "kernels": ["linear"]}}
 
 @pytest.mark.parametrize(
     "name, l2_default",
-    [("linear_probe", False), ("linear_svm", True), ("sgd", False), ("layer_sweep_svm", True)],
+    [("linear_probe", "off"), ("linear_svm", "on"), ("sgd", "searched"), ("layer_sweep_svm", "on")],
 )
 def test_post_processing_steps_and_their_default_grids(name, l2_default):
     recipe = pipelines.get(name)
@@ -157,9 +157,15 @@ def test_post_processing_steps_and_their_default_grids(name, l2_default):
     # PCA-whitening, then L2 normalisation, both before any scaler and the classifier.
     assert names.index("whiten") + 1 == names.index("l2") < names.index("clf")
     assert pipe.get_params()["whiten"] == "passthrough"
-    assert (pipe.get_params()["l2"] != "passthrough") == l2_default
     grids = [grid] if isinstance(grid, dict) else grid
-    assert not any({"whiten", "l2"} & set(g) for g in grids)  # one setting: not searched
+    assert not any("whiten" in g for g in grids)  # one setting: not searched
+    if l2_default == "searched":
+        # sgd: on real sign-language codes L2 raised CV and test scores, on hymenoptera it
+        # lowered them; the search chooses (bench/RESULTS.md).
+        assert all([repr(v) for v in g["l2"]] == ["'passthrough'", "Normalizer()"] for g in grids)
+    else:
+        assert not any("l2" in g for g in grids)
+    assert (pipe.get_params()["l2"] != "passthrough") == (l2_default == "on")
     assert {"l2", "whiten"} <= set(recipe.OPTIONS)
 
 
@@ -225,7 +231,9 @@ def test_post_processing_options_are_checked(options, match):
 
 
 def test_sgd_options():
-    pipe, grid = pipelines.get("sgd").build(loss="log_loss", alphas=[1e-4], random_state=5)
+    pipe, grid = pipelines.get("sgd").build(
+        loss="log_loss", alphas=[1e-4], random_state=5, l2=False
+    )
     clf = pipe.named_steps["clf"]
     assert (clf.loss, clf.random_state, grid) == ("log_loss", 5, {"clf__alpha": [1e-4]})
 
