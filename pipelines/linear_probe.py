@@ -29,8 +29,9 @@ OPTIONS = ("Cs", "l2", "whiten")
 #: One value per decade over [1e-6, 1e6]; pass ``Cs=np.logspace(-6, 6, 97)`` for a finer sweep.
 DEFAULT_CS = np.logspace(-6, 6, 13)
 
-#: Post-processing off by default: L2 normalisation and PCA-whitening (either order) did not
-#: raise the probe's scores on real MobileNetV2 codes (bench/RESULTS.md, "Post-processing").
+#: Post-processing off by default: on real MobileNetV2 codes L2 normalisation moved the probe's
+#: scores by a few images either way and PCA-whitening (either order) lowered them
+#: (bench/RESULTS.md, "Post-processing").
 DEFAULT_L2 = (False,)
 DEFAULT_WHITEN = (None,)
 
