@@ -87,7 +87,10 @@ def model_alone(net, device, batch_size, n, dtype):
         memory_format=torch.channels_last
     )
     batches = max(1, n // batch_size)
-    with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+    with (
+        torch.inference_mode(),
+        torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32),
+    ):
         net(x)
         sync(device)
         start = time.perf_counter()
@@ -108,7 +111,10 @@ def standard_loader(net, device, paths, batch_size, workers, dtype):
     )
     out = []
     start = time.perf_counter()
-    with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+    with (
+        torch.inference_mode(),
+        torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32),
+    ):
         for x in loader:
             x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
             out.append(net(x).float().cpu())

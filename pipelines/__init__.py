@@ -16,7 +16,8 @@ recipe                    scenario    LAYER   what
 ``linear_svm``            1           concat  (signed power,) L2-normalised codes, LinearSVC
 ``layer_sweep_svm``       3           sweep   codes from several depths x pooling, SVC linear
                                               and RBF
-``sgd``                   1/3, large  concat  SGDClassifier, regularisation sweep
+``sgd``                   1/3, large  concat  (L2-normalised codes,) SGDClassifier,
+                                              regularisation sweep
 ``finetune_head``         2/4         concat  FineTune, ``freeze="all"``: a new head trained on
                                               the frozen network's cached codes, ``lr`` swept
 ``finetune_top``          2/4         concat  FineTune of the last blocks and a new head,
@@ -34,7 +35,7 @@ Examples
 ['finetune_head', 'finetune_top', 'layer_sweep_svm', 'linear_probe', 'linear_svm', 'sgd']
 >>> pipe, grid = pipelines.get("linear_probe").build(model="resnet18", weights="none")
 >>> [name for name, _ in pipe.steps]
-['cnncodes', 'scale', 'clf']
+['cnncodes', 'whiten', 'l2', 'scale', 'clf']
 """
 
 from __future__ import annotations

@@ -89,6 +89,29 @@ def test_round_trip_predicts_identically(fitted, tmp_path, suffix):
     assert restored.named_steps["cnncodes"].spec_ == pipe.named_steps["cnncodes"].spec_
 
 
+@pytest.mark.parametrize("suffix", [".joblib", ".skops"])
+def test_recipe_with_pca_whitening_and_l2_round_trips_with_the_default_trust(
+    fitted, tmp_path, suffix
+):
+    _, paths, ckpt = fitted
+    y = [i % 2 for i in range(len(paths))]
+    pipe, _ = pipelines.get("linear_probe").build(
+        model="cnncodes.demo_data:digits_net",
+        weights=ckpt,
+        resize=32,
+        crop=32,
+        cache_dir=str(tmp_path / "cache"),
+        num_workers=0,
+        l2=True,
+        whiten=0.9,
+    )
+    pipe.fit(paths, y)
+    assert pipe.named_steps["whiten"].n_components_ >= 1
+    restored = load(save(pipe, tmp_path / f"model{suffix}"))  # no trusted= needed
+    assert type(restored.named_steps["whiten"]).__name__ == "PCA"
+    np.testing.assert_array_equal(restored.predict_proba(paths), pipe.predict_proba(paths))
+
+
 def test_fresh_process_predicts_identically(fitted, tmp_path):
     pipe, paths, _ = fitted
     save(pipe, tmp_path / "model.joblib")

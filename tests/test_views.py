@@ -312,7 +312,7 @@ def test_a_recipe_with_stacked_views_searches_views_and_saves(tmp_path, images, 
     assert loaded.named_steps["cnncodes"].views_ == ["center", "flip"]
     assert np.array_equal(loaded.predict_proba(images), fitted.predict_proba(images))
     plain, _ = pipelines.get("linear_probe").build(**NET, views="flip")
-    assert [name for name, _ in plain.steps] == ["cnncodes", "scale", "clf"]
+    assert [name for name, _ in plain.steps] == ["cnncodes", "whiten", "l2", "scale", "clf"]
 
 
 def test_every_named_view_set_is_documented():

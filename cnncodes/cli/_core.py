@@ -444,6 +444,21 @@ def _add_compute_options(group):
     )
 
 
+def _runtime_from_args(args, *, auto="auto"):
+    """``batch_size``, ``num_workers``, ``device`` and (where the command has --precision)
+    ``precision`` as given on the command line.
+
+    ``auto`` replaces the value ``"auto"`` of --device and --precision: the library functions take
+    ``"auto"`` itself, the estimators None (their default, resolved when they run).
+    """
+    runtime = {"batch_size": args.batch_size, "num_workers": args.workers, "device": args.device}
+    if hasattr(args, "precision"):
+        runtime["precision"] = args.precision
+    return {
+        k: auto if k in ("device", "precision") and v == "auto" else v for k, v in runtime.items()
+    }
+
+
 class _Once(argparse.Action):
     """A single-valued option given twice is an error, not "the last one wins": beside the
     repeatable --layer, a second --pooling reads as a request for both."""

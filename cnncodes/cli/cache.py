@@ -26,6 +26,7 @@ from ._core import (
     _load_data,
     _Output,
     _Parser,
+    _runtime_from_args,
     _short_weights,
     _table,
     _trust_model_code,
@@ -208,9 +209,7 @@ def run_cache_verify(args):
         sample=args.sample,
         weights_path=args.weights,
         trust_model_code=trust,
-        batch_size=args.batch_size,
-        num_workers=args.workers,
-        device=args.device,
+        **_runtime_from_args(args),
         progress=output.progress,
     )
     exists = data.pop("exists")

@@ -24,6 +24,7 @@ from ._core import (
     _positive_int,
     _preprocessing_from_args,
     _report_lines,
+    _runtime_from_args,
     _table,
 )
 from .finetune import _add_tuning_options
@@ -185,10 +186,7 @@ def run_compare(args):
         progress=output.progress,
         log=output.note,
         cache_dir=_cache_dir_from_args(args),
-        batch_size=args.batch_size,
-        num_workers=args.workers,
-        device=None if args.device == "auto" else args.device,
-        precision=None if args.precision == "auto" else args.precision,
+        **_runtime_from_args(args, auto=None),
     )
     written = {}
     if args.report is not None:

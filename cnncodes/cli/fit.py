@@ -32,6 +32,7 @@ from ._core import (
     _Output,
     _preprocessing_from_args,
     _report_lines,
+    _runtime_from_args,
     _saved_model_lines,
     _table,
     _test_metrics_lines,
@@ -171,6 +172,7 @@ def _scoring(text):
 
 def _codes_overrides(args):
     """CNNCodes parameters given on the command line (None: the recipe's default)."""
+    runtime = _runtime_from_args(args, auto=None)
     given = {
         "model": getattr(args, "model", None),
         "weights": args.weights,
@@ -178,16 +180,16 @@ def _codes_overrides(args):
         **_preprocessing_from_args(args),
         "layer": args.layer,
         "pooling": args.pooling,
-        "num_workers": args.workers,
-        "precision": None if args.precision == "auto" else args.precision,
-        "device": None if args.device == "auto" else args.device,
+        "num_workers": runtime["num_workers"],
+        "precision": runtime["precision"],
+        "device": runtime["device"],
         "views": args.views,
         "view_reduce": args.view_reduce,
         "view_seed": args.view_seed,
     }
     overrides = {k: v for k, v in given.items() if v is not None}
     overrides["seed"] = args.seed
-    overrides["batch_size"] = args.batch_size
+    overrides["batch_size"] = runtime["batch_size"]
     overrides["cache_dir"] = _cache_dir_from_args(args)
     if args.engine != "local":
         overrides["engine"] = args.engine

@@ -20,6 +20,7 @@ from ._core import (
     _fmt,
     _Formatter,
     _Output,
+    _runtime_from_args,
     _table,
     _trust_model_code,
 )
@@ -154,12 +155,10 @@ def run_predict(args):
         )
     elif args.weights is not None:
         relocate_weights(estimator, args.weights)
-    runtime = {"progress": output.progress, "batch_size": args.batch_size}
+    given = _runtime_from_args(args, auto=None)
+    runtime = {"progress": output.progress, "batch_size": given.pop("batch_size")}
     runtime["cache_dir"] = _cache_dir_from_args(args)
-    if args.workers is not None:
-        runtime["num_workers"] = args.workers
-    if args.device != "auto":
-        runtime["device"] = args.device
+    runtime.update((k, v) for k, v in given.items() if v is not None)
     set_runtime(estimator, **runtime)
     paths, labels = _predict_inputs(args)
     output.note(f"{len(paths)} image(s) to predict with {display(args.model_file)}")
