@@ -4,6 +4,8 @@
 POOLINGS = ("avg", "max", "avgmax", "pyramid", "flatten")
 #: Extraction precisions (:func:`cnncodes.extract.resolve_precision`).
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+#: Extraction engines (:func:`cnncodes.extract.extract_codes`): this process, or a Ray cluster.
+ENGINES = ("local", "ray")
 
 #: Median images per class from which ``cnncodes advise`` counts a dataset as large (then
 #: fine-tuning pays); here so that the command's help names it without importing torch.

@@ -13,6 +13,7 @@ import os
 
 import numpy as np
 
+from ._choices import ENGINES
 from .models import resolve_spec
 from .preprocessing import _is_int
 from .spec import MODEL_PARAMS
@@ -122,6 +123,17 @@ def check_choice(value, name, choices):
     """Refuse a parameter ``name`` that is not one of ``choices`` (``True`` is not ``1``)."""
     if not any(value is c or (type(value) is type(c) and value == c) for c in choices):
         raise ValueError(f"{name}={value!r}: choose one of {', '.join(map(repr, choices))}")
+
+
+def check_engine(engine, ray_address):
+    """Refuse an ``engine`` or ``ray_address`` that :func:`~cnncodes.extract.extract_codes` cannot
+    take (checked without importing Ray)."""
+    check_choice(engine, "engine", ENGINES)
+    if ray_address is not None and not isinstance(ray_address, str):
+        raise ValueError(
+            f"ray_address={ray_address!r}: expected None (the running Ray session or a "
+            "local one), 'auto' or 'HOST:PORT'"
+        )
 
 
 def spec_of(obj, **changes):

@@ -24,10 +24,9 @@ from sklearn.utils.validation import (
 )
 
 from . import cache as _cache
-from ._inputs import as_path_list, check_int, spec_of
+from ._inputs import as_path_list, check_engine, check_int, spec_of
 from .architectures import model_identity
 from .extract import ON_ERROR, PRECISIONS, extract_codes, extract_views, resolve_device
-from .extraction.ray_engine import ENGINES
 from .layers import layer_shapes, resolve_layers
 from .pooling import check_pooling, code_size
 from .spec import MODEL_PARAMS, file_stamp
@@ -329,15 +328,7 @@ class CNNCodes(TransformerMixin, BaseEstimator):
         check_int(self.num_workers, "num_workers", 0, allow_none=True)
         if self.progress is not None and not isinstance(self.progress, (bool, np.bool_)):
             raise ValueError(f"progress={self.progress!r}: expected True, False or None")
-        if self.engine not in ENGINES:
-            raise ValueError(
-                f"engine={self.engine!r}: choose one of {', '.join(map(repr, ENGINES))}"
-            )
-        if self.ray_address is not None and not isinstance(self.ray_address, str):
-            raise ValueError(
-                f"ray_address={self.ray_address!r}: expected None (the running Ray session or a "
-                "local one), 'auto' or 'HOST:PORT'"
-            )
+        check_engine(self.engine, self.ray_address)
         if self.engine == "local":
             resolve_device(self.device)  # on Ray, the workers' devices count
         _cache.resolve_cache_dir(self.cache_dir)

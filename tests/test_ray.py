@@ -347,3 +347,47 @@ def test_cli_extract_and_fit_with_engine_ray(ray_local, capsys, photos):
     code, _, err = run(capsys, "extract", data, *DIGITS, "--address", "auto")
     assert code == 2
     assert_one_line_error(err, "--address 'auto' applies only to --engine ray")
+
+
+def test_fine_tuning_reads_codes_the_ray_actors_computed(ray_local, images, labels, tmp_path):
+    from cnncodes.finetune import FineTune
+
+    params = dict(
+        model="tests.tiny_nets:tiny_cnn", resize=40, crop=32, freeze="all", augment="none",
+        init_head="probe", epochs=2, valid_size=0.25, progress=False,
+    )  # fmt: skip
+    local = FineTune(cache_dir=tmp_path / "local", **params).fit(images, labels)
+    on_ray = FineTune(cache_dir=tmp_path / "ray", engine="ray", **params).fit(images, labels)
+    # The codes (the probe's, the frozen trunk's) were committed by the actors, under the key
+    # fit reads, and are the local engine's bit for bit.
+    assert list(_rows(tmp_path / "ray").values()) == [12]
+    assert on_ray.trunk_cached_
+    read = {
+        name: extract_codes(images, on_ray.spec_, [on_ray.layer_], cache_dir=tmp_path / name)
+        for name in ("local", "ray")
+    }
+    assert read["local"].computed == read["ray"].computed == 0
+    _assert_same(read["local"], read["ray"])
+    # The same run; the training's float sums may round apart in the last bits (seen: 4e-9).
+    np.testing.assert_allclose(
+        [h["train_loss"] for h in on_ray.history_],
+        [h["train_loss"] for h in local.history_],
+        rtol=1e-6,
+    )
+    np.testing.assert_allclose(on_ray.predict_proba(images), local.predict_proba(images), 1e-5)
+
+
+def test_cli_finetune_with_engine_ray_saves_a_model_that_extracts_locally(
+    ray_local, capsys, photos
+):
+    from cnncodes import persistence
+    from tests.test_cli import run
+
+    code, _, err = run(
+        capsys, "finetune", photos / "photos", *DIGITS, "--freeze", "all", "--augment", "none",
+        "--init-head", "probe", "--epochs", "1", "--test", photos / "test",
+        "--cache-dir", photos / "cache", "--engine", "ray", "--out", photos / "ft.skops",
+    )  # fmt: skip
+    assert code == 0, err
+    assert list(_rows(photos / "cache").values()) == [16]  # the training images, by the actors
+    assert persistence.load(photos / "ft.skops").engine == "local"

@@ -14,7 +14,7 @@ import os
 import sys
 import textwrap
 
-from .._choices import POOLINGS, PRECISIONS
+from .._choices import ENGINES, POOLINGS, PRECISIONS
 from .._files import display, file_format
 from .._json import jsonable
 from ..datasets import load_dataset
@@ -484,7 +484,7 @@ def _add_engine_options(parser, *, actors=False):
     group = parser.add_argument_group("scale-out")
     group.add_argument(
         "--engine",
-        choices=("local", "ray"),
+        choices=ENGINES,
         default="local",
         help="compute the codes the cache lacks in this process (local) or on a Ray cluster "
         "(ray: needs pip install -e '.[ray]' and a cache folder every node sees); the same "

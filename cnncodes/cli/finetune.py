@@ -16,10 +16,12 @@ from ._core import (
     EXIT_OK,
     UsageError,
     _add_data_options,
+    _add_engine_options,
     _add_held_out_options,
     _add_model_options,
     _add_runtime_options,
     _cache_dir_from_args,
+    _check_engine_args,
     _check_out_path,
     _check_report_dir,
     _count,
@@ -193,6 +195,7 @@ def add_finetune_parser(subparsers):
     )
     _add_held_out_options(parser.add_argument_group("evaluation"))
     _add_runtime_options(parser)
+    _add_engine_options(parser)
     out = parser.add_argument_group("results")
     out.add_argument(
         "--out",
@@ -241,6 +244,7 @@ def _check_args(args, output):
             f"--impl {args.impl}: fine-tuning decodes and augments its images with Pillow; "
             "leave --impl out"
         )
+    _check_engine_args(args)
     out_path = _check_out_path(args.out, persistence.FORMATS)
     checkpoint = _check_out_path(args.save_checkpoint, (".pth", ".pt"), "--save-checkpoint")
     _check_report_dir(args.report)
@@ -307,6 +311,8 @@ def _fine_tune(args, output, state):
         checkpoint=state,
         resume=args.resume,
         progress=not output.quiet,
+        engine=args.engine,
+        ray_address=args.address,
     )
 
 
@@ -490,7 +496,16 @@ def run_finetune(args):
         f"fine-tuning {args.model} on {len(paths)} images ({args.valid_size:g} of them for "
         f"validation): freeze={args.freeze}, {args.epochs} epoch(s)"
     )
-    _fit_or_stop(ft, paths, labels, state, output)
+    if args.engine == "ray":
+        from ..extraction.ray_engine import ray_session
+
+        # One Ray session for the run's extractions (the probe's codes, the frozen trunk's).
+        with ray_session(args.address):
+            _fit_or_stop(ft, paths, labels, state, output)
+        # Where codes are computed was this run's choice: the saved model extracts locally.
+        ft.set_params(engine="local", ray_address=None)
+    else:
+        _fit_or_stop(ft, paths, labels, state, output)
     history = ft.history_
     classes = [str(c) for c in ft.classes_]
     metrics = {

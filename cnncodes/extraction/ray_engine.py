@@ -24,6 +24,7 @@ import tempfile
 import numpy as np
 import torch
 
+from .._choices import ENGINES
 from .._progress import Progress
 from ..cache import CodeStore
 from ..images import file_digests
@@ -33,8 +34,6 @@ from .runtime import exact_fp32
 
 __all__ = ["ENGINES", "cluster_device", "joblib_on_ray", "ray_session", "require_ray", "run_on_ray"]
 
-#: The extraction engines of :func:`cnncodes.extract.extract_codes`.
-ENGINES = ("local", "ray")
 
 #: Images per Ray block: decoded by one task, computed by one actor call, committed as one shard.
 BLOCK_ROWS = 256

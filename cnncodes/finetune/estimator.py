@@ -14,7 +14,7 @@ from sklearn.utils.validation import check_is_fitted
 from .. import cache as _cache
 from .._choices import AUGMENTS, HEADS, INIT_HEADS, PRECISIONS
 from .._files import atomic_path
-from .._inputs import as_path_list, check_choice, check_float, check_int, spec_of
+from .._inputs import as_path_list, check_choice, check_engine, check_float, check_int, spec_of
 from ..architectures import _construct, _parse_named_weights
 from ..extract import ON_ERROR, SkippedImage, extract_codes
 from ..extraction.runtime import _DTYPES, _default_workers, resolve_device, resolve_precision
@@ -110,6 +110,15 @@ class FineTune(ClassifierMixin, BaseEstimator):
     progress : bool, default=False
         A line per epoch on stderr (train loss, validation loss and accuracy, seconds); a bar of
         batches too when stderr is a terminal.
+    engine : {"local", "ray"}, default="local"
+        Where the codes that ``fit`` reads from the cache (``init_head="probe"``, the frozen
+        trunk's activations) are computed when the cache lacks them: in this process, or on a
+        Ray cluster, whose actors use this estimator's ``device`` and ``precision`` so that the
+        codes land under the cache key ``fit`` reads (see
+        :func:`~cnncodes.extract.extract_codes`). Training itself runs in this process.
+    ray_address : str, default=None
+        With ``engine="ray"``: ``"auto"`` or ``"HOST:PORT"``; None: the Ray session of this
+        process, else a local Ray started for each extraction.
 
     Attributes
     ----------
@@ -173,6 +182,8 @@ class FineTune(ClassifierMixin, BaseEstimator):
         resume=False,
         progress=False,
         model_kwargs=None,
+        engine="local",
+        ray_address=None,
     ):
         self.model = model
         self.weights = weights
@@ -209,10 +220,15 @@ class FineTune(ClassifierMixin, BaseEstimator):
         self.resume = resume
         self.progress = progress
         self.model_kwargs = model_kwargs
+        self.engine = engine
+        self.ray_address = ray_address
 
     def __setstate__(self, state):
-        # Models saved before ``model_kwargs`` existed called the builder without arguments.
+        # Models saved before ``model_kwargs`` existed called the builder without arguments;
+        # those saved before ``engine``, extracted their codes in their own process.
         state.setdefault("model_kwargs", None)
+        state.setdefault("engine", "local")
+        state.setdefault("ray_address", None)
         super().__setstate__(state)
 
     # -- parameters ----------------------------------------------------------------------------
@@ -254,6 +270,7 @@ class FineTune(ClassifierMixin, BaseEstimator):
             raise ValueError("resume=True needs checkpoint=<state file> to resume from")
         if self.checkpoint is not None and not isinstance(self.checkpoint, (str, os.PathLike)):
             raise ValueError(f"checkpoint={self.checkpoint!r}: expected a file path or None")
+        check_engine(self.engine, self.ray_address)
         _cache.resolve_cache_dir(self.cache_dir)
         if not isinstance(self.layer, str):
             raise ValueError(f"layer={self.layer!r}: expected one layer name (a str)")
@@ -330,6 +347,8 @@ class FineTune(ClassifierMixin, BaseEstimator):
             device=device,
             precision=precision,
             progress=self.progress,
+            engine=self.engine,
+            ray_address=self.ray_address,
         )
 
     def _trunk_plan(self, net, spec, layer, freeze, n_images):
@@ -459,7 +478,11 @@ class FineTune(ClassifierMixin, BaseEstimator):
 
     def _run_fingerprint(self, spec, paths, labels, trunk_cached):
         """What a state file must match to be resumed: settings, network, images and labels."""
-        ignored = ("checkpoint", "resume", "progress", "num_workers", "cache_dir", "device")
+        # Where things run, not what is computed (and absent from state files written before).
+        ignored = (
+            "checkpoint", "resume", "progress", "num_workers", "cache_dir", "device", "engine",
+            "ray_address",
+        )  # fmt: skip
         params = {k: v for k, v in self.get_params().items() if k not in ignored}
         params["weights"] = spec.weights_id
         return training.fingerprint(
