@@ -384,6 +384,27 @@ def test_fit_with_stacked_views_then_predict(capsys, photos, weights):
     assert json.loads(out)["accuracy"]["accuracy"] == 1.0
 
 
+def test_fit_searches_the_views_given_several_times(capsys, photos, weights):
+    code, out, err = fit(
+        capsys, photos, "--pipeline", "linear_probe", "--weights", weights, "--cv", "2",
+        "--views", "center", "--views", "flip", "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    result = json.loads(out)
+    assert {row["views"] for row in result["candidates"]} == {"center", "flip"}
+    # Each view through the network once, whatever the candidates and folds: the centre crop
+    # of the set "flip" (centre and mirror) is the set "center"'s.
+    assert "codes: 32 image codes computed, 16 from the cache over 2 passes" in err
+    code, _, err = fit(
+        capsys, photos, "--pipeline", "linear_svm", "--weights", weights,
+        "--views", "center", "--views", "flip",
+    )  # fmt: skip
+    assert code == 2
+    assert_one_line_error(
+        err, "--views given 2 times: --pipeline linear_svm does not search over views"
+    )
+
+
 @pytest.mark.parametrize(
     "argv, fragment",
     [

@@ -325,15 +325,23 @@ def _views(text):
     return value
 
 
-def _add_view_options(group, stack_help):
-    """--views, --view-reduce, --view-seed (:mod:`cnncodes.views`)."""
+def _add_view_options(group, stack_help, search=False):
+    """--views, --view-reduce, --view-seed (:mod:`cnncodes.views`); with ``search``, --views may
+    be repeated (a list: the sets of views a recipe searches over)."""
     group.add_argument(
         "--views",
         type=_views,
+        action="append" if search else "store",
         metavar="V",
         help="views of each image to code: " + ", ".join(VIEW_SETS) + " (centre and its "
         "mirror; torchvision's five crops; the five and their mirrors), or N random resized "
-        "crops; each view's codes are cached (default: center)",
+        "crops; each view's codes are cached (default: center)"
+        + (
+            "; repeat to search over several sets (recipes with the view_sets option, e.g. "
+            "linear_probe)"
+            if search
+            else ""
+        ),
     )
     group.add_argument(
         "--view-reduce",
@@ -349,10 +357,19 @@ def _add_view_options(group, stack_help):
 
 
 def _add_model_options(
-    parser, *, model=True, layers=True, required=True, layer_help=None, model_args=True, views=False
+    parser,
+    *,
+    model=True,
+    layers=True,
+    required=True,
+    layer_help=None,
+    model_args=True,
+    views=False,
+    view_search=False,
 ):
     """The network: --model, --weights, --seed, --model-arg, --layer, --pooling and the
-    preprocessing (with ``views``, also --views, --view-reduce, --view-seed).
+    preprocessing (with ``views``, also --views, --view-reduce, --view-seed; ``view_search``:
+    --views repeatable).
 
     With ``required=False`` (``fit``), --model and --pooling default to None: the recipe decides.
     """
@@ -392,7 +409,7 @@ def _add_model_options(
     preprocessing = parser.add_argument_group("preprocessing")
     _add_preprocessing_options(preprocessing)
     if views:
-        _add_view_options(preprocessing, views)
+        _add_view_options(preprocessing, views, view_search)
 
 
 def _add_output_options(parser, *, quiet=True):

@@ -122,6 +122,7 @@ def add_fit_parser(subparsers):
         layer_help=_layer_help(by_mode),
         views="stack (every view a training row, their mean to predict: cnncodes.ViewStack "
         "around the recipe's classifier) (default: mean)",
+        view_search=True,
     )
     evaluation = parser.add_argument_group("evaluation")
     _add_held_out_options(evaluation)
@@ -183,7 +184,7 @@ def _codes_overrides(args):
         "num_workers": runtime["num_workers"],
         "precision": runtime["precision"],
         "device": runtime["device"],
-        "views": args.views,
+        "views": args.views[0] if args.views and len(args.views) == 1 else None,
         "view_reduce": args.view_reduce,
         "view_seed": args.view_seed,
     }
@@ -191,6 +192,8 @@ def _codes_overrides(args):
     overrides["seed"] = args.seed
     overrides["batch_size"] = runtime["batch_size"]
     overrides["cache_dir"] = _cache_dir_from_args(args)
+    if args.views and len(args.views) > 1:
+        overrides["view_sets"] = list(args.views)  # a recipe option: the grid searches them
     if args.engine != "local":
         overrides["engine"] = args.engine
         overrides["ray_address"] = args.address
@@ -310,6 +313,12 @@ def run_fit(args):
             layer_mode=args.layer_mode,
         )
     except TypeError as exc:  # a recipe option the recipe does not take
+        if "'view_sets'" in str(exc):
+            raise UsageError(
+                f"--views given {len(args.views)} times: --pipeline {args.pipeline} does not "
+                "search over views (it has no view_sets option; linear_probe has); give one "
+                "--views"
+            ) from None
         raise UsageError(str(exc)) from None
     if args.engine != "local":
         # Where codes are computed is this run's choice, not the model's: the saved model
