@@ -22,6 +22,17 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 OUT = os.path.join(HERE, "out")
 ASSETS = os.path.join(ROOT, "..", "shared", "assets")
+#: The real ImageNet MobileNetV2 weights of the assets (BatchNorm folded; mean = std = 0.5).
+MOBILENET_WEIGHTS = os.path.join(ASSETS, "weights", "mobilenet_v2_imagenet.pth")
+#: The real datasets of the assets, as folders of class folders: hymenoptera's train and val
+#: pooled (398 photos, 2 classes), and the 2,062 sign-language digits (10 classes).
+REAL_DATASETS = {
+    "hymenoptera": [
+        os.path.join(ASSETS, "data", "hymenoptera", "train"),
+        os.path.join(ASSETS, "data", "hymenoptera", "val"),
+    ],
+    "sign_digits": [os.path.join(ASSETS, "data", "sign_language_digits")],
+}
 
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)

@@ -33,7 +33,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _common as C  # noqa: E402
 import numpy as np  # noqa: E402
 
-WEIGHTS = os.path.join(C.ASSETS, "weights", "mobilenet_v2_imagenet.pth")
+WEIGHTS = C.MOBILENET_WEIGHTS
 DATA = os.path.join(C.ASSETS, "data", "sign_language_digits")
 
 

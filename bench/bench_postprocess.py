@@ -40,13 +40,11 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _common as C  # noqa: E402
 import numpy as np  # noqa: E402
 
-WEIGHTS = os.path.join(C.ASSETS, "weights", "mobilenet_v2_imagenet.pth")
+WEIGHTS = C.MOBILENET_WEIGHTS
+# Named as in earlier results (bench/RESULTS.md section 12).
 DATASETS = {
-    "hymenoptera": [
-        os.path.join(C.ASSETS, "data", "hymenoptera", "train"),
-        os.path.join(C.ASSETS, "data", "hymenoptera", "val"),
-    ],
-    "sign_language_digits": [os.path.join(C.ASSETS, "data", "sign_language_digits")],
+    "hymenoptera": C.REAL_DATASETS["hymenoptera"],
+    "sign_language_digits": C.REAL_DATASETS["sign_digits"],
 }
 #: The layer_sweep_svm recipe's default MobileNetV2 layers (early to top) and poolings.
 SWEEP_LAYERS = ["features.4.conv.0", "features.7.conv.0", "features.14.conv.0", "features.18"]

@@ -43,14 +43,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _common as C  # noqa: E402
 import numpy as np  # noqa: E402
 
-WEIGHTS = os.path.join(C.ASSETS, "weights", "mobilenet_v2_imagenet.pth")
-DATASETS = {
-    "hymenoptera": [
-        os.path.join(C.ASSETS, "data", "hymenoptera", "train"),
-        os.path.join(C.ASSETS, "data", "hymenoptera", "val"),
-    ],
-    "sign_digits": [os.path.join(C.ASSETS, "data", "sign_language_digits")],
-}
+WEIGHTS = C.MOBILENET_WEIGHTS
+DATASETS = C.REAL_DATASETS
 NETWORK = dict(
     model="mobilenet_v2", weights=WEIGHTS, mean=0.5, std=0.5, resize=256, crop=224, precision="fp32"
 )
