@@ -6,7 +6,7 @@ Light on purpose: no torch, torchvision or scikit-learn at import (``--help``, `
 ``cache info`` must start fast).
 
 Over the project's ~600-line guide, for a reason: it is a flat list of small builders and parsers
-(about 50, none over 60 lines), one per shared flag or value, so that each flag of the seven
+(about 50, none over 60 lines), one per shared flag or value, so that each flag shared by the
 commands is defined once; splitting it by flag group would only move the imports around.
 """
 
