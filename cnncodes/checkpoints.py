@@ -58,17 +58,8 @@ def _fetch_named_weights(enum_member):
     Nothing is fetched from the internet unless ``CNNCODES_DOWNLOAD=1`` is set: a missing file
     is a :class:`WeightsUnavailableError` that names the file, where it goes and its URL.
     """
-    path = _hub_checkpoint_path(enum_member.url)
     name = f"{type(enum_member).__name__}.{enum_member.name}"
-    if not os.path.exists(path):
-        where = (
-            f"torchvision looks for them at {path} (set TORCH_HOME to change "
-            f"{torch.hub.get_dir()}). Either copy the file {os.path.basename(path)} there (it is "
-            f"published at {enum_member.url}), or pass a local checkpoint instead: "
-            "weights='/path/to/checkpoint.pth' (--weights /path/to/checkpoint.pth)"
-        )
-        _download_url(enum_member.url, path, name, where)
-    return _check_published_hash(path, name)
+    return _torch_hub_file(enum_member.url, name, "torchvision")
 
 
 def _download_url(url, path, name, where):
@@ -156,15 +147,21 @@ def _fetch_timm_weights(name):
                 "or set CNNCODES_DOWNLOAD=1 to let cnncodes download them."
             )
         return _download_timm_hub_file(repo, files, revision or None, cache, label)
-    path = _hub_checkpoint_path(cfg.url)
+    return _torch_hub_file(cfg.url, label, "timm")
+
+
+def _torch_hub_file(url, label, library):
+    """The published file at ``url`` from torch hub's checkpoint folder, its hash checked; never
+    fetched unless downloads are allowed (the error says where to put it)."""
+    path = _hub_checkpoint_path(url)
     if not os.path.exists(path):
         where = (
-            f"timm looks for them at {path} (set TORCH_HOME to change {torch.hub.get_dir()}). "
-            f"Either copy the file {os.path.basename(path)} there (it is published at "
-            f"{cfg.url}), or pass a local checkpoint instead: weights='/path/to/checkpoint.pth' "
-            "(--weights /path/to/checkpoint.pth)"
+            f"{library} looks for them at {path} (set TORCH_HOME to change "
+            f"{torch.hub.get_dir()}). Either copy the file {os.path.basename(path)} there (it is "
+            f"published at {url}), or pass a local checkpoint instead: "
+            "weights='/path/to/checkpoint.pth' (--weights /path/to/checkpoint.pth)"
         )
-        _download_url(cfg.url, path, label, where)
+        _download_url(url, path, label, where)
     return _check_published_hash(path, label)
 
 
