@@ -15,8 +15,50 @@ import math
 import os
 from dataclasses import asdict, dataclass, field, replace
 
+from .errors import UsageError
+
+#: Version of the cache's layout and key scheme (:mod:`cnncodes.store.cache`), part of every key.
+FORMAT_VERSION = 1
+
+#: Version of the image decoding policy (:mod:`cnncodes.images.load`), part of every key: bump it
+#: whenever a change there would change decoded pixels.
+DECODE_POLICY: str = "pil-rgb-v1:alpha=white:16bit=scale:exif=1:frame=0"
+
+#: The corners of :func:`check_view`'s ``"crop:CORNER"`` views (:mod:`cnncodes.images.views`).
+CORNERS = ("tl", "tr", "bl", "br")
+
+
+def config_key(config):
+    """Stable key of a configuration dict: SHA-256 of its canonical JSON, 24 hex digits."""
+    text = json.dumps(config, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def check_view(view):
+    """``view`` if it is a view string (see the module's docstring), else a ValueError."""
+    if view in ("center", "flip"):
+        return view
+    if isinstance(view, str):
+        kind, _, rest = view.partition(":")
+        if kind == "crop" and rest.removesuffix("+flip") in CORNERS:
+            return view
+        seed, _, index = rest.partition(":")
+        if kind == "rrc" and seed.isdigit() and index.isdigit() and str(int(index)) == index:
+            if str(int(seed)) == seed:
+                return view
+    raise UsageError(
+        f"view={view!r}: expected 'center', 'flip', 'crop:tl' (tl, tr, bl, br, optionally "
+        "with '+flip') or 'rrc:SEED:I' (SEED, I ints >= 0)"
+    )
+
+
 __all__ = [
+    "CORNERS",
+    "DECODE_POLICY",
+    "FORMAT_VERSION",
     "CodeKey",
+    "check_view",
+    "config_key",
     "GPU_DECODER",
     "INTERPOLATIONS",
     "MODEL_PARAMS",
@@ -46,12 +88,12 @@ INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos")
 PREPROCESSING_IMPLS = {"pil": INTERPOLATIONS, "torch": ("bilinear", "bicubic")}
 
 
-class ModelError(ValueError):
+class ModelError(UsageError):
     """An unknown model name, a callable that does not build an ``nn.Module``, or one whose
     declared ``preprocessing`` is invalid."""
 
 
-class WeightsError(ValueError):
+class WeightsError(UsageError):
     """Weights that do not exist, do not fit the architecture, or changed on disk."""
 
 
@@ -200,7 +242,7 @@ class Weights:
 
     def __post_init__(self):
         if self.kind not in WEIGHTS_KINDS:
-            raise ValueError(f"kind={self.kind!r}: choose one of {', '.join(WEIGHTS_KINDS)}")
+            raise UsageError(f"kind={self.kind!r}: choose one of {', '.join(WEIGHTS_KINDS)}")
 
     @property
     def identity(self):
@@ -348,11 +390,9 @@ class Preprocessing:
 
     def __post_init__(self):
         if self.view != "center":
-            from .views import check_view  # numpy only; spec stays import-light
-
             check_view(self.view)
             if self.crop is None and self.view != "flip":
-                raise ValueError(
+                raise UsageError(
                     f"view={self.view!r} cuts crops of the crop size, but this preprocessing "
                     "has no crop (crop=0): give a crop size (crop=..., --crop), or use the "
                     "views 'center' or 'flip'"
@@ -535,8 +575,6 @@ class CodeKey:
         """The key of codes made on a ``device_type`` device: the device matters only where it
         changes the numbers, through its precision (``precision`` is already resolved) and, with
         ``impl="torch"``, the JPEG decoder (nvJPEG on a GPU)."""
-        from .images import DECODE_POLICY  # images imports this module
-
         decode = DECODE_POLICY
         if spec.preprocessing.impl == "torch" and device_type == "cuda":
             decode += GPU_DECODER
@@ -544,8 +582,6 @@ class CodeKey:
 
     def __post_init__(self):
         if self.format is None:
-            from .cache import FORMAT_VERSION  # h5py: imported only where keys are made
-
             object.__setattr__(self, "format", FORMAT_VERSION)
 
     def config(self):
@@ -569,8 +605,6 @@ class CodeKey:
     @property
     def digest(self):
         """The name the cache stores these codes under (:func:`cnncodes.cache.config_key`)."""
-        from .cache import config_key
-
         return config_key(self.config())
 
     def to_json(self):
@@ -611,4 +645,4 @@ class CodeKey:
                 config.get("format"),
             )
         except (KeyError, TypeError) as exc:
-            raise ValueError(f"not a cnncodes code configuration (missing {exc})") from None
+            raise UsageError(f"not a cnncodes code configuration (missing {exc})") from None

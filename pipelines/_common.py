@@ -6,10 +6,11 @@ import inspect
 import numbers
 
 import numpy as np
+from cnncodes.recipes import make_cv
 from sklearn.pipeline import Pipeline
 
 from cnncodes import CNNCodes, ViewStack
-from cnncodes.recipes import make_cv
+from cnncodes.errors import InputTypeError, UsageError
 
 __all__ = ["CODES_PARAMS", "codes_step", "make_cv", "post_steps", "split_options", "stack_views"]
 
@@ -26,7 +27,7 @@ def split_options(recipe, overrides, recipe_options, params=CODES_PARAMS, kind="
     options = {k: v for k, v in overrides.items() if k in recipe_options}
     unknown = sorted(set(overrides) - set(codes) - set(options))
     if unknown:
-        raise TypeError(
+        raise InputTypeError(
             f"{recipe}.build() got unknown option(s) {', '.join(map(repr, unknown))}. Recipe "
             f"options: {', '.join(recipe_options)}; {kind} parameters: {', '.join(params)}"
         )
@@ -44,7 +45,7 @@ def grid_values(name, values):
         values = [values]
     values = list(values)
     if not values:
-        raise ValueError(f"{name}: give at least one value")
+        raise UsageError(f"{name}: give at least one value")
     return [v.item() if isinstance(v, np.generic) else v for v in values]
 
 
@@ -84,7 +85,7 @@ def post_steps(options, l2=(True,), whiten=(None,)):
     l2 = grid_values("l2", options.get("l2", l2))
     for value in l2:
         if not isinstance(value, (bool, np.bool_)):
-            raise ValueError(
+            raise UsageError(
                 f"l2={l2!r}: expected True (L2-normalise the codes), False, or both, e.g. "
                 "[False, True]"
             )
@@ -96,7 +97,7 @@ def post_steps(options, l2=(True,), whiten=(None,)):
             isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral)
         )
         if not ok or (value is not None and not 0.0 < value < 1.0):
-            raise ValueError(
+            raise UsageError(
                 f"whiten={whiten!r}: expected None (no PCA-whitening) or the fraction of the "
                 "codes' variance the whitening PCA keeps, a float in (0, 1), e.g. [None, 0.99]; "
                 "a number of components is not accepted, since it could exceed the images of "

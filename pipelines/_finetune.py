@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 
 from cnncodes import FineTune
+from cnncodes.errors import UsageError
 
 from ._common import grid_values, split_options
 
@@ -23,7 +24,7 @@ def finetune_estimator(recipe, overrides, options, defaults):
     params, chosen = split_options(recipe, overrides, options, FINETUNE_PARAMS, "FineTune")
     layer = params.get("layer")
     if isinstance(layer, (list, tuple)) and len(layer) > 1:
-        raise ValueError(
+        raise UsageError(
             f"layer={list(layer)!r}: {recipe} cuts the network at one layer, whose codes feed "
             "the new head; give one (codes of several layers concatenate only in code recipes)"
         )

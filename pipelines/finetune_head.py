@@ -15,6 +15,8 @@ like for like, and the head can be an MLP (``head="mlp"``).
 
 from __future__ import annotations
 
+from cnncodes.errors import UsageError
+
 from ._finetune import DEFAULT_LRS, finetune_estimator, lr_grid
 
 __all__ = ["LAYER", "OPTIONS", "build", "DEFAULT_LRS"]
@@ -51,7 +53,7 @@ def build(**overrides):
     ('all', 'none', {'lr': [0.001, 0.01, 0.1]})
     """
     if overrides.get("freeze", "all") != "all":
-        raise ValueError(
+        raise UsageError(
             f"freeze={overrides['freeze']!r}: finetune_head trains only the head (freeze='all'); "
             "use the finetune_top recipe to train the last blocks too"
         )

@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import re
 
-from cnncodes import build_model, list_layers, resolve_spec
 from cnncodes.advise import block_outputs
+
+from cnncodes import build_model, list_layers, resolve_spec
+from cnncodes.errors import UsageError
 
 from ._common import grid_values
 from ._finetune import finetune_estimator, lr_grid
@@ -84,7 +86,7 @@ def default_freezes(model, **kwargs):
     blocks = [name for name, module in modules.items() if module is not None]
     trained = [i for i, name in enumerate(blocks) if any(True for _ in modules[name].parameters())]
     if len(trained) < 2:
-        raise ValueError(
+        raise UsageError(
             f"finetune_top finds {len(trained)} block(s) with parameters in model={model!r}, too "
             f"few to choose freeze depths; pass freezes=[...] (node names from `cnncodes layers "
             f"{model}`)"

@@ -20,11 +20,12 @@ from __future__ import annotations
 import re
 
 import numpy as np
+from cnncodes.evaluation import layer_table
 from sklearn.pipeline import Pipeline
 from sklearn.svm import SVC
 
 from cnncodes import list_layers
-from cnncodes.evaluation import layer_table
+from cnncodes.errors import UsageError
 
 from ._common import codes_step, grid_values, post_steps, split_options, stack_views
 
@@ -99,7 +100,7 @@ def default_layers(model):
     for pattern, layers in _STAGES:
         if isinstance(model, str) and re.match(pattern, model):
             return list(layers)
-    raise ValueError(
+    raise UsageError(
         f"layer_sweep_svm has no default layers for model={model!r}: pass layers=[...] "
         f"(early to top; list them with cnncodes.list_layers({model!r}) or "
         f"`cnncodes layers {model}`)"

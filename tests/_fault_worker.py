@@ -13,11 +13,10 @@ import time
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
-
 from cnncodes.cache import CodeStore
 from cnncodes.extract import extract_codes
 from cnncodes.models import resolve_spec
+from tqdm.auto import tqdm
 
 MODEL = "tests.tiny_nets:tiny_cnn"
 LAYER = "flatten"

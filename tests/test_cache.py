@@ -10,13 +10,12 @@ import re
 import time
 import warnings
 
-import h5py
-import numpy as np
-import pytest
-
 import cnncodes._files
 import cnncodes.cache
 import cnncodes.readthrough
+import h5py
+import numpy as np
+import pytest
 from cnncodes.cache import (
     DEFAULT_CACHE_DIR,
     CacheWarning,

@@ -13,19 +13,19 @@ import subprocess
 import sys
 from pathlib import Path
 
+import cnncodes.extract
 import h5py
 import numpy as np
 import pytest
 import torch
-
-import cnncodes.extract
-from cnncodes import cli
 from cnncodes.cache import list_configs
 from cnncodes.datasets import load_dataset
 from cnncodes.export import read_codes
 from cnncodes.extract import code_config, extract_codes, spec_from_config
 from cnncodes.models import WeightsError, resolve_spec
 from cnncodes.persistence import UntrustedModelCodeError
+
+from cnncodes import cli
 from tests.tiny_nets import TinyCNN
 
 # An untrained resnet18 on 32x32 crops: fast on a CPU. Decoding in-process keeps tests quick.

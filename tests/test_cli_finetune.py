@@ -12,9 +12,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from cnncodes.datasets import load_dataset
 
 from cnncodes import cli, persistence
-from cnncodes.datasets import load_dataset
 from tests.conftest import paused_after_two_epochs
 from tests.test_cli import assert_one_line_error, run, run_json
 
@@ -233,8 +233,9 @@ def test_prediction_helpers_take_a_fine_tune(tmp_path, make_images):
     import dataclasses
 
     from cnncodes.experiment import predict_images, relocate_weights, set_runtime, verify_model
-    from cnncodes.finetune import FineTune
     from cnncodes.models import ModelError
+
+    from cnncodes.finetune import FineTune
 
     paths = make_images(8)
     ft = FineTune(model=TINY[1], resize=32, crop=32, epochs=1, valid_size=0, cache_dir=None)

@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from cnncodes.experiment import run_experiment
 from cnncodes.report import write_report
+
 from tests.conftest import write_classes
 from tests.test_cli import assert_one_line_error, run
 from tests.test_experiment import FAST
@@ -285,10 +285,10 @@ def test_advise_scenario_2_fine_tunes_the_top_blocks(monkeypatch, advise_data, t
     import shlex
 
     import torch
-
-    from cnncodes import advise
     from cnncodes.datasets import load_dataset
     from cnncodes.demo_data import digits_net
+
+    from cnncodes import advise
 
     weights = tmp_path / "net.pth"
     torch.save(digits_net().state_dict(), weights)

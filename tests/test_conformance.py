@@ -18,15 +18,14 @@ import pickletools
 import numpy as np
 import pandas as pd
 import pytest
+from cnncodes.transformers import CNNCodes, SignedPower
+from cnncodes.viewstack import ViewStack
 from PIL import Image
 from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 from sklearn.linear_model import LogisticRegression
 from sklearn.utils import estimator_checks
 from sklearn.utils.estimator_checks import parametrize_with_checks
-
-from cnncodes.transformers import CNNCodes, SignedPower
-from cnncodes.viewstack import ViewStack
 
 
 @parametrize_with_checks(

@@ -6,7 +6,6 @@ import os
 import warnings
 
 import pytest
-
 from cnncodes.datasets import DatasetError, DatasetWarning, ImageDataset, load_dataset, load_files
 
 

@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import io
 
+import cnncodes.extract as extract_module
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
-import cnncodes.extract as extract_module
-import cnncodes.extraction.decode as decode_module
 from cnncodes.cache import config_key
 from cnncodes.extract import (
     code_config,
@@ -19,8 +16,11 @@ from cnncodes.extract import (
     preprocess_bytes,
     spec_from_config,
 )
-from cnncodes.images import ImageLoadError, jpeg_orientation, load_image_bytes, read_file
 from cnncodes.models import resolve_preprocessing, resolve_spec
+from PIL import Image
+
+import cnncodes.extraction.decode as decode_module
+from cnncodes.images import ImageLoadError, jpeg_orientation, load_image_bytes, read_file
 
 FAST = dict(num_workers=0, cache_dir=None, device="cpu")
 SIZES = ((48, 40), (40, 56), (64, 64), (97, 61))
@@ -322,9 +322,8 @@ def test_gpu_decoded_codes_have_their_own_key_and_rebuild():
 def test_cnncodes_impl_parameter_reaches_the_spec(make_images, tmp_path):
     import pickle
 
-    from sklearn.base import clone
-
     from cnncodes.transformers import CNNCodes
+    from sklearn.base import clone
 
     paths = make_images(3, sizes=SIZES)
     est = CNNCodes("resnet18", weights="none", resize=40, crop=32, impl="torch", cache_dir=None)

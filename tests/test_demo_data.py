@@ -8,11 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-from sklearn.datasets import load_digits
-from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
-
-from cnncodes import extract_codes
 from cnncodes.demo_data import (
     IMAGE_SIZE,
     SOURCE_CLASSES,
@@ -23,6 +18,11 @@ from cnncodes.demo_data import (
     write_digits_dataset,
 )
 from cnncodes.models import resolve_spec
+from PIL import Image
+from sklearn.datasets import load_digits
+from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
+
+from cnncodes import extract_codes
 from tests.conftest import one_torch_thread
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from cnncodes.evaluation import check_labelled, classification_metrics, stratified_split
 
 

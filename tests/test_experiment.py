@@ -9,12 +9,12 @@ import re
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from cnncodes._json import jsonable
 from cnncodes.experiment import run_experiment
-from cnncodes.images import ImageLoadError
 from cnncodes.report import write_report
+from PIL import Image
+
+from cnncodes.images import ImageLoadError
 from tests.conftest import write_classes
 
 FAST = {
@@ -196,8 +196,9 @@ def test_layer_mode_sweep_makes_each_user_layer_a_candidate(data, tmp_path, forw
 
 
 def _overridden_grid(recipe, layer_mode, **overrides):
-    from cnncodes import recipes
     from cnncodes.experiment import _apply_overrides
+
+    from cnncodes import recipes
 
     overrides = dict(FAST, cache_dir=None, **overrides)
     return _apply_overrides(recipes.get(recipe), overrides, layer_mode)

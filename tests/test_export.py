@@ -10,7 +10,6 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-
 from cnncodes.datasets import load_dataset
 from cnncodes.export import FORMATS, read_codes, write_codes
 from cnncodes.extract import extract_codes

@@ -10,16 +10,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import cnncodes.extract as extract_module
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
-import cnncodes.extract as extract_module
 from cnncodes.cache import CodeStore, config_key
 from cnncodes.extract import code_config, exact_fp32, extract_codes
-from cnncodes.images import ImageLoadError, file_digest
 from cnncodes.models import WeightsError, build_model, resolve_spec
+from PIL import Image
+
+from cnncodes.images import ImageLoadError, file_digest
 from tests.tiny_nets import TinyCNN
 
 FAST = dict(num_workers=0)

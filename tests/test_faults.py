@@ -15,13 +15,13 @@ import os
 import signal
 import time
 
+import cnncodes.cache
 import numpy as np
 import pytest
-from conftest import write_images
-
-import cnncodes.cache
 from cnncodes.cache import CodeStore
 from cnncodes.extract import code_config
+from conftest import write_images
+
 from cnncodes.images import file_digest
 from tests import _fault_worker as worker
 

@@ -6,9 +6,9 @@ import os
 import stat
 
 import pytest
+from cnncodes._files import atomic_path, atomic_write_bytes, display
 
 from cnncodes import _files
-from cnncodes._files import atomic_path, atomic_write_bytes, display
 
 
 @pytest.fixture

@@ -9,11 +9,11 @@ import re
 import numpy as np
 import pytest
 import torch
-
 from cnncodes.experiment import run_experiment
 from cnncodes.fitted import predict_images, relocate_weights, set_runtime, verify_model
-from cnncodes.images import ImageLoadError
 from cnncodes.models import ModelError, WeightsError
+
+from cnncodes.images import ImageLoadError
 from tests.test_experiment import FAST, SMALL_C
 
 
@@ -168,10 +168,9 @@ def test_relocate_weights_needs_a_checkpoint_model(data, tmp_path):
 
 
 def test_set_runtime_changes_only_what_leaves_the_codes_alone():
+    from cnncodes.transformers import CNNCodes
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import Pipeline
-
-    from cnncodes.transformers import CNNCodes
 
     pipe = Pipeline(
         [("cnncodes", CNNCodes("resnet18", weights="none")), ("clf", LogisticRegression())]

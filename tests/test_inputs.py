@@ -8,11 +8,11 @@ import inspect
 import numpy as np
 import pandas as pd
 import pytest
-
 from cnncodes._inputs import as_path_list, check_int, spec_of
 from cnncodes.models import resolve_spec
-from cnncodes.spec import MODEL_PARAMS, PREPROCESSING_KEYS
 from cnncodes.transformers import CNNCodes
+
+from cnncodes.spec import MODEL_PARAMS, PREPROCESSING_KEYS
 
 
 @pytest.mark.parametrize(

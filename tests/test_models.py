@@ -12,10 +12,6 @@ import urllib.error
 import numpy as np
 import pytest
 import torch
-from torchvision.models import SqueezeNet1_0_Weights
-from torchvision.models.feature_extraction import get_graph_node_names
-
-from cnncodes import extract_codes
 from cnncodes.cache import config_key
 from cnncodes.extract import code_config, spec_from_config
 from cnncodes.layers import layer_shapes
@@ -32,6 +28,10 @@ from cnncodes.models import (
     resolve_layers,
     resolve_spec,
 )
+from torchvision.models import SqueezeNet1_0_Weights
+from torchvision.models.feature_extraction import get_graph_node_names
+
+from cnncodes import extract_codes
 from tests.resnet_cifar import resnet20
 from tests.tiny_nets import DynamicCNN, TinyCNN
 
@@ -79,8 +79,9 @@ MODELS_NAMES = [
 
 
 def test_models_still_exports_every_name_it_did():
-    import cnncodes
     import cnncodes.models
+
+    import cnncodes
 
     assert set(MODELS_NAMES) <= set(cnncodes.models.__all__)
     # Also imported from cnncodes.models (not in its __all__) by code written before the split.

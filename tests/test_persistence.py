@@ -13,13 +13,6 @@ import zipfile
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-from sklearn.base import BaseEstimator, TransformerMixin
-from sklearn.linear_model import LogisticRegression
-from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import StandardScaler
-
-import pipelines
 from cnncodes.demo_data import digits_net
 from cnncodes.models import WeightsError, file_sha256
 from cnncodes.persistence import (
@@ -31,6 +24,13 @@ from cnncodes.persistence import (
     model_callables,
     save,
 )
+from PIL import Image
+from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
+
+import pipelines
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -364,11 +364,10 @@ def test_torchvision_and_builtin_models_need_no_trust(fitted, tmp_path):
 
 
 def test_model_callables_looks_everywhere():
-    from sklearn.model_selection import GridSearchCV
-    from sklearn.pipeline import FeatureUnion
-
     from cnncodes.models import resolve_spec
     from cnncodes.transformers import CNNCodes
+    from sklearn.model_selection import GridSearchCV
+    from sklearn.pipeline import FeatureUnion
 
     inner = Pipeline([("u", FeatureUnion([("c", CNNCodes(model="a.b:net"))])), ("clf", Shift())])
     search = GridSearchCV(inner, {"u__c__model": ["resnet18", "c.d:other"]})

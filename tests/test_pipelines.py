@@ -7,14 +7,14 @@ import warnings
 
 import numpy as np
 import pytest
+from cnncodes.models import build_model, resolve_layers, resolve_spec
+from cnncodes.transformers import CNNCodes
 from PIL import Image
 from sklearn.base import clone
 from sklearn.model_selection import GridSearchCV, ParameterGrid, StratifiedKFold
 from sklearn.pipeline import Pipeline
 
 import pipelines
-from cnncodes.models import build_model, resolve_layers, resolve_spec
-from cnncodes.transformers import CNNCodes
 from pipelines import layer_sweep_svm, make_cv
 
 FAST = {
@@ -356,10 +356,9 @@ def test_sgd_defaults_converge_on_a_small_separable_problem():
 
 
 def test_linear_svm_converges_at_every_c_on_the_demos_few_labelled_digits(tmp_path):
+    from cnncodes.demo_data import _render, _split_indices
     from sklearn.datasets import load_digits
     from sklearn.exceptions import ConvergenceWarning
-
-    from cnncodes.demo_data import _render, _split_indices
 
     # The demo's 25 labelled digits through the untrained network: near-collinear top-layer
     # codes on which liblinear's dual solver stopped at max_iter for C >= 1000.
@@ -465,6 +464,7 @@ def test_finetune_head_trains_only_a_head_on_cached_codes(tmp_path):
 )
 def test_finetune_top_default_freeze_depths(model, kwargs, freezes):
     from cnncodes.finetune.network import check_freeze
+
     from pipelines import finetune_top
 
     assert finetune_top.default_freezes(model, **kwargs) == freezes

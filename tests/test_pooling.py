@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from cnncodes.pooling import MAX_FLATTEN_FEATURES, POOLINGS, check_pooling, code_size, pool
 
 

@@ -17,16 +17,16 @@ import h5py
 import joblib
 import numpy as np
 import pytest
+from cnncodes.extract import extract_codes
+from cnncodes.models import resolve_spec
 from conftest import ROOT, write_images
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GridSearchCV
 from sklearn.pipeline import make_pipeline
 
 from cnncodes import CNNCodes, warm_cache
-from cnncodes.extract import extract_codes
 from cnncodes.extraction.ray_engine import CodeWriter
 from cnncodes.images import ImageLoadError
-from cnncodes.models import resolve_spec
 
 ray = pytest.importorskip("ray")
 

@@ -7,11 +7,11 @@ import warnings
 
 import numpy as np
 import pytest
+from cnncodes.search import warm_cache
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import GridSearchCV
 
 import pipelines
-from cnncodes.search import warm_cache
 from pipelines import layer_sweep_svm
 
 ASSETS = os.path.join(

@@ -6,7 +6,6 @@ import warnings
 
 import numpy as np
 import pandas as pd
-
 from cnncodes.report import plot_confusion_matrix, plot_layer_sweep
 
 

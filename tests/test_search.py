@@ -7,11 +7,11 @@ import os
 import numpy as np
 import pandas as pd
 import pytest
+from cnncodes.search import filter_readable, warm_cache
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
-from cnncodes.search import filter_readable, warm_cache
 from tests.test_transformers import _search, codes
 
 

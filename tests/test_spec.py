@@ -11,11 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from cnncodes import persistence
 from cnncodes.cache import config_key
 from cnncodes.extract import code_config, spec_from_config
 from cnncodes.models import ModelSpec, Preprocessing, WeightsError, resolve_spec
+
+from cnncodes import persistence
 from cnncodes.spec import GPU_DECODER, CodeKey, Weights
 from tests.conftest import write_images
 

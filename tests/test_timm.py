@@ -12,9 +12,6 @@ import torch
 timm = pytest.importorskip("timm", reason="timm is not installed: pip install 'cnncodes[timm]'")
 
 import huggingface_hub  # noqa: E402 - timm's dependency, there only with timm
-from safetensors.torch import save_file  # noqa: E402
-
-from cnncodes import CNNCodes  # noqa: E402
 from cnncodes.architectures import model_identity  # noqa: E402
 from cnncodes.extract import spec_from_config  # noqa: E402
 from cnncodes.layers import build_extractor, layer_shapes  # noqa: E402
@@ -29,6 +26,9 @@ from cnncodes.models import (  # noqa: E402
     resolve_spec,
 )
 from cnncodes.persistence import refused_model_code  # noqa: E402
+from safetensors.torch import save_file  # noqa: E402
+
+from cnncodes import CNNCodes  # noqa: E402
 from cnncodes.spec import CodeKey  # noqa: E402
 from tests.test_cli import run, run_json  # noqa: E402
 

@@ -4,24 +4,24 @@ from __future__ import annotations
 
 import os
 
+import cnncodes.extract
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import GridSearchCV, StratifiedKFold
-from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import StandardScaler
-
-import cnncodes.extract
 from cnncodes.cache import CodeStore, list_configs
-from cnncodes.images import ImageLoadError
 from cnncodes.models import LayerError, ModelError, WeightsError, file_sha256
 from cnncodes.transformers import (
     CNNCodes,
     SkippedImagesError,
     SkippedImagesWarning,
 )
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import GridSearchCV, StratifiedKFold
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
+
+from cnncodes.images import ImageLoadError
 from tests.test_models import overwrite_in_place
 
 NET = "cnncodes.demo_data:digits_net"

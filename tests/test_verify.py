@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 
 import numpy as np
-
 from cnncodes.cache import CodeStore, list_configs
 from cnncodes.extract import extract_codes
 from cnncodes.verify import TOLERANCES, verify_cache

@@ -11,6 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from cnncodes.extract import extract_codes, extract_views, preprocess, preprocess_bytes
+from cnncodes.models import resolve_spec
+from cnncodes.views import VIEW_SETS, expand_views, view_box
 from PIL import Image
 from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.linear_model import LogisticRegression
@@ -18,10 +21,7 @@ from sklearn.model_selection import GridSearchCV, KFold
 
 import pipelines
 from cnncodes import CNNCodes, SkippedImagesWarning, ViewStack, persistence
-from cnncodes.extract import extract_codes, extract_views, preprocess, preprocess_bytes
 from cnncodes.images import file_digest, load_image
-from cnncodes.models import resolve_spec
-from cnncodes.views import VIEW_SETS, expand_views, view_box
 
 TINY = "tests.tiny_nets:tiny_cnn"
 NET = dict(model=TINY, resize=40, crop=32, batch_size=4)

@@ -19,9 +19,9 @@ import traceback
 import warnings
 
 from .. import __version__
-from ..cache import CacheWarning
-from ..datasets import DatasetError
-from ..images import ImageLoadError
+from ..images.datasets import DatasetError
+from ..images.load import ImageLoadError
+from ..store.cache import CacheWarning
 from ._core import (
     _DEBUG_HINT,
     EXIT_FAILURE,

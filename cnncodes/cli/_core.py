@@ -18,22 +18,19 @@ import os
 import sys
 import textwrap
 
-from .._choices import ENGINES, POOLINGS, PRECISIONS
-from .._files import display, file_format
-from .._json import jsonable
-from ..datasets import load_dataset
+from ..errors import UsageError  # a mistake in the command line or its inputs: exit 2
+from ..images.datasets import load_dataset
+from ..images.views import VIEW_REDUCES, VIEW_SETS, expand_views
+from ..params import ENGINES, POOLINGS, PRECISIONS
 from ..spec import INTERPOLATIONS, PREPROCESSING_KEYS, Weights, is_model_callable
-from ..views import VIEW_REDUCES, VIEW_SETS, expand_views
+from ..utils.files import display, file_format
+from ..utils.jsonable import jsonable
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 _DEBUG_HINT = "run with CNNCODES_DEBUG=1 for the traceback"
-
-
-class UsageError(Exception):
-    """A mistake in the command line or its inputs: reported in one line, exit status 2."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -589,7 +586,7 @@ def _preprocessing_from_args(args):
 
 def _spec_from_args(args):
     """Resolve --model/--weights/--seed and the preprocessing overrides (no weights loaded)."""
-    from .._inputs import spec_of
+    from ..networks.models import spec_of
 
     return spec_of(args)
 
@@ -693,7 +690,7 @@ def _saved_model_lines(out_path, estimator):
     """Where --out saved the model, and the flags its own model code will need to predict."""
     if not out_path:
         return []
-    from ..persistence import BUILTIN_MODEL_CALLABLES, model_callables
+    from ..estimators.persistence import BUILTIN_MODEL_CALLABLES, model_callables
 
     lines = [f"saved model: {display(out_path)}"]
     own = [c for c in model_callables(estimator) if c not in BUILTIN_MODEL_CALLABLES]

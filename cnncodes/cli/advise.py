@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .._choices import SMALL_PER_CLASS
+from ..params import SMALL_PER_CLASS
 from ._core import (
     EXIT_OK,
     _add_cache_dir_option,
@@ -61,7 +61,7 @@ def add_advise_parser(subparsers):
 
 def run_advise(args):
     """Print the recommendation."""
-    from ..advise import advise
+    from ..workflows.advise import advise
 
     output = _Output(args)
     dataset = _load_labelled(args, output, "advise")

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import os
 
-from .._files import display
-from ..cache import (
+from ..extraction.verify import config_summary
+from ..spec import describe_preprocessing
+from ..store.cache import (
     list_configs,
     resolve_cache_dir,
 )
-from ..spec import describe_preprocessing
-from ..verify import config_summary
+from ..utils.files import display
 from ._core import (
     EXIT_FAILURE,
     EXIT_OK,
@@ -192,7 +192,7 @@ def run_cache_info(args):
 
 def run_cache_verify(args):
     """Check every shard; with --data, recompute a sample of codes; exit 1 on any problem."""
-    from ..verify import verify_cache
+    from ..extraction.verify import verify_cache
 
     output = _Output(args)
     if args.sample == 0 and args.data:

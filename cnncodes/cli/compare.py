@@ -154,7 +154,7 @@ def _compare_lines(result, test_note, written):
 
 def run_compare(args):
     """Fit the four approaches; print the table; write the report."""
-    from ..compare import compare_approaches
+    from ..workflows.compare import compare_approaches
 
     output = _Output(args)
     preprocessing = _preprocessing_from_args(args)
@@ -190,7 +190,7 @@ def run_compare(args):
     )
     written = {}
     if args.report is not None:
-        from ..report import write_comparison
+        from ..workflows.report import write_comparison
 
         written = write_comparison(result, args.report)
     summary = {

@@ -37,7 +37,7 @@ def add_demo_parser(subparsers):
 
 def run_demo_command(args):
     """Run the demo; its table and verdict are the result (stdout), progress goes to stderr."""
-    from ..demo import local_imagenet_weights, run_demo, summary_lines
+    from ..workflows.demo import local_imagenet_weights, run_demo, summary_lines
 
     output = _Output(args)
     report = run_demo(

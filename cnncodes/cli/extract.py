@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from .._files import display
-from .._json import skipped_json
-from ..cache import (
+from ..images.views import expand_views
+from ..store.cache import (
     resolve_cache_dir,
 )
-from ..export import FORMATS, PARQUET_LAYOUTS, check_format_available, write_codes
-from ..views import expand_views
+from ..store.export import FORMATS, PARQUET_LAYOUTS, check_format_available, write_codes
+from ..utils.files import display
+from ..utils.jsonable import skipped_json
 from ._core import (
     EXIT_OK,
     UsageError,
@@ -93,9 +93,9 @@ def add_extract_parser(subparsers):
 
 def run_extract(args):
     """Extract codes for DATA; print a summary; optionally write them to --out."""
-    from ..extract import extract_codes, extract_views
-    from ..layers import resolve_layers
-    from ..preprocessing import default_preprocessing_note
+    from ..extraction.extract import extract_codes, extract_views
+    from ..networks.layers import resolve_layers
+    from ..networks.preprocessing import default_preprocessing_note
 
     output = _Output(args)
     _check_engine_args(args)

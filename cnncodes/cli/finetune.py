@@ -9,9 +9,9 @@ import signal
 import sys
 import threading
 
-from .._choices import AUGMENTS, HEADS, INIT_HEADS, POOLINGS
-from .._files import display
-from .._json import jsonable, skipped_json
+from ..params import AUGMENTS, HEADS, INIT_HEADS, POOLINGS
+from ..utils.files import display
+from ..utils.jsonable import jsonable, skipped_json
 from ._core import (
     EXIT_OK,
     UsageError,
@@ -237,7 +237,7 @@ def _state_path(args, out_path):
 def _check_args(args, output):
     """Every check that needs no image and no network: (out path, checkpoint path, state path,
     whether a killed run's state is resumed)."""
-    from .. import persistence
+    from ..estimators import persistence
 
     if args.impl != "pil":
         raise UsageError(
@@ -272,7 +272,7 @@ def _check_args(args, output):
 
 def _split_data(args, dataset, test_set):
     """(train paths, train labels, test paths or None, test labels or None)."""
-    from ..evaluation import stratified_split
+    from ..workflows.evaluation import stratified_split
 
     labels = [str(label) for label in dataset.labels]
     if test_set is not None:
@@ -285,7 +285,7 @@ def _split_data(args, dataset, test_set):
 
 def _fine_tune(args, output, state):
     """The unfitted :class:`~cnncodes.finetune.FineTune` that the options describe."""
-    from ..finetune import FineTune
+    from ..estimators.finetune import FineTune
 
     return FineTune(
         model=args.model,
@@ -470,10 +470,10 @@ def _fit_or_stop(ft, paths, labels, state, output):
 
 def run_finetune(args):
     """Fine-tune, evaluate on the held-out images, save the model, checkpoint and report."""
-    from .. import persistence
-    from ..evaluation import _held_out_metrics
-    from ..experiment import _data_config, _duplicates, _versions
-    from ..search import filter_readable
+    from ..estimators import persistence
+    from ..estimators.search import filter_readable
+    from ..workflows.evaluation import _held_out_metrics
+    from ..workflows.experiment import _data_config, _duplicates, _versions
 
     output = _Output(args)
     out_path, checkpoint, state, resumed = _check_args(args, output)
@@ -486,7 +486,7 @@ def run_finetune(args):
         # not after the epochs.
         test_paths, test_labels, skipped_test = filter_readable(test_paths, test_labels)
         if skipped_test and args.on_error == "raise":
-            from ..images import ImageLoadError
+            from ..images.load import ImageLoadError
 
             raise ImageLoadError(skipped_test[0].path, skipped_test[0].reason)
         if not test_paths:
@@ -528,7 +528,7 @@ def run_finetune(args):
         ft.save_checkpoint(checkpoint)
     written = {}
     if args.report is not None:
-        from ..report import write_finetune_report
+        from ..workflows.report import write_finetune_report
 
         config = {
             "command": reproducing_command(args),

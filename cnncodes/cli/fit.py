@@ -7,8 +7,8 @@ import difflib
 
 import numpy as np
 
-from .._json import jsonable, skipped_json
 from ..spec import describe_preprocessing
+from ..utils.jsonable import jsonable, skipped_json
 from ._core import (
     EXIT_OK,
     UsageError,
@@ -82,7 +82,7 @@ def _layer_help(by_mode):
 
 def add_fit_parser(subparsers):
     """``cnncodes fit DATA --pipeline NAME ...``."""
-    from .. import recipes
+    from ..workflows import recipes
 
     names = recipes.available()
     by_mode = {}
@@ -215,7 +215,7 @@ def _fit_preprocessing(result):
 
 def _layer_line(result, n_given):
     """Which layers the run used and how; with several --layer, how to get the other meaning."""
-    from ..experiment import _describe_layers
+    from ..workflows.experiment import _describe_layers
 
     plan = result.config["layer"]
     line = _describe_layers(plan)
@@ -280,8 +280,8 @@ def _fit_lines(result, test_note, out_path, written, limit=15, n_layers_given=0)
 
 def run_fit(args):
     """Grid-search the recipe; print the table and metrics; save the model and the report."""
-    from .. import persistence
-    from ..experiment import run_experiment
+    from ..estimators import persistence
+    from ..workflows.experiment import run_experiment
 
     output = _Output(args)
     _check_engine_args(args)
@@ -323,7 +323,7 @@ def run_fit(args):
     if args.engine != "local":
         # Where codes are computed is this run's choice, not the model's: the saved model
         # extracts locally wherever it is used (Ray need not be installed there).
-        from ..search import _find_codes_step
+        from ..estimators.search import _find_codes_step
 
         _, prefix = _find_codes_step(result.estimator)
         result.estimator.set_params(**{f"{prefix}engine": "local", f"{prefix}ray_address": None})
@@ -331,7 +331,7 @@ def run_fit(args):
         persistence.save(result.estimator, out_path)
     written = {}
     if args.report is not None:
-        from ..report import write_report
+        from ..workflows.report import write_report
 
         written = write_report(result, args.report)
     for items in result.skipped.values():

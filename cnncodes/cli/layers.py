@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .._choices import POOLINGS
+from ..params import POOLINGS
 from ._core import (
     EXIT_OK,
     _add_model_arg_option,
@@ -54,8 +54,9 @@ def add_layers_parser(subparsers):
 
 def run_layers(args):
     """Print the layer table of a model."""
-    from ..layers import TIMM_ALIASES, list_layers, resolve_layers
-    from ..preprocessing import default_preprocessing_note
+    from ..networks.layers import TIMM_ALIASES, resolve_layers
+    from ..networks.models import list_layers
+    from ..networks.preprocessing import default_preprocessing_note
 
     output = _Output(args)
     spec = _spec_from_args(args)

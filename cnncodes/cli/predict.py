@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import os
 
-from .._files import atomic_path, display
-from .._json import jsonable
-from ..datasets import load_dataset, load_files
+from ..images.datasets import load_dataset, load_files
+from ..utils.files import atomic_path, display
+from ..utils.jsonable import jsonable
 from ._core import (
     EXIT_OK,
     UsageError,
@@ -116,16 +116,16 @@ def _predict_inputs(args):
 
 def run_predict(args):
     """Predict every input image; print a table or JSON; optionally write a CSV."""
-    from .. import persistence
-    from ..evaluation import classification_metrics
-    from ..fitted import (
+    from ..estimators import persistence
+    from ..estimators.fitted import (
         _split_pipeline,
         is_fine_tune,
         predict_images,
         relocate_weights,
         set_runtime,
     )
-    from ..search import _find_codes_step
+    from ..estimators.search import _find_codes_step
+    from ..workflows.evaluation import classification_metrics
 
     output = _Output(args)
     out_path = _check_out_path(args.out, (".csv",))

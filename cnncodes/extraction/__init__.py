@@ -1,1 +1,35 @@
-"""Extraction's parts behind :mod:`cnncodes.extract`: runtime, decode, fold, loop, ray_engine."""
+"""Codes of images through the store, on an engine: :mod:`.extract` (:func:`extract_codes`,
+:func:`extract_views`) over the runtime, decoding, folding, the forward loop, the Ray engine,
+and the cache's verification (:mod:`.verify`).
+"""
+
+from ..utils.lazy import lazy_face
+
+_EXPORTS = {
+    "CPU_FORWARD_BATCH": "extract",
+    "ExtractionResult": "extract",
+    "PRECISIONS": "extract",
+    "SkippedImage": "extract",
+    "code_config": "extract",
+    "exact_fp32": "extract",
+    "extract_codes": "extract",
+    "extract_views": "extract",
+    "preprocess": "extract",
+    "preprocess_bytes": "extract",
+    "resolve_device": "extract",
+    "resolve_precision": "extract",
+    "spec_from_config": "extract",
+    "ENGINES": "ray_engine",
+    "cluster_device": "ray_engine",
+    "joblib_on_ray": "ray_engine",
+    "ray_session": "ray_engine",
+    "require_ray": "ray_engine",
+    "run_on_ray": "ray_engine",
+    "TOLERANCES": "verify",
+    "config_summary": "verify",
+    "recheck_codes": "verify",
+    "verify_cache": "verify",
+}
+
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_face(__name__, _EXPORTS)

@@ -10,7 +10,7 @@ import torch
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
-from ..images import (
+from ..images.load import (
     ImageLoadError,
     jpeg_orientation,
     load_image_bytes,
@@ -18,7 +18,7 @@ from ..images import (
     read_file,
     remember_digest,
 )
-from ..views import view_box
+from ..images.views import view_box
 
 
 def preprocess(image, preprocessing, digest=None):

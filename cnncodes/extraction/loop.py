@@ -7,11 +7,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .._progress import Progress
-from ..images import ImageLoadError
-from ..layers import build_extractor
-from ..models import build_model
-from ..pooling import pool
+from ..images.load import ImageLoadError
+from ..networks.layers import build_extractor
+from ..networks.models import build_model
+from ..networks.pooling import pool
+from ..utils.progress import Progress
 from .decode import _collate, _Decode, _prefetch, _stack_ready, _TorchDecode, _worker_init
 from .fold import _fold_batchnorm
 from .runtime import _DTYPES

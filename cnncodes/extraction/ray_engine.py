@@ -24,10 +24,11 @@ import tempfile
 import numpy as np
 import torch
 
-from .._choices import ENGINES
-from .._progress import Progress
-from ..cache import CodeStore
-from ..images import file_digests
+from ..errors import UsageError
+from ..images.load import file_digests
+from ..params import ENGINES
+from ..store.cache import CodeStore
+from ..utils.progress import Progress
 from .decode import _Decode, _stack_ready, _TorchDecode
 from .loop import Forward
 from .runtime import exact_fp32
@@ -96,9 +97,9 @@ def cluster_device(ray, device):
     except (RuntimeError, TypeError):
         dev = None
     if dev is None or dev.type not in ("cpu", "cuda"):
-        raise ValueError(f"device={device!r}: engine='ray' takes 'auto', 'cpu' or 'cuda'")
+        raise UsageError(f"device={device!r}: engine='ray' takes 'auto', 'cpu' or 'cuda'")
     if dev.type == "cuda" and not gpus:
-        raise ValueError(
+        raise UsageError(
             f"device={device!r}: the Ray cluster has no GPU; use device='cpu' or 'auto'"
         )
     return torch.device(dev.type)  # each actor sees its own GPU as cuda:0
@@ -121,7 +122,7 @@ def cache_root_for_run(ray, root):
         return
     nodes = alive_nodes(ray)
     if nodes > 1:
-        raise ValueError(
+        raise UsageError(
             f"cache_dir=None with engine='ray' on a cluster of {nodes} nodes: the workers hand "
             "their codes over through the cache folder; give cache_dir= a folder that every "
             "node can write (a shared filesystem)"

@@ -7,7 +7,8 @@ import os
 
 import torch
 
-from .._choices import PRECISIONS
+from ..errors import UsageError
+from ..params import PRECISIONS
 
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -19,21 +20,21 @@ def resolve_device(device="auto"):
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError):
-        raise ValueError(f"device={device!r}: expected 'auto', 'cpu', 'cuda' or 'cuda:N'") from None
+        raise UsageError(f"device={device!r}: expected 'auto', 'cpu', 'cuda' or 'cuda:N'") from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"device={device!r} but CUDA is not available; use 'cpu' or 'auto'")
+            raise UsageError(f"device={device!r} but CUDA is not available; use 'cpu' or 'auto'")
         if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ValueError(f"device={device!r}: only {torch.cuda.device_count()} GPU(s) present")
+            raise UsageError(f"device={device!r}: only {torch.cuda.device_count()} GPU(s) present")
     elif dev.type != "cpu":
-        raise ValueError(f"device={device!r}: expected 'auto', 'cpu', 'cuda' or 'cuda:N'")
+        raise UsageError(f"device={device!r}: expected 'auto', 'cpu', 'cuda' or 'cuda:N'")
     return dev
 
 
 def resolve_precision(precision, device):
     """``"auto"`` -> ``"fp32"`` on the CPU and ``"bf16"`` on a GPU."""
     if precision not in PRECISIONS:
-        raise ValueError(f"precision={precision!r}: choose one of {', '.join(PRECISIONS)}")
+        raise UsageError(f"precision={precision!r}: choose one of {', '.join(PRECISIONS)}")
     if precision == "auto":
         return "bf16" if torch.device(device).type == "cuda" else "fp32"
     return precision

@@ -1,0 +1,42 @@
+"""The scikit-learn side: the network-step contract (:mod:`.steps`), :class:`CNNCodes` and
+:class:`SignedPower` (:mod:`.codes`), :class:`FineTune` (:mod:`.finetune`), :class:`ViewStack`,
+grid-search helpers (:mod:`.search`), fitted models (:mod:`.fitted`), saving and trust
+(:mod:`.persistence`).
+"""
+
+from ..utils.lazy import lazy_face
+
+_EXPORTS = {
+    "CNNCodes": "codes",
+    "SignedPower": "codes",
+    "SkippedImagesError": "codes",
+    "SkippedImagesWarning": "codes",
+    "filter_readable": "codes",
+    "warm_cache": "codes",
+    "FineTune": "finetune",
+    "FineTuneError": "finetune",
+    "RUNTIME_PARAMS": "fitted",
+    "predict_images": "fitted",
+    "relocate_weights": "fitted",
+    "set_runtime": "fitted",
+    "verify_model": "fitted",
+    "BUILTIN_MODEL_CALLABLES": "persistence",
+    "FORMATS": "persistence",
+    "ModelFileError": "persistence",
+    "PROJECT_TYPES": "persistence",
+    "UntrustedModelCodeError": "persistence",
+    "UntrustedTypesError": "persistence",
+    "load": "persistence",
+    "model_callables": "persistence",
+    "refused_model_code": "persistence",
+    "save": "persistence",
+    "describe_network": "steps",
+    "network_step": "steps",
+    "resolve_network": "steps",
+    "screen_test": "steps",
+    "warm": "steps",
+    "ViewStack": "viewstack",
+}
+
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_face(__name__, _EXPORTS)

@@ -1,0 +1,633 @@
+""":class:`FineTune`: fine-tune a pretrained network on image files, as a scikit-learn classifier."""
+
+from __future__ import annotations
+
+import os
+import time
+import warnings
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.utils.validation import check_is_fitted
+
+from ...errors import UsageError
+from ...extraction.extract import ON_ERROR, SkippedImage, extract_codes
+from ...extraction.runtime import _DTYPES, _default_workers, resolve_device, resolve_precision
+from ...networks.architectures import _construct, _parse_named_weights
+from ...networks.layers import layer_shapes, resolve_layers
+from ...networks.models import build_model, spec_of
+from ...networks.pooling import MAX_FLATTEN_FEATURES, check_pooling, code_size
+from ...params import (
+    AUGMENTS,
+    HEADS,
+    INIT_HEADS,
+    PRECISIONS,
+    as_path_list,
+    check_choice,
+    check_engine,
+    check_float,
+    check_int,
+)
+from ...spec import PREPROCESSING_KEYS
+from ...store import cache as _cache
+from ...utils.files import atomic_path
+from ..codes import SkippedImagesWarning, _describe_skipped
+from . import network, training
+from .data import Activations, Images, readable
+
+#: Largest block of cached trunk activations held in memory for training (bytes).
+MAX_CACHED_TRUNK_BYTES = 4 << 30
+TRUNK_CACHE = ("auto", True, False)
+
+
+class FineTune(ClassifierMixin, BaseEstimator):
+    """Fine-tune a pretrained network on image files: freeze its first layers, replace its head.
+
+    ``X`` is a sequence of image paths (as for :class:`~cnncodes.transformers.CNNCodes`); ``y``
+    the labels. The network is cut after ``layer`` (its codes, pooled with ``pooling``, go into
+    a new ``head``), frozen up to ``freeze``, and trained with skorch (AdamW, cosine learning-rate
+    decay, a lower learning rate for the pretrained layers than for the head).
+
+    Parameters
+    ----------
+    model, weights, seed, resize, crop, mean, std, interpolation, model_kwargs :
+        The pretrained network, its builder's arguments and its preprocessing, as for
+        :class:`~cnncodes.transformers.CNNCodes`.
+    freeze : str, default="all"
+        A graph-node name (as ``cnncodes layers`` prints them): it and everything before it stay
+        as pretrained; ``"all"``: only the new head trains ("drop the final layers and add your
+        own"); ``"none"``: the whole network trains from the pretrained start. Frozen layers stay
+        in eval mode (BatchNorm running statistics untouched).
+    layer : str, default="penultimate"
+        Where the network is cut: the head receives this node's output (``"penultimate"``: the
+        input of the last ``nn.Linear``, i.e. the network's own classifier is replaced).
+    pooling : {"avg", "max", "avgmax", "pyramid", "flatten"}, default="avg"
+        How ``layer``'s maps become the head's input vector.
+    head : {"linear", "mlp"}, default="linear"
+        A linear classifier, or one hidden ReLU layer of ``hidden_units``; ``dropout`` before the
+        output layer.
+    hidden_units : int, default=256
+    dropout : float, default=0.0
+    init_head : {"random", "probe"}, default="random"
+        ``"probe"`` (LP-FT, Kumar et al. 2022): the linear head starts as a logistic regression
+        fitted on the codes of the training images (read from the code cache), so fine-tuning
+        starts from a good classifier instead of a random one.
+    train_bn : bool, default=False
+        Whether the BatchNorm layers that train update their running statistics from the
+        training batches. By default they keep the pretrained statistics (eval mode; their scale
+        and shift still train): on small datasets and small batches, batch statistics are noisy,
+        and a checkpoint whose BatchNorm was folded into the convolutions (statistics 0 and 1)
+        breaks down under them.
+    lr : float, default=1e-3
+        Learning rate of the head (AdamW).
+    trunk_lr : float, optional
+        Learning rate of the trainable pretrained layers; default ``lr / 10``.
+    weight_decay : float, default=1e-4
+    epochs : int, default=10
+        Passes over the training images (0: only build the network and its head).
+    batch_size : int, default=32
+    augment : {"crop-flip", "crop", "flip", "none"}, default="crop-flip"
+        Train-time augmentation: random resized crops and/or horizontal flips.
+    valid_size : float, default=0.1
+        Fraction held out (stratified) to report validation loss and accuracy each epoch; 0: none.
+    early_stopping : int, optional
+        Stop after this many epochs without a better validation loss, and keep the best epoch's
+        weights (needs ``valid_size > 0``).
+    trunk_cache : {"auto", True, False}, default="auto"
+        Read the frozen part's activations from the code cache (computed once, unpooled) and run
+        only the trainable part each epoch. Possible when ``freeze`` is not ``"none"``,
+        ``augment="none"``, and the graph can be cut at ``freeze``; ``"auto"`` uses it then, True
+        requires it.
+    cache_dir : "auto", None or path, default="auto"
+        The code cache (for ``trunk_cache`` and ``init_head="probe"``).
+    device : str, default="auto"
+    precision : {"auto", "fp32", "bf16", "fp16"}, default="auto"
+        ``"auto"``: fp32 on the CPU, bf16 autocast on a GPU.
+    channels_last : bool or "auto", default="auto"
+        Feed convolutions NHWC tensors; ``"auto"``: on a GPU.
+    num_workers : int, optional
+        Image-decoding processes (as for extraction).
+    on_error : {"raise", "skip"}, default="raise"
+        An unreadable training image stops ``fit`` naming it, before training starts; ``"skip"``
+        drops it together with its label (a :class:`~cnncodes.transformers.SkippedImagesWarning`
+        names each).
+    checkpoint : path, optional
+        A file where the whole training state is written (atomically) after every epoch.
+    resume : bool, default=False
+        Continue the run whose state ``checkpoint`` holds (refused if it belongs to another
+        configuration or data); a killed run loses at most the epoch it was in.
+    progress : bool, default=False
+        A line per epoch on stderr (train loss, validation loss and accuracy, seconds); a bar of
+        batches too when stderr is a terminal.
+    engine : {"local", "ray"}, default="local"
+        Where the codes that ``fit`` reads from the cache (``init_head="probe"``, the frozen
+        trunk's activations) are computed when the cache lacks them: in this process, or on a
+        Ray cluster, whose actors use this estimator's ``device`` and ``precision`` so that the
+        codes land under the cache key ``fit`` reads (see
+        :func:`~cnncodes.extract.extract_codes`). Training itself runs in this process.
+    ray_address : str, default=None
+        With ``engine="ray"``: ``"auto"`` or ``"HOST:PORT"``; None: the Ray session of this
+        process, else a local Ray started for each extraction.
+
+    Attributes
+    ----------
+    classes_ : ndarray
+    spec_ : ModelSpec
+    layer_ : str
+        The resolved layer name.
+    history_ : list of dict
+        One row per epoch: ``epoch``, ``train_loss``, ``valid_loss``, ``valid_acc``, ``dur``
+        (seconds), ``lr``.
+    trunk_cached_ : bool
+        Whether the frozen part's activations came from the code cache.
+    state_dict_ : dict of str to ndarray
+        The fine-tuned network's weights, under the architecture's own parameter names.
+    head_state_ : dict of str to ndarray
+    fit_seconds_ : float
+
+    Examples
+    --------
+    >>> ft = FineTune("mobilenet_v2", weights="mobilenet_v2.pth", freeze="features.13",
+    ...               epochs=8, lr=1e-3)  # doctest: +SKIP
+    >>> ft.fit(train_paths, train_labels).score(test_paths, test_labels)  # doctest: +SKIP
+    >>> ft.save_checkpoint("finetuned.pth")  # doctest: +SKIP
+    >>> CNNCodes("mobilenet_v2", weights="finetuned.pth")  # codes of the fine-tuned net  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        model="resnet50",
+        weights=None,
+        freeze="all",
+        layer="penultimate",
+        pooling="avg",
+        head="linear",
+        hidden_units=256,
+        dropout=0.0,
+        init_head="random",
+        train_bn=False,
+        lr=1e-3,
+        trunk_lr=None,
+        weight_decay=1e-4,
+        epochs=10,
+        batch_size=32,
+        augment="crop-flip",
+        valid_size=0.1,
+        early_stopping=None,
+        seed=0,
+        resize=None,
+        crop=None,
+        mean=None,
+        std=None,
+        interpolation=None,
+        trunk_cache="auto",
+        cache_dir="auto",
+        device="auto",
+        precision="auto",
+        channels_last="auto",
+        num_workers=None,
+        on_error="raise",
+        checkpoint=None,
+        resume=False,
+        progress=False,
+        model_kwargs=None,
+        engine="local",
+        ray_address=None,
+    ):
+        self.model = model
+        self.weights = weights
+        self.freeze = freeze
+        self.layer = layer
+        self.pooling = pooling
+        self.head = head
+        self.hidden_units = hidden_units
+        self.dropout = dropout
+        self.init_head = init_head
+        self.train_bn = train_bn
+        self.lr = lr
+        self.trunk_lr = trunk_lr
+        self.weight_decay = weight_decay
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.augment = augment
+        self.valid_size = valid_size
+        self.early_stopping = early_stopping
+        self.seed = seed
+        self.resize = resize
+        self.crop = crop
+        self.mean = mean
+        self.std = std
+        self.interpolation = interpolation
+        self.trunk_cache = trunk_cache
+        self.cache_dir = cache_dir
+        self.device = device
+        self.precision = precision
+        self.channels_last = channels_last
+        self.num_workers = num_workers
+        self.on_error = on_error
+        self.checkpoint = checkpoint
+        self.resume = resume
+        self.progress = progress
+        self.model_kwargs = model_kwargs
+        self.engine = engine
+        self.ray_address = ray_address
+
+    def __setstate__(self, state):
+        # Models saved before ``model_kwargs`` existed called the builder without arguments;
+        # those saved before ``engine``, extracted their codes in their own process.
+        state.setdefault("model_kwargs", None)
+        state.setdefault("engine", "local")
+        state.setdefault("ray_address", None)
+        super().__setstate__(state)
+
+    # -- parameters ----------------------------------------------------------------------------
+
+    def _check_params(self):
+        check_pooling(self.pooling)
+        check_choice(self.head, "head", HEADS)
+        check_choice(self.init_head, "init_head", INIT_HEADS)
+        check_choice(self.augment, "augment", AUGMENTS)
+        check_choice(self.trunk_cache, "trunk_cache", TRUNK_CACHE)
+        check_choice(self.on_error, "on_error", ON_ERROR)
+        check_choice(self.channels_last, "channels_last", ("auto", True, False))
+        check_choice(self.train_bn, "train_bn", (True, False))
+        if self.precision not in PRECISIONS:
+            raise UsageError(
+                f"precision={self.precision!r}: choose one of {', '.join(map(repr, PRECISIONS))}"
+            )
+        check_float(self.lr, "lr", above=0)
+        check_float(self.trunk_lr, "trunk_lr", minimum=0, allow_none=True)
+        check_float(self.weight_decay, "weight_decay", minimum=0)
+        check_float(self.dropout, "dropout", minimum=0, below=1)
+        check_float(self.valid_size, "valid_size", minimum=0, below=1, allow_none=True)
+        check_int(self.epochs, "epochs", 0)
+        check_int(self.batch_size, "batch_size", 1)
+        check_int(self.hidden_units, "hidden_units", 1)
+        check_int(self.early_stopping, "early_stopping", 1, allow_none=True)
+        check_int(self.num_workers, "num_workers", 0, allow_none=True)
+        if self.early_stopping and not self.valid_size:
+            raise UsageError(
+                f"early_stopping={self.early_stopping!r} needs a validation split: set "
+                "valid_size (e.g. 0.1)"
+            )
+        if self.init_head == "probe" and self.head != "linear":
+            raise UsageError(
+                f"init_head='probe' starts a linear head from a logistic regression; head="
+                f"{self.head!r} has a hidden layer. Use head='linear' or init_head='random'"
+            )
+        if self.resume and self.checkpoint is None:
+            raise UsageError("resume=True needs checkpoint=<state file> to resume from")
+        if self.checkpoint is not None and not isinstance(self.checkpoint, (str, os.PathLike)):
+            raise UsageError(f"checkpoint={self.checkpoint!r}: expected a file path or None")
+        check_engine(self.engine, self.ray_address)
+        _cache.resolve_cache_dir(self.cache_dir)
+        if not isinstance(self.layer, str):
+            raise UsageError(f"layer={self.layer!r}: expected one layer name (a str)")
+
+    def _resolve(self):
+        # Training decodes with Pillow; cached trunk codes must come from the same pixels.
+        spec = spec_of(self, impl="pil")
+        layer = resolve_layers(spec, [self.layer])[0]
+        return spec, layer
+
+    def _runtime(self):
+        device = resolve_device(self.device)
+        precision = resolve_precision(self.precision, device)
+        channels_last = (
+            device.type == "cuda" if self.channels_last == "auto" else self.channels_last
+        )
+        workers = _default_workers(device) if self.num_workers is None else int(self.num_workers)
+        return device, precision, _DTYPES.get(precision), bool(channels_last), workers
+
+    # -- fitting -------------------------------------------------------------------------------
+
+    def _labels(self, paths, y):
+        if y is None:
+            raise UsageError("FineTune.fit needs labels y, one per image")
+        y = np.asarray(y)
+        if y.ndim != 1 or len(y) != len(paths):
+            raise UsageError(
+                f"y has shape {y.shape}; FineTune needs one label per image ({len(paths)} images)"
+            )
+        classes, encoded = np.unique(y, return_inverse=True)
+        if len(classes) < 2:
+            raise UsageError(
+                f"y holds a single class {classes[0]!r}; fine-tuning needs two or more"
+            )
+        return classes, encoded
+
+    def _skip_unreadable(self, paths, labels):
+        kept, skipped = readable(paths)
+        if not skipped:
+            return paths, labels
+        if self.on_error == "raise":
+            raise skipped[0][2]
+        listing = _describe_skipped([SkippedImage(i, p, e.reason) for i, p, e in skipped])
+        warnings.warn(
+            f"{len(skipped)} of {len(paths)} training images could not be read "
+            f"(on_error='skip'); left out with their labels:\n{listing}",
+            SkippedImagesWarning,
+            stacklevel=3,
+        )
+        return [paths[i] for i in kept], labels[kept]
+
+    def warm_codes(self, paths):
+        """Extract into the code cache the codes of ``layer`` (with ``pooling``) that ``fit``
+        reads for ``init_head="probe"`` and for a head trained on a frozen network; returns the
+        :class:`~cnncodes.extract.ExtractionResult`. A grid search calls it once before its
+        folds, as :func:`cnncodes.warm_cache` does for code pipelines."""
+        self._check_params()
+        spec, layer = self._resolve()
+        device, precision, _, _, workers = self._runtime()
+        return self._extract(list(paths), spec, layer, self.pooling, device, precision, workers)
+
+    def _codes(self, paths, spec, layer, pooling, device, precision, workers):
+        return self._extract(paths, spec, layer, pooling, device, precision, workers).codes[layer]
+
+    def _extract(self, paths, spec, layer, pooling, device, precision, workers):
+        return extract_codes(
+            paths,
+            spec,
+            [layer],
+            pooling,
+            cache_dir=self.cache_dir,
+            batch_size=self.batch_size,
+            num_workers=workers,
+            device=device,
+            precision=precision,
+            progress=self.progress,
+            engine=self.engine,
+            ray_address=self.ray_address,
+        )
+
+    def _trunk_plan(self, net, spec, layer, freeze, n_images):
+        """``(tail, node)``: the trainable part and the node whose cached activations feed it, or
+        ``(None, None)`` to run the whole network every epoch."""
+        wanted = self.trunk_cache
+        if wanted is False:
+            return None, None
+        reasons = []
+        if freeze == network.FREEZE_NONE:
+            reasons.append("freeze='none' trains every layer")
+        if self.augment != "none":
+            reasons.append(f"augment={self.augment!r} makes new views every epoch")
+        if freeze == network.FREEZE_ALL:
+            node, tail = layer, torch.nn.Identity()
+            size = code_size(layer_shapes(spec, [layer])[layer], self.pooling)
+        elif not reasons:
+            node = freeze
+            tail = network.split_at(net, freeze, layer)
+            if tail is None:
+                reasons.append(f"the graph cannot be cut at freeze={freeze!r} (a skip connection)")
+            size = int(np.prod(layer_shapes(spec, [freeze])[freeze]))
+            if size > MAX_FLATTEN_FEATURES:
+                reasons.append(
+                    f"{freeze!r} has {size} values per image (over {MAX_FLATTEN_FEATURES})"
+                )
+        if not reasons and size * 4 * n_images > MAX_CACHED_TRUNK_BYTES:
+            reasons.append(
+                f"{n_images} images x {size} values exceed {MAX_CACHED_TRUNK_BYTES >> 30} GiB"
+            )
+        if reasons:
+            if wanted is True:
+                raise UsageError(f"trunk_cache=True is not possible here: {'; '.join(reasons)}")
+            return None, None
+        return tail, node
+
+    def _description(self, spec, n_images):
+        return f"{spec.model} ({spec.weights_id}), freeze={self.freeze!r}, {n_images} images"
+
+    def fit(self, X, y):
+        """Fine-tune on the images ``X`` with labels ``y``.
+
+        Returns
+        -------
+        self : FineTune
+        """
+        started = time.perf_counter()
+        self._check_params()
+        paths, _ = as_path_list(X, who="FineTune")
+        classes, encoded = self._labels(paths, y)
+        spec, layer = self._resolve()
+        device, precision, dtype, channels_last, workers = self._runtime()
+        paths, encoded = self._skip_unreadable(paths, encoded)
+        if len(np.unique(encoded)) < len(classes):
+            raise UsageError("after leaving out unreadable images, a class has no image left")
+        train, valid = training.stratified_split(encoded, self.valid_size, self.seed)
+        net = build_model(spec)
+        freeze = network.check_freeze(self.freeze, net, spec.model)
+        n_inputs = code_size(layer_shapes(spec, [layer])[layer], self.pooling)
+        with training.fixed_seed(self.seed):
+            head = network.make_head(
+                self.head, n_inputs, len(classes), self.hidden_units, self.dropout
+            )
+            trunk, frozen = network.build_trunk(net, layer, freeze)
+            for p in net.parameters():
+                p.requires_grad_(True)
+            module = network.FineTuneNet(trunk, head, self.pooling, frozen, self.train_bn)
+            tail, node = self._trunk_plan(net, spec, layer, freeze, len(paths))
+            codes = (device, precision, workers)
+            if self.init_head == "probe":
+                self._init_from_probe(
+                    head, [paths[i] for i in train], encoded[train], spec, layer, *codes
+                )
+            if tail is not None:
+                pooling = (
+                    self.pooling if node == layer and freeze == network.FREEZE_ALL else "flatten"
+                )
+                acts = self._codes(paths, spec, node, pooling, *codes)
+                if pooling == "flatten":
+                    acts = acts.reshape(len(paths), *layer_shapes(spec, [node])[node])
+                dataset = Activations(acts, encoded)
+                trained = network.FineTuneNet(tail, head, self.pooling, (), self.train_bn)
+            else:
+                dataset = Images(paths, encoded, spec.preprocessing, self.augment)
+                trained = module
+            train_set = torch.utils.data.Subset(dataset, train)
+            valid_set = None
+            if len(valid):
+                valid_set = torch.utils.data.Subset(dataset.with_augment("none"), valid)
+            self.history_ = self._train(
+                trained, train_set, encoded[train], valid_set, len(classes), spec, paths,
+                device, dtype, channels_last, workers,
+            )  # fmt: skip
+        module.cpu().eval()
+        self.spec_ = spec
+        self.layer_ = layer
+        self.classes_ = classes
+        self.n_features_in_ = 1
+        self.trunk_cached_ = tail is not None
+        self.state_dict_ = {k: v.detach().cpu().numpy().copy() for k, v in net.state_dict().items()}
+        self.head_state_ = {
+            k: v.detach().cpu().numpy().copy() for k, v in head.state_dict().items()
+        }
+        self.n_train_ = int(len(train))
+        self.fit_seconds_ = time.perf_counter() - started
+        self._module = module
+        return self
+
+    def _init_from_probe(self, head, paths, labels, spec, layer, device, precision, workers):
+        """LP-FT: the linear head starts as a logistic regression on the codes of ``paths``."""
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.preprocessing import StandardScaler
+
+        codes = self._codes(paths, spec, layer, self.pooling, device, precision, workers)
+        scaler = StandardScaler().fit(codes)
+        probe = LogisticRegression(C=1.0, max_iter=2000).fit(scaler.transform(codes), labels)
+        coef, intercept = probe.coef_, probe.intercept_
+        if coef.shape[0] == 1:  # binary: the softmax of (-z/2, z/2) is the sigmoid of z
+            coef = np.vstack([-coef / 2, coef / 2])
+            intercept = np.array([-intercept[0] / 2, intercept[0] / 2])
+        weight = coef / scaler.scale_
+        bias = intercept - weight @ scaler.mean_
+        linear = head[-1]
+        with torch.no_grad():
+            linear.weight.copy_(torch.as_tensor(weight, dtype=torch.float32))
+            linear.bias.copy_(torch.as_tensor(bias, dtype=torch.float32))
+
+    def _run_fingerprint(self, spec, paths, labels, trunk_cached):
+        """What a state file must match to be resumed: settings, network, images and labels."""
+        # Where things run, not what is computed (and absent from state files written before).
+        ignored = (
+            "checkpoint", "resume", "progress", "num_workers", "cache_dir", "device", "engine",
+            "ray_address",
+        )  # fmt: skip
+        params = {k: v for k, v in self.get_params().items() if k not in ignored}
+        params["weights"] = spec.weights_id
+        return training.fingerprint(
+            [params, spec.arch_id, trunk_cached, list(paths), np.asarray(labels).tolist()]
+        )
+
+    def _train(self, module, train_set, y_train, valid_set, n_classes, spec, paths, *runtime):
+        device, dtype, channels_last, workers = runtime
+        state = None
+        if self.checkpoint is not None:
+            description = self._description(spec, len(paths))
+            cached = not isinstance(module.trunk, (network._Out, network._Hooked))
+            fp = self._run_fingerprint(spec, paths, y_train, cached)
+            state = training.EpochState(os.fspath(self.checkpoint), fp, description)
+        net = training.make_classifier(
+            module,
+            n_classes=n_classes,
+            lr=float(self.lr),
+            trunk_lr=float(self.lr) / 10 if self.trunk_lr is None else float(self.trunk_lr),
+            weight_decay=float(self.weight_decay),
+            epochs=int(self.epochs),
+            batch_size=int(self.batch_size),
+            valid=valid_set,
+            early_stopping=self.early_stopping,
+            num_workers=workers,
+            device=device,
+            autocast_dtype=dtype,
+            channels_last=channels_last,
+            progress=bool(self.progress),
+            state=state,
+        )
+        net.initialize()
+        done = 0
+        if self.resume:
+            found = training.read_state(state.path, state.run_fingerprint, state.description)
+            if found is not None:
+                training.restore(net, found)
+                done = found["epochs"]
+        if self.epochs > done:
+            net.partial_fit(train_set, y_train, epochs=int(self.epochs) - done)
+        keys = ("epoch", "train_loss", "valid_loss", "valid_acc", "dur", "lr", "trunk_lr")
+        return [
+            {k: (int if k == "epoch" else float)(row[k]) for k in keys if k in row}
+            for row in net.history
+        ]
+
+    # -- prediction ----------------------------------------------------------------------------
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state.pop("_module", None)
+        return state
+
+    def _fitted_module(self):
+        module = getattr(self, "_module", None)
+        if module is not None:
+            return module
+        spec = self.spec_
+        named = spec.weights_spec.name
+        enum = _parse_named_weights(spec.model, named) if named else None
+        net = _construct(spec.model, enum, spec.seed, spec.model_kwargs)
+        net.load_state_dict({k: torch.as_tensor(v) for k, v in self.state_dict_.items()})
+        trunk, _ = network.build_trunk(net, self.layer_, network.FREEZE_NONE)
+        head = network.make_head(
+            self.head, self._head_inputs(), len(self.classes_), self.hidden_units, self.dropout
+        )
+        head.load_state_dict({k: torch.as_tensor(v) for k, v in self.head_state_.items()})
+        self._module = network.FineTuneNet(trunk, head, self.pooling).eval()
+        return self._module
+
+    def _head_inputs(self):
+        first = "0.weight" if self.head == "mlp" else "1.weight"
+        return int(self.head_state_[first].shape[1])
+
+    def _logits(self, X):
+        check_is_fitted(self, "state_dict_")
+        paths, _ = as_path_list(X, who="FineTune")
+        device, _, dtype, channels_last, workers = self._runtime()
+        module = self._fitted_module().to(device)
+        loader = torch.utils.data.DataLoader(
+            Images(paths, None, self.spec_.preprocessing),
+            batch_size=int(self.batch_size),
+            num_workers=workers,
+        )
+        out = []
+        with torch.no_grad():
+            for x, _ in loader:
+                x = x.to(device)
+                if channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                    out.append(module(x).float().cpu())
+        module.cpu()
+        return torch.cat(out)
+
+    def predict_proba(self, X):
+        """Class probabilities of the images ``X``, columns in the order of ``classes_``."""
+        return torch.softmax(self._logits(X), 1).numpy()
+
+    def predict(self, X):
+        """The most probable class of each image in ``X``."""
+        return self.classes_[self._logits(X).argmax(1).numpy()]
+
+    def save_checkpoint(self, path):
+        """Write the fine-tuned network as a checkpoint of its architecture.
+
+        The file holds the whole architecture's ``state_dict`` (layers after ``layer`` as they were
+        pretrained), the preprocessing, and the new head under ``"finetune"``; it loads with
+        ``weights_only=True``, and its SHA-256 becomes its identity in the code cache::
+
+            CNNCodes(model, weights=path)   # codes of the fine-tuned network
+        """
+        check_is_fitted(self, "state_dict_")
+        pre = self.spec_.preprocessing.to_dict()
+        entry = {
+            "state_dict": {k: torch.as_tensor(v) for k, v in self.state_dict_.items()},
+            "preprocessing": {k: pre[k] for k in PREPROCESSING_KEYS},
+            "finetune": {
+                "model": self.spec_.model,
+                "layer": self.layer_,
+                "pooling": self.pooling,
+                "classes": [str(c) for c in self.classes_],
+                "head": {k: torch.as_tensor(v) for k, v in self.head_state_.items()},
+            },
+        }
+        path = os.fspath(path)
+        with atomic_path(path) as tmp:
+            torch.save(entry, tmp)
+        return path
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.two_d_array = False
+        tags.input_tags.one_d_array = True
+        tags.input_tags.string = True
+        tags.requires_fit = True
+        tags.non_deterministic = False
+        return tags

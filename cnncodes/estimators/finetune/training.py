@@ -1,0 +1,286 @@
+"""The training loop: skorch's NeuralNetClassifier, its callbacks, and the per-epoch state file."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import re
+import sys
+
+import numpy as np
+import torch
+
+from ...errors import UsageError
+
+try:
+    import skorch  # noqa: F401
+except ImportError:  # pragma: no cover - the test command installs the extra
+    raise ImportError(
+        "fine-tuning needs skorch, an optional dependency: pip install 'cnncodes[finetune]' "
+        "(or pip install skorch)"
+    ) from None
+from skorch import NeuralNetClassifier
+from skorch.callbacks import Callback, EarlyStopping, LRScheduler, ProgressBar
+from skorch.dataset import ValidSplit
+from skorch.helper import predefined_split
+from skorch.history import History
+from skorch.utils import to_tensor
+
+from ...utils.files import atomic_path
+
+STATE_FORMAT = "cnncodes-finetune-state/1"
+
+
+class FineTuneError(UsageError):
+    """Training cannot go on: a NaN loss, a state file of another run, too little data."""
+
+
+class _Classifier(NeuralNetClassifier):
+    """skorch's classifier, with autocast (bf16/fp16) and channels_last inputs where asked."""
+
+    autocast_dtype = None
+    channels_last = False
+
+    def infer(self, x, **fit_params):
+        x = to_tensor(x, device=self.device)
+        if self.channels_last and x.ndim == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        dtype = self.autocast_dtype
+        device_type = torch.device(self.device).type
+        with torch.autocast(device_type, dtype=dtype, enabled=dtype is not None):
+            return self.module_(x, **fit_params)
+
+
+class NaNGuard(Callback):
+    """Stop at the first non-finite training loss, naming the epoch and the learning rate."""
+
+    def on_batch_end(self, net, batch=None, training=None, **kwargs):
+        loss = kwargs.get("loss")
+        if training and loss is not None and not torch.isfinite(loss).all():
+            epoch = len(net.history)
+            lrs = sorted({group["lr"] for group in net.optimizer_.param_groups})
+            raise FineTuneError(
+                f"the training loss became {float(loss.detach())} in epoch {epoch} (learning rate "
+                f"{', '.join(f'{lr:g}' for lr in lrs)}): lower lr (and trunk_lr), or check the "
+                "images and labels"
+            )
+
+
+class LearningRates(Callback):
+    """Record each epoch's learning rates: the head's (``lr``) and the pretrained layers'."""
+
+    def on_epoch_begin(self, net, **kwargs):
+        groups = net.optimizer_.param_groups
+        net.history.record("lr", groups[-1]["lr"])
+        net.history.record("trunk_lr", groups[0]["lr"])
+
+
+class ResumableEarlyStopping(EarlyStopping):
+    """skorch's EarlyStopping, which on a resumed run carries on counting from the history."""
+
+    def on_train_begin(self, net, **kwargs):
+        super().on_train_begin(net, **kwargs)
+        for row in net.history:
+            score = row.get(self.monitor)
+            if score is None:
+                continue
+            if self._is_score_improved(score):
+                self.dynamic_threshold_ = self._calc_new_threshold(score)
+                self.misses_ = 0
+                self.best_epoch_ = row["epoch"]
+            else:
+                self.misses_ += 1
+        best = getattr(net, "resumed_best_", None)
+        if best is not None:
+            self.best_model_weights_ = best
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _stderr_print(*args, **kwargs):
+    """skorch's epoch lines go to stderr (stdout may carry JSON); colours only on a terminal."""
+    text = " ".join(map(str, args))
+    if not sys.stderr.isatty():
+        text = _ANSI.sub("", text)
+    print(text, file=sys.stderr, flush=True, **kwargs)
+
+
+def fingerprint(values):
+    """A short digest of a run's configuration and data, stored in its state file."""
+    text = json.dumps(values, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+class EpochState(Callback):
+    """After every epoch, the whole training state in one file, written atomically.
+
+    Module and optimizer state, the history, the random-number generator and the early-stopping
+    best weights: a killed run loses at most the epoch it was in, and a resumed run continues
+    the same one (same shuffles, same augmentations on the CPU).
+    """
+
+    def __init__(self, path, run_fingerprint, description):
+        self.path = path
+        self.run_fingerprint = run_fingerprint
+        self.description = description
+
+    def on_epoch_end(self, net, **kwargs):
+        best = None
+        for callback in net.callbacks_:
+            if isinstance(callback[1], EarlyStopping):
+                best = callback[1].best_model_weights_
+        state = {
+            "format": STATE_FORMAT,
+            "fingerprint": self.run_fingerprint,
+            "description": self.description,
+            "epochs": len(net.history),
+            "module": net.module_.state_dict(),
+            "optimizer": net.optimizer_.state_dict(),
+            "history": json.dumps(net.history.to_list()),
+            "rng": torch.get_rng_state(),
+            "best": best,
+        }
+        folder = os.path.dirname(os.path.abspath(self.path))
+        os.makedirs(folder, exist_ok=True)
+        with atomic_path(self.path) as tmp:
+            torch.save(state, tmp)
+
+
+def read_state(path, run_fingerprint, description):
+    """The state a killed run left at ``path``, checked to belong to this run; None if absent."""
+    if not os.path.exists(path):
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a damaged or foreign file: never guess
+        raise FineTuneError(
+            f"{path}: cannot be read as a fine-tuning state file ({exc}); remove it to start afresh"
+        ) from None
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        raise FineTuneError(f"{path}: not a cnncodes fine-tuning state file; remove it or rename")
+    if state["fingerprint"] != run_fingerprint:
+        raise FineTuneError(
+            f"{path}: holds the state of another run ({state.get('description')}), not of this "
+            f"one ({description}); resume with the same model, data and settings, or remove it "
+            "to start afresh"
+        )
+    return state
+
+
+def restore(net, state):
+    """Put a resumed run's state into an initialised skorch net."""
+    net.module_.load_state_dict(state["module"])
+    net.optimizer_.load_state_dict(state["optimizer"])
+    net.history = History(json.loads(state["history"]))
+    net.resumed_best_ = state.get("best")
+    torch.set_rng_state(state["rng"])
+
+
+def stratified_split(labels, valid_size, seed):
+    """``(train_indices, valid_indices)``: skorch's stratified ValidSplit, with clear errors."""
+    labels = np.asarray(labels)
+    n = len(labels)
+    if not valid_size:
+        return np.arange(n), np.arange(0)
+    classes, counts = np.unique(labels, return_counts=True)
+    n_valid = math.ceil(valid_size * n)
+    needed = math.ceil(len(classes) / valid_size)
+    if counts.min() < 2 or n_valid < len(classes) or n - n_valid < len(classes):
+        raise FineTuneError(
+            f"valid_size={valid_size!r} holds out {n_valid} of {n} images for validation, but a "
+            f"stratified split needs at least one image of each of the {len(classes)} classes "
+            f"on each side (the smallest class has {counts.min()}): give at least {needed} "
+            f"images with 2 or more per class, a larger valid_size, or valid_size=0 (no "
+            "validation, no early stopping)"
+        )
+    dataset = torch.utils.data.TensorDataset(torch.arange(n))
+    train, valid = ValidSplit(valid_size, stratified=True, random_state=seed)(dataset, labels)
+    return np.asarray(train.indices), np.asarray(valid.indices)
+
+
+def make_classifier(
+    module,
+    *,
+    n_classes,
+    lr,
+    trunk_lr,
+    weight_decay,
+    epochs,
+    batch_size,
+    valid,
+    early_stopping,
+    num_workers,
+    device,
+    autocast_dtype,
+    channels_last,
+    progress,
+    state,
+):
+    """The skorch classifier over ``module``: AdamW with a lower learning rate for the trunk,
+    cosine annealing over ``epochs``, early stopping on the validation loss when asked."""
+    callbacks = [
+        ("nan_guard", NaNGuard()),
+        (
+            "lr_scheduler",
+            LRScheduler(
+                policy=torch.optim.lr_scheduler.CosineAnnealingLR,
+                T_max=max(epochs, 1),
+                event_name=None,
+            ),
+        ),
+        ("learning_rates", LearningRates()),
+    ]
+    if early_stopping:
+        callbacks.append(
+            (
+                "early_stopping",
+                ResumableEarlyStopping(
+                    monitor="valid_loss",
+                    patience=early_stopping,
+                    load_best=True,
+                    sink=_stderr_print,
+                ),
+            )
+        )
+    if progress and sys.stderr.isatty():
+        callbacks.append(("progress_bar", ProgressBar()))
+    if state is not None:
+        callbacks.append(("epoch_state", state))
+    net = _Classifier(
+        module,
+        criterion=torch.nn.CrossEntropyLoss,
+        optimizer=torch.optim.AdamW,
+        lr=lr,
+        optimizer__weight_decay=weight_decay,
+        optimizer__param_groups=[("trunk.*", {"lr": trunk_lr})],
+        max_epochs=epochs,
+        batch_size=batch_size,
+        train_split=None if valid is None else predefined_split(valid),
+        iterator_train__shuffle=True,
+        iterator_train__num_workers=num_workers,
+        iterator_valid__num_workers=num_workers,
+        classes=list(range(n_classes)),
+        callbacks=callbacks,
+        device=str(device),
+        verbose=1 if progress else 0,
+        **(
+            {"callbacks__print_log__sink": _stderr_print}
+            if progress
+            else {"callbacks__print_log": None}
+        ),
+    )
+    net.autocast_dtype = autocast_dtype
+    net.channels_last = channels_last
+    return net
+
+
+@contextlib.contextmanager
+def fixed_seed(seed):
+    """Seed torch's generator for the block; the caller's random state is restored after."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield

@@ -1,0 +1,399 @@
+"""Four ways to transfer a pretrained network, side by side on one train/test split.
+
+:func:`compare_approaches` is what ``cnncodes compare`` runs. On the same training images, and
+evaluated on the same held-out images, it fits:
+
+========================  ==============================================================
+``linear_probe``          a logistic regression on the top layer's codes, its ``C``
+                          swept by cross-validation (the ``linear_probe`` recipe)
+``layer_sweep_svm``       SVMs on codes of earlier layers, layer, pooling, kernel and
+                          ``C`` chosen by cross-validation (the ``layer_sweep_svm`` recipe)
+``finetune_top``          the last blocks fine-tuned with a new head started from a probe
+                          (LP-FT), frozen up to the ``finetune_top`` recipe's first depth
+``finetune_all``          every layer fine-tuned (``freeze="none"``), the same head
+========================  ==============================================================
+
+Each row reports the held-out accuracy, the seconds its training took (for the code rows the
+whole run of :func:`~cnncodes.experiment.run_experiment`: extraction of the codes the cache did
+not hold, the grid search and the refit, and also the prediction of the held-out images; for the
+fine-tuning rows the fit) and the training images per second (times the epochs run, for
+fine-tuning). Codes already in the cache cost nothing, so the code rows also say how many
+training images went through the network.
+
+Examples
+--------
+>>> result = compare_approaches(paths, labels, model="resnet18", test_size=0.25,
+...                             epochs=3)  # doctest: +SKIP
+>>> result.table()[["approach", "accuracy", "seconds"]]  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+
+from ..errors import InputTypeError, UsageError
+from ..utils.jsonable import jsonable, skipped_json
+from . import recipes
+
+__all__ = ["APPROACHES", "Comparison", "compare_approaches"]
+
+#: The rows of a comparison, in order: (name, what it is).
+APPROACHES = (
+    ("linear_probe", "linear probe, top layer"),
+    ("layer_sweep_svm", "SVM, layer sweep"),
+    ("finetune_top", "fine-tune the top blocks"),
+    ("finetune_all", "fine-tune everything"),
+)
+
+#: The network's settings shared by every row (CNNCodes and FineTune both take them).
+_NETWORK = ("model", "weights", "seed", "resize", "crop", "mean", "std", "interpolation")
+_RUNTIME = ("cache_dir", "batch_size", "num_workers", "device", "precision")
+
+
+@dataclass
+class Comparison:
+    """What :func:`compare_approaches` returns.
+
+    Attributes
+    ----------
+    rows : list of dict
+        One per approach (:data:`APPROACHES`): ``approach``, ``description``, ``accuracy``,
+        ``balanced_accuracy`` (held out), ``seconds``, ``images_per_second``, ``epochs``
+        (fine-tuning; None for codes), ``settings`` (the chosen or given parameters),
+        ``network_images`` (images pushed through the network while training; codes read
+        from the cache are not counted), ``train_sha256`` and ``test_sha256`` (fingerprints
+        of the (path, label) lists each row saw: equal across rows), ``metrics``. A row whose
+        training failed has None for its numbers and ``error`` (the others are kept; only when
+        every row fails does :func:`compare_approaches` raise).
+    split : dict
+        ``{"test_size", "seed"}``, or ``{"test": "given"}``.
+    n_train, n_test : int
+    skipped : dict
+        ``{"train": [...], "test": [...]}``: unreadable images left out (``on_error="skip"``).
+    config : dict
+        The settings of the comparison (JSON-ready).
+    seconds : float
+    """
+
+    rows: list
+    split: dict
+    n_train: int
+    n_test: int
+    skipped: dict = field(default_factory=dict)
+    config: dict = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def table(self):
+        """The rows as a DataFrame (without the per-row metrics)."""
+        import pandas as pd
+
+        return pd.DataFrame([{k: v for k, v in r.items() if k != "metrics"} for r in self.rows])
+
+    def to_dict(self):
+        """JSON-ready form."""
+        return jsonable(
+            {
+                "rows": self.rows,
+                "split": self.split,
+                "n_train": self.n_train,
+                "n_test": self.n_test,
+                "skipped": {part: skipped_json(items) for part, items in self.skipped.items()},
+                "config": self.config,
+                "seconds": round(self.seconds, 3),
+            }
+        )
+
+
+def _sweep_layers(network, layers):
+    """The layers of the SVM row: the user's, the recipe's defaults, or the network's last
+    three blocks (:func:`cnncodes.advise.block_outputs`) for a model the recipe has none for."""
+    if layers:
+        return list(layers)
+    sweep = recipes.get("layer_sweep_svm")
+    try:
+        return sweep.default_layers(network["model"])
+    except ValueError:
+        from ..networks.models import list_layers
+        from .advise import block_outputs
+
+        shape = {k: network[k] for k in _NETWORK[2:] if network.get(k) is not None}
+        return block_outputs(list_layers(network["model"], "none", **shape))[-3:]
+
+
+def _check_freeze(network, freeze):
+    """Refuse an unknown ``freeze`` node (closest names given) before anything runs."""
+    if freeze is None:
+        return
+    from ..estimators.finetune.network import check_freeze
+    from ..networks.models import build_model, resolve_spec
+
+    shape = {k: network[k] for k in _NETWORK[2:] if network.get(k) is not None}
+    spec = resolve_spec(network["model"], "none", **shape)
+    check_freeze(freeze, build_model(spec), network["model"])
+
+
+def _code_row(name, result, n_train):
+    seconds = result.seconds
+    test = result.metrics["test"]
+    chosen = {k.split("__")[-1]: v for k, v in result.metrics["best_params"].items()}
+    if "layer" not in chosen:  # the grid did not choose one: the (resolved) layers it used
+        chosen["layers"] = result.config["layers"]
+    return {
+        "approach": name,
+        "accuracy": test["accuracy"],
+        "balanced_accuracy": test["balanced_accuracy"],
+        "seconds": seconds,
+        "images_per_second": n_train / seconds if seconds > 0 else None,
+        "epochs": None,
+        "settings": {**chosen, "cv_score": result.metrics["cv"]["best_score"]},
+        "network_images": result.extraction.get("computed", 0),
+        "train_sha256": result.config["train"]["sha256"],
+        "test_sha256": result.config["test"]["sha256"],
+        "metrics": test,
+    }
+
+
+def _finetune_row(name, estimator, train, test):
+    from .evaluation import classification_metrics
+    from .experiment import _data_fingerprint
+
+    (train_paths, train_labels), (test_paths, test_labels) = train, test
+    started = time.perf_counter()
+    estimator.fit(train_paths, train_labels)
+    seconds = time.perf_counter() - started
+    predicted = estimator.predict(test_paths)
+    classes = [str(c) for c in estimator.classes_]
+    metrics = classification_metrics(test_labels, [str(p) for p in predicted], labels=classes)
+    epochs = len(estimator.history_)
+    return {
+        "approach": name,
+        "accuracy": metrics["accuracy"],
+        "balanced_accuracy": metrics["balanced_accuracy"],
+        "seconds": seconds,
+        "images_per_second": estimator.n_train_ * epochs / seconds if epochs else None,
+        "epochs": epochs,
+        "settings": {
+            "freeze": estimator.freeze,
+            "lr": estimator.lr,
+            "layers": [estimator.layer_],
+            "init_head": estimator.init_head,
+            "augment": estimator.augment,
+            "trunk_cached": bool(estimator.trunk_cached_),
+        },
+        "network_images": None,
+        "train_sha256": _data_fingerprint(train_paths, train_labels),
+        "test_sha256": _data_fingerprint(test_paths, test_labels),
+        "metrics": metrics,
+    }
+
+
+def _failed_row(name, exc, train, test):
+    """The row of an approach whose training failed: its reason, no numbers."""
+    from .experiment import _data_fingerprint
+
+    return {
+        "approach": name,
+        "accuracy": None,
+        "balanced_accuracy": None,
+        "seconds": None,
+        "images_per_second": None,
+        "epochs": None,
+        "settings": {},
+        "network_images": None,
+        "train_sha256": _data_fingerprint(*train),
+        "test_sha256": _data_fingerprint(*test),
+        "metrics": None,
+        "error": f"{type(exc).__name__}: {exc}",
+    }
+
+
+def compare_approaches(
+    paths,
+    labels,
+    *,
+    model="resnet50",
+    weights=None,
+    test=None,
+    test_size=None,
+    layers=None,
+    freeze=None,
+    epochs=5,
+    lr=1e-3,
+    augment="none",
+    cv=5,
+    seed=0,
+    random_state=0,
+    preprocessing=None,
+    recipe_options=None,
+    on_error="raise",
+    progress=None,
+    log=None,
+    **runtime,
+):
+    """Fit the four approaches of :data:`APPROACHES` on one split and evaluate them side by side.
+
+    Parameters
+    ----------
+    paths, labels : sequences
+        The labelled images (all of them, when ``test_size`` holds some out).
+    model, weights : str
+        The pretrained network (as for :class:`~cnncodes.CNNCodes`).
+    test : (paths, labels), optional
+        Held-out images; or
+    test_size : float, optional
+        hold out this stratified fraction of ``paths`` (the split ``cnncodes fit`` makes).
+    layers : list of str, optional
+        The layers the SVM row sweeps (default: the ``layer_sweep_svm`` recipe's for the model,
+        else the network's last three blocks).
+    freeze : str, optional
+        The node up to which the top-blocks row stays frozen (default: the ``finetune_top``
+        recipe's first depth).
+    epochs, lr, augment :
+        The fine-tuning rows' epochs, head learning rate (the pretrained layers train at a tenth)
+        and augmentation.
+    cv : int
+        Folds of the code rows' grid searches.
+    seed : int
+        Seed of the network's random initialisation (``weights="none"``) and of fine-tuning.
+    random_state : int
+        Seed of the test split and of the folds.
+    preprocessing : dict, optional
+        ``resize``, ``crop``, ``mean``, ``std``, ``interpolation`` overrides.
+    recipe_options : dict, optional
+        Per recipe name, options of its ``build`` (e.g. ``{"linear_probe": {"Cs": [1.0]}}``).
+    on_error : {"raise", "skip"}
+    progress : bool or None
+    log : callable, optional
+        Receives one-line notes.
+    **runtime
+        ``cache_dir``, ``batch_size``, ``num_workers``, ``device``, ``precision``.
+
+    Returns
+    -------
+    Comparison
+
+    Raises
+    ------
+    ValueError
+        Bad split, unknown ``freeze`` node or layer (the closest names given), bad parameters;
+        raised before any row is fitted.
+    """
+    from ..estimators.search import filter_readable
+    from ..networks.models import resolve_layers, resolve_spec
+    from .evaluation import check_labelled, stratified_split
+    from .experiment import run_experiment
+
+    log = log or (lambda line: None)
+    started = time.perf_counter()
+    unknown = sorted(set(runtime) - set(_RUNTIME))
+    if unknown:
+        raise InputTypeError(
+            f"compare_approaches() got unknown argument(s) {', '.join(map(repr, unknown))}; "
+            f"runtime settings: {', '.join(_RUNTIME)}"
+        )
+    if (test is None) == (test_size is None):
+        raise UsageError(
+            "compare_approaches needs held-out images: give test=(paths, labels) or test_size "
+            "(a fraction such as 0.25), one of them"
+        )
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise UsageError(f"epochs={epochs!r}: expected an int >= 1")
+    paths = [os.fspath(p) for p in paths]
+    check_labelled(paths, labels, "training data")
+    labels = [str(label) for label in labels]
+    network = {"model": model, "weights": weights, "seed": seed, **(preprocessing or {})}
+    network = {k: v for k, v in network.items() if v is not None}
+    runtime = {k: v for k, v in runtime.items() if v is not None}
+    options = dict(recipe_options or {})
+
+    if test_size is not None:
+        train_paths, train_labels, test_paths, test_labels = stratified_split(
+            paths, labels, test_size, random_state
+        )
+        split = {"test_size": test_size, "seed": random_state}
+    else:
+        train_paths, train_labels = paths, labels
+        test_paths = [os.fspath(p) for p in test[0]]
+        check_labelled(test_paths, test[1], "test data")
+        test_labels = [str(label) for label in test[1]]
+        split = {"test": "given"}
+
+    # Everything that can be wrong is refused before the first row spends minutes.
+    sweep = _sweep_layers(network, layers)
+    spec = resolve_spec(**{"weights": None, **network})
+    resolve_layers(spec, sweep)
+    _check_freeze(network, freeze)
+    top, top_grid = recipes.get("finetune_top").build(
+        **network, **runtime, **options.get("finetune_top", {})
+    )
+    freeze = freeze if freeze is not None else top_grid["freeze"][0]
+
+    skipped = {"train": [], "test": []}
+    if on_error == "skip":
+        # One set of images for every row: unreadable ones are left out once, here.
+        train_paths, train_labels, skipped["train"] = filter_readable(train_paths, train_labels)
+        test_paths, test_labels, skipped["test"] = filter_readable(test_paths, test_labels)
+    log(
+        f"compare: {len(train_paths)} training and {len(test_paths)} test images, the same "
+        "for every approach"
+    )
+    train, held_out = (train_paths, train_labels), (test_paths, test_labels)
+    common = dict(test=held_out, cv=cv, seed=random_state, on_error=on_error)
+    common.update(progress=progress, log=log)
+    fine = dict(epochs=epochs, lr=lr, augment=augment, init_head="probe", on_error=on_error)
+    fine["progress"] = progress is not False  # a line per epoch unless told to be quiet
+    top.set_params(freeze=freeze, **fine)
+    everything = top.__class__(**{**top.get_params(), "freeze": "none"})
+
+    def codes(name, **extra):
+        overrides = {**network, **runtime, **extra, **options.get(name, {})}
+        result = run_experiment(*train, name, overrides=overrides, **common)
+        return _code_row(name, result, result.config["train"]["n_images"])
+
+    attempts = [
+        ("linear_probe", "top-layer codes, logistic regression, C by cross-validation",
+         lambda: codes("linear_probe")),
+        ("layer_sweep_svm", f"SVMs on {', '.join(sweep)}",
+         lambda: codes("layer_sweep_svm", layer=sweep)),
+        ("finetune_top", f"frozen up to {freeze!r}, {epochs} epoch(s)",
+         lambda: _finetune_row("finetune_top", top, train, held_out)),
+        ("finetune_all", f"every layer, {epochs} epoch(s)",
+         lambda: _finetune_row("finetune_all", everything, train, held_out)),
+    ]  # fmt: skip
+    rows, failures = [], []
+    for name, what, fit_row in attempts:
+        log(f"{name}: {what}")
+        try:
+            rows.append(fit_row())
+        except Exception as exc:  # the other rows' results are kept, and this one says why
+            failures.append(exc)
+            log(f"{name}: failed: {type(exc).__name__}: {exc}")
+            rows.append(_failed_row(name, exc, train, held_out))
+    if len(failures) == len(attempts):
+        raise failures[0]  # nothing to compare: the first reason, as an error
+
+    described = dict(APPROACHES)
+    for row in rows:
+        row["description"] = described[row["approach"]]
+    config = {
+        "network": network,
+        "runtime": runtime,
+        "sweep_layers": sweep,
+        "freeze": freeze,
+        "epochs": epochs,
+        "lr": lr,
+        "augment": augment,
+        "cv": cv,
+        "recipe_options": options,
+    }
+    return Comparison(
+        rows=rows,
+        split=split,
+        n_train=len(train_paths),
+        n_test=len(test_paths),
+        skipped=skipped,
+        config=jsonable(config),
+        seconds=time.perf_counter() - started,
+    )
