@@ -30,13 +30,13 @@ import _common as C  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torchvision  # noqa: E402
+from cnncodes.extract import CPU_FORWARD_BATCH, extract_codes  # noqa: E402
+from cnncodes.models import build_extractor, build_model, resolve_layers, resolve_spec  # noqa: E402
 from PIL import Image  # noqa: E402
 from torchvision import transforms as T  # noqa: E402
 
 from cnncodes import images as _images  # noqa: E402
-from cnncodes.extract import CPU_FORWARD_BATCH, extract_codes  # noqa: E402
 from cnncodes.extraction.fold import _fold_batchnorm  # noqa: E402
-from cnncodes.models import build_extractor, build_model, resolve_layers, resolve_spec  # noqa: E402
 
 # The module whose output the naive loop hooks, matching cnncodes' "penultimate" layer.
 NAIVE_HOOK = {"resnet18": "avgpool", "mobilenet_v2": "classifier.0", "resnet50": "avgpool"}

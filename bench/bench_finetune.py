@@ -38,9 +38,8 @@ DATA = os.path.join(C.ASSETS, "data", "sign_language_digits")
 
 
 def split():
-    from sklearn.model_selection import train_test_split
-
     from cnncodes.datasets import load_dataset
+    from sklearn.model_selection import train_test_split
 
     data = load_dataset(DATA)
     paths, labels = np.asarray(data.paths), np.asarray(data.labels)

@@ -126,9 +126,10 @@ def standard_loader(net, device, paths, batch_size, workers, dtype):
 
 def cnncodes_codes(paths, device, batch_size, workers, precision, impl="pil"):
     """``(images/s, codes)`` of one uncached cnncodes extraction."""
-    from cnncodes import images as _images
     from cnncodes.extract import extract_codes
     from cnncodes.models import resolve_spec
+
+    from cnncodes import images as _images
 
     _images._DIGESTS.clear()  # hash every file again, as a fresh process would
     spec = resolve_spec("resnet50", "none", impl=impl)

@@ -35,6 +35,7 @@ IMPLS = ("pil", "torch")
 
 def pixels(path, spec):
     from cnncodes.extract import preprocess, preprocess_bytes
+
     from cnncodes.images import load_image_bytes, read_file
 
     data = read_file(path)
@@ -44,8 +45,9 @@ def pixels(path, spec):
 
 
 def extract(paths, spec):
-    from cnncodes import images as _images
     from cnncodes.extract import extract_codes
+
+    from cnncodes import images as _images
 
     _images._DIGESTS.clear()  # hash every file again, as a fresh process would
     result = extract_codes(paths, spec, "avgpool", cache_dir=None, device="cpu", progress=False)

@@ -68,7 +68,6 @@ def child(args):
         return own, kids
 
     import numpy as np  # noqa: F401
-
     from cnncodes.extract import extract_codes
     from cnncodes.models import resolve_spec
 

@@ -19,7 +19,6 @@ import time
 
 import _common as C
 import numpy as np
-
 from cnncodes.datasets import ImageDataset
 from cnncodes.export import read_codes, write_codes
 from cnncodes.extract import ExtractionResult

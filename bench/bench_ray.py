@@ -103,7 +103,6 @@ def main():
     print(f"{len(paths)} JPEGs of 500x375", flush=True)
 
     import ray
-
     from cnncodes.extract import extract_codes
     from cnncodes.models import resolve_spec
 

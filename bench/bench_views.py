@@ -66,9 +66,8 @@ def settings(rrc):
 
 def load(name, subsample=None):
     """(paths, labels) of a dataset; ``subsample``: at most that many images, stratified (seed 0)."""
-    from sklearn.model_selection import train_test_split
-
     from cnncodes.datasets import load_dataset
+    from sklearn.model_selection import train_test_split
 
     paths, labels = [], []
     for root in DATASETS[name]:
@@ -126,9 +125,10 @@ def extract(args):
 def decode(args):
     import statistics
 
+    from cnncodes.models import resolve_spec
+
     from cnncodes.extraction.decode import _Decode
     from cnncodes.images import file_digest
-    from cnncodes.models import resolve_spec
 
     spec = resolve_spec(NETWORK["model"], WEIGHTS, mean=0.5, std=0.5, resize=256, crop=224)
     paths, _ = load("hymenoptera")

@@ -20,9 +20,10 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from cnncodes.extraction.fold import _fold_batchnorm  # noqa: E402
 from cnncodes.models import build_extractor, build_model, resolve_layers, resolve_spec  # noqa: E402
 from cnncodes.pooling import pool  # noqa: E402
+
+from cnncodes.extraction.fold import _fold_batchnorm  # noqa: E402
 
 CASES = [("tests.tiny_nets:tiny_cnn", 32), ("resnet18", 64), ("mobilenet_v2", 96)]
 SIZES = (1, 2, 3, 5, 8, 13)

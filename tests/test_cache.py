@@ -10,7 +10,6 @@ import re
 import time
 import warnings
 
-import cnncodes._files
 import cnncodes.cache
 import cnncodes.readthrough
 import h5py
@@ -24,6 +23,8 @@ from cnncodes.cache import (
     list_configs,
     resolve_cache_dir,
 )
+
+import cnncodes.utils.files
 
 CONFIG = {"model": "resnet18", "layer": "avgpool", "pooling": "avg"}
 
@@ -175,7 +176,7 @@ def test_compaction_removes_temporaries_of_dead_writers_only(store):
 
 def test_the_next_write_removes_temporaries_of_dead_writers_on_this_host_only(store):
     store.write(_keys(1), _codes(1))
-    host = cnncodes._files._host()
+    host = cnncodes.utils.files._host()
     dead = _temporary(store.path, f".tmp-{DEAD_PID}@{host}-abcd.part")
     kept = [
         _temporary(store.path, f".tmp-{os.getpid()}@{host}-abcd.part"),  # a live writer
@@ -189,7 +190,7 @@ def test_the_next_write_removes_temporaries_of_dead_writers_on_this_host_only(st
     assert all(os.path.exists(p) for p in kept)
     name = os.path.basename(cnncodes.cache.temporary_path(store.path, suffix=".part"))
     assert name.startswith(f".tmp-{os.getpid()}@{host}-") and name.endswith(".part")
-    assert cnncodes._files._writer(name, ".tmp-") == (os.getpid(), host)
+    assert cnncodes.utils.files._writer(name, ".tmp-") == (os.getpid(), host)
 
 
 def test_a_store_makes_no_folder_until_it_commits_codes(tmp_path):

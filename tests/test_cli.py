@@ -426,7 +426,7 @@ def test_a_run_that_fails_before_committing_leaves_no_configuration(
 
 
 def _left_by_a_killed_run(folder, prefix, pid, age=3600):
-    from cnncodes._files import _host
+    from cnncodes.utils.files import _host
 
     path = Path(folder) / f"{prefix}{pid}@{_host()}-abcd.part"
     path.write_bytes(b"partial")

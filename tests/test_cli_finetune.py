@@ -233,9 +233,8 @@ def test_prediction_helpers_take_a_fine_tune(tmp_path, make_images):
     import dataclasses
 
     from cnncodes.experiment import predict_images, relocate_weights, set_runtime, verify_model
-    from cnncodes.models import ModelError
-
     from cnncodes.finetune import FineTune
+    from cnncodes.models import ModelError
 
     paths = make_images(8)
     ft = FineTune(model=TINY[1], resize=32, crop=32, epochs=1, valid_size=0, cache_dir=None)

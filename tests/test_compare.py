@@ -1,5 +1,5 @@
 """Fine-tuning next to codes: the fine-tuning recipes through run_experiment and ``cnncodes fit``
-(cnncodes._finetune_runs), and ``compare_approaches`` / ``cnncodes compare`` (cnncodes.compare)."""
+(cnncodes.estimators.steps), and ``compare_approaches`` / ``cnncodes compare`` (cnncodes.compare)."""
 
 from __future__ import annotations
 
@@ -179,8 +179,9 @@ def test_cli_compare_prints_a_table(capsys, tmp_path):
 
 
 def test_cli_compare_keeps_the_other_rows_when_one_fails(capsys, monkeypatch, tmp_path):
-    from cnncodes import FineTune
     from cnncodes.finetune import FineTuneError
+
+    from cnncodes import FineTune
 
     real_fit = FineTune.fit
 

@@ -9,12 +9,12 @@ import re
 
 import numpy as np
 import pytest
-from cnncodes._json import jsonable
 from cnncodes.experiment import run_experiment
 from cnncodes.report import write_report
 from PIL import Image
 
 from cnncodes.images import ImageLoadError
+from cnncodes.utils.jsonable import jsonable
 from tests.conftest import write_classes
 
 FAST = {
@@ -250,7 +250,7 @@ def test_a_separate_test_set(data, tmp_path):
     assert result.config["test"]["sha256"] != result.config["train"]["sha256"]
 
 
-# A fine-tuning recipe takes its own path through run_experiment (cnncodes._finetune_runs).
+# A fine-tuning recipe takes its own path through run_experiment (cnncodes.estimators.steps).
 @pytest.mark.parametrize(
     "recipe, settings",
     [("linear_probe", SMALL_C), ("finetune_head", {"epochs": 1, "lrs": [1e-2]})],
@@ -377,9 +377,9 @@ def test_a_sequential_search_shows_its_fits_as_progress(data, tmp_path, capsys):
 def test_the_default_progress_reaches_the_extraction_in_a_log(data, tmp_path, capsys, monkeypatch):
     # progress=None (what `cnncodes fit` passes): the warm pass reports in a log file as
     # extract_codes does, rather than taking the recipe's silent progress=False.
-    import cnncodes._progress
+    import cnncodes.utils.progress
 
-    monkeypatch.setattr(cnncodes._progress, "LOG_INTERVAL", 0.0)
+    monkeypatch.setattr(cnncodes.utils.progress, "LOG_INTERVAL", 0.0)
     paths, labels = data
     overrides = dict(FAST, cache_dir=str(tmp_path / "cache"), Cs=[1.0], batch_size=4)
     result = run_experiment(paths, labels, overrides=overrides, cv=2, progress=None)

@@ -541,9 +541,9 @@ def test_default_decoding_workers_follow_the_device_and_the_cores():
 def test_progress_goes_to_a_log_as_lines_when_stderr_is_not_a_terminal(
     cnn_spec, make_images, capsys, monkeypatch
 ):
-    import cnncodes._progress
+    import cnncodes.utils.progress
 
-    monkeypatch.setattr(cnncodes._progress, "LOG_INTERVAL", 0.0)  # a line after every batch
+    monkeypatch.setattr(cnncodes.utils.progress, "LOG_INTERVAL", 0.0)  # a line after every batch
     images = make_images(5)
     extract_codes(images, cnn_spec, "pool", cache_dir=None, batch_size=2, **FAST)
     lines = capsys.readouterr().err.splitlines()
@@ -562,9 +562,9 @@ def test_progress_advances_with_each_forward_pass_not_each_loader_batch(
 ):
     # A loader batch of 32 images on the CPU takes several forward passes; with one update per
     # loader batch a slow network left a log silent for the whole batch.
-    import cnncodes._progress
+    import cnncodes.utils.progress
 
-    monkeypatch.setattr(cnncodes._progress, "LOG_INTERVAL", 0.0)
+    monkeypatch.setattr(cnncodes.utils.progress, "LOG_INTERVAL", 0.0)
     images = make_images(20)
     extract_codes(images, cnn_spec, "pool", cache_dir=None, batch_size=32, **FAST)
     chunk = extract_module.CPU_FORWARD_BATCH

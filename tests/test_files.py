@@ -1,4 +1,4 @@
-"""Tests for cnncodes._files: printable paths and the one atomic, durable way to write a file."""
+"""Tests for cnncodes.utils.files: printable paths and the one atomic, durable way to write a file."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import os
 import stat
 
 import pytest
-from cnncodes._files import atomic_path, atomic_write_bytes, display
 
-from cnncodes import _files
+from cnncodes.utils import files as _files
+from cnncodes.utils.files import atomic_path, atomic_write_bytes, display
 
 
 @pytest.fixture

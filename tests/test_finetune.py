@@ -7,12 +7,12 @@ import pickle
 import numpy as np
 import pytest
 import torch
+from cnncodes.finetune import FineTune, FineTuneError
 from cnncodes.models import LayerError, build_model, resolve_spec
 from cnncodes.transformers import CNNCodes, SkippedImagesWarning
 from sklearn.base import clone
 from sklearn.model_selection import GridSearchCV
 
-from cnncodes.finetune import FineTune, FineTuneError
 from cnncodes.images import ImageLoadError
 from tests.conftest import paused_after_two_epochs
 

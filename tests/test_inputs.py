@@ -1,4 +1,4 @@
-"""Tests for cnncodes._inputs: the image-path X every estimator takes, int parameters, spec_of."""
+"""Tests for cnncodes.params: the image-path X every estimator takes, int parameters, spec_of."""
 
 from __future__ import annotations
 
@@ -8,10 +8,11 @@ import inspect
 import numpy as np
 import pandas as pd
 import pytest
-from cnncodes._inputs import as_path_list, check_int, spec_of
 from cnncodes.models import resolve_spec
 from cnncodes.transformers import CNNCodes
 
+from cnncodes.networks.models import spec_of
+from cnncodes.params import as_path_list, check_int
 from cnncodes.spec import MODEL_PARAMS, PREPROCESSING_KEYS
 
 

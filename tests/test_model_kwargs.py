@@ -10,13 +10,13 @@ import torch
 import torchvision
 from cnncodes.cache import list_configs
 from cnncodes.extract import code_config, spec_from_config
+from cnncodes.finetune import FineTune
 from cnncodes.models import ModelError, WeightsError, build_model, list_layers, resolve_spec
 from cnncodes.persistence import load, save
 from cnncodes.transformers import CNNCodes
 from sklearn.base import clone
 
 from cnncodes import cli
-from cnncodes.finetune import FineTune
 from cnncodes.spec import CodeKey, ModelSpec
 
 SMALL = dict(resize=40, crop=32)

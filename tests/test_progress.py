@@ -1,11 +1,12 @@
-"""Tests for cnncodes._progress: a bar on a terminal, periodic lines in a log, a fake clock."""
+"""Tests for cnncodes.utils.progress: a bar on a terminal, periodic lines in a log, a fake clock."""
 
 from __future__ import annotations
 
 import io
 
 import pytest
-from cnncodes._progress import Progress
+
+from cnncodes.utils.progress import Progress
 
 
 class Clock:

@@ -338,7 +338,7 @@ def test_parallel_search_on_a_cold_cache_matches_serial(tmp_path, images, labels
 
 
 def test_refit_after_a_checkpoint_change_uses_the_new_file(tmp_path, images, monkeypatch):
-    import cnncodes._inputs as inputs  # where CNNCodes resolves its spec (spec_of)
+    import cnncodes.networks.models as inputs  # where CNNCodes resolves its spec (spec_of)
 
     calls = []
     original = inputs.resolve_spec
