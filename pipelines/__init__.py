@@ -40,7 +40,7 @@ Examples
 
 from __future__ import annotations
 
-from cnncodes.recipes import available, get, load, make_cv, register
+from cnncodes.workflows.recipes import available, get, load, make_cv, register
 
 __all__ = ["available", "get", "load", "make_cv"]
 

@@ -6,11 +6,11 @@ import inspect
 import numbers
 
 import numpy as np
-from cnncodes.recipes import make_cv
 from sklearn.pipeline import Pipeline
 
 from cnncodes import CNNCodes, ViewStack
 from cnncodes.errors import InputTypeError, UsageError
+from cnncodes.workflows.recipes import make_cv
 
 __all__ = ["CODES_PARAMS", "codes_step", "make_cv", "post_steps", "split_options", "stack_views"]
 

@@ -19,10 +19,9 @@ from __future__ import annotations
 
 import re
 
-from cnncodes.advise import block_outputs
-
 from cnncodes import build_model, list_layers, resolve_spec
 from cnncodes.errors import UsageError
+from cnncodes.workflows.advise import block_outputs
 
 from ._common import grid_values
 from ._finetune import finetune_estimator, lr_grid

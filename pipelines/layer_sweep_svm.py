@@ -20,12 +20,12 @@ from __future__ import annotations
 import re
 
 import numpy as np
-from cnncodes.evaluation import layer_table
 from sklearn.pipeline import Pipeline
 from sklearn.svm import SVC
 
 from cnncodes import list_layers
 from cnncodes.errors import UsageError
+from cnncodes.workflows.evaluation import layer_table
 
 from ._common import codes_step, grid_values, post_steps, split_options, stack_views
 

@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-from cnncodes import images
 from cnncodes.images import (
     DECODE_POLICY,
     MAX_PIXELS,
@@ -21,6 +20,7 @@ from cnncodes.images import (
     load_image,
     load_image_bytes,
 )
+from cnncodes.images import load as images
 
 
 def _rgb_pattern(w: int = 32, h: int = 24) -> np.ndarray:

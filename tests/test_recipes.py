@@ -40,10 +40,17 @@ def test_the_core_never_imports_pipelines():
 def test_pipelines_use_only_the_public_api_of_cnncodes():
     public = {
         "cnncodes": set(cnncodes.__all__),
-        "cnncodes.recipes": set(recipes.__all__),
-        "cnncodes.evaluation": set(importlib.import_module("cnncodes.evaluation").__all__),
-        "cnncodes.experiment": set(importlib.import_module("cnncodes.experiment").__all__),
-        "cnncodes.advise": set(importlib.import_module("cnncodes.advise").__all__),
+        "cnncodes.errors": set(importlib.import_module("cnncodes.errors").__all__),
+        "cnncodes.workflows.recipes": set(recipes.__all__),
+        "cnncodes.workflows.evaluation": set(
+            importlib.import_module("cnncodes.workflows.evaluation").__all__
+        ),
+        "cnncodes.workflows.experiment": set(
+            importlib.import_module("cnncodes.workflows.experiment").__all__
+        ),
+        "cnncodes.workflows.advise": set(
+            importlib.import_module("cnncodes.workflows.advise").__all__
+        ),
     }
     used = [
         (path.name, module, names)
