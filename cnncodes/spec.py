@@ -8,7 +8,6 @@ building networks from them, is :mod:`cnncodes.models`' work.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import math
@@ -16,6 +15,8 @@ import os
 from dataclasses import asdict, dataclass, field, replace
 
 from .errors import UsageError
+from .utils.files import file_stamp
+from .utils.memo import memoize
 
 #: Version of the cache's layout and key scheme (:mod:`cnncodes.store.cache`), part of every key.
 FORMAT_VERSION = 1
@@ -161,20 +162,6 @@ def is_model_callable(name):
     return bool(module) and bool(attr) and not is_timm_name(name)
 
 
-def file_stamp(path, st=None) -> tuple:
-    """What tells, without reading it, that a file is unchanged since it was last hashed.
-
-    ``(path, size, mtime_ns, ctime_ns, inode, device)``: every in-process memo of a content hash
-    (image digests, checkpoint SHA-256) is keyed on it. The ctime matters: a file rewritten in
-    place with its mtime restored (``os.utime``, ``cp -p``, ``rsync -t``) keeps path, size,
-    mtime and inode, but the kernel moves its ctime, which no user call can set back. ``st``: an
-    ``os.stat`` result already at hand.
-    """
-    if st is None:
-        st = os.stat(path)
-    return (os.fsdecode(path), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev)
-
-
 def file_sha256(path):
     """SHA-256 hex digest of a file, memoised on its :func:`file_stamp`.
 
@@ -184,7 +171,7 @@ def file_sha256(path):
     return _file_sha256(file_stamp(path))
 
 
-@functools.lru_cache(maxsize=64)
+@memoize(64)
 def _file_sha256(stamp):
     path = stamp[0]
     digest = hashlib.sha256()

@@ -21,7 +21,6 @@ files, so that whatever writes one for cnncodes is read back by the same code.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import os
 import re
@@ -32,6 +31,7 @@ import torch
 from torch import nn
 
 from ..spec import WeightsError, file_sha256
+from ..utils.memo import memoize
 from .architectures import _is_callable_name, _timm
 
 __all__ = ["WeightsUnavailableError"]
@@ -264,7 +264,7 @@ def _read_checkpoint(path):
     return _unwrap_state_dict(_load_checkpoint(path), path)
 
 
-@functools.lru_cache(maxsize=16)
+@memoize(16)
 def _checkpoint_preprocessing(path, weights_id):
     """The ``preprocessing`` entry of a checkpoint dict, or None; memoised on the file's SHA-256
     (``weights_id``), so a grid search reads each file once."""

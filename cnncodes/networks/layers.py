@@ -11,7 +11,6 @@ whose outputs are timm's ``forward_features(x)`` and ``forward_head(..., pre_log
 from __future__ import annotations
 
 import difflib
-import functools
 from dataclasses import dataclass
 
 import torch
@@ -20,6 +19,7 @@ from torchvision.models import feature_extraction
 
 from ..errors import UsageError
 from ..spec import ModelSpec
+from ..utils.memo import memoize
 from .architectures import _construct, _meta_model, _parse_named_weights
 
 __all__ = [
@@ -182,7 +182,7 @@ def resolve_layers(spec, layers):
     return _resolve_layers(spec, layers)
 
 
-@functools.lru_cache(maxsize=256)
+@memoize(256)
 def _resolve_layers_memo(spec, layers):
     return tuple(_resolve_layers(spec, list(layers)))
 
@@ -313,7 +313,7 @@ def layer_shapes(spec, layers):
     return dict(_layer_shapes_memo(spec, tuple(layers)))
 
 
-@functools.lru_cache(maxsize=256)
+@memoize(256)
 def _layer_shapes_memo(spec, layers):
     outputs = _probe(spec, _meta_for_spec(spec), layers)
     return {name: tuple(_check_output(name, outputs[name]).shape[1:]) for name in layers}

@@ -30,7 +30,6 @@ extractors, shapes).
 
 from __future__ import annotations
 
-import functools
 import os
 from collections.abc import Mapping
 
@@ -53,6 +52,7 @@ from ..spec import (
     file_sha256,
     is_timm_name,
 )
+from ..utils.memo import memoize
 from .architectures import (
     _arch_id,
     _check_model_name,
@@ -266,7 +266,7 @@ def _built_state_id(model, seed, kwargs=()):
     return _built_state_id_memo(_identity_or_raise(model), seed, kwargs)
 
 
-@functools.lru_cache(maxsize=8)
+@memoize(8)
 def _built_state_id_memo(identity, seed, kwargs=()):
     return _state_fingerprint(_construct(identity[0], None, seed, kwargs))
 

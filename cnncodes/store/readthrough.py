@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import UsageError
+from ..utils.memo import Memo
 from .cache import CodeStore, resolve_cache_dir
 
 __all__ = ["COMPACT_ABOVE_SHARDS", "CachedCodes", "CodeCache"]
@@ -25,17 +26,12 @@ __all__ = ["COMPACT_ABOVE_SHARDS", "CachedCodes", "CodeCache"]
 
 # Stores by (folder, configuration), per process: a grid search asks for the same codes once per
 # fold and candidate, and a store remembers what it already checked (see bench/RESULTS.md).
-_STORES = {}
+_STORES = Memo(256)
 
 
 def _shared_store(root, config):
     key = (root, json.dumps(config, sort_keys=True))
-    store = _STORES.get(key)
-    if store is None:
-        if len(_STORES) >= 256:
-            _STORES.clear()
-        store = _STORES[key] = CodeStore(root, copy.deepcopy(config))
-    return store
+    return _STORES.get_or_compute(key, lambda: CodeStore(root, copy.deepcopy(config)))
 
 
 class _NoStore:
