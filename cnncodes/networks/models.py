@@ -211,26 +211,45 @@ def resolve_spec(
             f"weights={weights!r}: expected a weights name, 'none', or a checkpoint file path"
         )
     weights = os.fspath(weights) if weights is not None else None
-    enum = None
-    if weights is None and _is_callable_name(model):
-        # The callable decides its own weights: identify them by content (exact, built once).
-        resolved = None
-    elif weights is None or (weights.lower() != "none" and not _looks_like_path(weights)):
-        enum = _parse_named_weights(model, "DEFAULT" if weights is None else weights)
-        if is_timm_name(model):
-            resolved = Weights("timm", name=enum)
-        else:
-            resolved = Weights("torchvision", name=f"{type(enum).__name__}.{enum.name}")
-    elif weights.lower() == "none":
-        resolved = Weights("none", seed=seed)
-    else:
-        path = os.path.abspath(weights)
-        if not os.path.isfile(path):
-            raise WeightsError(f"weights file not found: {weights}")
-        resolved = Weights("checkpoint", file=path, sha256=file_sha256(path))
+    resolved, enum = _resolve_weights(model, weights, seed)
     meta = _meta_model(model, resolved.name if enum is not None else None, kwargs)
     if resolved is None:
         resolved = Weights("callable", sha256=_built_state_id(model, seed, kwargs))
+    pre = resolve_preprocessing(
+        **_own_preprocessing(model, meta, resolved, enum),
+        resize=resize,
+        crop=crop,
+        mean=mean,
+        std=std,
+        interpolation=interpolation,
+        impl=impl,
+    )
+    arch_id = _arch_id(model, resolved.name, kwargs)
+    return ModelSpec(model, resolved.argument, resolved.identity, arch_id, seed, pre, kwargs)
+
+
+def _resolve_weights(model, weights, seed):
+    """``(Weights or None, the named weights' enum or None)`` of :func:`resolve_spec`'s
+    ``weights`` (None: a callable's own, identified once it is built)."""
+    if weights is None and _is_callable_name(model):
+        # The callable decides its own weights: identify them by content (exact, built once).
+        return None, None
+    if weights is None or (weights.lower() != "none" and not _looks_like_path(weights)):
+        enum = _parse_named_weights(model, "DEFAULT" if weights is None else weights)
+        if is_timm_name(model):
+            return Weights("timm", name=enum), enum
+        return Weights("torchvision", name=f"{type(enum).__name__}.{enum.name}"), enum
+    if weights.lower() == "none":
+        return Weights("none", seed=seed), None
+    path = os.path.abspath(weights)
+    if not os.path.isfile(path):
+        raise WeightsError(f"weights file not found: {weights}")
+    return Weights("checkpoint", file=path, sha256=file_sha256(path)), None
+
+
+def _own_preprocessing(model, meta, resolved, enum):
+    """:func:`resolve_preprocessing`'s arguments for the model's own preprocessing: its
+    weights', its declaration's, its checkpoint's (``meta``: the network on the meta device)."""
     declared, declared_by = _declared_preprocessing(model), model
     own = getattr(meta, "preprocessing", None)
     if declared is None and isinstance(own, Mapping) and _is_callable_name(model):
@@ -243,23 +262,15 @@ def resolve_spec(
     if is_timm_name(model):
         pretrained = _timm_preprocessing(_timm().data.resolve_model_data_config(meta))
         enum = None  # timm's weights give no torchvision transforms()
-    pre = resolve_preprocessing(
-        enum,
-        pretrained=pretrained,
-        pretrained_origin="weights" if resolved.kind == "timm" else "model",
-        declared=declared,
-        declared_by=declared_by,
-        checkpoint=checkpoint,
-        checkpoint_path=resolved.file,
-        resize=resize,
-        crop=crop,
-        mean=mean,
-        std=std,
-        interpolation=interpolation,
-        impl=impl,
-    )
-    arch_id = _arch_id(model, resolved.name, kwargs)
-    return ModelSpec(model, resolved.argument, resolved.identity, arch_id, seed, pre, kwargs)
+    return {
+        "weights_enum": enum,
+        "pretrained": pretrained,
+        "pretrained_origin": "weights" if resolved.kind == "timm" else "model",
+        "declared": declared,
+        "declared_by": declared_by,
+        "checkpoint": checkpoint,
+        "checkpoint_path": resolved.file,
+    }
 
 
 def _built_state_id(model, seed, kwargs=()):

@@ -28,7 +28,6 @@ __all__ = [
     "atomic_path",
     "atomic_write_bytes",
     "display",
-    "file_stamp",
     "fsync_path",
     "remove_stale_temporaries",
     "temporary_path",
@@ -40,20 +39,6 @@ TMP_PREFIX = ".tmp-"
 #: is checked on this host, and the margin covers a writer the check cannot see (another pid
 #: namespace under the same host name) while it still writes.
 STALE_GRACE_SECONDS = 60.0
-
-
-def file_stamp(path, st=None) -> tuple:
-    """What tells, without reading it, that a file is unchanged since it was last hashed.
-
-    ``(path, size, mtime_ns, ctime_ns, inode, device)``: every in-process memo of a content hash
-    (image digests, checkpoint SHA-256) is keyed on it. The ctime matters: a file rewritten in
-    place with its mtime restored (``os.utime``, ``cp -p``, ``rsync -t``) keeps path, size,
-    mtime and inode, but the kernel moves its ctime, which no user call can set back. ``st``: an
-    ``os.stat`` result already at hand.
-    """
-    if st is None:
-        st = os.stat(path)
-    return (os.fsdecode(path), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev)
 
 
 def display(path):

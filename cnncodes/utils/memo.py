@@ -5,9 +5,11 @@ digests, checkpoint hashes, traced layers...) is a :class:`Memo`: a thread-safe 
 explicit bound on its entries (``maxsize``) and, optionally, on their total weight (``weigh`` and
 ``max_weight``: bytes of arrays, say), which drops the least recently used entries beyond either
 bound. An entry may carry a *stamp*, what tells that its value still holds (for a file, its
-:func:`~cnncodes.spec.file_stamp`): a lookup with another stamp drops the entry and misses, so a
+:func:`file_stamp`): a lookup with another stamp drops the entry and misses, so a
 changed file is recomputed. :func:`memoize` is the decorator form (``functools.lru_cache``'s
-shape, on a :class:`Memo`).
+shape, on a :class:`Memo`). :func:`file_stamp` is the one stamp of a file every memo of a file's
+content is keyed on (re-exported by :mod:`cnncodes.spec`), and :func:`file_sha256` a file's
+memoised SHA-256.
 
 Standard library only.
 
@@ -26,13 +28,27 @@ from __future__ import annotations
 
 import collections
 import functools
+import hashlib
+import os
 import threading
 
-from .files import file_stamp
-
-__all__ = ["Memo", "memoize"]
+__all__ = ["Memo", "file_sha256", "file_stamp", "memoize"]
 
 _ANY = object()  # get(): any stamp will do
+
+
+def file_stamp(path, st=None) -> tuple:
+    """What tells, without reading it, that a file is unchanged since it was last hashed.
+
+    ``(path, size, mtime_ns, ctime_ns, inode, device)``: every in-process memo of a content hash
+    (image digests, checkpoint SHA-256) is keyed on it. The ctime matters: a file rewritten in
+    place with its mtime restored (``os.utime``, ``cp -p``, ``rsync -t``) keeps path, size,
+    mtime and inode, but the kernel moves its ctime, which no user call can set back. ``st``: an
+    ``os.stat`` result already at hand.
+    """
+    if st is None:
+        st = os.stat(path)
+    return (os.fsdecode(path), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev)
 
 
 class Memo:
@@ -100,7 +116,7 @@ class Memo:
 
     def for_file(self, path, compute, st=None):
         """``compute()``, memoised for ``path`` while the file is unchanged (same
-        :func:`~cnncodes.spec.file_stamp`; ``st``: an ``os.stat`` result already at hand)."""
+        :func:`file_stamp`; ``st``: an ``os.stat`` result already at hand)."""
         return self.get_or_compute(path, compute, stamp=file_stamp(path, st))
 
     def pop(self, key, default=None):
@@ -154,3 +170,22 @@ def memoize(maxsize):
         return wrapper
 
     return decorate
+
+
+def file_sha256(path):
+    """SHA-256 hex digest of a file, memoised on its :func:`file_stamp`.
+
+    A file rewritten in place, even with its size and mtime kept, is hashed again (its ctime
+    moved), so a checkpoint's new bytes are never taken for the old ones.
+    """
+    return _file_sha256(file_stamp(path))
+
+
+@memoize(64)
+def _file_sha256(stamp):
+    path = stamp[0]
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
