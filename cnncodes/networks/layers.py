@@ -32,6 +32,8 @@ __all__ = [
     "module_names",
     "node_names",
     "resolve_layers",
+    "meta_for_spec",
+    "probe_layers",
 ]
 
 PENULTIMATE = "penultimate"
@@ -160,11 +162,11 @@ def _timm_alias(net, nodes, alias):
 def _traceable(spec_or_net):
     net = spec_or_net
     if isinstance(spec_or_net, ModelSpec):
-        net = _meta_for_spec(spec_or_net)
+        net = meta_for_spec(spec_or_net)
     return net
 
 
-def _meta_for_spec(spec):
+def meta_for_spec(spec):
     return _meta_model(spec.model, spec.weights_spec.name, spec.model_kwargs)
 
 
@@ -315,11 +317,11 @@ def layer_shapes(spec, layers):
 
 @memoize(256)
 def _layer_shapes_memo(spec, layers):
-    outputs = _probe(spec, _meta_for_spec(spec), layers)
+    outputs = probe_layers(spec, meta_for_spec(spec), layers)
     return {name: tuple(_check_output(name, outputs[name]).shape[1:]) for name in layers}
 
 
-def _probe(spec, meta_net, layers):
+def probe_layers(spec, meta_net, layers):
     """Layer outputs for one dummy image: on the meta device (free), or, for a model whose
     forward branches on tensor values (impossible on meta), once on a real zero image."""
     h, w = spec.preprocessing.input_size

@@ -68,33 +68,47 @@ from .architectures import (
 from .architectures import model_identity as model_identity
 from .checkpoints import (
     WeightsUnavailableError,
-    _checkpoint_preprocessing,
-    _fetch_named_weights,
-    _fetch_timm_weights,
-    _load_state,
-    _load_timm_pretrained,
-    _read_checkpoint,
-    _state_fingerprint,
+    checkpoint_preprocessing,
+    fetch_named_weights,
+    fetch_timm_weights,
+    load_state,
+    load_timm_pretrained,
+    read_checkpoint,
+    state_fingerprint,
 )
 from .layers import (
     PENULTIMATE,
     LayerError,
     LayerInfo,
-    _meta_for_spec,
-    _probe,
     build_extractor,
+    meta_for_spec,
     module_names,
     node_names,
+    probe_layers,
     resolve_layers,
 )
 from .layers import layer_shapes as layer_shapes  # as model_identity above
 from .pooling import POOLINGS, code_size
 from .preprocessing import (
-    _declared_preprocessing,
-    _timm_preprocessing,
+    declared_preprocessing,
     default_preprocessing_note,
     resolve_preprocessing,
+    timm_preprocessing,
 )
+
+# The old private names this facade re-exported before the split (code written then imports
+# them from here): aliases of the public names of checkpoints, layers and preprocessing.
+_checkpoint_preprocessing = checkpoint_preprocessing
+_fetch_named_weights = fetch_named_weights
+_fetch_timm_weights = fetch_timm_weights
+_load_state = load_state
+_load_timm_pretrained = load_timm_pretrained
+_read_checkpoint = read_checkpoint
+_state_fingerprint = state_fingerprint
+_meta_for_spec = meta_for_spec
+_probe = probe_layers
+_declared_preprocessing = declared_preprocessing
+_timm_preprocessing = timm_preprocessing
 
 __all__ = [
     "ModelSpec",
@@ -250,17 +264,17 @@ def _resolve_weights(model, weights, seed):
 def _own_preprocessing(model, meta, resolved, enum):
     """:func:`resolve_preprocessing`'s arguments for the model's own preprocessing: its
     weights', its declaration's, its checkpoint's (``meta``: the network on the meta device)."""
-    declared, declared_by = _declared_preprocessing(model), model
+    declared, declared_by = declared_preprocessing(model), model
     own = getattr(meta, "preprocessing", None)
     if declared is None and isinstance(own, Mapping) and _is_callable_name(model):
         # Declared on the network the callable returns (a submodule of that name is not this).
         declared, declared_by = own, f"{model}()"
     checkpoint = None
     if resolved.kind == "checkpoint":
-        checkpoint = _checkpoint_preprocessing(resolved.file, resolved.identity)
+        checkpoint = checkpoint_preprocessing(resolved.file, resolved.identity)
     pretrained = None
     if is_timm_name(model):
-        pretrained = _timm_preprocessing(_timm().data.resolve_model_data_config(meta))
+        pretrained = timm_preprocessing(_timm().data.resolve_model_data_config(meta))
         enum = None  # timm's weights give no torchvision transforms()
     return {
         "weights_enum": enum,
@@ -279,7 +293,7 @@ def _built_state_id(model, seed, kwargs=()):
 
 @memoize(8)
 def _built_state_id_memo(identity, seed, kwargs=()):
-    return _state_fingerprint(_construct(identity[0], None, seed, kwargs))
+    return state_fingerprint(_construct(identity[0], None, seed, kwargs))
 
 
 def build_model(spec):
@@ -291,16 +305,16 @@ def build_model(spec):
     weights = spec.weights_spec
     enum = _parse_named_weights(spec.model, weights.name) if weights.name else None
     if weights.kind == "timm":
-        net = _load_timm_pretrained(enum, _fetch_timm_weights(enum), spec.seed, spec.model_kwargs)
+        net = load_timm_pretrained(enum, fetch_timm_weights(enum), spec.seed, spec.model_kwargs)
     else:
         net = _construct(spec.model, enum, spec.seed, spec.model_kwargs)
     if weights.kind == "torchvision":
-        path = _fetch_named_weights(enum)
-        _load_state(net, _read_checkpoint(path), path)
+        path = fetch_named_weights(enum)
+        load_state(net, read_checkpoint(path), path)
     elif weights.kind == "checkpoint":
         weights.verify()
-        _load_state(net, _read_checkpoint(spec.weights), spec.weights, spec.model)
-    elif weights.kind == "callable" and _state_fingerprint(net) != weights.sha256:
+        load_state(net, read_checkpoint(spec.weights), spec.weights, spec.model)
+    elif weights.kind == "callable" and state_fingerprint(net) != weights.sha256:
         raise WeightsError(
             f"{spec.model} now builds different weights than when this configuration was made"
         )
@@ -347,10 +361,10 @@ def list_layers(model, weights=None, **kwargs):
     ['avgpool', 'flatten', 'fc']
     """
     spec = model if isinstance(model, ModelSpec) else resolve_spec(model, weights, **kwargs)
-    net = _meta_for_spec(spec)
+    net = meta_for_spec(spec)
     nodes = node_names(net)
     names = nodes if nodes is not None else module_names(net)
-    outputs = _probe(spec, net, names)
+    outputs = probe_layers(spec, net, names)
     infos = []
     for name in names:
         out = outputs.get(name)

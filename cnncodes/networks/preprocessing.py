@@ -27,7 +27,13 @@ from ..spec import (
 )
 from .architectures import _is_callable_name, _load_callable
 
-__all__ = ["MAX_SIDE", "default_preprocessing_note", "resolve_preprocessing"]
+__all__ = [
+    "MAX_SIDE",
+    "default_preprocessing_note",
+    "resolve_preprocessing",
+    "declared_preprocessing",
+    "timm_preprocessing",
+]
 
 MAX_SIDE = 4096  # pixels; larger resize or crop values are mistakes (a 4096^2 batch of 32 is 6 GB)
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -158,7 +164,7 @@ def resolve_preprocessing(
     checkpoint_path : str
         The checkpoint file, named in error messages.
     pretrained : dict, optional
-        A timm model's own preprocessing (:func:`_timm_preprocessing`), in the same forms; it
+        A timm model's own preprocessing (:func:`timm_preprocessing`), in the same forms; it
         ranks with ``weights_enum``'s, below ``declared``.
     pretrained_origin : str
         The origin :attr:`Preprocessing.source` gives ``pretrained``'s values: ``"weights"``
@@ -283,14 +289,14 @@ def _check_resolved(base, impl, origin, given):
         )
 
 
-def _timm_preprocessing(config):
+def timm_preprocessing(config):
     """A timm data config (``timm.data.resolve_model_data_config``) in :func:`resolve_preprocessing`'s
     argument forms: resize = crop / ``crop_pct`` as timm's own eval transform does it (the shorter
     side for a square input, else both sides; both with ``crop_mode="squash"``).
 
     Examples
     --------
-    >>> out = _timm_preprocessing({"input_size": (3, 176, 176), "interpolation": "bicubic",
+    >>> out = timm_preprocessing({"input_size": (3, 176, 176), "interpolation": "bicubic",
     ...     "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5), "crop_pct": 0.875})
     >>> out["resize"], out["crop"], out["interpolation"]
     ((201,), (176, 176), 'bicubic')
@@ -333,7 +339,7 @@ def default_preprocessing_note(spec):
     )
 
 
-def _declared_preprocessing(model):
+def declared_preprocessing(model):
     """The ``preprocessing`` attribute of a user's callable, or ``None`` (torchvision models)."""
     if not _is_callable_name(model):
         return None

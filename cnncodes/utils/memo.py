@@ -73,7 +73,7 @@ class Memo:
         self.max_weight = max_weight
         self.weight = 0
         self._data = collections.OrderedDict()  # key -> (stamp, value)
-        self._lock = threading.RLock()
+        self._lock = threading.Lock()
 
     def __len__(self):
         return len(self._data)
@@ -84,15 +84,18 @@ class Memo:
     def get(self, key, default=None, *, stamp=_ANY):
         """The value of ``key``, or ``default``; given a ``stamp``, only if the entry has that
         stamp (an entry with another one is dropped)."""
-        with self._lock:
-            entry = self._data.get(key)
-            if entry is None:
-                return default
-            if stamp is not _ANY and entry[0] != stamp:
-                self._drop(key)
-                return default
+        # Without the lock: the OrderedDict's own operations are atomic (a hit is the hot path).
+        entry = self._data.get(key)
+        if entry is None:
+            return default
+        if stamp is not _ANY and entry[0] != stamp:
+            self.pop(key)
+            return default
+        try:
             self._data.move_to_end(key)
-            return entry[1]
+        except KeyError:  # dropped by another thread meanwhile
+            pass
+        return entry[1]
 
     def put(self, key, value, *, stamp=None):
         """Remember ``value`` under ``key`` (and ``stamp``); returns ``value``."""
