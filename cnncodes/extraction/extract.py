@@ -16,10 +16,11 @@ the extraction device instead (JPEG by torchvision: nvJPEG on a GPU, batched), i
 thread of this process and, on a GPU, on a second CUDA stream; see :func:`preprocess_bytes`.
 
 This module is the public face of extraction; the work is in
-:mod:`cnncodes.extraction`: ``runtime`` (device, precision, exact fp32), ``decode`` (the Pillow
-and torch decoders, reading threads), ``fold`` (BatchNorm folding), ``loop`` (the forward loop) and
-``ray_engine`` (``engine="ray"``: the same decoding and forward step on a Ray cluster, whose actors
-commit codes to the cache themselves).
+:mod:`cnncodes.extraction`: ``engines`` (where the network runs, chosen once by name: ``local``,
+this process, or ``ray``), ``runtime`` (device, precision, exact fp32), ``decode`` (the Pillow
+and torch decoders, reading threads), ``fold`` (BatchNorm folding), ``loop`` (the forward loop)
+and ``ray_engine`` (``engine="ray"``: the same decoding and forward step on a Ray cluster, whose
+actors commit codes to the cache themselves).
 """
 
 from __future__ import annotations
@@ -327,13 +328,22 @@ def extract_codes(
         raise UsageError(f"num_workers={num_workers!r}: expected an int >= 0")
     engine = engine_for(engine, ray_address, ray_actors, precision=precision)
     with engine.connect(device, cache_dir) as (dev, cache_dir):
-        job, cache = _plan(spec, layers, pooling, dev, precision, cache_dir)
-        job.batch_size = int(batch_size)
-        job.num_workers = default_workers(dev) if num_workers is None else int(num_workers)
-        job.on_error, job.progress = on_error, progress
-        job.commit_rows, job.commit_seconds = commit_rows, commit_seconds
+        job, cache = _plan(
+            spec,
+            layers,
+            pooling,
+            dev,
+            precision,
+            cache_dir,
+            batch_size=int(batch_size),
+            num_workers=default_workers(dev) if num_workers is None else int(num_workers),
+            on_error=on_error,
+            progress=progress,
+            commit_rows=commit_rows,
+            commit_seconds=commit_seconds,
+        )
         result = _extract(paths, engine, job, cache)
-    result.seconds = time.perf_counter() - started
+        result.seconds = time.perf_counter() - started
     return result
 
 
@@ -342,9 +352,9 @@ def extract_codes(
 _WIDTHS = Memo(256)
 
 
-def _plan(spec, layers, pooling, dev, precision, cache_dir):
-    """The :class:`ExtractionJob` of a call (its layers, configurations and code widths) and
-    the cache it goes through."""
+def _plan(spec, layers, pooling, dev, precision, cache_dir, **settings):
+    """The :class:`~.engines.ExtractionJob` of a call (its layers, configurations and code
+    widths; ``settings``: its other fields) and the cache it goes through."""
     precision = resolve_precision(precision, dev)
     layers = resolve_layers(spec, layers)
     configs = {layer: code_config(spec, layer, pooling, precision, dev.type) for layer in layers}
@@ -356,7 +366,7 @@ def _plan(spec, layers, pooling, dev, precision, cache_dir):
         shapes = layer_shapes(spec, layers)
         widths = {layer: code_size(shapes[layer], pooling) for layer in layers}
     _WIDTHS.put(key, widths)
-    job = ExtractionJob(spec, layers, pooling, dev, precision, configs, widths)
+    job = ExtractionJob(spec, layers, pooling, dev, precision, configs, widths, **settings)
     return job, cache
 
 
