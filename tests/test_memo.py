@@ -98,7 +98,8 @@ def test_engines_are_chosen_by_name_and_checked():
     engine = engine_for("ray", "auto", 3)  # Ray itself is only imported when connecting
     assert isinstance(engine, RayEngine) and (engine.address, engine.actors) == ("auto", 3)
     for cls in (LocalEngine, RayEngine):
-        assert {"connect", "session", "file_digests", "serve"} <= set(dir(cls))
+        assert {"name", "connect", "session", "file_digests", "serve"} <= set(dir(cls))
+        assert cls.name in ENGINES
 
 
 def test_the_local_engine_serves_through_the_cache(tiny_spec, make_images, tmp_path):
@@ -117,3 +118,16 @@ def test_the_local_engine_serves_through_the_cache(tiny_spec, make_images, tmp_p
         again = engine.serve(job, cache, digests[:2])
     assert (again.computed, again.hits) == (0, 2)
     np.testing.assert_array_equal(again.codes["avgpool"], served.codes["avgpool"][:2])
+
+
+def test_the_local_extraction_path_has_no_ray_branch():
+    import ast
+    import pathlib
+
+    import cnncodes.extraction.extract as extract
+
+    tree = ast.parse(pathlib.Path(extract.__file__).read_text())
+    imported = {node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert "ray_engine" not in imported and not any("ray" in m.split(".") for m in imported)
+    names = {node.id for node in ast.walk(tree) if isinstance(node, ast.Name)}
+    assert not {"ray", "run_on_ray", "ray_session", "ray_file_digests"} & names

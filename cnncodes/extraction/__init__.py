@@ -21,6 +21,7 @@ _EXPORTS = {
     "resolve_precision": "extract",
     "spec_from_config": "extract",
     "ENGINES": "engines",
+    "Engine": "engines",
     "ExtractionJob": "engines",
     "LocalEngine": "engines",
     "RayEngine": "engines",

@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import functools
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from ..errors import UsageError
 from ..images.load import ImageLoadError, file_digests
@@ -35,7 +36,7 @@ from ..store.readthrough import CachedCodes
 from .loop import ForwardLoop
 from .runtime import exact_fp32, resolve_device, resolve_precision
 
-__all__ = ["ENGINES", "ExtractionJob", "LocalEngine", "RayEngine", "engine_for"]
+__all__ = ["ENGINES", "Engine", "ExtractionJob", "LocalEngine", "RayEngine", "engine_for"]
 
 
 @dataclass
@@ -66,6 +67,24 @@ class ExtractionJob:
         if self.precision == "fp32":
             return exact_fp32(self.device.type)
         return contextlib.nullcontext()
+
+
+class Engine(Protocol):
+    """The interface every engine has (see the module's docstring)."""
+
+    name: str
+
+    def connect(self, device, cache_dir):
+        """Context manager: ``(torch.device, cache folder or None)`` for one extraction."""
+
+    def session(self):
+        """Context manager: one session shared by the extractions inside it (the views)."""
+
+    def file_digests(self, paths):
+        """Per path, its content digest or the :class:`ImageLoadError` saying why not."""
+
+    def serve(self, job, cache, keys):
+        """The :class:`CachedCodes` of ``keys`` through ``cache``, computing what it lacks."""
 
 
 class LocalEngine:
