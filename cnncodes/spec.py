@@ -4,11 +4,15 @@ What a model name, its weights and its preprocessing resolve to is described her
 dataclasses that import neither torch nor scikit-learn, so that the cache, reports and the
 command line can read, compare and print them cheaply. Resolving names to these types, and
 building networks from them, is :mod:`cnncodes.models`' work.
+
+Over 600 lines on purpose: :class:`Weights`, :class:`Preprocessing` and :class:`ModelSpec` are
+pickled into saved pipelines under this module's name, and :class:`CodeKey` makes the cache keys
+from them; they stay together here rather than move and leave pickles and keys depending on
+aliases. (A file's stamp and memoised SHA-256 live in :mod:`cnncodes.utils.memo`.)
 """
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import math
@@ -16,6 +20,7 @@ import os
 from dataclasses import asdict, dataclass, field, replace
 
 from .errors import UsageError
+from .utils.memo import file_sha256, file_stamp
 
 #: Version of the cache's layout and key scheme (:mod:`cnncodes.store.cache`), part of every key.
 FORMAT_VERSION = 1
@@ -159,39 +164,6 @@ def is_model_callable(name):
     """Whether ``name`` has the ``package.module:callable`` form of a user's own architecture."""
     module, _, attr = name.partition(":")
     return bool(module) and bool(attr) and not is_timm_name(name)
-
-
-def file_stamp(path, st=None) -> tuple:
-    """What tells, without reading it, that a file is unchanged since it was last hashed.
-
-    ``(path, size, mtime_ns, ctime_ns, inode, device)``: every in-process memo of a content hash
-    (image digests, checkpoint SHA-256) is keyed on it. The ctime matters: a file rewritten in
-    place with its mtime restored (``os.utime``, ``cp -p``, ``rsync -t``) keeps path, size,
-    mtime and inode, but the kernel moves its ctime, which no user call can set back. ``st``: an
-    ``os.stat`` result already at hand.
-    """
-    if st is None:
-        st = os.stat(path)
-    return (os.fsdecode(path), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev)
-
-
-def file_sha256(path):
-    """SHA-256 hex digest of a file, memoised on its :func:`file_stamp`.
-
-    A file rewritten in place, even with its size and mtime kept, is hashed again (its ctime
-    moved), so a checkpoint's new bytes are never taken for the old ones.
-    """
-    return _file_sha256(file_stamp(path))
-
-
-@functools.lru_cache(maxsize=64)
-def _file_sha256(stamp):
-    path = stamp[0]
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 #: Appended to the decode policy for ``impl="torch"`` on a GPU: nvJPEG decodes slightly

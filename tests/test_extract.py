@@ -197,8 +197,10 @@ def test_cuda_fp32_extraction_runs_without_tf32(
             raise RuntimeError("out of memory")
         return 0
 
-    monkeypatch.setattr(extract_module, "resolve_device", lambda device: torch.device("cuda"))
-    monkeypatch.setattr(extract_module.ForwardLoop, "run", network)
+    from cnncodes.extraction import engines
+
+    monkeypatch.setattr(engines, "resolve_device", lambda device: torch.device("cuda"))
+    monkeypatch.setattr(engines.ForwardLoop, "run", network)
     images = make_images(2)
     if fails:
         with pytest.raises(RuntimeError, match="out of memory"):

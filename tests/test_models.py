@@ -91,6 +91,33 @@ def test_models_still_exports_every_name_it_did():
         assert getattr(cnncodes, name, value) is value, name
 
 
+#: Private names cnncodes.models re-exported before the split, and their public names now.
+OLD_PRIVATE_NAMES = {
+    "_checkpoint_preprocessing": "checkpoint_preprocessing",
+    "_fetch_named_weights": "fetch_named_weights",
+    "_fetch_timm_weights": "fetch_timm_weights",
+    "_load_state": "load_state",
+    "_load_timm_pretrained": "load_timm_pretrained",
+    "_read_checkpoint": "read_checkpoint",
+    "_state_fingerprint": "state_fingerprint",
+    "_meta_for_spec": "meta_for_spec",
+    "_probe": "probe_layers",
+    "_declared_preprocessing": "declared_preprocessing",
+    "_timm_preprocessing": "timm_preprocessing",
+}
+
+
+def test_old_private_names_of_models_are_the_public_jobs():
+    import cnncodes.models
+
+    from cnncodes.networks import checkpoints, layers, preprocessing
+
+    for old, new in OLD_PRIVATE_NAMES.items():
+        owner = next(m for m in (checkpoints, layers, preprocessing) if hasattr(m, new))
+        assert new in owner.__all__
+        assert getattr(cnncodes.models, old) is getattr(owner, new), old
+
+
 # ----------------------------------------------------------------------------- model names
 
 

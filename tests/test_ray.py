@@ -121,16 +121,16 @@ def test_impl_torch_decodes_in_the_actors_with_the_same_codes(ray_local, images,
 def test_a_file_rewritten_after_hashing_gets_the_codes_of_its_new_content(
     ray_local, spec, images, tmp_path, monkeypatch, forward_counter
 ):
-    import cnncodes.extract as extract_module
+    from cnncodes.extraction import ray_engine
 
-    real = extract_module.ray_file_digests
+    real = ray_engine.ray_file_digests
 
     def stale(ray_, paths):  # image 3 as it was when hashed: other bytes than the actors read
         digests = real(ray_, paths)
         digests[3] = "f" * 64
         return digests
 
-    monkeypatch.setattr(extract_module, "ray_file_digests", stale)
+    monkeypatch.setattr(ray_engine, "ray_file_digests", stale)
     local = extract_codes(images, spec, LAYERS, cache_dir=None)
     assert forward_counter.builds == 1
     on_ray = extract_codes(images, spec, LAYERS, cache_dir=tmp_path / "c", engine="ray")
@@ -271,12 +271,12 @@ def test_an_unwritable_cache_folder_is_refused_naming_it(ray_local, spec, images
 def test_codes_committed_where_the_driver_cannot_see_them_are_reported(
     ray_local, spec, images, tmp_path, monkeypatch
 ):
-    import cnncodes.extract as extract_module
+    from cnncodes.extraction import ray_engine
 
     def elsewhere(ray_, items, *args, **kwargs):  # as workers writing to their own disks
         return {digest: digest for digest, _ in items}, {}
 
-    monkeypatch.setattr(extract_module, "run_on_ray", elsewhere)
+    monkeypatch.setattr(ray_engine, "run_on_ray", elsewhere)
     folder = str(tmp_path / "c")
     with pytest.raises(OSError, match=f"codes of 12 image.s. to {folder}, which this process"):
         extract_codes(images, spec, LAYERS, cache_dir=folder, engine="ray")

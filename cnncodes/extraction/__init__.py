@@ -1,6 +1,7 @@
 """Codes of images through the store, on an engine: :mod:`.extract` (:func:`extract_codes`,
-:func:`extract_views`) over the runtime, decoding, folding, the forward loop, the Ray engine,
-and the cache's verification (:mod:`.verify`).
+:func:`extract_views`) over the engines (:mod:`.engines`: local, Ray), the runtime, decoding,
+folding, the forward loop, the Ray cluster's pipeline (:mod:`.ray_engine`), and the cache's
+verification (:mod:`.verify`).
 """
 
 from ..utils.lazy import lazy_face
@@ -19,7 +20,12 @@ _EXPORTS = {
     "resolve_device": "extract",
     "resolve_precision": "extract",
     "spec_from_config": "extract",
-    "ENGINES": "ray_engine",
+    "ENGINES": "engines",
+    "Engine": "engines",
+    "ExtractionJob": "engines",
+    "LocalEngine": "engines",
+    "RayEngine": "engines",
+    "engine_for": "engines",
     "cluster_device": "ray_engine",
     "joblib_on_ray": "ray_engine",
     "ray_session": "ray_engine",

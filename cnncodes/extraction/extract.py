@@ -16,16 +16,15 @@ the extraction device instead (JPEG by torchvision: nvJPEG on a GPU, batched), i
 thread of this process and, on a GPU, on a second CUDA stream; see :func:`preprocess_bytes`.
 
 This module is the public face of extraction; the work is in
-:mod:`cnncodes.extraction`: ``runtime`` (device, precision, exact fp32), ``decode`` (the Pillow
-and torch decoders, reading threads), ``fold`` (BatchNorm folding), ``loop`` (the forward loop) and
-``ray_engine`` (``engine="ray"``: the same decoding and forward step on a Ray cluster, whose actors
-commit codes to the cache themselves).
+:mod:`cnncodes.extraction`: ``engines`` (where the network runs, chosen once by name: ``local``,
+this process, or ``ray``), ``runtime`` (device, precision, exact fp32), ``decode`` (the Pillow
+and torch decoders, reading threads), ``fold`` (BatchNorm folding), ``loop`` (the forward loop)
+and ``ray_engine`` (``engine="ray"``: the same decoding and forward step on a Ray cluster, whose
+actors commit codes to the cache themselves).
 """
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import os
 import time
 from dataclasses import dataclass, field
@@ -33,7 +32,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import InputTypeError, UsageError
-from ..images.load import ImageLoadError, file_digests
+from ..images.load import ImageLoadError
 from ..images.views import check_view_reduce, expand_views, reduce_views
 from ..networks.layers import layer_shapes, resolve_layers
 from ..networks.models import resolve_spec
@@ -41,19 +40,13 @@ from ..networks.pooling import check_pooling, code_size
 from ..networks.trust import UntrustedModelCodeError, refused_model_code
 from ..params import PRECISIONS, is_int
 from ..spec import GPU_DECODER, CodeKey, WeightsError, file_sha256
-from ..store.cache import resolve_cache_dir
 from ..store.readthrough import CodeCache
+from ..utils.memo import Memo
 from .decode import preprocess, preprocess_bytes
-from .loop import CPU_FORWARD_BATCH, ForwardLoop
-from .ray_engine import (
-    ENGINES,
-    cache_root_for_run,
-    cluster_device,
-    ray_file_digests,
-    ray_session,
-    run_on_ray,
-)
-from .runtime import _default_workers, exact_fp32, resolve_device, resolve_precision
+from .engines import ExtractionJob, engine_for
+from .loop import CPU_FORWARD_BATCH
+from .runtime import _default_workers as default_workers
+from .runtime import exact_fp32, resolve_device, resolve_precision
 
 __all__ = [
     "CPU_FORWARD_BATCH",
@@ -235,11 +228,6 @@ def _as_paths(images):
     return paths
 
 
-# Code widths by (spec, layers, pooling), per process: a grid search asks for the same codes
-# once per fold and candidate (measured in bench/RESULTS.md).
-_WIDTHS = {}
-
-
 def extract_codes(
     images,
     spec,
@@ -338,165 +326,72 @@ def extract_codes(
         raise UsageError(f"batch_size={batch_size!r}: expected a positive int")
     if num_workers is not None and (not is_int(num_workers) or num_workers < 0):
         raise UsageError(f"num_workers={num_workers!r}: expected an int >= 0")
-    if engine not in ENGINES:
-        raise UsageError(f"engine={engine!r}: choose one of {', '.join(map(repr, ENGINES))}")
-    if ray_actors is not None and (not is_int(ray_actors) or ray_actors < 1):
-        raise UsageError(f"ray_actors={ray_actors!r}: expected an int >= 1, or None")
-    batch_size = int(batch_size)
-    num_workers = None if num_workers is None else int(num_workers)
-    run = functools.partial(
-        _extract,
-        paths,
-        spec,
-        layers,
-        pooling,
-        batch_size=batch_size,
-        num_workers=num_workers,
-        precision=precision,
-        on_error=on_error,
-        progress=progress,
-        commit_rows=commit_rows,
-        commit_seconds=commit_seconds,
-        ray_actors=ray_actors,
-        started=started,
-    )
-    if engine == "ray":
-        resolve_precision(precision, "cpu")  # a bad value is refused before Ray starts
-        with ray_session(ray_address) as ray:
-            dev = cluster_device(ray, device)
-            with cache_root_for_run(ray, resolve_cache_dir(cache_dir)) as root:
-                return run(dev, root, ray)
-    return run(resolve_device(device), cache_dir, None)
+    engine = engine_for(engine, ray_address, ray_actors, precision=precision)
+    with engine.connect(device, cache_dir) as (dev, cache_dir):
+        job, cache = _plan(
+            spec,
+            layers,
+            pooling,
+            dev,
+            precision,
+            cache_dir,
+            batch_size=int(batch_size),
+            num_workers=default_workers(dev) if num_workers is None else int(num_workers),
+            on_error=on_error,
+            progress=progress,
+            commit_rows=commit_rows,
+            commit_seconds=commit_seconds,
+        )
+        result = _extract(paths, engine, job, cache)
+        result.seconds = time.perf_counter() - started
+    return result
 
 
-def _extract(
-    paths,
-    spec,
-    layers,
-    pooling,
-    dev,
-    cache_dir,
-    ray,
-    *,
-    batch_size,
-    num_workers,
-    precision,
-    on_error,
-    progress,
-    commit_rows,
-    commit_seconds,
-    ray_actors,
-    started,
-):
-    """:func:`extract_codes` once its arguments are checked and its engine connected (``ray``:
-    the Ray module for ``engine="ray"``, else None)."""
-    if num_workers is None:
-        num_workers = _default_workers(dev)
+# Code widths by (spec, layers, pooling), per process: a grid search asks for the same codes
+# once per fold and candidate (measured in bench/RESULTS.md).
+_WIDTHS = Memo(256)
+
+
+def _plan(spec, layers, pooling, dev, precision, cache_dir, **settings):
+    """The :class:`~.engines.ExtractionJob` of a call (its layers, configurations and code
+    widths; ``settings``: its other fields) and the cache it goes through."""
     precision = resolve_precision(precision, dev)
     layers = resolve_layers(spec, layers)
     configs = {layer: code_config(spec, layer, pooling, precision, dev.type) for layer in layers}
     cache = CodeCache(cache_dir, configs)
-    widths = _WIDTHS.get((spec, tuple(layers), pooling)) or cache.widths()
+    key = (spec, tuple(layers), pooling)
+    widths = _WIDTHS.get(key) or cache.widths()
     if widths is None:
         # Checks the pooling against each layer's shape before any image is read.
         shapes = layer_shapes(spec, layers)
         widths = {layer: code_size(shapes[layer], pooling) for layer in layers}
-    _WIDTHS[(spec, tuple(layers), pooling)] = widths
+    _WIDTHS.put(key, widths)
+    job = ExtractionJob(spec, layers, pooling, dev, precision, configs, widths, **settings)
+    return job, cache
 
+
+def _extract(paths, engine, job, cache):
+    """:func:`extract_codes` once its arguments are checked and its engine connected."""
     # 1. Identify every input by content.
     skipped = {}
-    digests = file_digests(paths) if ray is None else ray_file_digests(ray, paths)
+    digests = engine.file_digests(paths)
     for i, digest in enumerate(digests):
         if isinstance(digest, ImageLoadError):
-            if on_error == "raise":
+            if job.on_error == "raise":
                 raise digest
             skipped[i] = digest.reason
             digests[i] = None
     valid = [i for i in range(len(paths)) if i not in skipped] if skipped else range(len(paths))
-
-    # 2. Serve what the cache has; compute the rest, which the cache keeps as it comes.
-    failed = {}
-    # fp32 codes on a GPU must be the CPU's fp32 codes (same cache key): no TF32 while they are made.
-    exact = exact_fp32(dev.type) if precision == "fp32" else contextlib.nullcontext()
-
-    first = {}
     for i in valid:
-        first.setdefault(digests[i], paths[i])
-    # On Ray, the actors commit the codes of what the cache lacks; all is then served from it.
-    ray_stored, ray_failed = {}, {}
-    if ray is not None:
-        todo = cache.missing([digests[i] for i in valid])
-        if todo:
-            for store in cache.stores.values():
-                store.ensure_writable()
-            ray_stored, ray_failed = run_on_ray(
-                ray,
-                [(d, first[d]) for d in todo],
-                spec,
-                layers,
-                pooling,
-                precision,
-                dev,
-                cache.root,
-                configs,
-                batch_size=batch_size,
-                actors=ray_actors,
-                progress=progress,
-            )
-            lost = cache.missing(list(dict.fromkeys(ray_stored.values())))
-            if lost:
-                raise OSError(
-                    f"the Ray workers committed the codes of {len(lost)} image(s) to "
-                    f"{cache.root}, which this process does not find there: the cache folder "
-                    "must be on a filesystem every node sees, at the same path"
-                )
+        job.first.setdefault(digests[i], paths[i])
 
-    def compute(missing, deliver):
-        rest = []
-        for digest in missing:
-            if digest in ray_failed:  # unreadable when an engine task decoded it
-                if on_error == "raise":
-                    raise ImageLoadError(first[digest], ray_failed[digest])
-                failed[digest] = ray_failed[digest]
-            elif digest in ray_stored:  # rewritten since hashed: stored under its new content
-                actual = [ray_stored[digest]]
-                codes = {layer: store.read(actual) for layer, store in cache.stores.items()}
-                deliver([digest], codes, stored_as=actual)
-            else:
-                rest.append(digest)
-        if not rest:
-            return
-        loop = ForwardLoop(
-            spec=spec,
-            layers=layers,
-            pooling=pooling,
-            device=dev,
-            precision=precision,
-            batch_size=batch_size,
-            num_workers=num_workers,
-            on_error=on_error,
-            progress=progress,
-            items=[(d, first[d]) for d in rest],
-            deliver=deliver,
-            failed=failed,
-        )
-        with exact:
-            loop.run()
-
-    served = cache.cached(
-        [digests[i] for i in valid],
-        compute,
-        widths,
-        commit_rows=commit_rows,
-        commit_seconds=commit_seconds,
-    )
+    # 2. Serve what the cache has; the engine computes the rest, which the cache keeps.
+    served = engine.serve(job, cache, [digests[i] for i in valid])
     codes = served.codes
-    # Served as hits, but computed by this call's actors (a rewritten file's were delivered).
-    on_ray = sum(1 for digest, actual in ray_stored.items() if actual == digest)
-    if failed:  # unreadable when decoded, after hashing
+    if job.failed:  # unreadable when decoded, after hashing
         for i in valid:
-            if digests[i] in failed:
-                skipped[i] = failed[digests[i]]
+            if digests[i] in job.failed:
+                skipped[i] = job.failed[digests[i]]
         rows = [r for r, i in enumerate(valid) if i not in skipped]
         codes = {layer: arr[rows] for layer, arr in codes.items()}
 
@@ -508,10 +403,9 @@ def _extract(
         codes=codes,
         kept=kept,
         skipped=[SkippedImage(i, paths[i], skipped[i]) for i in sorted(skipped)],
-        computed=served.computed + on_ray,
-        cached=served.hits - on_ray,
-        configs=configs,
-        seconds=time.perf_counter() - started,
+        computed=served.computed,
+        cached=served.hits,
+        configs=job.configs,
     )
 
 
@@ -560,9 +454,14 @@ def extract_views(
     started = time.perf_counter()
     names = expand_views(views, view_seed)
     check_view_reduce(view_reduce)
-    # One Ray session for all the views (each extract_codes would otherwise start its own).
-    ray = options.get("engine") == "ray"
-    with ray_session(options.get("ray_address")) if ray else contextlib.nullcontext():
+    # One engine session for all the views (each extract_codes would otherwise start its own).
+    engine = engine_for(
+        options.get("engine", "local"),
+        options.get("ray_address"),
+        options.get("ray_actors"),
+        precision=options.get("precision", "auto"),
+    )
+    with engine.session():
         results = [
             extract_codes(images, spec.with_view(v), layers, pooling, **options) for v in names
         ]

@@ -241,14 +241,37 @@ def run_on_ray(
     Returns ``(stored, failed)``: digest -> the digest its codes were stored under, and
     digest -> why its file could not be read.
     """
-    from ray.data import ActorPoolStrategy, DataContext
+    from ray.data import DataContext
+
+    context = DataContext.get_current()
+    context.enable_progress_bars = False  # one bar over all nodes: ours, counted on acks
+    ds = _pipeline(
+        ray,
+        items,
+        spec,
+        layers,
+        pooling,
+        precision,
+        device,
+        root,
+        configs,
+        batch_size=batch_size,
+        actors=actors,
+    )
+    return _collect(ds, len(items), progress)
+
+
+def _pipeline(
+    ray, items, spec, layers, pooling, precision, device, root, configs, *, batch_size, actors
+):
+    """The Ray Dataset of ``items``: decoded by CPU tasks (Pillow) and committed by a pool of
+    :class:`CodeWriter` actors; its rows are their acknowledgements."""
+    from ray.data import ActorPoolStrategy
 
     gpu = device.type == "cuda"
     cpus = ray.cluster_resources().get("CPU", 1)
     if actors is None:
         actors = int(ray.cluster_resources().get("GPU", 0)) if gpu else max(1, int(cpus))
-    context = DataContext.get_current()
-    context.enable_progress_bars = False  # one bar over all nodes: ours, counted on acks
     # Blocks of up to BLOCK_ROWS, at least a few per actor, so that the pool shares the work out.
     block = max(1, min(BLOCK_ROWS, -(-len(items) // (4 * actors))))
     blocks = max(1, -(-len(items) // block))
@@ -265,7 +288,7 @@ def run_on_ray(
             batch_format="numpy",
             num_cpus=1,
         )
-    ds = ds.map_batches(
+    return ds.map_batches(
         CodeWriter,
         fn_constructor_kwargs={
             "spec": spec,
@@ -285,8 +308,12 @@ def run_on_ray(
         num_gpus=1 if gpu else 0,
         num_cpus=0 if gpu else 1,
     )
+
+
+def _collect(ds, total, progress):
+    """Run ``ds``, counting its acknowledgements on one progress bar: ``(stored, failed)``."""
     stored, failed = {}, {}
-    bar = Progress(len(items), "extracting on Ray", "images", "img", progress)
+    bar = Progress(total, "extracting on Ray", "images", "img", progress)
     # Ray Data logs each execution's plan at INFO; our bar says what the user needs.
     logger = logging.getLogger("ray.data")
     level = logger.level

@@ -87,7 +87,7 @@ def recheck_codes(
         ``status`` ``"ok"`` or ``"mismatch"`` with ``checked``, ``mismatched``, ``max_abs_diff``
         and ``tolerance`` (:data:`TOLERANCES`); or ``"not re-checked"`` with the ``reason``.
     """
-    from .extract import GPU_DECODER, extract_codes, resolve_device, spec_from_config
+    from .extract import extract_codes
 
     rng = random.Random() if rng is None else rng
     config = store.config
@@ -95,15 +95,9 @@ def recheck_codes(
     candidates = sorted(d for d in by_digest if d in index)
     if not candidates:
         return _not_rechecked("none of the DATA images is stored here")
-    try:
-        spec = spec_from_config(
-            config, weights_path=weights_path, trust_model_code=trust_model_code
-        )
-        resolved = resolve_device(device)
-    except ValueError as exc:
-        return _not_rechecked(exc)
-    if str(config.get("decode", "")).endswith(GPU_DECODER) and resolved.type != "cuda":
-        return _not_rechecked("decoded by nvJPEG: needs --device cuda")
+    spec = _rebuilt_spec(config, weights_path, trust_model_code, device)
+    if isinstance(spec, dict):
+        return spec
     chosen = rng.sample(candidates, min(sample, len(candidates)))
     if log is not None:
         log(f"  recomputing {len(chosen)} code(s) of {store.key[:12]} ({config.get('layer')})")
@@ -126,14 +120,34 @@ def recheck_codes(
     kept = [chosen[i] for i in result.kept]
     if not kept:
         return _not_rechecked("the sampled images could not be read")
-    fresh = result.codes[config["layer"]]
-    stored = store.read(kept)
-    tol = TOLERANCES.get(config["precision"], 1e-4)
+    return _compare(result.codes[config["layer"]], store.read(kept), config["precision"])
+
+
+def _rebuilt_spec(config, weights_path, trust_model_code, device):
+    """The spec that made ``config``'s codes, or the verdict saying why they cannot be remade
+    here (on ``device``)."""
+    from .extract import GPU_DECODER, resolve_device, spec_from_config
+
+    try:
+        spec = spec_from_config(
+            config, weights_path=weights_path, trust_model_code=trust_model_code
+        )
+        resolved = resolve_device(device)
+    except ValueError as exc:
+        return _not_rechecked(exc)
+    if str(config.get("decode", "")).endswith(GPU_DECODER) and resolved.type != "cuda":
+        return _not_rechecked("decoded by nvJPEG: needs --device cuda")
+    return spec
+
+
+def _compare(fresh, stored, precision):
+    """The verdict on recomputed codes against the stored ones, under :data:`TOLERANCES`."""
+    tol = TOLERANCES.get(precision, 1e-4)
     diff = np.abs(fresh.astype(np.float64) - stored)
     bad = int(np.sum(np.any(diff > tol + tol * np.abs(stored), axis=1)))
     return {
         "status": "mismatch" if bad else "ok",
-        "checked": len(kept),
+        "checked": len(stored),
         "mismatched": bad,
         "max_abs_diff": float(diff.max()) if diff.size else 0.0,
         "tolerance": tol,

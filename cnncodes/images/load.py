@@ -83,6 +83,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from ..errors import UsageError
 from ..spec import DECODE_POLICY, file_stamp
 from ..utils.files import display
+from ..utils.memo import Memo
 
 __all__ = [
     "DECODE_POLICY",
@@ -211,7 +212,8 @@ def read_file(path) -> bytes:
             raise ImageLoadError(name, f"read error: {e.strerror or e}") from None
 
 
-_DIGESTS: dict = {}
+# Digests of files by path, stamped with the file's file_stamp (a rewritten file is hashed again).
+_DIGESTS = Memo(1_000_000)
 
 
 def file_digest(path) -> str:
@@ -237,7 +239,7 @@ def _memoised_digest(path):
         return None
     if not stat.S_ISREG(st.st_mode):
         return None
-    return _DIGESTS.get(file_stamp(path, st))
+    return _DIGESTS.get(os.fsdecode(path), stamp=file_stamp(path, st))
 
 
 def _read_and_hash(path):
@@ -296,10 +298,7 @@ def remember_digest(path, data: bytes) -> str:
         st = os.stat(path)
     except OSError:
         return digest
-    if len(_DIGESTS) > 1_000_000:
-        _DIGESTS.clear()
-    _DIGESTS[file_stamp(path, st)] = digest
-    return digest
+    return _DIGESTS.put(os.fsdecode(path), digest, stamp=file_stamp(path, st))
 
 
 def load_image_bytes(

@@ -21,7 +21,6 @@ files, so that whatever writes one for cnncodes is read back by the same code.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import os
 import re
@@ -32,9 +31,19 @@ import torch
 from torch import nn
 
 from ..spec import WeightsError, file_sha256
+from ..utils.memo import memoize
 from .architectures import _is_callable_name, _timm
 
-__all__ = ["WeightsUnavailableError"]
+__all__ = [
+    "WeightsUnavailableError",
+    "checkpoint_preprocessing",
+    "fetch_named_weights",
+    "fetch_timm_weights",
+    "load_state",
+    "load_timm_pretrained",
+    "read_checkpoint",
+    "state_fingerprint",
+]
 
 _CHECKPOINT_KEYS = ("state_dict", "model_state_dict", "model", "net", "module")
 _PREFIXES = ("module.", "_orig_mod.")
@@ -52,7 +61,7 @@ def _downloads_allowed():
     return os.environ.get("CNNCODES_DOWNLOAD", "").strip().lower() in ("1", "true", "yes")
 
 
-def _fetch_named_weights(enum_member):
+def fetch_named_weights(enum_member):
     """Path to the verified local file of torchvision weights.
 
     Nothing is fetched from the internet unless ``CNNCODES_DOWNLOAD=1`` is set: a missing file
@@ -109,7 +118,7 @@ def _hf_hub_cache():
     return constants.HF_HUB_CACHE
 
 
-def _fetch_timm_weights(name):
+def fetch_timm_weights(name):
     """Path to the local file of timm's pretrained weights ``name`` (``"resnet10t.c3_in1k"``).
 
     Looked up where timm itself keeps them (the Hugging Face hub cache, or
@@ -186,7 +195,7 @@ def _download_timm_hub_file(repo, files, revision, cache, label):
     )
 
 
-def _load_timm_pretrained(model_name, path, seed, kwargs=()):
+def load_timm_pretrained(model_name, path, seed, kwargs=()):
     """timm's network ``model_name`` with the pretrained weights in file ``path``, never
     fetching. The file is read here (safetensors, or ``torch.load`` with ``weights_only=True``
     whatever timm's version defaults to); timm applies its own checkpoint filters to the state."""
@@ -199,7 +208,7 @@ def _load_timm_pretrained(model_name, path, seed, kwargs=()):
         except Exception as exc:  # safetensors raises its own error types
             raise WeightsError(f"{path}: cannot be read as safetensors ({exc})") from None
     else:
-        state = _read_checkpoint(path)
+        state = read_checkpoint(path)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         net = _timm().create_model(
@@ -260,12 +269,12 @@ def _load_checkpoint(path, mmap=False):
         ) from None
 
 
-def _read_checkpoint(path):
+def read_checkpoint(path):
     return _unwrap_state_dict(_load_checkpoint(path), path)
 
 
-@functools.lru_cache(maxsize=16)
-def _checkpoint_preprocessing(path, weights_id):
+@memoize(16)
+def checkpoint_preprocessing(path, weights_id):
     """The ``preprocessing`` entry of a checkpoint dict, or None; memoised on the file's SHA-256
     (``weights_id``), so a grid search reads each file once."""
     obj = _load_checkpoint(path, mmap=True)
@@ -274,7 +283,7 @@ def _checkpoint_preprocessing(path, weights_id):
     return None
 
 
-def _load_state(net, state, source, model=None):
+def load_state(net, state, source, model=None):
     own = net.state_dict()
     # Checkpoints saved before PyTorch 0.4.1 lack BatchNorm's num_batches_tracked; the modules
     # fill it in themselves and it never changes an eval-mode output.
@@ -322,7 +331,7 @@ def _head_hint(net, state, problems, model=None):
     )
 
 
-def _state_fingerprint(net):
+def state_fingerprint(net):
     digest = hashlib.sha256()
     for name, t in net.state_dict().items():
         digest.update(name.encode())

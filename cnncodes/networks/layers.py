@@ -11,7 +11,6 @@ whose outputs are timm's ``forward_features(x)`` and ``forward_head(..., pre_log
 from __future__ import annotations
 
 import difflib
-import functools
 from dataclasses import dataclass
 
 import torch
@@ -20,6 +19,7 @@ from torchvision.models import feature_extraction
 
 from ..errors import UsageError
 from ..spec import ModelSpec
+from ..utils.memo import memoize
 from .architectures import _construct, _meta_model, _parse_named_weights
 
 __all__ = [
@@ -32,6 +32,8 @@ __all__ = [
     "module_names",
     "node_names",
     "resolve_layers",
+    "meta_for_spec",
+    "probe_layers",
 ]
 
 PENULTIMATE = "penultimate"
@@ -160,11 +162,11 @@ def _timm_alias(net, nodes, alias):
 def _traceable(spec_or_net):
     net = spec_or_net
     if isinstance(spec_or_net, ModelSpec):
-        net = _meta_for_spec(spec_or_net)
+        net = meta_for_spec(spec_or_net)
     return net
 
 
-def _meta_for_spec(spec):
+def meta_for_spec(spec):
     return _meta_model(spec.model, spec.weights_spec.name, spec.model_kwargs)
 
 
@@ -182,7 +184,7 @@ def resolve_layers(spec, layers):
     return _resolve_layers(spec, layers)
 
 
-@functools.lru_cache(maxsize=256)
+@memoize(256)
 def _resolve_layers_memo(spec, layers):
     return tuple(_resolve_layers(spec, list(layers)))
 
@@ -313,13 +315,13 @@ def layer_shapes(spec, layers):
     return dict(_layer_shapes_memo(spec, tuple(layers)))
 
 
-@functools.lru_cache(maxsize=256)
+@memoize(256)
 def _layer_shapes_memo(spec, layers):
-    outputs = _probe(spec, _meta_for_spec(spec), layers)
+    outputs = probe_layers(spec, meta_for_spec(spec), layers)
     return {name: tuple(_check_output(name, outputs[name]).shape[1:]) for name in layers}
 
 
-def _probe(spec, meta_net, layers):
+def probe_layers(spec, meta_net, layers):
     """Layer outputs for one dummy image: on the meta device (free), or, for a model whose
     forward branches on tensor values (impossible on meta), once on a real zero image."""
     h, w = spec.preprocessing.input_size

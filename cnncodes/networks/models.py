@@ -30,7 +30,6 @@ extractors, shapes).
 
 from __future__ import annotations
 
-import functools
 import os
 from collections.abc import Mapping
 
@@ -53,6 +52,7 @@ from ..spec import (
     file_sha256,
     is_timm_name,
 )
+from ..utils.memo import memoize
 from .architectures import (
     _arch_id,
     _check_model_name,
@@ -68,33 +68,47 @@ from .architectures import (
 from .architectures import model_identity as model_identity
 from .checkpoints import (
     WeightsUnavailableError,
-    _checkpoint_preprocessing,
-    _fetch_named_weights,
-    _fetch_timm_weights,
-    _load_state,
-    _load_timm_pretrained,
-    _read_checkpoint,
-    _state_fingerprint,
+    checkpoint_preprocessing,
+    fetch_named_weights,
+    fetch_timm_weights,
+    load_state,
+    load_timm_pretrained,
+    read_checkpoint,
+    state_fingerprint,
 )
 from .layers import (
     PENULTIMATE,
     LayerError,
     LayerInfo,
-    _meta_for_spec,
-    _probe,
     build_extractor,
+    meta_for_spec,
     module_names,
     node_names,
+    probe_layers,
     resolve_layers,
 )
 from .layers import layer_shapes as layer_shapes  # as model_identity above
 from .pooling import POOLINGS, code_size
 from .preprocessing import (
-    _declared_preprocessing,
-    _timm_preprocessing,
+    declared_preprocessing,
     default_preprocessing_note,
     resolve_preprocessing,
+    timm_preprocessing,
 )
+
+# The old private names this facade re-exported before the split (code written then imports
+# them from here): aliases of the public names of checkpoints, layers and preprocessing.
+_checkpoint_preprocessing = checkpoint_preprocessing
+_fetch_named_weights = fetch_named_weights
+_fetch_timm_weights = fetch_timm_weights
+_load_state = load_state
+_load_timm_pretrained = load_timm_pretrained
+_read_checkpoint = read_checkpoint
+_state_fingerprint = state_fingerprint
+_meta_for_spec = meta_for_spec
+_probe = probe_layers
+_declared_preprocessing = declared_preprocessing
+_timm_preprocessing = timm_preprocessing
 
 __all__ = [
     "ModelSpec",
@@ -211,46 +225,12 @@ def resolve_spec(
             f"weights={weights!r}: expected a weights name, 'none', or a checkpoint file path"
         )
     weights = os.fspath(weights) if weights is not None else None
-    enum = None
-    if weights is None and _is_callable_name(model):
-        # The callable decides its own weights: identify them by content (exact, built once).
-        resolved = None
-    elif weights is None or (weights.lower() != "none" and not _looks_like_path(weights)):
-        enum = _parse_named_weights(model, "DEFAULT" if weights is None else weights)
-        if is_timm_name(model):
-            resolved = Weights("timm", name=enum)
-        else:
-            resolved = Weights("torchvision", name=f"{type(enum).__name__}.{enum.name}")
-    elif weights.lower() == "none":
-        resolved = Weights("none", seed=seed)
-    else:
-        path = os.path.abspath(weights)
-        if not os.path.isfile(path):
-            raise WeightsError(f"weights file not found: {weights}")
-        resolved = Weights("checkpoint", file=path, sha256=file_sha256(path))
+    resolved, enum = _resolve_weights(model, weights, seed)
     meta = _meta_model(model, resolved.name if enum is not None else None, kwargs)
     if resolved is None:
         resolved = Weights("callable", sha256=_built_state_id(model, seed, kwargs))
-    declared, declared_by = _declared_preprocessing(model), model
-    own = getattr(meta, "preprocessing", None)
-    if declared is None and isinstance(own, Mapping) and _is_callable_name(model):
-        # Declared on the network the callable returns (a submodule of that name is not this).
-        declared, declared_by = own, f"{model}()"
-    checkpoint = None
-    if resolved.kind == "checkpoint":
-        checkpoint = _checkpoint_preprocessing(resolved.file, resolved.identity)
-    pretrained = None
-    if is_timm_name(model):
-        pretrained = _timm_preprocessing(_timm().data.resolve_model_data_config(meta))
-        enum = None  # timm's weights give no torchvision transforms()
     pre = resolve_preprocessing(
-        enum,
-        pretrained=pretrained,
-        pretrained_origin="weights" if resolved.kind == "timm" else "model",
-        declared=declared,
-        declared_by=declared_by,
-        checkpoint=checkpoint,
-        checkpoint_path=resolved.file,
+        **_own_preprocessing(model, meta, resolved, enum),
         resize=resize,
         crop=crop,
         mean=mean,
@@ -262,13 +242,58 @@ def resolve_spec(
     return ModelSpec(model, resolved.argument, resolved.identity, arch_id, seed, pre, kwargs)
 
 
+def _resolve_weights(model, weights, seed):
+    """``(Weights or None, the named weights' enum or None)`` of :func:`resolve_spec`'s
+    ``weights`` (None: a callable's own, identified once it is built)."""
+    if weights is None and _is_callable_name(model):
+        # The callable decides its own weights: identify them by content (exact, built once).
+        return None, None
+    if weights is None or (weights.lower() != "none" and not _looks_like_path(weights)):
+        enum = _parse_named_weights(model, "DEFAULT" if weights is None else weights)
+        if is_timm_name(model):
+            return Weights("timm", name=enum), enum
+        return Weights("torchvision", name=f"{type(enum).__name__}.{enum.name}"), enum
+    if weights.lower() == "none":
+        return Weights("none", seed=seed), None
+    path = os.path.abspath(weights)
+    if not os.path.isfile(path):
+        raise WeightsError(f"weights file not found: {weights}")
+    return Weights("checkpoint", file=path, sha256=file_sha256(path)), None
+
+
+def _own_preprocessing(model, meta, resolved, enum):
+    """:func:`resolve_preprocessing`'s arguments for the model's own preprocessing: its
+    weights', its declaration's, its checkpoint's (``meta``: the network on the meta device)."""
+    declared, declared_by = declared_preprocessing(model), model
+    own = getattr(meta, "preprocessing", None)
+    if declared is None and isinstance(own, Mapping) and _is_callable_name(model):
+        # Declared on the network the callable returns (a submodule of that name is not this).
+        declared, declared_by = own, f"{model}()"
+    checkpoint = None
+    if resolved.kind == "checkpoint":
+        checkpoint = checkpoint_preprocessing(resolved.file, resolved.identity)
+    pretrained = None
+    if is_timm_name(model):
+        pretrained = timm_preprocessing(_timm().data.resolve_model_data_config(meta))
+        enum = None  # timm's weights give no torchvision transforms()
+    return {
+        "weights_enum": enum,
+        "pretrained": pretrained,
+        "pretrained_origin": "weights" if resolved.kind == "timm" else "model",
+        "declared": declared,
+        "declared_by": declared_by,
+        "checkpoint": checkpoint,
+        "checkpoint_path": resolved.file,
+    }
+
+
 def _built_state_id(model, seed, kwargs=()):
     return _built_state_id_memo(_identity_or_raise(model), seed, kwargs)
 
 
-@functools.lru_cache(maxsize=8)
+@memoize(8)
 def _built_state_id_memo(identity, seed, kwargs=()):
-    return _state_fingerprint(_construct(identity[0], None, seed, kwargs))
+    return state_fingerprint(_construct(identity[0], None, seed, kwargs))
 
 
 def build_model(spec):
@@ -280,16 +305,16 @@ def build_model(spec):
     weights = spec.weights_spec
     enum = _parse_named_weights(spec.model, weights.name) if weights.name else None
     if weights.kind == "timm":
-        net = _load_timm_pretrained(enum, _fetch_timm_weights(enum), spec.seed, spec.model_kwargs)
+        net = load_timm_pretrained(enum, fetch_timm_weights(enum), spec.seed, spec.model_kwargs)
     else:
         net = _construct(spec.model, enum, spec.seed, spec.model_kwargs)
     if weights.kind == "torchvision":
-        path = _fetch_named_weights(enum)
-        _load_state(net, _read_checkpoint(path), path)
+        path = fetch_named_weights(enum)
+        load_state(net, read_checkpoint(path), path)
     elif weights.kind == "checkpoint":
         weights.verify()
-        _load_state(net, _read_checkpoint(spec.weights), spec.weights, spec.model)
-    elif weights.kind == "callable" and _state_fingerprint(net) != weights.sha256:
+        load_state(net, read_checkpoint(spec.weights), spec.weights, spec.model)
+    elif weights.kind == "callable" and state_fingerprint(net) != weights.sha256:
         raise WeightsError(
             f"{spec.model} now builds different weights than when this configuration was made"
         )
@@ -336,10 +361,10 @@ def list_layers(model, weights=None, **kwargs):
     ['avgpool', 'flatten', 'fc']
     """
     spec = model if isinstance(model, ModelSpec) else resolve_spec(model, weights, **kwargs)
-    net = _meta_for_spec(spec)
+    net = meta_for_spec(spec)
     nodes = node_names(net)
     names = nodes if nodes is not None else module_names(net)
-    outputs = _probe(spec, net, names)
+    outputs = probe_layers(spec, net, names)
     infos = []
     for name in names:
         out = outputs.get(name)

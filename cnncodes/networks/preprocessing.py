@@ -27,7 +27,13 @@ from ..spec import (
 )
 from .architectures import _is_callable_name, _load_callable
 
-__all__ = ["MAX_SIDE", "default_preprocessing_note", "resolve_preprocessing"]
+__all__ = [
+    "MAX_SIDE",
+    "default_preprocessing_note",
+    "resolve_preprocessing",
+    "declared_preprocessing",
+    "timm_preprocessing",
+]
 
 MAX_SIDE = 4096  # pixels; larger resize or crop values are mistakes (a 4096^2 batch of 32 is 6 GB)
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -158,7 +164,7 @@ def resolve_preprocessing(
     checkpoint_path : str
         The checkpoint file, named in error messages.
     pretrained : dict, optional
-        A timm model's own preprocessing (:func:`_timm_preprocessing`), in the same forms; it
+        A timm model's own preprocessing (:func:`timm_preprocessing`), in the same forms; it
         ranks with ``weights_enum``'s, below ``declared``.
     pretrained_origin : str
         The origin :attr:`Preprocessing.source` gives ``pretrained``'s values: ``"weights"``
@@ -188,28 +194,7 @@ def resolve_preprocessing(
     """
     if not isinstance(impl, str) or impl not in PREPROCESSING_IMPLS:
         raise UsageError(f"impl={impl!r}: choose one of {', '.join(PREPROCESSING_IMPLS)}")
-    base = {
-        "resize": (256,),
-        "crop": (224, 224),
-        "mean": _IMAGENET_MEAN,
-        "std": _IMAGENET_STD,
-        "interpolation": "bilinear",
-    }
-    origin, given = {}, {}  # where each value was written, and as what
-    source = dict.fromkeys(PREPROCESSING_KEYS, "ImageNet default")
-    if weights_enum is not None:
-        source = dict.fromkeys(PREPROCESSING_KEYS, "weights")
-        t = weights_enum.transforms()
-        for attr, key in (("resize_size", "resize"), ("crop_size", "crop")):
-            if getattr(t, attr, None) is not None:
-                base[key] = tuple(getattr(t, attr))
-        if len(base["crop"]) == 1:
-            base["crop"] = base["crop"] * 2
-        base["mean"] = tuple(getattr(t, "mean", base["mean"]))
-        base["std"] = tuple(getattr(t, "std", base["std"]))
-        interp = getattr(t, "interpolation", None)
-        if interp is not None:
-            base["interpolation"] = getattr(interp, "value", str(interp))
+    base, source = _model_base(weights_enum)
     own = []  # (values, where they are written, their origin, the error to raise)
     if pretrained is not None:
         own.append((pretrained, "timm's pretrained config", pretrained_origin, ModelError))
@@ -217,6 +202,24 @@ def resolve_preprocessing(
         own.append((declared, f"{declared_by}.preprocessing", "model", ModelError))
     if checkpoint is not None:
         own.append((checkpoint, f"{checkpoint_path}['preprocessing']", "checkpoint", WeightsError))
+    explicit = {
+        "resize": resize,
+        "crop": crop,
+        "mean": mean,
+        "std": std,
+        "interpolation": interpolation,
+    }
+    explicit = {key: value for key, value in explicit.items() if value is not None}
+    origin, given = _apply_in_order(base, source, own, explicit)
+    _check_resolved(base, impl, origin, given)
+    base["resize"] = tuple(base["resize"])
+    return Preprocessing(**base, impl=impl, source=tuple(source.items()))
+
+
+def _apply_in_order(base, source, own, explicit):
+    """Apply each of ``own``'s values (checked), then the ``explicit`` ones, onto ``base``;
+    ``(origin, given)``: per key, where its value was written and as what."""
+    origin, given = {}, {}
     for values, where, name, error in own:
         _check_declared(values, where, error)
         try:
@@ -226,18 +229,42 @@ def resolve_preprocessing(
         origin.update((key, f"{where}[{key!r}]") for key in values)
         given.update(values)
         source.update(dict.fromkeys(values, name))
-    explicit = {
-        "resize": resize,
-        "crop": crop,
-        "mean": mean,
-        "std": std,
-        "interpolation": interpolation,
-    }
-    explicit = {key: value for key, value in explicit.items() if value is not None}
     _apply_preprocessing(base, explicit, lambda key: key)
     origin.update((key, key) for key in explicit)
     given.update(explicit)
     source.update(dict.fromkeys(explicit, "explicit"))
+    return origin, given
+
+
+def _model_base(weights_enum):
+    """The preprocessing values of ``weights_enum``'s ``transforms()`` (or the ImageNet
+    default), and where each came from."""
+    base = {
+        "resize": (256,),
+        "crop": (224, 224),
+        "mean": _IMAGENET_MEAN,
+        "std": _IMAGENET_STD,
+        "interpolation": "bilinear",
+    }
+    if weights_enum is None:
+        return base, dict.fromkeys(PREPROCESSING_KEYS, "ImageNet default")
+    t = weights_enum.transforms()
+    for attr, key in (("resize_size", "resize"), ("crop_size", "crop")):
+        if getattr(t, attr, None) is not None:
+            base[key] = tuple(getattr(t, attr))
+    if len(base["crop"]) == 1:
+        base["crop"] = base["crop"] * 2
+    base["mean"] = tuple(getattr(t, "mean", base["mean"]))
+    base["std"] = tuple(getattr(t, "std", base["std"]))
+    interp = getattr(t, "interpolation", None)
+    if interp is not None:
+        base["interpolation"] = getattr(interp, "value", str(interp))
+    return base, dict.fromkeys(PREPROCESSING_KEYS, "weights")
+
+
+def _check_resolved(base, impl, origin, given):
+    """Refuse resolved values that do not go together, naming where each was written
+    (``origin``: key -> where; ``given``: key -> as what)."""
     if base["crop"] is None and len(base["resize"]) != 2:
         # Echo what was given (0 or "none"): None is only how "no crop" is stored.
         raise UsageError(
@@ -260,18 +287,16 @@ def resolve_preprocessing(
             f"{origin.get('interpolation', 'interpolation')}={base['interpolation']!r} is not "
             f"supported by impl={impl!r}; choose one of {', '.join(supported)} (or impl='pil')"
         )
-    base["resize"] = tuple(base["resize"])
-    return Preprocessing(**base, impl=impl, source=tuple(source.items()))
 
 
-def _timm_preprocessing(config):
+def timm_preprocessing(config):
     """A timm data config (``timm.data.resolve_model_data_config``) in :func:`resolve_preprocessing`'s
     argument forms: resize = crop / ``crop_pct`` as timm's own eval transform does it (the shorter
     side for a square input, else both sides; both with ``crop_mode="squash"``).
 
     Examples
     --------
-    >>> out = _timm_preprocessing({"input_size": (3, 176, 176), "interpolation": "bicubic",
+    >>> out = timm_preprocessing({"input_size": (3, 176, 176), "interpolation": "bicubic",
     ...     "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5), "crop_pct": 0.875})
     >>> out["resize"], out["crop"], out["interpolation"]
     ((201,), (176, 176), 'bicubic')
@@ -314,7 +339,7 @@ def default_preprocessing_note(spec):
     )
 
 
-def _declared_preprocessing(model):
+def declared_preprocessing(model):
     """The ``preprocessing`` attribute of a user's callable, or ``None`` (torchvision models)."""
     if not _is_callable_name(model):
         return None

@@ -39,7 +39,6 @@ Plain h5py reads everything::
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import errno
 import fcntl
@@ -64,6 +63,7 @@ from ..utils.files import (
     temporary_path,
 )
 from ..utils.files import TMP_PREFIX as _TMP_PREFIX
+from ..utils.memo import Memo
 
 __all__ = [
     "FORMAT_VERSION",
@@ -116,15 +116,16 @@ def resolve_cache_dir(cache_dir="auto"):
     return path
 
 
-# Shards are immutable, so what was read from one stays true for as long as the file exists.
-_SHARD_INDEX = {}
+# Shards are immutable, so what was read from one stays true for as long as the file exists:
+# path -> ``((keys, width) or None, verified)``, stamped with the shard's file_stamp.
+_SHARD_INDEX = Memo(16384)
 
 # Codes of shards read whole in this process, keyed like _SHARD_INDEX (a grid search reads the same
-# codes for every fold and candidate; see bench/RESULTS.md). Small shards only, bounded in total,
-# least recently used dropped first. Read-only arrays: callers get copies (fancy indexing).
-_SHARD_CODES = collections.OrderedDict()
+# codes for every fold and candidate; see bench/RESULTS.md). Small shards only, bounded in total
+# bytes, least recently used dropped first. Read-only arrays: callers get copies (fancy indexing).
 _HOLD_MAX_SHARD_BYTES = 64 * 2**20
 _HOLD_MAX_BYTES = 128 * 2**20
+_SHARD_CODES = Memo(4096, weigh=lambda codes: codes.nbytes, max_weight=_HOLD_MAX_BYTES)
 
 
 #: Fresh listings a reader tries when concurrent compactions keep removing the shards it listed.
@@ -143,25 +144,14 @@ def _stat_key(path):
 
 
 def _held_codes(path):
-    entry = _SHARD_CODES.get(path)
-    if entry is None:
-        return None
-    if entry[0] != _stat_key(path):
-        del _SHARD_CODES[path]
-        return None
-    _SHARD_CODES.move_to_end(path)
-    return entry[1]
+    return _SHARD_CODES.get(path, stamp=_stat_key(path))
 
 
 def _hold_codes(path, st, codes):
     if codes.nbytes > _HOLD_MAX_SHARD_BYTES:
         return
     codes.flags.writeable = False
-    _SHARD_CODES[path] = (file_stamp(path, st), codes)
-    total = sum(c.nbytes for _, c in _SHARD_CODES.values())
-    while total > _HOLD_MAX_BYTES and len(_SHARD_CODES) > 1:
-        _, (_, dropped) = _SHARD_CODES.popitem(last=False)
-        total -= dropped.nbytes
+    _SHARD_CODES.put(path, codes, stamp=file_stamp(path, st))
 
 
 class CodeStore:
@@ -286,10 +276,9 @@ class CodeStore:
             st = os.lstat(path)
         except FileNotFoundError:
             return None
-        stamp = file_stamp(path, st)
-        memo = _SHARD_INDEX.get(path)
-        if memo is not None and memo[0] == stamp and (memo[2] or not verify):
-            return memo[1]  # None for a shard already found bad (warned about once)
+        memo = _SHARD_INDEX.get(path, stamp=file_stamp(path, st))
+        if memo is not None and (memo[1] or not verify):
+            return memo[0]  # None for a shard already found bad (warned about once)
         try:
             f, st = self._open(path)
             with f:
@@ -302,10 +291,10 @@ class CodeStore:
             return None
         except (OSError, ValueError, KeyError) as exc:
             warnings.warn(f"ignoring cache file {path}: {exc}", CacheWarning, stacklevel=3)
-            _SHARD_INDEX[path] = (file_stamp(path, st), None, True)
+            _SHARD_INDEX.put(path, (None, True), stamp=file_stamp(path, st))
             return None
         entry = (keys, width)
-        _SHARD_INDEX[path] = (file_stamp(path, st), entry, verify)
+        _SHARD_INDEX.put(path, (entry, verify), stamp=file_stamp(path, st))
         return entry
 
     def index(self):

@@ -145,83 +145,120 @@ def write_codes(path, result, dataset, spec, pooling, parquet_layout=None):
         parquet_layout = "list" if parquet_layout is None else parquet_layout
         if parquet_layout not in PARQUET_LAYOUTS:
             raise UsageError(f"parquet_layout={parquet_layout!r}: use 'list' or 'wide'")
-        pa, pq = _parquet(path)
-    kept = np.asarray(result.kept, dtype=np.int64)
-    codes = np.ascontiguousarray(result.concatenated(), dtype=np.float32)
-    paths = [os.fsencode(dataset.paths[i]) for i in kept]
-    shown = [display(dataset.paths[i]) for i in kept]
-    labels = [display(dataset.labels[i]) for i in kept] if dataset.labels is not None else None
-    layers = list(result.codes)
-    config = {
-        "cnncodes_version": __version__,
-        "spec": spec.to_dict(),
-        "layers": layers,
-        "pooling": pooling,
-        "configs": result.configs,
-        **(
-            {"views": list(result.views), "view_reduce": result.view_reduce}
-            if result.view_reduce is not None
-            else {}
-        ),
-        "source": {"kind": dataset.kind, "root": display(dataset.root)},
-        "skipped": skipped_json(result.skipped),
-    }
-    config_json = json.dumps(jsonable(config), sort_keys=True)
+        modules = _parquet(path)
+    rows = _Rows.of(result, dataset, spec, pooling)
     with atomic_path(path) as tmp:
         if ext == ".parquet":
-            columns = {"path": pa.array(shown, pa.string())}
-            if labels is not None:
-                columns["label"] = pa.array(labels, pa.string())
-            columns["kept"] = kept
-            columns["path_bytes"] = pa.array(paths, pa.binary())
-            widths = [[layer, int(arr.shape[1])] for layer, arr in result.codes.items()]
-            metadata = {
-                "config": config_json,
-                "layers": json.dumps(widths),
-                "layout": parquet_layout,
-                "version": __version__,
-            }
-            table = _parquet_table(pa, codes, widths, pooling, parquet_layout, columns, metadata)
-            # A file object, so that pyarrow never takes the temporary name for a URI.
-            with open(tmp, "wb") as f:
-                pq.write_table(table, f)
+            _write_parquet(tmp, rows, *modules, parquet_layout)
         elif ext == ".npz":
-            arrays = {
-                "codes": codes,
-                "paths": np.array(paths, dtype=bytes),
-                "display_paths": np.array(shown, dtype=str),
-                "kept": kept,
-                "config": np.array(config_json),
-            }
-            if labels is not None:
-                arrays["labels"] = np.array(labels, dtype=str)
-            if len(layers) > 1:
-                for layer, arr in result.codes.items():
-                    arrays[f"layers/{layer}"] = arr
-            with open(tmp, "wb") as f:
-                np.savez(f, **arrays)
+            _write_npz(tmp, rows)
         else:
-            import h5py
-
-            text = h5py.string_dtype("utf-8")
-            with h5py.File(tmp, "w") as f:
-                f.create_dataset("codes", data=codes)
-                # h5py's type for bytes objects (declared ASCII; HDF5 keeps the bytes as given).
-                raw = h5py.string_dtype("ascii")
-                f.create_dataset("paths", data=np.array(paths, dtype=object), dtype=raw)
-                f.create_dataset("display_paths", data=np.array(shown, dtype=object), dtype=text)
-                if labels is not None:
-                    f.create_dataset("labels", data=np.array(labels, dtype=object), dtype=text)
-                f.create_dataset("kept", data=kept)
-                if len(layers) > 1:
-                    group = f.create_group("layers")
-                    for layer, arr in result.codes.items():
-                        group.create_dataset(layer, data=arr)
-                f.attrs["config"] = config_json
-                f.attrs["configs"] = json.dumps(result.configs, sort_keys=True)
-                f.attrs["layers"] = json.dumps(layers)
-                f.attrs["cnncodes_version"] = __version__
+            _write_h5(tmp, rows)
     return path
+
+
+@dataclass(frozen=True)
+class _Rows:
+    """What a codes file holds, whatever its container."""
+
+    codes: np.ndarray  # every layer's, side by side
+    per_layer: dict
+    kept: np.ndarray
+    paths: list  # bytes
+    shown: list  # displayable str
+    labels: list | None
+    configs: dict
+    pooling: str
+    config_json: str
+
+    @classmethod
+    def of(cls, result, dataset, spec, pooling):
+        kept = np.asarray(result.kept, dtype=np.int64)
+        labels = dataset.labels
+        config = {
+            "cnncodes_version": __version__,
+            "spec": spec.to_dict(),
+            "layers": list(result.codes),
+            "pooling": pooling,
+            "configs": result.configs,
+            **(
+                {"views": list(result.views), "view_reduce": result.view_reduce}
+                if result.view_reduce is not None
+                else {}
+            ),
+            "source": {"kind": dataset.kind, "root": display(dataset.root)},
+            "skipped": skipped_json(result.skipped),
+        }
+        return cls(
+            codes=np.ascontiguousarray(result.concatenated(), dtype=np.float32),
+            per_layer=dict(result.codes),
+            kept=kept,
+            paths=[os.fsencode(dataset.paths[i]) for i in kept],
+            shown=[display(dataset.paths[i]) for i in kept],
+            labels=[display(labels[i]) for i in kept] if labels is not None else None,
+            configs=result.configs,
+            pooling=pooling,
+            config_json=json.dumps(jsonable(config), sort_keys=True),
+        )
+
+
+def _write_parquet(tmp, rows, pa, pq, layout):
+    columns = {"path": pa.array(rows.shown, pa.string())}
+    if rows.labels is not None:
+        columns["label"] = pa.array(rows.labels, pa.string())
+    columns["kept"] = rows.kept
+    columns["path_bytes"] = pa.array(rows.paths, pa.binary())
+    widths = [[layer, int(arr.shape[1])] for layer, arr in rows.per_layer.items()]
+    metadata = {
+        "config": rows.config_json,
+        "layers": json.dumps(widths),
+        "layout": layout,
+        "version": __version__,
+    }
+    table = _parquet_table(pa, rows.codes, widths, rows.pooling, layout, columns, metadata)
+    # A file object, so that pyarrow never takes the temporary name for a URI.
+    with open(tmp, "wb") as f:
+        pq.write_table(table, f)
+
+
+def _write_npz(tmp, rows):
+    arrays = {
+        "codes": rows.codes,
+        "paths": np.array(rows.paths, dtype=bytes),
+        "display_paths": np.array(rows.shown, dtype=str),
+        "kept": rows.kept,
+        "config": np.array(rows.config_json),
+    }
+    if rows.labels is not None:
+        arrays["labels"] = np.array(rows.labels, dtype=str)
+    if len(rows.per_layer) > 1:
+        for layer, arr in rows.per_layer.items():
+            arrays[f"layers/{layer}"] = arr
+    with open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+
+
+def _write_h5(tmp, rows):
+    import h5py
+
+    text = h5py.string_dtype("utf-8")
+    with h5py.File(tmp, "w") as f:
+        f.create_dataset("codes", data=rows.codes)
+        # h5py's type for bytes objects (declared ASCII; HDF5 keeps the bytes as given).
+        raw = h5py.string_dtype("ascii")
+        f.create_dataset("paths", data=np.array(rows.paths, dtype=object), dtype=raw)
+        f.create_dataset("display_paths", data=np.array(rows.shown, dtype=object), dtype=text)
+        if rows.labels is not None:
+            f.create_dataset("labels", data=np.array(rows.labels, dtype=object), dtype=text)
+        f.create_dataset("kept", data=rows.kept)
+        if len(rows.per_layer) > 1:
+            group = f.create_group("layers")
+            for layer, arr in rows.per_layer.items():
+                group.create_dataset(layer, data=arr)
+        f.attrs["config"] = rows.config_json
+        f.attrs["configs"] = json.dumps(rows.configs, sort_keys=True)
+        f.attrs["layers"] = json.dumps(list(rows.per_layer))
+        f.attrs["cnncodes_version"] = __version__
 
 
 @dataclass(frozen=True)

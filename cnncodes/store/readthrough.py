@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import UsageError
+from ..utils.memo import Memo
 from .cache import CodeStore, resolve_cache_dir
 
 __all__ = ["COMPACT_ABOVE_SHARDS", "CachedCodes", "CodeCache"]
@@ -25,17 +26,12 @@ __all__ = ["COMPACT_ABOVE_SHARDS", "CachedCodes", "CodeCache"]
 
 # Stores by (folder, configuration), per process: a grid search asks for the same codes once per
 # fold and candidate, and a store remembers what it already checked (see bench/RESULTS.md).
-_STORES = {}
+_STORES = Memo(256)
 
 
 def _shared_store(root, config):
     key = (root, json.dumps(config, sort_keys=True))
-    store = _STORES.get(key)
-    if store is None:
-        if len(_STORES) >= 256:
-            _STORES.clear()
-        store = _STORES[key] = CodeStore(root, copy.deepcopy(config))
-    return store
+    return _STORES.get_or_compute(key, lambda: CodeStore(root, copy.deepcopy(config)))
 
 
 class _NoStore:
@@ -170,22 +166,10 @@ class CodeCache:
         for row, key in enumerate(keys):
             groups.setdefault(key, []).append(row)
         out = {name: np.zeros((len(keys), widths[name]), np.float32) for name in self.stores}
-        have = {}
-        for name, store in self.stores.items():
-            index = store.index()
-            hits = [k for k in groups if k in index]
-            have[name] = set(hits)
-            if hits:
-                store.read(hits, out=out[name], rows=[groups[k][0] for k in hits], index=index)
+        have = self._read_stored(groups, out)
         if any(have.values()):
             complete = set.intersection(*have.values())
             missing = [k for k in groups if k not in complete]
-            # The same content asked for in several rows (only where there are such keys).
-            duplicates = [(k, rows) for k, rows in groups.items() if len(rows) > 1]
-            for name, held in have.items():
-                for key, (first, *rest) in duplicates:
-                    if key in held:
-                        out[name][rest] = out[name][first]
         else:
             missing = list(groups)
         computed = 0
@@ -194,39 +178,67 @@ class CodeCache:
                 if len(have[name]) < len(groups):  # it will store codes
                     store.ensure_writable()
             pending = _Pending(self.stores, commit_rows, commit_seconds)
-
-            def deliver(done, codes, stored_as=None):
-                nonlocal computed
-                if set(codes) != set(self.stores):
-                    raise UsageError(
-                        f"compute delivered codes of {', '.join(map(repr, sorted(codes)))} only; "
-                        f"expected {', '.join(self.stores)}"
-                    )
-                stored_as = done if stored_as is None else stored_as
-                for key in done:
-                    if key not in groups:
-                        raise UsageError(
-                            f"compute delivered codes for a key not asked for: {key!r}"
-                        )
-                for name, block in codes.items():
-                    target = out[name]
-                    for r, key in enumerate(done):
-                        target[groups[key]] = block[r]
-                    held = have[name]
-                    new = [r for r, key in enumerate(done) if key not in held]
-                    if new:
-                        pending.add(name, [stored_as[r] for r in new], block, new)
-                computed += len(done)
-                pending.step(len(done))
-
+            delivery = _Delivery(self.stores, groups, out, have, pending)
             try:
-                compute(missing, deliver)
+                compute(missing, delivery)
             finally:
                 pending.commit()
+            computed = delivery.computed
         for store in self.stores.values():
             if len(store.shard_paths()) > COMPACT_ABOVE_SHARDS:
                 store.compact()
         return CachedCodes(out, len(groups) - len(missing), computed)
+
+    def _read_stored(self, groups, out):
+        """Read the stored codes of the keys of ``groups`` (key -> its rows) into ``out``; per
+        name, the set of keys found."""
+        have = {}
+        for name, store in self.stores.items():
+            index = store.index()
+            hits = [k for k in groups if k in index]
+            have[name] = set(hits)
+            if hits:
+                store.read(hits, out=out[name], rows=[groups[k][0] for k in hits], index=index)
+        if not any(have.values()):
+            return have
+        # The same content asked for in several rows (only where there are such keys).
+        duplicates = [(k, rows) for k, rows in groups.items() if len(rows) > 1]
+        for name, held in have.items():
+            for key, (first, *rest) in duplicates:
+                if key in held:
+                    out[name][rest] = out[name][first]
+        return have
+
+
+class _Delivery:
+    """The ``deliver`` that :meth:`CodeCache.cached` hands to ``compute``: codes into the rows
+    of their keys, and the new ones onto the pending commits."""
+
+    def __init__(self, stores, groups, out, have, pending):
+        self.stores, self.groups, self.out = stores, groups, out
+        self.have, self.pending = have, pending
+        self.computed = 0
+
+    def __call__(self, done, codes, stored_as=None):
+        if set(codes) != set(self.stores):
+            raise UsageError(
+                f"compute delivered codes of {', '.join(map(repr, sorted(codes)))} only; "
+                f"expected {', '.join(self.stores)}"
+            )
+        stored_as = done if stored_as is None else stored_as
+        for key in done:
+            if key not in self.groups:
+                raise UsageError(f"compute delivered codes for a key not asked for: {key!r}")
+        for name, block in codes.items():
+            target = self.out[name]
+            for r, key in enumerate(done):
+                target[self.groups[key]] = block[r]
+            held = self.have[name]
+            new = [r for r, key in enumerate(done) if key not in held]
+            if new:
+                self.pending.add(name, [stored_as[r] for r in new], block, new)
+        self.computed += len(done)
+        self.pending.step(len(done))
 
 
 class _Pending:
