@@ -30,7 +30,9 @@ EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
-_DEBUG_HINT = "run with CNNCODES_DEBUG=1 for the traceback"
+_DEBUG_HINT = (
+    "run with --debug (cnncodes --debug COMMAND ...) or CNNCODES_DEBUG=1 for the traceback"
+)
 
 
 class _Parser(argparse.ArgumentParser):

@@ -7,6 +7,7 @@ import difflib
 
 import numpy as np
 
+from ..errors import InputTypeError
 from ..spec import describe_preprocessing
 from ..utils.jsonable import jsonable, skipped_json
 from ._core import (
@@ -215,10 +216,10 @@ def _fit_preprocessing(result):
 
 def _layer_line(result, n_given):
     """Which layers the run used and how; with several --layer, how to get the other meaning."""
-    from ..workflows.experiment import _describe_layers
+    from ..workflows.experiment import describe_layers
 
     plan = result.config["layer"]
-    line = _describe_layers(plan)
+    line = describe_layers(plan)
     if n_given > 1:
         line += f" ({_OTHER_MODE[plan['mode']]})"
     return line
@@ -312,21 +313,14 @@ def run_fit(args):
             log=output.note,
             layer_mode=args.layer_mode,
         )
-    except TypeError as exc:  # a recipe option the recipe does not take
+    except InputTypeError as exc:  # a recipe option the recipe does not take
         if "'view_sets'" in str(exc):
             raise UsageError(
                 f"--views given {len(args.views)} times: --pipeline {args.pipeline} does not "
                 "search over views (it has no view_sets option; linear_probe has); give one "
                 "--views"
             ) from None
-        raise UsageError(str(exc)) from None
-    if args.engine != "local":
-        # Where codes are computed is this run's choice, not the model's: the saved model
-        # extracts locally wherever it is used (Ray need not be installed there).
-        from ..estimators.search import _find_codes_step
-
-        _, prefix = _find_codes_step(result.estimator)
-        result.estimator.set_params(**{f"{prefix}engine": "local", f"{prefix}ray_address": None})
+        raise
     if out_path is not None:
         persistence.save(result.estimator, out_path)
     written = {}

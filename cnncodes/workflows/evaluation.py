@@ -16,6 +16,7 @@ __all__ = [
     "check_labelled",
     "classification_metrics",
     "cv_table",
+    "held_out_metrics",
     "layer_table",
     "stratified_split",
 ]
@@ -172,7 +173,7 @@ def classification_metrics(y_true, y_pred, labels=None):
     }
 
 
-def _held_out_metrics(y_true, y_pred, classes, overlap):
+def held_out_metrics(y_true, y_pred, classes, overlap=0):
     """:func:`classification_metrics` of the held-out images, with ``overlap_with_training``
     (how many of them are also training images) and, where there are any, ``unseen_classes``
     (their classes that training never saw)."""
