@@ -70,6 +70,7 @@ def test_epochs_on_stderr_and_test_metrics_under_fits_json_keys(capsys, photos):
 
 def test_report_files_and_the_command_that_reproduces_the_run(capsys, photos):
     from cnncodes.evaluation import stratified_split
+
     from cnncodes.workflows.rundata import _data_fingerprint
 
     report = photos / "report"
