@@ -96,30 +96,8 @@ def _add_tuning_options(group, *, epochs, augment, helps, epochs_type=_count):
     group.add_argument("--augment", choices=AUGMENTS, default=augment, help=helps["augment"])
 
 
-def add_finetune_parser(subparsers):
-    """``cnncodes finetune DATA --model M --weights W --freeze NODE|all|none ...``."""
-    parser = subparsers.add_parser(
-        "finetune",
-        help="fine-tune a pretrained network on labelled images (new head, frozen early layers)",
-        description=_fill(
-            "Fine-tune a pretrained network on the labelled images of DATA (CS231n scenarios 2 "
-            "and 4): cut it at --layer, put a new head on it, keep the layers up to --freeze as "
-            "pretrained and train the rest, with a stratified validation split reported every "
-            "epoch. Then evaluate it on held-out images (the same metrics as 'cnncodes fit') and "
-            "save it for 'cnncodes predict', as a checkpoint for any command, and a report."
-        ),
-        epilog=_FINETUNE_EPILOG,
-        formatter_class=_Formatter,
-    )
-    _add_data_options(parser)
-    _add_model_options(parser, layers=False)
-    for action in parser._actions:  # the same --seed seeds more here than the initialisation
-        if action.dest == "seed":
-            action.help = (
-                "seed of the run: new head, validation and test splits, batch order, "
-                "augmentation (and the initialisation with --weights none) (default: %(default)s)"
-            )
-    group = parser.add_argument_group("fine-tuning")
+def _add_fine_tuning_options(group):
+    """--freeze, --layer, --pooling, the head, the learning rates, epochs and validation."""
     group.add_argument(
         "--freeze",
         default="all",
@@ -190,10 +168,10 @@ def add_finetune_parser(subparsers):
         metavar="N",
         help="stop after N epochs without a better validation loss and keep the best epoch",
     )
-    _add_held_out_options(parser.add_argument_group("evaluation"))
-    _add_runtime_options(parser)
-    _add_engine_options(parser)
-    out = parser.add_argument_group("results")
+
+
+def _add_results_options(out):
+    """--out, --report, --save-checkpoint and --resume."""
     out.add_argument(
         "--out",
         "-o",
@@ -219,6 +197,36 @@ def add_finetune_parser(subparsers):
         help="continue the killed run whose state is in FILE.state (--out FILE) or "
         f"DIR/{STATE_NAME} (--report DIR, without --out); same data and settings",
     )
+
+
+def add_finetune_parser(subparsers):
+    """``cnncodes finetune DATA --model M --weights W --freeze NODE|all|none ...``."""
+    parser = subparsers.add_parser(
+        "finetune",
+        help="fine-tune a pretrained network on labelled images (new head, frozen early layers)",
+        description=_fill(
+            "Fine-tune a pretrained network on the labelled images of DATA (CS231n scenarios 2 "
+            "and 4): cut it at --layer, put a new head on it, keep the layers up to --freeze as "
+            "pretrained and train the rest, with a stratified validation split reported every "
+            "epoch. Then evaluate it on held-out images (the same metrics as 'cnncodes fit') and "
+            "save it for 'cnncodes predict', as a checkpoint for any command, and a report."
+        ),
+        epilog=_FINETUNE_EPILOG,
+        formatter_class=_Formatter,
+    )
+    _add_data_options(parser)
+    _add_model_options(parser, layers=False)
+    for action in parser._actions:  # the same --seed seeds more here than the initialisation
+        if action.dest == "seed":
+            action.help = (
+                "seed of the run: new head, validation and test splits, batch order, "
+                "augmentation (and the initialisation with --weights none) (default: %(default)s)"
+            )
+    _add_fine_tuning_options(parser.add_argument_group("fine-tuning"))
+    _add_held_out_options(parser.add_argument_group("evaluation"))
+    _add_runtime_options(parser)
+    _add_engine_options(parser)
+    _add_results_options(parser.add_argument_group("results"))
     parser.set_defaults(run=run_finetune)
 
 

@@ -279,6 +279,36 @@ def _fit_lines(result, test_note, out_path, written, limit=15, n_layers_given=0)
     return lines
 
 
+def _fit_summary(result, dataset, out_path, written):
+    """The --json summary of the run."""
+    preprocessing, source = _fit_preprocessing(result)
+    return {
+        "command": "fit",
+        "data": dataset.root,
+        "recipe": result.recipe,
+        "layer": result.config["layer"],
+        "metrics": result.metrics,
+        "candidates": result.table.to_dict("records"),
+        "layers": None
+        if result.layers is None
+        else [
+            {
+                "layer": r.layer,
+                "mean_test_score": r.mean_test_score,
+                "std_test_score": r.std_test_score,
+                "best": bool(r.best),
+            }
+            for r in result.layers.itertuples()
+        ],
+        "extraction": result.extraction,
+        "preprocessing": {**preprocessing, "source": source},
+        "skipped": {p: skipped_json(items) for p, items in result.skipped.items()},
+        "out": out_path,
+        "report": written or None,
+        "seconds": round(result.seconds, 3),
+    }
+
+
 def run_fit(args):
     """Grid-search the recipe; print the table and metrics; save the model and the report."""
     from ..estimators import persistence
@@ -330,32 +360,7 @@ def run_fit(args):
         written = write_report(result, args.report)
     for items in result.skipped.values():
         _note_skipped(output, items)
-    preprocessing, source = _fit_preprocessing(result)
-    summary = {
-        "command": "fit",
-        "data": dataset.root,
-        "recipe": result.recipe,
-        "layer": result.config["layer"],
-        "metrics": result.metrics,
-        "candidates": result.table.to_dict("records"),
-        "layers": None
-        if result.layers is None
-        else [
-            {
-                "layer": r.layer,
-                "mean_test_score": r.mean_test_score,
-                "std_test_score": r.std_test_score,
-                "best": bool(r.best),
-            }
-            for r in result.layers.itertuples()
-        ],
-        "extraction": result.extraction,
-        "preprocessing": {**preprocessing, "source": source},
-        "skipped": {p: skipped_json(items) for p, items in result.skipped.items()},
-        "out": out_path,
-        "report": written or None,
-        "seconds": round(result.seconds, 3),
-    }
+    summary = _fit_summary(result, dataset, out_path, written)
     lines = _fit_lines(result, test_note, out_path, written, n_layers_given=len(args.layer or ()))
     output.result(jsonable(summary), lines)
     return EXIT_OK
