@@ -361,23 +361,8 @@ def run_experiment(
         else:
             # No held-out images: describe the best candidate by its cross-validated predictions.
             metrics["cv"]["predictions"] = _cv_predictions(best, data, folds)
-        config = {
-            "recipe": recipe_name,
-            "overrides": jsonable({k: v for k, v in overrides.items() if k != "progress"}),
-            "param_grid": jsonable(grid),
-            "cv": {"n_splits": int(folds.get_n_splits()), "shuffle": True, "seed": seed},
-            "scoring": scoring or "accuracy",
-            "split": data.split,
-            **data_config(data.paths, data.labels, data.test_paths, data.test_labels),
-            "best_params": jsonable(search.best_params_),
-            "duplicates": duplicates,
-            "layer": jsonable(layer_plan),
-            # The network, its preprocessing (and where each value came from), its layers.
-            **jsonable(_runs.describe_network(best)),
-            "versions": library_versions(),
-            "platform": platform.platform(),
-            "argv": list(sys.argv),
-        }
+        run = {"recipe": recipe_name, "overrides": overrides, "param_grid": grid, "seed": seed}
+        config = _experiment_config(run, folds, scoring, data, search, duplicates, layer_plan)
         # The model keeps the cache setting the user gave, not the run's temporary folder.
         for estimator in (best, pipe):
             estimator.set_params(**{f"{prefix}cache_dir": cache_dir})
@@ -395,6 +380,29 @@ def run_experiment(
             extraction=extraction,
             seconds=time.perf_counter() - started,
         )
+
+
+def _experiment_config(run, folds, scoring, data, search, duplicates, layer_plan):
+    """Everything needed to rerun the experiment (JSON-ready); ``run`` holds its ``recipe``,
+    ``overrides``, ``param_grid`` and ``seed``."""
+    best = search.best_estimator_
+    return {
+        "recipe": run["recipe"],
+        "overrides": jsonable({k: v for k, v in run["overrides"].items() if k != "progress"}),
+        "param_grid": jsonable(run["param_grid"]),
+        "cv": {"n_splits": int(folds.get_n_splits()), "shuffle": True, "seed": run["seed"]},
+        "scoring": scoring or "accuracy",
+        "split": data.split,
+        **data_config(data.paths, data.labels, data.test_paths, data.test_labels),
+        "best_params": jsonable(search.best_params_),
+        "duplicates": duplicates,
+        "layer": jsonable(layer_plan),
+        # The network, its preprocessing (and where each value came from), its layers.
+        **jsonable(_runs.describe_network(best)),
+        "versions": library_versions(),
+        "platform": platform.platform(),
+        "argv": list(sys.argv),
+    }
 
 
 # ----------------------------------------------------------------------------- phases
