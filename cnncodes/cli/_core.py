@@ -228,10 +228,7 @@ def _check_out_path(path, formats, option="--out"):
     before any work."""
     if path is None:
         return None
-    try:
-        file_format(path, formats, f"{option} ")
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
+    file_format(path, formats, f"{option} ")  # an unknown extension: a UsageError naming it
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise UsageError(f"{option} {path!r}: folder {folder!r} does not exist")

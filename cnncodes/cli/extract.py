@@ -130,7 +130,7 @@ def _extractor(args, spec, views):
     try:
         for view in expand_views(views["views"], views["view_seed"]):
             spec.with_view(view)
-    except ValueError as exc:
+    except UsageError as exc:
         raise UsageError(f"--views {args.views}: {exc}") from None
     return extract_views, views
 

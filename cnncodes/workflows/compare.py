@@ -114,7 +114,7 @@ def _sweep_layers(network, layers):
     sweep = recipes.get("layer_sweep_svm")
     try:
         return sweep.default_layers(network["model"])
-    except ValueError:
+    except UsageError:  # a model the recipe has no layers for
         from ..networks.models import list_layers
         from .advise import block_outputs
 

@@ -82,7 +82,7 @@ def stratified_split(paths, labels, test_size, seed):
         )
 
     def too_few(n_train):
-        return ValueError(
+        return UsageError(
             f"test_size={test_size}: leaves {n_train} training image(s) for {len(classes)} "
             "classes, fewer than 2 of some class; cross-validation needs at least 2 of each: "
             "hold out a smaller fraction"
