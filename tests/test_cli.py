@@ -316,6 +316,42 @@ def test_unexpected_errors_exit_1_and_interrupts_130(capsys, data, cache, monkey
     assert code == 130 and "interrupted" in err
 
 
+def test_a_bug_in_a_recipe_exits_1_naming_it_and_debug_shows_the_traceback(
+    capsys, data, cache, tmp_path
+):
+    # A recipe that raises something other than cnncodes' own errors has a bug: not exit 2
+    # (the user's command line was fine), one line naming the exception, no traceback.
+    recipe = tmp_path / "buggy_recipe.py"
+    recipe.write_text("def build(**overrides):\n    return None + 1\n")
+    argv = ["fit", data, *MODEL, "--cache-dir", cache, "--pipeline", recipe]
+    code, out, err = run(capsys, *argv)
+    assert code == 1 and out == ""
+    assert_one_line_error(err, "a bug", "TypeError: unsupported operand", "--debug")
+    code, _, err = run(capsys, "--debug", *argv)
+    assert code == 1
+    assert "Traceback" in err and "None + 1" in err
+    assert err.strip().splitlines()[-1].startswith("cnncodes: error: ")
+
+
+def test_an_option_the_recipe_does_not_take_exits_2(capsys, data, cache, tmp_path):
+    recipe = tmp_path / "narrow_recipe.py"
+    recipe.write_text("def build(model='resnet18'):\n    raise AssertionError('not called')\n")
+    code, _, err = run(capsys, "fit", data, *MODEL, "--cache-dir", cache, "--pipeline", recipe)
+    assert code == 2
+    assert_one_line_error(err, ".build() got unknown option(s)", "'batch_size'", "takes model")
+
+
+def test_an_unwritable_file_exits_1_with_one_line(capsys, monkeypatch, data, cache):
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(cnncodes.extract, "extract_codes", full)
+    code, _, err = run(capsys, "extract", data, *MODEL, "--cache-dir", cache)
+    assert code == 1
+    assert_one_line_error(err, "No space left on device")
+    assert "bug" not in err
+
+
 # ----------------------------------------------------------------------------- layers
 
 

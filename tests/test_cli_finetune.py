@@ -70,7 +70,8 @@ def test_epochs_on_stderr_and_test_metrics_under_fits_json_keys(capsys, photos):
 
 def test_report_files_and_the_command_that_reproduces_the_run(capsys, photos):
     from cnncodes.evaluation import stratified_split
-    from cnncodes.experiment import _data_fingerprint
+
+    from cnncodes.workflows.rundata import _data_fingerprint
 
     report = photos / "report"
     code, out, err = finetune(
@@ -262,3 +263,30 @@ def test_ctrl_c_stops_the_command_and_keeps_the_state(photos):
     assert child.returncode == 130, err
     assert f"the last finished epoch is in {state}" in err and "--resume" in err
     assert state.is_file() and not model.exists()
+
+
+def test_run_finetune_splits_reports_and_configures_as_run_experiment(photos):
+    # The library's fine-tuning run, behind `cnncodes finetune`: the experiment's split, duplicate
+    # report, held-out metrics and data entries of the configuration.
+    from cnncodes.finetune import FineTune
+
+    from cnncodes.workflows import data_config, prepare_data, run_finetune
+
+    dataset = load_dataset(photos / "photos")
+    ft = FineTune(model=TINY[1], resize=32, crop=32, epochs=1, valid_size=0, cache_dir=None)
+    notes = []
+    result = run_finetune(
+        dataset.paths, dataset.labels, ft, test_size=0.25, seed=3, log=notes.append
+    )
+    assert result.estimator is ft and result.search is None and result.table is None
+    assert list(result.metrics) == ["test", "duplicates", "history", "training"]
+    assert result.metrics["training"]["epochs"] == 1 == len(result.metrics["history"])
+    data = prepare_data(dataset.paths, dataset.labels, test_size=0.25, seed=3)
+    assert result.config["split"] == {"test_size": 0.25, "seed": 3} == data.split
+    expected = data_config(data.paths, data.labels, data.test_paths, data.test_labels)
+    assert {k: result.config[k] for k in ("train", "test")} == expected
+    assert result.metrics["test"]["n"] == len(data.test_paths)
+    assert result.metrics["duplicates"] == {"test_in_train": 0, "within_train": 0}
+    assert "checkpoint" not in result.config["params"] and result.config["layer"] == ft.layer_
+    assert any(n.startswith("fine-tuning tests.tiny_nets:tiny_cnn on ") for n in notes)
+    assert f"evaluating on {len(data.test_paths)} test images" in notes

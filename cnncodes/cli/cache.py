@@ -67,6 +67,11 @@ def add_cache_parser(subparsers):
     _add_output_options(info, quiet=False)
     info.set_defaults(run=run_cache_info)
 
+    _add_verify_parser(commands)
+
+
+def _add_verify_parser(commands):
+    """``cnncodes cache verify [--data DATA ...]``."""
     verify = commands.add_parser(
         "verify",
         help="check shard integrity and recompute a sample of stored codes",

@@ -91,14 +91,8 @@ def add_extract_parser(subparsers):
     parser.set_defaults(run=run_extract)
 
 
-def run_extract(args):
-    """Extract codes for DATA; print a summary; optionally write them to --out."""
-    from ..extraction.extract import extract_codes, extract_views
-    from ..networks.layers import resolve_layers
-    from ..networks.preprocessing import default_preprocessing_note
-
-    output = _Output(args)
-    _check_engine_args(args)
+def _check_out(args):
+    """``(--out path or None, parquet layout or None)``, checked before any image is read."""
     out_path = _check_out_path(args.out, FORMATS)
     parquet = out_path is not None and out_path.lower().endswith(".parquet")
     if args.parquet_layout is not None and not parquet:
@@ -110,17 +104,46 @@ def run_extract(args):
             check_format_available(out_path, "--out ")
         except ImportError as exc:
             raise UsageError(str(exc)) from None
-    layout = (args.parquet_layout or "list") if parquet else None
+    return out_path, (args.parquet_layout or "list") if parquet else None
+
+
+def _views_from_args(args):
+    """The views options of the extraction (empty for the centre crop alone)."""
     if args.view_reduce == "stack":
         raise UsageError(
             "--view-reduce stack gives several rows per image; extract writes one row per "
             "image: use --view-reduce mean or max (or cnncodes fit --view-reduce stack)"
         )
-    views = {
+    return {
         "views": "center" if args.views is None else args.views,
         "view_seed": 0 if args.view_seed is None else args.view_seed,
         "view_reduce": args.view_reduce or "mean",
     }
+
+
+def _extractor(args, spec, views):
+    """``(extract_codes or extract_views, its views options)``; bad views fail here."""
+    from ..extraction.extract import extract_codes, extract_views
+
+    if views["views"] == "center":
+        return extract_codes, {}
+    try:
+        for view in expand_views(views["views"], views["view_seed"]):
+            spec.with_view(view)
+    except UsageError as exc:
+        raise UsageError(f"--views {args.views}: {exc}") from None
+    return extract_views, views
+
+
+def run_extract(args):
+    """Extract codes for DATA; print a summary; optionally write them to --out."""
+    from ..networks.layers import resolve_layers
+    from ..networks.preprocessing import default_preprocessing_note
+
+    output = _Output(args)
+    _check_engine_args(args)
+    out_path, layout = _check_out(args)
+    views = _views_from_args(args)
     dataset = _load_data(args, output)
     spec = _spec_from_args(args)
     layers = resolve_layers(spec, args.layer or ["penultimate"])
@@ -129,15 +152,7 @@ def run_extract(args):
     note = default_preprocessing_note(spec)
     if note:
         output.note(note)
-    if views["views"] == "center":
-        extract, views = extract_codes, {}
-    else:
-        extract = extract_views
-        try:
-            for view in expand_views(views["views"], views["view_seed"]):
-                spec.with_view(view)
-        except ValueError as exc:
-            raise UsageError(f"--views {args.views}: {exc}") from None
+    extract, views = _extractor(args, spec, views)
     result = extract(
         dataset.paths,
         spec,
@@ -155,10 +170,14 @@ def run_extract(args):
     if out_path is not None:
         write_codes(out_path, result, dataset, spec, args.pooling, parquet_layout=layout)
     _note_skipped(output, result.skipped)
+    summary = _summary(args, dataset, spec, result, out_path, layout)
+    output.result(summary, _lines(args, dataset, spec, result, summary))
+    return EXIT_OK
+
+
+def _summary(args, dataset, spec, result, out_path, layout):
     widths = {layer: codes.shape[1] for layer, codes in result.codes.items()}
-    precision = next(iter(result.configs.values()))["precision"]
-    cache_root = resolve_cache_dir(_cache_dir_from_args(args))
-    summary = {
+    return {
         "command": "extract",
         "data": dataset.root,
         "source": dataset.kind,
@@ -175,34 +194,38 @@ def run_extract(args):
             **spec.preprocessing.to_dict(),
             "source": dict(spec.preprocessing.source),
         },
-        "precision": precision,
+        "precision": next(iter(result.configs.values()))["precision"],
         "views": list(result.views),
         "view_reduce": result.view_reduce,
         "features": int(sum(widths.values())),
         "features_per_layer": widths,
         "classes": dataset.counts() or None,
-        "cache_dir": cache_root,
+        "cache_dir": resolve_cache_dir(_cache_dir_from_args(args)),
         "seconds": round(result.seconds, 3),
         "out": out_path,
         "parquet_layout": layout,
     }
+
+
+def _lines(args, dataset, spec, result, summary):
+    widths, cache_root = summary["features_per_layer"], summary["cache_dir"]
     lines = [
         f"{len(dataset)} images: {result.computed} computed, {result.cached} cached, "
         f"{len(result.skipped)} skipped in {result.seconds:.1f} s",
         f"codes: {len(result.kept)} x {summary['features']} float32 from "
         + ", ".join(f"{layer} ({w})" for layer, w in widths.items())
-        + f", pooling {args.pooling}, {spec.model} [{_short_weights(spec.weights_id)}], {precision}",
+        + f", pooling {args.pooling}, {spec.model} [{_short_weights(spec.weights_id)}], "
+        f"{summary['precision']}",
     ]
     if result.view_reduce is not None:
         lines.append(
             f"views: {result.view_reduce} of {len(result.views)}: {', '.join(result.views)}"
         )
     lines.append(f"cache: {cache_root}" if cache_root else "cache: off")
-    if out_path:
+    if summary["out"]:
         how = {
             "list": " (codes as one list column 'codes')",
             "wide": " (codes as one column per feature)",
         }
-        lines.append(f"wrote {display(out_path)}{how.get(layout, '')}")
-    output.result(summary, lines)
-    return EXIT_OK
+        lines.append(f"wrote {display(summary['out'])}{how.get(summary['parquet_layout'], '')}")
+    return lines

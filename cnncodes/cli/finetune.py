@@ -5,9 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shlex
-import signal
-import sys
-import threading
 
 from ..params import AUGMENTS, HEADS, INIT_HEADS, POOLINGS
 from ..utils.files import display
@@ -99,30 +96,8 @@ def _add_tuning_options(group, *, epochs, augment, helps, epochs_type=_count):
     group.add_argument("--augment", choices=AUGMENTS, default=augment, help=helps["augment"])
 
 
-def add_finetune_parser(subparsers):
-    """``cnncodes finetune DATA --model M --weights W --freeze NODE|all|none ...``."""
-    parser = subparsers.add_parser(
-        "finetune",
-        help="fine-tune a pretrained network on labelled images (new head, frozen early layers)",
-        description=_fill(
-            "Fine-tune a pretrained network on the labelled images of DATA (CS231n scenarios 2 "
-            "and 4): cut it at --layer, put a new head on it, keep the layers up to --freeze as "
-            "pretrained and train the rest, with a stratified validation split reported every "
-            "epoch. Then evaluate it on held-out images (the same metrics as 'cnncodes fit') and "
-            "save it for 'cnncodes predict', as a checkpoint for any command, and a report."
-        ),
-        epilog=_FINETUNE_EPILOG,
-        formatter_class=_Formatter,
-    )
-    _add_data_options(parser)
-    _add_model_options(parser, layers=False)
-    for action in parser._actions:  # the same --seed seeds more here than the initialisation
-        if action.dest == "seed":
-            action.help = (
-                "seed of the run: new head, validation and test splits, batch order, "
-                "augmentation (and the initialisation with --weights none) (default: %(default)s)"
-            )
-    group = parser.add_argument_group("fine-tuning")
+def _add_fine_tuning_options(group):
+    """--freeze, --layer, --pooling, the head, the learning rates, epochs and validation."""
     group.add_argument(
         "--freeze",
         default="all",
@@ -193,10 +168,10 @@ def add_finetune_parser(subparsers):
         metavar="N",
         help="stop after N epochs without a better validation loss and keep the best epoch",
     )
-    _add_held_out_options(parser.add_argument_group("evaluation"))
-    _add_runtime_options(parser)
-    _add_engine_options(parser)
-    out = parser.add_argument_group("results")
+
+
+def _add_results_options(out):
+    """--out, --report, --save-checkpoint and --resume."""
     out.add_argument(
         "--out",
         "-o",
@@ -222,6 +197,36 @@ def add_finetune_parser(subparsers):
         help="continue the killed run whose state is in FILE.state (--out FILE) or "
         f"DIR/{STATE_NAME} (--report DIR, without --out); same data and settings",
     )
+
+
+def add_finetune_parser(subparsers):
+    """``cnncodes finetune DATA --model M --weights W --freeze NODE|all|none ...``."""
+    parser = subparsers.add_parser(
+        "finetune",
+        help="fine-tune a pretrained network on labelled images (new head, frozen early layers)",
+        description=_fill(
+            "Fine-tune a pretrained network on the labelled images of DATA (CS231n scenarios 2 "
+            "and 4): cut it at --layer, put a new head on it, keep the layers up to --freeze as "
+            "pretrained and train the rest, with a stratified validation split reported every "
+            "epoch. Then evaluate it on held-out images (the same metrics as 'cnncodes fit') and "
+            "save it for 'cnncodes predict', as a checkpoint for any command, and a report."
+        ),
+        epilog=_FINETUNE_EPILOG,
+        formatter_class=_Formatter,
+    )
+    _add_data_options(parser)
+    _add_model_options(parser, layers=False)
+    for action in parser._actions:  # the same --seed seeds more here than the initialisation
+        if action.dest == "seed":
+            action.help = (
+                "seed of the run: new head, validation and test splits, batch order, "
+                "augmentation (and the initialisation with --weights none) (default: %(default)s)"
+            )
+    _add_fine_tuning_options(parser.add_argument_group("fine-tuning"))
+    _add_held_out_options(parser.add_argument_group("evaluation"))
+    _add_runtime_options(parser)
+    _add_engine_options(parser)
+    _add_results_options(parser.add_argument_group("results"))
     parser.set_defaults(run=run_finetune)
 
 
@@ -268,19 +273,6 @@ def _check_args(args, output):
             "remove the file to start afresh"
         )
     return out_path, checkpoint, state, resumed
-
-
-def _split_data(args, dataset, test_set):
-    """(train paths, train labels, test paths or None, test labels or None)."""
-    from ..workflows.evaluation import stratified_split
-
-    labels = [str(label) for label in dataset.labels]
-    if test_set is not None:
-        return dataset.paths, labels, test_set.paths, [str(label) for label in test_set.labels]
-    if args.test_size is not None:
-        # The split 'cnncodes fit' makes, with its checks: same seed, same test images.
-        return stratified_split(dataset.paths, labels, args.test_size, args.seed)
-    return dataset.paths, labels, None, None
 
 
 def _fine_tune(args, output, state):
@@ -378,20 +370,6 @@ def reproducing_command(args):
     return shlex.join(argv)
 
 
-def _training_summary(ft, history):
-    """Seconds and images per second of the epochs (validation included), from the history."""
-    seconds = sum(row.get("dur", 0.0) for row in history)
-    images = ft.n_train_ * len(history)
-    return {
-        "epochs": len(history),
-        "train_images": ft.n_train_,
-        "fit_seconds": round(ft.fit_seconds_, 3),
-        "epoch_seconds": round(seconds, 3),
-        "images_per_second": round(images / seconds, 2) if seconds > 0 else None,
-        "trunk_cached": bool(ft.trunk_cached_),
-    }
-
-
 def _lines(ft, metrics, training, test_note, out_path, checkpoint, written):
     history = metrics["history"]
     lines = [
@@ -435,93 +413,74 @@ def _lines(ft, metrics, training, test_note, out_path, checkpoint, written):
     return lines
 
 
-def _fit_or_stop(ft, paths, labels, state, output):
-    """``ft.fit``, where Ctrl-C stops the command (exit status 130) with the state kept.
+def _interrupted_note(state):
+    """What a Ctrl-C during the run leaves: where the last finished epoch is, if anywhere."""
+    if state is None:
+        return "no state was kept (no --out or --report): a new run starts at epoch 1"
+    if os.path.exists(state):
+        return (
+            f"the last finished epoch is in {display(state)}: the same command with "
+            "--resume continues from there"
+        )
+    return "no epoch had finished: a new run starts at epoch 1"
 
-    skorch ends training quietly on a KeyboardInterrupt (its early stopping raises one), so an
-    interrupted fit would otherwise return as if complete: evaluated, saved, its state removed.
-    """
-    interrupted = []
 
-    def on_interrupt(signum, frame):
-        interrupted.append(signum)
-        raise KeyboardInterrupt
+def _fine_tune_run(args, output, state):
+    """The library's fine-tuning run on the command's data; Ctrl-C keeps the state."""
+    from ..workflows.finetuning import run_finetune as run
 
-    main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGINT, on_interrupt) if main_thread else None
+    dataset = _load_labelled(args, output, "finetune")
+    test_set, test_note = _load_test(args)
     try:
-        ft.fit(paths, labels)
-    finally:
-        if main_thread:  # None: a handler installed outside Python, restored as the default
-            signal.signal(signal.SIGINT, signal.SIG_DFL if previous is None else previous)
-    if interrupted:
-        if state is None:
-            kept = "no state was kept (no --out or --report): a new run starts at epoch 1"
-        elif os.path.exists(state):
-            kept = (
-                f"the last finished epoch is in {display(state)}: the same command with "
-                "--resume continues from there"
-            )
-        else:
-            kept = "no epoch had finished: a new run starts at epoch 1"
-        output.warn(f"fine-tuning interrupted; {kept}")
-        raise KeyboardInterrupt
+        result = run(
+            dataset.paths,
+            dataset.labels,
+            _fine_tune(args, output, state),
+            test=None if test_set is None else (test_set.paths, test_set.labels),
+            test_size=args.test_size,
+            seed=args.seed,
+            on_error=args.on_error,
+            log=output.note,
+        )
+    except KeyboardInterrupt:
+        output.warn(f"fine-tuning interrupted; {_interrupted_note(state)}")
+        raise
+    return dataset, test_note, result
+
+
+def _summary(dataset, ft, result, out_path, checkpoint, written, resumed):
+    """The --json summary of the run."""
+    metrics = result.metrics
+    return {
+        "command": "finetune",
+        "data": dataset.root,
+        "model": ft.spec_.model,
+        "weights": ft.spec_.weights_id,
+        "freeze": ft.freeze,
+        "layer": ft.layer_,
+        "metrics": metrics,
+        "history": metrics["history"],
+        **metrics["training"],
+        "preprocessing": {
+            **ft.spec_.preprocessing.to_dict(),
+            "source": dict(ft.spec_.preprocessing.source),
+        },
+        "skipped": {"test": skipped_json(result.skipped["test"])},
+        "out": out_path,
+        "checkpoint": checkpoint,
+        "report": written or None,
+        "resumed": resumed,
+    }
 
 
 def run_finetune(args):
     """Fine-tune, evaluate on the held-out images, save the model, checkpoint and report."""
     from ..estimators import persistence
-    from ..estimators.search import filter_readable
-    from ..workflows.evaluation import _held_out_metrics
-    from ..workflows.experiment import _data_config, _duplicates, _versions
 
     output = _Output(args)
     out_path, checkpoint, state, resumed = _check_args(args, output)
-    dataset = _load_labelled(args, output, "finetune")
-    test_set, test_note = _load_test(args)
-    paths, labels, test_paths, test_labels = _split_data(args, dataset, test_set)
-    skipped_test = []
-    if test_paths is not None:
-        # Decoded up front, as the training images are: an unreadable one stops the run now,
-        # not after the epochs.
-        test_paths, test_labels, skipped_test = filter_readable(test_paths, test_labels)
-        if skipped_test and args.on_error == "raise":
-            from ..images.load import ImageLoadError
-
-            raise ImageLoadError(skipped_test[0].path, skipped_test[0].reason)
-        if not test_paths:
-            raise UsageError("no readable test images")
-    ft = _fine_tune(args, output, state)
-    output.note(
-        f"fine-tuning {args.model} on {len(paths)} images ({args.valid_size:g} of them for "
-        f"validation): freeze={args.freeze}, {args.epochs} epoch(s)"
-    )
-    if args.engine == "ray":
-        from ..extraction.ray_engine import ray_session
-
-        # One Ray session for the run's extractions (the probe's codes, the frozen trunk's).
-        with ray_session(args.address):
-            _fit_or_stop(ft, paths, labels, state, output)
-        # Where codes are computed was this run's choice: the saved model extracts locally.
-        ft.set_params(engine="local", ray_address=None)
-    else:
-        _fit_or_stop(ft, paths, labels, state, output)
-    history = ft.history_
-    classes = [str(c) for c in ft.classes_]
-    metrics = {
-        "test": None,
-        "duplicates": _duplicates(paths, test_paths),
-        "history": history,
-        "training": _training_summary(ft, history),
-    }
-    if test_paths is not None:
-        output.note(f"evaluating on {len(test_paths)} test images")
-        metrics["test"] = _held_out_metrics(
-            test_labels,
-            ft.predict(test_paths),
-            classes,
-            overlap=metrics["duplicates"]["test_in_train"] or 0,
-        )
+    dataset, test_note, result = _fine_tune_run(args, output, state)
+    ft, metrics = result.estimator, result.metrics
     if out_path is not None:
         persistence.save(ft, out_path)
     if checkpoint is not None:
@@ -530,45 +489,12 @@ def run_finetune(args):
     if args.report is not None:
         from ..workflows.report import write_finetune_report
 
-        config = {
-            "command": reproducing_command(args),
-            "argv": list(sys.argv),
-            "params": jsonable(
-                {k: v for k, v in ft.get_params().items() if k not in ("checkpoint", "progress")}
-            ),
-            "extractor": jsonable(ft.spec_.to_dict()),
-            "preprocessing_source": dict(ft.spec_.preprocessing.source),
-            "layer": ft.layer_,
-            "split": None
-            if args.test_size is None
-            else {"test_size": args.test_size, "seed": args.seed},
-            **_data_config(paths, labels, test_paths, test_labels),
-            "versions": _versions(),
-        }
+        config = {"command": reproducing_command(args), **result.config}
         written = write_finetune_report(args.report, metrics, config)
     if state is not None and os.path.exists(state) and (out_path or written):
         os.remove(state)  # the run is complete and its results saved: nothing left to resume
-    _note_skipped(output, skipped_test)
-    summary = {
-        "command": "finetune",
-        "data": dataset.root,
-        "model": ft.spec_.model,
-        "weights": ft.spec_.weights_id,
-        "freeze": ft.freeze,
-        "layer": ft.layer_,
-        "metrics": metrics,
-        "history": history,
-        **metrics["training"],
-        "preprocessing": {
-            **ft.spec_.preprocessing.to_dict(),
-            "source": dict(ft.spec_.preprocessing.source),
-        },
-        "skipped": {"test": skipped_json(skipped_test)},
-        "out": out_path,
-        "checkpoint": checkpoint,
-        "report": written or None,
-        "resumed": resumed,
-    }
+    _note_skipped(output, result.skipped["test"])
+    summary = _summary(dataset, ft, result, out_path, checkpoint, written, resumed)
     lines = _lines(ft, metrics, metrics["training"], test_note, out_path, checkpoint, written)
     output.result(jsonable(summary), lines)
     return EXIT_OK

@@ -7,6 +7,7 @@ import difflib
 
 import numpy as np
 
+from ..errors import InputTypeError
 from ..spec import describe_preprocessing
 from ..utils.jsonable import jsonable, skipped_json
 from ._core import (
@@ -215,10 +216,10 @@ def _fit_preprocessing(result):
 
 def _layer_line(result, n_given):
     """Which layers the run used and how; with several --layer, how to get the other meaning."""
-    from ..workflows.experiment import _describe_layers
+    from ..workflows.experiment import describe_layers
 
     plan = result.config["layer"]
-    line = _describe_layers(plan)
+    line = describe_layers(plan)
     if n_given > 1:
         line += f" ({_OTHER_MODE[plan['mode']]})"
     return line
@@ -278,6 +279,36 @@ def _fit_lines(result, test_note, out_path, written, limit=15, n_layers_given=0)
     return lines
 
 
+def _fit_summary(result, dataset, out_path, written):
+    """The --json summary of the run."""
+    preprocessing, source = _fit_preprocessing(result)
+    return {
+        "command": "fit",
+        "data": dataset.root,
+        "recipe": result.recipe,
+        "layer": result.config["layer"],
+        "metrics": result.metrics,
+        "candidates": result.table.to_dict("records"),
+        "layers": None
+        if result.layers is None
+        else [
+            {
+                "layer": r.layer,
+                "mean_test_score": r.mean_test_score,
+                "std_test_score": r.std_test_score,
+                "best": bool(r.best),
+            }
+            for r in result.layers.itertuples()
+        ],
+        "extraction": result.extraction,
+        "preprocessing": {**preprocessing, "source": source},
+        "skipped": {p: skipped_json(items) for p, items in result.skipped.items()},
+        "out": out_path,
+        "report": written or None,
+        "seconds": round(result.seconds, 3),
+    }
+
+
 def run_fit(args):
     """Grid-search the recipe; print the table and metrics; save the model and the report."""
     from ..estimators import persistence
@@ -312,21 +343,14 @@ def run_fit(args):
             log=output.note,
             layer_mode=args.layer_mode,
         )
-    except TypeError as exc:  # a recipe option the recipe does not take
+    except InputTypeError as exc:  # a recipe option the recipe does not take
         if "'view_sets'" in str(exc):
             raise UsageError(
                 f"--views given {len(args.views)} times: --pipeline {args.pipeline} does not "
                 "search over views (it has no view_sets option; linear_probe has); give one "
                 "--views"
             ) from None
-        raise UsageError(str(exc)) from None
-    if args.engine != "local":
-        # Where codes are computed is this run's choice, not the model's: the saved model
-        # extracts locally wherever it is used (Ray need not be installed there).
-        from ..estimators.search import _find_codes_step
-
-        _, prefix = _find_codes_step(result.estimator)
-        result.estimator.set_params(**{f"{prefix}engine": "local", f"{prefix}ray_address": None})
+        raise
     if out_path is not None:
         persistence.save(result.estimator, out_path)
     written = {}
@@ -336,32 +360,7 @@ def run_fit(args):
         written = write_report(result, args.report)
     for items in result.skipped.values():
         _note_skipped(output, items)
-    preprocessing, source = _fit_preprocessing(result)
-    summary = {
-        "command": "fit",
-        "data": dataset.root,
-        "recipe": result.recipe,
-        "layer": result.config["layer"],
-        "metrics": result.metrics,
-        "candidates": result.table.to_dict("records"),
-        "layers": None
-        if result.layers is None
-        else [
-            {
-                "layer": r.layer,
-                "mean_test_score": r.mean_test_score,
-                "std_test_score": r.std_test_score,
-                "best": bool(r.best),
-            }
-            for r in result.layers.itertuples()
-        ],
-        "extraction": result.extraction,
-        "preprocessing": {**preprocessing, "source": source},
-        "skipped": {p: skipped_json(items) for p, items in result.skipped.items()},
-        "out": out_path,
-        "report": written or None,
-        "seconds": round(result.seconds, 3),
-    }
+    summary = _fit_summary(result, dataset, out_path, written)
     lines = _fit_lines(result, test_note, out_path, written, n_layers_given=len(args.layer or ()))
     output.result(jsonable(summary), lines)
     return EXIT_OK

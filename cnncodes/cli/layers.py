@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..errors import UsageError
 from ..params import POOLINGS
 from ._core import (
     EXIT_OK,
@@ -63,14 +64,14 @@ def run_layers(args):
     infos = list_layers(spec)
     try:
         penultimate = resolve_layers(spec, ["penultimate"])[0]
-    except ValueError:
+    except UsageError:  # LayerError: a network without one
         penultimate = None
     aliases = {}
     if spec.model.startswith("timm:"):
         for alias in TIMM_ALIASES:
             try:
                 aliases[alias] = resolve_layers(spec, [alias])[0]
-            except ValueError:
+            except UsageError:
                 pass  # untraceable: the name is refused with the reason when asked for
     h, w = spec.preprocessing.input_size
     note = default_preprocessing_note(spec)

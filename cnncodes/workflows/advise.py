@@ -204,16 +204,7 @@ def advise(
     >>> advice.scenario, advice.recipe  # doctest: +SKIP
     (1, 'linear_probe')
     """
-    if isinstance(per_class, bool) or not isinstance(per_class, numbers.Integral) or per_class < 2:
-        raise UsageError(
-            f"per_class={per_class!r}: expected an int >= 2 (images per class to cross-validate on)"
-        )
-    labels = np.asarray(labels)
-    if len(paths) != len(labels):
-        raise UsageError(f"{len(paths)} images but {len(labels)} labels")
-    classes, counts = np.unique(labels, return_counts=True)
-    if len(classes) < 2:
-        raise UsageError("advise needs labelled images of at least two classes")
+    labels, classes, counts = _check_input(paths, labels, per_class)
     preprocessing = {k: v for k, v in (preprocessing or {}).items() if v is not None}
     spec = resolve_spec(model, weights, seed=seed, **preprocessing)
     top = resolve_layers(spec, "penultimate")[0]
@@ -236,10 +227,38 @@ def advise(
         f"{advice.median_per_class:g} per class (fewest {advice.min_per_class}): {size_word} "
         f"(large means a median of {SMALL_PER_CLASS} or more images per class)."
     )
+    n_measured, n_out = _measure(advice, spec, paths, labels, per_class, seed, extract_kwargs)
+    _judge_similarity(advice, spec, n_measured, n_out)
+    advice.scenario = {(True, True): 1, (False, True): 2, (True, False): 3, (False, False): 4}[
+        (advice.small, advice.similar)
+    ]
+    advice.recipe = _RECIPES[advice.scenario]
+    _suggest_commands(advice, _Command(model, weights, preprocessing, data_label), seed)
+    return advice
 
+
+def _check_input(paths, labels, per_class):
+    """``(labels as an array, classes, images per class)``, refusing what cannot be measured."""
+    if isinstance(per_class, bool) or not isinstance(per_class, numbers.Integral) or per_class < 2:
+        raise UsageError(
+            f"per_class={per_class!r}: expected an int >= 2 (images per class to cross-validate on)"
+        )
+    labels = np.asarray(labels)
+    if len(paths) != len(labels):
+        raise UsageError(f"{len(paths)} images but {len(labels)} labels")
+    classes, counts = np.unique(labels, return_counts=True)
+    if len(classes) < 2:
+        raise UsageError("advise needs labelled images of at least two classes")
+    return labels, classes, counts
+
+
+def _measure(advice, spec, paths, labels, per_class, seed, extract_kwargs):
+    """Codes of a stratified subsample: the top and early layers' cross-validated scores and
+    the pretrained classifier's confidence, into ``advice``. Returns ``(images measured,
+    classes of the pretrained head or None)``."""
+    top, early = advice.top_layer, advice.early_layer or None
     keep = _subsample(labels, per_class, seed)
     sub_paths = [paths[i] for i in keep]
-    sub_labels = labels[keep]
     layers = [top] + ([early] if early else [])
     head = _head_layer(spec)
     if head and head not in layers and spec.weights != "none":
@@ -256,28 +275,33 @@ def advise(
             f"{len(result.skipped)} of the {len(sub_paths)} measured images could not be read "
             f"and were left out (first: {first.path}: {first.reason})."
         )
-    y = sub_labels[result.kept]
+    y = labels[keep][result.kept]
     advice.top_score = _cv_score(result.codes[top], y, seed)
     if early:
         advice.early_score = _cv_score(result.codes[early], y, seed)
-    if head in result.codes:
-        logits = result.codes[head].astype(np.float64)
-        logits -= logits.max(1, keepdims=True)
-        probs = np.exp(logits)
-        probs /= probs.sum(1, keepdims=True)
-        advice.confidence = float(probs.max(1).mean())
+    if head not in result.codes:
+        return len(y), None
+    logits = result.codes[head].astype(np.float64)
+    logits -= logits.max(1, keepdims=True)
+    probs = np.exp(logits)
+    probs /= probs.sum(1, keepdims=True)
+    advice.confidence = float(probs.max(1).mean())
+    return len(y), result.codes[head].shape[1]
 
+
+def _judge_similarity(advice, spec, n_measured, n_out):
+    """``advice.similar`` from the measurements' votes, with the reasons."""
+    top, early = advice.top_layer, advice.early_layer
     votes = []
     if advice.top_score is not None and advice.early_score is not None:
         margin = advice.top_score - advice.early_score
         votes.append(margin > -0.02)
         advice.reasons.append(
-            f"Cross-validated accuracy on {len(y)} images: top layer {top!r} "
+            f"Cross-validated accuracy on {n_measured} images: top layer {top!r} "
             f"{advice.top_score:.2f}, earlier layer {early!r} {advice.early_score:.2f} "
             f"({'top layer at least as good: similar' if votes[-1] else 'earlier layer better: different'})."
         )
     if advice.confidence is not None:
-        n_out = result.codes[head].shape[1]
         # Confident pretrained predictions mean the images look like the pretraining classes.
         threshold = max(0.3, 5.0 / n_out)
         votes.append(advice.confidence >= threshold)
@@ -297,35 +321,45 @@ def advise(
             "The two measurements disagree, so the data counts as different: the layer sweep "
             "below also tries the top layer, so it loses nothing if the data is similar after all."
         )
-    if 0 < len(y) < 40:
+    if 0 < n_measured < 40:
         advice.reasons.append(
-            f"Only {len(y)} images were measured: the similarity verdict is a rough guide."
+            f"Only {n_measured} images were measured: the similarity verdict is a rough guide."
         )
 
-    advice.scenario = {(True, True): 1, (False, True): 2, (True, False): 3, (False, False): 4}[
-        (advice.small, advice.similar)
-    ]
-    advice.recipe = _RECIPES[advice.scenario]
 
-    def command(verb, *extra, pipeline=None):
+@dataclass
+class _Command:
+    """Writes the suggested command lines: the network's options, the data's name."""
+
+    model: str
+    weights: object
+    preprocessing: dict
+    data_label: str
+
+    def __call__(self, verb, *extra, pipeline=None):
         # Quoted for a POSIX shell: data folders and checkpoint paths may hold spaces.
-        argv = ["cnncodes", verb, str(data_label)]
+        argv = ["cnncodes", verb, str(self.data_label)]
         argv += ["--pipeline", pipeline] if pipeline else []
-        argv += ["--model", model]
-        if weights:
-            argv += ["--weights", str(weights)]
-        for key, value in preprocessing.items():
+        argv += ["--model", self.model]
+        if self.weights:
+            argv += ["--weights", str(self.weights)]
+        for key, value in self.preprocessing.items():
             text = ",".join(map(str, value)) if isinstance(value, (tuple, list)) else str(value)
             argv += [f"--{key}", text]
         return shlex.join([*argv, *extra])
 
+
+def _suggest_commands(advice, command, seed):
+    """The command of the scenario's recipe; for fine-tuning scenarios, the finetune and
+    compare commands and the best fixed-code baseline."""
+    early, top = advice.early_layer, advice.top_layer
     if advice.recipe:
         layers = ["--layer", early, "--layer", top] if advice.scenario == 3 and early else []
         advice.command = command("fit", *layers, pipeline=advice.recipe)
-        return advice
+        return
     baseline = "linear_probe" if advice.similar else "layer_sweep_svm"
     advice.baseline_command = command("fit", pipeline=baseline)
-    freeze, note = _finetune_freeze(advice.scenario, model, preprocessing, seed)
+    freeze, note = _finetune_freeze(advice.scenario, command.model, command.preprocessing, seed)
     held_out = ["--test-size", str(FINETUNE_TEST_SIZE)]
     advice.command = command(
         "finetune", "--freeze", freeze, "--epochs", str(FINETUNE_EPOCHS), *held_out,
@@ -341,4 +375,3 @@ def advise(
         "linear probe, an SVM layer sweep, the top blocks and every layer fine-tuned); "
         f"`{advice.baseline_command}` is the best fixed-code baseline."
     )
-    return advice

@@ -29,13 +29,13 @@ Examples
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field
 
 from ..errors import InputTypeError, UsageError
 from ..utils.jsonable import jsonable, skipped_json
 from . import recipes
+from .rundata import prepare_data
 
 __all__ = ["APPROACHES", "Comparison", "compare_approaches"]
 
@@ -114,7 +114,7 @@ def _sweep_layers(network, layers):
     sweep = recipes.get("layer_sweep_svm")
     try:
         return sweep.default_layers(network["model"])
-    except ValueError:
+    except UsageError:  # a model the recipe has no layers for
         from ..networks.models import list_layers
         from .advise import block_outputs
 
@@ -157,7 +157,7 @@ def _code_row(name, result, n_train):
 
 def _finetune_row(name, estimator, train, test):
     from .evaluation import classification_metrics
-    from .experiment import _data_fingerprint
+    from .rundata import _data_fingerprint
 
     (train_paths, train_labels), (test_paths, test_labels) = train, test
     started = time.perf_counter()
@@ -191,7 +191,7 @@ def _finetune_row(name, estimator, train, test):
 
 def _failed_row(name, exc, train, test):
     """The row of an approach whose training failed: its reason, no numbers."""
-    from .experiment import _data_fingerprint
+    from .rundata import _data_fingerprint
 
     return {
         "approach": name,
@@ -280,103 +280,50 @@ def compare_approaches(
         Bad split, unknown ``freeze`` node or layer (the closest names given), bad parameters;
         raised before any row is fitted.
     """
-    from ..estimators.search import filter_readable
-    from ..networks.models import resolve_layers, resolve_spec
-    from .evaluation import check_labelled, stratified_split
-    from .experiment import run_experiment
-
     log = log or (lambda line: None)
     started = time.perf_counter()
-    unknown = sorted(set(runtime) - set(_RUNTIME))
-    if unknown:
-        raise InputTypeError(
-            f"compare_approaches() got unknown argument(s) {', '.join(map(repr, unknown))}; "
-            f"runtime settings: {', '.join(_RUNTIME)}"
-        )
-    if (test is None) == (test_size is None):
-        raise UsageError(
-            "compare_approaches needs held-out images: give test=(paths, labels) or test_size "
-            "(a fraction such as 0.25), one of them"
-        )
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-        raise UsageError(f"epochs={epochs!r}: expected an int >= 1")
-    paths = [os.fspath(p) for p in paths]
-    check_labelled(paths, labels, "training data")
-    labels = [str(label) for label in labels]
+    _check_arguments(runtime, test, test_size, epochs)
+    data, split = _split(paths, labels, test, test_size, random_state)
     network = {"model": model, "weights": weights, "seed": seed, **(preprocessing or {})}
     network = {k: v for k, v in network.items() if v is not None}
     runtime = {k: v for k, v in runtime.items() if v is not None}
     options = dict(recipe_options or {})
-
-    if test_size is not None:
-        train_paths, train_labels, test_paths, test_labels = stratified_split(
-            paths, labels, test_size, random_state
-        )
-        split = {"test_size": test_size, "seed": random_state}
-    else:
-        train_paths, train_labels = paths, labels
-        test_paths = [os.fspath(p) for p in test[0]]
-        check_labelled(test_paths, test[1], "test data")
-        test_labels = [str(label) for label in test[1]]
-        split = {"test": "given"}
-
     # Everything that can be wrong is refused before the first row spends minutes.
-    sweep = _sweep_layers(network, layers)
-    spec = resolve_spec(**{"weights": None, **network})
-    resolve_layers(spec, sweep)
-    _check_freeze(network, freeze)
-    top, top_grid = recipes.get("finetune_top").build(
-        **network, **runtime, **options.get("finetune_top", {})
-    )
-    freeze = freeze if freeze is not None else top_grid["freeze"][0]
-
-    skipped = {"train": [], "test": []}
-    if on_error == "skip":
-        # One set of images for every row: unreadable ones are left out once, here.
-        train_paths, train_labels, skipped["train"] = filter_readable(train_paths, train_labels)
-        test_paths, test_labels, skipped["test"] = filter_readable(test_paths, test_labels)
+    sweep, top, freeze = _check_rows(network, runtime, options, layers, freeze)
+    skipped = _leave_out_unreadable(data, on_error)
     log(
-        f"compare: {len(train_paths)} training and {len(test_paths)} test images, the same "
+        f"compare: {len(data.paths)} training and {len(data.test_paths)} test images, the same "
         "for every approach"
     )
-    train, held_out = (train_paths, train_labels), (test_paths, test_labels)
-    common = dict(test=held_out, cv=cv, seed=random_state, on_error=on_error)
-    common.update(progress=progress, log=log)
     fine = dict(epochs=epochs, lr=lr, augment=augment, init_head="probe", on_error=on_error)
     fine["progress"] = progress is not False  # a line per epoch unless told to be quiet
     top.set_params(freeze=freeze, **fine)
-    everything = top.__class__(**{**top.get_params(), "freeze": "none"})
-
-    def codes(name, **extra):
-        overrides = {**network, **runtime, **extra, **options.get(name, {})}
-        result = run_experiment(*train, name, overrides=overrides, **common)
-        return _code_row(name, result, result.config["train"]["n_images"])
-
-    attempts = [
-        ("linear_probe", "top-layer codes, logistic regression, C by cross-validation",
-         lambda: codes("linear_probe")),
-        ("layer_sweep_svm", f"SVMs on {', '.join(sweep)}",
-         lambda: codes("layer_sweep_svm", layer=sweep)),
-        ("finetune_top", f"frozen up to {freeze!r}, {epochs} epoch(s)",
-         lambda: _finetune_row("finetune_top", top, train, held_out)),
-        ("finetune_all", f"every layer, {epochs} epoch(s)",
-         lambda: _finetune_row("finetune_all", everything, train, held_out)),
-    ]  # fmt: skip
-    rows, failures = [], []
-    for name, what, fit_row in attempts:
-        log(f"{name}: {what}")
-        try:
-            rows.append(fit_row())
-        except Exception as exc:  # the other rows' results are kept, and this one says why
-            failures.append(exc)
-            log(f"{name}: failed: {type(exc).__name__}: {exc}")
-            rows.append(_failed_row(name, exc, train, held_out))
-    if len(failures) == len(attempts):
-        raise failures[0]  # nothing to compare: the first reason, as an error
-
-    described = dict(APPROACHES)
-    for row in rows:
-        row["description"] = described[row["approach"]]
+    common = dict(cv=cv, seed=random_state, on_error=on_error, progress=progress, log=log)
+    rows = _fit_rows(
+        [
+            (
+                "linear_probe",
+                "top-layer codes, logistic regression, C by cross-validation",
+                {"recipe": "linear_probe"},
+            ),
+            (
+                "layer_sweep_svm",
+                f"SVMs on {', '.join(sweep)}",
+                {"recipe": "layer_sweep_svm", "layer": sweep},
+            ),
+            ("finetune_top", f"frozen up to {freeze!r}, {epochs} epoch(s)", {"estimator": top}),
+            (
+                "finetune_all",
+                f"every layer, {epochs} epoch(s)",
+                {"estimator": top.__class__(**{**top.get_params(), "freeze": "none"})},
+            ),
+        ],  # fmt: skip
+        data,
+        {**network, **runtime},
+        options,
+        common,
+        log,
+    )
     config = {
         "network": network,
         "runtime": runtime,
@@ -391,9 +338,92 @@ def compare_approaches(
     return Comparison(
         rows=rows,
         split=split,
-        n_train=len(train_paths),
-        n_test=len(test_paths),
+        n_train=len(data.paths),
+        n_test=len(data.test_paths),
         skipped=skipped,
         config=jsonable(config),
         seconds=time.perf_counter() - started,
     )
+
+
+def _check_arguments(runtime, test, test_size, epochs):
+    unknown = sorted(set(runtime) - set(_RUNTIME))
+    if unknown:
+        raise InputTypeError(
+            f"compare_approaches() got unknown argument(s) {', '.join(map(repr, unknown))}; "
+            f"runtime settings: {', '.join(_RUNTIME)}"
+        )
+    if (test is None) == (test_size is None):
+        raise UsageError(
+            "compare_approaches needs held-out images: give test=(paths, labels) or test_size "
+            "(a fraction such as 0.25), one of them"
+        )
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise UsageError(f"epochs={epochs!r}: expected an int >= 1")
+
+
+def _split(paths, labels, test, test_size, random_state):
+    """The run's images (:func:`~cnncodes.workflows.rundata.prepare_data`, the split ``cnncodes
+    fit`` makes) and the ``split`` entry of the comparison."""
+    data = prepare_data(paths, labels, test=test, test_size=test_size, seed=random_state)
+    return data, data.split if data.split is not None else {"test": "given"}
+
+
+def _check_rows(network, runtime, options, layers, freeze):
+    """``(layers the SVM row sweeps, the top-blocks FineTune, its freeze node)``, checked."""
+    from ..networks.models import resolve_layers, resolve_spec
+
+    sweep = _sweep_layers(network, layers)
+    spec = resolve_spec(**{"weights": None, **network})
+    resolve_layers(spec, sweep)
+    _check_freeze(network, freeze)
+    top, top_grid = recipes.get("finetune_top").build(
+        **network, **runtime, **options.get("finetune_top", {})
+    )
+    return sweep, top, freeze if freeze is not None else top_grid["freeze"][0]
+
+
+def _leave_out_unreadable(data, on_error):
+    """With ``on_error="skip"``: one set of images for every row, unreadable ones left out once,
+    here. Returns ``{"train": [...], "test": [...]}``."""
+    skipped = {"train": [], "test": []}
+    if on_error == "skip":
+        from ..estimators.search import filter_readable
+
+        data.paths, data.labels, skipped["train"] = filter_readable(data.paths, data.labels)
+        data.test_paths, data.test_labels, skipped["test"] = filter_readable(
+            data.test_paths, data.test_labels
+        )
+    return skipped
+
+
+def _fit_rows(attempts, data, network, options, common, log):
+    """One row per ``(name, what, how)`` attempt: a recipe's experiment (``how["recipe"]``, with
+    more overrides) or a FineTune fitted once (``how["estimator"]``). A failed row says why and
+    the others are kept; if every row fails, the first failure is raised."""
+    from .experiment import run_experiment
+
+    train, held_out = (data.paths, data.labels), (data.test_paths, data.test_labels)
+    rows, failures = [], []
+    for name, what, how in attempts:
+        log(f"{name}: {what}")
+        try:
+            if "estimator" in how:
+                rows.append(_finetune_row(name, how["estimator"], train, held_out))
+                continue
+            extra = {k: v for k, v in how.items() if k != "recipe"}
+            overrides = {**network, **extra, **options.get(name, {})}
+            result = run_experiment(
+                *train, how["recipe"], overrides=overrides, test=held_out, **common
+            )
+            rows.append(_code_row(name, result, result.config["train"]["n_images"]))
+        except Exception as exc:  # the other rows' results are kept, and this one says why
+            failures.append(exc)
+            log(f"{name}: failed: {type(exc).__name__}: {exc}")
+            rows.append(_failed_row(name, exc, train, held_out))
+    if len(failures) == len(attempts):
+        raise failures[0]  # nothing to compare: the first reason, as an error
+    described = dict(APPROACHES)
+    for row in rows:
+        row["description"] = described[row["approach"]]
+    return rows

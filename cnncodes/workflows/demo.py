@@ -268,8 +268,6 @@ def run_demo(
     >>> sorted(report["accuracy"])  # doctest: +SKIP
     ['pretrained-early', 'pretrained-top', 'raw-pixels', 'untrained-top']
     """
-    from sklearn.model_selection import GridSearchCV
-
     Cs = _check_options(shots, test_per_class, epochs, Cs)
     started = time.perf_counter()
     os.makedirs(out_dir, exist_ok=True)
@@ -284,62 +282,19 @@ def run_demo(
         f"{counts['target_train']} labelled ({shots} per class), {len(test_paths)} to test"
     )
     checkpoint, pre_info = _pretrain(out_dir, data, seed, epochs, log)
-
-    # Extract once up front so the grid searches below only ever hit the cache.
-    extraction = {"computed": 0, "cached": 0}
-    for _name, _desc, weights, layer, pooling in FEATURE_SETS:
-        if weights is None:
-            continue
-        spec = resolve_spec(MODEL, checkpoint if weights == "pretrained" else "none")
-        result = extract_codes(
-            train.paths + test_paths,
-            spec,
-            layer,
-            pooling,
-            cache_dir=cache_dir,
-            num_workers=0,
-            progress=progress,
-        )
-        extraction["computed"] += result.computed
-        extraction["cached"] += result.cached
-    log(
-        f"codes: {extraction['computed']} images through a network, "
-        f"{extraction['cached']} served from the cache"
-    )
-
-    y_train, y_test = np.array(train.labels), np.array(test_labels)
-    accuracy, best_params = {}, {}
-    for name, _desc, weights, layer, pooling in FEATURE_SETS:
-        step = _feature_step(name, weights, layer, pooling, checkpoint, cache_dir, progress)
-        for recipe in RECIPES:
-            pipe, grid = recipes.get(recipe).build()
-            pipe.set_params(cnncodes=step)
-            if "random_state" in pipe.named_steps["clf"].get_params():
-                # Seeded, so that a recipe whose solver shuffles gives the same table every run.
-                pipe.set_params(clf__random_state=seed)
-            grid = {k: v for k, v in grid.items() if not k.startswith("cnncodes__")}
-            if Cs is not None:
-                grid["clf__C"] = Cs
-            search = GridSearchCV(pipe, grid, cv=recipes.make_cv(y_train, seed=seed))
-            search.fit(train.paths, y_train)
-            acc = float(np.mean(search.predict(test_paths) == y_test))
-            accuracy.setdefault(name, {})[recipe] = acc
-            best_params.setdefault(name, {})[recipe] = {
-                k: (v if isinstance(v, (int, float, str)) else repr(v))
-                for k, v in search.best_params_.items()
-            }
-
+    paths = train.paths + test_paths
+    extraction = _extract_once(paths, checkpoint, cache_dir, progress, log)
+    accuracy, best_params = _fit_feature_sets(
+        (train.paths, train.labels), (test_paths, test_labels), checkpoint, cache_dir, Cs,
+        seed, progress,
+    )  # fmt: skip
     verdict = _verdict(accuracy)
     if log_table:
         for line in [*_table(accuracy), verdict]:
             log(line)
     commands = {}
     if Cs is None and test_per_class is None:  # the command line has no knob for either
-        for name, *_ in FEATURE_SETS:
-            for recipe in RECIPES:
-                argv = fit_command(name, recipe, out_dir, seed, cache_dir)
-                if argv is not None:
-                    commands.setdefault(name, {})[recipe] = shlex.join(["cnncodes", *argv])
+        commands = _fit_commands(out_dir, seed, cache_dir)
     report = {
         "shots_per_class": shots,
         "seed": seed,
@@ -358,6 +313,74 @@ def run_demo(
         "verdict": verdict,
         "seconds": time.perf_counter() - started,
     }
+    _write_outputs(report, out_dir, log)
+    return report
+
+
+def _extract_once(paths, checkpoint, cache_dir, progress, log):
+    """Extract every feature set's codes up front, so that the grid searches only ever hit the
+    cache; returns ``{"computed", "cached"}``."""
+    extraction = {"computed": 0, "cached": 0}
+    for _name, _desc, weights, layer, pooling in FEATURE_SETS:
+        if weights is None:
+            continue
+        spec = resolve_spec(MODEL, checkpoint if weights == "pretrained" else "none")
+        result = extract_codes(
+            paths, spec, layer, pooling, cache_dir=cache_dir, num_workers=0, progress=progress
+        )
+        extraction["computed"] += result.computed
+        extraction["cached"] += result.cached
+    log(
+        f"codes: {extraction['computed']} images through a network, "
+        f"{extraction['cached']} served from the cache"
+    )
+    return extraction
+
+
+def _fit_feature_sets(train, test, checkpoint, cache_dir, Cs, seed, progress):
+    """Every recipe's grid search on every feature set: ``(test accuracy, best parameters)``,
+    each by feature set and recipe."""
+    from sklearn.model_selection import GridSearchCV
+
+    (train_paths, y_train), (test_paths, y_test) = train, test
+    y_train, y_test = np.array(y_train), np.array(y_test)
+    accuracy, best_params = {}, {}
+    for name, _desc, weights, layer, pooling in FEATURE_SETS:
+        step = _feature_step(name, weights, layer, pooling, checkpoint, cache_dir, progress)
+        for recipe in RECIPES:
+            pipe, grid = recipes.get(recipe).build()
+            pipe.set_params(cnncodes=step)
+            if "random_state" in pipe.named_steps["clf"].get_params():
+                # Seeded, so that a recipe whose solver shuffles gives the same table every run.
+                pipe.set_params(clf__random_state=seed)
+            grid = {k: v for k, v in grid.items() if not k.startswith("cnncodes__")}
+            if Cs is not None:
+                grid["clf__C"] = Cs
+            search = GridSearchCV(pipe, grid, cv=recipes.make_cv(y_train, seed=seed))
+            search.fit(train_paths, y_train)
+            acc = float(np.mean(search.predict(test_paths) == y_test))
+            accuracy.setdefault(name, {})[recipe] = acc
+            best_params.setdefault(name, {})[recipe] = {
+                k: (v if isinstance(v, (int, float, str)) else repr(v))
+                for k, v in search.best_params_.items()
+            }
+    return accuracy, best_params
+
+
+def _fit_commands(out_dir, seed, cache_dir):
+    """Per feature set and recipe, the ``cnncodes fit`` line that reproduces it."""
+    commands = {}
+    for name, *_ in FEATURE_SETS:
+        for recipe in RECIPES:
+            argv = fit_command(name, recipe, out_dir, seed, cache_dir)
+            if argv is not None:
+                commands.setdefault(name, {})[recipe] = shlex.join(["cnncodes", *argv])
+    return commands
+
+
+def _write_outputs(report, out_dir, log):
+    """``report.json`` and ``comparison.png``; logs where they are and the best row's command."""
+    accuracy, commands = report["accuracy"], report["commands"]
     _write_json(os.path.join(out_dir, "report.json"), report)
     _plot(accuracy, os.path.join(out_dir, "comparison.png"))
     log(
@@ -370,7 +393,6 @@ def run_demo(
     )
     if best is not None:
         log(f"the best row again, from the command line: {commands[best[0]][best[1]]}")
-    return report
 
 
 def summary_lines(report):

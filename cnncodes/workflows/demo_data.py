@@ -296,6 +296,61 @@ def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     return correct / max(len(x), 1)
 
 
+def _split_source(x, y, seed):
+    """A stratified, seeded 80/20 split: ``((x_train, y_train), (x_val, y_val))``."""
+    from sklearn.model_selection import train_test_split
+
+    idx_train, idx_val = train_test_split(
+        np.arange(len(y)), test_size=0.2, stratify=y.numpy(), random_state=seed
+    )
+    idx_train = torch.from_numpy(np.sort(idx_train))
+    idx_val = torch.from_numpy(np.sort(idx_val))
+    return (x[idx_train], y[idx_train]), (x[idx_val], y[idx_val])
+
+
+def _train(model, train, val, epochs, seed, batch_size, progress):
+    """Adam with a one-cycle schedule, seeded shuffling; a line per epoch with ``progress``."""
+    (x_train, y_train), (x_val, y_val) = train, val
+    gen = torch.Generator().manual_seed(seed)
+    steps_per_epoch = -(-len(x_train) // batch_size)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    # One-cycle gets high accuracy in few epochs without tuning a decay schedule.
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=1e-2, total_steps=max(epochs * steps_per_epoch, 1)
+    )
+    loss_fn = nn.CrossEntropyLoss()
+    for epoch in range(epochs):
+        model.train()
+        order = torch.randperm(len(x_train), generator=gen)
+        total = 0.0
+        for start in range(0, len(order), batch_size):
+            batch = order[start : start + batch_size]
+            optimizer.zero_grad(set_to_none=True)
+            loss = loss_fn(model(x_train[batch]), y_train[batch])
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            total += loss.item() * len(batch)
+        if progress:
+            print(
+                f"pretrain epoch {epoch + 1}/{epochs}: loss {total / len(order):.4f} "
+                f"val acc {_accuracy(model, x_val, y_val):.4f}",
+                file=sys.stderr,
+                flush=True,
+            )
+
+
+def _save_state(model, checkpoint_path):
+    """The model's ``state_dict``, written atomically; the same weights give the same bytes."""
+    # torch.save names the zip's top folder after the file it writes to (a random temporary
+    # name here), so identical weights got a new SHA-256, hence a new cache key, on every call.
+    # A buffer gets torch's fixed name for file objects: same weights, same bytes.
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    checkpoint_path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(checkpoint_path, buffer.getvalue())
+
+
 def pretrain(
     source_dir,
     checkpoint_path,
@@ -337,18 +392,9 @@ def pretrain(
         ``train_accuracy``, ``val_accuracy``, ``epochs``, ``seconds``, ``n_images``,
         ``checkpoint`` (str) and ``classes`` (class folder names in label order).
     """
-    from sklearn.model_selection import train_test_split
-
     t0 = time.perf_counter()
     x, y, classes = load_image_folder(source_dir)
-    idx_train, idx_val = train_test_split(
-        np.arange(len(y)), test_size=0.2, stratify=y.numpy(), random_state=seed
-    )
-    idx_train = torch.from_numpy(np.sort(idx_train))
-    idx_val = torch.from_numpy(np.sort(idx_val))
-    x_train, y_train = x[idx_train], y[idx_train]
-    x_val, y_val = x[idx_val], y[idx_val]
-
+    (x_train, y_train), (x_val, y_val) = _split_source(x, y, seed)
     was_deterministic = torch.are_deterministic_algorithms_enabled()
     was_warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
     # fork_rng keeps the caller's global RNG stream untouched by our seeding.
@@ -357,48 +403,14 @@ def pretrain(
         try:
             torch.manual_seed(seed)
             model = digits_net(len(classes))
-            gen = torch.Generator().manual_seed(seed)
-            steps_per_epoch = -(-len(x_train) // batch_size)
-            optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-            # One-cycle gets high accuracy in few epochs without tuning a decay schedule.
-            scheduler = torch.optim.lr_scheduler.OneCycleLR(
-                optimizer, max_lr=1e-2, total_steps=max(epochs * steps_per_epoch, 1)
-            )
-            loss_fn = nn.CrossEntropyLoss()
-            for epoch in range(epochs):
-                model.train()
-                order = torch.randperm(len(x_train), generator=gen)
-                total = 0.0
-                for start in range(0, len(order), batch_size):
-                    batch = order[start : start + batch_size]
-                    optimizer.zero_grad(set_to_none=True)
-                    loss = loss_fn(model(x_train[batch]), y_train[batch])
-                    loss.backward()
-                    optimizer.step()
-                    scheduler.step()
-                    total += loss.item() * len(batch)
-                if progress:
-                    print(
-                        f"pretrain epoch {epoch + 1}/{epochs}: loss {total / len(order):.4f} "
-                        f"val acc {_accuracy(model, x_val, y_val):.4f}",
-                        file=sys.stderr,
-                        flush=True,
-                    )
+            _train(model, (x_train, y_train), (x_val, y_val), epochs, seed, batch_size, progress)
         finally:
             torch.use_deterministic_algorithms(was_deterministic, warn_only=was_warn_only)
 
     train_acc = _accuracy(model, x_train, y_train)
     val_acc = _accuracy(model, x_val, y_val)
-
     checkpoint_path = Path(checkpoint_path)
-    # torch.save names the zip's top folder after the file it writes to (a random temporary
-    # name here), so identical weights got a new SHA-256, hence a new cache key, on every call.
-    # A buffer gets torch's fixed name for file objects: same weights, same bytes.
-    buffer = io.BytesIO()
-    torch.save(model.state_dict(), buffer)
-    checkpoint_path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(checkpoint_path, buffer.getvalue())
-
+    _save_state(model, checkpoint_path)
     return {
         "train_accuracy": train_acc,
         "val_accuracy": val_acc,

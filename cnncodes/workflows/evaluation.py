@@ -16,6 +16,7 @@ __all__ = [
     "check_labelled",
     "classification_metrics",
     "cv_table",
+    "held_out_metrics",
     "layer_table",
     "stratified_split",
 ]
@@ -81,7 +82,7 @@ def stratified_split(paths, labels, test_size, seed):
         )
 
     def too_few(n_train):
-        return ValueError(
+        return UsageError(
             f"test_size={test_size}: leaves {n_train} training image(s) for {len(classes)} "
             "classes, fewer than 2 of some class; cross-validation needs at least 2 of each: "
             "hold out a smaller fraction"
@@ -172,7 +173,7 @@ def classification_metrics(y_true, y_pred, labels=None):
     }
 
 
-def _held_out_metrics(y_true, y_pred, classes, overlap):
+def held_out_metrics(y_true, y_pred, classes, overlap=0):
     """:func:`classification_metrics` of the held-out images, with ``overlap_with_training``
     (how many of them are also training images) and, where there are any, ``unseen_classes``
     (their classes that training never saw)."""

@@ -25,18 +25,13 @@ themselves there); this module never imports :mod:`pipelines`.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import platform
 import sys
 import tempfile
 import time
-import warnings
 from dataclasses import dataclass, field
 
-import numpy as np
-
-from .. import __version__
 from ..errors import UsageError
 from ..estimators import steps as _runs
 
@@ -45,27 +40,34 @@ from ..estimators.fitted import RUNTIME_PARAMS as RUNTIME_PARAMS
 from ..estimators.fitted import predict_images, set_runtime, verify_model
 from ..estimators.fitted import relocate_weights as relocate_weights
 from ..extraction.ray_engine import joblib_on_ray, ray_session
-from ..images.datasets import DatasetWarning
 from ..networks.preprocessing import default_preprocessing_note
 from ..utils.jsonable import jsonable
 from . import recipes
 from .evaluation import (
-    _held_out_metrics,
     _layer_label,
-    check_labelled,
     classification_metrics,
     cv_table,
+    held_out_metrics,
     layer_table,
-    stratified_split,
+)
+from .rundata import (
+    check_on_error,
+    data_config,
+    library_versions,
+    prepare_data,
+    report_duplicates,
 )
 
 __all__ = [
     "ExperimentResult",
     "classification_metrics",
     "cv_table",
+    "describe_layers",
     "layer_table",
     "predict_images",
+    "resolve_and_describe",
     "run_experiment",
+    "run_locally",
     "set_runtime",
     "verify_model",
 ]
@@ -119,7 +121,7 @@ class ExperimentResult:
 # ----------------------------------------------------------------------------- helpers
 
 
-def _describe_layers(plan):
+def describe_layers(plan):
     """One line on the layers of a run (``config["layer"]``): swept, concatenated or one."""
     candidates = plan["candidates"]
     if len(candidates) > 1:
@@ -130,63 +132,14 @@ def _describe_layers(plan):
     return f"layer: {_layer_label(only)}"
 
 
-def _data_fingerprint(paths, labels):
-    """SHA-256 of the (path, label) list: tells whether a rerun saw the same images."""
-    h = hashlib.sha256()
-    for i, path in enumerate(paths):
-        label = "" if labels is None else str(labels[i])
-        h.update(os.fsencode(path) + b"\0" + label.encode("utf-8", "surrogateescape") + b"\n")
-    return h.hexdigest()
-
-
-def _data_config(paths, labels, test_paths=None, test_labels=None):
-    """The ``train`` and ``test`` entries of a run's configuration: how many images, of which
-    classes, and fingerprints that tell whether a rerun saw the same ones."""
-    return {
-        "train": {
-            "n_images": len(paths),
-            "classes": {c: labels.count(c) for c in sorted(set(labels))},
-            "sha256": _data_fingerprint(paths, labels),
-        },
-        "test": None
-        if test_paths is None
-        else {
-            "n_images": len(test_paths),
-            "sha256": _data_fingerprint(test_paths, test_labels),
-        },
-    }
-
-
-def _versions():
-    import h5py
-    import sklearn
-    import torch
-    import torchvision
-
-    return {
-        "cnncodes": __version__,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "scikit-learn": sklearn.__version__,
-        "numpy": np.__version__,
-        "h5py": h5py.__version__,
-    }
-
-
-def _duplicates(train, test):
-    """Images whose content (SHA-256) repeats: ``test_in_train``, test images that are also
-    training images (a leak into the test score; None without a test set), and
-    ``within_train``, training images repeating an earlier one (they can land in a training
-    and a validation fold at once)."""
-    from ..images.load import file_digests
-
-    listed = [d for d in file_digests(train) if isinstance(d, str)]
-    seen = set(listed)
-    shared = None
-    if test is not None:
-        shared = sum(1 for d in file_digests(test) if isinstance(d, str) and d in seen)
-    return {"test_in_train": shared, "within_train": len(listed) - len(seen)}
+def run_locally(estimator):
+    """Set a fitted model's engine back to local: where codes were computed was the run's
+    choice, so the saved model extracts locally wherever it is used (Ray need not be there)."""
+    if "engine" in RUNTIME_PARAMS:
+        return set_runtime(estimator, engine="local", ray_address=None)
+    # Until cnncodes.fitted's RUNTIME_PARAMS has engine and ray_address: the same, by hand.
+    step, prefix = _runs.network_step(estimator)
+    return estimator.set_params(**{f"{prefix}engine": "local", f"{prefix}ray_address": None})
 
 
 # ----------------------------------------------------------------------------- fit
@@ -231,7 +184,7 @@ def _apply_overrides(recipe_module, overrides, layer_mode=None):
             overrides["poolings"] = [user_pooling]
         else:
             overrides["pooling"] = user_pooling
-    pipe, grid = recipe_module.build(**overrides)
+    pipe, grid = recipes.build(recipe_module, overrides)
     grids = [grid] if isinstance(grid, dict) else [dict(g) for g in grid]
     for g in grids:
         if candidates is not None and "layers" not in options:
@@ -375,32 +328,10 @@ def run_experiment(
     """
     log = log or (lambda line: None)
     started = time.perf_counter()
-    if test is not None and test_size is not None:
-        raise UsageError("give either test (held-out images) or test_size (a fraction), not both")
-    if on_error not in ("raise", "skip"):
-        raise UsageError(f"on_error={on_error!r}: choose 'raise' or 'skip'")
-    paths = [os.fspath(p) for p in paths]
-    check_labelled(paths, labels, "training data")
-    labels = [str(label) for label in labels]
-    if len(set(labels)) < 2:
-        found = f"only the class {labels[0]!r}" if labels else "no images"
-        raise UsageError(
-            f"training data: {found}; a classifier needs at least two classes (two class "
-            "sub-folders, or two labels in the manifest)"
-        )
+    check_on_error(on_error)
+    data = prepare_data(paths, labels, test=test, test_size=test_size, seed=seed)
     recipe_module = recipes.get(recipe) if isinstance(recipe, (str, os.PathLike)) else recipe
     recipe_name = os.fspath(recipe) if isinstance(recipe, (str, os.PathLike)) else recipe.__name__
-
-    split = None
-    if test_size is not None:
-        paths, labels, test_paths, test_labels = stratified_split(paths, labels, test_size, seed)
-        split = {"test_size": test_size, "seed": seed}
-    elif test is not None:
-        test_paths, test_labels = [os.fspath(p) for p in test[0]], test[1]
-        check_labelled(test_paths, test_labels, "test data")
-        test_labels = [str(label) for label in test_labels]
-    else:
-        test_paths = test_labels = None
 
     overrides = dict(overrides or {})
     overrides["on_error"] = on_error
@@ -409,148 +340,185 @@ def run_experiment(
     pipe, grid, layer_mode = _apply_overrides(recipe_module, overrides, layer_mode)
     step, prefix = _runs.network_step(pipe)  # a FineTune recipe: the FineTune itself
     layer_plan = {"mode": layer_mode, "candidates": _grid_layers(grid) or [step.layer]}
-    log(_describe_layers(layer_plan))
-    # Fail on a bad model, layer or parameter before any image is read.
-    spec = _runs.resolve_network(step, paths)
-    log(f"preprocessing: {spec.preprocessing.describe()}")
-    note = default_preprocessing_note(spec)
-    if note:
-        log(note)
+    log(describe_layers(layer_plan))
+    resolve_and_describe(step, data.paths, log)  # a bad model, layer or parameter fails here
     cache_dir = step.cache_dir
     # engine="ray": one Ray session for the run (every extraction, then the search's fits).
     on_ray = getattr(step, "engine", "local") == "ray"
     session = ray_session(step.ray_address) if on_ray else contextlib.nullcontext()
     with session, _cache_for_the_run(pipe, prefix, log):
-        # Only the training images: the test images are transformed once, by the winner alone.
-        log(f"codes: extracting what the grid needs for {len(paths)} training images (once)")
-        extraction = _runs.warm(pipe, paths, grid)
-        skipped = {"train": extraction.pop("skipped"), "test": []}
-        runs = extraction["runs"]
-        per = f" over {runs} passes of the images (one per setting other than the layer)"
-        log(
-            f"codes: {extraction['computed']} image codes computed, {extraction['cached']} "
-            f"from the cache{per if runs > 1 else ''}; {extraction['configurations']} "
-            "configuration(s) of layer and settings"
-        )
-        if skipped["train"]:
-            # on_error="skip": the warm pass was the screening; the images go with their labels.
-            bad = {s.index for s in skipped["train"]}
-            labels = [label for i, label in enumerate(labels) if i not in bad]
-            paths = [path for i, path in enumerate(paths) if i not in bad]
-            log(f"left out {len(bad)} unreadable train image(s)")
-            if not paths:
-                raise UsageError("no readable training images")
-
-        duplicates = _duplicates(paths, test_paths)
-        overlap = duplicates["test_in_train"] or 0
-        if overlap:
-            warnings.warn(
-                f"{overlap} test image(s) are also training images (same file content): "
-                "the test score overstates accuracy on new images",
-                DatasetWarning,
-                stacklevel=2,
-            )
-        if duplicates["within_train"]:
-            log(
-                f"note: {duplicates['within_train']} training image(s) repeat another's content: "
-                "cross-validated scores may overstate accuracy on new images"
-            )
-        folds = recipes.make_cv(labels, n_splits=cv, seed=seed)
+        extraction, skipped = _warm(pipe, data, grid, log)
+        duplicates = report_duplicates(data, log)
         # The search itself only reads codes: no progress bars for each fold.
         shown = step.progress
         pipe.set_params(**{f"{prefix}progress": False})
-
-        from sklearn.model_selection import GridSearchCV, ParameterGrid, cross_val_predict
-
-        n_candidates = len(ParameterGrid(grid))
-        log(
-            f"grid search: {n_candidates} candidate(s) x {folds.get_n_splits()} folds "
-            f"on {len(paths)} images, {len(set(labels))} classes"
-        )
-        fits = n_candidates * folds.get_n_splits()
-        # On Ray, the fits are Ray tasks reading the warm cache (n_jobs None: every CPU of the
-        # cluster); a bar in this process cannot count them.
-        backend = joblib_on_ray() if on_ray else contextlib.nullcontext()
-        with _fit_progress(pipe, scoring, fits, progress, -1 if on_ray else n_jobs) as scorer:
-            search = GridSearchCV(
-                pipe, grid, cv=folds, scoring=scorer, n_jobs=n_jobs, refit=True, error_score="raise"
-            )
-            with backend:
-                search.fit(paths, labels)
+        search, folds = _search(pipe, grid, data, cv, scoring, n_jobs, seed, progress, on_ray, log)
         best = search.best_estimator_
-        classes = [str(c) for c in best.classes_]
-
-        metrics = {
-            "scoring": scoring or "accuracy",
-            "cv": {
-                "best_score": float(search.best_score_),
-                "best_std": float(search.cv_results_["std_test_score"][search.best_index_]),
-                "n_splits": int(folds.get_n_splits()),
-                "n_candidates": int(n_candidates),
-            },
-            "best_params": jsonable(search.best_params_),
-            "duplicates": duplicates,
-            "test": None,
-        }
-        if test_paths is not None:
-            log(f"codes: {len(test_paths)} test images, for the best candidate only")
-            # These go through the network: the bar is back while they do.
-            best.set_params(**{f"{prefix}progress": shown})
-            try:
-                if on_error == "skip":
-                    # Screened by the winner itself: its codes are the ones predict reads.
-                    test_paths, test_labels, skipped["test"] = _runs.screen_test(
-                        best, test_paths, test_labels
-                    )
-                    if skipped["test"]:
-                        log(f"left out {len(skipped['test'])} unreadable test image(s)")
-                    if not test_paths:
-                        raise UsageError("no readable test images")
-                predicted = best.predict(test_paths)
-            finally:
-                best.set_params(**{f"{prefix}progress": False})
-            metrics["test"] = _held_out_metrics(test_labels, predicted, classes, overlap)
-            unseen = metrics["test"].get("unseen_classes")
-            if unseen:
-                log(f"test images of class(es) never seen in training: {', '.join(unseen)}")
+        metrics = _search_metrics(search, folds, scoring, duplicates)
+        if data.test_paths is not None:
+            with _showing_progress(best, prefix, shown):
+                metrics["test"], skipped["test"] = _evaluate(best, data, on_error, duplicates, log)
         else:
             # No held-out images: describe the best candidate by its cross-validated predictions.
-            predicted = cross_val_predict(search.best_estimator_, paths, labels, cv=folds)
-            metrics["cv"]["predictions"] = classification_metrics(labels, predicted, labels=classes)
-
-        layers = None
-        if _sweeps_layers(grid):
-            layers = layer_table(search)
-
-        config = {
-            "recipe": recipe_name,
-            "overrides": jsonable({k: v for k, v in overrides.items() if k != "progress"}),
-            "param_grid": jsonable(grid),
-            "cv": {"n_splits": int(folds.get_n_splits()), "shuffle": True, "seed": seed},
-            "scoring": scoring or "accuracy",
-            "split": split,
-            **_data_config(paths, labels, test_paths, test_labels),
-            "best_params": jsonable(search.best_params_),
-            "duplicates": duplicates,
-            "layer": jsonable(layer_plan),
-            # The network, its preprocessing (and where each value came from), its layers.
-            **jsonable(_runs.describe_network(best)),
-            "versions": _versions(),
-            "platform": platform.platform(),
-            "argv": list(sys.argv),
-        }
+            metrics["cv"]["predictions"] = _cv_predictions(best, data, folds)
+        run = {"recipe": recipe_name, "overrides": overrides, "param_grid": grid, "seed": seed}
+        config = _experiment_config(run, folds, scoring, data, search, duplicates, layer_plan)
         # The model keeps the cache setting the user gave, not the run's temporary folder.
         for estimator in (best, pipe):
             estimator.set_params(**{f"{prefix}cache_dir": cache_dir})
+        if on_ray:
+            run_locally(best)
         return ExperimentResult(
             search=search,
             estimator=best,
             recipe=recipe_name,
             metrics=metrics,
             table=cv_table(search),
-            layers=layers,
+            layers=layer_table(search) if _sweeps_layers(grid) else None,
             config=config,
             skipped=skipped,
             extraction=extraction,
             seconds=time.perf_counter() - started,
         )
+
+
+def _experiment_config(run, folds, scoring, data, search, duplicates, layer_plan):
+    """Everything needed to rerun the experiment (JSON-ready); ``run`` holds its ``recipe``,
+    ``overrides``, ``param_grid`` and ``seed``."""
+    best = search.best_estimator_
+    return {
+        "recipe": run["recipe"],
+        "overrides": jsonable({k: v for k, v in run["overrides"].items() if k != "progress"}),
+        "param_grid": jsonable(run["param_grid"]),
+        "cv": {"n_splits": int(folds.get_n_splits()), "shuffle": True, "seed": run["seed"]},
+        "scoring": scoring or "accuracy",
+        "split": data.split,
+        **data_config(data.paths, data.labels, data.test_paths, data.test_labels),
+        "best_params": jsonable(search.best_params_),
+        "duplicates": duplicates,
+        "layer": jsonable(layer_plan),
+        # The network, its preprocessing (and where each value came from), its layers.
+        **jsonable(_runs.describe_network(best)),
+        "versions": library_versions(),
+        "platform": platform.platform(),
+        "argv": list(sys.argv),
+    }
+
+
+# ----------------------------------------------------------------------------- phases
+
+
+def resolve_and_describe(step, paths, log):
+    """Resolve the network step's model before any image is read (a bad model, layer or
+    parameter fails here) and note its preprocessing in ``log``; returns its ModelSpec."""
+    spec = _runs.resolve_network(step, paths)
+    log(f"preprocessing: {spec.preprocessing.describe()}")
+    note = default_preprocessing_note(spec)
+    if note:
+        log(note)
+    return spec
+
+
+def _warm(pipe, data, grid, log):
+    """Extract every training code the grid needs (once); leave out unreadable training images
+    (``on_error="skip"``). Returns ``(extraction summary, {"train": skipped, "test": []})``."""
+    # Only the training images: the test images are transformed once, by the winner alone.
+    log(f"codes: extracting what the grid needs for {len(data.paths)} training images (once)")
+    extraction = _runs.warm(pipe, data.paths, grid)
+    skipped = {"train": extraction.pop("skipped"), "test": []}
+    runs = extraction["runs"]
+    per = f" over {runs} passes of the images (one per setting other than the layer)"
+    log(
+        f"codes: {extraction['computed']} image codes computed, {extraction['cached']} "
+        f"from the cache{per if runs > 1 else ''}; {extraction['configurations']} "
+        "configuration(s) of layer and settings"
+    )
+    if skipped["train"]:
+        # on_error="skip": the warm pass was the screening; the images go with their labels.
+        data.drop_train({s.index for s in skipped["train"]})
+        log(f"left out {len(skipped['train'])} unreadable train image(s)")
+        if not data.paths:
+            raise UsageError("no readable training images")
+    return extraction, skipped
+
+
+def _search(pipe, grid, data, cv, scoring, n_jobs, seed, progress, on_ray, log):
+    """The fitted grid search (refitted on every training image) and its folds."""
+    from sklearn.model_selection import GridSearchCV, ParameterGrid
+
+    folds = recipes.make_cv(data.labels, n_splits=cv, seed=seed)
+    n_candidates = len(ParameterGrid(grid))
+    log(
+        f"grid search: {n_candidates} candidate(s) x {folds.get_n_splits()} folds "
+        f"on {len(data.paths)} images, {len(set(data.labels))} classes"
+    )
+    fits = n_candidates * folds.get_n_splits()
+    # On Ray, the fits are Ray tasks reading the warm cache (n_jobs None: every CPU of the
+    # cluster); a bar in this process cannot count them.
+    backend = joblib_on_ray() if on_ray else contextlib.nullcontext()
+    with _fit_progress(pipe, scoring, fits, progress, -1 if on_ray else n_jobs) as scorer:
+        search = GridSearchCV(
+            pipe, grid, cv=folds, scoring=scorer, n_jobs=n_jobs, refit=True, error_score="raise"
+        )
+        with backend:
+            search.fit(data.paths, data.labels)
+    return search, folds
+
+
+def _search_metrics(search, folds, scoring, duplicates):
+    """``metrics`` of a search: its score, best parameters, duplicates; ``test`` still None."""
+    from sklearn.model_selection import ParameterGrid
+
+    return {
+        "scoring": scoring or "accuracy",
+        "cv": {
+            "best_score": float(search.best_score_),
+            "best_std": float(search.cv_results_["std_test_score"][search.best_index_]),
+            "n_splits": int(folds.get_n_splits()),
+            "n_candidates": len(ParameterGrid(search.param_grid)),
+        },
+        "best_params": jsonable(search.best_params_),
+        "duplicates": duplicates,
+        "test": None,
+    }
+
+
+def _cv_predictions(best, data, folds):
+    """:func:`classification_metrics` of the best candidate's cross-validated predictions."""
+    from sklearn.model_selection import cross_val_predict
+
+    predicted = cross_val_predict(best, data.paths, data.labels, cv=folds)
+    classes = [str(c) for c in best.classes_]
+    return classification_metrics(data.labels, predicted, labels=classes)
+
+
+@contextlib.contextmanager
+def _showing_progress(best, prefix, shown):
+    """The best model shows its progress bar (``shown``) while test images go through it."""
+    best.set_params(**{f"{prefix}progress": shown})
+    try:
+        yield
+    finally:
+        best.set_params(**{f"{prefix}progress": False})
+
+
+def _evaluate(best, data, on_error, duplicates, log):
+    """``(held-out metrics, skipped test images)`` of the best candidate on the test images."""
+    log(f"codes: {len(data.test_paths)} test images, for the best candidate only")
+    test_paths, test_labels, skipped = data.test_paths, data.test_labels, []
+    if on_error == "skip":
+        # Screened by the winner itself: its codes are the ones predict reads.
+        test_paths, test_labels, skipped = _runs.screen_test(best, test_paths, test_labels)
+        if skipped:
+            log(f"left out {len(skipped)} unreadable test image(s)")
+        if not test_paths:
+            raise UsageError("no readable test images")
+        data.test_paths, data.test_labels = test_paths, test_labels
+    classes = [str(c) for c in best.classes_]
+    metrics = held_out_metrics(
+        test_labels, best.predict(test_paths), classes, duplicates["test_in_train"] or 0
+    )
+    unseen = metrics.get("unseen_classes")
+    if unseen:
+        log(f"test images of class(es) never seen in training: {', '.join(unseen)}")
+    return metrics, skipped

@@ -34,9 +34,18 @@ import os
 import sys
 from dataclasses import dataclass
 
-from ..errors import UsageError
+from ..errors import InputTypeError, UsageError
 
-__all__ = ["LAYER_MODES", "available", "get", "layer_mode", "load", "make_cv", "register"]
+__all__ = [
+    "LAYER_MODES",
+    "available",
+    "build",
+    "get",
+    "layer_mode",
+    "load",
+    "make_cv",
+    "register",
+]
 
 #: What a list of layers given by the user means for a recipe (its ``LAYER`` attribute).
 LAYER_MODES = ("sweep", "concat")
@@ -233,6 +242,34 @@ def load(path):
             f"recipe file {path} defines no build(**overrides) -> (pipeline, param_grid)"
         )
     return module
+
+
+def build(recipe, overrides):
+    """``recipe.build(**overrides)``, after checking that ``build`` takes every option given.
+
+    A ``build(**overrides)`` checks its options itself (the bundled recipes raise
+    :class:`~cnncodes.errors.InputTypeError` for unknown ones); a ``build`` with named
+    parameters only is checked here, so that an option it does not take is a usage error that
+    names it, not a ``TypeError`` from inside the call.
+    """
+    import inspect
+
+    name = getattr(recipe, "__name__", "recipe")
+    try:
+        signature = inspect.signature(recipe.build)
+    except (TypeError, ValueError):  # a builtin or C callable: nothing to check
+        signature = None
+    if signature is not None:
+        params = signature.parameters.values()
+        if not any(p.kind is p.VAR_KEYWORD for p in params):
+            takes = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+            unknown = sorted(set(overrides) - set(takes))
+            if unknown:
+                raise InputTypeError(
+                    f"{name}.build() got unknown option(s) {', '.join(map(repr, unknown))}; it "
+                    f"takes {', '.join(takes) or 'no options'}"
+                )
+    return recipe.build(**overrides)
 
 
 def make_cv(y, n_splits=5, seed=0):
