@@ -1,7 +1,7 @@
 """The scikit-learn side: the network-step contract (:mod:`.steps`: :class:`NetworkStep`,
 :func:`network_step`), :class:`CNNCodes` (:mod:`.codes`), :class:`SignedPower`,
-:class:`FineTune` (:mod:`.finetune`), :class:`ViewStack`, grid-search helpers (:mod:`.search`), fitted models (:mod:`.fitted`), saving and trust
-(:mod:`.persistence`).
+:class:`FineTune` (:mod:`.finetune`), :class:`ViewStack`, grid-search helpers (:mod:`.search`),
+fitted models (:mod:`.fitted`), saving and trust (:mod:`.persistence`).
 """
 
 from ..utils.lazy import lazy_face
