@@ -74,6 +74,15 @@ class NetworkStep:
     :meth:`verify`, :meth:`warm`, :meth:`screen`, :meth:`describe` and, where they hold their
     own weights, set ``holds_weights = True`` and override :meth:`relocate_weights`.
     :meth:`set_runtime` is shared.
+
+    Examples
+    --------
+    >>> from cnncodes import CNNCodes
+    >>> step = CNNCodes("resnet18", weights="none", layer="layer4", cache_dir=None)
+    >>> step.network_spec().model
+    'resnet18'
+    >>> step.set_runtime(batch_size=8).batch_size
+    8
     """
 
     #: True when the fitted step holds its network's weights itself (it never reads the
@@ -143,6 +152,15 @@ def network_step(estimator):
     ``estimator`` is a network step itself (prefix ``""``), a (nested) Pipeline holding one
     (prefix ``"name__"``), or a fitted search (the step of its ``best_estimator_``, the prefix
     relative to it).
+
+    Examples
+    --------
+    >>> from sklearn.linear_model import LogisticRegression
+    >>> from sklearn.pipeline import make_pipeline
+    >>> from cnncodes import CNNCodes
+    >>> pipe = make_pipeline(CNNCodes("resnet18", weights="none"), LogisticRegression())
+    >>> network_step(pipe)[1]
+    'cnncodes__'
     """
     if isinstance(estimator, NetworkStep):
         return estimator, ""
