@@ -341,12 +341,16 @@ class FineTune(NetworkStep, ClassifierMixin, BaseEstimator):
         self._check_params()
         spec, layer = self._resolve()
         device, precision, _, _, workers = self._runtime()
-        return self._extract(list(paths), spec, layer, self.pooling, device, precision, workers)
+        return self._extract_layer(
+            list(paths), spec, layer, self.pooling, device, precision, workers
+        )
 
     def _codes(self, paths, spec, layer, pooling, device, precision, workers):
-        return self._extract(paths, spec, layer, pooling, device, precision, workers).codes[layer]
+        return self._extract_layer(paths, spec, layer, pooling, device, precision, workers).codes[
+            layer
+        ]
 
-    def _extract(self, paths, spec, layer, pooling, device, precision, workers):
+    def _extract_layer(self, paths, spec, layer, pooling, device, precision, workers):
         return extract_codes(
             paths,
             spec,
@@ -375,7 +379,7 @@ class FineTune(NetworkStep, ClassifierMixin, BaseEstimator):
         reads for ``init_head="probe"`` and a head on a frozen network, through the cache."""
         check_is_fitted(self, "state_dict_")
         device, precision, _, _, workers = self._runtime()
-        return self._extract(
+        return self._extract_layer(
             list(paths), self.spec_, self.layer_, self.pooling, device, precision, workers
         )
 
