@@ -403,3 +403,18 @@ def test_both_network_steps_refuse_a_parameter_in_the_same_words(params, message
     for step in (CNNCodes(**params), FineTune(**params)):
         with pytest.raises(ValueError, match=message):
             step.network_spec()
+
+
+def test_network_step_finds_the_step_of_a_fitted_search_and_names_what_it_lacks(extractor, paths):
+    from sklearn.model_selection import GridSearchCV
+    from sklearn.pipeline import make_pipeline
+
+    from cnncodes.estimators.steps import network_step
+
+    pipe = make_pipeline(extractor, LogisticRegression(max_iter=200))
+    search = GridSearchCV(pipe, {"logisticregression__C": [1.0]}, cv=2)
+    search.fit(paths[:8], [0, 1] * 4)
+    step, prefix = network_step(search)
+    assert step is search.best_estimator_.steps[0][1] and prefix == "cnncodes__"
+    with pytest.raises(ValueError, match="LogisticRegression has no CNNCodes step"):
+        network_step(LogisticRegression())

@@ -73,7 +73,9 @@ class NetworkStep:
     Subclasses implement :meth:`network_spec`, :meth:`extract`, :meth:`verify_weights`,
     :meth:`verify`, :meth:`warm`, :meth:`screen`, :meth:`describe` and, where they hold their
     own weights, set ``holds_weights = True`` and override :meth:`relocate_weights`.
-    :meth:`set_runtime` is shared.
+    :meth:`set_runtime` is shared. :meth:`network_spec`, :meth:`warm` and :meth:`screen` work
+    before ``fit`` (from the parameters); :meth:`extract`, :meth:`verify_weights`,
+    :meth:`verify`, :meth:`relocate_weights` and :meth:`describe` need a fitted step.
 
     Examples
     --------
