@@ -30,6 +30,12 @@ AUGMENTS = ("crop-flip", "crop", "flip", "none")
 HEADS = ("linear", "mlp")
 #: How fine-tuning starts its head: random, or LP-FT's logistic regression (``"probe"``).
 INIT_HEADS = ("random", "probe")
+#: What an unreadable image does: stop the run naming it, or leave it out (reported).
+ON_ERROR = ("raise", "skip")
+#: Whether fine-tuning reads the frozen part's activations from the code cache.
+TRUNK_CACHE = ("auto", True, False)
+#: Whether fine-tuning feeds convolutions NHWC tensors (``"auto"``: on a GPU).
+CHANNELS_LAST = ("auto", True, False)
 
 
 def is_int(value):
@@ -153,3 +159,56 @@ def check_engine(engine, ray_address):
             f"ray_address={ray_address!r}: expected None (the running Ray session or a "
             "local one), 'auto' or 'HOST:PORT'"
         )
+
+
+# -- parameter constraints, declared once per estimator ----------------------------------------
+#
+# An estimator declares ``_parameter_checks = {name: rule}`` (in the spirit of scikit-learn's
+# ``_parameter_constraints``) and calls :func:`check_params` in ``fit``: every parameter is then
+# refused with the same wording whichever estimator takes it. A rule is called with
+# ``(value, name)`` and raises :class:`~cnncodes.errors.UsageError`.
+
+
+class Choice:
+    """Rule: one of ``choices`` (:func:`check_choice`)."""
+
+    def __init__(self, *choices):
+        self.choices = choices
+
+    def __call__(self, value, name):
+        check_choice(value, name, self.choices)
+
+    def __repr__(self):
+        return f"Choice{self.choices!r}"
+
+
+class Int:
+    """Rule: an int >= ``minimum`` (or None, if allowed; :func:`check_int`)."""
+
+    def __init__(self, minimum, allow_none=False):
+        self.minimum, self.allow_none = minimum, allow_none
+
+    def __call__(self, value, name):
+        check_int(value, name, self.minimum, allow_none=self.allow_none)
+
+    def __repr__(self):
+        return f"Int(minimum={self.minimum!r}, allow_none={self.allow_none!r})"
+
+
+class Float:
+    """Rule: a finite real number within bounds (:func:`check_float`)."""
+
+    def __init__(self, **bounds):
+        self.bounds = bounds
+
+    def __call__(self, value, name):
+        check_float(value, name, **self.bounds)
+
+    def __repr__(self):
+        return f"Float({self.bounds!r})"
+
+
+def check_params(owner, checks):
+    """Check every parameter of ``owner`` that ``checks`` (``{name: rule}``) names."""
+    for name, rule in checks.items():
+        rule(getattr(owner, name), name)

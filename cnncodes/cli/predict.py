@@ -114,41 +114,31 @@ def _predict_inputs(args):
     return paths, (labels if all(label is not None for label in labels) else None)
 
 
-def run_predict(args):
-    """Predict every input image; print a table or JSON; optionally write a CSV."""
+def _load_model(args, output):
+    """The saved model (a search: its best estimator), its runtime and weights set from
+    ``args``."""
     from ..estimators import persistence
-    from ..estimators.fitted import (
-        _split_pipeline,
-        is_fine_tune,
-        predict_images,
-        relocate_weights,
-        set_runtime,
-    )
-    from ..estimators.search import _find_codes_step
-    from ..workflows.evaluation import classification_metrics
+    from ..estimators.fitted import relocate_weights, set_runtime, split_pipeline
+    from ..estimators.steps import network_step
 
-    output = _Output(args)
-    out_path = _check_out_path(args.out, (".csv",))
     estimator = persistence.load(
         args.model_file, trusted=args.trust, trust_model_code=_trust_model_code(args)
     )
     estimator = getattr(estimator, "best_estimator_", estimator)  # a saved search: its best
-    fine_tuned = is_fine_tune(estimator)
-    if not fine_tuned:
-        try:
-            _find_codes_step(estimator)
-        except ValueError:
-            raise UsageError(
-                f"{args.model_file}: not a cnncodes model (no CNNCodes step, not a FineTune); "
-                "save one with 'cnncodes fit --out' or 'cnncodes finetune --out'"
-            ) from None
-    classifier = _split_pipeline(estimator)[1]
+    try:
+        step, _ = network_step(estimator)
+    except UsageError:
+        raise UsageError(
+            f"{args.model_file}: not a cnncodes model (no CNNCodes step, not a FineTune); "
+            "save one with 'cnncodes fit --out' or 'cnncodes finetune --out'"
+        ) from None
+    classifier = split_pipeline(estimator)[1]
     if args.proba and not hasattr(classifier, "predict_proba"):
         raise UsageError(
             f"--proba: the classifier of {args.model_file} ({type(classifier).__name__}) gives "
             "no probabilities; leave --proba out (the score column then holds its decision value)"
         )
-    if args.weights is not None and fine_tuned:
+    if args.weights is not None and step.holds_weights:
         output.note(
             f"--weights {args.weights}: not needed, {display(args.model_file)} holds its "
             "fine-tuned weights itself"
@@ -160,42 +150,22 @@ def run_predict(args):
     runtime["cache_dir"] = _cache_dir_from_args(args)
     runtime.update((k, v) for k, v in given.items() if v is not None)
     set_runtime(estimator, **runtime)
-    paths, labels = _predict_inputs(args)
-    output.note(f"{len(paths)} image(s) to predict with {display(args.model_file)}")
-    if labels is not None:
-        known = {str(c) for c in estimator.classes_}
-        unseen = sorted({str(label) for label in labels} - known)
-        if unseen:
-            output.warn(
-                f"class(es) the model never learned: {', '.join(unseen)} (it knows "
-                f"{', '.join(sorted(known))}); their images can only be predicted wrong"
-            )
-    table = predict_images(
-        estimator, paths, labels=labels, proba=args.proba, on_error=args.on_error
-    )
-    accuracy = None
-    if labels is not None:
-        done = table[table["label"].notna()]
-        if len(done):
-            metrics = classification_metrics(done["true_label"], done["label"])
-            accuracy = {k: metrics[k] for k in ("n", "accuracy", "balanced_accuracy")}
-    if out_path is not None:
-        with atomic_path(out_path) as tmp:
-            table.to_csv(tmp, index=False)
-    failed = table["label"].isna()
-    for row in table[failed].itertuples():
-        output.note(f"skipped {display(row.path)}: {row.error}")
-    rows = table.to_dict("records")
-    data = {
-        "command": "predict",
-        "model": os.path.abspath(args.model_file),
-        "images": len(table),
-        "skipped": int(failed.sum()),
-        "accuracy": accuracy,
-        "out": out_path,
-        "predictions": rows,
-    }
-    score_kind = table["score_kind"].iloc[0] if len(table) else "none"
+    return estimator
+
+
+def _accuracy(table, labels):
+    """``n``, ``accuracy`` and ``balanced_accuracy`` of the predicted rows, or None."""
+    from ..workflows.evaluation import classification_metrics
+
+    done = table[table["label"].notna()] if labels is not None else []
+    if not len(done):
+        return None
+    metrics = classification_metrics(done["true_label"], done["label"])
+    return {k: metrics[k] for k in ("n", "accuracy", "balanced_accuracy")}
+
+
+def _result_lines(table, rows, labels, accuracy, out_path):
+    """The table printed (at most 20 rows when they are also written to a file)."""
     shown = rows[:20] if out_path else rows
     columns = ["path", "label", "score"] + (["true_label"] if labels is not None else [])
     lines = _table(
@@ -213,6 +183,7 @@ def run_predict(args):
     )
     if len(shown) < len(rows):
         lines.append(f"... {len(rows) - len(shown)} more rows in {display(out_path)}")
+    score_kind = table["score_kind"].iloc[0] if len(table) else "none"
     kind = "probability" if score_kind == "probability" else "decision value"
     lines.append(f"score: the {kind} of the predicted label")
     if accuracy is not None:
@@ -222,5 +193,45 @@ def run_predict(args):
         )
     if out_path:
         lines.append(f"wrote {display(out_path)}")
-    output.result(jsonable(data), lines)
+    return lines
+
+
+def run_predict(args):
+    """Predict every input image; print a table or JSON; optionally write a CSV."""
+    from ..estimators.fitted import predict_images
+
+    output = _Output(args)
+    out_path = _check_out_path(args.out, (".csv",))
+    estimator = _load_model(args, output)
+    paths, labels = _predict_inputs(args)
+    output.note(f"{len(paths)} image(s) to predict with {display(args.model_file)}")
+    if labels is not None:
+        known = {str(c) for c in estimator.classes_}
+        unseen = sorted({str(label) for label in labels} - known)
+        if unseen:
+            output.warn(
+                f"class(es) the model never learned: {', '.join(unseen)} (it knows "
+                f"{', '.join(sorted(known))}); their images can only be predicted wrong"
+            )
+    table = predict_images(
+        estimator, paths, labels=labels, proba=args.proba, on_error=args.on_error
+    )
+    accuracy = _accuracy(table, labels)
+    if out_path is not None:
+        with atomic_path(out_path) as tmp:
+            table.to_csv(tmp, index=False)
+    failed = table["label"].isna()
+    for row in table[failed].itertuples():
+        output.note(f"skipped {display(row.path)}: {row.error}")
+    rows = table.to_dict("records")
+    data = {
+        "command": "predict",
+        "model": os.path.abspath(args.model_file),
+        "images": len(table),
+        "skipped": int(failed.sum()),
+        "accuracy": accuracy,
+        "out": out_path,
+        "predictions": rows,
+    }
+    output.result(jsonable(data), _result_lines(table, rows, labels, accuracy, out_path))
     return EXIT_OK

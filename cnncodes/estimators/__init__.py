@@ -1,24 +1,25 @@
-"""The scikit-learn side: the network-step contract (:mod:`.steps`), :class:`CNNCodes` and
-:class:`SignedPower` (:mod:`.codes`), :class:`FineTune` (:mod:`.finetune`), :class:`ViewStack`,
-grid-search helpers (:mod:`.search`), fitted models (:mod:`.fitted`), saving and trust
-(:mod:`.persistence`).
+"""The scikit-learn side: the network-step contract (:mod:`.steps`: :class:`NetworkStep`,
+:func:`network_step`), :class:`CNNCodes` (:mod:`.codes`), :class:`SignedPower`,
+:class:`FineTune` (:mod:`.finetune`), :class:`ViewStack`, grid-search helpers (:mod:`.search`),
+fitted models (:mod:`.fitted`), saving and trust (:mod:`.persistence`).
 """
 
 from ..utils.lazy import lazy_face
 
 _EXPORTS = {
     "CNNCodes": "codes",
-    "SignedPower": "codes",
+    "SignedPower": "signedpower",
     "SkippedImagesError": "codes",
     "SkippedImagesWarning": "codes",
-    "filter_readable": "codes",
-    "warm_cache": "codes",
+    "filter_readable": "search",
+    "warm_cache": "search",
     "FineTune": "finetune",
     "FineTuneError": "finetune",
-    "RUNTIME_PARAMS": "fitted",
+    "RUNTIME_PARAMS": "steps",
     "predict_images": "fitted",
     "relocate_weights": "fitted",
     "set_runtime": "fitted",
+    "split_pipeline": "fitted",
     "verify_model": "fitted",
     "BUILTIN_MODEL_CALLABLES": "persistence",
     "FORMATS": "persistence",
@@ -30,6 +31,7 @@ _EXPORTS = {
     "model_callables": "persistence",
     "refused_model_code": "persistence",
     "save": "persistence",
+    "NetworkStep": "steps",
     "describe_network": "steps",
     "network_step": "steps",
     "resolve_network": "steps",

@@ -1,46 +1,43 @@
-"""scikit-learn estimators: :class:`CNNCodes` (image paths -> CNN codes) and :class:`SignedPower`.
+""":class:`CNNCodes`, the scikit-learn transformer of image paths into CNN codes.
 
-This is the only module that imports ``sklearn.base``. The work lives in
-:func:`cnncodes.extract.extract_codes`; :class:`CNNCodes` is a thin, picklable wrapper around it that
-holds names and a resolved :class:`~cnncodes.models.ModelSpec`, never a network, a tensor or an
-open file. Its inputs are checked by :mod:`cnncodes._inputs`; the helpers of grid searches over
-it, :func:`~cnncodes.search.warm_cache` and :func:`~cnncodes.search.filter_readable`, are
-:mod:`cnncodes.search`'s (importable from here too).
+The work lives in :func:`cnncodes.extract.extract_codes`; :class:`CNNCodes` is a thin, picklable
+wrapper around it that holds names and a resolved :class:`~cnncodes.models.ModelSpec`, never a
+network, a tensor or an open file. It implements the network-step contract
+(:class:`~cnncodes.estimators.steps.NetworkStep`). :class:`SignedPower` (:mod:`.signedpower`) and
+the helpers of grid searches over it, :func:`~cnncodes.search.warm_cache` and
+:func:`~cnncodes.search.filter_readable` (:mod:`.search`), are importable from here too.
 """
 
 from __future__ import annotations
 
-import numbers
+import dataclasses
 import os
 import warnings
 
 import numpy as np
-from sklearn.base import BaseEstimator, OneToOneFeatureMixin, TransformerMixin
-from sklearn.utils.validation import (
-    FLOAT_DTYPES,
-    _check_feature_names_in,
-    check_is_fitted,
-    validate_data,
-)
+from sklearn.base import BaseEstimator, TransformerMixin, clone
+from sklearn.model_selection import ParameterGrid
+from sklearn.utils.validation import _check_feature_names_in, check_is_fitted
 
 from ..errors import UsageError
-from ..extraction.extract import ON_ERROR, PRECISIONS, extract_codes, extract_views, resolve_device
+from ..extraction.extract import extract_codes, extract_views, resolve_device
 from ..images.views import check_view_reduce, expand_views
-from ..networks.architectures import model_identity
-from ..networks.layers import layer_shapes, resolve_layers
 from ..networks.models import spec_of
-from ..networks.pooling import check_pooling, code_size
-from ..params import as_path_list, check_engine, check_int
-from ..spec import MODEL_PARAMS, file_stamp
+from ..params import as_path_list, check_params
+from ..spec import ModelError
 from ..store import cache as _cache
+from .resolution import resolve_configuration
+from .search import filter_readable, screened, warm_cache
+from .signedpower import SignedPower
+from .steps import NETWORK_STEP_CHECKS, NetworkStep
 
 __all__ = [
     "CNNCodes",
     "SignedPower",
     "SkippedImagesError",
     "SkippedImagesWarning",
-    "filter_readable",  # noqa: F822 - cnncodes.search's, see __getattr__ at the end
-    "warm_cache",  # noqa: F822
+    "filter_readable",  # cnncodes.search's, importable from here as before
+    "warm_cache",
 ]
 
 
@@ -72,51 +69,7 @@ def _describe_skipped(skipped, limit=10):
     return "\n".join(lines)
 
 
-_RESOLVED = {}
-
-
-def _weights_key(weights):
-    """Identity of ``weights`` for the resolution memo: a file by its change stamp."""
-    if weights is None or not isinstance(weights, (str, os.PathLike)):
-        return repr(weights)
-    path = os.fspath(weights)
-    try:
-        return (os.path.abspath(path), *file_stamp(path)[1:])
-    except OSError:
-        return path
-
-
-def _resolve(est, layers):
-    """``(spec, layers, code sizes)`` of an estimator's settings, memoised in this process.
-
-    A grid search fits a fresh clone for every candidate and fold; resolving again each time
-    (fingerprinting the architecture, tracing its graph) would cost more than reading the codes.
-    A checkpoint file is keyed by its change stamp (:func:`cnncodes.spec.file_stamp`: size,
-    mtime, ctime, inode), so a changed file is resolved anew, even one rewritten in place.
-    """
-    # The weights go into the key by their file's change stamp, not by their name.
-    params = tuple(getattr(est, name) for name in MODEL_PARAMS if name != "weights")
-    identity = model_identity(est.model) if isinstance(est.model, str) else None
-    key = (repr(params), identity, _weights_key(est.weights), repr(layers), est.pooling)
-    found = _RESOLVED.get(key)
-    if found is not None:
-        return found[0], list(found[1]), dict(found[2])
-    spec = spec_of(est)
-    resolved = resolve_layers(spec, layers)
-    shapes = layer_shapes(spec, resolved)
-    sizes = {}
-    for name in resolved:
-        try:
-            sizes[name] = code_size(shapes[name], est.pooling)
-        except ValueError as exc:
-            raise UsageError(f"layer={name!r}: {exc}") from None
-    if len(_RESOLVED) >= 256:
-        _RESOLVED.clear()
-    _RESOLVED[key] = (spec, tuple(resolved), dict(sizes))
-    return spec, resolved, sizes
-
-
-class CNNCodes(TransformerMixin, BaseEstimator):
+class CNNCodes(NetworkStep, TransformerMixin, BaseEstimator):
     """Image file paths -> CNN codes: pooled activations of a frozen network's layer(s).
 
     ``X`` is a sequence of image paths (str or os.PathLike), a 1-D array of str, or a one-column
@@ -316,25 +269,17 @@ class CNNCodes(TransformerMixin, BaseEstimator):
 
     # -- fitting -------------------------------------------------------------------------------
 
+    #: Every parameter's rule (:func:`cnncodes.params.check_params`), checked in this order.
+    _parameter_checks = {
+        **NETWORK_STEP_CHECKS,
+        "view_reduce": lambda value, name: check_view_reduce(value),
+    }
+
     def _check_params(self):
-        check_pooling(self.pooling)
-        if self.on_error not in ON_ERROR:
-            raise UsageError(
-                f"on_error={self.on_error!r}: choose one of {', '.join(map(repr, ON_ERROR))}"
-            )
-        if self.precision not in PRECISIONS:
-            raise UsageError(
-                f"precision={self.precision!r}: choose one of {', '.join(map(repr, PRECISIONS))}"
-            )
-        check_int(self.batch_size, "batch_size", 1)
-        check_int(self.num_workers, "num_workers", 0, allow_none=True)
-        if self.progress is not None and not isinstance(self.progress, (bool, np.bool_)):
-            raise UsageError(f"progress={self.progress!r}: expected True, False or None")
-        check_engine(self.engine, self.ray_address)
+        """``(layer names, views)`` once every parameter is checked."""
+        check_params(self, self._parameter_checks)
         if self.engine == "local":
             resolve_device(self.device)  # on Ray, the workers' devices count
-        _cache.resolve_cache_dir(self.cache_dir)
-        check_view_reduce(self.view_reduce)
         views = expand_views(self.views, self.view_seed)
         layer = self.layer
         if isinstance(layer, str):
@@ -347,6 +292,17 @@ class CNNCodes(TransformerMixin, BaseEstimator):
                 "'penultimate', or a non-empty list of names"
             )
         return layer, views
+
+    def _configure(self):
+        """``(views, spec, layers, code sizes)`` of the parameters; no image is read."""
+        layers, views = self._check_params()
+        spec, resolved, sizes = resolve_configuration(self, layers)
+        for view in views:
+            try:
+                spec.with_view(view)
+            except ValueError as exc:
+                raise UsageError(f"views={self.views!r}: {exc}") from None
+        return views, spec, resolved, sizes
 
     def fit(self, X, y=None):
         """Resolve the model and layers and check every parameter; no image is read.
@@ -361,14 +317,8 @@ class CNNCodes(TransformerMixin, BaseEstimator):
         -------
         self : CNNCodes
         """
-        layers, views = self._check_params()
+        views, spec, resolved, sizes = self._configure()
         _, names = as_path_list(X)
-        spec, resolved, sizes = _resolve(self, layers)
-        for view in views:
-            try:
-                spec.with_view(view)
-            except ValueError as exc:
-                raise UsageError(f"views={self.views!r}: {exc}") from None
         self.views_ = views
         self.spec_ = spec
         self.layers_ = resolved
@@ -381,34 +331,78 @@ class CNNCodes(TransformerMixin, BaseEstimator):
             del self.feature_names_in_
         return self
 
-    # -- codes ---------------------------------------------------------------------------------
+    # -- the network-step contract -------------------------------------------------------------
 
-    def _check_columns(self, X):
-        """A DataFrame at transform time must use the column name seen in fit (as sklearn does)."""
-        fitted = getattr(self, "feature_names_in_", None)
-        if fitted is None or not (hasattr(X, "columns") and hasattr(X, "iloc")):
-            return
-        if list(X.columns) != list(fitted):
-            raise UsageError(
-                f"X has column {list(X.columns)!r}, but CNNCodes was fitted with column "
-                f"{list(fitted)!r}: the feature names should match those passed during fit"
-            )
+    def network_spec(self):
+        """The :class:`~cnncodes.ModelSpec` that ``fit`` resolves; no image is read."""
+        return self._configure()[1]
 
-    def _verify_weights(self):
+    def verify_weights(self):
         """Refuse a checkpoint file that changed since fit, even when every code is cached."""
+        check_is_fitted(self)
         self.spec_.weights_spec.verify()
 
-    def _extract(self, paths):
+    def verify(self):
+        """Check that the fitted network is rebuilt today exactly as it was fitted.
+
+        The checkpoint file must have the SHA-256 it had at fit time, and the architecture and
+        preprocessing its names resolve to today must equal the fitted ones.
+        """
+        self.verify_weights()
+        fitted = self.spec_
+        weights = fitted.weights if fitted.weights_spec.kind != "callable" else None
+        now = spec_of(self, model=fitted.model, weights=weights, seed=fitted.seed)
+        legacy = "+" not in fitted.arch_id and now.arch_id.partition("+")[0] == fitted.arch_id
+        if legacy and now.arch_id != fitted.arch_id:
+            # Saved before forward() was part of the fingerprint: its modules still match.
+            warnings.warn(
+                f"this model was saved by an older cnncodes, whose fingerprint of {fitted.model} "
+                "did not cover its forward() code: an edit of forward() since the fit cannot be "
+                "detected (its codes are read from the cache as they were); refit to be sure",
+                stacklevel=3,
+            )
+        elif now.arch_id != fitted.arch_id:
+            raise ModelError(
+                f"{fitted.model} no longer builds the architecture this model was fitted with "
+                f"(fingerprint {fitted.arch_id} at fit time, {now.arch_id} now; its modules or "
+                "its forward() code changed); refit"
+            )
+        if now.weights_id != fitted.weights_id:
+            raise ModelError(
+                f"{fitted.model} weights are now {now.weights_id}, but the model was fitted with "
+                f"{fitted.weights_id}; refit, or restore the original weights"
+            )
+        if now.preprocessing != fitted.preprocessing:
+            raise ModelError(
+                f"{fitted.model} preprocessing is now {now.preprocessing.to_dict()}, but the "
+                f"model was fitted with {fitted.preprocessing.to_dict()}; refit"
+            )
+
+    def relocate_weights(self, path):
+        """Point the fitted step at its checkpoint file in a new place (same SHA-256)."""
+        check_is_fitted(self)
+        spec = self.spec_
+        if spec.weights_spec.kind != "checkpoint":
+            raise UsageError(
+                f"weights={os.fspath(path)!r}: this model was fitted with {spec.weights_id}, not "
+                "a checkpoint file, so there is no file to relocate"
+            )
+        path = spec.weights_spec.verify(path)
+        self.weights = path
+        self.spec_ = dataclasses.replace(spec, weights=path)
+        return self
+
+    def extract(self, paths):
         """Codes of ``paths`` under the fitted configuration: an ExtractionResult (its codes
         reduced over the views as ``view_reduce`` says)."""
-        self._verify_weights()
+        self.verify_weights()
         views = getattr(self, "views_", ["center"])
         if views == ["center"]:
             extract, by_view = extract_codes, {}
         else:
             extract = extract_views
             by_view = dict(views=views, view_reduce=self.view_reduce)
-        result = extract(
+        return extract(
             paths,
             self.spec_,
             self.layers_,
@@ -424,7 +418,82 @@ class CNNCodes(TransformerMixin, BaseEstimator):
             engine=self.engine,
             ray_address=self.ray_address,
         )
-        return result
+
+    def screen(self, X, y=None):
+        """``(X_kept, y_kept, skipped)``: each image is screened by extracting its codes with
+        this configuration and ``on_error="skip"`` (the codes land in the cache)."""
+        return screened(X, y, self._unreadable)
+
+    def _unreadable(self, paths):
+        screen = clone(self).set_params(on_error="skip")
+        if hasattr(self, "spec_"):
+            # Fitted: keep exactly its resolved configuration.
+            for attr in ("spec_", "layers_", "layer_sizes_", "n_features_out_", "n_features_in_"):
+                setattr(screen, attr, getattr(self, attr))
+            screen.views_ = getattr(self, "views_", ["center"])
+        else:
+            screen.fit(paths)
+        return screen.extract(paths).skipped
+
+    def warm(self, paths, param_grid=None):
+        """Extract, once, every code a grid search over this step's ``param_grid`` reads.
+
+        Candidates that differ only in ``layer`` share one forward pass. See
+        :func:`~cnncodes.search.warm_cache`.
+        """
+        if _cache.resolve_cache_dir(self.cache_dir) is None:
+            raise UsageError(
+                "warm_cache needs a cache, but cache_dir=None keeps nothing; set cache_dir "
+                "('auto' or a folder)"
+            )
+        grids = [param_grid] if isinstance(param_grid, dict) else list(param_grid or [{}])
+        groups = {}  # settings other than the layer -> (those settings, every layer asked for)
+        for params in ParameterGrid(grids):
+            # Fitting resolves the layer names (aliases such as "penultimate"), reading no image.
+            candidate = clone(self).set_params(**params).fit(paths)
+            others = candidate.get_params()
+            others.pop("layer")
+            entry = groups.setdefault(repr(sorted(others.items())), (others, []))
+            entry[1].extend(name for name in candidate.layers_ if name not in entry[1])
+        summary = {"runs": 0, "configurations": 0, "computed": 0, "cached": 0, "skipped": None}
+        for others, layers in groups.values():
+            candidate = type(self)(layer=layers, **others).fit(paths)
+            result = candidate.extract(paths)
+            summary["runs"] += 1
+            summary["configurations"] += len(candidate.layers_) * len(candidate.views_)
+            summary["computed"] += result.computed
+            summary["cached"] += result.cached
+            if summary["skipped"] is None:
+                summary["skipped"] = result.skipped
+        summary["skipped"] = summary["skipped"] or []
+        return summary
+
+    def describe(self):
+        """``extractor``, ``preprocessing_source``, ``layers`` and, for several views,
+        ``views`` (see :func:`~cnncodes.estimators.steps.describe_network`)."""
+        check_is_fitted(self)
+        out = {
+            "extractor": self.spec_.to_dict(),
+            "preprocessing_source": dict(self.spec_.preprocessing.source),
+            "layers": list(self.layers_),
+        }
+        views = getattr(self, "views_", ["center"])
+        if views != ["center"]:  # configurations of the centre crop alone read as before
+            out["views"] = {"views": list(views), "reduce": self.view_reduce}
+        return out
+
+    # -- codes ---------------------------------------------------------------------------------
+
+    def _check_columns(self, X):
+        """A DataFrame at transform time must use the column name seen in fit (as sklearn does)."""
+        fitted = getattr(self, "feature_names_in_", None)
+        if fitted is None or not (hasattr(X, "columns") and hasattr(X, "iloc")):
+            return
+        if list(X.columns) != list(fitted):
+            raise UsageError(
+                f"X has column {list(X.columns)!r}, but CNNCodes was fitted with column "
+                f"{list(fitted)!r}: the feature names should match those passed during fit"
+            )
 
     def _assemble(self, paths, result, labelled):
         """One float32 row per input; NaN rows for skipped images (or an error with labels)."""
@@ -473,7 +542,7 @@ class CNNCodes(TransformerMixin, BaseEstimator):
         check_is_fitted(self)
         paths, _ = as_path_list(X)
         self._check_columns(X)
-        return self._assemble(paths, self._extract(paths), labelled=False)
+        return self._assemble(paths, self.extract(paths), labelled=False)
 
     def fit_transform(self, X, y=None, **fit_params):
         """Fit, then return the codes of ``X``.
@@ -483,7 +552,7 @@ class CNNCodes(TransformerMixin, BaseEstimator):
         """
         self.fit(X, y, **fit_params)
         paths, _ = as_path_list(X)
-        return self._assemble(paths, self._extract(paths), labelled=y is not None)
+        return self._assemble(paths, self.extract(paths), labelled=y is not None)
 
     def get_feature_names_out(self, input_features=None):
         """Output names ``"{layer}__{pooling}{i}"``, layer by layer in order.
@@ -516,84 +585,3 @@ class CNNCodes(TransformerMixin, BaseEstimator):
         tags.non_deterministic = False
         tags.transformer_tags.preserves_dtype = []
         return tags
-
-
-class SignedPower(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
-    """Signed power normalisation, element-wise: ``sign(x) * |x| ** alpha``.
-
-    Razavian et al. (2014) improved linear SVMs on CNN codes with it (``alpha=0.5``, followed by
-    L2 normalisation). ``alpha=1`` is the identity. Stateless; sparse input keeps its zeros.
-
-    Parameters
-    ----------
-    alpha : float, default=0.5
-        The exponent, > 0.
-
-    Attributes
-    ----------
-    n_features_in_ : int
-    feature_names_in_ : ndarray of str
-        When fitted on a DataFrame with string column names.
-
-    Examples
-    --------
-    >>> SignedPower(alpha=0.5).fit_transform([[4.0, -9.0], [0.0, 1.0]])
-    array([[ 2., -3.],
-           [ 0.,  1.]])
-    """
-
-    def __init__(self, alpha=0.5):
-        self.alpha = alpha
-
-    def _check_alpha(self):
-        if (
-            isinstance(self.alpha, bool)
-            or not isinstance(self.alpha, numbers.Real)
-            or not np.isfinite(self.alpha)
-            or self.alpha <= 0
-        ):
-            raise UsageError(f"alpha={self.alpha!r}: expected a float > 0 (1.0 is the identity)")
-
-    def fit(self, X, y=None):
-        """Check ``alpha`` and record the number of features.
-
-        Returns
-        -------
-        self : SignedPower
-        """
-        self._check_alpha()
-        validate_data(self, X, accept_sparse=("csr", "csc"), dtype=FLOAT_DTYPES)
-        return self
-
-    def transform(self, X):
-        """Apply ``sign(x) * |x| ** alpha`` to every value.
-
-        Returns
-        -------
-        ndarray or sparse matrix of the same shape, floating point
-        """
-        check_is_fitted(self)
-        X = validate_data(
-            self, X, accept_sparse=("csr", "csc"), dtype=FLOAT_DTYPES, copy=True, reset=False
-        )
-        values = X.data if hasattr(X, "tocsr") else X
-        np.multiply(np.sign(values), np.abs(values) ** self.alpha, out=values)
-        return X
-
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.input_tags.sparse = True
-        tags.requires_fit = False
-        tags.transformer_tags.preserves_dtype = ["float64", "float32"]
-        return tags
-
-
-def __getattr__(name):
-    # filter_readable and warm_cache live in cnncodes.search, which imports this module: they are
-    # importable from here as before, looked up on first use so that neither import waits for the
-    # other to finish.
-    if name in ("filter_readable", "warm_cache"):
-        from . import search
-
-        return getattr(search, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -16,56 +16,41 @@ prediction never mixes codes of two different networks.
 from __future__ import annotations
 
 import os
-import sys
-import warnings
 
 import numpy as np
 
 from ..errors import UsageError
-from ..networks.models import spec_of
-from ..spec import ModelError
-from .search import _find_codes_step, filter_readable
+from ..params import ON_ERROR, check_choice
+from .search import filter_readable
+from .steps import RUNTIME_PARAMS, network_step
 
 __all__ = [
     "RUNTIME_PARAMS",
     "predict_images",
     "relocate_weights",
     "set_runtime",
+    "split_pipeline",
     "verify_model",
 ]
 
-#: CNNCodes parameters that change how codes are computed but never their values (nor the cache
-#: key): the only ones :func:`set_runtime` changes on a fitted model.
-RUNTIME_PARAMS = ("batch_size", "num_workers", "device", "cache_dir", "progress")
-
 
 def set_runtime(estimator, **params):
-    """Set the runtime parameters of a fitted pipeline's extractor; returns ``estimator``.
+    """Set the runtime parameters of a fitted model's network step; returns ``estimator``.
 
-    Only :data:`RUNTIME_PARAMS` may change on a fitted model (batch size, workers, device,
-    cache folder, progress): what it computes stays exactly what it was fitted with. A fitted
-    :class:`~cnncodes.finetune.FineTune` takes the same parameters itself.
+    Only :data:`~cnncodes.estimators.steps.RUNTIME_PARAMS` may change on a fitted model (batch
+    size, workers, device, cache folder, progress, engine, Ray address): what it computes stays
+    exactly what it was fitted with. ``estimator`` is a fitted Pipeline, FineTune or search.
 
     Examples
     --------
     >>> set_runtime(pipe, batch_size=64, device="cpu")  # doctest: +SKIP
     """
-    unknown = sorted(set(params) - set(RUNTIME_PARAMS))
-    if unknown:
-        raise UsageError(
-            f"set_runtime: {', '.join(map(repr, unknown))} would change the model's codes; "
-            f"only {', '.join(RUNTIME_PARAMS)} may change on a fitted model"
-        )
-    estimator = getattr(estimator, "best_estimator_", estimator)
-    if is_fine_tune(estimator):  # the network is the estimator: same parameters
-        return estimator.set_params(**params)
-    _, prefix = _find_codes_step(estimator)
-    estimator.set_params(**{f"{prefix}{k}": v for k, v in params.items()})
+    network_step(estimator)[0].set_runtime(**params)
     return estimator
 
 
 def relocate_weights(estimator, path):
-    """Point a fitted pipeline's extractor at its checkpoint file in a new place.
+    """Point a fitted model's network step at its checkpoint file in a new place.
 
     A saved model records the checkpoint's absolute path and SHA-256; on another machine, or
     after the file moved, give its new path here. The file must have the SHA-256 the model was
@@ -86,28 +71,12 @@ def relocate_weights(estimator, path):
     >>> model = persistence.load("model.skops")  # doctest: +SKIP
     >>> relocate_weights(model, "/data/weights/finetuned.pth")  # doctest: +SKIP
     """
-    import dataclasses
-
-    from sklearn.utils.validation import check_is_fitted
-
-    if is_fine_tune(getattr(estimator, "best_estimator_", estimator)):
-        return estimator
-    step, _ = _find_codes_step(getattr(estimator, "best_estimator_", estimator))
-    check_is_fitted(step)
-    spec = step.spec_
-    if spec.weights_spec.kind != "checkpoint":
-        raise UsageError(
-            f"weights={os.fspath(path)!r}: this model was fitted with {spec.weights_id}, not a "
-            "checkpoint file, so there is no file to relocate"
-        )
-    path = spec.weights_spec.verify(path)
-    step.weights = path
-    step.spec_ = dataclasses.replace(spec, weights=path)
+    network_step(estimator)[0].relocate_weights(path)
     return estimator
 
 
 def verify_model(estimator):
-    """Check that a fitted pipeline's extractor can be rebuilt exactly as it was fitted.
+    """Check that a fitted model's network can be rebuilt exactly as it was fitted.
 
     A checkpoint file must still have the SHA-256 it had at fit time, and the architecture (for
     the user's own, also the code its ``forward()`` runs) and preprocessing that its names
@@ -116,6 +85,9 @@ def verify_model(estimator):
     ``forward()``, is accepted while its modules match, with a warning. Nothing is loaded but
     file hashes and the architecture on the meta device.
 
+    A fitted :class:`~cnncodes.finetune.FineTune` holds its weights and preprocessing itself:
+    only its architecture is checked (its weights must still fit the network its name builds).
+
     Raises
     ------
     cnncodes.models.WeightsError
@@ -123,93 +95,33 @@ def verify_model(estimator):
     cnncodes.models.ModelError
         The architecture or preprocessing differs (both are named).
     ValueError
-        The estimator has no fitted CNNCodes step.
-
-    A fitted :class:`~cnncodes.finetune.FineTune` holds its weights and preprocessing itself:
-    only its architecture is checked (its weights must still fit the network its name builds).
+        The estimator has no network step (no CNNCodes step, not a FineTune).
     """
-    from sklearn.utils.validation import check_is_fitted
-
-    if is_fine_tune(estimator):
-        from ..networks.architectures import _arch_id
-
-        check_is_fitted(estimator, "state_dict_")
-        fitted = estimator.spec_
-        now = _arch_id(fitted.model, fitted.weights_spec.name, fitted.model_kwargs)
-        if now != fitted.arch_id:
-            raise ModelError(
-                f"{fitted.model} no longer builds the architecture this fine-tuned model was "
-                f"trained on (fingerprint {fitted.arch_id} at fit time, {now} now; its modules "
-                "or its forward() code changed); fine-tune again"
-            )
-        return
-    step, _ = _find_codes_step(estimator)
-    check_is_fitted(step)
-    step._verify_weights()
-    fitted = step.spec_
-    weights = fitted.weights if fitted.weights_spec.kind != "callable" else None
-    now = spec_of(step, model=fitted.model, weights=weights, seed=fitted.seed)
-    legacy = "+" not in fitted.arch_id and now.arch_id.partition("+")[0] == fitted.arch_id
-    if legacy and now.arch_id != fitted.arch_id:
-        # Saved before forward() was part of the fingerprint: its modules still match.
-        warnings.warn(
-            f"this model was saved by an older cnncodes, whose fingerprint of {fitted.model} "
-            "did not cover its forward() code: an edit of forward() since the fit cannot be "
-            "detected (its codes are read from the cache as they were); refit to be sure",
-            stacklevel=2,
-        )
-    elif now.arch_id != fitted.arch_id:
-        raise ModelError(
-            f"{fitted.model} no longer builds the architecture this model was fitted with "
-            f"(fingerprint {fitted.arch_id} at fit time, {now.arch_id} now; its modules or "
-            "its forward() code changed); refit"
-        )
-    if now.weights_id != fitted.weights_id:
-        raise ModelError(
-            f"{fitted.model} weights are now {now.weights_id}, but the model was fitted with "
-            f"{fitted.weights_id}; refit, or restore the original weights"
-        )
-    if now.preprocessing != fitted.preprocessing:
-        raise ModelError(
-            f"{fitted.model} preprocessing is now {now.preprocessing.to_dict()}, but the model "
-            f"was fitted with {fitted.preprocessing.to_dict()}; refit"
-        )
+    network_step(estimator)[0].verify()
 
 
-def is_fine_tune(estimator):
-    """Whether ``estimator`` is a :class:`~cnncodes.finetune.FineTune`, without importing the
-    fine-tuning package (its skorch is optional): a FineTune that exists has imported it."""
-    module = sys.modules.get("cnncodes.estimators.finetune.estimator")
-    return module is not None and isinstance(estimator, module.FineTune)
-
-
-def _fine_tune_scores(model, paths, proba, on_error):
-    """What :func:`_scores` gives, and the unreadable images, for a FineTune: it predicts from
-    the image files itself, in one pass. Every file is decoded first, so an unreadable one stops
-    the run naming it (or is left out) before any batch goes through the network."""
-    from ..images.load import ImageLoadError
-
-    readable, _, skipped = filter_readable(paths)
-    if skipped and on_error == "raise":
-        raise ImageLoadError(skipped[0].path, skipped[0].reason)
-    errors = {s.index: s.reason for s in skipped}
-    if not readable:
-        return [], [], None, "none", errors
-    p = model.predict_proba(readable)
-    predicted = model.classes_[p.argmax(axis=1)]
-    return predicted, p.max(axis=1), (p if proba else None), "probability", errors
-
-
-def _split_pipeline(estimator):
-    """(feature part, classifier) of a Pipeline, so the codes are made once for all outputs."""
+def split_pipeline(estimator):
+    """``(feature part, classifier)`` of a Pipeline, so the codes are made once for all
+    outputs; ``(None, estimator)`` for a model that reads the images itself."""
     steps = getattr(estimator, "steps", None)
     if steps is not None and len(steps) > 1:
         return estimator[:-1], estimator[-1]
     return None, estimator
 
 
-def _scores(clf, X, proba):
-    """(predicted labels, score of the predicted class, probabilities or None, score kind)."""
+_split_pipeline = split_pipeline  # its name before it was public
+
+
+def _scores(clf, X, proba, one_pass=False):
+    """(predicted labels, score of the predicted class, probabilities or None, score kind).
+
+    ``one_pass``: the model reads the images itself and predicts the most probable class, so
+    its probabilities give the labels too (one pass through its network instead of two).
+    """
+    if one_pass and hasattr(clf, "predict_proba"):
+        p = clf.predict_proba(X)
+        predicted = clf.classes_[p.argmax(axis=1)]
+        return predicted, p.max(axis=1), (p if proba else None), "probability"
     predicted = clf.predict(X)
     if hasattr(clf, "predict_proba"):
         p = clf.predict_proba(X)
@@ -221,17 +133,27 @@ def _scores(clf, X, proba):
     return predicted, np.full(len(predicted), np.nan), None, "none"
 
 
-def _codes_for_prediction(estimator, features, step, paths, on_error):
-    """(classifier input for the readable images, {index: reason} of the unreadable ones).
+def _model_input(features, step, paths, on_error):
+    """(what the model's last step takes for the readable images, {index: reason} of the
+    unreadable ones).
 
-    When the CNNCodes step opens the pipeline (the recipes' shape), each image goes through the
+    A model that reads the images itself (no feature part: the network step is the model) gets
+    the paths its step can read, every file screened before any batch goes through the network.
+    When the network step opens the pipeline (the recipes' shape), each image goes through the
     network once, unreadable ones dropped on the way; otherwise they are screened first with
-    :func:`~cnncodes.search.filter_readable` (the screening's codes land in the cache, if there is one).
+    :func:`~cnncodes.search.filter_readable` (the screening's codes land in the cache, if there
+    is one).
     """
-    leading = features is not None and features.steps[0][1] is step
-    if on_error == "skip" and leading:
+    if features is None:
+        kept, _, skipped = step.screen(paths)
+        if skipped and on_error == "raise":
+            from ..images.load import ImageLoadError
+
+            raise ImageLoadError(skipped[0].path, skipped[0].reason)
+        return kept, {s.index: s.reason for s in skipped}
+    if on_error == "skip" and features.steps[0][1] is step:
         step.set_params(on_error="skip")  # the caller restores it
-        result = step._extract(paths)
+        result = step.extract(paths)
         errors = {s.index: s.reason for s in result.skipped}
         X = np.asarray(result.concatenated(), dtype=np.float32)
         if not len(X):
@@ -242,11 +164,11 @@ def _codes_for_prediction(estimator, features, step, paths, on_error):
         return X, errors
     errors = {}
     if on_error == "skip":
-        paths, _, skipped = filter_readable(paths, extractor=estimator)
+        paths, _, skipped = filter_readable(paths, extractor=features)
         errors = {s.index: s.reason for s in skipped}
     if not paths:
         return np.empty((0, 0)), errors
-    return (paths if features is None else features.transform(paths)), errors
+    return features.transform(paths), errors
 
 
 def predict_images(estimator, paths, *, labels=None, proba=False, on_error="raise"):
@@ -273,11 +195,10 @@ def predict_images(estimator, paths, *, labels=None, proba=False, on_error="rais
         classifier's decision value), ``score_kind``, optionally ``true_label``, ``proba_*`` and,
         with ``on_error="skip"``, ``error``.
     """
-    if on_error not in ("raise", "skip"):
-        raise UsageError(f"on_error={on_error!r}: choose 'raise' or 'skip'")
+    check_choice(on_error, "on_error", ON_ERROR)
     paths = [os.fspath(p) for p in paths]
     estimator = getattr(estimator, "best_estimator_", estimator)
-    features, clf = _split_pipeline(estimator)
+    features, clf = split_pipeline(estimator)
     if proba and not hasattr(clf, "predict_proba"):
         raise UsageError(
             f"the model's classifier ({type(clf).__name__}) gives no probabilities; predict "
@@ -285,23 +206,19 @@ def predict_images(estimator, paths, *, labels=None, proba=False, on_error="rais
         )
     verify_model(estimator)
     classes = [str(c) for c in estimator.classes_]
-    if is_fine_tune(estimator):
-        predicted, score, probabilities, kind, errors = _fine_tune_scores(
-            estimator, paths, proba, on_error
-        )
-        return _prediction_table(paths, labels, proba, on_error, classes, errors,
-                                 predicted, score, probabilities, kind)  # fmt: skip
-    step, prefix = _find_codes_step(estimator)
+    step, _ = network_step(estimator)
     previous = step.on_error
-    estimator.set_params(**{f"{prefix}on_error": "raise"})
+    step.set_params(on_error="raise")
     try:
-        X, errors = _codes_for_prediction(estimator, features, step, paths, on_error)
+        X, errors = _model_input(features, step, paths, on_error)
         if len(X):
-            predicted, score, probabilities, kind = _scores(clf, X, proba)
+            predicted, score, probabilities, kind = _scores(
+                clf, X, proba, one_pass=features is None
+            )
         else:
             predicted, score, probabilities, kind = [], [], None, "none"
     finally:
-        estimator.set_params(**{f"{prefix}on_error": previous})
+        step.set_params(on_error=previous)
     return _prediction_table(paths, labels, proba, on_error, classes, errors,
                              predicted, score, probabilities, kind)  # fmt: skip
 

@@ -68,7 +68,8 @@ PROJECT_TYPES = (
     "cnncodes.viewstack.ViewStack",
     "cnncodes.finetune.estimator.FineTune",
     "cnncodes.estimators.codes.CNNCodes",
-    "cnncodes.estimators.codes.SignedPower",
+    "cnncodes.estimators.codes.SignedPower",  # where it lived until it got its own module
+    "cnncodes.estimators.signedpower.SignedPower",
     "cnncodes.estimators.viewstack.ViewStack",
     "cnncodes.estimators.finetune.estimator.FineTune",
 )

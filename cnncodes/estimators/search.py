@@ -1,43 +1,25 @@
-"""Grid searches over a pipeline with a :class:`~cnncodes.transformers.CNNCodes` step.
+"""Grid searches over a pipeline with a network step (:class:`~cnncodes.CNNCodes` or
+:class:`~cnncodes.FineTune`).
 
 :func:`warm_cache` extracts, once, every code a search will ask for, so that its folds and
 candidates (in any number of processes) only read the cache; :func:`filter_readable` drops
 unreadable images together with their labels before a fit or a prediction (its codes land in
-the cache too); :func:`_find_codes_step` finds the CNNCodes step of a (nested) Pipeline and the
-prefix of its parameters.
+the cache too). Both ask the step through the network-step contract (:mod:`.steps`).
 """
 
 from __future__ import annotations
 
 import numpy as np
-from sklearn import clone
-from sklearn.model_selection import ParameterGrid
 from sklearn.utils import _safe_indexing
 
 from ..errors import UsageError
 from ..params import as_path_list
-from ..store import cache as _cache
-from .codes import CNNCodes
+from .steps import network_step, step_grid
 
-__all__ = ["filter_readable", "warm_cache"]
+__all__ = ["drop_skipped", "filter_readable", "screened", "unreadable_files", "warm_cache"]
 
-
-def _find_codes_step(estimator):
-    """``(CNNCodes, parameter prefix)`` of ``estimator`` or of a step of a (nested) Pipeline."""
-    if isinstance(estimator, CNNCodes):
-        return estimator, ""
-    steps = getattr(estimator, "steps", None)
-    if steps is not None:
-        for name, step in steps:
-            try:
-                found, prefix = _find_codes_step(step)
-            except ValueError:
-                continue
-            return found, f"{name}__{prefix}"
-    raise UsageError(
-        f"{type(estimator).__name__} has no CNNCodes step: pass a CNNCodes, or a Pipeline "
-        "containing one"
-    )
+#: The name this module's step finder had before the network-step contract (cli.fit uses it).
+_find_codes_step = network_step
 
 
 def filter_readable(X, y=None, *, extractor=None):
@@ -54,8 +36,10 @@ def filter_readable(X, y=None, *, extractor=None):
     X : sequence of paths, 1-D array of str, or one-column DataFrame
     y : array-like of shape (n_images,), optional
         Labels, filtered with the same mask.
-    extractor : CNNCodes or Pipeline, optional
-        The estimator (fitted or not) whose codes will be used; a Pipeline's CNNCodes step is used.
+    extractor : CNNCodes, FineTune or Pipeline, optional
+        The estimator (fitted or not) whose network will read the images; its network step
+        screens them (:meth:`~cnncodes.estimators.steps.NetworkStep.screen`: a FineTune, which
+        decodes the files itself, only decodes them).
 
     Returns
     -------
@@ -70,61 +54,47 @@ def filter_readable(X, y=None, *, extractor=None):
     >>> X_ok, y_ok, skipped = filter_readable(paths, labels, extractor=pipe)  # doctest: +SKIP
     >>> pipe.fit(X_ok, y_ok)  # doctest: +SKIP
     """
+    if extractor is not None:
+        return network_step(extractor)[0].screen(X, y)
+    return screened(X, y, unreadable_files)
+
+
+def unreadable_files(paths):
+    """SkippedImage list of the ``paths`` that do not decode (:func:`cnncodes.images.load_image`)."""
     from ..extraction.extract import SkippedImage
     from ..images.load import ImageLoadError, load_image
 
+    skipped = []
+    for i, path in enumerate(paths):
+        try:
+            load_image(path)
+        except ImageLoadError as exc:
+            skipped.append(SkippedImage(i, path, exc.reason))
+    return skipped
+
+
+def screened(X, y, unreadable):
+    """``(X_kept, y_kept, skipped)``, ``skipped`` being ``unreadable(paths)`` of ``X``'s paths."""
     paths, _ = as_path_list(X)
     if y is not None and len(y) != len(paths):
         raise UsageError(f"X has {len(paths)} images but y has {len(y)} labels")
-    if extractor is not None:
-        step, _ = _find_codes_step(extractor)
-        screen = clone(step).set_params(on_error="skip")
-        if hasattr(step, "spec_"):
-            # Fitted: keep exactly its resolved configuration.
-            for attr in (
-                "spec_",
-                "layers_",
-                "layer_sizes_",
-                "n_features_out_",
-                "n_features_in_",
-                "views_",
-            ):
-                setattr(screen, attr, getattr(step, attr))
-        else:
-            screen.fit(paths)
-        skipped = screen._extract(paths).skipped
-    else:
-        skipped = []
-        for i, path in enumerate(paths):
-            try:
-                load_image(path)
-            except ImageLoadError as exc:
-                skipped.append(SkippedImage(i, path, exc.reason))
+    return drop_skipped(X, y, unreadable(paths))
+
+
+def drop_skipped(X, y, skipped):
+    """``(X_kept, y_kept, skipped)``: ``X`` and ``y`` without the rows of ``skipped``, of the
+    same kinds as given (``X`` and ``y`` themselves when nothing was skipped)."""
     if not skipped:
         return X, y, []
     bad = {s.index for s in skipped}
-    kept = np.array([i for i in range(len(paths)) if i not in bad], dtype=np.int64)
+    n = len(as_path_list(X)[0])
+    kept = np.array([i for i in range(n) if i not in bad], dtype=np.int64)
     if isinstance(X, (list, tuple)):
         X_kept = type(X)(X[i] for i in kept)
     else:
         X_kept = _safe_indexing(X, kept)
     y_kept = None if y is None else _safe_indexing(y, kept)
-    return X_kept, y_kept, skipped
-
-
-def _codes_grid(param_grid, prefix):
-    """The CNNCodes part of a parameter grid (dict or list of dicts) as a list of dicts."""
-    grids = [param_grid] if isinstance(param_grid, dict) else list(param_grid)
-    out = []
-    for grid in grids:
-        sub = {k[len(prefix) :]: v for k, v in grid.items() if k.startswith(prefix)}
-        if prefix and prefix[:-2] in grid:
-            raise UsageError(
-                f"param_grid replaces the step {prefix[:-2]!r} itself; warm_cache only handles "
-                f"grids over its parameters ({prefix}layer, {prefix}pooling, ...)"
-            )
-        out.append(sub)
-    return out
+    return X_kept, y_kept, list(skipped)
 
 
 def _search_grid(search, estimator):
@@ -189,35 +159,6 @@ def warm_cache(estimator, X, param_grid=None):
         param_grid = _search_grid(search, estimator)
     if search is not None:
         estimator = search.estimator
-    step, prefix = _find_codes_step(estimator)
+    step, prefix = network_step(estimator)
     paths, _ = as_path_list(X)
-    if _cache.resolve_cache_dir(step.cache_dir) is None:
-        raise UsageError(
-            "warm_cache needs a cache, but cache_dir=None keeps nothing; set cache_dir "
-            "('auto' or a folder)"
-        )
-    # Group candidate settings by everything except the layer: one forward pass each.
-    groups = {}
-    for grid in _codes_grid(param_grid, prefix):
-        for params in ParameterGrid(grid):
-            # Fitting resolves the layer names (aliases such as "penultimate"), reading no image.
-            candidate = clone(step).set_params(**params).fit(paths)
-            others = candidate.get_params()
-            others.pop("layer")
-            key = repr(sorted(others.items()))
-            entry = groups.setdefault(key, (others, []))
-            for name in candidate.layers_:
-                if name not in entry[1]:
-                    entry[1].append(name)
-    summary = {"runs": 0, "configurations": 0, "computed": 0, "cached": 0, "skipped": None}
-    for others, layers in groups.values():
-        candidate = CNNCodes(layer=layers, **others).fit(paths)
-        result = candidate._extract(paths)
-        summary["runs"] += 1
-        summary["configurations"] += len(candidate.layers_) * len(candidate.views_)
-        summary["computed"] += result.computed
-        summary["cached"] += result.cached
-        if summary["skipped"] is None:
-            summary["skipped"] = result.skipped
-    summary["skipped"] = summary["skipped"] or []
-    return summary
+    return step.warm(paths, step_grid(param_grid, prefix))

@@ -1,98 +1,221 @@
-"""What :func:`~cnncodes.experiment.run_experiment` does differently for a fine-tuning recipe.
+"""The network-step contract: what :class:`~cnncodes.CNNCodes` and :class:`~cnncodes.FineTune`
+both offer their callers.
 
-A code recipe builds a Pipeline whose ``cnncodes`` step makes the codes; a fine-tuning recipe
-(``finetune_head``, ``finetune_top``) builds a :class:`~cnncodes.FineTune`, which reads the
-images itself. Each function here takes either and does the one step of the experiment that
-differs: find the step that holds the network's settings, resolve its network before any image
-is read, warm the cache (and screen unreadable images) before the search, screen the test
-images, and describe the network in the run's configuration.
+A network step resolves a network from names, computes or reads codes through the cache, checks
+its checkpoint, screens unreadable images, warms the cache before a grid search, describes its
+network in a run's configuration, and takes new runtime settings once fitted.
+:class:`NetworkStep` declares these methods; :func:`network_step` finds the step in an estimator
+(the step itself, a (nested) Pipeline or a fitted search) by this contract, so that no caller
+asks which estimator it holds.
+
+The module functions (:func:`resolve_network`, :func:`warm`, :func:`screen_test`,
+:func:`describe_network`) are what :func:`~cnncodes.experiment.run_experiment` calls for a
+recipe's estimator, whatever it is: each finds the step and asks it.
 """
 
 from __future__ import annotations
 
-from .codes import CNNCodes
-from .fitted import is_fine_tune
-from .search import _find_codes_step, filter_readable, warm_cache
+import numpy as np
 
-__all__ = ["describe_network", "network_step", "resolve_network", "screen_test", "warm"]
+from ..errors import UsageError
+from ..networks.pooling import check_pooling
+from ..params import ENGINES, ON_ERROR, PRECISIONS, Choice, Int, check_engine
+from ..store.cache import resolve_cache_dir
+
+__all__ = [
+    "NETWORK_STEP_CHECKS",
+    "RUNTIME_PARAMS",
+    "NetworkStep",
+    "describe_network",
+    "network_step",
+    "resolve_network",
+    "screen_test",
+    "step_grid",
+    "warm",
+]
+
+#: Parameters that change where and how fast a network step runs but never what it computes
+#: (nor a cache key): the only ones :meth:`NetworkStep.set_runtime` changes on a fitted model.
+RUNTIME_PARAMS = (
+    "batch_size",
+    "num_workers",
+    "device",
+    "cache_dir",
+    "progress",
+    "engine",
+    "ray_address",
+)
+
+
+def _check_progress(value, name):
+    if value is not None and not isinstance(value, (bool, np.bool_)):
+        raise UsageError(f"{name}={value!r}: expected True, False or None")
+
+
+#: The rules of the parameters every network step takes, as ``{name: rule}``
+#: (:func:`cnncodes.params.check_params`); each estimator adds its own.
+NETWORK_STEP_CHECKS = {
+    "pooling": lambda value, name: check_pooling(value),
+    "on_error": Choice(*ON_ERROR),
+    "precision": Choice(*PRECISIONS),
+    "batch_size": Int(1),
+    "num_workers": Int(0, allow_none=True),
+    "progress": _check_progress,
+    "engine": Choice(*ENGINES),
+    "ray_address": lambda value, name: check_engine("local", value),
+    "cache_dir": lambda value, name: resolve_cache_dir(value),
+}
+
+
+class NetworkStep:
+    """Mixin: the contract of an estimator whose input is image paths and that runs a network.
+
+    Subclasses implement :meth:`network_spec`, :meth:`extract`, :meth:`verify_weights`,
+    :meth:`verify`, :meth:`warm`, :meth:`screen`, :meth:`describe` and, where they hold their
+    own weights, set ``holds_weights = True`` and override :meth:`relocate_weights`.
+    :meth:`set_runtime` is shared. :meth:`network_spec`, :meth:`warm` and :meth:`screen` work
+    before ``fit`` (from the parameters); :meth:`extract`, :meth:`verify_weights`,
+    :meth:`verify`, :meth:`relocate_weights` and :meth:`describe` need a fitted step.
+
+    Examples
+    --------
+    >>> from cnncodes import CNNCodes
+    >>> step = CNNCodes("resnet18", weights="none", layer="layer4", cache_dir=None)
+    >>> step.network_spec().model
+    'resnet18'
+    >>> step.set_runtime(batch_size=8).batch_size
+    8
+    """
+
+    #: True when the fitted step holds its network's weights itself (it never reads the
+    #: checkpoint file it started from).
+    holds_weights = False
+
+    def network_spec(self):
+        """The :class:`~cnncodes.ModelSpec` that ``fit`` resolves from the current parameters.
+
+        Every parameter is checked and names are resolved (a bad model, layer or parameter
+        fails here), without reading an image or loading weights.
+        """
+        raise NotImplementedError
+
+    def extract(self, paths):
+        """The :class:`~cnncodes.ExtractionResult` of the codes this fitted step reads, through
+        the code cache."""
+        raise NotImplementedError
+
+    def verify_weights(self):
+        """Refuse a checkpoint file that changed since fit (a no-op where none is read)."""
+        raise NotImplementedError
+
+    def verify(self):
+        """Check that the fitted step's network is rebuilt today exactly as it was fitted."""
+        raise NotImplementedError
+
+    def relocate_weights(self, path):
+        """Point the fitted step at its checkpoint file in a new place; returns ``self``."""
+        return self
+
+    def warm(self, paths, param_grid=None):
+        """Extract into the cache, once, the codes a grid search over this step will read.
+
+        ``param_grid`` is a grid over this step's own parameters (dict or list of dicts, names
+        without a pipeline prefix; see :func:`step_grid`). Returns a summary dict: ``runs``,
+        ``configurations``, ``computed``, ``cached`` and ``skipped`` (SkippedImage list).
+        """
+        raise NotImplementedError
+
+    def screen(self, X, y=None):
+        """``(X_kept, y_kept, skipped)``: the images this step can read, with their labels."""
+        raise NotImplementedError
+
+    def describe(self):
+        """The fitted network's entries of a run's configuration (see
+        :func:`describe_network`)."""
+        raise NotImplementedError
+
+    def set_runtime(self, **params):
+        """Set runtime parameters (:data:`RUNTIME_PARAMS` only); returns ``self``.
+
+        What the fitted step computes stays exactly what it was fitted with.
+        """
+        unknown = sorted(set(params) - set(RUNTIME_PARAMS))
+        if unknown:
+            raise UsageError(
+                f"set_runtime: {', '.join(map(repr, unknown))} would change the model's codes; "
+                f"only {', '.join(RUNTIME_PARAMS)} may change on a fitted model"
+            )
+        return self.set_params(**params)
 
 
 def network_step(estimator):
-    """``(step, parameter prefix)``: the CNNCodes step of a pipeline, or the FineTune itself."""
-    if is_fine_tune(estimator):
+    """``(step, parameter prefix)``: the :class:`NetworkStep` of ``estimator``.
+
+    ``estimator`` is a network step itself (prefix ``""``), a (nested) Pipeline holding one
+    (prefix ``"name__"``), or a fitted search (the step of its ``best_estimator_``, the prefix
+    relative to it).
+
+    Examples
+    --------
+    >>> from sklearn.linear_model import LogisticRegression
+    >>> from sklearn.pipeline import make_pipeline
+    >>> from cnncodes import CNNCodes
+    >>> pipe = make_pipeline(CNNCodes("resnet18", weights="none"), LogisticRegression())
+    >>> network_step(pipe)[1]
+    'cnncodes__'
+    """
+    if isinstance(estimator, NetworkStep):
         return estimator, ""
-    return _find_codes_step(estimator)
+    best = getattr(estimator, "best_estimator_", None)
+    if best is not None:
+        return network_step(best)
+    for name, step in getattr(estimator, "steps", None) or ():
+        try:
+            found, prefix = network_step(step)
+        except UsageError:
+            continue
+        return found, f"{name}__{prefix}"
+    raise UsageError(
+        f"{type(estimator).__name__} has no CNNCodes step and is not a FineTune: pass a "
+        "CNNCodes or a FineTune, or a Pipeline containing one"
+    )
+
+
+def step_grid(param_grid, prefix):
+    """The step's part of a parameter grid (dict or list of dicts), as a list of dicts whose
+    names lack ``prefix``."""
+    grids = [param_grid] if isinstance(param_grid, dict) else list(param_grid or [{}])
+    out = []
+    for grid in grids:
+        if prefix and prefix[:-2] in grid:
+            raise UsageError(
+                f"param_grid replaces the step {prefix[:-2]!r} itself; warm_cache only handles "
+                f"grids over its parameters ({prefix}layer, {prefix}pooling, ...)"
+            )
+        out.append({k[len(prefix) :]: v for k, v in grid.items() if k.startswith(prefix)})
+    return out
 
 
 def resolve_network(step, paths):
     """The step's :class:`~cnncodes.ModelSpec`: a bad model, layer or parameter fails here,
-    before any image is read."""
-    if is_fine_tune(step):
-        probe = step.__class__(**step.get_params())
-        probe._check_params()
-        return probe._resolve()[0]
-    return CNNCodes(**step.get_params()).fit(paths[:1]).spec_
-
-
-def _grid_values(param_grid, name, default):
-    grids = [param_grid] if isinstance(param_grid, dict) else param_grid
-    values = [v for g in grids for v in g.get(name, ())]
-    return values or [default]
+    before any image is read (``paths`` are not read)."""
+    return step.network_spec()
 
 
 def warm(estimator, paths, param_grid):
-    """Like :func:`~cnncodes.transformers.warm_cache`, for a pipeline or a FineTune.
-
-    For a FineTune every image is decoded once (an unreadable one raises, or with
-    ``on_error="skip"`` is reported in ``skipped``), and where a candidate trains only the head
-    on the frozen network (``freeze="all"``, no augmentation) or starts it from a probe (LP-FT),
-    the head layer's codes of the readable images are extracted once, so that every fold and
-    candidate reads them from the cache.
-    """
-    if not is_fine_tune(estimator):
-        return warm_cache(estimator, paths, param_grid)
-    from ..extraction.extract import SkippedImage
-
-    ft = estimator
-    summary = {"runs": 0, "configurations": 0, "computed": 0, "cached": 0, "skipped": []}
-    readable, skipped = _readable_images(paths)
-    if skipped and ft.on_error == "raise":
-        raise skipped[0][2]
-    summary["skipped"] = [SkippedImage(i, p, e.reason) for i, p, e in skipped]
-    kept = [paths[i] for i in readable]
-    head_only = "all" in _grid_values(param_grid, "freeze", ft.freeze) and ft.augment == "none"
-    probe = "probe" in _grid_values(param_grid, "init_head", ft.init_head)
-    if kept and (head_only or probe):
-        result = ft.__class__(**ft.get_params()).warm_codes(kept)
-        summary.update(runs=1, configurations=1, computed=result.computed, cached=result.cached)
-    return summary
-
-
-def _readable_images(paths):
-    from .finetune.data import readable
-
-    return readable(paths)
+    """Warm the cache for a search over ``estimator`` (a pipeline or a network step): the
+    step's :meth:`NetworkStep.warm` over its part of ``param_grid``."""
+    step, prefix = network_step(estimator)
+    return step.warm(paths, step_grid(param_grid, prefix))
 
 
 def screen_test(best, paths, labels):
-    """``(paths, labels, skipped)`` of the readable test images (``on_error="skip"``)."""
-    if is_fine_tune(best):
-        return filter_readable(paths, labels)
-    return filter_readable(paths, labels, extractor=best)
+    """``(paths, labels, skipped)`` of the test images the fitted ``best`` can read."""
+    return network_step(best)[0].screen(paths, labels)
 
 
 def describe_network(best):
     """The fitted network's entries of the run's configuration: ``extractor`` (model, weights
     identity, preprocessing), ``preprocessing_source``, ``layers`` and, for codes of several
     views, ``views`` (the views and how they were reduced)."""
-    step = network_step(best)[0]
-    layers = [step.layer_] if is_fine_tune(step) else list(step.layers_)
-    out = {
-        "extractor": step.spec_.to_dict(),
-        "preprocessing_source": dict(step.spec_.preprocessing.source),
-        "layers": layers,
-    }
-    views = getattr(step, "views_", ["center"])
-    if views != ["center"]:  # configurations of the centre crop alone read as before
-        out["views"] = {"views": list(views), "reduce": step.view_reduce}
-    return out
+    return network_step(best)[0].describe()

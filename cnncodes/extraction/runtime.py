@@ -13,6 +13,12 @@ from ..params import PRECISIONS
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+def autocast_dtype(precision):
+    """The ``torch.autocast`` dtype of a resolved ``precision`` (``"bf16"``, ``"fp16"``), or None
+    for ``"fp32"`` (no autocast)."""
+    return _DTYPES.get(precision)
+
+
 def resolve_device(device="auto"):
     """``"auto"`` -> CUDA when available, else CPU; ``"cpu"``, ``"cuda"``, ``"cuda:N"`` checked."""
     if device is None or device == "auto":
@@ -103,7 +109,7 @@ def exact_fp32(device_type):
             setattr(module, attribute, value)
 
 
-def _default_workers(device, cores=None):
+def default_workers(device, cores=None):
     """Decoding processes when ``num_workers`` is not given.
 
     On the CPU the network already keeps every core busy (intra-op threads), so on a small machine
@@ -118,3 +124,6 @@ def _default_workers(device, cores=None):
     if device.type == "cpu":
         return 0 if cores <= 4 else 4
     return min(16, max(1, cores - 1))
+
+
+_default_workers = default_workers  # its name before it was public

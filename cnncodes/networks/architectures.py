@@ -36,7 +36,7 @@ from torch import nn
 
 from ..spec import TIMM_PREFIX, ModelError, WeightsError, is_callable_form, is_timm_name
 
-__all__ = ["model_identity"]
+__all__ = ["arch_id", "build_architecture", "model_identity"]
 
 
 def _is_callable_name(model):
@@ -270,6 +270,14 @@ def _construct(model, weights_enum, seed, kwargs=()):
     return net.eval()
 
 
+def build_architecture(model, weights_name, seed, kwargs=()):
+    """The architecture ``model`` builds for the named weights ``weights_name`` (or None), with
+    its deterministic random initialisation from ``seed``; no weights are loaded (a fitted
+    estimator that holds its own weights loads them into it)."""
+    enum = _parse_named_weights(model, weights_name) if weights_name else None
+    return _construct(model, enum, seed, kwargs)
+
+
 def model_identity(model):
     """What the in-process memos key a model on: its name, and for ``package.module:callable``
     also the callable object itself and its declared ``preprocessing`` (a reloaded module or an
@@ -323,7 +331,7 @@ def _arch_fingerprint(net, kwargs=()):
     return digest.hexdigest()[:16]
 
 
-def _arch_id(model, weights_name, kwargs=()):
+def arch_id(model, weights_name, kwargs=()):
     """:attr:`ModelSpec.arch_id`: the modules, names and shapes of the network; for the user's
     own architecture also what its ``forward()`` computes (``"<modules>+<code>"``).
 
@@ -332,6 +340,9 @@ def _arch_id(model, weights_name, kwargs=()):
     form, so their caches stay valid; their code changes only with a torchvision upgrade.
     """
     return _arch_id_memo(_identity_or_raise(model), weights_name, kwargs)
+
+
+_arch_id = arch_id  # its name before it was public
 
 
 @functools.lru_cache(maxsize=32)

@@ -12,36 +12,49 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted
 
 from ...errors import UsageError
-from ...extraction.extract import ON_ERROR, SkippedImage, extract_codes
-from ...extraction.runtime import _DTYPES, _default_workers, resolve_device, resolve_precision
-from ...networks.architectures import _construct, _parse_named_weights
+from ...extraction.extract import SkippedImage, extract_codes
+from ...extraction.runtime import (
+    autocast_dtype,
+    default_workers,
+    resolve_device,
+    resolve_precision,
+)
+from ...networks.architectures import arch_id
 from ...networks.layers import layer_shapes, resolve_layers
 from ...networks.models import build_model, spec_of
-from ...networks.pooling import MAX_FLATTEN_FEATURES, check_pooling, code_size
+from ...networks.pooling import code_size
 from ...params import (
     AUGMENTS,
+    CHANNELS_LAST,
     HEADS,
     INIT_HEADS,
-    PRECISIONS,
+    TRUNK_CACHE,
+    Choice,
+    Float,
+    Int,
     as_path_list,
-    check_choice,
-    check_engine,
-    check_float,
-    check_int,
+    check_params,
 )
-from ...spec import PREPROCESSING_KEYS
-from ...store import cache as _cache
+from ...spec import PREPROCESSING_KEYS, ModelError
 from ...utils.files import atomic_path
 from ..codes import SkippedImagesWarning, _describe_skipped
+from ..search import screened, unreadable_files
+from ..steps import NETWORK_STEP_CHECKS, RUNTIME_PARAMS, NetworkStep
 from . import network, training
 from .data import Activations, Images, readable
+from .inference import predict_logits, rebuild_module
+from .plan import MAX_CACHED_TRUNK_BYTES, init_head_from_probe, trunk_plan
 
-#: Largest block of cached trunk activations held in memory for training (bytes).
-MAX_CACHED_TRUNK_BYTES = 4 << 30
-TRUNK_CACHE = ("auto", True, False)
+__all__ = ["MAX_CACHED_TRUNK_BYTES", "TRUNK_CACHE", "FineTune"]
 
 
-class FineTune(ClassifierMixin, BaseEstimator):
+def _grid_values(param_grid, name, default):
+    grids = [param_grid] if isinstance(param_grid, dict) else list(param_grid or [{}])
+    values = [v for g in grids for v in g.get(name, ())]
+    return values or [default]
+
+
+class FineTune(NetworkStep, ClassifierMixin, BaseEstimator):
     """Fine-tune a pretrained network on image files: freeze its first layers, replace its head.
 
     ``X`` is a sequence of image paths (as for :class:`~cnncodes.transformers.CNNCodes`); ``y``
@@ -155,6 +168,9 @@ class FineTune(ClassifierMixin, BaseEstimator):
     >>> CNNCodes("mobilenet_v2", weights="finetuned.pth")  # codes of the fine-tuned net  # doctest: +SKIP
     """
 
+    #: A fitted FineTune holds its fine-tuned weights; it never reads its starting checkpoint.
+    holds_weights = True
+
     def __init__(
         self,
         model="resnet50",
@@ -243,29 +259,31 @@ class FineTune(ClassifierMixin, BaseEstimator):
 
     # -- parameters ----------------------------------------------------------------------------
 
+    #: Every parameter's rule (:func:`cnncodes.params.check_params`), checked in this order.
+    _parameter_checks = {
+        "pooling": NETWORK_STEP_CHECKS["pooling"],
+        "head": Choice(*HEADS),
+        "init_head": Choice(*INIT_HEADS),
+        "augment": Choice(*AUGMENTS),
+        "trunk_cache": Choice(*TRUNK_CACHE),
+        "on_error": NETWORK_STEP_CHECKS["on_error"],
+        "channels_last": Choice(*CHANNELS_LAST),
+        "train_bn": Choice(True, False),
+        "precision": NETWORK_STEP_CHECKS["precision"],
+        "lr": Float(above=0),
+        "trunk_lr": Float(minimum=0, allow_none=True),
+        "weight_decay": Float(minimum=0),
+        "dropout": Float(minimum=0, below=1),
+        "valid_size": Float(minimum=0, below=1, allow_none=True),
+        "epochs": Int(0),
+        "batch_size": Int(1),
+        "hidden_units": Int(1),
+        "early_stopping": Int(1, allow_none=True),
+        **NETWORK_STEP_CHECKS,
+    }
+
     def _check_params(self):
-        check_pooling(self.pooling)
-        check_choice(self.head, "head", HEADS)
-        check_choice(self.init_head, "init_head", INIT_HEADS)
-        check_choice(self.augment, "augment", AUGMENTS)
-        check_choice(self.trunk_cache, "trunk_cache", TRUNK_CACHE)
-        check_choice(self.on_error, "on_error", ON_ERROR)
-        check_choice(self.channels_last, "channels_last", ("auto", True, False))
-        check_choice(self.train_bn, "train_bn", (True, False))
-        if self.precision not in PRECISIONS:
-            raise UsageError(
-                f"precision={self.precision!r}: choose one of {', '.join(map(repr, PRECISIONS))}"
-            )
-        check_float(self.lr, "lr", above=0)
-        check_float(self.trunk_lr, "trunk_lr", minimum=0, allow_none=True)
-        check_float(self.weight_decay, "weight_decay", minimum=0)
-        check_float(self.dropout, "dropout", minimum=0, below=1)
-        check_float(self.valid_size, "valid_size", minimum=0, below=1, allow_none=True)
-        check_int(self.epochs, "epochs", 0)
-        check_int(self.batch_size, "batch_size", 1)
-        check_int(self.hidden_units, "hidden_units", 1)
-        check_int(self.early_stopping, "early_stopping", 1, allow_none=True)
-        check_int(self.num_workers, "num_workers", 0, allow_none=True)
+        check_params(self, self._parameter_checks)
         if self.early_stopping and not self.valid_size:
             raise UsageError(
                 f"early_stopping={self.early_stopping!r} needs a validation split: set "
@@ -280,8 +298,6 @@ class FineTune(ClassifierMixin, BaseEstimator):
             raise UsageError("resume=True needs checkpoint=<state file> to resume from")
         if self.checkpoint is not None and not isinstance(self.checkpoint, (str, os.PathLike)):
             raise UsageError(f"checkpoint={self.checkpoint!r}: expected a file path or None")
-        check_engine(self.engine, self.ray_address)
-        _cache.resolve_cache_dir(self.cache_dir)
         if not isinstance(self.layer, str):
             raise UsageError(f"layer={self.layer!r}: expected one layer name (a str)")
 
@@ -297,25 +313,10 @@ class FineTune(ClassifierMixin, BaseEstimator):
         channels_last = (
             device.type == "cuda" if self.channels_last == "auto" else self.channels_last
         )
-        workers = _default_workers(device) if self.num_workers is None else int(self.num_workers)
-        return device, precision, _DTYPES.get(precision), bool(channels_last), workers
+        workers = default_workers(device) if self.num_workers is None else int(self.num_workers)
+        return device, precision, autocast_dtype(precision), bool(channels_last), workers
 
     # -- fitting -------------------------------------------------------------------------------
-
-    def _labels(self, paths, y):
-        if y is None:
-            raise UsageError("FineTune.fit needs labels y, one per image")
-        y = np.asarray(y)
-        if y.ndim != 1 or len(y) != len(paths):
-            raise UsageError(
-                f"y has shape {y.shape}; FineTune needs one label per image ({len(paths)} images)"
-            )
-        classes, encoded = np.unique(y, return_inverse=True)
-        if len(classes) < 2:
-            raise UsageError(
-                f"y holds a single class {classes[0]!r}; fine-tuning needs two or more"
-            )
-        return classes, encoded
 
     def _skip_unreadable(self, paths, labels):
         kept, skipped = readable(paths)
@@ -340,12 +341,16 @@ class FineTune(ClassifierMixin, BaseEstimator):
         self._check_params()
         spec, layer = self._resolve()
         device, precision, _, _, workers = self._runtime()
-        return self._extract(list(paths), spec, layer, self.pooling, device, precision, workers)
+        return self._extract_layer(
+            list(paths), spec, layer, self.pooling, device, precision, workers
+        )
 
     def _codes(self, paths, spec, layer, pooling, device, precision, workers):
-        return self._extract(paths, spec, layer, pooling, device, precision, workers).codes[layer]
+        return self._extract_layer(paths, spec, layer, pooling, device, precision, workers).codes[
+            layer
+        ]
 
-    def _extract(self, paths, spec, layer, pooling, device, precision, workers):
+    def _extract_layer(self, paths, spec, layer, pooling, device, precision, workers):
         return extract_codes(
             paths,
             spec,
@@ -361,39 +366,74 @@ class FineTune(ClassifierMixin, BaseEstimator):
             ray_address=self.ray_address,
         )
 
-    def _trunk_plan(self, net, spec, layer, freeze, n_images):
-        """``(tail, node)``: the trainable part and the node whose cached activations feed it, or
-        ``(None, None)`` to run the whole network every epoch."""
-        wanted = self.trunk_cache
-        if wanted is False:
-            return None, None
-        reasons = []
-        if freeze == network.FREEZE_NONE:
-            reasons.append("freeze='none' trains every layer")
-        if self.augment != "none":
-            reasons.append(f"augment={self.augment!r} makes new views every epoch")
-        if freeze == network.FREEZE_ALL:
-            node, tail = layer, torch.nn.Identity()
-            size = code_size(layer_shapes(spec, [layer])[layer], self.pooling)
-        elif not reasons:
-            node = freeze
-            tail = network.split_at(net, freeze, layer)
-            if tail is None:
-                reasons.append(f"the graph cannot be cut at freeze={freeze!r} (a skip connection)")
-            size = int(np.prod(layer_shapes(spec, [freeze])[freeze]))
-            if size > MAX_FLATTEN_FEATURES:
-                reasons.append(
-                    f"{freeze!r} has {size} values per image (over {MAX_FLATTEN_FEATURES})"
-                )
-        if not reasons and size * 4 * n_images > MAX_CACHED_TRUNK_BYTES:
-            reasons.append(
-                f"{n_images} images x {size} values exceed {MAX_CACHED_TRUNK_BYTES >> 30} GiB"
+    # -- the network-step contract -------------------------------------------------------------
+
+    def network_spec(self):
+        """The pretrained network's :class:`~cnncodes.ModelSpec` that ``fit`` resolves; every
+        parameter is checked, no image is read and no weights are loaded."""
+        self._check_params()
+        return self._resolve()[0]
+
+    def extract(self, paths):
+        """The codes of the pretrained network's ``layer_`` (pooled with ``pooling``) that a fit
+        reads for ``init_head="probe"`` and a head on a frozen network, through the cache."""
+        check_is_fitted(self, "state_dict_")
+        device, precision, _, _, workers = self._runtime()
+        return self._extract_layer(
+            list(paths), self.spec_, self.layer_, self.pooling, device, precision, workers
+        )
+
+    def verify_weights(self):
+        """Nothing to check: the fitted FineTune holds its weights (it never reads the
+        checkpoint it started from)."""
+        check_is_fitted(self, "state_dict_")
+
+    def verify(self):
+        """Check that the model's name still builds the architecture it was trained on."""
+        self.verify_weights()
+        fitted = self.spec_
+        now = arch_id(fitted.model, fitted.weights_spec.name, fitted.model_kwargs)
+        if now != fitted.arch_id:
+            raise ModelError(
+                f"{fitted.model} no longer builds the architecture this fine-tuned model was "
+                f"trained on (fingerprint {fitted.arch_id} at fit time, {now} now; its modules "
+                "or its forward() code changed); fine-tune again"
             )
-        if reasons:
-            if wanted is True:
-                raise UsageError(f"trunk_cache=True is not possible here: {'; '.join(reasons)}")
-            return None, None
-        return tail, node
+
+    def warm(self, paths, param_grid=None):
+        """Decode every image once (an unreadable one raises, or with ``on_error="skip"`` is
+        reported in ``skipped``); where a candidate of ``param_grid`` trains only the head on
+        the frozen network (``freeze="all"``, no augmentation) or starts it from a probe
+        (LP-FT), extract the head layer's codes of the readable images once, so that every fold
+        and candidate reads them from the cache."""
+        summary = {"runs": 0, "configurations": 0, "computed": 0, "cached": 0, "skipped": []}
+        kept, skipped = readable(paths)
+        if skipped and self.on_error == "raise":
+            raise skipped[0][2]
+        summary["skipped"] = [SkippedImage(i, p, e.reason) for i, p, e in skipped]
+        kept = [paths[i] for i in kept]
+        frozen = "all" in _grid_values(param_grid, "freeze", self.freeze)
+        head_only = frozen and self.augment == "none"
+        probe = "probe" in _grid_values(param_grid, "init_head", self.init_head)
+        if kept and (head_only or probe):
+            result = type(self)(**self.get_params()).warm_codes(kept)
+            summary.update(runs=1, configurations=1, computed=result.computed, cached=result.cached)
+        return summary
+
+    def screen(self, X, y=None):
+        """``(X_kept, y_kept, skipped)``: the images that decode (a FineTune reads the files
+        itself, so decoding is the whole screening)."""
+        return screened(X, y, unreadable_files)
+
+    def describe(self):
+        """``extractor``, ``preprocessing_source`` and ``layers`` (``[layer_]``) of the run's
+        configuration (see :func:`~cnncodes.estimators.steps.describe_network`)."""
+        check_is_fitted(self, "spec_")
+        return {
+            "extractor": self.spec_.to_dict(),
+            "preprocessing_source": dict(self.spec_.preprocessing.source),
+            "layers": [self.layer_],
+        }
 
     def _description(self, spec, n_images):
         return f"{spec.model} ({spec.weights_id}), freeze={self.freeze!r}, {n_images} images"
@@ -408,7 +448,7 @@ class FineTune(ClassifierMixin, BaseEstimator):
         started = time.perf_counter()
         self._check_params()
         paths, _ = as_path_list(X, who="FineTune")
-        classes, encoded = self._labels(paths, y)
+        classes, encoded = training.encode_labels(paths, y)
         spec, layer = self._resolve()
         device, precision, dtype, channels_last, workers = self._runtime()
         paths, encoded = self._skip_unreadable(paths, encoded)
@@ -426,12 +466,15 @@ class FineTune(ClassifierMixin, BaseEstimator):
             for p in net.parameters():
                 p.requires_grad_(True)
             module = network.FineTuneNet(trunk, head, self.pooling, frozen, self.train_bn)
-            tail, node = self._trunk_plan(net, spec, layer, freeze, len(paths))
+            tail, node = trunk_plan(
+                net, spec, layer, freeze, len(paths), pooling=self.pooling,
+                augment=self.augment, trunk_cache=self.trunk_cache,
+            )  # fmt: skip
             codes = (device, precision, workers)
             if self.init_head == "probe":
-                self._init_from_probe(
-                    head, [paths[i] for i in train], encoded[train], spec, layer, *codes
-                )
+                probe_paths = [paths[i] for i in train]
+                probe_codes = self._codes(probe_paths, spec, layer, self.pooling, *codes)
+                init_head_from_probe(head, probe_codes, encoded[train])
             if tail is not None:
                 pooling = (
                     self.pooling if node == layer and freeze == network.FREEZE_ALL else "flatten"
@@ -467,32 +510,11 @@ class FineTune(ClassifierMixin, BaseEstimator):
         self._module = module
         return self
 
-    def _init_from_probe(self, head, paths, labels, spec, layer, device, precision, workers):
-        """LP-FT: the linear head starts as a logistic regression on the codes of ``paths``."""
-        from sklearn.linear_model import LogisticRegression
-        from sklearn.preprocessing import StandardScaler
-
-        codes = self._codes(paths, spec, layer, self.pooling, device, precision, workers)
-        scaler = StandardScaler().fit(codes)
-        probe = LogisticRegression(C=1.0, max_iter=2000).fit(scaler.transform(codes), labels)
-        coef, intercept = probe.coef_, probe.intercept_
-        if coef.shape[0] == 1:  # binary: the softmax of (-z/2, z/2) is the sigmoid of z
-            coef = np.vstack([-coef / 2, coef / 2])
-            intercept = np.array([-intercept[0] / 2, intercept[0] / 2])
-        weight = coef / scaler.scale_
-        bias = intercept - weight @ scaler.mean_
-        linear = head[-1]
-        with torch.no_grad():
-            linear.weight.copy_(torch.as_tensor(weight, dtype=torch.float32))
-            linear.bias.copy_(torch.as_tensor(bias, dtype=torch.float32))
-
     def _run_fingerprint(self, spec, paths, labels, trunk_cached):
         """What a state file must match to be resumed: settings, network, images and labels."""
         # Where things run, not what is computed (and absent from state files written before).
-        ignored = (
-            "checkpoint", "resume", "progress", "num_workers", "cache_dir", "device", "engine",
-            "ray_address",
-        )  # fmt: skip
+        # batch_size changes the training: it stays in.
+        ignored = ("checkpoint", "resume", *(p for p in RUNTIME_PARAMS if p != "batch_size"))
         params = {k: v for k, v in self.get_params().items() if k not in ignored}
         params["weights"] = spec.weights_id
         return training.fingerprint(
@@ -500,44 +522,15 @@ class FineTune(ClassifierMixin, BaseEstimator):
         )
 
     def _train(self, module, train_set, y_train, valid_set, n_classes, spec, paths, *runtime):
-        device, dtype, channels_last, workers = runtime
         state = None
         if self.checkpoint is not None:
             description = self._description(spec, len(paths))
             cached = not isinstance(module.trunk, (network._Out, network._Hooked))
             fp = self._run_fingerprint(spec, paths, y_train, cached)
             state = training.EpochState(os.fspath(self.checkpoint), fp, description)
-        net = training.make_classifier(
-            module,
-            n_classes=n_classes,
-            lr=float(self.lr),
-            trunk_lr=float(self.lr) / 10 if self.trunk_lr is None else float(self.trunk_lr),
-            weight_decay=float(self.weight_decay),
-            epochs=int(self.epochs),
-            batch_size=int(self.batch_size),
-            valid=valid_set,
-            early_stopping=self.early_stopping,
-            num_workers=workers,
-            device=device,
-            autocast_dtype=dtype,
-            channels_last=channels_last,
-            progress=bool(self.progress),
-            state=state,
+        return training.train(
+            module, train_set, y_train, valid_set, n_classes, self, state, *runtime
         )
-        net.initialize()
-        done = 0
-        if self.resume:
-            found = training.read_state(state.path, state.run_fingerprint, state.description)
-            if found is not None:
-                training.restore(net, found)
-                done = found["epochs"]
-        if self.epochs > done:
-            net.partial_fit(train_set, y_train, epochs=int(self.epochs) - done)
-        keys = ("epoch", "train_loss", "valid_loss", "valid_acc", "dur", "lr", "trunk_lr")
-        return [
-            {k: (int if k == "epoch" else float)(row[k]) for k in keys if k in row}
-            for row in net.history
-        ]
 
     # -- prediction ----------------------------------------------------------------------------
 
@@ -547,53 +540,31 @@ class FineTune(ClassifierMixin, BaseEstimator):
         return state
 
     def _fitted_module(self):
-        module = getattr(self, "_module", None)
-        if module is not None:
-            return module
-        spec = self.spec_
-        named = spec.weights_spec.name
-        enum = _parse_named_weights(spec.model, named) if named else None
-        net = _construct(spec.model, enum, spec.seed, spec.model_kwargs)
-        net.load_state_dict({k: torch.as_tensor(v) for k, v in self.state_dict_.items()})
-        trunk, _ = network.build_trunk(net, self.layer_, network.FREEZE_NONE)
-        head = network.make_head(
-            self.head, self._head_inputs(), len(self.classes_), self.hidden_units, self.dropout
-        )
-        head.load_state_dict({k: torch.as_tensor(v) for k, v in self.head_state_.items()})
-        self._module = network.FineTuneNet(trunk, head, self.pooling).eval()
+        if getattr(self, "_module", None) is None:
+            self._module = rebuild_module(
+                self.spec_, self.state_dict_, self.layer_, self.head, self.head_state_,
+                len(self.classes_), self.pooling, hidden_units=self.hidden_units,
+                dropout=self.dropout,
+            )  # fmt: skip
         return self._module
-
-    def _head_inputs(self):
-        first = "0.weight" if self.head == "mlp" else "1.weight"
-        return int(self.head_state_[first].shape[1])
 
     def _logits(self, X):
         check_is_fitted(self, "state_dict_")
         paths, _ = as_path_list(X, who="FineTune")
         device, _, dtype, channels_last, workers = self._runtime()
-        module = self._fitted_module().to(device)
-        loader = torch.utils.data.DataLoader(
-            Images(paths, None, self.spec_.preprocessing),
-            batch_size=int(self.batch_size),
-            num_workers=workers,
-        )
-        out = []
-        with torch.no_grad():
-            for x, _ in loader:
-                x = x.to(device)
-                if channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                    out.append(module(x).float().cpu())
-        module.cpu()
-        return torch.cat(out)
+        return predict_logits(
+            self._fitted_module(), paths, self.spec_.preprocessing, batch_size=self.batch_size,
+            workers=workers, device=device, dtype=dtype, nhwc=channels_last,
+        )  # fmt: skip
 
     def predict_proba(self, X):
         """Class probabilities of the images ``X``, columns in the order of ``classes_``."""
+        check_is_fitted(self, "state_dict_")
         return torch.softmax(self._logits(X), 1).numpy()
 
     def predict(self, X):
         """The most probable class of each image in ``X``."""
+        check_is_fitted(self, "state_dict_")
         return self.classes_[self._logits(X).argmax(1).numpy()]
 
     def save_checkpoint(self, path):

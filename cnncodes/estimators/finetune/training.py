@@ -284,3 +284,55 @@ def fixed_seed(seed):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         yield
+
+
+def encode_labels(paths, y):
+    """``(classes, encoded labels)`` of one label per image, two classes or more."""
+    if y is None:
+        raise UsageError("FineTune.fit needs labels y, one per image")
+    y = np.asarray(y)
+    if y.ndim != 1 or len(y) != len(paths):
+        raise UsageError(
+            f"y has shape {y.shape}; FineTune needs one label per image ({len(paths)} images)"
+        )
+    classes, encoded = np.unique(y, return_inverse=True)
+    if len(classes) < 2:
+        raise UsageError(f"y holds a single class {classes[0]!r}; fine-tuning needs two or more")
+    return classes, encoded
+
+
+def train(module, train_set, y_train, valid_set, n_classes, ft, state, *runtime):
+    """Train ``module`` with the FineTune ``ft``'s settings (resuming from ``state`` with
+    ``ft.resume``); returns the history, one dict per epoch."""
+    device, dtype, channels_last, workers = runtime
+    net = make_classifier(
+        module,
+        n_classes=n_classes,
+        lr=float(ft.lr),
+        trunk_lr=float(ft.lr) / 10 if ft.trunk_lr is None else float(ft.trunk_lr),
+        weight_decay=float(ft.weight_decay),
+        epochs=int(ft.epochs),
+        batch_size=int(ft.batch_size),
+        valid=valid_set,
+        early_stopping=ft.early_stopping,
+        num_workers=workers,
+        device=device,
+        autocast_dtype=dtype,
+        channels_last=channels_last,
+        progress=bool(ft.progress),
+        state=state,
+    )
+    net.initialize()
+    done = 0
+    if ft.resume:
+        found = read_state(state.path, state.run_fingerprint, state.description)
+        if found is not None:
+            restore(net, found)
+            done = found["epochs"]
+    if ft.epochs > done:
+        net.partial_fit(train_set, y_train, epochs=int(ft.epochs) - done)
+    keys = ("epoch", "train_loss", "valid_loss", "valid_acc", "dur", "lr", "trunk_lr")
+    return [
+        {k: (int if k == "epoch" else float)(row[k]) for k in keys if k in row}
+        for row in net.history
+    ]
