@@ -193,3 +193,34 @@ def test_old_module_names_are_the_new_modules(old, new):
     import importlib
 
     assert importlib.import_module(old) is importlib.import_module(new)
+
+
+def _code_lines(node):
+    """Lines of a function without its docstring."""
+    lines = node.end_lineno - node.lineno + 1
+    body = node.body
+    if (
+        body
+        and isinstance(body[0], ast.Expr)
+        and isinstance(getattr(body[0], "value", None), ast.Constant)
+    ):
+        if isinstance(body[0].value.value, str):
+            lines -= body[0].end_lineno - body[0].lineno + 1
+    return lines
+
+
+def test_functions_and_modules_stay_small():
+    """No function over ~80 lines of code (docstrings aside) and no module over ~600 lines, but
+    where the module's docstring gives the reason (a line saying why it is longer)."""
+    long_functions, long_modules = [], []
+    for module, (path, _) in MODULES.items():
+        text = path.read_text()
+        tree = ast.parse(text)
+        doc = ast.get_docstring(tree) or ""
+        if len(text.splitlines()) > 600 and "lines" not in doc:
+            long_modules.append(module)
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and _code_lines(node) > 80:
+                long_functions.append(f"{module}.{node.name}: {_code_lines(node)}")
+    assert long_functions == []
+    assert long_modules == []

@@ -300,24 +300,7 @@ def compare_approaches(
     top.set_params(freeze=freeze, **fine)
     common = dict(cv=cv, seed=random_state, on_error=on_error, progress=progress, log=log)
     rows = _fit_rows(
-        [
-            (
-                "linear_probe",
-                "top-layer codes, logistic regression, C by cross-validation",
-                {"recipe": "linear_probe"},
-            ),
-            (
-                "layer_sweep_svm",
-                f"SVMs on {', '.join(sweep)}",
-                {"recipe": "layer_sweep_svm", "layer": sweep},
-            ),
-            ("finetune_top", f"frozen up to {freeze!r}, {epochs} epoch(s)", {"estimator": top}),
-            (
-                "finetune_all",
-                f"every layer, {epochs} epoch(s)",
-                {"estimator": top.__class__(**{**top.get_params(), "freeze": "none"})},
-            ),
-        ],  # fmt: skip
+        _approaches(sweep, top, freeze, epochs),
         data,
         {**network, **runtime},
         options,
@@ -344,6 +327,28 @@ def compare_approaches(
         config=jsonable(config),
         seconds=time.perf_counter() - started,
     )
+
+
+def _approaches(sweep, top, freeze, epochs):
+    """The four rows, in :data:`APPROACHES` order: ``(name, description, what fits it)``."""
+    return [
+        (
+            "linear_probe",
+            "top-layer codes, logistic regression, C by cross-validation",
+            {"recipe": "linear_probe"},
+        ),
+        (
+            "layer_sweep_svm",
+            f"SVMs on {', '.join(sweep)}",
+            {"recipe": "layer_sweep_svm", "layer": sweep},
+        ),
+        ("finetune_top", f"frozen up to {freeze!r}, {epochs} epoch(s)", {"estimator": top}),
+        (
+            "finetune_all",
+            f"every layer, {epochs} epoch(s)",
+            {"estimator": top.__class__(**{**top.get_params(), "freeze": "none"})},
+        ),
+    ]
 
 
 def _check_arguments(runtime, test, test_size, epochs):
