@@ -10,10 +10,11 @@ from ..networks.layers import layer_shapes, resolve_layers
 from ..networks.models import spec_of
 from ..networks.pooling import code_size
 from ..spec import MODEL_PARAMS, file_stamp
+from ..utils.memo import Memo
 
 __all__ = ["resolve_configuration"]
 
-_RESOLVED = {}
+_RESOLVED = Memo(256)
 
 
 def _weights_key(weights):
@@ -51,7 +52,5 @@ def resolve_configuration(est, layers):
             sizes[name] = code_size(shapes[name], est.pooling)
         except ValueError as exc:
             raise UsageError(f"layer={name!r}: {exc}") from None
-    if len(_RESOLVED) >= 256:
-        _RESOLVED.clear()
-    _RESOLVED[key] = (spec, tuple(resolved), dict(sizes))
+    _RESOLVED.put(key, (spec, tuple(resolved), dict(sizes)))
     return spec, resolved, sizes

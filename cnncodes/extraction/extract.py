@@ -38,7 +38,7 @@ from ..networks.layers import layer_shapes, resolve_layers
 from ..networks.models import resolve_spec
 from ..networks.pooling import check_pooling, code_size
 from ..networks.trust import UntrustedModelCodeError, refused_model_code
-from ..params import PRECISIONS, is_int
+from ..params import ON_ERROR, PRECISIONS, check_choice, is_int
 from ..spec import GPU_DECODER, CodeKey, WeightsError, file_sha256
 from ..store.readthrough import CodeCache
 from ..utils.memo import Memo
@@ -63,8 +63,6 @@ __all__ = [
     "resolve_precision",
     "spec_from_config",
 ]
-
-ON_ERROR = ("raise", "skip")
 
 
 @dataclass(frozen=True)
@@ -320,8 +318,7 @@ def extract_codes(
     started = time.perf_counter()
     paths = _as_paths(images)
     check_pooling(pooling)
-    if on_error not in ON_ERROR:
-        raise UsageError(f"on_error={on_error!r}: choose 'raise' or 'skip'")
+    check_choice(on_error, "on_error", ON_ERROR)
     if not is_int(batch_size) or batch_size < 1:
         raise UsageError(f"batch_size={batch_size!r}: expected a positive int")
     if num_workers is not None and (not is_int(num_workers) or num_workers < 0):

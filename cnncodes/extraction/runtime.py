@@ -8,7 +8,7 @@ import os
 import torch
 
 from ..errors import UsageError
-from ..params import PRECISIONS
+from ..params import PRECISIONS, check_choice
 
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -39,8 +39,7 @@ def resolve_device(device="auto"):
 
 def resolve_precision(precision, device):
     """``"auto"`` -> ``"fp32"`` on the CPU and ``"bf16"`` on a GPU."""
-    if precision not in PRECISIONS:
-        raise UsageError(f"precision={precision!r}: choose one of {', '.join(PRECISIONS)}")
+    check_choice(precision, "precision", PRECISIONS)
     if precision == "auto":
         return "bf16" if torch.device(device).type == "cuda" else "fp32"
     return precision

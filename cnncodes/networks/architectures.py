@@ -35,6 +35,7 @@ import torchvision
 from torch import nn
 
 from ..spec import TIMM_PREFIX, ModelError, WeightsError, is_callable_form, is_timm_name
+from ..utils.memo import memoize
 
 __all__ = ["arch_id", "build_architecture", "model_identity"]
 
@@ -309,7 +310,7 @@ def _identity_or_raise(model):
     return identity
 
 
-@functools.lru_cache(maxsize=32)
+@memoize(32)
 def _meta_model_memo(identity, weights_name, kwargs=()):
     model = identity[0]
     enum = _parse_named_weights(model, weights_name) if weights_name else None
@@ -345,7 +346,7 @@ def arch_id(model, weights_name, kwargs=()):
 _arch_id = arch_id  # its name before it was public
 
 
-@functools.lru_cache(maxsize=32)
+@memoize(32)
 def _arch_id_memo(identity, weights_name, kwargs=()):
     net = _meta_model_memo(identity, weights_name, kwargs)
     modules = _arch_fingerprint(net, kwargs)
