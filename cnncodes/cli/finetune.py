@@ -7,6 +7,7 @@ import os
 import shlex
 
 from ..params import AUGMENTS, HEADS, INIT_HEADS, POOLINGS
+from ..utils.diskspace import naming_write_failures
 from ..utils.files import display
 from ..utils.jsonable import jsonable, skipped_json
 from ._core import (
@@ -482,9 +483,11 @@ def run_finetune(args):
     dataset, test_note, result = _fine_tune_run(args, output, state)
     ft, metrics = result.estimator, result.metrics
     if out_path is not None:
-        persistence.save(ft, out_path)
+        with naming_write_failures(out_path, "the model (--out)"):
+            persistence.save(ft, out_path)
     if checkpoint is not None:
-        ft.save_checkpoint(checkpoint)
+        with naming_write_failures(checkpoint, "the checkpoint (--save-checkpoint)"):
+            ft.save_checkpoint(checkpoint)
     written = {}
     if args.report is not None:
         from ..workflows.report import write_finetune_report

@@ -9,6 +9,7 @@ import numpy as np
 
 from ..errors import InputTypeError
 from ..spec import describe_preprocessing
+from ..utils.diskspace import naming_write_failures
 from ..utils.jsonable import jsonable, skipped_json
 from ._core import (
     EXIT_OK,
@@ -352,7 +353,8 @@ def run_fit(args):
             ) from None
         raise
     if out_path is not None:
-        persistence.save(result.estimator, out_path)
+        with naming_write_failures(out_path, "the model (--out)"):
+            persistence.save(result.estimator, out_path)
     written = {}
     if args.report is not None:
         from ..workflows.report import write_report
