@@ -200,3 +200,15 @@ def test_finetune_on_a_single_class_names_it_as_fit_does(capsys, tmp_path):
         assert code == 2
         assert_one_line_error(err, "only the class '5'", "at least two classes")
         assert "np.str_" not in err
+
+
+def test_a_model_inside_the_report_folder_is_refused_before_the_run(capsys, photos):
+    # The report replaces its folder as a whole: a model saved in it would be lost, or stop
+    # the report after the run.
+    report = photos / "results"
+    report.mkdir()
+    code, _, err = fit(capsys, photos, "--cv", "2", "--report", report, "--out", report / "m.skops")
+    assert code == 2
+    assert_one_line_error(err, "--out", "inside --report")
+    assert "grid search" not in err
+    assert os.listdir(report) == []

@@ -214,14 +214,22 @@ def _load_test(args):
     return None, None
 
 
-def _check_report_dir(path):
+def _check_report_dir(path, outputs=()):
     """--report DIR: a path that does not exist yet, or a folder holding an earlier report only
-    (replaced as a whole), where the disk has room (checked before any work)."""
+    (replaced as a whole), where the disk has room, and none of ``outputs`` (``(option, path)``
+    of the command's other files) inside it (checked before any work)."""
     if path is None:
         return
     from ..workflows.report import check_report_folder
 
     check_report_folder(path, "--report")
+    folder = os.path.realpath(path)
+    for option, other in outputs:
+        if other is not None and os.path.realpath(other).startswith(folder + os.sep):
+            raise UsageError(
+                f"{option} {display(other)} is inside --report {display(path)}: a report "
+                "replaces its folder as a whole; save the file beside the report folder"
+            )
     check_free_space(path, f"--report {display(path)}")
 
 

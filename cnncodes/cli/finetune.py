@@ -253,7 +253,7 @@ def _check_args(args, output):
     _check_engine_args(args)
     out_path = _check_out_path(args.out, persistence.FORMATS)
     checkpoint = _check_out_path(args.save_checkpoint, (".pth", ".pt"), "--save-checkpoint")
-    _check_report_dir(args.report)
+    _check_report_dir(args.report, [("--out", out_path), ("--save-checkpoint", checkpoint)])
     state = _state_path(args, out_path)
     resumed = args.resume and state is not None and os.path.exists(state)
     if state is None:

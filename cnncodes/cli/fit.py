@@ -323,7 +323,7 @@ def run_fit(args):
             "(e.g. --layer layer3 --layer layer4), or leave it out for the recipe's own"
         )
     out_path = _check_out_path(args.out, persistence.FORMATS)
-    _check_report_dir(args.report)
+    _check_report_dir(args.report, [("--out", out_path)])
     dataset = _load_labelled(args, output, "fit")
     test_set, test_note = _load_test(args)
     test = None if test_set is None else (test_set.paths, test_set.labels)
