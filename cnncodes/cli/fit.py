@@ -154,7 +154,8 @@ def add_fit_parser(subparsers):
     out.add_argument(
         "--report",
         metavar="DIR",
-        help="write metrics.json, cv_results.csv, plots and config.json into DIR",
+        help="write metrics.json, cv_results.csv, plots and config.json into DIR (an earlier "
+        "report there is replaced as a whole)",
     )
     parser.set_defaults(run=run_fit)
 
