@@ -6,6 +6,7 @@ import warnings
 
 import numpy as np
 import pandas as pd
+import pytest
 from cnncodes.report import plot_confusion_matrix, plot_layer_sweep
 
 
@@ -56,3 +57,68 @@ def test_training_curves_with_and_without_a_validation_split(tmp_path):
         plot_training_curves([], tmp_path / "c.png")  # epochs=0: an empty plot, not an error
     for name in ("a.png", "b.png", "c.png"):
         assert (tmp_path / name).read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+
+
+# ----------------------------------------------------------------------------- whole folders
+
+
+def _text(content):
+    def write(path):
+        with open(path, "w") as f:
+            f.write(content)
+
+    return write
+
+
+@pytest.mark.parametrize("exchange", [True, False])
+def test_a_report_replaces_an_earlier_one_as_a_whole(tmp_path, monkeypatch, exchange):
+    import os
+
+    from cnncodes.workflows import report
+
+    if not exchange:  # an OS without renameat2: the earlier folder aside, then the new one in
+        monkeypatch.setattr(report, "_exchange", lambda a, b: False)
+    folder = tmp_path / "report"
+    report._write_folder(folder, {"metrics.json": _text("1"), "layer_sweep.png": _text("1")})
+    written = report._write_folder(folder, {"metrics.json": _text("2"), "config.json": _text("2")})
+    assert sorted(os.listdir(folder)) == ["config.json", "metrics.json"]
+    assert written == {n: os.path.join(folder, n) for n in ("metrics.json", "config.json")}
+    assert (folder / "metrics.json").read_text() == "2"
+    assert os.listdir(tmp_path) == ["report"]  # no temporary folder left
+
+
+def test_a_report_killed_while_written_leaves_the_earlier_one(tmp_path):
+    import os
+
+    from cnncodes.workflows import report
+
+    folder = tmp_path / "report"
+    report._write_folder(folder, {"metrics.json": _text("1"), "config.json": _text("1")})
+
+    def killed(path):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        report._write_folder(folder, {"metrics.json": _text("2"), "config.json": killed})
+    assert {n: (folder / n).read_text() for n in os.listdir(folder)} == {
+        "metrics.json": "1",
+        "config.json": "1",
+    }
+    assert os.listdir(tmp_path) == ["report"]
+
+
+def test_a_folder_with_other_files_is_never_replaced(tmp_path):
+    from cnncodes.errors import UsageError
+    from cnncodes.workflows import report
+
+    folder = tmp_path / "results"
+    folder.mkdir()
+    (folder / "metrics.json").write_text("old")
+    report.check_report_folder(folder)  # an earlier report: fine
+    (folder / "thesis.tex").write_text("mine")
+    with pytest.raises(UsageError, match="thesis.tex"):
+        report.check_report_folder(folder)
+    with pytest.raises(UsageError, match="thesis.tex"):  # checked again just before the swap
+        report._write_folder(folder, {"metrics.json": _text("new")})
+    assert (folder / "thesis.tex").read_text() == "mine"
+    assert (folder / "metrics.json").read_text() == "old"

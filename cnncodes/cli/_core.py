@@ -22,6 +22,7 @@ import textwrap
 from ..errors import UsageError  # a mistake in the command line or its inputs: exit 2
 from ..images.datasets import load_dataset
 from ..spec import PREPROCESSING_KEYS, Weights, is_model_callable
+from ..utils.diskspace import check_free_space
 from ..utils.files import display, file_format
 from ..utils.jsonable import jsonable
 from ._options import (  # noqa: F401 - re-exported: the commands import them from here
@@ -213,10 +214,23 @@ def _load_test(args):
     return None, None
 
 
-def _check_report_dir(path):
-    """--report DIR: a folder, or a path that does not exist yet (checked before any work)."""
-    if path is not None and os.path.exists(path) and not os.path.isdir(path):
-        raise UsageError(f"--report {path!r} exists and is not a folder")
+def _check_report_dir(path, outputs=()):
+    """--report DIR: a path that does not exist yet, or a folder holding an earlier report only
+    (replaced as a whole), where the disk has room, and none of ``outputs`` (``(option, path)``
+    of the command's other files) inside it (checked before any work)."""
+    if path is None:
+        return
+    from ..workflows.report import check_report_folder
+
+    check_report_folder(path, "--report")
+    folder = os.path.realpath(path)
+    for option, other in outputs:
+        if other is not None and os.path.realpath(other).startswith(folder + os.sep):
+            raise UsageError(
+                f"{option} {display(other)} is inside --report {display(path)}: a report "
+                "replaces its folder as a whole; save the file beside the report folder"
+            )
+    check_free_space(path, f"--report {display(path)}")
 
 
 def _cache_dir_from_args(args):
@@ -234,6 +248,7 @@ def _check_out_path(path, formats, option="--out"):
         raise UsageError(f"{option} {path!r}: folder {folder!r} does not exist")
     if os.path.isdir(path):
         raise UsageError(f"{option} {path!r} is a folder")
+    check_free_space(folder, f"{option} {display(path)}")
     return os.path.abspath(path)
 
 

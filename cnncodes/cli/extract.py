@@ -7,6 +7,7 @@ from ..store.cache import (
     resolve_cache_dir,
 )
 from ..store.export import FORMATS, PARQUET_LAYOUTS, check_format_available, write_codes
+from ..utils.diskspace import naming_write_failures
 from ..utils.files import display
 from ..utils.jsonable import skipped_json
 from ._core import (
@@ -168,7 +169,8 @@ def run_extract(args):
         ray_actors=args.ray_actors,
     )
     if out_path is not None:
-        write_codes(out_path, result, dataset, spec, args.pooling, parquet_layout=layout)
+        with naming_write_failures(out_path, "the codes (--out)"):
+            write_codes(out_path, result, dataset, spec, args.pooling, parquet_layout=layout)
     _note_skipped(output, result.skipped)
     summary = _summary(args, dataset, spec, result, out_path, layout)
     output.result(summary, _lines(args, dataset, spec, result, summary))

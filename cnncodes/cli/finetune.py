@@ -7,6 +7,7 @@ import os
 import shlex
 
 from ..params import AUGMENTS, HEADS, INIT_HEADS, POOLINGS
+from ..utils.diskspace import naming_write_failures
 from ..utils.files import display
 from ..utils.jsonable import jsonable, skipped_json
 from ._core import (
@@ -252,7 +253,7 @@ def _check_args(args, output):
     _check_engine_args(args)
     out_path = _check_out_path(args.out, persistence.FORMATS)
     checkpoint = _check_out_path(args.save_checkpoint, (".pth", ".pt"), "--save-checkpoint")
-    _check_report_dir(args.report)
+    _check_report_dir(args.report, [("--out", out_path), ("--save-checkpoint", checkpoint)])
     state = _state_path(args, out_path)
     resumed = args.resume and state is not None and os.path.exists(state)
     if state is None:
@@ -482,9 +483,11 @@ def run_finetune(args):
     dataset, test_note, result = _fine_tune_run(args, output, state)
     ft, metrics = result.estimator, result.metrics
     if out_path is not None:
-        persistence.save(ft, out_path)
+        with naming_write_failures(out_path, "the model (--out)"):
+            persistence.save(ft, out_path)
     if checkpoint is not None:
-        ft.save_checkpoint(checkpoint)
+        with naming_write_failures(checkpoint, "the checkpoint (--save-checkpoint)"):
+            ft.save_checkpoint(checkpoint)
     written = {}
     if args.report is not None:
         from ..workflows.report import write_finetune_report

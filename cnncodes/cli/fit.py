@@ -9,6 +9,7 @@ import numpy as np
 
 from ..errors import InputTypeError
 from ..spec import describe_preprocessing
+from ..utils.diskspace import naming_write_failures
 from ..utils.jsonable import jsonable, skipped_json
 from ._core import (
     EXIT_OK,
@@ -153,7 +154,8 @@ def add_fit_parser(subparsers):
     out.add_argument(
         "--report",
         metavar="DIR",
-        help="write metrics.json, cv_results.csv, plots and config.json into DIR",
+        help="write metrics.json, cv_results.csv, plots and config.json into DIR (an earlier "
+        "report there is replaced as a whole)",
     )
     parser.set_defaults(run=run_fit)
 
@@ -322,7 +324,7 @@ def run_fit(args):
             "(e.g. --layer layer3 --layer layer4), or leave it out for the recipe's own"
         )
     out_path = _check_out_path(args.out, persistence.FORMATS)
-    _check_report_dir(args.report)
+    _check_report_dir(args.report, [("--out", out_path)])
     dataset = _load_labelled(args, output, "fit")
     test_set, test_note = _load_test(args)
     test = None if test_set is None else (test_set.paths, test_set.labels)
@@ -352,7 +354,8 @@ def run_fit(args):
             ) from None
         raise
     if out_path is not None:
-        persistence.save(result.estimator, out_path)
+        with naming_write_failures(out_path, "the model (--out)"):
+            persistence.save(result.estimator, out_path)
     written = {}
     if args.report is not None:
         from ..workflows.report import write_report

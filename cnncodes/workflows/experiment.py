@@ -446,7 +446,7 @@ def _search(pipe, grid, data, cv, scoring, n_jobs, seed, progress, on_ray, log):
     """The fitted grid search (refitted on every training image) and its folds."""
     from sklearn.model_selection import GridSearchCV, ParameterGrid
 
-    folds = recipes.make_cv(data.labels, n_splits=cv, seed=seed)
+    folds = recipes.make_cv(data.labels, n_splits=cv, seed=seed, log=log)
     n_candidates = len(ParameterGrid(grid))
     log(
         f"grid search: {n_candidates} candidate(s) x {folds.get_n_splits()} folds "

@@ -272,17 +272,20 @@ def build(recipe, overrides):
     return recipe.build(**overrides)
 
 
-def make_cv(y, n_splits=5, seed=0):
+def make_cv(y, n_splits=None, seed=0, log=None):
     """Stratified K-fold cross-validation that adapts to the smallest class.
 
     Parameters
     ----------
     y : array-like of shape (n_samples,)
         Class labels.
-    n_splits : int, default=5
-        The wanted number of folds; lowered to the size of the smallest class.
+    n_splits : int, optional
+        The wanted number of folds (default 5); lowered to the size of the smallest class.
     seed : int, default=0
         Seed of the shuffle.
+    log : callable, optional
+        Told, in one line, when the folds are fewer than ``n_splits`` and why. Without it, a
+        :class:`UserWarning` says so when ``n_splits`` was given (the default 5 adapts quietly).
 
     Returns
     -------
@@ -302,6 +305,7 @@ def make_cv(y, n_splits=5, seed=0):
     import numpy as np
     from sklearn.model_selection import StratifiedKFold
 
+    asked, n_splits = n_splits, 5 if n_splits is None else n_splits
     if isinstance(n_splits, bool) or not isinstance(n_splits, numbers.Integral) or n_splits < 2:
         raise UsageError(f"n_splits={n_splits!r}: expected an int >= 2")
     y = np.asarray(y)
@@ -324,4 +328,17 @@ def make_cv(y, n_splits=5, seed=0):
             "the class."
         )
     k = int(min(n_splits, counts.min()))
+    if k < n_splits:
+        smallest = classes[int(np.argmin(counts))]
+        smallest = smallest.item() if isinstance(smallest, np.generic) else smallest
+        line = (
+            f"cross-validation: {k} folds, not the {n_splits} asked for: the smallest class, "
+            f"{smallest!r}, has {k} images, and every fold needs one image of each class"
+        )
+        if log is None and asked is not None:
+            import warnings
+
+            warnings.warn(line, UserWarning, stacklevel=2)
+        elif log is not None:
+            log(line)
     return StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)

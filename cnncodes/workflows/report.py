@@ -23,21 +23,35 @@ with its training time). :func:`write_finetune_report` writes the report of a fi
 (:func:`plot_training_curves`).
 
 Plots are drawn with matplotlib's object API (no pyplot state, no display needed).
+
+A report is written as a whole: its files go into a temporary folder beside ``folder``, which then
+takes the folder's place (:func:`_whole_folder`), so that a kill or a full disk leaves either the
+earlier report, every file of it, or the new one, never ``metrics.json`` without ``config.json``.
+A failed write names the file (:func:`~cnncodes.utils.diskspace.naming_write_failures`). An
+existing folder is replaced only when it holds nothing but a report's files
+(:func:`check_report_folder`, which the command line runs before the work).
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import functools
 import os
+import shutil
 import warnings
 
 import numpy as np
 
-from ..utils.files import atomic_path
+from ..errors import UsageError
+from ..utils.diskspace import naming_write_failures
+from ..utils.files import TMP_PREFIX, atomic_path, display, fsync_path, temporary_path
 from ..utils.jsonable import jsonable, skipped_json, to_json_file
 
 __all__ = [
+    "REPORT_FILES",
+    "check_report_folder",
     "write_report",
     "write_comparison",
     "plot_comparison",
@@ -268,8 +282,124 @@ def _plot_training_curves(history, path):
         fig.savefig(tmp, dpi=110)
 
 
+# ----------------------------------------------------------------------------- whole folders
+
+#: The names a report folder holds (fit, finetune and compare reports), and the fine-tuning
+#: run's per-epoch state, which ``cnncodes finetune --report DIR`` keeps in DIR while it trains.
+REPORT_FILES = frozenset(
+    {
+        "metrics.json",
+        "cv_results.csv",
+        "confusion_matrix.png",
+        "layer_sweep.png",
+        "layer_sweep.csv",
+        "config.json",
+        "training_curves.png",
+        "compare.json",
+        "compare.png",
+        "finetune.state",
+    }
+)
+
+
+def _foreign(folder):
+    """The entries of ``folder`` that are neither a report's files nor their temporaries."""
+    return sorted(
+        name
+        for name in os.listdir(folder)
+        if not (name in REPORT_FILES and os.path.isfile(os.path.join(folder, name)))
+        and not (name.startswith(".") and TMP_PREFIX in name)
+    )
+
+
+def check_report_folder(folder, what="report folder"):
+    """Raise :class:`~cnncodes.errors.UsageError` unless a report can be written as ``folder``:
+    a path that does not exist yet, or a folder holding only a report's files (an earlier
+    report, replaced as a whole). ``what`` names it in the message (``"--report"``)."""
+    if folder is None or not os.path.exists(folder):
+        return
+    if not os.path.isdir(folder):
+        raise UsageError(f"{what} {os.fspath(folder)!r} exists and is not a folder")
+    others = _foreign(folder)
+    if others:
+        shown = ", ".join(display(n) for n in others[:5]) + (", ..." if len(others) > 5 else "")
+        raise UsageError(
+            f"{what} {display(folder)} holds files that are not a report's ({shown}); a report "
+            "replaces its folder as a whole: give a new folder, or an earlier report's"
+        )
+
+
+def _exchange(a, b):
+    """Swap two paths in one step (Linux ``renameat2(RENAME_EXCHANGE)``); False where the OS
+    or its file system cannot."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EPERM):
+        return False
+    raise OSError(code, os.strerror(code), b)
+
+
+def _put_in_place(new, folder):
+    """Make the folder ``new`` be ``folder``, replacing the earlier one, in one rename where
+    the OS allows (else two: the earlier folder aside, the new one in)."""
+    check_report_folder(folder)  # files put there during the run are never deleted
+    if not os.path.exists(folder):
+        os.rename(new, folder)
+        return
+    if _exchange(new, folder):
+        shutil.rmtree(new, ignore_errors=True)  # now the earlier report
+        return
+    parent, name = os.path.split(folder)
+    aside = temporary_path(parent, prefix=f".{name}.old{TMP_PREFIX}")
+    os.rename(folder, aside)
+    try:
+        os.rename(new, folder)
+    except BaseException:
+        os.rename(aside, folder)
+        raise
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _whole_folder(folder):
+    """Yield a new temporary folder beside ``folder``; on success it becomes ``folder``."""
+    folder = os.path.realpath(folder)  # a link to a folder: the folder is replaced
+    parent, name = os.path.split(folder)
+    os.makedirs(parent, exist_ok=True)
+    tmp = temporary_path(parent, prefix=f".{name}{TMP_PREFIX}")
+    os.mkdir(tmp)
+    try:
+        yield tmp
+        with naming_write_failures(folder, "the report folder"):
+            fsync_path(tmp)
+            _put_in_place(tmp, folder)
+            fsync_path(parent)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _write_folder(folder, steps):
+    """Write a report as a whole: ``steps`` maps each file's name to ``write(path)``.
+
+    Returns ``{name: path}`` of the files written, under ``folder``.
+    """
+    final = os.path.realpath(folder)
+    with _whole_folder(folder) as tmp:
+        for name, write in steps.items():
+            with naming_write_failures(os.path.join(final, name), "the report file"):
+                write(os.path.join(tmp, name))
+    return {name: os.path.join(folder, name) for name in steps}
+
+
 def write_finetune_report(folder, metrics, config):
-    """Write the report of a fine-tuning run into ``folder`` (created if needed).
+    """Write the report of a fine-tuning run as ``folder`` (replacing an earlier report there).
 
     Parameters
     ----------
@@ -286,37 +416,25 @@ def write_finetune_report(folder, metrics, config):
     dict
         ``{name: path}`` of the files written.
     """
-    os.makedirs(folder, exist_ok=True)
-    written = {name: os.path.join(folder, name) for name in ("metrics.json", "config.json")}
-    to_json_file(metrics, written["metrics.json"])
-    to_json_file(config, written["config.json"])
-    written["training_curves.png"] = os.path.join(folder, "training_curves.png")
-    plot_training_curves(metrics["history"], written["training_curves.png"])
+    steps = {
+        "metrics.json": functools.partial(to_json_file, metrics),
+        "training_curves.png": functools.partial(plot_training_curves, metrics["history"]),
+    }
     test = metrics.get("test")
     if test is not None:
-        written["confusion_matrix.png"] = os.path.join(folder, "confusion_matrix.png")
-        plot_confusion_matrix(
+        steps["confusion_matrix.png"] = functools.partial(
+            plot_confusion_matrix,
             test["confusion_matrix"],
             test["labels"],
-            written["confusion_matrix.png"],
-            "Confusion matrix, test images",
+            title="Confusion matrix, test images",
         )
-    return written
+    steps["config.json"] = functools.partial(to_json_file, config)
+    return _write_folder(folder, steps)
 
 
-def write_report(result, folder):
-    """Write the report files of ``result`` into ``folder`` (created if needed).
-
-    Returns
-    -------
-    dict
-        ``{name: path}`` of the files written.
-    """
-    import pandas as pd
-
-    os.makedirs(folder, exist_ok=True)
-    written = {}
-
+def _report_metrics(result):
+    """``metrics.json`` of an experiment: its metrics, recipe, extraction, skipped images,
+    layers (sweeps) and seconds."""
     metrics = dict(result.metrics)
     metrics["recipe"] = result.recipe
     metrics["extraction"] = result.extraction
@@ -332,8 +450,17 @@ def write_report(result, folder):
             for row in result.layers.itertuples()
         ]
     metrics["seconds"] = round(result.seconds, 3)
-    written["metrics.json"] = os.path.join(folder, "metrics.json")
-    to_json_file(metrics, written["metrics.json"])
+    return metrics
+
+
+def _csv(frame, path):
+    with atomic_path(path, suffix=".csv") as tmp:
+        frame.to_csv(tmp, index=False)
+
+
+def _report_steps(result):
+    """``{name: write(path)}`` of an experiment's report files, in the order written."""
+    import pandas as pd
 
     results = pd.DataFrame(
         {
@@ -341,51 +468,55 @@ def write_report(result, folder):
             for k, v in result.search.cv_results_.items()
         }
     )
-    written["cv_results.csv"] = os.path.join(folder, "cv_results.csv")
-    with atomic_path(written["cv_results.csv"], suffix=".csv") as tmp:
-        results.to_csv(tmp, index=False)
-
+    steps = {
+        "metrics.json": functools.partial(to_json_file, _report_metrics(result)),
+        "cv_results.csv": functools.partial(_csv, results),
+    }
     test = result.metrics.get("test")
     where = test if test is not None else result.metrics["cv"].get("predictions")
     if where is not None:
         title = (
             "Confusion matrix, test images"
             if test is not None
-            else ("Confusion matrix, cross-validated predictions")
+            else "Confusion matrix, cross-validated predictions"
         )
-        written["confusion_matrix.png"] = os.path.join(folder, "confusion_matrix.png")
-        plot_confusion_matrix(
-            where["confusion_matrix"], where["labels"], written["confusion_matrix.png"], title
+        steps["confusion_matrix.png"] = functools.partial(
+            plot_confusion_matrix, where["confusion_matrix"], where["labels"], title=title
         )
-
     if result.layers is not None:
-        written["layer_sweep.png"] = os.path.join(folder, "layer_sweep.png")
-        plot_layer_sweep(result.layers, written["layer_sweep.png"], result.metrics["scoring"])
-        written["layer_sweep.csv"] = os.path.join(folder, "layer_sweep.csv")
+        steps["layer_sweep.png"] = functools.partial(
+            plot_layer_sweep, result.layers, scoring=result.metrics["scoring"]
+        )
         sweep = result.layers.assign(
             params=result.layers["params"].map(lambda p: repr(jsonable(p)))
         )
-        with atomic_path(written["layer_sweep.csv"], suffix=".csv") as tmp:
-            sweep.to_csv(tmp, index=False)
-
-    written["config.json"] = os.path.join(folder, "config.json")
-    to_json_file(result.config, written["config.json"])
-    return written
+        steps["layer_sweep.csv"] = functools.partial(_csv, sweep)
+    steps["config.json"] = functools.partial(to_json_file, result.config)
+    return steps
 
 
-def write_comparison(comparison, folder):
-    """Write ``compare.json`` and ``compare.png`` of a :class:`~cnncodes.compare.Comparison`.
+def write_report(result, folder):
+    """Write the report files of ``result`` as ``folder`` (replacing an earlier report there).
 
     Returns
     -------
     dict
         ``{name: path}`` of the files written.
     """
-    os.makedirs(folder, exist_ok=True)
-    written = {
-        "compare.json": os.path.join(folder, "compare.json"),
-        "compare.png": os.path.join(folder, "compare.png"),
+    return _write_folder(folder, _report_steps(result))
+
+
+def write_comparison(comparison, folder):
+    """Write ``compare.json`` and ``compare.png`` of a :class:`~cnncodes.compare.Comparison` as
+    ``folder`` (replacing an earlier report there).
+
+    Returns
+    -------
+    dict
+        ``{name: path}`` of the files written.
+    """
+    steps = {
+        "compare.json": functools.partial(to_json_file, comparison.to_dict()),
+        "compare.png": functools.partial(plot_comparison, comparison.rows),
     }
-    to_json_file(comparison.to_dict(), written["compare.json"])
-    plot_comparison(comparison.rows, written["compare.png"])
-    return written
+    return _write_folder(folder, steps)
