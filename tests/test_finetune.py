@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import pickle
 
 import numpy as np
@@ -294,3 +296,48 @@ def test_early_stopping_keeps_the_best_epoch(data, tmp_path):
         paths, labels
     )
     assert len(ft.history_) < 30
+
+
+_FULL_DISK = [
+    RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 262400 vs 262292"),
+    OSError(errno.ENOSPC, "No space left on device"),
+]
+
+
+@pytest.mark.parametrize("failure", _FULL_DISK, ids=["torch-writer", "oserror"])
+def test_a_full_disk_names_the_file_and_keeps_what_was_written(
+    data, tmp_path, monkeypatch, failure
+):
+    # Issue 23 (b): torch.save into a full disk says "unexpected pos ..." (a RuntimeError).
+    paths, labels = data
+    state = tmp_path / "run.state"
+    real_save, calls = torch.save, []
+
+    def save(obj, f, *args, **kwargs):
+        calls.append(f)
+        real_save(obj, f, *args, **kwargs)  # the bytes reach the disk, or part of them
+        if len(calls) > 1:
+            raise failure
+
+    monkeypatch.setattr(torch, "save", save)
+    with pytest.raises(OSError) as info:
+        fine_tune(tmp_path, epochs=3, checkpoint=str(state)).fit(paths, labels)
+    assert info.value.errno == errno.ENOSPC and info.value.filename == str(state)
+    assert "the disk is full" in str(info.value) and str(state) in str(info.value)
+    assert len(calls) == 2
+    assert torch.load(state, weights_only=True)["epochs"] == 1  # epoch 1's state is kept
+    assert not [n for n in os.listdir(tmp_path) if ".tmp-" in n]
+
+    monkeypatch.setattr(torch, "save", real_save)
+    ft = fine_tune(tmp_path, epochs=1).fit(paths, labels)
+    saved = ft.save_checkpoint(tmp_path / "ft.pth")
+    before = (tmp_path / "ft.pth").read_bytes()
+    calls.clear()
+    calls.append(None)
+    monkeypatch.setattr(torch, "save", save)
+    with pytest.raises(OSError) as info:
+        ft.save_checkpoint(saved)
+    assert info.value.errno == errno.ENOSPC and info.value.filename == saved
+    assert "the disk is full" in str(info.value)
+    assert (tmp_path / "ft.pth").read_bytes() == before
+    assert not [n for n in os.listdir(tmp_path) if ".tmp-" in n]

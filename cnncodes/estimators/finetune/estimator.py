@@ -41,7 +41,6 @@ from ...params import (
     check_params,
 )
 from ...spec import PREPROCESSING_KEYS, ModelError
-from ...utils.files import atomic_path
 from ..codes import SkippedImagesWarning, _describe_skipped
 from ..search import screened, unreadable_files
 from ..steps import NETWORK_STEP_CHECKS, RUNTIME_PARAMS, NetworkStep
@@ -595,8 +594,7 @@ class FineTune(NetworkStep, ClassifierMixin, BaseEstimator):
             },
         }
         path = os.fspath(path)
-        with atomic_path(path) as tmp:
-            torch.save(entry, tmp)
+        training.save_atomically(entry, path)  # a full disk: an OSError naming path
         return path
 
     def __sklearn_tags__(self):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import math
@@ -109,6 +110,40 @@ def _stderr_print(*args, **kwargs):
     print(text, file=sys.stderr, flush=True, **kwargs)
 
 
+def _write_error(path, exc):
+    """The OSError a failed write of ``path`` is reported as: errno and message name the file.
+
+    torch.save writes through its own C++ stream, which reports a full disk as a RuntimeError
+    (``[enforce fail at inline_container.cc:...] unexpected pos ...``, or ``... file write
+    failed``): such a failure is taken for a full disk (ENOSPC), its message kept in brackets.
+    """
+    if isinstance(exc, OSError):
+        code, reason = exc.errno or errno.EIO, exc.strerror or str(exc)
+    else:
+        code, reason = errno.ENOSPC, os.strerror(errno.ENOSPC)
+    if code == errno.ENOSPC:
+        reason = f"{reason}: the disk is full"
+    if not isinstance(exc, OSError):
+        reason = f"{reason} (torch.save: {str(exc).strip()})"
+    return OSError(code, f"{reason}; not written, the file keeps what it held before", path)
+
+
+def save_atomically(obj, path):
+    """``torch.save(obj)`` to ``path`` through :func:`~cnncodes.utils.files.atomic_path`: the
+    file is replaced whole or not at all. A failed write (a full disk) raises an OSError naming
+    ``path`` (errno ENOSPC for a full disk), the file left as it was."""
+    try:
+        with atomic_path(path) as tmp:
+            torch.save(obj, tmp)
+    except OSError as exc:
+        raise _write_error(path, exc) from exc
+    except RuntimeError as exc:  # torch's stream writer: a short write, i.e. a full disk
+        if not re.search(r"inline_container|unexpected pos|file write failed|PytorchStreamWriter",
+                         str(exc)):  # fmt: skip
+            raise
+        raise _write_error(path, exc) from exc
+
+
 def fingerprint(values):
     """A short digest of a run's configuration and data, stored in its state file."""
     text = json.dumps(values, sort_keys=True, default=str)
@@ -146,8 +181,7 @@ class EpochState(Callback):
         }
         folder = os.path.dirname(os.path.abspath(self.path))
         os.makedirs(folder, exist_ok=True)
-        with atomic_path(self.path) as tmp:
-            torch.save(state, tmp)
+        save_atomically(state, self.path)
 
 
 def read_state(path, run_fingerprint, description):
