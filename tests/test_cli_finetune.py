@@ -290,3 +290,27 @@ def test_run_finetune_splits_reports_and_configures_as_run_experiment(photos):
     assert "checkpoint" not in result.config["params"] and result.config["layer"] == ft.layer_
     assert any(n.startswith("fine-tuning tests.tiny_nets:tiny_cnn on ") for n in notes)
     assert f"evaluating on {len(data.test_paths)} test images" in notes
+
+
+def test_a_full_disk_and_a_second_writer_are_one_line_naming_the_state(capsys, photos, monkeypatch):
+    # Issue 23 (b), (c) through the command line: a full disk is exit 1, a second run on a state
+    # file a live run writes is exit 2; both one line naming the state file.
+    model, state = photos / "ft.skops", photos / "ft.skops.state"
+    argv = ["finetune", photos / "photos", *TINY, "--cache-dir", photos / "cache",
+            "--epochs", "4", "--out", model]  # fmt: skip
+    with paused_after_two_epochs(_command([*argv, "--quiet"])) as child:
+        code, out, err = run(capsys, *argv, "--resume")
+        assert code == 2, err
+        assert_one_line_error(err, str(state), f"process {child.pid}", "another run is writing")
+    real_save = torch.save
+
+    def full(obj, f, *args, **kwargs):
+        real_save(obj, f, *args, **kwargs)
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 262400")
+
+    monkeypatch.setattr(torch, "save", full)
+    code, out, err = run(capsys, *argv, "--resume")
+    assert code == 1, err
+    assert_one_line_error(err, str(state), "No space left on device: the disk is full")
+    assert "a bug" not in err
+    assert torch.load(state, weights_only=True)["epochs"] == 2 and not model.exists()

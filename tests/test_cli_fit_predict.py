@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 
 import pandas as pd
 import pytest
 import torch
 
+from cnncodes.utils.files import display
 from tests.conftest import write_classes
 from tests.test_cli import assert_one_line_error, run
 
@@ -417,3 +419,48 @@ def test_fit_refuses_bad_views(capsys, photos, argv, fragment):
     code, _, err = fit(capsys, photos, *argv)
     assert code == 2
     assert_one_line_error(err, fragment)
+
+
+def test_predict_a_folder_holding_a_file_name_that_is_not_utf8(capsys, photos):
+    # Issue 23 (a): a name the OS gives as bytes that are not UTF-8 (os.fsdecode makes it a str
+    # with surrogate escapes): predicted from its real path, shown and written as ``\xNN``.
+    dark = photos / "test" / "dark"
+    first = sorted(dark.iterdir())[0]
+    odd = os.fsdecode(os.fsencode(dark) + b"/caf\xe9\xff.png")
+    first.rename(odd)
+    broken = os.fsdecode(os.fsencode(dark) + b"/bad\xe9.png")
+    with open(broken, "wb") as f:
+        f.write(b"not an image")
+    shown, shown_broken = display(odd), display(broken)
+    assert shown.endswith("/dark/caf\\xe9\\xff.png")
+    code, out, err = fit(capsys, photos, "--pipeline", "linear_svm", "--cv", "2",
+                         "--out", photos / "svm.joblib")  # fmt: skip
+    assert code == 0, err
+    common = [photos / "svm.joblib", photos / "test", "--cache-dir", photos / "cache",
+              "--workers", "0", "--on-error", "skip"]  # fmt: skip
+
+    code, out, err = run(capsys, "predict", *common, "--json")
+    assert code == 0, err
+    rows = {r["path"]: r for r in json.loads(out)["predictions"]}
+    assert rows[shown]["label"] == "dark" and rows[shown]["true_label"] == "dark"
+    assert rows[shown_broken]["label"] is None and rows[shown_broken]["error"]
+
+    out_csv = photos / "p.csv"
+    code, out, err = run(capsys, "predict", *common, "--out", out_csv)
+    assert code == 0, err
+    table = pd.read_csv(out_csv, encoding="utf-8")
+    assert len(table) == 7 and shown in set(table["path"]) and shown_broken in set(table["path"])
+    assert table.set_index("path").loc[shown, "label"] == "dark"
+    assert shown in out and f"skipped {shown_broken}" in err
+
+    code, out, err = run(capsys, "predict", *common)
+    assert code == 0, err
+    assert shown in out and "(skipped)" in out
+
+    # The library keeps the path as the OS gives it: it opens the file.
+    from cnncodes.estimators import persistence
+    from cnncodes.estimators.fitted import predict_images
+
+    model = persistence.load(photos / "svm.joblib")
+    table = predict_images(model, [odd, broken], on_error="skip")
+    assert list(table["path"]) == [odd, broken] and table["label"].tolist()[0] == "dark"

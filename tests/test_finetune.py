@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import pickle
 
 import numpy as np
@@ -294,3 +296,94 @@ def test_early_stopping_keeps_the_best_epoch(data, tmp_path):
         paths, labels
     )
     assert len(ft.history_) < 30
+
+
+_FULL_DISK = [
+    RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 262400 vs 262292"),
+    OSError(errno.ENOSPC, "No space left on device"),
+]
+
+
+@pytest.mark.parametrize("failure", _FULL_DISK, ids=["torch-writer", "oserror"])
+def test_a_full_disk_names_the_file_and_keeps_what_was_written(
+    data, tmp_path, monkeypatch, failure
+):
+    # Issue 23 (b): torch.save into a full disk says "unexpected pos ..." (a RuntimeError).
+    paths, labels = data
+    state = tmp_path / "run.state"
+    real_save, calls = torch.save, []
+
+    def save(obj, f, *args, **kwargs):
+        calls.append(f)
+        real_save(obj, f, *args, **kwargs)  # the bytes reach the disk, or part of them
+        if len(calls) > 1:
+            raise failure
+
+    monkeypatch.setattr(torch, "save", save)
+    with pytest.raises(OSError) as info:
+        fine_tune(tmp_path, epochs=3, checkpoint=str(state)).fit(paths, labels)
+    assert info.value.errno == errno.ENOSPC and info.value.filename == str(state)
+    assert "the disk is full" in str(info.value) and str(state) in str(info.value)
+    assert len(calls) == 2
+    assert torch.load(state, weights_only=True)["epochs"] == 1  # epoch 1's state is kept
+    assert not [n for n in os.listdir(tmp_path) if ".tmp-" in n]
+
+    monkeypatch.setattr(torch, "save", real_save)
+    ft = fine_tune(tmp_path, epochs=1).fit(paths, labels)
+    saved = ft.save_checkpoint(tmp_path / "ft.pth")
+    before = (tmp_path / "ft.pth").read_bytes()
+    calls.clear()
+    calls.append(None)
+    monkeypatch.setattr(torch, "save", save)
+    with pytest.raises(OSError) as info:
+        ft.save_checkpoint(saved)
+    assert info.value.errno == errno.ENOSPC and info.value.filename == saved
+    assert "the disk is full" in str(info.value)
+    assert (tmp_path / "ft.pth").read_bytes() == before
+    assert not [n for n in os.listdir(tmp_path) if ".tmp-" in n]
+
+
+def test_one_writer_per_state_file_and_a_killed_one_leaves_it_free(data, tmp_path):
+    # Issue 23 (c): a second run on a state file that a live run writes is refused, naming the
+    # file and the other process; a run killed with SIGKILL leaves nothing held.
+    paths, labels = data
+    state = tmp_path / "run.state"
+    params = dict(**TINY, epochs=3, valid_size=0.25, cache_dir=str(tmp_path / "cache"),
+                  checkpoint=str(state))  # fmt: skip
+    code = _FIT.format(params=params, paths=paths, labels=labels.tolist())
+    with paused_after_two_epochs(code) as child:
+        before = state.read_bytes()
+        for resume in (True, False):
+            with pytest.raises(FineTuneError) as info:
+                FineTune(**params, resume=resume).fit(paths, labels)
+            message = str(info.value)
+            assert str(state) in message and f"process {child.pid}" in message, message
+        assert state.read_bytes() == before  # the live run's state is untouched
+    # Killed (SIGKILL) on leaving the block: the kernel released its lock.
+    resumed = FineTune(**params, resume=True).fit(paths, labels)
+    assert [r["epoch"] for r in resumed.history_] == [1, 2, 3]
+
+
+def test_a_state_of_another_run_names_the_settings_that_differ(data, tmp_path):
+    paths, labels = data
+    state = tmp_path / "run.state"
+    params = dict(**TINY, epochs=2, valid_size=0.25, cache_dir=str(tmp_path / "cache"),
+                  checkpoint=str(state))  # fmt: skip
+    code = _FIT.format(params=params, paths=paths, labels=labels.tolist())
+    with paused_after_two_epochs(code):
+        pass  # killed (SIGKILL) on leaving the block
+    with pytest.raises(FineTuneError) as info:
+        FineTune(**{**params, "seed": 1, "lr": 0.5}, resume=True).fit(paths, labels)
+    message = str(info.value)
+    assert "seed: 0 in the state, 1 now" in message and "lr: 0.001 in the state, 0.5 now" in message
+    assert str(state) in message and "another run" in message
+    with pytest.raises(FineTuneError, match="images and labels: 24 images"):
+        FineTune(**params, resume=True).fit(paths[::-1], labels[::-1])
+    # A state file written before the settings were stored: the message of then.
+    old = torch.load(state, weights_only=True)
+    old.pop("settings")
+    torch.save(old, state)
+    with pytest.raises(FineTuneError, match="holds the state of another run") as info:
+        FineTune(**{**params, "seed": 1}, resume=True).fit(paths, labels)
+    assert "seed:" not in str(info.value)
+    assert FineTune(**params, resume=True).fit(paths, labels).history_[-1]["epoch"] == 2

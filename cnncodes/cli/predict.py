@@ -172,7 +172,7 @@ def _result_lines(table, rows, labels, accuracy, out_path):
         columns,
         [
             [
-                display(r["path"]),
+                r["path"],
                 r["label"] if isinstance(r["label"], str) else "(skipped)",
                 _fmt(r["score"]),
                 *([r["true_label"]] if labels is not None else []),
@@ -196,6 +196,19 @@ def _result_lines(table, rows, labels, accuracy, out_path):
     return lines
 
 
+_TEXT_COLUMNS = ("path", "label", "true_label", "error")
+
+
+def _shown(table):
+    """``table`` with its text printable and writable as UTF-8: a name that is not UTF-8 shown
+    with ``\\xNN`` for its undecodable bytes (as ``extract`` writes ``display_paths``)."""
+    table = table.copy()
+    for column in _TEXT_COLUMNS:
+        if column in table:
+            table[column] = [display(v) if isinstance(v, str) else v for v in table[column]]
+    return table
+
+
 def run_predict(args):
     """Predict every input image; print a table or JSON; optionally write a CSV."""
     from ..estimators.fitted import predict_images
@@ -217,12 +230,13 @@ def run_predict(args):
         estimator, paths, labels=labels, proba=args.proba, on_error=args.on_error
     )
     accuracy = _accuracy(table, labels)
+    table = _shown(table)
     if out_path is not None:
         with atomic_path(out_path) as tmp:
             table.to_csv(tmp, index=False)
     failed = table["label"].isna()
     for row in table[failed].itertuples():
-        output.note(f"skipped {display(row.path)}: {row.error}")
+        output.note(f"skipped {row.path}: {row.error}")
     rows = table.to_dict("records")
     data = {
         "command": "predict",

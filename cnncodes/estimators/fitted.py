@@ -193,7 +193,10 @@ def predict_images(estimator, paths, *, labels=None, proba=False, on_error="rais
     pandas.DataFrame
         ``path``, ``label`` (predicted), ``score`` (probability of the predicted class, or the
         classifier's decision value), ``score_kind``, optionally ``true_label``, ``proba_*`` and,
-        with ``on_error="skip"``, ``error``.
+        with ``on_error="skip"``, ``error``. The text columns hold Python strings (object dtype):
+        ``path`` is each path as given, a name that is not UTF-8 included (its undecodable bytes
+        as surrogate escapes, as :func:`os.fsdecode` gives them); to print or write one, use
+        :func:`cnncodes.utils.files.display`.
     """
     check_choice(on_error, "on_error", ON_ERROR)
     paths = [os.fspath(p) for p in paths]
@@ -251,4 +254,8 @@ def _prediction_table(paths, labels, proba, on_error, classes, errors, predicted
         columns += [f"proba_{c}" for c in classes]
     if on_error == "skip":
         columns.append("error")
-    return pd.DataFrame(rows, columns=columns)
+    # Object columns, not pandas' UTF-8 string dtype: a path (or class folder) whose name is not
+    # UTF-8 stays as the OS gives it (undecodable bytes as surrogate escapes, os.fsencode gives
+    # the name back); display it with cnncodes.utils.files.display.
+    table = pd.DataFrame(rows, columns=columns, dtype=object)
+    return table.astype({c: float for c in columns if c == "score" or c.startswith("proba_")})

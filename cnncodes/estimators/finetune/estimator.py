@@ -41,7 +41,6 @@ from ...params import (
     check_params,
 )
 from ...spec import PREPROCESSING_KEYS, ModelError
-from ...utils.files import atomic_path
 from ..codes import SkippedImagesWarning, _describe_skipped
 from ..search import screened, unreadable_files
 from ..steps import NETWORK_STEP_CHECKS, RUNTIME_PARAMS, NetworkStep
@@ -450,6 +449,10 @@ class FineTune(NetworkStep, ClassifierMixin, BaseEstimator):
         -------
         self : FineTune
         """
+        with training.state_lock(self.checkpoint):  # one run at a time writes a state file
+            return self._fit(X, y)
+
+    def _fit(self, X, y):
         started = time.perf_counter()
         self._check_params()
         paths, _ = as_path_list(X, who="FineTune")
@@ -522,17 +525,16 @@ class FineTune(NetworkStep, ClassifierMixin, BaseEstimator):
         ignored = ("checkpoint", "resume", *(p for p in RUNTIME_PARAMS if p != "batch_size"))
         params = {k: v for k, v in self.get_params().items() if k not in ignored}
         params["weights"] = spec.weights_id
-        return training.fingerprint(
-            [params, spec.arch_id, trunk_cached, list(paths), np.asarray(labels).tolist()]
-        )
+        values = [params, spec.arch_id, trunk_cached, list(paths), np.asarray(labels).tolist()]
+        return training.fingerprint(values), training.run_settings(*values)
 
     def _train(self, module, train_set, y_train, valid_set, n_classes, spec, paths, *runtime):
         state = None
         if self.checkpoint is not None:
             description = self._description(spec, len(paths))
             cached = not isinstance(module.trunk, (network._Out, network._Hooked))
-            fp = self._run_fingerprint(spec, paths, y_train, cached)
-            state = training.EpochState(os.fspath(self.checkpoint), fp, description)
+            fp, settings = self._run_fingerprint(spec, paths, y_train, cached)
+            state = training.EpochState(os.fspath(self.checkpoint), fp, description, settings)
         return training.train(
             module, train_set, y_train, valid_set, n_classes, self, state, *runtime
         )
@@ -595,8 +597,7 @@ class FineTune(NetworkStep, ClassifierMixin, BaseEstimator):
             },
         }
         path = os.fspath(path)
-        with atomic_path(path) as tmp:
-            torch.save(entry, tmp)
+        training.save_atomically(entry, path)  # a full disk: an OSError naming path
         return path
 
     def __sklearn_tags__(self):

@@ -3,17 +3,25 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import math
 import os
 import re
+import socket
 import sys
+import time
 
 import numpy as np
 import torch
 
 from ...errors import UsageError
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not on Windows: no lock there
+    fcntl = None
 
 try:
     import skorch  # noqa: F401
@@ -29,7 +37,7 @@ from skorch.helper import predefined_split
 from skorch.history import History
 from skorch.utils import to_tensor
 
-from ...utils.files import atomic_path
+from ...utils.files import atomic_path, display
 
 STATE_FORMAT = "cnncodes-finetune-state/1"
 
@@ -109,6 +117,117 @@ def _stderr_print(*args, **kwargs):
     print(text, file=sys.stderr, flush=True, **kwargs)
 
 
+def _write_error(path, exc):
+    """The OSError a failed write of ``path`` is reported as: errno and message name the file.
+
+    torch.save writes through its own C++ stream, which reports a full disk as a RuntimeError
+    (``[enforce fail at inline_container.cc:...] unexpected pos ...``, or ``... file write
+    failed``): such a failure is taken for a full disk (ENOSPC), its message kept in brackets.
+    """
+    if isinstance(exc, OSError):
+        code, reason = exc.errno or errno.EIO, exc.strerror or str(exc)
+    else:
+        code, reason = errno.ENOSPC, os.strerror(errno.ENOSPC)
+    if code == errno.ENOSPC:
+        reason = f"{reason}: the disk is full"
+    if not isinstance(exc, OSError):
+        reason = f"{reason} (torch.save: {str(exc).strip()})"
+    return OSError(code, f"{reason}; not written, the file keeps what it held before", path)
+
+
+def save_atomically(obj, path):
+    """``torch.save(obj)`` to ``path`` through :func:`~cnncodes.utils.files.atomic_path`: the
+    file is replaced whole or not at all. A failed write (a full disk) raises an OSError naming
+    ``path`` (errno ENOSPC for a full disk), the file left as it was."""
+    try:
+        with atomic_path(path) as tmp:
+            torch.save(obj, tmp)
+    except OSError as exc:
+        raise _write_error(path, exc) from exc
+    except RuntimeError as exc:  # torch's stream writer: a short write, i.e. a full disk
+        if not re.search(r"inline_container|unexpected pos|file write failed|PytorchStreamWriter",
+                         str(exc)):  # fmt: skip
+            raise
+        raise _write_error(path, exc) from exc
+
+
+def _lock(path, lock_path):
+    """The descriptor of ``lock_path``, locked; a FineTuneError naming the holder if it is held."""
+    while True:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 500).decode("utf-8", "replace").strip() or "another process"
+            os.close(fd)
+            raise FineTuneError(
+                f"{display(path)}: another run is writing this fine-tuning state ({holder}); "
+                "wait for it to end (or stop it), or give another state file"
+            ) from None
+        try:  # its holder may have removed it meanwhile: then lock the one under the name now
+            if os.path.samestat(os.fstat(fd), os.stat(lock_path)):
+                return fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def state_lock(path):
+    """Hold ``<path>.lock`` for the block: one writer per state file (nothing if path is None).
+
+    An exclusive ``flock`` on a file beside the state, which names its holder (process, host,
+    start) for the refusal of a second run. The kernel releases it when the process ends, a
+    kill included (or when the last child it forked does): a killed run never leaves it held.
+    The file is removed at the end of the block.
+    """
+    if path is None or fcntl is None:
+        yield
+        return
+    path = os.fspath(path)
+    lock_path = path + ".lock"
+    os.makedirs(os.path.dirname(os.path.abspath(lock_path)), exist_ok=True)
+    fd = _lock(path, lock_path)
+    try:
+        since = time.strftime("%Y-%m-%d %H:%M:%S")
+        os.ftruncate(fd, 0)
+        os.write(fd, f"process {os.getpid()} on {socket.gethostname()}, since {since}".encode())
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(lock_path)
+        os.close(fd)
+
+
+def run_settings(params, arch, trunk_cached, paths, labels):
+    """What a state file records of its run (JSON text), to name what differs on a resume."""
+    settings = {**params, "architecture": arch, "trunk_cached": trunk_cached}
+    digest = fingerprint([list(paths), labels])[:8]
+    settings["images and labels"] = f"{len(paths)} images ({digest})"
+    return json.dumps(settings, sort_keys=True, default=str)
+
+
+def _differences(stored, current):
+    """``"name: X in the state, Y now"`` for each setting that differs; "" if unknown."""
+    if not isinstance(stored, str) or current is None:
+        return ""  # a state file of an older version: it holds only the fingerprint
+    try:
+        before, now = json.loads(stored), json.loads(current)
+    except ValueError:
+        return ""
+    names = sorted(set(before) | set(now))
+    missing = "(none)"
+    return "; ".join(
+        f"{k}: {_shown(before.get(k, missing))} in the state, {_shown(now.get(k, missing))} now"
+        for k in names
+        if before.get(k, missing) != now.get(k, missing)
+    )
+
+
+def _shown(value):
+    return value if isinstance(value, str) else repr(value)
+
+
 def fingerprint(values):
     """A short digest of a run's configuration and data, stored in its state file."""
     text = json.dumps(values, sort_keys=True, default=str)
@@ -123,10 +242,11 @@ class EpochState(Callback):
     the same one (same shuffles, same augmentations on the CPU).
     """
 
-    def __init__(self, path, run_fingerprint, description):
+    def __init__(self, path, run_fingerprint, description, settings=None):
         self.path = path
         self.run_fingerprint = run_fingerprint
         self.description = description
+        self.settings = settings  # run_settings(): what a refusal names when they differ
 
     def on_epoch_end(self, net, **kwargs):
         best = None
@@ -137,6 +257,7 @@ class EpochState(Callback):
             "format": STATE_FORMAT,
             "fingerprint": self.run_fingerprint,
             "description": self.description,
+            "settings": self.settings,
             "epochs": len(net.history),
             "module": net.module_.state_dict(),
             "optimizer": net.optimizer_.state_dict(),
@@ -146,12 +267,16 @@ class EpochState(Callback):
         }
         folder = os.path.dirname(os.path.abspath(self.path))
         os.makedirs(folder, exist_ok=True)
-        with atomic_path(self.path) as tmp:
-            torch.save(state, tmp)
+        save_atomically(state, self.path)
 
 
-def read_state(path, run_fingerprint, description):
-    """The state a killed run left at ``path``, checked to belong to this run; None if absent."""
+def read_state(path, run_fingerprint, description, settings=None):
+    """The state a killed run left at ``path``, checked to belong to this run; None if absent.
+
+    One of another run is refused naming the settings that differ (``settings``, as
+    :func:`run_settings` gives them); a state file of an older version, which lacks them, with
+    both runs' descriptions.
+    """
     if not os.path.exists(path):
         return None
     try:
@@ -162,6 +287,12 @@ def read_state(path, run_fingerprint, description):
         ) from None
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         raise FineTuneError(f"{path}: not a cnncodes fine-tuning state file; remove it or rename")
+    differences = _differences(state.get("settings"), settings)
+    if state["fingerprint"] != run_fingerprint and differences:
+        raise FineTuneError(
+            f"{path}: holds the state of another run ({differences}); resume with the same "
+            "model, data and settings, or remove it to start afresh"
+        )
     if state["fingerprint"] != run_fingerprint:
         raise FineTuneError(
             f"{path}: holds the state of another run ({state.get('description')}), not of this "
@@ -325,7 +456,7 @@ def train(module, train_set, y_train, valid_set, n_classes, ft, state, *runtime)
     net.initialize()
     done = 0
     if ft.resume:
-        found = read_state(state.path, state.run_fingerprint, state.description)
+        found = read_state(state.path, state.run_fingerprint, state.description, state.settings)
         if found is not None:
             restore(net, found)
             done = found["epochs"]
