@@ -136,11 +136,16 @@ class FineTune(NetworkStep, ClassifierMixin, BaseEstimator):
         Continue the run whose state ``checkpoint`` holds (refused if it belongs to another
         configuration or data); a killed run loses at most the epoch it was in.
     progress : bool, default=False
-        A line per epoch on stderr (train loss, validation loss and accuracy, seconds); a bar of
-        batches too when stderr is a terminal.
+        skorch's epoch table on stderr, a line per epoch (train loss, validation loss and
+        accuracy, seconds); a bar of batches too when stderr is a terminal. This is what skorch
+        calls ``verbose=1``: FineTune has no ``verbose``, ``progress`` being the one switch of
+        every cnncodes estimator (the codes' extraction bar follows it too). Off by default, as
+        scikit-learn estimators are silent: ``cross_val_score`` and grid searches fit many
+        times; ``cnncodes finetune`` turns it on (``--quiet`` off). ``history_`` holds the table
+        either way.
     engine : {"local", "ray"}, default="local"
         Where the codes that ``fit`` reads from the cache (``init_head="probe"``, the frozen
-        trunk's activations) are computed when the cache lacks them: in this process, or on a
+        trunk's activations, which prediction reads too) are computed when the cache lacks them: in this process, or on a
         Ray cluster, whose actors use this estimator's ``device`` and ``precision`` so that the
         codes land under the cache key ``fit`` reads (see
         :func:`~cnncodes.extract.extract_codes`). Training itself runs in this process.
@@ -158,7 +163,10 @@ class FineTune(NetworkStep, ClassifierMixin, BaseEstimator):
         One row per epoch: ``epoch``, ``train_loss``, ``valid_loss``, ``valid_acc``, ``dur``
         (seconds), ``lr``.
     trunk_cached_ : bool
-        Whether the frozen part's activations came from the code cache.
+        Whether the frozen part's activations came from the code cache. Then ``predict``,
+        ``predict_proba`` and ``score`` read them from the cache too (computing and caching those
+        of new images) and run only the part that trained; with ``cache_dir=None``, or where the
+        pretrained checkpoint is gone, the whole fine-tuned network runs (same predictions).
     state_dict_ : dict of str to ndarray
         The fine-tuned network's weights, under the architecture's own parameter names.
     head_state_ : dict of str to ndarray
