@@ -15,6 +15,8 @@ Two measurements, each in one run:
   head trained on the cached codes of ``hymenoptera/train``, 245 photos, 224 px) against the
   same ``cross_val_score`` of a ``LogisticRegression`` on those codes as arrays; medians of
   ``--reps`` runs after the codes are in the cache. Issue 21's goal: at most 3x.
+  ``--torch-threads 1``: on a loaded machine, two OpenMP threads spin against other processes
+  on the head's tiny matrices (see RESULTS.md).
 
 Usage::
 
@@ -147,11 +149,14 @@ def _timed(function):
 
 
 def head_only(args):
+    import torch
     from cnncodes.datasets import load_dataset
     from cnncodes.finetune import FineTune
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold, cross_val_score
 
+    if args.torch_threads:
+        torch.set_num_threads(args.torch_threads)
     data = load_dataset(os.path.join(C.ASSETS, "data", "hymenoptera", "train"))
     paths, labels = list(data.paths), np.asarray(data.labels)
     folds = StratifiedKFold(3, shuffle=True, random_state=0)
@@ -179,6 +184,7 @@ def head_only(args):
         "dataset": "hymenoptera/train",
         "n_images": len(paths),
         "size": args.size,
+        "torch_threads": torch.get_num_threads(),
         "warm_codes_seconds": round(warm_seconds, 1),
         "finetune_cv_seconds": [round(t, 2) for t in runs["finetune"]],
         "logistic_cv_seconds": [round(t, 2) for t in runs["logistic"]],
@@ -200,6 +206,7 @@ def main():
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--size", type=int, default=None)
     parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--torch-threads", type=int, default=None)
     parser.add_argument("--freeze", default=None)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--trunk-lr", type=float, default=None)
