@@ -145,9 +145,9 @@ class FineTune(NetworkStep, ClassifierMixin, BaseEstimator):
         either way.
     engine : {"local", "ray"}, default="local"
         Where the codes that ``fit`` reads from the cache (``init_head="probe"``, the frozen
-        trunk's activations, which prediction reads too) are computed when the cache lacks them: in this process, or on a
-        Ray cluster, whose actors use this estimator's ``device`` and ``precision`` so that the
-        codes land under the cache key ``fit`` reads (see
+        trunk's activations, which prediction reads too) are computed when the cache lacks
+        them: in this process, or on a Ray cluster, whose actors use this estimator's ``device``
+        and ``precision`` so that the codes land under the cache key ``fit`` reads (see
         :func:`~cnncodes.extract.extract_codes`). Training itself runs in this process.
     ray_address : str, default=None
         With ``engine="ray"``: ``"auto"`` or ``"HOST:PORT"``; None: the Ray session of this
