@@ -11,11 +11,18 @@ Two measurements, each in one run:
   ``augment="none"``) with the frozen part's activations read from the code cache against the
   full forward pass every epoch; the ratio of the median epoch times (after the first epoch),
   and the loss trajectories side by side.
+- ``head-only``: a 3-fold ``cross_val_score`` of ``FineTune(freeze="all", augment="none")`` (a
+  head trained on the cached codes of ``hymenoptera/train``, 245 photos, 224 px) against the
+  same ``cross_val_score`` of a ``LogisticRegression`` on those codes as arrays; medians of
+  ``--reps`` runs after the codes are in the cache. Issue 21's goal: at most 3x.
+  ``--torch-threads 1``: on a loaded machine, two OpenMP threads spin against other processes
+  on the head's tiny matrices (see RESULTS.md).
 
 Usage::
 
     .venv/bin/python bench/bench_finetune.py accuracy [--epochs 12 --size 112 --freeze none]
     .venv/bin/python bench/bench_finetune.py trunk-cache [--epochs 4]
+    .venv/bin/python bench/bench_finetune.py head-only [--reps 3]
 """
 
 from __future__ import annotations
@@ -135,11 +142,71 @@ def trunk_cache(args):
     return result
 
 
+def _timed(function):
+    started = time.perf_counter()
+    value = function()
+    return value, time.perf_counter() - started
+
+
+def head_only(args):
+    import torch
+    from cnncodes.datasets import load_dataset
+    from cnncodes.finetune import FineTune
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+
+    if args.torch_threads:
+        torch.set_num_threads(args.torch_threads)
+    data = load_dataset(os.path.join(C.ASSETS, "data", "hymenoptera", "train"))
+    paths, labels = list(data.paths), np.asarray(data.labels)
+    folds = StratifiedKFold(3, shuffle=True, random_state=0)
+    with tempfile.TemporaryDirectory() as cache:
+        ft = FineTune(**network(args), freeze="all", augment="none", cache_dir=cache)
+        warmed, warm_seconds = _timed(lambda: ft.warm_codes(paths))
+        (codes,) = warmed.codes.values()  # the very codes (and cache key) that fit reads
+        runs = {"finetune": [], "logistic": []}
+        scores = {}
+        for _ in range(args.reps):
+            load = os.getloadavg()[0]
+            scores["finetune"], seconds = _timed(
+                lambda: cross_val_score(ft, paths, labels, cv=folds)
+            )
+            runs["finetune"].append(seconds)
+            scores["logistic"], seconds = _timed(
+                lambda: cross_val_score(LogisticRegression(max_iter=1000), codes, labels, cv=folds)
+            )
+            runs["logistic"].append(seconds)
+            print(f"load {load:.1f}: " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in runs.items()))
+        fitted, fit_seconds = _timed(lambda: FineTune(**ft.get_params()).fit(paths, labels))
+        _, predict_seconds = _timed(lambda: fitted.predict(paths))
+    result = {
+        "bench": "finetune-head-only",
+        "dataset": "hymenoptera/train",
+        "n_images": len(paths),
+        "size": args.size,
+        "torch_threads": torch.get_num_threads(),
+        "warm_codes_seconds": round(warm_seconds, 1),
+        "finetune_cv_seconds": [round(t, 2) for t in runs["finetune"]],
+        "logistic_cv_seconds": [round(t, 2) for t in runs["logistic"]],
+        "ratio": round(C.med(runs["finetune"]) / C.med(runs["logistic"]), 2),
+        "finetune_cv_accuracy": round(float(np.mean(scores["finetune"])), 4),
+        "logistic_cv_accuracy": round(float(np.mean(scores["logistic"])), 4),
+        "finetune_fit_seconds": round(fit_seconds, 2),
+        "finetune_predict_seconds_245": round(predict_seconds, 2),
+        "load_average_1min": [round(x, 1) for x in os.getloadavg()],
+        "machine": C.machine(),
+    }
+    print(json.dumps(result, indent=1))
+    return result
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=("accuracy", "trunk-cache"))
+    parser.add_argument("what", choices=("accuracy", "trunk-cache", "head-only"))
     parser.add_argument("--epochs", type=int, default=None)
-    parser.add_argument("--size", type=int, default=112)
+    parser.add_argument("--size", type=int, default=None)
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--torch-threads", type=int, default=None)
     parser.add_argument("--freeze", default=None)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--trunk-lr", type=float, default=None)
@@ -150,6 +217,11 @@ def main():
     args = parser.parse_args()
     if not os.path.isdir(DATA):
         sys.exit(f"needs the real assets at {C.ASSETS}")
+    if args.what == "head-only":
+        args.size = args.size or 224
+        head_only(args)
+        return
+    args.size = args.size or 112
     if args.what == "accuracy":
         args.epochs = args.epochs or 12
         args.freeze = args.freeze or "none"

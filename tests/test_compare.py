@@ -28,8 +28,9 @@ def test_finetune_head_runs_through_run_experiment_on_cached_codes(data, tmp_pat
     paths, labels = data
     overrides = dict(FAST, cache_dir=str(tmp_path / "cache"), epochs=1, lrs=[1e-2, 1e-1])
     result = run_experiment(paths, labels, "finetune_head", overrides=overrides, test_size=0.25)
-    # The head layer's codes of the 12 training images, once; every fold and candidate read them.
-    assert forward_counter.images == 12
+    # The head layer's codes of the 12 training images, once; every fold and candidate read them
+    # (predictions too); the 4 test images' codes are computed for the score, and cached.
+    assert forward_counter.images == 16
     assert (result.extraction["computed"], result.extraction["cached"]) == (12, 0)
     assert isinstance(result.estimator, FineTune) and result.estimator.trunk_cached_
     assert result.estimator.epochs == 1 and result.estimator.freeze == "all"
@@ -44,7 +45,7 @@ def test_finetune_head_runs_through_run_experiment_on_cached_codes(data, tmp_pat
     assert {"metrics.json", "cv_results.csv", "confusion_matrix.png", "config.json"} <= set(written)
 
     again = run_experiment(paths, labels, "finetune_head", overrides=overrides, test_size=0.25)
-    assert forward_counter.images == 12
+    assert forward_counter.images == 16
     assert (again.extraction["computed"], again.extraction["cached"]) == (0, 12)
 
 

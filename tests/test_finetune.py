@@ -387,3 +387,61 @@ def test_a_state_of_another_run_names_the_settings_that_differ(data, tmp_path):
         FineTune(**{**params, "seed": 1}, resume=True).fit(paths, labels)
     assert "seed:" not in str(info.value)
     assert FineTune(**params, resume=True).fit(paths, labels).history_[-1]["epoch"] == 2
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [dict(freeze="all"), dict(**RESNET, freeze="layer2", lr=1e-2)],
+    ids=["head-only", "cached-trunk"],
+)
+def test_prediction_from_the_cache_equals_the_full_forward_path(
+    data, make_images, tmp_path, settings
+):
+    paths, labels = data
+    ft = fine_tune(tmp_path, augment="none", **settings).fit(paths, labels)
+    assert ft.trunk_cached_
+    unseen = make_images(5, seed=7, prefix="unseen")
+    cached = ft.predict_proba(paths + unseen)
+    # Without a cache (e.g. loaded elsewhere with cache_dir=None): the whole network runs.
+    elsewhere = pickle.loads(pickle.dumps(ft)).set_params(cache_dir=None)
+    np.testing.assert_allclose(cached, elsewhere.predict_proba(paths + unseen), atol=1e-5)
+    assert ft.score(paths, labels) == elsewhere.score(paths, labels)
+
+
+def test_head_only_prediction_runs_no_network_on_cached_images(
+    data, make_images, tmp_path, forward_counter, monkeypatch
+):
+    from cnncodes.estimators.finetune import estimator
+
+    paths, labels = data
+    ft = fine_tune(tmp_path, freeze="all", augment="none").fit(paths, labels)
+    assert ft.trunk_cached_ and forward_counter.images == 24
+
+    def whole_network(*args, **kwargs):
+        raise AssertionError("the whole fine-tuned network ran")
+
+    monkeypatch.setattr(estimator, "predict_logits", whole_network)
+    ft.predict(paths)
+    ft.predict_proba(paths)
+    ft.score(paths, labels)
+    assert forward_counter.images == 24
+    unseen = make_images(5, seed=7, prefix="unseen")
+    ft.predict(unseen + paths)  # codes of the unseen images: computed once, then cached
+    assert forward_counter.images == 29
+    ft.predict(unseen)
+    assert forward_counter.images == 29
+
+
+def test_cached_prediction_falls_back_to_the_held_weights_when_the_checkpoint_is_gone(
+    data, make_images, tmp_path
+):
+    paths, labels = data
+    weights = tmp_path / "pretrained.pth"
+    torch.save(build_model(resolve_spec(**RESNET)).state_dict(), weights)
+    settings = {**RESNET, "weights": str(weights), "freeze": "layer3", "augment": "none"}
+    ft = fine_tune(tmp_path, **settings).fit(paths, labels)
+    assert ft.trunk_cached_
+    unseen = make_images(4, seed=7, prefix="unseen")  # not in the cache
+    expected = pickle.loads(pickle.dumps(ft)).set_params(cache_dir=None).predict_proba(unseen)
+    weights.unlink()  # the frozen part's codes cannot be computed from the pretrained network
+    np.testing.assert_allclose(ft.predict_proba(unseen), expected, atol=1e-6)

@@ -389,5 +389,6 @@ def test_cli_finetune_with_engine_ray_saves_a_model_that_extracts_locally(
         "--cache-dir", photos / "cache", "--engine", "ray", "--out", photos / "ft.skops",
     )  # fmt: skip
     assert code == 0, err
-    assert list(_rows(photos / "cache").values()) == [16]  # the training images, by the actors
+    # The 16 training images' codes, by the actors, and the 6 test images' (the score reads them).
+    assert list(_rows(photos / "cache").values()) == [22]
     assert persistence.load(photos / "ft.skops").engine == "local"

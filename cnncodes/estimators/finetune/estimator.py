@@ -40,13 +40,13 @@ from ...params import (
     as_path_list,
     check_params,
 )
-from ...spec import PREPROCESSING_KEYS, ModelError
+from ...spec import PREPROCESSING_KEYS, ModelError, WeightsError
 from ..codes import SkippedImagesWarning, _describe_skipped
 from ..search import screened, unreadable_files
 from ..steps import NETWORK_STEP_CHECKS, RUNTIME_PARAMS, NetworkStep
 from . import network, training
 from .data import Activations, Images, readable
-from .inference import predict_logits, rebuild_module
+from .inference import cached_logits, predict_logits, rebuild_module, trained_part
 from .plan import MAX_CACHED_TRUNK_BYTES, init_head_from_probe, trunk_plan
 
 __all__ = ["MAX_CACHED_TRUNK_BYTES", "TRUNK_CACHE", "FineTune"]
@@ -135,13 +135,18 @@ class FineTune(NetworkStep, ClassifierMixin, BaseEstimator):
         Continue the run whose state ``checkpoint`` holds (refused if it belongs to another
         configuration or data); a killed run loses at most the epoch it was in.
     progress : bool, default=False
-        A line per epoch on stderr (train loss, validation loss and accuracy, seconds); a bar of
-        batches too when stderr is a terminal.
+        skorch's epoch table on stderr, a line per epoch (train loss, validation loss and
+        accuracy, seconds); a bar of batches too when stderr is a terminal. This is what skorch
+        calls ``verbose=1``: FineTune has no ``verbose``, ``progress`` being the one switch of
+        every cnncodes estimator (the codes' extraction bar follows it too). Off by default, as
+        scikit-learn estimators are silent: ``cross_val_score`` and grid searches fit many
+        times; ``cnncodes finetune`` turns it on (``--quiet`` off). ``history_`` holds the table
+        either way.
     engine : {"local", "ray"}, default="local"
         Where the codes that ``fit`` reads from the cache (``init_head="probe"``, the frozen
-        trunk's activations) are computed when the cache lacks them: in this process, or on a
-        Ray cluster, whose actors use this estimator's ``device`` and ``precision`` so that the
-        codes land under the cache key ``fit`` reads (see
+        trunk's activations, which prediction reads too) are computed when the cache lacks
+        them: in this process, or on a Ray cluster, whose actors use this estimator's ``device``
+        and ``precision`` so that the codes land under the cache key ``fit`` reads (see
         :func:`~cnncodes.extract.extract_codes`). Training itself runs in this process.
     ray_address : str, default=None
         With ``engine="ray"``: ``"auto"`` or ``"HOST:PORT"``; None: the Ray session of this
@@ -157,7 +162,10 @@ class FineTune(NetworkStep, ClassifierMixin, BaseEstimator):
         One row per epoch: ``epoch``, ``train_loss``, ``valid_loss``, ``valid_acc``, ``dur``
         (seconds), ``lr``.
     trunk_cached_ : bool
-        Whether the frozen part's activations came from the code cache.
+        Whether the frozen part's activations came from the code cache. Then ``predict``,
+        ``predict_proba`` and ``score`` read them from the cache too (computing and caching those
+        of new images) and run only the part that trained; with ``cache_dir=None``, or where the
+        pretrained checkpoint is gone, the whole fine-tuned network runs (same predictions).
     state_dict_ : dict of str to ndarray
         The fine-tuned network's weights, under the architecture's own parameter names.
     head_state_ : dict of str to ndarray
@@ -516,6 +524,7 @@ class FineTune(NetworkStep, ClassifierMixin, BaseEstimator):
         self.n_train_ = int(len(train))
         self.fit_seconds_ = time.perf_counter() - started
         self._module = module
+        self._trained = None  # the part after the cached trunk, built when predicting
         return self
 
     def _run_fingerprint(self, spec, paths, labels, trunk_cached):
@@ -544,6 +553,7 @@ class FineTune(NetworkStep, ClassifierMixin, BaseEstimator):
     def __getstate__(self):
         state = self.__dict__.copy()
         state.pop("_module", None)
+        state.pop("_trained", None)
         return state
 
     def _fitted_module(self):
@@ -555,10 +565,42 @@ class FineTune(NetworkStep, ClassifierMixin, BaseEstimator):
             )  # fmt: skip
         return self._module
 
+    def _trained_part(self):
+        if getattr(self, "_trained", None) is None:
+            self._trained = trained_part(
+                self.spec_, self.state_dict_, self.layer_, self.freeze, self.head,
+                self.head_state_, len(self.classes_), self.pooling,
+                hidden_units=self.hidden_units, dropout=self.dropout,
+            )  # fmt: skip
+        return self._trained
+
+    def _cached_logits(self, paths, device, precision, dtype, channels_last, workers):
+        """The logits from the frozen part's codes that ``fit`` read (under the same cache key:
+        ``layer_``'s pooled codes for ``freeze="all"``, else the ``freeze`` node's flattened
+        activations), computed and cached for images the cache lacks, through the trained part."""
+        if self.freeze == network.FREEZE_ALL:
+            node, pooling = self.layer_, self.pooling
+        else:
+            node, pooling = self.freeze, "flatten"
+        acts = self._codes(paths, self.spec_, node, pooling, device, precision, workers)
+        if pooling == "flatten":
+            acts = acts.reshape(len(paths), *layer_shapes(self.spec_, [node])[node])
+        return cached_logits(
+            self._trained_part(), acts, batch_size=self.batch_size, device=device, dtype=dtype,
+            nhwc=channels_last,
+        )  # fmt: skip
+
     def _logits(self, X):
         check_is_fitted(self, "state_dict_")
         paths, _ = as_path_list(X, who="FineTune")
-        device, _, dtype, channels_last, workers = self._runtime()
+        device, precision, dtype, channels_last, workers = self._runtime()
+        # Where fit read the frozen part's output from the code cache, so does prediction: the
+        # frozen layers are the pretrained ones, so their cached codes are this network's too.
+        if getattr(self, "trunk_cached_", False) and self.cache_dir not in (None, False):
+            try:
+                return self._cached_logits(paths, device, precision, dtype, channels_last, workers)
+            except WeightsError:
+                pass  # the pretrained checkpoint is gone or changed: use the weights held here
         return predict_logits(
             self._fitted_module(), paths, self.spec_.preprocessing, batch_size=self.batch_size,
             workers=workers, device=device, dtype=dtype, nhwc=channels_last,
