@@ -33,7 +33,7 @@ from ..images.load import ImageLoadError, file_digests
 from ..params import ENGINES, is_int
 from ..store.cache import resolve_cache_dir
 from ..store.readthrough import CachedCodes
-from .loop import ForwardLoop
+from .loop import NON_FINITE, ForwardLoop, nonfinite_error
 from .runtime import exact_fp32, resolve_device, resolve_precision
 
 __all__ = ["ENGINES", "Engine", "ExtractionJob", "LocalEngine", "RayEngine", "engine_for"]
@@ -230,6 +230,8 @@ class RayEngine:
         rest = []
         for digest in missing:
             if digest in failed:  # unreadable when an engine task decoded it
+                if job.on_error == "raise" and failed[digest].startswith(NON_FINITE):
+                    raise nonfinite_error(failed[digest], job.first[digest], False)
                 if job.on_error == "raise":
                     raise ImageLoadError(job.first[digest], failed[digest])
                 job.failed[digest] = failed[digest]
