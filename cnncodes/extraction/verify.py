@@ -200,7 +200,9 @@ def verify_cache(cache_dir="auto", paths=None, *, compact=False, seed=None, log=
     reports, failed = [], False
     # Left by killed runs: the probe of a writable cache in the cache folder, shards in the making
     # in the configurations' folders.
-    removed = remove_stale_temporaries(root) if exists else []
+    # Any writer-named temporary of the folder (an --out file written there, say), not only the
+    # cache's own.
+    removed = remove_stale_temporaries(root, prefix=None) if exists else []
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", CacheWarning)
         # A folder whose config.json is gone or damaged gets it back from its shards; one
