@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import stat
 import urllib.error
 from collections.abc import Mapping
 
@@ -36,6 +37,7 @@ from .architectures import _is_callable_name, _timm
 
 __all__ = [
     "WeightsUnavailableError",
+    "check_weights_file",
     "checkpoint_preprocessing",
     "fetch_named_weights",
     "fetch_timm_weights",
@@ -251,6 +253,29 @@ def _unwrap_state_dict(obj, path):
     return out
 
 
+def check_weights_file(weights):
+    """The absolute path of the checkpoint file ``weights``, or a :class:`WeightsError` saying
+    what it is instead: missing, a directory, not a regular file (a FIFO is never opened, so
+    never waited on), or empty."""
+    path = os.path.abspath(weights)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise WeightsError(f"weights file not found: {weights}") from None
+    except OSError as exc:
+        raise WeightsError(f"weights file {weights}: cannot be read ({exc.strerror})") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise WeightsError(f"weights {weights}: is a directory, not a checkpoint file")
+    if not stat.S_ISREG(st.st_mode):
+        raise WeightsError(
+            f"weights {weights}: not a regular file (a FIFO, socket or device); give a "
+            "checkpoint file"
+        )
+    if st.st_size == 0:
+        raise WeightsError(f"weights file {weights} is empty: not a checkpoint")
+    return path
+
+
 def _load_checkpoint(path, mmap=False):
     """What a checkpoint file holds, loaded on the CPU with ``weights_only=True``."""
     try:
@@ -263,9 +288,13 @@ def _load_checkpoint(path, mmap=False):
     except FileNotFoundError:
         raise WeightsError(f"weights file not found: {path}") from None
     except Exception as exc:  # unpickling raises many types; all mean "not a safe checkpoint"
+        if os.path.isfile(path) and os.path.getsize(path) == 0:
+            raise WeightsError(f"weights file {path} is empty: not a checkpoint") from None
+        detail = str(exc).strip() or type(exc).__name__
         raise WeightsError(
-            f"{path}: cannot be read as a checkpoint with weights_only=True ({exc}). cnncodes never "
-            "loads checkpoints that need arbitrary code; save a plain state_dict with torch.save"
+            f"{path}: cannot be read as a checkpoint with weights_only=True ({detail}). "
+            "cnncodes never loads checkpoints that need arbitrary code; save a plain "
+            "state_dict with torch.save"
         ) from None
 
 

@@ -68,6 +68,7 @@ from .architectures import (
 from .architectures import model_identity as model_identity
 from .checkpoints import (
     WeightsUnavailableError,
+    check_weights_file,
     checkpoint_preprocessing,
     fetch_named_weights,
     fetch_timm_weights,
@@ -255,9 +256,7 @@ def _resolve_weights(model, weights, seed):
         return Weights("torchvision", name=f"{type(enum).__name__}.{enum.name}"), enum
     if weights.lower() == "none":
         return Weights("none", seed=seed), None
-    path = os.path.abspath(weights)
-    if not os.path.isfile(path):
-        raise WeightsError(f"weights file not found: {weights}")
+    path = check_weights_file(weights)
     return Weights("checkpoint", file=path, sha256=file_sha256(path)), None
 
 

@@ -196,7 +196,8 @@ class CodeStore:
             raise OSError(
                 exc.errno,
                 f"cannot write to the cache folder {self.root} ({exc.strerror or exc}): choose "
-                "a writable cache_dir, or cache_dir=None to keep no codes",
+                "a writable cache folder (cache_dir=..., --cache-dir), or keep no codes "
+                "(cache_dir=None, --no-cache)",
             ) from None
 
     def _ensure_dir(self):
