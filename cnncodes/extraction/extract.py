@@ -356,14 +356,16 @@ def _plan(spec, layers, pooling, dev, precision, cache_dir, **settings):
     """The :class:`~.engines.ExtractionJob` of a call (its layers, configurations and code
     widths; ``settings``: its other fields) and the cache it goes through."""
     precision = resolve_precision(precision, dev)
-    layers = resolve_layers(spec, layers)
+    # The network, its layers and code widths are those of every view: traced once, not per view.
+    network = spec.with_view("center")
+    layers = resolve_layers(network, layers)
     configs = {layer: code_config(spec, layer, pooling, precision, dev.type) for layer in layers}
     cache = CodeCache(cache_dir, configs)
-    key = (spec, tuple(layers), pooling)
+    key = (network, tuple(layers), pooling)
     widths = _WIDTHS.get(key) or cache.widths()
     if widths is None:
         # Checks the pooling against each layer's shape before any image is read.
-        shapes = layer_shapes(spec, layers)
+        shapes = layer_shapes(network, layers)
         widths = {layer: code_size(shapes[layer], pooling) for layer in layers}
     _WIDTHS.put(key, widths)
     job = ExtractionJob(spec, layers, pooling, dev, precision, configs, widths, **settings)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 from dataclasses import dataclass
 
 import numpy as np
@@ -100,6 +102,36 @@ def mean_colour_image(preprocessing):
     return np.broadcast_to(colour, (h, w, 3)).copy()
 
 
+# Networks built in this session (:func:`sharing_networks`): (spec of the center view, layers,
+# pooling, device, precision, batch size) -> Forward. None outside a session.
+_SHARED = contextvars.ContextVar("cnncodes_shared_forwards", default=None)
+
+
+@contextlib.contextmanager
+def sharing_networks():
+    """For the block, extractions that push images through the same network share one
+    :class:`Forward` (the views of :func:`cnncodes.extract.extract_views` differ only in their
+    images' crops): the network is built, traced and folded once, not once per view."""
+    token = _SHARED.set({}) if _SHARED.get() is None else None
+    try:
+        yield
+    finally:
+        if token is not None:
+            _SHARED.reset(token)
+
+
+def shared_forward(spec, layers, pooling, device, precision, batch_size):
+    """The :class:`Forward` of these settings: the session's (:func:`sharing_networks`) when
+    there is one, else a new one. The view is no part of it (only the decoders crop)."""
+    shared = _SHARED.get()
+    if shared is None:
+        return Forward(spec, layers, pooling, device, precision, batch_size)
+    key = (spec.with_view("center"), tuple(layers), pooling, str(device), precision, batch_size)
+    if key not in shared:
+        shared[key] = Forward(spec, layers, pooling, device, precision, batch_size)
+    return shared[key]
+
+
 class Forward:
     """The network cut after ``layers``, on its device: uint8 pixel batches -> pooled codes.
 
@@ -195,7 +227,7 @@ class ForwardLoop:
         spec, layers, pooling, items = self.spec, self.layers, self.pooling, self.items
         deliver, failed, dev, precision = self.deliver, self.failed, self.device, self.precision
         batch_size, num_workers, on_error = self.batch_size, self.num_workers, self.on_error
-        forward = Forward(spec, layers, pooling, dev, precision, batch_size)
+        forward = shared_forward(spec, layers, pooling, dev, precision, batch_size)
         tensors = spec.preprocessing.impl == "torch"
         if tensors:
             # Decoded in this process (a background thread), on the extraction device.
