@@ -102,38 +102,6 @@ class WeightsError(UsageError):
     """Weights that do not exist, do not fit the architecture, or changed on disk."""
 
 
-#: Builder arguments that choose, fetch or load weights (torchvision's builders, timm's
-#: ``create_model``): refused in ``model_kwargs``, since weights are chosen by ``weights=``
-#: (``--weights``), identified in the cache key, and fetched only with ``CNNCODES_DOWNLOAD=1``.
-WEIGHTS_KWARGS = (
-    "weights",
-    "weights_backbone",
-    "pretrained",
-    "pretrained_backbone",
-    "progress",
-    "pretrained_cfg",
-    "pretrained_cfg_overlay",
-    "pretrained_strict",
-    "checkpoint_path",
-    "cache_dir",
-)
-
-
-def _refuse_weights_kwargs(model_kwargs, model, who):
-    """Refuse the builder arguments that choose weights, for torchvision and timm models (a
-    user's callable takes what it defines; ``model=None``: not known, nothing refused)."""
-    if model is None or is_callable_form(model):
-        return
-    chosen = [key for key in model_kwargs if key in WEIGHTS_KWARGS]
-    if chosen:
-        key = chosen[0]
-        raise ModelError(
-            f"model_kwargs{who}: {key}={model_kwargs[key]!r} chooses weights (or fetches "
-            "them), which model arguments may not: give weights= (--weights) a weights name, "
-            "a checkpoint file or 'none'; downloads happen only with CNNCODES_DOWNLOAD=1"
-        )
-
-
 def check_model_kwargs(model_kwargs, model=None):
     """``model_kwargs`` (a dict of the builder's keyword arguments, or None) as the sorted
     ``((key, value), ...)`` that :attr:`ModelSpec.model_kwargs` holds.
@@ -173,7 +141,6 @@ def check_model_kwargs(model_kwargs, model=None):
                 f"model_kwargs{who}: {key}={value!r} is a {type(value).__name__}; values must "
                 "be JSON scalars (int, finite float, str, bool or None)"
             )
-    _refuse_weights_kwargs(model_kwargs, model, who)
     return tuple(sorted(model_kwargs.items()))
 
 
@@ -639,7 +606,7 @@ class CodeKey:
                 arch_id=config["arch"],
                 seed=weights.seed if weights.kind == "none" else 0,
                 preprocessing=Preprocessing.from_dict(config["preprocessing"]),
-                model_kwargs=check_model_kwargs(config.get("model_kwargs"), config["model"]),
+                model_kwargs=check_model_kwargs(config.get("model_kwargs")),
             )
             return cls(
                 spec,

@@ -31,12 +31,13 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from ..spec import WeightsError, file_sha256
+from ..spec import ModelError, WeightsError, file_sha256
 from ..utils.memo import memoize
 from .architectures import _is_callable_name, _timm
 
 __all__ = [
     "WeightsUnavailableError",
+    "WEIGHTS_KWARGS",
     "check_weights_file",
     "checkpoint_preprocessing",
     "fetch_named_weights",
@@ -44,6 +45,7 @@ __all__ = [
     "load_state",
     "load_timm_pretrained",
     "read_checkpoint",
+    "refuse_weights_kwargs",
     "state_fingerprint",
 ]
 
@@ -251,6 +253,38 @@ def _unwrap_state_dict(obj, path):
                 key = key[len(prefix) :]
         out[key] = value
     return out
+
+
+#: Builder arguments that choose, fetch or load weights (torchvision's builders, timm's
+#: ``create_model``): refused in ``model_kwargs``, since weights are chosen by ``weights=``
+#: (``--weights``), identified in the cache key, and fetched only with ``CNNCODES_DOWNLOAD=1``.
+WEIGHTS_KWARGS = (
+    "weights",
+    "weights_backbone",
+    "pretrained",
+    "pretrained_backbone",
+    "progress",
+    "pretrained_cfg",
+    "pretrained_cfg_overlay",
+    "pretrained_strict",
+    "checkpoint_path",
+    "cache_dir",
+)
+
+
+def refuse_weights_kwargs(model_kwargs, model):
+    """Refuse the builder arguments (``(key, value)`` pairs) that choose weights, for
+    torchvision and timm models; a user's callable takes what it defines."""
+    if _is_callable_name(model):
+        return
+    chosen = [(key, value) for key, value in model_kwargs if key in WEIGHTS_KWARGS]
+    if chosen:
+        key, value = chosen[0]
+        raise ModelError(
+            f"model_kwargs of model={model!r}: {key}={value!r} chooses weights (or fetches "
+            "them), which model arguments may not: give weights= (--weights) a weights name, "
+            "a checkpoint file or 'none'; downloads happen only with CNNCODES_DOWNLOAD=1"
+        )
 
 
 def check_weights_file(weights):

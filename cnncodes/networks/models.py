@@ -75,6 +75,7 @@ from .checkpoints import (
     load_state,
     load_timm_pretrained,
     read_checkpoint,
+    refuse_weights_kwargs,
     state_fingerprint,
 )
 from .layers import (
@@ -218,6 +219,7 @@ def resolve_spec(
     """
     _check_model_name(model)
     kwargs = check_model_kwargs(model_kwargs, model)
+    refuse_weights_kwargs(kwargs, model)  # weights come from weights= only (and offline)
     if not is_int(seed):
         raise UsageError(f"seed={seed!r}: expected an int")
     seed = int(seed)
