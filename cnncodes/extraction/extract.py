@@ -279,7 +279,11 @@ def extract_codes(
     on_error : {"raise", "skip"}
         ``raise``: stop at the first bad image with an :class:`~cnncodes.images.ImageLoadError`
         naming it, after committing the codes already computed. ``skip``: leave it out and
-        report it in :attr:`ExtractionResult.skipped`.
+        report it in :attr:`ExtractionResult.skipped`. Codes with a NaN or an infinity are never
+        cached: ``raise`` raises a :class:`~cnncodes.errors.UsageError` naming the model, the
+        weights, the layer and the first such image; ``skip`` skips those images with that
+        reason, unless the network gives non-finite codes for a plain image of the mean colour
+        too (NaN weights, say), which raises whatever ``on_error`` says.
     progress : bool, optional
         False: none. None (default) or True: a progress bar when stderr is a terminal, else (a
         log file) a line every 10 seconds and a final one; with None a run shorter than that
