@@ -61,3 +61,31 @@ def test_the_next_write_removes_what_a_killed_writer_left(tmp_path, monkeypatch)
 def test_display_shows_undecodable_bytes():
     assert display(os.fsdecode(b"/d/caf\xe9.png")) == "/d/caf\\xe9.png"
     assert display("/d/café.png") == "/d/café.png"
+
+
+def test_any_atomic_write_sweeps_the_dead_temporaries_of_every_name_in_its_folder(tmp_path):
+    host, dead, alive = _files._host(), 999_999_999, os.getpid()
+    old = os.stat(tmp_path).st_mtime - 2 * _files.STALE_GRACE_SECONDS
+
+    def left(name, age=old):
+        path = tmp_path / name
+        path.write_bytes(b"partial")
+        if age is not None:
+            os.utime(path, (age, age))
+        return path
+
+    gone = [
+        left(f".codes.h5.tmp-{dead}@{host}-abcd1234.h5"),
+        left(f".model.joblib.tmp-{dead}@{host}-00ff"),
+        left(f".tmp-{dead}@{host}-12345678"),
+    ]
+    kept = [
+        left(f".codes.h5.tmp-{alive}@{host}-abcd1234.h5"),  # its writer lives
+        left(f".codes.h5.tmp-{dead}@{host}-abcd1235.h5", age=None),  # within the grace period
+        left(f".codes.h5.tmp-{dead}@another_host-abcd1234.h5"),  # another host's writer
+        left(f"codes.tmp-{dead}@{host}-abcd1234.h5"),  # not a hidden temporary: a user's
+        left(".notes.txt"),
+    ]
+    atomic_write_bytes(tmp_path / "report.json", b"{}")
+    assert not any(p.exists() for p in gone)
+    assert all(p.exists() for p in kept)

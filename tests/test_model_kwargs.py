@@ -284,3 +284,42 @@ def test_finetune_cli_with_model_arg_records_it_and_predicts(capsys, photos):
         ("num_classes", 4),
         ("relu", "yes"),
     )
+
+
+@pytest.fixture
+def no_network(monkeypatch, tmp_path):
+    """Sockets that refuse to connect, and empty download caches: any fetch fails loudly."""
+    import socket
+
+    attempts = []
+
+    def refuse(*args, **kwargs):
+        attempts.append(args)
+        raise OSError("network access in a test")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.delenv("CNNCODES_DOWNLOAD", raising=False)
+    return attempts
+
+
+@pytest.mark.parametrize(
+    "model, kwargs",
+    [
+        ("resnet18", {"weights": "IMAGENET1K_V1"}),
+        ("resnet18", {"pretrained": True}),
+        ("resnet18", {"weights_backbone": "IMAGENET1K_V1"}),
+        ("timm:resnet10t", {"pretrained": True}),
+        ("timm:resnet10t", {"pretrained_cfg": "c3_in1k"}),
+        ("timm:resnet10t", {"pretrained_cfg_overlay": "x"}),
+        ("timm:resnet10t", {"checkpoint_path": "/nowhere.pth"}),
+    ],
+)
+def test_model_arguments_that_choose_weights_are_refused_offline(no_network, model, kwargs):
+    (key,) = kwargs
+    with pytest.raises(ModelError, match=rf"{key}=.* chooses weights.*weights=.*--weights"):
+        build_model(resolve_spec(model, "none", model_kwargs=kwargs, **SMALL))
+    assert no_network == []

@@ -25,6 +25,7 @@ from cnncodes.models import (
     default_preprocessing_note,
     file_sha256,
     list_layers,
+    read_checkpoint,
     resolve_layers,
     resolve_spec,
 )
@@ -951,3 +952,33 @@ def test_the_network_a_callable_returns_can_declare_preprocessing():
     # A submodule called "preprocessing" declares nothing.
     pre = resolve_spec("tests.tiny_nets:cnn_with_a_preprocessing_module").preprocessing
     assert pre.crop == (224, 224)
+
+
+def test_weights_that_are_no_checkpoint_file_say_what_they_are(tmp_path):
+    folder = tmp_path / "weights_dir"
+    folder.mkdir()
+    with pytest.raises(WeightsError, match="is a directory, not a checkpoint file"):
+        resolve_spec("resnet18", str(folder))
+    fifo = tmp_path / "weights.fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(WeightsError, match="not a regular file"):
+        resolve_spec("resnet18", str(fifo))  # and never blocks opening it
+    empty = tmp_path / "empty.pth"
+    empty.write_bytes(b"")
+    with pytest.raises(WeightsError, match=r"empty.pth is empty: not a checkpoint"):
+        resolve_spec("resnet18", str(empty))
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(b"\x00")
+    with pytest.raises(WeightsError) as info:
+        read_checkpoint(str(junk))
+    assert "()" not in str(info.value) and "cannot be read as a checkpoint" in str(info.value)
+
+
+def test_an_unwritable_cache_names_both_spellings_of_no_cache(tmp_path):
+    from cnncodes.cache import CodeStore
+
+    blocker = tmp_path / "file"
+    blocker.write_bytes(b"")
+    with pytest.raises(OSError) as info:
+        CodeStore(blocker / "cache", {"model": "demo"}).ensure_writable()
+    assert "cache_dir=None" in str(info.value) and "--no-cache" in str(info.value)

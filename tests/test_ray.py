@@ -19,12 +19,13 @@ import numpy as np
 import pytest
 from cnncodes.extract import extract_codes
 from cnncodes.models import resolve_spec
-from conftest import ROOT, write_images
+from conftest import ROOT, write_classes, write_images
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GridSearchCV
 from sklearn.pipeline import make_pipeline
 
 from cnncodes import CNNCodes, warm_cache
+from cnncodes.errors import UsageError
 from cnncodes.extraction.ray_engine import CodeWriter
 from cnncodes.images import ImageLoadError
 
@@ -392,3 +393,17 @@ def test_cli_finetune_with_engine_ray_saves_a_model_that_extracts_locally(
     # The 16 training images' codes, by the actors, and the 6 test images' (the score reads them).
     assert list(_rows(photos / "cache").values()) == [22]
     assert persistence.load(photos / "ft.skops").engine == "local"
+
+
+def test_non_finite_codes_are_skipped_or_raised_as_locally_and_never_cached(ray_local, tmp_path):
+    paths, labels = write_classes(tmp_path / "images", per_class=3)
+    spec = resolve_spec("tests.tiny_nets:nan_for_bright_cnn", "none", resize=40, crop=32)
+    local = extract_codes(paths, spec, "penultimate", cache_dir=None, on_error="skip")
+    on_ray = extract_codes(
+        paths, spec, "penultimate", cache_dir=tmp_path / "c", on_error="skip", engine="ray"
+    )
+    _assert_same(local, on_ray)
+    assert len(on_ray.skipped) == 3 and "non-finite" in on_ray.skipped[0].reason
+    assert list(_rows(tmp_path / "c").values()) == [3]
+    with pytest.raises(UsageError, match="non-finite codes .* first for image .*bright"):
+        extract_codes(paths, spec, "penultimate", cache_dir=tmp_path / "c", engine="ray")

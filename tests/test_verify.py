@@ -41,3 +41,49 @@ def test_verify_cache_rechecks_with_trust_and_finds_lies(tmp_path, make_images, 
     assert not report["ok"] and report["configs"][0]["recheck"]["status"] == "mismatch"
     assert report["configs"][0]["compacted_shards"] == 2  # its shards are sound: merged
     assert isinstance(store, CodeStore) and os.path.isdir(store.path)
+
+
+def test_a_lost_or_damaged_config_json_is_recovered_from_the_shards(tmp_path, make_images):
+    from cnncodes.models import resolve_spec
+
+    spec = resolve_spec(TINY, "none", resize=40, crop=32)
+    cache = tmp_path / "cache"
+    extract_codes(make_images(3), spec, "conv2", "avg", cache_dir=cache, num_workers=0)
+    [(store, _)] = list_configs(cache)
+    config_json = os.path.join(store.path, "config.json")
+    with open(config_json, "rb") as f:
+        original = f.read()
+    for damage in (None, b"{not json", b'{"config": {"model": "other"}}'):
+        if damage is None:
+            os.unlink(config_json)
+        else:
+            with open(config_json, "wb") as f:
+                f.write(damage)
+        report = verify_cache(cache)
+        assert report["ok"] and len(report["configs"]) == 1
+        assert report["configs"][0]["rows"] == 3
+        assert report["recovered"] == [store.path]
+        assert any("recovered" in w and store.key in w for w in report["warnings"])
+        with open(config_json, "rb") as f:
+            assert f.read() == original
+
+
+def test_a_folder_verify_cannot_account_for_is_a_problem(tmp_path, make_images, capsys):
+    from cnncodes.models import resolve_spec
+
+    from tests.test_cli import run
+
+    spec = resolve_spec(TINY, "none", resize=40, crop=32)
+    cache = tmp_path / "cache"
+    extract_codes(make_images(2), spec, "conv2", "avg", cache_dir=cache, num_workers=0)
+    [(store, _)] = list_configs(cache)
+    os.unlink(os.path.join(store.path, "config.json"))
+    for name in os.listdir(store.path):  # its shards gone too: nothing says what it held
+        if name.endswith(".h5"):
+            with open(os.path.join(store.path, name), "wb") as f:
+                f.write(b"not hdf5")
+    report = verify_cache(cache)
+    assert not report["ok"] and report["configs"] == []
+    assert [u["folder"] for u in report["unaccounted"]] == [store.path]
+    code, out, _ = run(capsys, "cache", "verify", "--cache-dir", cache)
+    assert code == 1 and store.key in out

@@ -341,3 +341,33 @@ def test_several_layers_of_several_views_sit_side_by_side_per_view(images):
     alone = CNNCodes(**NET, cache_dir=None, layer="flatten", views="flip", view_reduce="stack")
     width = alone.fit(images).n_features_out_
     assert np.array_equal(stack[:, :, -width:], alone.transform(images))
+
+
+def test_the_network_is_built_and_traced_once_whatever_the_number_of_views(
+    make_images, tmp_path, monkeypatch
+):
+    """Per view, only the images go through the network: tracing the graph, building and
+    folding the network are the same work for every view (issue 23: 1000 views took 7x as
+    long as 300, the rebuilt networks' generated code piling up)."""
+    import torch.fx
+    from cnncodes.extract import extract_views
+    from cnncodes.models import resolve_spec
+
+    traces = []
+    real = torch.fx.Tracer.trace
+
+    def counting(self, *args, **kwargs):
+        traces.append(1)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.fx.Tracer, "trace", counting)
+    paths = make_images(3)
+    spec = resolve_spec("tests.tiny_nets:tiny_cnn", "none", seed=5, resize=40, crop=32)
+    counts = []  # after a first call that fills the memos of the model's graph
+    for n, folder in ((1, "w"), (2, "a"), (12, "b")):
+        traces.clear()
+        extract_views(
+            paths, spec, "conv2", views=n, view_seed=n, cache_dir=tmp_path / folder, num_workers=0
+        )
+        counts.append(len(traces))
+    assert counts[1] == counts[2]  # the same few traces, whatever the number of views

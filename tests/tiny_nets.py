@@ -127,3 +127,19 @@ def exiting_cnn():
 def slow_cnn():
     """A :class:`SlowCNN` with 5 classes."""
     return SlowCNN()
+
+
+class NanForBrightCNN(TinyCNN):
+    """A :class:`TinyCNN` whose codes are NaN for images well brighter than the normalisation mean."""
+
+    def forward(self, x):
+        bright = x.mean(dim=(1, 2, 3)) > 0.5
+        scale = torch.where(bright, torch.full_like(bright, float("nan"), dtype=x.dtype), 1.0)
+        x = self.relu2(self.conv2(self.relu1(self.conv1(x))))
+        x = x * scale.view(-1, 1, 1, 1)
+        return self.head(self.flatten(self.pool(x)))
+
+
+def nan_for_bright_cnn():
+    """A :class:`NanForBrightCNN` with 5 classes."""
+    return NanForBrightCNN()

@@ -219,6 +219,8 @@ def run_cache_verify(args):
     )
     exists = data.pop("exists")
     lines = _verify_lines(root, exists, data["configs"], data["warnings"], paths, args.sample)
+    for u in data["unaccounted"]:
+        lines.append(f"PROBLEM {display(u['folder'])}: not a configuration ({u['problem']})")
     if data["removed_temporaries"]:
         lines.append(
             f"removed {len(data['removed_temporaries'])} temporary file(s) left by killed runs"

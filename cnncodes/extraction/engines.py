@@ -33,7 +33,7 @@ from ..images.load import ImageLoadError, file_digests
 from ..params import ENGINES, is_int
 from ..store.cache import resolve_cache_dir
 from ..store.readthrough import CachedCodes
-from .loop import ForwardLoop
+from .loop import NON_FINITE, ForwardLoop, nonfinite_error, sharing_networks
 from .runtime import exact_fp32, resolve_device, resolve_precision
 
 __all__ = ["ENGINES", "Engine", "ExtractionJob", "LocalEngine", "RayEngine", "engine_for"]
@@ -98,8 +98,9 @@ class LocalEngine:
 
     @contextlib.contextmanager
     def session(self):
-        """For several extractions in a row (the views): nothing to share here."""
-        yield
+        """For several extractions in a row (the views): one network built for all."""
+        with sharing_networks():
+            yield
 
     def file_digests(self, paths):
         return file_digests(paths)
@@ -230,6 +231,8 @@ class RayEngine:
         rest = []
         for digest in missing:
             if digest in failed:  # unreadable when an engine task decoded it
+                if job.on_error == "raise" and failed[digest].startswith(NON_FINITE):
+                    raise nonfinite_error(failed[digest], job.first[digest], False)
                 if job.on_error == "raise":
                     raise ImageLoadError(job.first[digest], failed[digest])
                 job.failed[digest] = failed[digest]

@@ -277,7 +277,11 @@ def extract_codes(
     on_error : {"raise", "skip"}
         ``raise``: stop at the first bad image with an :class:`~cnncodes.images.ImageLoadError`
         naming it, after committing the codes already computed. ``skip``: leave it out and
-        report it in :attr:`ExtractionResult.skipped`.
+        report it in :attr:`ExtractionResult.skipped`. Codes with a NaN or an infinity are never
+        cached: ``raise`` raises a :class:`~cnncodes.errors.UsageError` naming the model, the
+        weights, the layer and the first such image; ``skip`` skips those images with that
+        reason, unless the network gives non-finite codes for a plain image of the mean colour
+        too (NaN weights, say), which raises whatever ``on_error`` says.
     progress : bool, optional
         False: none. None (default) or True: a progress bar when stderr is a terminal, else (a
         log file) a line every 10 seconds and a final one; with None a run shorter than that
@@ -353,14 +357,16 @@ def _plan(spec, layers, pooling, dev, precision, cache_dir, **settings):
     """The :class:`~.engines.ExtractionJob` of a call (its layers, configurations and code
     widths; ``settings``: its other fields) and the cache it goes through."""
     precision = resolve_precision(precision, dev)
-    layers = resolve_layers(spec, layers)
+    # The network, its layers and code widths are those of every view: traced once, not per view.
+    network = spec.with_view("center")
+    layers = resolve_layers(network, layers)
     configs = {layer: code_config(spec, layer, pooling, precision, dev.type) for layer in layers}
     cache = CodeCache(cache_dir, configs)
-    key = (spec, tuple(layers), pooling)
+    key = (network, tuple(layers), pooling)
     widths = _WIDTHS.get(key) or cache.widths()
     if widths is None:
         # Checks the pooling against each layer's shape before any image is read.
-        shapes = layer_shapes(spec, layers)
+        shapes = layer_shapes(network, layers)
         widths = {layer: code_size(shapes[layer], pooling) for layer in layers}
     _WIDTHS.put(key, widths)
     job = ExtractionJob(spec, layers, pooling, dev, precision, configs, widths, **settings)

@@ -30,7 +30,7 @@ from ..params import ENGINES
 from ..store.cache import CodeStore
 from ..utils.progress import Progress
 from .decode import _Decode, _stack_ready, _TorchDecode
-from .loop import Forward
+from .loop import FiniteCheck, Forward
 from .runtime import exact_fp32
 
 __all__ = ["ENGINES", "cluster_device", "joblib_on_ray", "ray_session", "require_ray", "run_on_ray"]
@@ -187,6 +187,8 @@ class CodeWriter:
         self.device = torch.device(device_type)
         self.forward = Forward(spec, layers, pooling, self.device, precision, batch_size)
         self.fp32 = precision == "fp32"
+        self.nonfinite = {}
+        self.finite = FiniteCheck(spec, layers, "skip", self.nonfinite, self.forward.probe)
         # impl="torch" decodes on the extraction device, here, as the local engine does.
         self.preprocessing = spec.preprocessing if spec.preprocessing.impl == "torch" else None
 
@@ -206,9 +208,26 @@ class CodeWriter:
                     tensors = [t for t, ok in zip(batch.pop("tensors"), good) if ok]
                     codes = self.forward(_stack_ready(tensors, None, self.device))
             keys = [a for a, ok in zip(batch["actual"], good) if ok]
+            reasons = self._screen(codes, keys, reasons, good)
+            keep = [r for r, key in enumerate(keys) if key not in self.nonfinite]
             for layer, store in self.stores.items():
-                store.write(keys, codes[layer])
+                if keep:
+                    store.write([keys[r] for r in keep], codes[layer][keep])
         return {"digest": batch["digest"], "actual": batch["actual"], "reason": reasons}
+
+    def _screen(self, codes, keys, reasons, good):
+        """The reasons of the batch with those of non-finite codes added (never stored: the
+        driver raises or skips them as ``on_error`` says; a network at fault raises here)."""
+        self.nonfinite.clear()
+        self.finite(keys, codes, dict(zip(keys, keys)))
+        if not self.nonfinite:
+            return reasons
+        reasons = np.array(reasons, dtype=object)
+        good_rows = np.flatnonzero(good)
+        for r, key in enumerate(keys):
+            if key in self.nonfinite:
+                reasons[good_rows[r]] = self.nonfinite[key]
+        return reasons
 
     def _decode_here(self, batch):
         items = list(zip(batch["digest"], batch["path"]))

@@ -157,7 +157,9 @@ def _compare(fresh, stored, precision):
 def verify_cache(cache_dir="auto", paths=None, *, compact=False, seed=None, log=None, **recheck):
     """Check every shard of a cache; with ``paths``, also recompute a sample of stored codes.
 
-    Temporary files that killed runs left are removed first. A configuration whose shards are
+    Temporary files that killed runs left are removed first. A folder whose ``config.json`` is
+    missing or damaged gets it back from its shards' own record of their configuration; a folder
+    that cannot be accounted for makes the report not ok. A configuration whose shards are
     all sound is merged into one shard with ``compact=True``.
 
     Parameters
@@ -175,8 +177,10 @@ def verify_cache(cache_dir="auto", paths=None, *, compact=False, seed=None, log=
     dict
         ``cache_dir``, ``exists``, ``ok`` (no bad shard and no mismatch), ``configs`` (each
         :func:`config_summary` with ``problems``, and ``recheck``/``compacted_shards`` when
-        done), ``warnings`` (the cache's, deduplicated), ``rechecked`` and
-        ``removed_temporaries``.
+        done), ``warnings`` (the cache's, deduplicated), ``rechecked``,
+        ``removed_temporaries``, ``recovered`` (folders whose ``config.json`` was written again
+        from their shards) and ``unaccounted`` (``{"folder", "problem"}`` of each folder that is
+        no configuration it can check: these make ``ok`` false).
 
     Examples
     --------
@@ -196,10 +200,16 @@ def verify_cache(cache_dir="auto", paths=None, *, compact=False, seed=None, log=
     reports, failed = [], False
     # Left by killed runs: the probe of a writable cache in the cache folder, shards in the making
     # in the configurations' folders.
-    removed = remove_stale_temporaries(root) if exists else []
+    # Any writer-named temporary of the folder (an --out file written there, say), not only the
+    # cache's own.
+    removed = remove_stale_temporaries(root, prefix=None) if exists else []
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", CacheWarning)
-        stores = list_configs(root) if exists else []
+        # A folder whose config.json is gone or damaged gets it back from its shards; one
+        # nothing accounts for is a problem (its rows would go unchecked).
+        scan = {"recovered": [], "unaccounted": []}
+        stores = list_configs(root, recover=True, report=scan) if exists else []
+        failed = bool(scan["unaccounted"])
         for store, info in stores:
             removed += store.remove_stale_temporaries()
             report = config_summary(store, info)
@@ -227,4 +237,6 @@ def verify_cache(cache_dir="auto", paths=None, *, compact=False, seed=None, log=
         "warnings": cache_warnings,
         "rechecked": by_digest is not None,
         "removed_temporaries": removed,
+        "recovered": scan["recovered"],
+        "unaccounted": scan["unaccounted"],
     }

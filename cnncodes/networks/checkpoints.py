@@ -24,24 +24,28 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import stat
 import urllib.error
 from collections.abc import Mapping
 
 import torch
 from torch import nn
 
-from ..spec import WeightsError, file_sha256
+from ..spec import ModelError, WeightsError, file_sha256
 from ..utils.memo import memoize
 from .architectures import _is_callable_name, _timm
 
 __all__ = [
     "WeightsUnavailableError",
+    "WEIGHTS_KWARGS",
+    "check_weights_file",
     "checkpoint_preprocessing",
     "fetch_named_weights",
     "fetch_timm_weights",
     "load_state",
     "load_timm_pretrained",
     "read_checkpoint",
+    "refuse_weights_kwargs",
     "state_fingerprint",
 ]
 
@@ -251,6 +255,61 @@ def _unwrap_state_dict(obj, path):
     return out
 
 
+#: Builder arguments that choose, fetch or load weights (torchvision's builders, timm's
+#: ``create_model``): refused in ``model_kwargs``, since weights are chosen by ``weights=``
+#: (``--weights``), identified in the cache key, and fetched only with ``CNNCODES_DOWNLOAD=1``.
+WEIGHTS_KWARGS = (
+    "weights",
+    "weights_backbone",
+    "pretrained",
+    "pretrained_backbone",
+    "progress",
+    "pretrained_cfg",
+    "pretrained_cfg_overlay",
+    "pretrained_strict",
+    "checkpoint_path",
+    "cache_dir",
+)
+
+
+def refuse_weights_kwargs(model_kwargs, model):
+    """Refuse the builder arguments (``(key, value)`` pairs) that choose weights, for
+    torchvision and timm models; a user's callable takes what it defines."""
+    if _is_callable_name(model):
+        return
+    chosen = [(key, value) for key, value in model_kwargs if key in WEIGHTS_KWARGS]
+    if chosen:
+        key, value = chosen[0]
+        raise ModelError(
+            f"model_kwargs of model={model!r}: {key}={value!r} chooses weights (or fetches "
+            "them), which model arguments may not: give weights= (--weights) a weights name, "
+            "a checkpoint file or 'none'; downloads happen only with CNNCODES_DOWNLOAD=1"
+        )
+
+
+def check_weights_file(weights):
+    """The absolute path of the checkpoint file ``weights``, or a :class:`WeightsError` saying
+    what it is instead: missing, a directory, not a regular file (a FIFO is never opened, so
+    never waited on), or empty."""
+    path = os.path.abspath(weights)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise WeightsError(f"weights file not found: {weights}") from None
+    except OSError as exc:
+        raise WeightsError(f"weights file {weights}: cannot be read ({exc.strerror})") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise WeightsError(f"weights {weights}: is a directory, not a checkpoint file")
+    if not stat.S_ISREG(st.st_mode):
+        raise WeightsError(
+            f"weights {weights}: not a regular file (a FIFO, socket or device); give a "
+            "checkpoint file"
+        )
+    if st.st_size == 0:
+        raise WeightsError(f"weights file {weights} is empty: not a checkpoint")
+    return path
+
+
 def _load_checkpoint(path, mmap=False):
     """What a checkpoint file holds, loaded on the CPU with ``weights_only=True``."""
     try:
@@ -263,9 +322,13 @@ def _load_checkpoint(path, mmap=False):
     except FileNotFoundError:
         raise WeightsError(f"weights file not found: {path}") from None
     except Exception as exc:  # unpickling raises many types; all mean "not a safe checkpoint"
+        if os.path.isfile(path) and os.path.getsize(path) == 0:
+            raise WeightsError(f"weights file {path} is empty: not a checkpoint") from None
+        detail = str(exc).strip() or type(exc).__name__
         raise WeightsError(
-            f"{path}: cannot be read as a checkpoint with weights_only=True ({exc}). cnncodes never "
-            "loads checkpoints that need arbitrary code; save a plain state_dict with torch.save"
+            f"{path}: cannot be read as a checkpoint with weights_only=True ({detail}). "
+            "cnncodes never loads checkpoints that need arbitrary code; save a plain "
+            "state_dict with torch.save"
         ) from None
 
 

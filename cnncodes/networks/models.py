@@ -68,12 +68,14 @@ from .architectures import (
 from .architectures import model_identity as model_identity
 from .checkpoints import (
     WeightsUnavailableError,
+    check_weights_file,
     checkpoint_preprocessing,
     fetch_named_weights,
     fetch_timm_weights,
     load_state,
     load_timm_pretrained,
     read_checkpoint,
+    refuse_weights_kwargs,
     state_fingerprint,
 )
 from .layers import (
@@ -217,6 +219,7 @@ def resolve_spec(
     """
     _check_model_name(model)
     kwargs = check_model_kwargs(model_kwargs, model)
+    refuse_weights_kwargs(kwargs, model)  # weights come from weights= only (and offline)
     if not is_int(seed):
         raise UsageError(f"seed={seed!r}: expected an int")
     seed = int(seed)
@@ -255,9 +258,7 @@ def _resolve_weights(model, weights, seed):
         return Weights("torchvision", name=f"{type(enum).__name__}.{enum.name}"), enum
     if weights.lower() == "none":
         return Weights("none", seed=seed), None
-    path = os.path.abspath(weights)
-    if not os.path.isfile(path):
-        raise WeightsError(f"weights file not found: {weights}")
+    path = check_weights_file(weights)
     return Weights("checkpoint", file=path, sha256=file_sha256(path)), None
 
 

@@ -61,6 +61,7 @@ def _pair(value, name, allow_single):
 
 
 def _triple(value, name):
+    given = value
     if isinstance(value, numbers.Real):
         value = (value,) * 3
     try:
@@ -69,6 +70,10 @@ def _triple(value, name):
         raise UsageError(f"{name}={value!r}: expected a float or three floats (R, G, B)") from None
     if len(value) != 3:
         raise UsageError(f"{name}={value!r}: expected a float or three floats (R, G, B)")
+    if not all(math.isfinite(v) for v in value):
+        # NaN or infinity would make every code NaN (issue 23), silently.
+        shown = value[0] if isinstance(given, numbers.Real) else value
+        raise UsageError(f"{name}={shown!r}: values must be finite (not NaN or infinity)")
     return value
 
 

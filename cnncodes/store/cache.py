@@ -57,13 +57,13 @@ from ..errors import InputTypeError, UsageError
 from ..spec import FORMAT_VERSION, config_key, file_stamp
 from ..utils.files import (
     STALE_GRACE_SECONDS,
-    atomic_write_bytes,
     fsync_path,
     remove_stale_temporaries,
     temporary_path,
 )
 from ..utils.files import TMP_PREFIX as _TMP_PREFIX
 from ..utils.memo import Memo
+from .configs import CacheWarning, folder_config, write_config_json
 
 __all__ = [
     "FORMAT_VERSION",
@@ -82,10 +82,6 @@ DEFAULT_CACHE_DIR = "cache"
 _SHARD_FORMAT = "cnncodes-shard"
 _KEY_DTYPE = "S64"
 _COMPACT_LOCK = ".compact.lock"
-
-
-class CacheWarning(UserWarning):
-    """A cache file was unreadable or not one of ours; it is ignored and its rows recomputed."""
 
 
 def resolve_cache_dir(cache_dir="auto"):
@@ -200,18 +196,16 @@ class CodeStore:
             raise OSError(
                 exc.errno,
                 f"cannot write to the cache folder {self.root} ({exc.strerror or exc}): choose "
-                "a writable cache_dir, or cache_dir=None to keep no codes",
+                "a writable cache folder (cache_dir=..., --cache-dir), or keep no codes "
+                "(cache_dir=None, --no-cache)",
             ) from None
 
     def _ensure_dir(self):
         if not os.path.isdir(self.path):
             os.makedirs(self.path, exist_ok=True)
             fsync_path(self.root)
-        config_path = os.path.join(self.path, "config.json")
-        if not os.path.isfile(config_path):
-            body = {"config_key": self.key, "format_version": FORMAT_VERSION, "config": self.config}
-            data = json.dumps(body, sort_keys=True, indent=1).encode()
-            atomic_write_bytes(config_path, data, prefix=_TMP_PREFIX)
+        if not os.path.isfile(os.path.join(self.path, "config.json")):
+            write_config_json(self.path, self.config)
 
     def shard_paths(self):
         """Committed shard files, oldest first (temporary files are never listed)."""
@@ -562,10 +556,14 @@ def _verify(f, path, st, key_array):
         _hold_codes(path, st, codes)  # read anyway: the next read of these codes needs no I/O
 
 
-def list_configs(root):
+def list_configs(root, *, recover=False, report=None):
     """All configurations in a cache folder: ``[(CodeStore, info dict)]``, newest config first.
 
-    Folders without a readable ``config.json`` written by cnncodes are skipped with a warning.
+    Folders without a readable ``config.json`` written by cnncodes are skipped with a warning
+    (silently where there is none). With ``recover=True``, a folder whose ``config.json`` is
+    missing or damaged gets it back from what its shards record, with a warning that says so.
+    A ``report`` dict receives ``"recovered"`` (those folders) and ``"unaccounted"``: every
+    other folder not listed, as ``{"folder", "problem"}`` (not warned about then).
     """
     root = os.fspath(root)
     out = []
@@ -573,20 +571,15 @@ def list_configs(root):
         names = sorted(os.listdir(root))
     except (FileNotFoundError, NotADirectoryError):
         return out
+    if report is not None:
+        report.setdefault("recovered", [])
+        report.setdefault("unaccounted", [])
     for name in names:
         folder = os.path.join(root, name)
-        config_path = os.path.join(folder, "config.json")
-        if not os.path.isdir(folder) or not os.path.isfile(config_path):
+        if name.startswith(".") or not os.path.isdir(folder):
             continue
-        try:
-            with open(config_path, encoding="utf-8") as f:
-                body = json.load(f)
-            config = body["config"]
-            if config_key(config) != name:
-                raise UsageError("its key does not match its folder")
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            warnings.warn(f"ignoring cache folder {folder}: {exc}", CacheWarning, stacklevel=2)
-            continue
-        store = CodeStore(root, config)
-        out.append((store, store.info()))
+        config = folder_config(folder, recover, report)
+        if config is not None:
+            store = CodeStore(root, config)
+            out.append((store, store.info()))
     return out

@@ -235,6 +235,12 @@ class _Delivery:
                 target[self.groups[key]] = block[r]
             held = self.have[name]
             new = [r for r, key in enumerate(done) if key not in held]
+            if new and not np.isfinite(block[new]).all():
+                # The last guard: codes with NaN or infinity are never committed.
+                raise UsageError(
+                    f"compute delivered non-finite codes (NaN or infinity) of {name!r}; "
+                    "they are not cached"
+                )
             if new:
                 self.pending.add(name, [stored_as[r] for r in new], block, new)
         self.computed += len(done)

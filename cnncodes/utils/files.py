@@ -92,9 +92,21 @@ def temporary_path(folder, prefix=TMP_PREFIX, suffix=""):
     return os.path.join(folder, f"{prefix}{os.getpid()}@{_host()}-{secrets.token_hex(4)}{suffix}")
 
 
+#: Any temporary file :func:`temporary_path` names, of any output: ``.tmp-<pid>@<host>-<hex>``
+#: (the cache's) or ``.<name>.tmp-<pid>@<host>-<hex><suffix>`` (:func:`atomic_path`'s).
+_ANY_TEMPORARY = re.compile(
+    r"\.(?:.+\.)?" + re.escape(TMP_PREFIX[1:]) + r"(\d+)@([A-Za-z0-9_.]{1,64})-[0-9a-f]{1,32}"
+    r"(?:\.[A-Za-z0-9]+)*"
+)
+
+
 def _writer(name, prefix):
     """``(pid, host)`` of a temporary file name; host None for names without one (older
-    versions, written on this host); None for a name that is not a temporary file."""
+    versions, written on this host); None for a name that is not a temporary file. ``prefix``
+    None: a temporary file of any name, with its host (:data:`_ANY_TEMPORARY`)."""
+    if prefix is None:
+        match = _ANY_TEMPORARY.fullmatch(name)
+        return None if match is None else (int(match.group(1)), match.group(2))
     if not name.startswith(prefix):
         return None
     head = name[len(prefix) :].split("-", 1)[0]
@@ -122,7 +134,8 @@ def remove_stale_temporaries(folder, prefix=TMP_PREFIX, grace=None):
     A file is removed when its name (see :func:`temporary_path`) says it was written on this host
     by a process that no longer exists, and it was last modified more than ``grace`` seconds ago
     (default :data:`STALE_GRACE_SECONDS`). A live writer's files, and those of other hosts
-    sharing the folder, are left alone.
+    sharing the folder, are left alone. ``prefix`` None: the temporaries of every name (any
+    output's, the cache's), one listing of the folder.
     """
     grace = STALE_GRACE_SECONDS if grace is None else grace
     try:
@@ -153,7 +166,8 @@ def atomic_path(path, prefix=None, suffix=""):
     The temporary file is ``fsync``-ed, renamed onto ``path`` and the folder ``fsync``-ed; on an
     error it is removed and ``path`` is left as it was. Its name is ``prefix`` (default
     ``.<name>.tmp-``) + writer + ``suffix`` (some writers choose the format by the suffix);
-    temporaries that killed writers left under the same prefix are removed first.
+    temporaries that killed writers left in the folder, of any name, are removed first (one
+    listing; :func:`remove_stale_temporaries`' rules: dead writer on this host, past the grace).
 
     Examples
     --------
@@ -164,7 +178,7 @@ def atomic_path(path, prefix=None, suffix=""):
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     prefix = f".{os.path.basename(path)}{TMP_PREFIX}" if prefix is None else prefix
-    remove_stale_temporaries(folder, prefix)
+    remove_stale_temporaries(folder, prefix=None)
     tmp = temporary_path(folder, prefix, suffix)
     try:
         yield tmp
