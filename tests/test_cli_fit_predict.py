@@ -80,6 +80,18 @@ def test_fit_then_predict(capsys, photos, weights):
     assert (table["label"] == table["true_label"]).all()
     assert "accuracy on 6 labelled image(s): 1.000" in out
 
+    # --proba without --out or --json: the probabilities are on the screen too.
+    code, out, err = run(
+        capsys, "predict", model, photos / "test", "--proba",
+        "--cache-dir", photos / "cache", "--workers", "0",
+    )  # fmt: skip
+    assert code == 0, err
+    header = next(line for line in out.splitlines() if line.startswith("path"))
+    assert header.split()[-2:] == ["p(bright)", "p(dark)"], header
+    first = out.splitlines()[out.splitlines().index(header) + 2].split()
+    assert abs(float(first[-2]) + float(first[-1]) - 1) < 2e-3, first
+    assert "p(CLASS): the probability of each class" in out
+
     # Single files, JSON output.
     files = sorted(str(p) for p in (photos / "test" / "dark").iterdir())
     code, out, err = run(
