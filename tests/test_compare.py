@@ -15,7 +15,7 @@ from tests.test_experiment import FAST
 
 CLI_MODEL = [
     "--model", "cnncodes.demo_data:digits_net", "--weights", "none",
-    "--resize", "32", "--crop", "32", "--mean", "0.5", "--std", "0.5", "--workers", "0",
+    "--resize", "32", "--crop", "32", "--mean", "0.5", "--std", "0.5", "--num-workers", "0",
 ]  # fmt: skip
 
 

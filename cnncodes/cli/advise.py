@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ..params import SMALL_PER_CLASS
 from ._core import (
+    DEFAULT_MODEL,
     EXIT_OK,
     _add_cache_dir_option,
     _add_data_options,
@@ -44,7 +45,14 @@ def add_advise_parser(subparsers):
     )
     _add_data_options(parser)
     group = parser.add_argument_group("model")
-    group.add_argument("--model", default="resnet50", help="default: %(default)s")
+    group.add_argument(
+        "--model",
+        "-m",
+        default=DEFAULT_MODEL,
+        metavar="M",
+        help="torchvision model name (resnet50, mobilenet_v2, ...), timm:NAME or "
+        "package.module:callable (default: %(default)s)",
+    )
     _add_weights_options(group)
     _add_preprocessing_options(parser.add_argument_group("preprocessing"))
     parser.add_argument(

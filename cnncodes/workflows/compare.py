@@ -109,19 +109,14 @@ class Comparison:
 
 
 def _sweep_layers(network, layers):
-    """The layers of the SVM row: the user's, the recipe's defaults, or the network's last
-    three blocks (:func:`cnncodes.advise.block_outputs`) for a model the recipe has none for."""
+    """The layers of the SVM row: the user's, else what :func:`~cnncodes.advise.sweep_layers`
+    says the ``layer_sweep_svm`` recipe sweeps (what ``cnncodes advise`` suggests too)."""
     if layers:
         return list(layers)
-    sweep = recipes.get("layer_sweep_svm")
-    try:
-        return sweep.default_layers(network["model"])
-    except UsageError:  # a model the recipe has no layers for
-        from ..networks.models import list_layers
-        from .advise import block_outputs
+    from .advise import sweep_layers
 
-        shape = {k: network[k] for k in _NETWORK[2:] if network.get(k) is not None}
-        return block_outputs(list_layers(network["model"], "none", **shape))[-3:]
+    shape = {k: network[k] for k in _NETWORK[2:] if network.get(k) is not None}
+    return sweep_layers(network["model"], **shape)
 
 
 def _check_freeze(network, freeze):
@@ -307,7 +302,7 @@ def compare_approaches(
     fine = dict(epochs=epochs, lr=lr, augment=augment, init_head="probe", on_error=on_error)
     fine["progress"] = progress is not False  # a line per epoch unless told to be quiet
     top.set_params(freeze=freeze, **fine)
-    common = dict(cv=cv, seed=random_state, on_error=on_error, progress=progress, log=log)
+    common = dict(cv=cv, random_state=random_state, on_error=on_error, progress=progress, log=log)
     rows = _fit_rows(
         [row for row in _approaches(sweep, top, freeze, epochs) if row[0] not in skip],
         data,
