@@ -52,12 +52,13 @@ def test_seed_is_the_networks_and_the_model_defaults_to_resnet50(capsys, command
     assert args.seed == 0 and "--seed" in text
 
 
-@pytest.mark.parametrize("command", ["fit", "finetune", "compare"])
+@pytest.mark.parametrize("command", ["fit", "finetune", "compare", "advise"])
 def test_random_state_seeds_the_split_and_folds(capsys, command):
     args = cli.build_parser().parse_args([*COMMANDS[command], "--random-state", "7"])
     assert args.random_state == 7
     text = " ".join(_help(capsys, command).split())
-    assert "--random-state N" in text and "seed of the test split" in text
+    what = "seed of the measured subsample" if command == "advise" else "seed of the test split"
+    assert "--random-state N" in text and what in text
 
 
 def test_finetune_seed_and_random_state_go_to_their_own_places():

@@ -18,6 +18,7 @@ from ._core import (
     _load_labelled,
     _Output,
     _preprocessing_from_args,
+    _seed,
 )
 
 _ADVISE_EPILOG = """\
@@ -62,6 +63,13 @@ def add_advise_parser(subparsers):
         metavar="N",
         help="images per class measured, at least 2 (default: %(default)s)",
     )
+    parser.add_argument(
+        "--random-state",
+        type=_seed,
+        default=0,
+        metavar="N",
+        help="seed of the measured subsample and its cross-validation folds (default: %(default)s)",
+    )
     _add_cache_dir_option(parser)
     _add_output_options(parser)
     parser.set_defaults(run=run_advise)
@@ -79,6 +87,7 @@ def run_advise(args):
         model=args.model,
         weights=args.weights,
         seed=args.seed,
+        random_state=args.random_state,
         per_class=args.per_class,
         preprocessing=_preprocessing_from_args(args),
         data_label=args.data,

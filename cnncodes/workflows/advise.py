@@ -192,6 +192,7 @@ def advise(
     weights=None,
     per_class=20,
     seed=0,
+    random_state=0,
     preprocessing=None,
     data_label="DATA",
     **extract_kwargs,
@@ -207,6 +208,10 @@ def advise(
     per_class : int
         Images per class used for the similarity measurement (a stratified subsample; at least
         2, for cross-validation).
+    seed : int
+        Seed of the network's random initialisation (``weights="none"``).
+    random_state : int
+        Seed of the subsample and of the cross-validation folds of the measurement.
     preprocessing : dict, optional
         Overrides of the weights' preprocessing (``resize``, ``crop``, ``mean``, ``std``,
         ``interpolation``), as in :func:`cnncodes.resolve_spec`; repeated in the command.
@@ -248,7 +253,9 @@ def advise(
         f"{advice.median_per_class:g} per class (fewest {advice.min_per_class}): {size_word} "
         f"(large means a median of {SMALL_PER_CLASS} or more images per class)."
     )
-    n_measured, n_out = _measure(advice, spec, paths, labels, per_class, seed, extract_kwargs)
+    n_measured, n_out = _measure(
+        advice, spec, paths, labels, per_class, random_state, extract_kwargs
+    )
     _judge_similarity(advice, spec, n_measured, n_out)
     advice.scenario = {(True, True): 1, (False, True): 2, (True, False): 3, (False, False): 4}[
         (advice.small, advice.similar)
