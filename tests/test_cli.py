@@ -93,9 +93,9 @@ def test_usage_errors_are_one_line_with_status_2(capsys):
     code, out, err = run(capsys)
     assert code == 2 and out == ""
     assert_one_line_error(err, "COMMAND")
-    code, _, err = run(capsys, "extract", "somewhere")
+    code, _, err = run(capsys, "extract")
     assert code == 2
-    assert_one_line_error(err, "extract: the following arguments are required: --model")
+    assert_one_line_error(err, "extract: the following arguments are required: DATA")
     code, _, err = run(capsys, "extract", "x", *MODEL, "--batch-size", "0")
     assert code == 2
     assert_one_line_error(err, "--batch-size: '0': expected a positive integer")
