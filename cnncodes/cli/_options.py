@@ -155,8 +155,8 @@ def _add_folds_options(group, cv_help):
     )
 
 
-def _add_weights_options(group):
-    """--weights and --seed."""
+def _add_weights_options(group, seed_help=None):
+    """--weights and --seed (the network's seed; ``seed_help`` where it seeds more)."""
     group.add_argument(
         "--weights",
         metavar="W",
@@ -168,7 +168,9 @@ def _add_weights_options(group):
         "--seed",
         type=int,
         default=0,
-        help="seed of the random initialisation with --weights none (default: %(default)s)",
+        metavar="N",
+        help=seed_help
+        or "seed of the network's random initialisation with --weights none (default: %(default)s)",
     )
 
 
@@ -294,6 +296,7 @@ def _add_model_options(
     model_args=True,
     views=False,
     view_search=False,
+    seed_help=None,
 ):
     """The network: --model, --weights, --seed, --model-arg, --layer, --pooling and the
     preprocessing (with ``views``, also --views, --view-reduce, --view-seed; ``view_search``:
@@ -313,7 +316,7 @@ def _add_model_options(
             "package.module:callable (default: "
             + (f"{DEFAULT_MODEL})" if required else f"the recipe's, {DEFAULT_MODEL})"),
         )
-    _add_weights_options(group)
+    _add_weights_options(group, seed_help)
     if model_args:
         _add_model_arg_option(group)
     if layers:

@@ -80,7 +80,13 @@ def add_compare_parser(subparsers):
         formatter_class=_Formatter,
     )
     _add_data_options(parser)
-    _add_model_options(parser, layers=False, model_args=False)
+    _add_model_options(
+        parser,
+        layers=False,
+        model_args=False,
+        seed_help="seed of the network: its initialisation with --weights none, and the "
+        "fine-tuning rows' training (FineTune's seed) (default: %(default)s)",
+    )
     parser.add_argument(
         "--layer",
         "-l",

@@ -217,14 +217,13 @@ def add_finetune_parser(subparsers):
         formatter_class=_Formatter,
     )
     _add_data_options(parser)
-    _add_model_options(parser, layers=False)
-    for action in parser._actions:  # FineTune's seed seeds more than the initialisation
-        if action.dest == "seed":
-            action.help = (
-                "seed of the network's training (FineTune's seed): new head, validation split, "
-                "batch order, augmentation, and the initialisation with --weights none "
-                "(default: %(default)s)"
-            )
+    _add_model_options(
+        parser,
+        layers=False,
+        seed_help="seed of the network's training (FineTune's seed): new head, validation "
+        "split, batch order, augmentation, and the initialisation with --weights none "
+        "(default: %(default)s)",
+    )
     _add_fine_tuning_options(parser.add_argument_group("fine-tuning"))
     evaluation = parser.add_argument_group("evaluation")
     _add_held_out_options(evaluation)
