@@ -72,3 +72,22 @@ def test_finetune_seed_and_random_state_go_to_their_own_places():
     assert ft.seed == 5
     command = reproducing_command(args)
     assert "--seed 5" in command and "--random-state 7" in command
+
+
+def test_workflows_take_random_state_and_their_old_seed_still_works():
+    import inspect
+    import warnings
+
+    from cnncodes.workflows.advise import advise
+    from cnncodes.workflows.compare import compare_approaches
+    from cnncodes.workflows.experiment import run_experiment
+    from cnncodes.workflows.finetuning import run_finetune
+    from cnncodes.workflows.rundata import renamed_seed
+
+    for function in (run_experiment, run_finetune, compare_approaches, advise):
+        assert inspect.signature(function).parameters["random_state"].default == 0
+    with pytest.warns(FutureWarning, match=r"run_experiment\(seed=...\) is now .*random_state"):
+        assert renamed_seed(3, 0, "run_experiment") == 3
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert renamed_seed(None, 7, "run_experiment") == 7
