@@ -172,7 +172,7 @@ def main(argv=None):
     ap.add_argument("--n", type=int, default=None)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--batch-size", type=int, default=256)
-    ap.add_argument("--workers", type=int, default=None, help="default: cpu_count - 1")
+    ap.add_argument("--num-workers", type=int, default=None, help="default: cpu_count - 1")
     ap.add_argument("--out", default="gpu.json")
     args = ap.parse_args(argv)
     device = torch.device(args.device)

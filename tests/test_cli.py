@@ -30,7 +30,7 @@ from tests.tiny_nets import TinyCNN
 
 # An untrained resnet18 on 32x32 crops: fast on a CPU. Decoding in-process keeps tests quick.
 MODEL = ["--model", "resnet18", "--weights", "none", "--resize", "40", "--crop", "32"]
-FAST = ["--workers", "0"]
+FAST = ["--num-workers", "0"]
 
 
 @pytest.fixture
@@ -93,9 +93,9 @@ def test_usage_errors_are_one_line_with_status_2(capsys):
     code, out, err = run(capsys)
     assert code == 2 and out == ""
     assert_one_line_error(err, "COMMAND")
-    code, _, err = run(capsys, "extract", "somewhere")
+    code, _, err = run(capsys, "extract")
     assert code == 2
-    assert_one_line_error(err, "extract: the following arguments are required: --model")
+    assert_one_line_error(err, "extract: the following arguments are required: DATA")
     code, _, err = run(capsys, "extract", "x", *MODEL, "--batch-size", "0")
     assert code == 2
     assert_one_line_error(err, "--batch-size: '0': expected a positive integer")
@@ -510,7 +510,7 @@ def test_cache_verify_sample_0_says_once_that_codes_are_not_rechecked(capsys, da
 def test_cache_verify_confirms_then_detects_tampering(capsys, data, cache):
     extract(capsys, data, cache, "--layer", "avgpool")
 
-    report = run_json(capsys, "cache", "verify", "--cache-dir", cache, "--workers", "0")
+    report = run_json(capsys, "cache", "verify", "--cache-dir", cache, "--num-workers", "0")
     assert report["ok"] and report["rechecked"] is False
     code, out, _ = run(capsys, "cache", "verify", "--cache-dir", cache)
     assert code == 0 and "codes not re-checked (integrity only)" in out
@@ -524,7 +524,7 @@ def test_cache_verify_confirms_then_detects_tampering(capsys, data, cache):
         data,
         "--sample",
         "4",
-        "--workers",
+        "--num-workers",
         "0",
     ]
     report = run_json(capsys, *argv, "--seed", "1")
@@ -551,7 +551,16 @@ def test_cache_verify_recomputes_wrong_codes(capsys, data, cache):
     keys = list(store.index())
     store.write(keys, np.full((len(keys), 512), 7.0, np.float32))  # a well-formed shard of lies
     code, out, _ = run(
-        capsys, "cache", "verify", "--cache-dir", cache, "--data", data, "--workers", "0", "--json"
+        capsys,
+        "cache",
+        "verify",
+        "--cache-dir",
+        cache,
+        "--data",
+        data,
+        "--num-workers",
+        "0",
+        "--json",
     )
     assert code == 1
     report = json.loads(out)
@@ -567,7 +576,7 @@ def test_cache_verify_with_a_checkpoint_needs_the_file(capsys, data, cache, tmp_
     torch.save(TinyCNN().state_dict(), ckpt)
     model = ["--model", "tests.tiny_nets:tiny_cnn", "--weights", ckpt, "--crop", "32"]
     run_json(capsys, "extract", data, *model, *FAST, "--cache-dir", cache, "--layer", "conv2")
-    base = ["cache", "verify", "--cache-dir", cache, "--data", data, "--workers", "0"]
+    base = ["cache", "verify", "--cache-dir", cache, "--data", data, "--num-workers", "0"]
     base += ["--trust-model-code", "tests.tiny_nets:tiny_cnn"]
 
     [config] = run_json(capsys, *base)["configs"]
@@ -608,7 +617,7 @@ def test_cache_verify_rebuilds_a_configurations_own_code_only_when_trusted(
     run_json(capsys, "extract", data, *argv, *FAST, "--cache-dir", "cache")
     (tmp_path / "IMPORTED").unlink()
     monkeypatch.delitem(sys.modules, module)
-    base = ["cache", "verify", "--cache-dir", "cache", "--data", data, "--workers", "0"]
+    base = ["cache", "verify", "--cache-dir", "cache", "--data", data, "--num-workers", "0"]
 
     report = run_json(capsys, *base)
     assert not (tmp_path / "IMPORTED").exists()
@@ -704,10 +713,31 @@ def test_advise_json_command_runs_as_written(capsys, tmp_path, make_images, cach
         ("--weights", "none"),
     ]:
         assert argv[argv.index(option) + 1] == value
-    assert [argv[i + 1] for i, a in enumerate(argv) if a == "--layer"] == [
-        advice["early_layer"],
-        "flatten",
-    ]
+    # A model layer_sweep_svm has no layers for: the network's last three blocks, as compare's.
+    from cnncodes.advise import sweep_layers
+
+    layers = sweep_layers("cnncodes.demo_data:digits_net")
+    assert [argv[i + 1] for i, a in enumerate(argv) if a == "--layer"] == layers
+    assert len(layers) == 3
+
+
+def test_advise_scenario_3_command_sweeps_the_recipes_own_layers(capsys, data, cache):
+    from pipelines.layer_sweep_svm import default_layers
+
+    # MobileNetV2: the layers of the recipe's own default sweep, not advise's measured pair.
+    small = ["--resize", "40", "--crop", "32"]
+    argv = [*small, "--cache-dir", cache, "--json"]
+    code, out, err = run(
+        capsys, "advise", data, "--model", "mobilenet_v2", "--weights", "none", *argv
+    )
+    assert code == 0, err
+    advice = json.loads(out)
+    assert advice["scenario"] == 3
+    command = shlex.split(advice["command"])
+    layers = [command[i + 1] for i, a in enumerate(command) if a == "--layer"]
+    assert layers == default_layers("mobilenet_v2")
+    assert layers[2] == "features.14.conv.0" and advice["early_layer"] not in layers
+    assert any("features.14.conv.0" in r and "layer_sweep_svm" in r for r in advice["reasons"])
 
 
 def test_advise_passes_preprocessing_on_to_its_command(capsys, data, cache):

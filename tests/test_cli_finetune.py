@@ -18,7 +18,9 @@ from cnncodes import cli, persistence
 from tests.conftest import paused_after_two_epochs
 from tests.test_cli import assert_one_line_error, run, run_json
 
-TINY = ["--model", "tests.tiny_nets:tiny_cnn", "--resize", "32", "--crop", "32", "--workers", "0"]
+TINY = [
+    "--model", "tests.tiny_nets:tiny_cnn", "--resize", "32", "--crop", "32", "--num-workers", "0"
+]  # fmt: skip
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
@@ -75,8 +77,8 @@ def test_report_files_and_the_command_that_reproduces_the_run(capsys, photos):
 
     report = photos / "report"
     code, out, err = finetune(
-        capsys, photos, "--test-size", "0.25", "--freeze", "none", "--seed", "3",
-        "--report", report,
+        capsys, photos, "--test-size", "0.25", "--freeze", "none", "--seed", "5",
+        "--random-state", "3", "--report", report,
     )  # fmt: skip
     assert code == 0, err
     assert f"report: {report}" in out
@@ -86,7 +88,8 @@ def test_report_files_and_the_command_that_reproduces_the_run(capsys, photos):
     assert metrics["test"]["n"] == 4 and len(metrics["history"]) == 2
     config = json.loads((report / "config.json").read_text())
     assert config["params"]["freeze"] == "none" and config["extractor"]["model"] == TINY[1]
-    # The held-out quarter is the one `cnncodes fit --test-size 0.25` holds out (same seed).
+    # The held-out quarter is the one `cnncodes fit --test-size 0.25` holds out (same
+    # --random-state; --seed is the network's).
     dataset = load_dataset(photos / "photos")
     *_, test_paths, test_labels = stratified_split(dataset.paths, dataset.labels, 0.25, 3)
     assert config["test"]["sha256"] == _data_fingerprint(test_paths, test_labels)
@@ -94,7 +97,8 @@ def test_report_files_and_the_command_that_reproduces_the_run(capsys, photos):
     argv = shlex.split(config["command"])
     assert argv[:3] == ["cnncodes", "finetune", str(photos / "photos")]
     again = cli.build_parser().parse_args(argv[1:])
-    assert (again.freeze, again.epochs, again.test_size, again.seed) == ("none", 2, 0.25, 3)
+    assert (again.freeze, again.epochs, again.test_size) == ("none", 2, 0.25)
+    assert (again.seed, again.random_state) == (5, 3)
     assert (again.resize, again.crop, again.cache_dir) == (32, 32, str(photos / "cache"))
     assert not (report / "finetune.state").exists()  # removed once the run completed
 
@@ -106,14 +110,14 @@ def test_saved_model_predicts_with_trust_rules_as_for_fit(capsys, photos):
     assert "predict with --trust-model-code tests.tiny_nets:tiny_cnn" in out
     assert model.is_file() and not (photos / "ft.skops.state").exists()
 
-    code, out, err = run(capsys, "predict", model, photos / "test", "--workers", "0")
+    code, out, err = run(capsys, "predict", model, photos / "test", "--num-workers", "0")
     assert code == 2
     assert_one_line_error(err, "tests.tiny_nets:tiny_cnn", "--trust-model-code")
 
     table_path = photos / "predictions.csv"
     code, out, err = run(
         capsys, "predict", model, photos / "test", "--trust-model-code", TINY[1], "--proba",
-        "--out", table_path, "--workers", "0",
+        "--out", table_path, "--num-workers", "0",
     )  # fmt: skip
     assert code == 0, err
     table = pd.read_csv(table_path)
@@ -135,7 +139,7 @@ def test_fine_tuned_model_needs_not_its_starting_checkpoint(capsys, photos):
     weights = photos / "net.pth"
     torch.save(digits_net().state_dict(), weights)
     digits = ["--model", "cnncodes.demo_data:digits_net", "--weights", weights, "--resize", "32",
-              "--crop", "32", "--mean", "0.5", "--std", "0.5", "--workers", "0"]  # fmt: skip
+              "--crop", "32", "--mean", "0.5", "--std", "0.5", "--num-workers", "0"]  # fmt: skip
     model = photos / "ft.joblib"
     code, out, err = finetune(
         capsys, photos, "--freeze", "features.3", "--out", model, model=digits
@@ -146,16 +150,18 @@ def test_fine_tuned_model_needs_not_its_starting_checkpoint(capsys, photos):
     broken.parent.mkdir()
     broken.write_bytes(b"not an image")
     good = sorted(str(p) for p in (photos / "test" / "dark").iterdir())
-    data = run_json(capsys, "predict", model, *good, broken, "--on-error", "skip", "--workers", "0")
+    data = run_json(
+        capsys, "predict", model, *good, broken, "--on-error", "skip", "--num-workers", "0"
+    )
     rows = data["predictions"]
     assert [r["path"] for r in rows] == [*good, str(broken)]
     assert all(r["label"] in ("bright", "dark") for r in rows[:-1])
     assert rows[-1]["label"] is None and rows[-1]["error"] and data["skipped"] == 1
-    code, out, err = run(capsys, "predict", model, broken, "--workers", "0")
+    code, out, err = run(capsys, "predict", model, broken, "--num-workers", "0")
     assert code == 2
     assert_one_line_error(err, "broken.jpg", "--on-error skip")
     code, out, err = run(
-        capsys, "predict", model, *good, "--weights", photos / "elsewhere.pth", "--workers", "0"
+        capsys, "predict", model, *good, "--weights", photos / "elsewhere.pth", "--num-workers", "0"
     )
     assert code == 0, err
     assert "not needed" in err
@@ -172,7 +178,7 @@ def test_checkpoint_of_the_fine_tuned_network_feeds_extract(capsys, photos):
     codes_file = photos / "codes.npz"
     data = run_json(
         capsys, "extract", photos / "photos", "--model", TINY[1], "--weights", checkpoint,
-        "--cache-dir", photos / "cache", "--workers", "0", "--out", codes_file,
+        "--cache-dir", photos / "cache", "--num-workers", "0", "--out", codes_file,
     )  # fmt: skip
     assert data["weights"].startswith("sha256:") and data["computed"] == 16
     assert data["preprocessing"]["crop"] == [32, 32]  # from the checkpoint
@@ -276,7 +282,7 @@ def test_run_finetune_splits_reports_and_configures_as_run_experiment(photos):
     ft = FineTune(model=TINY[1], resize=32, crop=32, epochs=1, valid_size=0, cache_dir=None)
     notes = []
     result = run_finetune(
-        dataset.paths, dataset.labels, ft, test_size=0.25, seed=3, log=notes.append
+        dataset.paths, dataset.labels, ft, test_size=0.25, random_state=3, log=notes.append
     )
     assert result.estimator is ft and result.search is None and result.table is None
     assert list(result.metrics) == ["test", "duplicates", "history", "training"]

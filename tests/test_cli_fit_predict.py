@@ -17,7 +17,7 @@ from tests.test_cli import assert_one_line_error, run
 MODEL = [
     "--model", "cnncodes.demo_data:digits_net",
     "--resize", "32", "--crop", "32", "--mean", "0.5", "--std", "0.5",
-    "--workers", "0",
+    "--num-workers", "0",
 ]  # fmt: skip
 
 
@@ -71,7 +71,7 @@ def test_fit_then_predict(capsys, photos, weights):
     out_csv = photos / "predictions.csv"
     code, out, err = run(
         capsys, "predict", model, photos / "test", "--proba", "--out", out_csv,
-        "--cache-dir", photos / "cache", "--workers", "0",
+        "--cache-dir", photos / "cache", "--num-workers", "0",
     )  # fmt: skip
     assert code == 0, err
     table = pd.read_csv(out_csv)
@@ -82,11 +82,23 @@ def test_fit_then_predict(capsys, photos, weights):
     assert (table["label"] == table["true_label"]).all()
     assert "accuracy on 6 labelled image(s): 1.000" in out
 
+    # --proba without --out or --json: the probabilities are on the screen too.
+    code, out, err = run(
+        capsys, "predict", model, photos / "test", "--proba",
+        "--cache-dir", photos / "cache", "--num-workers", "0",
+    )  # fmt: skip
+    assert code == 0, err
+    header = next(line for line in out.splitlines() if line.startswith("path"))
+    assert header.split()[-2:] == ["p(bright)", "p(dark)"], header
+    first = out.splitlines()[out.splitlines().index(header) + 2].split()
+    assert abs(float(first[-2]) + float(first[-1]) - 1) < 2e-3, first
+    assert "p(CLASS): the probability of each class" in out
+
     # Single files, JSON output.
     files = sorted(str(p) for p in (photos / "test" / "dark").iterdir())
     code, out, err = run(
         capsys, "predict", model, *files, "--json", "--cache-dir", photos / "cache",
-        "--workers", "0",
+        "--num-workers", "0",
     )  # fmt: skip
     assert code == 0, err
     data = json.loads(out)
@@ -210,7 +222,7 @@ def test_predict_errors(capsys, photos, tmp_path):
                          "--out", photos / "svm.joblib")  # fmt: skip
     assert code == 0, err
     model = photos / "svm.joblib"
-    common = ["--cache-dir", photos / "cache", "--workers", "0"]
+    common = ["--cache-dir", photos / "cache", "--num-workers", "0"]
     code, out, err = run(capsys, "predict", model, photos / "test", "--proba", *common)
     assert code == 2
     assert_one_line_error(err, "--proba", "LinearSVC", "no probabilities")
@@ -245,7 +257,7 @@ def test_predict_warns_about_classes_the_model_never_learned(capsys, photos):
     assert code == 0, err
     write_classes(str(photos / "other"), per_class=2, classes=("bright", "grey"))
     code, out, err = run(capsys, "predict", photos / "svm.joblib", photos / "other",
-                         "--cache-dir", photos / "cache", "--workers", "0")  # fmt: skip
+                         "--cache-dir", photos / "cache", "--num-workers", "0")  # fmt: skip
     assert code == 0, err
     assert "class(es) the model never learned: grey (it knows bright, dark)" in err
 
@@ -280,7 +292,7 @@ def test_predict_with_a_checkpoint_that_moved(capsys, photos, weights, forward_c
         "--weights", weights, "--cv", "2", "--cache-dir", photos / "cache", "--out", model,
     )  # fmt: skip
     assert code == 0, err
-    common = ["--cache-dir", photos / "cache", "--workers", "0", "--json"]
+    common = ["--cache-dir", photos / "cache", "--num-workers", "0", "--json"]
     code, out, err = run(capsys, "predict", model, photos / "photos", *common)
     assert code == 0, err
     expected = json.loads(out)["predictions"]
@@ -313,7 +325,7 @@ def test_a_model_on_your_own_code_predicts_with_trust_model_code(capsys, photos)
     )  # fmt: skip
     assert code == 0, err
     assert "predict with --trust-model-code tests.tiny_nets:tiny_cnn" in out
-    common = [model, photos / "test", "--cache-dir", photos / "cache", "--workers", "0"]
+    common = [model, photos / "test", "--cache-dir", photos / "cache", "--num-workers", "0"]
     code, out, err = run(capsys, "predict", *common)
     assert code == 2
     assert_one_line_error(err, "tests.tiny_nets:tiny_cnn", "--trust-model-code")
@@ -344,7 +356,7 @@ def test_fit_shows_the_preprocessing_a_checkpoint_carries(capsys, photos):
     torch.save({"state_dict": digits_net().state_dict(), "preprocessing": entry}, own)
     code, out, err = run(
         capsys, "fit", photos / "photos", "--model", "cnncodes.demo_data:digits_net",
-        "--weights", own, "--workers", "0", "--cache-dir", photos / "cache", "--cv", "2",
+        "--weights", own, "--num-workers", "0", "--cache-dir", photos / "cache", "--cv", "2",
         "--pipeline", "linear_svm", "--json",
     )  # fmt: skip
     assert code == 0, err
@@ -358,7 +370,7 @@ def test_fit_shows_the_preprocessing_a_checkpoint_carries(capsys, photos):
     assert data["preprocessing"]["source"]["std"] == "checkpoint"
     code, out, err = run(
         capsys, "fit", photos / "photos", "--model", "cnncodes.demo_data:digits_net",
-        "--weights", own, "--workers", "0", "--cache-dir", photos / "cache", "--cv", "2",
+        "--weights", own, "--num-workers", "0", "--cache-dir", photos / "cache", "--cv", "2",
         "--pipeline", "linear_svm",
     )  # fmt: skip
     assert code == 0, err
@@ -380,7 +392,7 @@ def test_fit_with_stacked_views_then_predict(capsys, photos, weights):
     assert "6 images): accuracy 1.000" in out
     code, out, err = run(
         capsys, "predict", model, photos / "test", "--proba", "--json",
-        "--cache-dir", photos / "cache", "--workers", "0",
+        "--cache-dir", photos / "cache", "--num-workers", "0",
     )  # fmt: skip
     assert code == 0, err
     assert json.loads(out)["accuracy"]["accuracy"] == 1.0

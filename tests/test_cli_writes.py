@@ -19,7 +19,7 @@ from tests.test_cli_finetune import TINY
 MODEL = [
     "--model", "cnncodes.demo_data:digits_net",
     "--resize", "32", "--crop", "32", "--mean", "0.5", "--std", "0.5",
-    "--workers", "0",
+    "--num-workers", "0",
 ]  # fmt: skip
 
 

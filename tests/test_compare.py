@@ -15,7 +15,7 @@ from tests.test_experiment import FAST
 
 CLI_MODEL = [
     "--model", "cnncodes.demo_data:digits_net", "--weights", "none",
-    "--resize", "32", "--crop", "32", "--mean", "0.5", "--std", "0.5", "--workers", "0",
+    "--resize", "32", "--crop", "32", "--mean", "0.5", "--std", "0.5", "--num-workers", "0",
 ]  # fmt: skip
 
 
@@ -125,6 +125,54 @@ def test_compare_fits_four_approaches_on_one_split(data, tmp_path):
         assert row["images_per_second"] == pytest.approx(12 * 1 / row["seconds"])
     table = result.table()
     assert list(table["approach"]) == [r["approach"] for r in rows] and "metrics" not in table
+
+
+def test_compare_skips_rows_and_gives_no_speed_for_cached_codes(data, tmp_path):
+    from cnncodes.compare import APPROACHES, compare_approaches
+
+    paths, labels = data
+    network = {k: FAST[k] for k in ("resize", "crop", "mean", "std")}
+    kwargs = dict(
+        model=FAST["model"], weights="none", preprocessing=network, test_size=0.25, cv=2,
+        recipe_options=SMALL_GRIDS, cache_dir=str(tmp_path / "cache"), num_workers=0,
+        skip=["finetune_top", "finetune_all"],
+    )  # fmt: skip
+    first = compare_approaches(paths, labels, **kwargs)
+    assert [r["approach"] for r in first.rows] == ["linear_probe", "layer_sweep_svm"]
+    assert first.config["skip"] == ["finetune_top", "finetune_all"]
+    probe = first.rows[0]
+    assert probe["network_images"] == 12
+    assert probe["images_per_second"] == pytest.approx(12 / probe["seconds"])
+    # Every code in the cache now: no image computed, so no images/s.
+    again = compare_approaches(paths, labels, **kwargs)
+    assert [r["network_images"] for r in again.rows] == [0, 0]
+    assert [r["images_per_second"] for r in again.rows] == [None, None]
+    with pytest.raises(ValueError, match=r"skip='finetune': not a row; the rows: linear_probe, "):
+        compare_approaches(paths, labels, **{**kwargs, "skip": ["finetune"]})
+    with pytest.raises(ValueError, match="every row skipped"):
+        compare_approaches(paths, labels, **{**kwargs, "skip": [n for n, _ in APPROACHES]})
+
+
+def test_cli_compare_skip_and_cached_rows(capsys, tmp_path):
+    write_classes(str(tmp_path / "photos"))
+    argv = [
+        "compare", tmp_path / "photos", *CLI_MODEL, "--test-size", "0.25", "--cv", "2",
+        "--cache-dir", tmp_path / "cache", "--skip", "finetune_all", "--skip", "finetune_top",
+        "--skip", "layer_sweep_svm",
+    ]  # fmt: skip
+    code, out, err = run(capsys, *argv)
+    assert code == 0, err
+    lines = out.splitlines()
+    assert [line.split()[0] for line in lines[3:]] == ["linear_probe"]
+    assert lines[3].split()[4] != "cached"
+    code, out, err = run(capsys, *argv)
+    assert code == 0, err
+    assert out.splitlines()[3].split()[4] == "cached"
+    code, out, err = run(capsys, *argv[:-1], "svm")
+    assert code == 2 and out == ""
+    assert_one_line_error(
+        err, "--skip: 'svm': not a row", "linear_probe, layer_sweep_svm, finetune_top"
+    )
 
 
 def test_compare_needs_one_held_out_set_and_a_positive_epoch_count(data):

@@ -177,3 +177,15 @@ def test_command_line_examples_run(workdir, demo_run, capsys):
         assert model in missing_models and "model file not found" in err, f"{line}: {err}"
     # The README's fit commands on the demo's data print the demo's own numbers.
     assert reproduced >= 1
+
+
+def test_readme_lists_what_the_recipes_run_by_default():
+    from pipelines._defaults import defaults_markdown
+
+    text = README.read_text(encoding="utf-8")
+    found = re.search(r"<!-- recipe-defaults -->\n(.*?)\n<!-- /recipe-defaults -->", text, re.S)
+    assert found, "README: no <!-- recipe-defaults --> table"
+    assert found.group(1) == defaults_markdown(), (
+        "README's recipe table differs from the recipes: regenerate it with "
+        "python -m pipelines._defaults"
+    )

@@ -124,7 +124,7 @@ def test_cli_model_arg_on_layers_and_extract(capsys, make_images, tmp_path):
     paths = make_images(2)
     folder = str(tmp_path / "images")
     common = ["extract", folder, "--model", "resnet18", "--weights", "none", "--resize", "40"]
-    common += ["--crop", "32", "--workers", "0", "--cache-dir", tmp_path / "cache", "--layer"]
+    common += ["--crop", "32", "--num-workers", "0", "--cache-dir", tmp_path / "cache", "--layer"]
     code, out, err = run(capsys, *common, "fc", "--model-arg", "num_classes=3", "--json")
     assert code == 0, err
     result = json.loads(out)
@@ -210,7 +210,7 @@ def test_fine_tune_builds_with_kwargs(make_images, tmp_path):
 def test_fit_passes_model_arg_to_the_recipe(capsys, photos):
     code, out, err = run(
         capsys, "fit", photos / "photos", "--model", BUILDER, "--model-arg", "num_classes=3",
-        "--layer", "head", "--resize", "40", "--crop", "32", "--workers", "0",
+        "--layer", "head", "--resize", "40", "--crop", "32", "--num-workers", "0",
         "--cache-dir", photos / "cache", "--cv", "2", "--json",
     )  # fmt: skip
     assert code == 0, err
@@ -246,7 +246,7 @@ def test_cache_info_shows_the_builder_arguments(capsys, make_images, tmp_path):
     cache = tmp_path / "cache"
     code, _, err = run(
         capsys, "extract", tmp_path / "images", "--model", "resnet18", "--weights", "none",
-        "--resize", "40", "--crop", "32", "--workers", "0", "--cache-dir", cache,
+        "--resize", "40", "--crop", "32", "--num-workers", "0", "--cache-dir", cache,
         "--layer", "fc", "--model-arg", "num_classes=3", "--quiet",
     )  # fmt: skip
     assert code == 0, err
@@ -264,7 +264,7 @@ def test_finetune_cli_with_model_arg_records_it_and_predicts(capsys, photos):
     out_file, report = photos / "ft.skops", photos / "report"
     code, out, err = run(
         capsys, "finetune", photos / "photos", "--model", BUILDER, "--model-arg", "num_classes=4",
-        "--model-arg", 'relu="yes"', "--resize", "32", "--crop", "32", "--workers", "0",
+        "--model-arg", 'relu="yes"', "--resize", "32", "--crop", "32", "--num-workers", "0",
         "--cache-dir", photos / "cache", "--epochs", "1", "--out", out_file, "--report", report,
         "--json",
     )  # fmt: skip
@@ -277,7 +277,7 @@ def test_finetune_cli_with_model_arg_records_it_and_predicts(capsys, photos):
     assert cli.build_parser().parse_args(argv[1:]).model_kwargs == {"num_classes": 4, "relu": "yes"}
     code, out, err = run(
         capsys, "predict", out_file, photos / "test", "--trust-model-code", BUILDER,
-        "--workers", "0",
+        "--num-workers", "0",
     )  # fmt: skip
     assert code == 0, err
     assert load(out_file, trust_model_code=[BUILDER]).spec_.model_kwargs == (

@@ -402,7 +402,7 @@ def test_cli_predict_runs_a_files_callable_only_when_trusted(fitted, tmp_path, e
 
     def predict(*extra):
         return subprocess.run(
-            [sys.executable, *argv, "--workers", "0", *extra],
+            [sys.executable, *argv, "--num-workers", "0", *extra],
             capture_output=True,
             text=True,
             cwd=tmp_path,
@@ -427,7 +427,7 @@ def test_cli_trust_model_code_alone_trusts_every_callable(fitted, tmp_path, evil
 
     pipe, paths, _ = fitted
     model = save(_naming(pipe, evil), tmp_path / "model.skops")
-    common = [model, paths[0], "--cache-dir", str(tmp_path / "cache"), "--workers", "0"]
+    common = [model, paths[0], "--cache-dir", str(tmp_path / "cache"), "--num-workers", "0"]
     assert cli.main(["predict", *common, "--trust-model-code", "x.y:z"]) == 2
     assert f"--trust-model-code {evil}" in capsys.readouterr().err
     assert cli.main(["predict", *common, "--trust-model-code", "img/"]) == 2

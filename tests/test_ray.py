@@ -310,7 +310,7 @@ def test_a_cluster_of_two_nodes_computes_every_image_once_into_one_cache(spec, t
 
 DIGITS = [
     "--model", "cnncodes.demo_data:digits_net",
-    "--resize", "32", "--crop", "32", "--mean", "0.5", "--std", "0.5", "--workers", "0",
+    "--resize", "32", "--crop", "32", "--mean", "0.5", "--std", "0.5", "--num-workers", "0",
 ]  # fmt: skip
 
 

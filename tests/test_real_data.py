@@ -120,7 +120,7 @@ def test_fit_and_predict_commands_on_hymenoptera(cache_dir, tmp_path, capsys):
     from cnncodes import cli
 
     model_file, report = tmp_path / "model.skops", tmp_path / "report"
-    common = ["--mean", "0.5", "--std", "0.5", "--cache-dir", cache_dir, "--workers", "2"]
+    common = ["--mean", "0.5", "--std", "0.5", "--cache-dir", cache_dir, "--num-workers", "2"]
     code = cli.main(
         [
             "fit", os.path.join(HYMENOPTERA, "train"), "--pipeline", "linear_probe",

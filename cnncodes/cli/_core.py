@@ -26,6 +26,7 @@ from ..utils.diskspace import check_free_space
 from ..utils.files import display, file_format
 from ..utils.jsonable import jsonable
 from ._options import (  # noqa: F401 - re-exported: the commands import them from here
+    DEFAULT_MODEL,
     _add_cache_dir_option,
     _add_compute_options,
     _add_data_options,
@@ -142,7 +143,11 @@ def _runtime_from_args(args, *, auto="auto"):
     ``auto`` replaces the value ``"auto"`` of --device and --precision: the library functions take
     ``"auto"`` itself, the estimators None (their default, resolved when they run).
     """
-    runtime = {"batch_size": args.batch_size, "num_workers": args.workers, "device": args.device}
+    runtime = {
+        "batch_size": args.batch_size,
+        "num_workers": args.num_workers,
+        "device": args.device,
+    }
     if hasattr(args, "precision"):
         runtime["precision"] = args.precision
     return {

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from ..errors import UsageError
 from ..images.views import VIEW_REDUCES, VIEW_SETS, expand_views
@@ -107,6 +108,9 @@ _n_jobs = _int_where(lambda v: v == -1 or v > 0, "a positive integer, or -1 for 
 
 _seed = _int_where(lambda v: 0 <= v < 2**32, "an integer from 0 to 2**32 - 1")
 
+#: --model of every command when not given (``fit``: the recipe's, resnet50 for every bundled one).
+DEFAULT_MODEL = "resnet50"
+
 
 def _add_data_options(parser, *, positional=True):
     """DATA (a class-folder tree or a CSV manifest) and --allow-outside-root."""
@@ -151,8 +155,8 @@ def _add_folds_options(group, cv_help):
     )
 
 
-def _add_weights_options(group):
-    """--weights and --seed."""
+def _add_weights_options(group, seed_help=None):
+    """--weights and --seed (the network's seed; ``seed_help`` where it seeds more)."""
     group.add_argument(
         "--weights",
         metavar="W",
@@ -164,7 +168,9 @@ def _add_weights_options(group):
         "--seed",
         type=int,
         default=0,
-        help="seed of the random initialisation with --weights none (default: %(default)s)",
+        metavar="N",
+        help=seed_help
+        or "seed of the network's random initialisation with --weights none (default: %(default)s)",
     )
 
 
@@ -290,24 +296,27 @@ def _add_model_options(
     model_args=True,
     views=False,
     view_search=False,
+    seed_help=None,
 ):
     """The network: --model, --weights, --seed, --model-arg, --layer, --pooling and the
     preprocessing (with ``views``, also --views, --view-reduce, --view-seed; ``view_search``:
     --views repeatable).
 
-    With ``required=False`` (``fit``), --model and --pooling default to None: the recipe decides.
+    --model defaults to resnet50 in every command; with ``required=False`` (``fit``), --model and
+    --pooling default to None: the recipe decides (every bundled recipe: resnet50).
     """
     group = parser.add_argument_group("model")
     if model:
         group.add_argument(
             "--model",
             "-m",
-            required=required,
+            default=DEFAULT_MODEL if required else None,
             metavar="M",
             help="torchvision model name (resnet50, mobilenet_v2, ...), timm:NAME or "
-            "package.module:callable" + ("" if required else " (default: the recipe's, resnet50)"),
+            "package.module:callable (default: "
+            + (f"{DEFAULT_MODEL})" if required else f"the recipe's, {DEFAULT_MODEL})"),
         )
-    _add_weights_options(group)
+    _add_weights_options(group, seed_help)
     if model_args:
         _add_model_arg_option(group)
     if layers:
@@ -363,8 +372,23 @@ def _add_cache_dir_option(parser, *, no_cache=True):
         )
 
 
+class _Deprecated(argparse.Action):
+    """An old spelling of an option: stores into the new one's ``dest``, with a one-line
+    warning on stderr naming the new spelling (hidden from --help)."""
+
+    def __init__(self, option_strings, dest, new=None, **kwargs):
+        self.new = new
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        sys.stderr.write(
+            f"cnncodes: warning: {option_string} is deprecated: use {self.new} (same meaning)\n"
+        )
+        setattr(namespace, self.dest, values)
+
+
 def _add_compute_options(group):
-    """--batch-size, --workers, --device."""
+    """--batch-size, --num-workers (the old --workers still works), --device."""
     group.add_argument(
         "--batch-size",
         type=_positive_int,
@@ -374,11 +398,19 @@ def _add_compute_options(group):
         "GPU they may differ by float rounding (default: %(default)s)",
     )
     group.add_argument(
-        "--workers",
+        "--num-workers",
         type=_count,
         metavar="N",
-        help="image-decoding processes, 0 to decode in the main process (default: on a GPU, CPUs - 1 "
-        "up to 16; on the CPU, 0 with up to 4 CPUs, else 4)",
+        help="image-decoding processes (num_workers), 0 to decode in the main process (default: "
+        "on a GPU, CPUs - 1 up to 16; on the CPU, 0 with up to 4 CPUs, else 4)",
+    )
+    group.add_argument(  # the spelling before --num-workers
+        "--workers",
+        dest="num_workers",
+        type=_count,
+        action=_Deprecated,
+        new="--num-workers",
+        help=argparse.SUPPRESS,
     )
     group.add_argument(
         "--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ..params import SMALL_PER_CLASS
 from ._core import (
+    DEFAULT_MODEL,
     EXIT_OK,
     _add_cache_dir_option,
     _add_data_options,
@@ -17,6 +18,7 @@ from ._core import (
     _load_labelled,
     _Output,
     _preprocessing_from_args,
+    _seed,
 )
 
 _ADVISE_EPILOG = """\
@@ -44,7 +46,14 @@ def add_advise_parser(subparsers):
     )
     _add_data_options(parser)
     group = parser.add_argument_group("model")
-    group.add_argument("--model", default="resnet50", help="default: %(default)s")
+    group.add_argument(
+        "--model",
+        "-m",
+        default=DEFAULT_MODEL,
+        metavar="M",
+        help="torchvision model name (resnet50, mobilenet_v2, ...), timm:NAME or "
+        "package.module:callable (default: %(default)s)",
+    )
     _add_weights_options(group)
     _add_preprocessing_options(parser.add_argument_group("preprocessing"))
     parser.add_argument(
@@ -53,6 +62,13 @@ def add_advise_parser(subparsers):
         default=20,
         metavar="N",
         help="images per class measured, at least 2 (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--random-state",
+        type=_seed,
+        default=0,
+        metavar="N",
+        help="seed of the measured subsample and its cross-validation folds (default: %(default)s)",
     )
     _add_cache_dir_option(parser)
     _add_output_options(parser)
@@ -71,6 +87,7 @@ def run_advise(args):
         model=args.model,
         weights=args.weights,
         seed=args.seed,
+        random_state=args.random_state,
         per_class=args.per_class,
         preprocessing=_preprocessing_from_args(args),
         data_label=args.data,

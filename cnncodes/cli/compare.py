@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
+
 import numpy as np
 
+from ..workflows.compare import APPROACHES
 from ._core import (
     EXIT_FAILURE,
     EXIT_OK,
@@ -29,6 +32,16 @@ from ._core import (
 )
 from .finetune import _add_tuning_options
 
+_ROWS = [name for name, _ in APPROACHES]
+
+
+def _row_name(text):
+    """--skip ROW: a row of :data:`~cnncodes.workflows.compare.APPROACHES`."""
+    if text not in _ROWS:
+        raise argparse.ArgumentTypeError(f"{text!r}: not a row; the rows: {', '.join(_ROWS)}")
+    return text
+
+
 _COMPARE_EPILOG = """\
 examples:
   # a quarter of the photos held out; 5 epochs for each fine-tuning
@@ -46,7 +59,9 @@ the finetune_top recipe's first depth; the head starts from a probe) and every l
 fine-tuned. seconds: the whole training of a row (for the code rows extraction, the grid
 search and the held-out prediction; codes already cached cost nothing, so 'network' says how
 many training images were computed).
-images/s: training images (x epochs, for fine-tuning) per second.
+images/s: training images (x epochs, for fine-tuning) per second; for the code rows the
+training images computed per second, 'cached' where every code came from the cache.
+--skip ROW leaves a row out (e.g. --skip finetune_all, the slowest).
 """
 
 
@@ -65,7 +80,13 @@ def add_compare_parser(subparsers):
         formatter_class=_Formatter,
     )
     _add_data_options(parser)
-    _add_model_options(parser, layers=False, model_args=False)
+    _add_model_options(
+        parser,
+        layers=False,
+        model_args=False,
+        seed_help="seed of the network: its initialisation with --weights none, and the "
+        "fine-tuning rows' training (FineTune's seed) (default: %(default)s)",
+    )
     parser.add_argument(
         "--layer",
         "-l",
@@ -81,6 +102,14 @@ def add_compare_parser(subparsers):
         test_size_help="hold out this stratified fraction of DATA (the split 'cnncodes fit' makes)",
     )
     _add_folds_options(evaluation, "cross-validation folds of the code rows (default: %(default)s)")
+    evaluation.add_argument(
+        "--skip",
+        action="append",
+        type=_row_name,
+        default=[],
+        metavar="ROW",
+        help=f"leave this row out ({', '.join(_ROWS)}); repeat for several",
+    )
     tuning = parser.add_argument_group("fine-tuning")
     tuning.add_argument(
         "--freeze",
@@ -126,6 +155,13 @@ def _number(value, digits=1):
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+def _speed(row):
+    """The images/s cell: "cached" for a code row whose codes all came from the cache."""
+    if row["images_per_second"] is None and row["network_images"] == 0:
+        return "cached"
+    return _number(row["images_per_second"])
+
+
 def _compare_lines(result, test_note, written):
     rows = [
         [
@@ -133,7 +169,7 @@ def _compare_lines(result, test_note, written):
             _fmt(r["accuracy"]),
             _fmt(r["balanced_accuracy"]),
             _number(r["seconds"]),
-            _number(r["images_per_second"]),
+            _speed(r),
             r["network_images"],
             f"failed: {r['error']}" if "error" in r else _settings(r),
         ]
@@ -181,6 +217,7 @@ def run_compare(args):
         cv=args.cv,
         seed=args.seed,
         random_state=args.random_state,
+        skip=args.skip,
         preprocessing=preprocessing,
         on_error=args.on_error,
         progress=output.progress,

@@ -38,6 +38,7 @@ from ._core import (
     _report_lines,
     _runtime_from_args,
     _saved_model_lines,
+    _seed,
     _short_weights,
     _test_metrics_lines,
 )
@@ -216,15 +217,24 @@ def add_finetune_parser(subparsers):
         formatter_class=_Formatter,
     )
     _add_data_options(parser)
-    _add_model_options(parser, layers=False)
-    for action in parser._actions:  # the same --seed seeds more here than the initialisation
-        if action.dest == "seed":
-            action.help = (
-                "seed of the run: new head, validation and test splits, batch order, "
-                "augmentation (and the initialisation with --weights none) (default: %(default)s)"
-            )
+    _add_model_options(
+        parser,
+        layers=False,
+        seed_help="seed of the network's training (FineTune's seed): new head, validation "
+        "split, batch order, augmentation, and the initialisation with --weights none "
+        "(default: %(default)s)",
+    )
     _add_fine_tuning_options(parser.add_argument_group("fine-tuning"))
-    _add_held_out_options(parser.add_argument_group("evaluation"))
+    evaluation = parser.add_argument_group("evaluation")
+    _add_held_out_options(evaluation)
+    evaluation.add_argument(
+        "--random-state",
+        type=_seed,
+        default=0,
+        metavar="N",
+        help="seed of the test split of --test-size, the one 'cnncodes fit' makes (before this "
+        "option, --seed seeded it) (default: %(default)s)",
+    )
     _add_runtime_options(parser)
     _add_engine_options(parser)
     _add_results_options(parser.add_argument_group("results"))
@@ -315,6 +325,7 @@ _REPRODUCED = (
     ("--model", "model"),
     ("--weights", "weights"),
     ("--seed", "seed"),
+    ("--random-state", "random_state"),
     ("--resize", "resize"),
     ("--crop", "crop"),
     ("--mean", "mean"),
@@ -439,7 +450,7 @@ def _fine_tune_run(args, output, state):
             _fine_tune(args, output, state),
             test=None if test_set is None else (test_set.paths, test_set.labels),
             test_size=args.test_size,
-            seed=args.seed,
+            random_state=args.random_state,
             on_error=args.on_error,
             log=output.note,
         )

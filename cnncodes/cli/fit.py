@@ -339,7 +339,7 @@ def run_fit(args):
             cv=args.cv,  # --cv accepts 2 and more only
             scoring=args.scoring,
             n_jobs=args.n_jobs,
-            seed=args.random_state,
+            random_state=args.random_state,
             on_error=args.on_error,
             progress=output.progress,
             log=output.note,

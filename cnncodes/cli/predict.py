@@ -168,24 +168,30 @@ def _result_lines(table, rows, labels, accuracy, out_path):
     """The table printed (at most 20 rows when they are also written to a file)."""
     shown = rows[:20] if out_path else rows
     columns = ["path", "label", "score"] + (["true_label"] if labels is not None else [])
+    # --proba: one p(CLASS) column per class, from the proba_<class> columns of the table.
+    probas = [c for c in table.columns if c.startswith("proba_")]
+    heads = [f"p({c[len('proba_') :]})" for c in probas]
     lines = _table(
-        columns,
+        columns + heads,
         [
             [
                 r["path"],
                 r["label"] if isinstance(r["label"], str) else "(skipped)",
                 _fmt(r["score"]),
                 *([r["true_label"]] if labels is not None else []),
+                *(_fmt(r[c]) for c in probas),
             ]
             for r in shown
         ],
-        right=("score",),
+        right=("score", *heads),
     )
     if len(shown) < len(rows):
         lines.append(f"... {len(rows) - len(shown)} more rows in {display(out_path)}")
     score_kind = table["score_kind"].iloc[0] if len(table) else "none"
     kind = "probability" if score_kind == "probability" else "decision value"
     lines.append(f"score: the {kind} of the predicted label")
+    if probas:
+        lines.append("p(CLASS): the probability of each class")
     if accuracy is not None:
         lines.append(
             f"accuracy on {accuracy['n']} labelled image(s): {_fmt(accuracy['accuracy'])} "

@@ -33,7 +33,7 @@ from ..networks.layers import resolve_layers
 from ..networks.models import list_layers, resolve_spec
 from ..params import SMALL_PER_CLASS
 
-__all__ = ["Advice", "advise", "block_outputs", "SMALL_PER_CLASS"]
+__all__ = ["Advice", "advise", "block_outputs", "sweep_layers", "SMALL_PER_CLASS"]
 
 #: What the fine-tuning command of scenarios 2 and 4 holds out and trains for: with 1,000 or
 #: more images per class, a tenth is a test set of 100 or more per class.
@@ -97,6 +97,27 @@ def block_outputs(infos, exclude=()):
         if len(blocks) >= 4:
             return blocks
     return spatial
+
+
+def sweep_layers(model, **shape):
+    """The layers the ``layer_sweep_svm`` recipe sweeps for ``model``, early to top: the recipe's
+    own default for the architecture (:func:`pipelines.layer_sweep_svm.default_layers`), else,
+    for a model it has none for, the network's last three blocks (:func:`block_outputs`).
+
+    What ``cnncodes advise`` suggests and ``cnncodes compare`` sweeps. ``shape``: the settings
+    that shape the network without its weights (``seed``, ``resize``, ``crop``, ...).
+
+    Examples
+    --------
+    >>> sweep_layers("mobilenet_v2")
+    ['features.4.conv.0', 'features.7.conv.0', 'features.14.conv.0', 'features.18']
+    """
+    from . import recipes
+
+    try:
+        return recipes.get("layer_sweep_svm").default_layers(model)
+    except UsageError:  # a model the recipe has no layers for
+        return block_outputs(list_layers(model, "none", **shape))[-3:]
 
 
 def _early_layer(spec, top):
@@ -171,6 +192,7 @@ def advise(
     weights=None,
     per_class=20,
     seed=0,
+    random_state=0,
     preprocessing=None,
     data_label="DATA",
     **extract_kwargs,
@@ -186,6 +208,10 @@ def advise(
     per_class : int
         Images per class used for the similarity measurement (a stratified subsample; at least
         2, for cross-validation).
+    seed : int
+        Seed of the network's random initialisation (``weights="none"``).
+    random_state : int
+        Seed of the subsample and of the cross-validation folds of the measurement.
     preprocessing : dict, optional
         Overrides of the weights' preprocessing (``resize``, ``crop``, ``mean``, ``std``,
         ``interpolation``), as in :func:`cnncodes.resolve_spec`; repeated in the command.
@@ -227,13 +253,16 @@ def advise(
         f"{advice.median_per_class:g} per class (fewest {advice.min_per_class}): {size_word} "
         f"(large means a median of {SMALL_PER_CLASS} or more images per class)."
     )
-    n_measured, n_out = _measure(advice, spec, paths, labels, per_class, seed, extract_kwargs)
+    n_measured, n_out = _measure(
+        advice, spec, paths, labels, per_class, random_state, extract_kwargs
+    )
     _judge_similarity(advice, spec, n_measured, n_out)
     advice.scenario = {(True, True): 1, (False, True): 2, (True, False): 3, (False, False): 4}[
         (advice.small, advice.similar)
     ]
     advice.recipe = _RECIPES[advice.scenario]
-    _suggest_commands(advice, _Command(model, weights, preprocessing, data_label), seed)
+    command = _Command(model, weights, preprocessing, data_label, seed)
+    _suggest_commands(advice, command, seed)
     return advice
 
 
@@ -335,6 +364,12 @@ class _Command:
     weights: object
     preprocessing: dict
     data_label: str
+    seed: int = 0
+
+    def sweep(self):
+        """``--layer`` options of the layers ``layer_sweep_svm`` sweeps (:func:`sweep_layers`)."""
+        layers = sweep_layers(self.model, seed=self.seed, **self.preprocessing)
+        return [option for layer in layers for option in ("--layer", layer)], layers
 
     def __call__(self, verb, *extra, pipeline=None):
         # Quoted for a POSIX shell: data folders and checkpoint paths may hold spaces.
@@ -352,13 +387,17 @@ class _Command:
 def _suggest_commands(advice, command, seed):
     """The command of the scenario's recipe; for fine-tuning scenarios, the finetune and
     compare commands and the best fixed-code baseline."""
-    early, top = advice.early_layer, advice.top_layer
+    if advice.recipe == "layer_sweep_svm":
+        options, layers = command.sweep()
+        advice.command = command("fit", *options, pipeline=advice.recipe)
+        advice.reasons.append(_sweep_note(layers))
+        return
     if advice.recipe:
-        layers = ["--layer", early, "--layer", top] if advice.scenario == 3 and early else []
-        advice.command = command("fit", *layers, pipeline=advice.recipe)
+        advice.command = command("fit", pipeline=advice.recipe)
         return
     baseline = "linear_probe" if advice.similar else "layer_sweep_svm"
-    advice.baseline_command = command("fit", pipeline=baseline)
+    options = command.sweep()[0] if baseline == "layer_sweep_svm" else []
+    advice.baseline_command = command("fit", *options, pipeline=baseline)
     freeze, note = _finetune_freeze(advice.scenario, command.model, command.preprocessing, seed)
     held_out = ["--test-size", str(FINETUNE_TEST_SIZE)]
     advice.command = command(
@@ -374,4 +413,11 @@ def _suggest_commands(advice, command, seed):
         f"codes: {note} `cnncodes compare` measures what it gains on a held-out split (a "
         "linear probe, an SVM layer sweep, the top blocks and every layer fine-tuned); "
         f"`{advice.baseline_command}` is the best fixed-code baseline."
+    )
+
+
+def _sweep_note(layers):
+    return (
+        f"layer_sweep_svm sweeps {', '.join(layers)} (its layers for this network, early to "
+        "top), each pooling and SVM, and keeps the best by cross-validation."
     )

@@ -16,9 +16,10 @@ evaluated on the same held-out images, it fits:
 Each row reports the held-out accuracy, the seconds its training took (for the code rows the
 whole run of :func:`~cnncodes.experiment.run_experiment`: extraction of the codes the cache did
 not hold, the grid search and the refit, and also the prediction of the held-out images; for the
-fine-tuning rows the fit) and the training images per second (times the epochs run, for
-fine-tuning). Codes already in the cache cost nothing, so the code rows also say how many
-training images went through the network.
+fine-tuning rows the fit) and the images per second: for fine-tuning the training images times
+the epochs run, for the code rows the training images that went through the network (codes
+already in the cache cost nothing: a row whose codes were all cached has no images per second).
+``skip`` leaves rows out.
 
 Examples
 --------
@@ -60,7 +61,8 @@ class Comparison:
     ----------
     rows : list of dict
         One per approach (:data:`APPROACHES`): ``approach``, ``description``, ``accuracy``,
-        ``balanced_accuracy`` (held out), ``seconds``, ``images_per_second``, ``epochs``
+        ``balanced_accuracy`` (held out), ``seconds``, ``images_per_second`` (None where no
+        image went through the network: codes all from the cache), ``epochs``
         (fine-tuning; None for codes), ``settings`` (the chosen or given parameters),
         ``network_images`` (images pushed through the network while training; codes read
         from the cache are not counted), ``train_sha256`` and ``test_sha256`` (fingerprints
@@ -107,19 +109,14 @@ class Comparison:
 
 
 def _sweep_layers(network, layers):
-    """The layers of the SVM row: the user's, the recipe's defaults, or the network's last
-    three blocks (:func:`cnncodes.advise.block_outputs`) for a model the recipe has none for."""
+    """The layers of the SVM row: the user's, else what :func:`~cnncodes.advise.sweep_layers`
+    says the ``layer_sweep_svm`` recipe sweeps (what ``cnncodes advise`` suggests too)."""
     if layers:
         return list(layers)
-    sweep = recipes.get("layer_sweep_svm")
-    try:
-        return sweep.default_layers(network["model"])
-    except UsageError:  # a model the recipe has no layers for
-        from ..networks.models import list_layers
-        from .advise import block_outputs
+    from .advise import sweep_layers
 
-        shape = {k: network[k] for k in _NETWORK[2:] if network.get(k) is not None}
-        return block_outputs(list_layers(network["model"], "none", **shape))[-3:]
+    shape = {k: network[k] for k in _NETWORK[2:] if network.get(k) is not None}
+    return sweep_layers(network["model"], **shape)
 
 
 def _check_freeze(network, freeze):
@@ -134,8 +131,9 @@ def _check_freeze(network, freeze):
     check_freeze(freeze, build_model(spec), network["model"])
 
 
-def _code_row(name, result, n_train):
+def _code_row(name, result):
     seconds = result.seconds
+    computed = result.extraction.get("computed", 0)
     test = result.metrics["test"]
     chosen = {k.split("__")[-1]: v for k, v in result.metrics["best_params"].items()}
     if "layer" not in chosen:  # the grid did not choose one: the (resolved) layers it used
@@ -145,10 +143,11 @@ def _code_row(name, result, n_train):
         "accuracy": test["accuracy"],
         "balanced_accuracy": test["balanced_accuracy"],
         "seconds": seconds,
-        "images_per_second": n_train / seconds if seconds > 0 else None,
+        # Only where images went through the network: cached codes make no speed.
+        "images_per_second": computed / seconds if computed and seconds > 0 else None,
         "epochs": None,
         "settings": {**chosen, "cv_score": result.metrics["cv"]["best_score"]},
-        "network_images": result.extraction.get("computed", 0),
+        "network_images": computed,
         "train_sha256": result.config["train"]["sha256"],
         "test_sha256": result.config["test"]["sha256"],
         "metrics": test,
@@ -225,6 +224,7 @@ def compare_approaches(
     cv=5,
     seed=0,
     random_state=0,
+    skip=(),
     preprocessing=None,
     recipe_options=None,
     on_error="raise",
@@ -259,6 +259,9 @@ def compare_approaches(
         Seed of the network's random initialisation (``weights="none"``) and of fine-tuning.
     random_state : int
         Seed of the test split and of the folds.
+    skip : sequence of str
+        Rows (names of :data:`APPROACHES`) left out, e.g. ``["finetune_all"]``; an unknown name
+        is refused, naming the rows.
     preprocessing : dict, optional
         ``resize``, ``crop``, ``mean``, ``std``, ``interpolation`` overrides.
     recipe_options : dict, optional
@@ -283,6 +286,7 @@ def compare_approaches(
     log = log or (lambda line: None)
     started = time.perf_counter()
     _check_arguments(runtime, test, test_size, epochs)
+    skip = _check_skip(skip)
     data, split = _split(paths, labels, test, test_size, random_state)
     network = {"model": model, "weights": weights, "seed": seed, **(preprocessing or {})}
     network = {k: v for k, v in network.items() if v is not None}
@@ -298,9 +302,9 @@ def compare_approaches(
     fine = dict(epochs=epochs, lr=lr, augment=augment, init_head="probe", on_error=on_error)
     fine["progress"] = progress is not False  # a line per epoch unless told to be quiet
     top.set_params(freeze=freeze, **fine)
-    common = dict(cv=cv, seed=random_state, on_error=on_error, progress=progress, log=log)
+    common = dict(cv=cv, random_state=random_state, on_error=on_error, progress=progress, log=log)
     rows = _fit_rows(
-        _approaches(sweep, top, freeze, epochs),
+        [row for row in _approaches(sweep, top, freeze, epochs) if row[0] not in skip],
         data,
         {**network, **runtime},
         options,
@@ -316,6 +320,7 @@ def compare_approaches(
         "lr": lr,
         "augment": augment,
         "cv": cv,
+        "skip": skip,
         "recipe_options": options,
     }
     return Comparison(
@@ -365,6 +370,18 @@ def _check_arguments(runtime, test, test_size, epochs):
         )
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise UsageError(f"epochs={epochs!r}: expected an int >= 1")
+
+
+def _check_skip(skip):
+    """``skip`` as a list of row names, each a row of :data:`APPROACHES`, not every one."""
+    skip = [skip] if isinstance(skip, str) else list(skip or ())
+    names = [name for name, _ in APPROACHES]
+    for name in skip:
+        if name not in names:
+            raise UsageError(f"skip={name!r}: not a row; the rows: {', '.join(names)}")
+    if set(names) <= set(skip):
+        raise UsageError("skip: every row skipped, nothing to compare; leave one row in")
+    return skip
 
 
 def _split(paths, labels, test, test_size, random_state):
@@ -421,7 +438,7 @@ def _fit_rows(attempts, data, network, options, common, log):
             result = run_experiment(
                 *train, how["recipe"], overrides=overrides, test=held_out, **common
             )
-            rows.append(_code_row(name, result, result.config["train"]["n_images"]))
+            rows.append(_code_row(name, result))
         except Exception as exc:  # the other rows' results are kept, and this one says why
             failures.append(exc)
             log(f"{name}: failed: {type(exc).__name__}: {exc}")

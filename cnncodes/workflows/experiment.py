@@ -55,6 +55,7 @@ from .rundata import (
     data_config,
     library_versions,
     prepare_data,
+    renamed_seed,
     report_duplicates,
 )
 
@@ -271,11 +272,12 @@ def run_experiment(
     cv=5,
     scoring=None,
     n_jobs=None,
-    seed=0,
+    random_state=0,
     on_error="raise",
     progress=None,
     log=None,
     layer_mode=None,
+    seed=None,
 ):
     """Run a recipe's grid search on labelled images and evaluate the best pipeline.
 
@@ -293,15 +295,16 @@ def run_experiment(
     test : (paths, labels), optional
         Held-out images to evaluate the best pipeline on.
     test_size : float, optional
-        Instead of ``test``: hold out this stratified fraction of ``paths`` (seeded by ``seed``).
+        Instead of ``test``: hold out this stratified fraction of ``paths`` (seeded by
+        ``random_state``).
     cv : int
         Folds of the stratified cross-validation (lowered to the smallest class size).
     scoring : str, optional
         The search's scoring (default: accuracy).
     n_jobs : int, optional
         Parallel fits of the search (the codes are extracted once beforehand, in this process).
-    seed : int
-        Seed of the split and of the folds' shuffle.
+    random_state : int
+        Seed of the split and of the folds' shuffle (``cnncodes fit --random-state``).
     on_error : {"raise", "skip"}
         Unreadable images stop the run, or are left out (with their labels) and reported.
     progress : bool or None
@@ -314,6 +317,8 @@ def run_experiment(
         declares (its ``LAYER``; :func:`cnncodes.recipes.layer_mode`), ``"sweep"`` for
         ``layer_sweep_svm``, ``"concat"`` for the others. ``config["layer"]`` says which applied
         and the layers it gave.
+    seed : int, optional
+        Deprecated name of ``random_state`` (a FutureWarning).
 
     Returns
     -------
@@ -329,6 +334,7 @@ def run_experiment(
     log = log or (lambda line: None)
     started = time.perf_counter()
     check_on_error(on_error)
+    seed = renamed_seed(seed, random_state, "run_experiment")  # the split's and the folds'
     data = prepare_data(paths, labels, test=test, test_size=test_size, seed=seed)
     recipe_module = recipes.get(recipe) if isinstance(recipe, (str, os.PathLike)) else recipe
     recipe_name = os.fspath(recipe) if isinstance(recipe, (str, os.PathLike)) else recipe.__name__

@@ -25,7 +25,14 @@ from ..estimators import steps as _runs
 from ..utils.jsonable import jsonable
 from .evaluation import held_out_metrics
 from .experiment import ExperimentResult, run_locally
-from .rundata import check_on_error, data_config, library_versions, prepare_data, report_duplicates
+from .rundata import (
+    check_on_error,
+    data_config,
+    library_versions,
+    prepare_data,
+    renamed_seed,
+    report_duplicates,
+)
 
 __all__ = ["finetune_config", "fit_interruptibly", "run_finetune", "training_summary"]
 
@@ -111,7 +118,16 @@ def _fit(ft, data, log):
 
 
 def run_finetune(
-    paths, labels, estimator, *, test=None, test_size=None, seed=0, on_error=None, log=None
+    paths,
+    labels,
+    estimator,
+    *,
+    test=None,
+    test_size=None,
+    random_state=0,
+    on_error=None,
+    log=None,
+    seed=None,
 ):
     """Fine-tune ``estimator`` once on labelled images and evaluate it on held-out ones.
 
@@ -125,13 +141,17 @@ def run_finetune(
     test : (paths, labels), optional
         Held-out images.
     test_size : float, optional
-        Instead of ``test``: hold out this stratified fraction of ``paths``, seeded by ``seed``
-        (the split :func:`~cnncodes.experiment.run_experiment` makes).
+        Instead of ``test``: hold out this stratified fraction of ``paths``, seeded by
+        ``random_state`` (the split :func:`~cnncodes.experiment.run_experiment` makes).
+    random_state : int, default 0
+        Seed of the test split (the estimator's own ``seed`` seeds its training).
     on_error : {"raise", "skip"}, optional
         Unreadable test images stop the run before training, or are left out and reported
         (default: the estimator's ``on_error``, which also rules the training images).
     log : callable, optional
         Receives one-line notes on what is happening.
+    seed : int, optional
+        Deprecated name of ``random_state`` (a FutureWarning).
 
     Returns
     -------
@@ -151,7 +171,8 @@ def run_finetune(
     ft, _ = _runs.network_step(estimator)
     on_error = ft.on_error if on_error is None else on_error
     check_on_error(on_error)
-    data = prepare_data(paths, labels, test=test, test_size=test_size, seed=seed)
+    random_state = renamed_seed(seed, random_state, "run_finetune")
+    data = prepare_data(paths, labels, test=test, test_size=test_size, seed=random_state)
     skipped = {"train": [], "test": _screen_test(data, on_error)}
     _fit(ft, data, log)
     duplicates = report_duplicates(data, log)

@@ -57,6 +57,20 @@ def check_on_error(on_error):
         raise UsageError(f"on_error={on_error!r}: choose 'raise' or 'skip'")
 
 
+def renamed_seed(seed, random_state, where):
+    """``random_state``, or ``seed`` given under its old name (a FutureWarning): the workflows'
+    split-and-folds seed is ``random_state``, as in scikit-learn; ``seed`` is the network's."""
+    if seed is None:
+        return random_state
+    warnings.warn(
+        f"{where}(seed=...) is now {where}(random_state=...): the seed of the test split and "
+        "the folds (seed= still works, for now)",
+        FutureWarning,
+        stacklevel=3,
+    )
+    return seed
+
+
 def prepare_data(paths, labels, *, test=None, test_size=None, seed=0):
     """Check the labelled images and split off the test images: a :class:`RunData`.
 
