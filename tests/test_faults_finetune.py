@@ -101,9 +101,9 @@ def test_killed_while_writing_the_epoch_state_then_resumed(ctx, paths, tmp_path)
     # Killed half-way through the third epoch's state: the file holds the second epoch's, whole.
     params, state = _params(tmp_path), tmp_path / "run.state"
     temp, pid = _killed(ctx, worker.fit_job, params, paths, LABELS, 3)
-    assert _left_by(temp, "run.state", pid), temp
     saved = torch.load(state, map_location="cpu", weights_only=True)
     assert saved["epochs"] == 2 and saved["format"] == training.STATE_FORMAT
+    assert _left_by(temp, "run.state", pid), temp
     with training.state_lock(str(state)):  # the kernel released the killed run's lock
         pass
     _age(temp)
@@ -162,8 +162,9 @@ def test_killed_while_saving_leaves_nothing_or_the_previous_file(ctx, fitted, pa
     path = str(tmp_path / name)
     # First save killed half-way: no file under the name, the temporary aside.
     temp, pid = _killed(ctx, _SAVES[name], fitted, path)
-    assert _left_by(temp, name, pid), temp
+    assert not os.path.exists(path)
     assert os.listdir(tmp_path) == [os.path.basename(temp)]
+    assert _left_by(temp, name, pid), temp
     _age(temp)
     _save(fitted, path)  # the next save sweeps it
     assert os.listdir(tmp_path) == [name]
@@ -172,10 +173,10 @@ def test_killed_while_saving_leaves_nothing_or_the_previous_file(ctx, fitted, pa
     with open(path, "rb") as f:
         before = f.read()
     temp, pid = _killed(ctx, _SAVES[name], fitted, path)
-    assert _left_by(temp, name, pid), temp
     with open(path, "rb") as f:
         assert f.read() == before
     _loads(path, fitted, paths)
+    assert _left_by(temp, name, pid), temp
     _age(temp)
     _save(fitted, path)
     assert os.listdir(tmp_path) == [name]
