@@ -19,10 +19,11 @@ import time
 import joblib
 import skops.io
 import torch
-from cnncodes.estimators import persistence
 from cnncodes.finetune import FineTune
-from cnncodes.utils.files import fsync_path
 from tqdm.auto import tqdm
+
+from cnncodes.estimators import persistence
+from cnncodes.utils.files import fsync_path
 
 # tqdm's default lock is a multiprocessing semaphore, which a SIGKILL leaves behind for the
 # resource tracker to complain about.

@@ -158,7 +158,9 @@ def _loads(path, ft, paths):
 
 
 @pytest.mark.parametrize("name", list(_SAVES))
-def test_killed_while_saving_leaves_nothing_or_the_previous_file(ctx, fitted, paths, tmp_path, name):
+def test_killed_while_saving_leaves_nothing_or_the_previous_file(
+    ctx, fitted, paths, tmp_path, name
+):
     path = str(tmp_path / name)
     # First save killed half-way: no file under the name, the temporary aside.
     temp, pid = _killed(ctx, _SAVES[name], fitted, path)
