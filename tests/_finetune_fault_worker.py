@@ -30,15 +30,18 @@ from cnncodes.utils.files import fsync_path
 tqdm.set_lock(threading.RLock())
 
 
-def _pause_in(module, name, signal_conn, call):
-    """Wrap ``module.name(obj, file, ...)``: its ``call``-th call (1-based) writes half a file,
-    sends the file's path on ``signal_conn`` and sleeps; the others write as usual."""
+def _pause_in(module, name, signal_conn, call, target=None):
+    """Wrap ``module.name(obj, file, ...)``: its ``call``-th call (1-based) that writes ``target``
+    (the file, or a temporary of it; None: any file) writes half the file, sends its path on
+    ``signal_conn`` and sleeps; the others write as usual."""
     real = getattr(module, name)
     calls = []
 
     def paused(obj, file, *args, **kwargs):
-        calls.append(file)
         real(obj, file, *args, **kwargs)
+        if target is not None and not os.path.basename(file).lstrip(".").startswith(target):
+            return
+        calls.append(file)
         if len(calls) == call:
             size = os.path.getsize(file)
             os.truncate(file, size // 2)  # the first half is on disk, the rest to come
@@ -67,7 +70,7 @@ def fit_job(params, paths, labels, call, signal_conn, atomic=True):
     torch.set_num_threads(1)
     if not atomic:
         _non_atomic(training)
-    _pause_in(torch, "save", signal_conn, call)
+    _pause_in(torch, "save", signal_conn, call, os.path.basename(params["checkpoint"]))
     FineTune(**params).fit(paths, labels)
     signal_conn.send("finished")  # never paused: the test fails on this
 
