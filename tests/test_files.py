@@ -89,3 +89,38 @@ def test_any_atomic_write_sweeps_the_dead_temporaries_of_every_name_in_its_folde
     atomic_write_bytes(tmp_path / "report.json", b"{}")
     assert not any(p.exists() for p in gone)
     assert all(p.exists() for p in kept)
+
+
+def test_the_next_write_removes_the_temporary_folders_of_killed_report_writers(tmp_path):
+    # A report is written into a temporary folder beside its own (.DIR.tmp-<pid>@host-...): a
+    # killed run leaves it, whole folder and files; the next atomic write in the parent removes
+    # it by the rule of files (writer dead on this host, all of it older than the grace period).
+    host, dead, alive = _files._host(), 999_999_999, os.getpid()
+    old = os.stat(tmp_path).st_mtime - 2 * _files.STALE_GRACE_SECONDS
+
+    def left(name, age=old, fresh_file=False):
+        folder = tmp_path / name
+        (folder / "sub").mkdir(parents=True)
+        for path in (folder / "metrics.json", folder / "sub" / "x.png"):
+            path.write_text("partial")
+            if not (fresh_file and path.name == "x.png"):
+                os.utime(path, (age, age))
+        for path in (folder / "sub", folder):
+            os.utime(path, (age, age))
+        return folder
+
+    (tmp_path / "report").mkdir()  # the earlier report, in place
+    gone = [
+        left(f".report.tmp-{dead}@{host}-abcd1234"),
+        left(f".report.old.tmp-{dead}@{host}-00ff"),  # put aside; the report is in place
+    ]
+    kept = [
+        left(f".report.tmp-{alive}@{host}-abcd1234"),  # its writer lives
+        left(f".report.tmp-{dead}@{host}-abcd1235", fresh_file=True),  # written within the grace
+        left(f".report.tmp-{dead}@another_host-abcd1234"),  # another host's writer
+        left(f".gone.old.tmp-{dead}@{host}-00ff"),  # the only copy of the report "gone"
+        left(f"report.tmp-{dead}@{host}-abcd1234"),  # not a hidden temporary: a user's
+    ]
+    atomic_write_bytes(tmp_path / "metrics.csv", b"a,b")
+    assert [p for p in gone if p.exists()] == []
+    assert all(p.is_dir() and (p / "sub" / "x.png").exists() for p in kept)

@@ -122,3 +122,56 @@ def test_a_folder_with_other_files_is_never_replaced(tmp_path):
         report._write_folder(folder, {"metrics.json": _text("new")})
     assert (folder / "thesis.tex").read_text() == "mine"
     assert (folder / "metrics.json").read_text() == "old"
+
+
+_KILLED_REPORT = """
+import sys, time
+from cnncodes.workflows import report
+
+def first(path):
+    with open(path, "w") as f:
+        f.write("2")
+
+def stop(path):
+    with open(path, "w") as f:
+        f.write("half")
+    print("writing", flush=True)
+    time.sleep(600)
+
+report._write_folder(sys.argv[1], {"metrics.json": first, "config.json": stop})
+"""
+
+
+def test_the_next_report_removes_the_folder_a_killed_report_left(tmp_path):
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from cnncodes.utils import files
+    from cnncodes.workflows import report
+
+    folder = tmp_path / "report"
+    report._write_folder(folder, {"metrics.json": _text("1")})
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    child = subprocess.Popen(
+        [sys.executable, "-c", _KILLED_REPORT, str(folder)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": root},
+    )
+    try:
+        assert child.stdout.readline().strip() == "writing"
+    finally:
+        child.kill()  # SIGKILL while the report's second file is half written
+        child.wait()
+    left = [n for n in os.listdir(tmp_path) if n != "report"]
+    assert len(left) == 1 and left[0].startswith(f".report.tmp-{child.pid}@"), left
+    assert (folder / "metrics.json").read_text() == "1"  # the earlier report, untouched
+    old = time.time() - 2 * files.STALE_GRACE_SECONDS
+    for parent, _, names in os.walk(tmp_path / left[0]):
+        for path in [parent, *(os.path.join(parent, n) for n in names)]:
+            os.utime(path, (old, old))
+    report._write_folder(folder, {"metrics.json": _text("3")})
+    assert os.listdir(tmp_path) == ["report"]
+    assert (folder / "metrics.json").read_text() == "3"

@@ -17,6 +17,7 @@ import contextlib
 import os
 import re
 import secrets
+import shutil
 import socket
 import stat
 import time
@@ -128,14 +129,52 @@ def _pid_alive(pid):
     return True
 
 
-def remove_stale_temporaries(folder, prefix=TMP_PREFIX, grace=None):
-    """Delete the temporary files in ``folder`` that killed writers left behind; their paths.
+#: A report's earlier folder put aside while the new one is renamed in (``.<name>.old.tmp-...``,
+#: see :mod:`cnncodes.workflows.report`): while ``<name>`` is absent it is the only copy.
+_ASIDE = re.compile(r"\.(.+)\.old" + re.escape(TMP_PREFIX))
 
-    A file is removed when its name (see :func:`temporary_path`) says it was written on this host
-    by a process that no longer exists, and it was last modified more than ``grace`` seconds ago
-    (default :data:`STALE_GRACE_SECONDS`). A live writer's files, and those of other hosts
-    sharing the folder, are left alone. ``prefix`` None: the temporaries of every name (any
-    output's, the cache's), one listing of the folder.
+
+def _last_modified(path):
+    """The latest modification time of the folder ``path`` and of everything in it."""
+    latest = os.lstat(path).st_mtime
+    for parent, folders, names in os.walk(path):
+        for name in folders + names:
+            with contextlib.suppress(FileNotFoundError):
+                latest = max(latest, os.lstat(os.path.join(parent, name)).st_mtime)
+    return latest
+
+
+def _remove_stale(folder, name, grace, now):
+    """Remove the dead writer's temporary ``name`` of ``folder`` if it is past ``grace``: a
+    file, or a folder (a report's in the making, or its earlier one put aside) with all it
+    holds; True if removed."""
+    path = os.path.join(folder, name)
+    st = os.lstat(path)
+    if stat.S_ISREG(st.st_mode):
+        if now - st.st_mtime <= grace:
+            return False
+        os.unlink(path)
+        return True
+    if not stat.S_ISDIR(st.st_mode) or now - _last_modified(path) <= grace:
+        return False  # a link or a device is never a writer's temporary
+    aside = _ASIDE.match(name)
+    if aside and not os.path.lexists(os.path.join(folder, aside.group(1))):
+        return False  # killed between its two renames: the report lives on only here
+    shutil.rmtree(path, ignore_errors=True)  # another process may remove it meanwhile
+    return not os.path.lexists(path)
+
+
+def remove_stale_temporaries(folder, prefix=TMP_PREFIX, grace=None):
+    """Delete the temporaries in ``folder`` that killed writers left behind; their paths.
+
+    A temporary (see :func:`temporary_path`) is removed when its name says it was written on this
+    host by a process that no longer exists, and it was last modified more than ``grace`` seconds
+    ago (default :data:`STALE_GRACE_SECONDS`). A file, or a folder, such as a report's in the
+    making (``.<name>.tmp-...``), with everything in it: all of it last modified that long ago.
+    A live writer's temporaries, those of other hosts sharing the folder, and a report's earlier
+    folder put aside (``.<name>.old.tmp-...``) while ``<name>`` is absent are left alone.
+    ``prefix`` None: the temporaries of every name (any output's, the cache's), one listing of
+    the folder.
     """
     grace = STALE_GRACE_SECONDS if grace is None else grace
     try:
@@ -147,15 +186,11 @@ def remove_stale_temporaries(folder, prefix=TMP_PREFIX, grace=None):
         writer = _writer(name, prefix)
         if writer is None or writer[1] not in (None, host) or _pid_alive(writer[0]):
             continue
-        path = os.path.join(folder, name)
         try:
-            st = os.lstat(path)
-            if not stat.S_ISREG(st.st_mode) or now - st.st_mtime <= grace:
-                continue
-            os.unlink(path)
+            if _remove_stale(folder, name, grace, now):
+                removed.append(os.path.join(folder, name))
         except FileNotFoundError:  # removed by another process meanwhile
             continue
-        removed.append(path)
     return removed
 
 

@@ -46,7 +46,14 @@ import numpy as np
 
 from ..errors import UsageError
 from ..utils.diskspace import naming_write_failures
-from ..utils.files import TMP_PREFIX, atomic_path, display, fsync_path, temporary_path
+from ..utils.files import (
+    TMP_PREFIX,
+    atomic_path,
+    display,
+    fsync_path,
+    remove_stale_temporaries,
+    temporary_path,
+)
 from ..utils.jsonable import jsonable, skipped_json, to_json_file
 
 __all__ = [
@@ -373,6 +380,7 @@ def _whole_folder(folder):
     folder = os.path.realpath(folder)  # a link to a folder: the folder is replaced
     parent, name = os.path.split(folder)
     os.makedirs(parent, exist_ok=True)
+    remove_stale_temporaries(parent, prefix=None)  # what killed writers left, folders included
     tmp = temporary_path(parent, prefix=f".{name}{TMP_PREFIX}")
     os.mkdir(tmp)
     try:
