@@ -314,3 +314,23 @@ def test_a_full_disk_and_a_second_writer_are_one_line_naming_the_state(capsys, p
     assert_one_line_error(err, str(state), "No space left on device: the disk is full")
     assert "a bug" not in err
     assert torch.load(state, weights_only=True)["epochs"] == 2 and not model.exists()
+
+
+def test_defaults_run_on_many_classes_of_few_images(capsys, tmp_path, monkeypatch):
+    # 40 classes of 10 images: after --test-size 0.3, 7 training images per class, where the
+    # former default valid_size=0.1 (28 of 280 images) could not hold one image of each class.
+    from tests.conftest import write_classes
+
+    write_classes(str(tmp_path / "many"), per_class=10, classes=[f"c{i:02d}" for i in range(40)])
+    monkeypatch.chdir(tmp_path)  # the default cache, ./cache
+    monkeypatch.delenv("CNNCODES_CACHE", raising=False)
+    code, out, err = run(
+        capsys, "finetune", tmp_path / "many", "--test-size", "0.3", "--model", "resnet18",
+        "--weights", "none", "--resize", "40", "--crop", "32", "--epochs", "1", "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    data = json.loads(out)
+    assert data["train_images"] == 240  # 280, one image of each of the 40 classes held out
+    assert data["metrics"]["test"]["n"] == 120
+    assert "valid_acc" in data["history"][0]
+    assert "fine-tuning resnet18 on 280 images (40 of them for validation)" in err

@@ -80,7 +80,9 @@ STATE_NAME = "finetune.state"
 
 
 def _non_negative_fraction(text):
-    """--valid-size: 0 (no validation) or a fraction below 1."""
+    """--valid-size: auto, 0 (no validation) or a fraction below 1."""
+    if text.strip() == "auto":
+        return "auto"
     return 0.0 if text.strip() in ("0", "0.0") else _fraction(text)
 
 
@@ -158,10 +160,11 @@ def _add_fine_tuning_options(group):
     group.add_argument(
         "--valid-size",
         type=_non_negative_fraction,
-        default=0.1,
+        default="auto",
         metavar="F",
         help="stratified fraction of the training images held out for the validation loss "
-        "and accuracy of every epoch; 0: none (default: %(default)s)",
+        "and accuracy of every epoch; 0: none; auto: 0.1, or one image per class where 0.1 "
+        "holds fewer, or none where a class has a single image (default: %(default)s)",
     )
     group.add_argument(
         "--early-stopping",

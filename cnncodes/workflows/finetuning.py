@@ -15,6 +15,7 @@ and data entries of the configuration as :func:`~cnncodes.experiment.run_experim
 from __future__ import annotations
 
 import contextlib
+import math
 import signal
 import sys
 import threading
@@ -90,11 +91,22 @@ def _screen_test(data, on_error):
     return skipped
 
 
+def _validation(ft, labels):
+    """How many of the training images the fit holds out for validation, in words."""
+    size = ft.valid_size
+    if size == "auto":
+        from ..estimators.finetune.training import auto_valid_size
+
+        size, _ = auto_valid_size(labels)
+    n = math.ceil(size * len(labels)) if size else 0
+    return f"{n} of them for validation" if n else "no validation split"
+
+
 def _fit(ft, data, log):
     """Fit once (in one Ray session with ``engine="ray"``); the fitted model then runs locally."""
     log(
-        f"fine-tuning {ft.model} on {len(data.paths)} images ({ft.valid_size:g} of them for "
-        f"validation): freeze={ft.freeze}, {ft.epochs} epoch(s)"
+        f"fine-tuning {ft.model} on {len(data.paths)} images ({_validation(ft, data.labels)}): "
+        f"freeze={ft.freeze}, {ft.epochs} epoch(s)"
     )
     on_ray = getattr(ft, "engine", "local") == "ray"
     if on_ray:
