@@ -477,9 +477,7 @@ def test_head_only_fit_on_cached_codes_decodes_no_image_and_builds_no_network(
     np.testing.assert_allclose(elsewhere.predict_proba(paths), ft.predict_proba(paths), atol=1e-5)
 
 
-def test_head_only_fit_on_cached_codes_still_refuses_or_skips_an_unreadable_image(
-    data, tmp_path
-):
+def test_head_only_fit_on_cached_codes_still_refuses_or_skips_an_unreadable_image(data, tmp_path):
     paths, labels = data
     bad = tmp_path / "broken.jpg"
     bad.write_bytes(b"not an image")
@@ -504,9 +502,7 @@ def test_auto_validation_adapts_to_many_classes_of_few_images(make_images, tmp_p
         fine_tune(tmp_path, valid_size=0.1).fit(paths, labels)  # a value given is refused
 
 
-def test_auto_validation_is_none_with_a_class_of_one_image_said_in_a_warning(
-    make_images, tmp_path
-):
+def test_auto_validation_is_none_with_a_class_of_one_image_said_in_a_warning(make_images, tmp_path):
     paths = make_images(7)
     labels = [0, 0, 0, 1, 1, 1, 2]
     with pytest.warns(UserWarning, match=r"valid_size='auto': no validation split") as caught:
