@@ -279,7 +279,8 @@ def test_run_finetune_splits_reports_and_configures_as_run_experiment(photos):
         dataset.paths, dataset.labels, ft, test_size=0.25, seed=3, log=notes.append
     )
     assert result.estimator is ft and result.search is None and result.table is None
-    assert list(result.metrics) == ["test", "duplicates", "history", "training"]
+    assert list(result.metrics) == ["test", "duplicates", "history", "training", "probe"]
+    assert result.metrics["probe"] is None  # no cache: no probe codes to compare with
     assert result.metrics["training"]["epochs"] == 1 == len(result.metrics["history"])
     data = prepare_data(dataset.paths, dataset.labels, test_size=0.25, seed=3)
     assert result.config["split"] == {"test_size": 0.25, "seed": 3} == data.split
@@ -334,3 +335,38 @@ def test_defaults_run_on_many_classes_of_few_images(capsys, tmp_path, monkeypatc
     assert data["metrics"]["test"]["n"] == 120
     assert "valid_acc" in data["history"][0]
     assert "fine-tuning resnet18 on 280 images (40 of them for validation)" in err
+
+
+@pytest.mark.parametrize("held_out", ["test", "validation"])
+def test_a_run_below_the_linear_probe_says_so_with_both_accuracies(photos, held_out):
+    from cnncodes.finetune import FineTune
+
+    from cnncodes.workflows import run_finetune
+
+    dataset = load_dataset(photos / "photos")
+    test = load_dataset(photos / "test")
+    settings = dict(
+        model=TINY[1], resize=32, crop=32, freeze="all", augment="none", valid_size=0.25,
+        cache_dir=str(photos / "cache"),
+    )  # fmt: skip
+    extra = {"test": (test.paths, test.labels)} if held_out == "test" else {}
+    n = 6 if held_out == "test" else 4
+    # A head that barely moves from its random start ends below the probe on the same codes.
+    notes = []
+    ft = FineTune(**settings, epochs=1, lr=1e-9)
+    result = run_finetune(dataset.paths, dataset.labels, ft, log=notes.append, **extra)
+    probe = result.metrics["probe"]
+    assert probe["images"] == held_out and probe["n"] == n and probe["below_probe"]
+    assert probe["probe_accuracy"] == 1.0 > probe["finetune_accuracy"]
+    line = [x for x in notes if "below the linear probe" in x]
+    assert len(line) == 1 and f"on the same {n} {held_out} images" in line[0]
+    assert f"accuracy {probe['finetune_accuracy']:.3f}, the probe's 1.000" in line[0]
+    if held_out == "test":
+        assert probe["finetune_accuracy"] == result.metrics["test"]["accuracy"]
+    # LP-FT's head starts as that probe: with no epoch it is the probe, not below it.
+    notes = []
+    ft = FineTune(**settings, epochs=0, init_head="probe")
+    result = run_finetune(dataset.paths, dataset.labels, ft, log=notes.append, **extra)
+    probe = result.metrics["probe"]
+    assert probe["finetune_accuracy"] == probe["probe_accuracy"] and not probe["below_probe"]
+    assert not any("below the linear probe" in x for x in notes)

@@ -21,6 +21,8 @@ import sys
 import threading
 import time
 
+import numpy as np
+
 from ..errors import UsageError
 from ..estimators import steps as _runs
 from ..utils.jsonable import jsonable
@@ -28,7 +30,13 @@ from .evaluation import held_out_metrics
 from .experiment import ExperimentResult, run_locally
 from .rundata import check_on_error, data_config, library_versions, prepare_data, report_duplicates
 
-__all__ = ["finetune_config", "fit_interruptibly", "run_finetune", "training_summary"]
+__all__ = [
+    "finetune_config",
+    "fit_interruptibly",
+    "probe_baseline",
+    "run_finetune",
+    "training_summary",
+]
 
 #: Parameters of a FineTune left out of the run's configuration: where its state goes, bars.
 _NOT_CONFIG = ("checkpoint", "progress")
@@ -122,6 +130,64 @@ def _fit(ft, data, log):
         run_locally(ft)
 
 
+def probe_baseline(ft, data, predicted, log):
+    """The fine-tuned model's accuracy beside LP-FT's linear probe's on the same held-out images
+    (the test images, else the validation ones), where the probe's codes come from the cache
+    anyway: ``init_head="probe"``, or a head trained on cached codes (``freeze="all"``).
+
+    The probe is the one ``init_head="probe"`` starts from: a logistic regression on the
+    standardised codes of ``layer_`` of the images ``fit`` trained on (its validation split
+    left out). A run that ends below it is said in one line to ``log``. Returns
+    ``{"images", "n", "probe_accuracy", "finetune_accuracy", "below_probe"}``, or None where
+    there is no probe to compare with (or no held-out image).
+
+    ``predicted``: the fine-tuned model's predictions of ``data.test_paths`` (None: no test).
+    """
+    head_on_codes = ft.freeze == "all" and getattr(ft, "trunk_cached_", False)
+    if not (ft.init_head == "probe" or head_on_codes) or ft.cache_dir in (None, False):
+        return None
+    from ..estimators.finetune.plan import fit_probe
+    from ..estimators.finetune.training import stratified_split
+
+    classes = np.asarray([str(c) for c in ft.classes_])
+    train = ft.extract(data.paths, on_error="skip")  # what fit read: cached
+    codes = train.codes[ft.layer_]
+    labels = np.asarray([str(c) for c in np.asarray(data.labels)[train.kept]])
+    index = {c: i for i, c in enumerate(classes)}
+    encoded = np.array([index[c] for c in labels], dtype=np.int64)  # fit's encoding
+    fit_rows, valid_rows = stratified_split(encoded, ft.valid_size_, ft.seed)
+    probe = fit_probe(codes[fit_rows], encoded[fit_rows])
+    if predicted is not None:
+        test = ft.extract(data.test_paths, on_error="skip")
+        truth = np.asarray([str(c) for c in np.asarray(data.test_labels)[test.kept]])
+        mine = np.asarray([str(c) for c in np.asarray(predicted)[test.kept]])
+        theirs = classes[probe.predict(test.codes[ft.layer_])]
+        images = "test"
+    elif len(valid_rows):
+        truth = labels[valid_rows]
+        kept_paths = [data.paths[i] for i in train.kept]
+        mine = np.asarray([str(c) for c in ft.predict([kept_paths[i] for i in valid_rows])])
+        theirs = classes[probe.predict(codes[valid_rows])]
+        images = "validation"
+    else:
+        return None
+    result = {
+        "images": images,
+        "n": len(truth),
+        "probe_accuracy": round(float(np.mean(theirs == truth)), 4),
+        "finetune_accuracy": round(float(np.mean(mine == truth)), 4),
+    }
+    result["below_probe"] = result["finetune_accuracy"] < result["probe_accuracy"]
+    if result["below_probe"]:
+        log(
+            f"fine-tuning ended below the linear probe on the same {result['n']} {images} "
+            f"images: accuracy {result['finetune_accuracy']:.3f}, the probe's "
+            f"{result['probe_accuracy']:.3f} (a logistic regression on the codes of "
+            f"{ft.layer_}, what init_head='probe' starts from)"
+        )
+    return result
+
+
 def run_finetune(
     paths, labels, estimator, *, test=None, test_size=None, seed=0, on_error=None, log=None
 ):
@@ -149,8 +215,9 @@ def run_finetune(
     -------
     ExperimentResult
         ``estimator``: the fitted FineTune; ``metrics``: ``test`` (held-out metrics or None),
-        ``duplicates``, ``history`` (one row per epoch) and ``training``
-        (:func:`training_summary`); ``config``: what reproduces the run; ``skipped``:
+        ``duplicates``, ``history`` (one row per epoch), ``training``
+        (:func:`training_summary`) and ``probe`` (:func:`probe_baseline`: the linear probe's
+        accuracy beside the fine-tuned model's, or None); ``config``: what reproduces the run; ``skipped``:
         ``{"train": [], "test": [...]}``. ``search``, ``table`` and ``layers`` are None.
 
     Raises
@@ -179,6 +246,9 @@ def run_finetune(
         predicted = ft.predict(data.test_paths)
         overlap = duplicates["test_in_train"] or 0
         metrics["test"] = held_out_metrics(data.test_labels, predicted, classes, overlap)
+    else:
+        predicted = None
+    metrics["probe"] = probe_baseline(ft, data, predicted, log)
     return ExperimentResult(
         search=None,
         estimator=ft,

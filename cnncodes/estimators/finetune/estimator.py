@@ -418,14 +418,16 @@ class FineTune(NetworkStep, ClassifierMixin, BaseEstimator):
         self._check_params()
         return self._resolve()[0]
 
-    def extract(self, paths):
+    def extract(self, paths, on_error="raise"):
         """The codes of the pretrained network's ``layer_`` (pooled with ``pooling``) that a fit
-        reads for ``init_head="probe"`` and a head on a frozen network, through the cache."""
+        reads for ``init_head="probe"`` and a head on a frozen network, through the cache
+        (``on_error``: as for :func:`~cnncodes.extract.extract_codes`)."""
         check_is_fitted(self, "head_state_")
         device, precision, _, _, workers = self._runtime()
         return self._extract_layer(
-            list(paths), self.spec_, self.layer_, self.pooling, device, precision, workers
-        )
+            list(paths), self.spec_, self.layer_, self.pooling, device, precision, workers,
+            on_error=on_error,
+        )  # fmt: skip
 
     def verify_weights(self):
         """Nothing to check: the fitted FineTune holds its weights (it never reads the
