@@ -539,30 +539,17 @@ class FineTune(NetworkStep, ClassifierMixin, BaseEstimator):
             raise UsageError("after leaving out unreadable images, a class has no image left")
         self.valid_size_ = self._valid_size(encoded)
         train, valid = training.stratified_split(encoded, self.valid_size_, self.seed)
-        net = None
-        if head_only is None:
-            net = build_model(spec)
-            freeze = network.check_freeze(self.freeze, net, spec.model)
+        # A head on cached codes: the network is neither built nor loaded.
+        net = None if head_only is not None else build_model(spec)
+        freeze = self.freeze if net is None else network.check_freeze(self.freeze, net, spec.model)
         n_inputs = code_size(layer_shapes(spec, [layer])[layer], self.pooling)
-        threads = None
+        # A head alone trains on one thread on the CPU (see training.torch_threads).
+        threads = 1 if net is None and device.type == "cpu" else None
         with training.fixed_seed(self.seed):
             head = network.make_head(
                 self.head, n_inputs, len(classes), self.hidden_units, self.dropout
             )
-            if head_only is not None:
-                # The network is neither built nor loaded: its frozen part's output is cached.
-                tail, node = head_only, layer
-                module = network.FineTuneNet(tail, head, self.pooling, (), self.train_bn)
-                threads = 1 if device.type == "cpu" else None
-            else:
-                trunk, frozen = network.build_trunk(net, layer, freeze)
-                for p in net.parameters():
-                    p.requires_grad_(True)
-                module = network.FineTuneNet(trunk, head, self.pooling, frozen, self.train_bn)
-                tail, node = trunk_plan(
-                    net, spec, layer, freeze, len(paths), pooling=self.pooling,
-                    augment=self.augment, trunk_cache=self.trunk_cache,
-                )  # fmt: skip
+            module, tail, node = self._network(net, spec, layer, freeze, head, len(paths))
             if self.init_head == "probe":
                 if head_only is not None:
                     probe_codes = acts[train]
@@ -610,6 +597,23 @@ class FineTune(NetworkStep, ClassifierMixin, BaseEstimator):
         self._module = None if net is None else module
         self._trained = None  # the part after the cached trunk, built when predicting
         return self
+
+    def _network(self, net, spec, layer, freeze, head, n_images):
+        """``(module, tail, node)``: the whole fine-tuned network over ``net`` and ``head`` (the
+        head alone where ``net`` is None), the trainable part after the cached frozen one and
+        the node whose cached activations feed it (:func:`~.plan.trunk_plan`)."""
+        if net is None:
+            tail = torch.nn.Identity()
+            return network.FineTuneNet(tail, head, self.pooling, (), self.train_bn), tail, layer
+        trunk, frozen = network.build_trunk(net, layer, freeze)
+        for p in net.parameters():
+            p.requires_grad_(True)
+        module = network.FineTuneNet(trunk, head, self.pooling, frozen, self.train_bn)
+        tail, node = trunk_plan(
+            net, spec, layer, freeze, n_images, pooling=self.pooling, augment=self.augment,
+            trunk_cache=self.trunk_cache,
+        )  # fmt: skip
+        return module, tail, node
 
     def _valid_size(self, labels):
         """The fraction held out for validation: ``valid_size``, or with ``"auto"`` what the
