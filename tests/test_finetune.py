@@ -468,6 +468,7 @@ def test_head_only_fit_on_cached_codes_decodes_no_image_and_builds_no_network(
     assert torch.get_num_threads() == threads  # the head trained on one thread, then restored
     ft.predict(paths)
     assert forward_counter.images == 24 and decodes == [] and builds == []
+    assert torch.get_num_threads() == threads
     # The weights it holds are the pretrained network's, read when first asked for.
     pretrained = build_model(resolve_spec(**RESNET)).state_dict()
     assert all(np.array_equal(v.numpy(), ft.state_dict_[k]) for k, v in pretrained.items())

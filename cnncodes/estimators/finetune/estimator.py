@@ -707,10 +707,12 @@ class FineTune(NetworkStep, ClassifierMixin, BaseEstimator):
         acts = self._codes(paths, self.spec_, node, pooling, device, precision, workers)
         if pooling == "flatten":
             acts = acts.reshape(len(paths), *layer_shapes(self.spec_, [node])[node])
-        return cached_logits(
-            self._trained_part(), acts, batch_size=self.batch_size, device=device, dtype=dtype,
-            nhwc=channels_last,
-        )  # fmt: skip
+        head_only = self.freeze == network.FREEZE_ALL and device.type == "cpu"
+        with training.torch_threads(1 if head_only else None):  # as the head trained
+            return cached_logits(
+                self._trained_part(), acts, batch_size=self.batch_size, device=device,
+                dtype=dtype, nhwc=channels_last,
+            )  # fmt: skip
 
     def _logits(self, X):
         check_is_fitted(self, "head_state_")

@@ -370,6 +370,13 @@ def stratified_split(labels, valid_size, seed):
     return np.asarray(train.indices), np.asarray(valid.indices)
 
 
+def _accuracy(net, X, y):
+    """``valid_acc``: the fraction of validation images predicted right, from skorch's cached
+    predictions; scikit-learn's ``accuracy_score`` without its input checks (which cost 20 ms an
+    epoch on a loaded machine, as much as the epoch of a head on cached codes)."""
+    return float(np.mean(net.predict(X) == np.asarray(y)))
+
+
 def make_classifier(
     module,
     *,
@@ -435,6 +442,7 @@ def make_classifier(
         callbacks=callbacks,
         device=str(device),
         verbose=1 if progress else 0,
+        callbacks__valid_acc__scoring=_accuracy,
         **(
             {"callbacks__print_log__sink": _stderr_print}
             if progress
