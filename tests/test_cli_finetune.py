@@ -370,3 +370,16 @@ def test_a_run_below_the_linear_probe_says_so_with_both_accuracies(photos, held_
     probe = result.metrics["probe"]
     assert probe["finetune_accuracy"] == probe["probe_accuracy"] and not probe["below_probe"]
     assert not any("below the linear probe" in x for x in notes)
+
+
+def test_defaults_run_with_a_class_of_one_image_without_validation(capsys, tmp_path):
+    from tests.conftest import write_classes
+
+    write_classes(str(tmp_path / "photos"), per_class=3, classes=("a", "b"))
+    write_classes(str(tmp_path / "photos"), per_class=1, classes=("c",), seed=2)
+    code, out, err = finetune(capsys, tmp_path)
+    assert code == 0, err
+    warned = [line for line in err.splitlines() if line.startswith("cnncodes: warning:")]
+    assert len(warned) == 1 and "valid_size='auto': no validation split" in warned[0]
+    assert "on 7 images (no validation split)" in err
+    assert "no validation split: no estimate of the accuracy" in out

@@ -400,7 +400,12 @@ def _lines(ft, metrics, training, test_note, out_path, checkpoint, written):
         )
     )
     test = metrics["test"]
-    if test is None:
+    if test is None and history and "valid_acc" not in history[-1]:
+        lines.append(
+            "no held-out images (--test DATA2 or --test-size F) and no validation split: no "
+            "estimate of the accuracy"
+        )
+    elif test is None:
         lines.append(
             "no held-out images (--test DATA2 or --test-size F): the validation accuracy above "
             "is the only estimate"
