@@ -285,7 +285,8 @@ def test_run_finetune_splits_reports_and_configures_as_run_experiment(photos):
         dataset.paths, dataset.labels, ft, test_size=0.25, random_state=3, log=notes.append
     )
     assert result.estimator is ft and result.search is None and result.table is None
-    assert list(result.metrics) == ["test", "duplicates", "history", "training"]
+    assert list(result.metrics) == ["test", "duplicates", "history", "training", "probe"]
+    assert result.metrics["probe"] is None  # no cache: no probe codes to compare with
     assert result.metrics["training"]["epochs"] == 1 == len(result.metrics["history"])
     data = prepare_data(dataset.paths, dataset.labels, test_size=0.25, seed=3)
     assert result.config["split"] == {"test_size": 0.25, "seed": 3} == data.split
@@ -320,3 +321,71 @@ def test_a_full_disk_and_a_second_writer_are_one_line_naming_the_state(capsys, p
     assert_one_line_error(err, str(state), "No space left on device: the disk is full")
     assert "a bug" not in err
     assert torch.load(state, weights_only=True)["epochs"] == 2 and not model.exists()
+
+
+def test_defaults_run_on_many_classes_of_few_images(capsys, tmp_path, monkeypatch):
+    # 40 classes of 10 images: after --test-size 0.3, 7 training images per class, where the
+    # former default valid_size=0.1 (28 of 280 images) could not hold one image of each class.
+    from tests.conftest import write_classes
+
+    write_classes(str(tmp_path / "many"), per_class=10, classes=[f"c{i:02d}" for i in range(40)])
+    monkeypatch.chdir(tmp_path)  # the default cache, ./cache
+    monkeypatch.delenv("CNNCODES_CACHE", raising=False)
+    code, out, err = run(
+        capsys, "finetune", tmp_path / "many", "--test-size", "0.3", "--model", "resnet18",
+        "--weights", "none", "--resize", "40", "--crop", "32", "--epochs", "1", "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    data = json.loads(out)
+    assert data["train_images"] == 240  # 280, one image of each of the 40 classes held out
+    assert data["metrics"]["test"]["n"] == 120
+    assert "valid_acc" in data["history"][0]
+    assert "fine-tuning resnet18 on 280 images (40 of them for validation)" in err
+
+
+@pytest.mark.parametrize("held_out", ["test", "validation"])
+def test_a_run_below_the_linear_probe_says_so_with_both_accuracies(photos, held_out):
+    from cnncodes.finetune import FineTune
+
+    from cnncodes.workflows import run_finetune
+
+    dataset = load_dataset(photos / "photos")
+    test = load_dataset(photos / "test")
+    settings = dict(
+        model=TINY[1], resize=32, crop=32, freeze="all", augment="none", valid_size=0.25,
+        cache_dir=str(photos / "cache"),
+    )  # fmt: skip
+    extra = {"test": (test.paths, test.labels)} if held_out == "test" else {}
+    n = 6 if held_out == "test" else 4
+    # A head that barely moves from its random start ends below the probe on the same codes.
+    notes = []
+    ft = FineTune(**settings, epochs=1, lr=1e-9)
+    result = run_finetune(dataset.paths, dataset.labels, ft, log=notes.append, **extra)
+    probe = result.metrics["probe"]
+    assert probe["images"] == held_out and probe["n"] == n and probe["below_probe"]
+    assert probe["probe_accuracy"] == 1.0 > probe["finetune_accuracy"]
+    line = [x for x in notes if "below the linear probe" in x]
+    assert len(line) == 1 and f"on the same {n} {held_out} images" in line[0]
+    assert f"accuracy {probe['finetune_accuracy']:.3f}, the probe's 1.000" in line[0]
+    if held_out == "test":
+        assert probe["finetune_accuracy"] == result.metrics["test"]["accuracy"]
+    # LP-FT's head starts as that probe: with no epoch it is the probe, not below it.
+    notes = []
+    ft = FineTune(**settings, epochs=0, init_head="probe")
+    result = run_finetune(dataset.paths, dataset.labels, ft, log=notes.append, **extra)
+    probe = result.metrics["probe"]
+    assert probe["finetune_accuracy"] == probe["probe_accuracy"] and not probe["below_probe"]
+    assert not any("below the linear probe" in x for x in notes)
+
+
+def test_defaults_run_with_a_class_of_one_image_without_validation(capsys, tmp_path):
+    from tests.conftest import write_classes
+
+    write_classes(str(tmp_path / "photos"), per_class=3, classes=("a", "b"))
+    write_classes(str(tmp_path / "photos"), per_class=1, classes=("c",), seed=2)
+    code, out, err = finetune(capsys, tmp_path)
+    assert code == 0, err
+    warned = [line for line in err.splitlines() if line.startswith("cnncodes: warning:")]
+    assert len(warned) == 1 and "valid_size='auto': no validation split" in warned[0]
+    assert "on 7 images (no validation split)" in err
+    assert "no validation split: no estimate of the accuracy" in out

@@ -445,3 +445,76 @@ def test_cached_prediction_falls_back_to_the_held_weights_when_the_checkpoint_is
     expected = pickle.loads(pickle.dumps(ft)).set_params(cache_dir=None).predict_proba(unseen)
     weights.unlink()  # the frozen part's codes cannot be computed from the pretrained network
     np.testing.assert_allclose(ft.predict_proba(unseen), expected, atol=1e-6)
+
+
+def test_head_only_fit_on_cached_codes_decodes_no_image_and_builds_no_network(
+    data, tmp_path, forward_counter, monkeypatch
+):
+    from cnncodes.estimators.finetune import data as finetune_data
+    from cnncodes.estimators.finetune import estimator
+
+    paths, labels = data
+    settings = dict(**RESNET, freeze="all", augment="none", init_head="probe")
+    fine_tune(tmp_path, **settings).warm_codes(paths)
+    assert forward_counter.images == 24
+    decodes, builds = [], []
+    real_load, real_build = finetune_data.load_image, estimator.build_model
+    monkeypatch.setattr(finetune_data, "load_image", lambda p: decodes.append(p) or real_load(p))
+    monkeypatch.setattr(estimator, "build_model", lambda s: builds.append(s) or real_build(s))
+    threads = torch.get_num_threads()
+    ft = fine_tune(tmp_path, **settings).fit(paths, labels)
+    assert ft.trunk_cached_ and len(ft.history_) == 2
+    assert forward_counter.images == 24 and decodes == [] and builds == []
+    assert torch.get_num_threads() == threads  # the head trained on one thread, then restored
+    ft.predict(paths)
+    assert forward_counter.images == 24 and decodes == [] and builds == []
+    assert torch.get_num_threads() == threads
+    # The weights it holds are the pretrained network's, read when first asked for.
+    pretrained = build_model(resolve_spec(**RESNET)).state_dict()
+    assert all(np.array_equal(v.numpy(), ft.state_dict_[k]) for k, v in pretrained.items())
+    assert len(builds) == 1
+    elsewhere = pickle.loads(pickle.dumps(ft)).set_params(cache_dir=None)
+    assert "_state_dict" in vars(elsewhere)
+    np.testing.assert_allclose(elsewhere.predict_proba(paths), ft.predict_proba(paths), atol=1e-5)
+
+
+def test_head_only_fit_on_cached_codes_still_refuses_or_skips_an_unreadable_image(data, tmp_path):
+    paths, labels = data
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"not an image")
+    settings = dict(freeze="all", augment="none")
+    fine_tune(tmp_path, **settings).warm_codes(paths)
+    paths, labels = [*paths, str(bad)], np.append(labels, "ant")
+    with pytest.raises(ImageLoadError, match="broken.jpg"):
+        fine_tune(tmp_path, **settings).fit(paths, labels)
+    with pytest.warns(SkippedImagesWarning, match="broken.jpg"):
+        ft = fine_tune(tmp_path, **settings, on_error="skip").fit(paths, labels)
+    assert ft.n_train_ == 18 and ft.trunk_cached_
+
+
+def test_auto_validation_adapts_to_many_classes_of_few_images(make_images, tmp_path):
+    paths = make_images(40)
+    labels = np.arange(40) % 10  # 10 classes of 4: 0.1 would hold out 4 images, fewer than 10
+    ft = fine_tune(tmp_path, valid_size="auto", epochs=1).fit(paths, labels)
+    assert ft.n_train_ == 30 and ft.valid_size_ == pytest.approx(0.25)
+    assert "valid_acc" in ft.history_[0]
+    assert FineTune().valid_size == "auto"
+    with pytest.raises(FineTuneError, match=r"valid_size=0.1 holds out 4 of 40 images"):
+        fine_tune(tmp_path, valid_size=0.1).fit(paths, labels)  # a value given is refused
+
+
+def test_auto_validation_is_none_with_a_class_of_one_image_said_in_a_warning(make_images, tmp_path):
+    paths = make_images(7)
+    labels = [0, 0, 0, 1, 1, 1, 2]
+    with pytest.warns(UserWarning, match=r"valid_size='auto': no validation split") as caught:
+        ft = fine_tune(tmp_path, valid_size="auto", epochs=1).fit(paths, labels)
+    assert len(caught) == 1 and "\n" not in str(caught[0].message)
+    assert ft.n_train_ == 7 and ft.valid_size_ == 0 and "valid_acc" not in ft.history_[0]
+    with pytest.raises(ValueError, match="early_stopping=2 needs a validation split"):
+        fine_tune(tmp_path, valid_size="auto", early_stopping=2).fit(paths, labels)
+
+
+def test_a_single_class_is_named_as_plain_text(make_images, tmp_path):
+    paths = make_images(4)
+    with pytest.raises(ValueError, match=r"y holds a single class '5';"):
+        fine_tune(tmp_path).fit(paths, np.array(["5"] * 4))

@@ -81,7 +81,9 @@ STATE_NAME = "finetune.state"
 
 
 def _non_negative_fraction(text):
-    """--valid-size: 0 (no validation) or a fraction below 1."""
+    """--valid-size: auto, 0 (no validation) or a fraction below 1."""
+    if text.strip() == "auto":
+        return "auto"
     return 0.0 if text.strip() in ("0", "0.0") else _fraction(text)
 
 
@@ -159,10 +161,11 @@ def _add_fine_tuning_options(group):
     group.add_argument(
         "--valid-size",
         type=_non_negative_fraction,
-        default=0.1,
+        default="auto",
         metavar="F",
         help="stratified fraction of the training images held out for the validation loss "
-        "and accuracy of every epoch; 0: none (default: %(default)s)",
+        "and accuracy of every epoch; 0: none; auto: 0.1, or one image per class where 0.1 "
+        "holds fewer, or none where a class has a single image (default: %(default)s)",
     )
     group.add_argument(
         "--early-stopping",
@@ -408,7 +411,12 @@ def _lines(ft, metrics, training, test_note, out_path, checkpoint, written):
         )
     )
     test = metrics["test"]
-    if test is None:
+    if test is None and history and "valid_acc" not in history[-1]:
+        lines.append(
+            "no held-out images (--test DATA2 or --test-size F) and no validation split: no "
+            "estimate of the accuracy"
+        )
+    elif test is None:
         lines.append(
             "no held-out images (--test DATA2 or --test-size F): the validation accuracy above "
             "is the only estimate"

@@ -15,10 +15,13 @@ and data entries of the configuration as :func:`~cnncodes.experiment.run_experim
 from __future__ import annotations
 
 import contextlib
+import math
 import signal
 import sys
 import threading
 import time
+
+import numpy as np
 
 from ..errors import UsageError
 from ..estimators import steps as _runs
@@ -34,7 +37,13 @@ from .rundata import (
     report_duplicates,
 )
 
-__all__ = ["finetune_config", "fit_interruptibly", "run_finetune", "training_summary"]
+__all__ = [
+    "finetune_config",
+    "fit_interruptibly",
+    "probe_baseline",
+    "run_finetune",
+    "training_summary",
+]
 
 #: Parameters of a FineTune left out of the run's configuration: where its state goes, bars.
 _NOT_CONFIG = ("checkpoint", "progress")
@@ -97,11 +106,22 @@ def _screen_test(data, on_error):
     return skipped
 
 
+def _validation(ft, labels):
+    """How many of the training images the fit holds out for validation, in words."""
+    size = ft.valid_size
+    if size == "auto":
+        from ..estimators.finetune.training import auto_valid_size
+
+        size, _ = auto_valid_size(labels)
+    n = math.ceil(size * len(labels)) if size else 0
+    return f"{n} of them for validation" if n else "no validation split"
+
+
 def _fit(ft, data, log):
     """Fit once (in one Ray session with ``engine="ray"``); the fitted model then runs locally."""
     log(
-        f"fine-tuning {ft.model} on {len(data.paths)} images ({ft.valid_size:g} of them for "
-        f"validation): freeze={ft.freeze}, {ft.epochs} epoch(s)"
+        f"fine-tuning {ft.model} on {len(data.paths)} images ({_validation(ft, data.labels)}): "
+        f"freeze={ft.freeze}, {ft.epochs} epoch(s)"
     )
     on_ray = getattr(ft, "engine", "local") == "ray"
     if on_ray:
@@ -115,6 +135,64 @@ def _fit(ft, data, log):
         fit_interruptibly(ft, data.paths, data.labels)
     if on_ray:
         run_locally(ft)
+
+
+def probe_baseline(ft, data, predicted, log):
+    """The fine-tuned model's accuracy beside LP-FT's linear probe's on the same held-out images
+    (the test images, else the validation ones), where the probe's codes come from the cache
+    anyway: ``init_head="probe"``, or a head trained on cached codes (``freeze="all"``).
+
+    The probe is the one ``init_head="probe"`` starts from: a logistic regression on the
+    standardised codes of ``layer_`` of the images ``fit`` trained on (its validation split
+    left out). A run that ends below it is said in one line to ``log``. Returns
+    ``{"images", "n", "probe_accuracy", "finetune_accuracy", "below_probe"}``, or None where
+    there is no probe to compare with (or no held-out image).
+
+    ``predicted``: the fine-tuned model's predictions of ``data.test_paths`` (None: no test).
+    """
+    head_on_codes = ft.freeze == "all" and getattr(ft, "trunk_cached_", False)
+    if not (ft.init_head == "probe" or head_on_codes) or ft.cache_dir in (None, False):
+        return None
+    from ..estimators.finetune.plan import fit_probe
+    from ..estimators.finetune.training import stratified_split
+
+    classes = np.asarray([str(c) for c in ft.classes_])
+    train = ft.extract(data.paths, on_error="skip")  # what fit read: cached
+    codes = train.codes[ft.layer_]
+    labels = np.asarray([str(c) for c in np.asarray(data.labels)[train.kept]])
+    index = {c: i for i, c in enumerate(classes)}
+    encoded = np.array([index[c] for c in labels], dtype=np.int64)  # fit's encoding
+    fit_rows, valid_rows = stratified_split(encoded, ft.valid_size_, ft.seed)
+    probe = fit_probe(codes[fit_rows], encoded[fit_rows])
+    if predicted is not None:
+        test = ft.extract(data.test_paths, on_error="skip")
+        truth = np.asarray([str(c) for c in np.asarray(data.test_labels)[test.kept]])
+        mine = np.asarray([str(c) for c in np.asarray(predicted)[test.kept]])
+        theirs = classes[probe.predict(test.codes[ft.layer_])]
+        images = "test"
+    elif len(valid_rows):
+        truth = labels[valid_rows]
+        kept_paths = [data.paths[i] for i in train.kept]
+        mine = np.asarray([str(c) for c in ft.predict([kept_paths[i] for i in valid_rows])])
+        theirs = classes[probe.predict(codes[valid_rows])]
+        images = "validation"
+    else:
+        return None
+    result = {
+        "images": images,
+        "n": len(truth),
+        "probe_accuracy": round(float(np.mean(theirs == truth)), 4),
+        "finetune_accuracy": round(float(np.mean(mine == truth)), 4),
+    }
+    result["below_probe"] = result["finetune_accuracy"] < result["probe_accuracy"]
+    if result["below_probe"]:
+        log(
+            f"fine-tuning ended below the linear probe on the same {result['n']} {images} "
+            f"images: accuracy {result['finetune_accuracy']:.3f}, the probe's "
+            f"{result['probe_accuracy']:.3f} (a logistic regression on the codes of "
+            f"{ft.layer_}, what init_head='probe' starts from)"
+        )
+    return result
 
 
 def run_finetune(
@@ -157,8 +235,9 @@ def run_finetune(
     -------
     ExperimentResult
         ``estimator``: the fitted FineTune; ``metrics``: ``test`` (held-out metrics or None),
-        ``duplicates``, ``history`` (one row per epoch) and ``training``
-        (:func:`training_summary`); ``config``: what reproduces the run; ``skipped``:
+        ``duplicates``, ``history`` (one row per epoch), ``training``
+        (:func:`training_summary`) and ``probe`` (:func:`probe_baseline`: the linear probe's
+        accuracy beside the fine-tuned model's, or None); ``config``: what reproduces the run; ``skipped``:
         ``{"train": [], "test": [...]}``. ``search``, ``table`` and ``layers`` are None.
 
     Raises
@@ -188,6 +267,9 @@ def run_finetune(
         predicted = ft.predict(data.test_paths)
         overlap = duplicates["test_in_train"] or 0
         metrics["test"] = held_out_metrics(data.test_labels, predicted, classes, overlap)
+    else:
+        predicted = None
+    metrics["probe"] = probe_baseline(ft, data, predicted, log)
     return ExperimentResult(
         search=None,
         estimator=ft,

@@ -24,6 +24,7 @@ from ...extraction.runtime import (
     resolve_device,
     resolve_precision,
 )
+from ...images.load import ImageLoadError
 from ...networks.architectures import arch_id
 from ...networks.layers import layer_shapes, resolve_layers
 from ...networks.models import build_model, spec_of
@@ -50,6 +51,25 @@ from .inference import cached_logits, predict_logits, rebuild_module, trained_pa
 from .plan import MAX_CACHED_TRUNK_BYTES, init_head_from_probe, trunk_plan
 
 __all__ = ["MAX_CACHED_TRUNK_BYTES", "TRUNK_CACHE", "FineTune"]
+
+
+#: ``valid_size``'s default: the validation split the data allow.
+AUTO = "auto"
+
+
+def _arrays(state_dict):
+    return {k: v.detach().cpu().numpy().copy() for k, v in state_dict.items()}
+
+
+class _ValidSize(Float):
+    """Rule: ``"auto"`` or a fraction in [0, 1)."""
+
+    def __init__(self):
+        super().__init__(minimum=0, below=1, allow_none=True)
+
+    def __call__(self, value, name):
+        if not (isinstance(value, str) and value == AUTO):
+            super().__call__(value, name)
 
 
 def _grid_values(param_grid, name, default):
@@ -106,8 +126,11 @@ class FineTune(NetworkStep, ClassifierMixin, BaseEstimator):
     batch_size : int, default=32
     augment : {"crop-flip", "crop", "flip", "none"}, default="crop-flip"
         Train-time augmentation: random resized crops and/or horizontal flips.
-    valid_size : float, default=0.1
+    valid_size : "auto" or float, default="auto"
         Fraction held out (stratified) to report validation loss and accuracy each epoch; 0: none.
+        ``"auto"``: 0.1 where that keeps an image of each class on both sides, else just enough
+        for one image per class (many classes of a few images each), else (a class of a single
+        image) none, which a warning says. A fraction given is held out or refused.
     early_stopping : int, optional
         Stop after this many epochs without a better validation loss, and keep the best epoch's
         weights (needs ``valid_size > 0``).
@@ -169,6 +192,8 @@ class FineTune(NetworkStep, ClassifierMixin, BaseEstimator):
     state_dict_ : dict of str to ndarray
         The fine-tuned network's weights, under the architecture's own parameter names.
     head_state_ : dict of str to ndarray
+    valid_size_ : float
+        The fraction held out for validation (``valid_size``, resolved where ``"auto"``).
     fit_seconds_ : float
 
     Examples
@@ -201,7 +226,7 @@ class FineTune(NetworkStep, ClassifierMixin, BaseEstimator):
         epochs=10,
         batch_size=32,
         augment="crop-flip",
-        valid_size=0.1,
+        valid_size="auto",
         early_stopping=None,
         seed=0,
         resize=None,
@@ -267,6 +292,8 @@ class FineTune(NetworkStep, ClassifierMixin, BaseEstimator):
         state.setdefault("model_kwargs", None)
         state.setdefault("engine", "local")
         state.setdefault("ray_address", None)
+        if "state_dict_" in state:  # pickled before the weights of a head-only fit were lazy
+            state["_state_dict"] = state.pop("state_dict_")
         super().__setstate__(state)
 
     # -- parameters ----------------------------------------------------------------------------
@@ -286,7 +313,7 @@ class FineTune(NetworkStep, ClassifierMixin, BaseEstimator):
         "trunk_lr": Float(minimum=0, allow_none=True),
         "weight_decay": Float(minimum=0),
         "dropout": Float(minimum=0, below=1),
-        "valid_size": Float(minimum=0, below=1, allow_none=True),
+        "valid_size": _ValidSize(),
         "epochs": Int(0),
         "batch_size": Int(1),
         "hidden_units": Int(1),
@@ -336,14 +363,16 @@ class FineTune(NetworkStep, ClassifierMixin, BaseEstimator):
             return paths, labels
         if self.on_error == "raise":
             raise skipped[0][2]
-        listing = _describe_skipped([SkippedImage(i, p, e.reason) for i, p, e in skipped])
-        warnings.warn(
-            f"{len(skipped)} of {len(paths)} training images could not be read "
-            f"(on_error='skip'); left out with their labels:\n{listing}",
-            SkippedImagesWarning,
-            stacklevel=3,
-        )
+        self._warn_skipped([SkippedImage(i, p, e.reason) for i, p, e in skipped], len(paths))
         return [paths[i] for i in kept], labels[kept]
+
+    def _warn_skipped(self, skipped, n_paths):
+        warnings.warn(
+            f"{len(skipped)} of {n_paths} training images could not be read "
+            f"(on_error='skip'); left out with their labels:\n{_describe_skipped(skipped)}",
+            SkippedImagesWarning,
+            stacklevel=5,
+        )
 
     def warm_codes(self, paths):
         """Extract into the code cache the codes of ``layer`` (with ``pooling``) that ``fit``
@@ -362,7 +391,9 @@ class FineTune(NetworkStep, ClassifierMixin, BaseEstimator):
             layer
         ]
 
-    def _extract_layer(self, paths, spec, layer, pooling, device, precision, workers):
+    def _extract_layer(
+        self, paths, spec, layer, pooling, device, precision, workers, on_error="raise"
+    ):
         return extract_codes(
             paths,
             spec,
@@ -373,6 +404,7 @@ class FineTune(NetworkStep, ClassifierMixin, BaseEstimator):
             num_workers=workers,
             device=device,
             precision=precision,
+            on_error=on_error,
             progress=self.progress,
             engine=self.engine,
             ray_address=self.ray_address,
@@ -386,19 +418,21 @@ class FineTune(NetworkStep, ClassifierMixin, BaseEstimator):
         self._check_params()
         return self._resolve()[0]
 
-    def extract(self, paths):
+    def extract(self, paths, on_error="raise"):
         """The codes of the pretrained network's ``layer_`` (pooled with ``pooling``) that a fit
-        reads for ``init_head="probe"`` and a head on a frozen network, through the cache."""
-        check_is_fitted(self, "state_dict_")
+        reads for ``init_head="probe"`` and a head on a frozen network, through the cache
+        (``on_error``: as for :func:`~cnncodes.extract.extract_codes`)."""
+        check_is_fitted(self, "head_state_")
         device, precision, _, _, workers = self._runtime()
         return self._extract_layer(
-            list(paths), self.spec_, self.layer_, self.pooling, device, precision, workers
-        )
+            list(paths), self.spec_, self.layer_, self.pooling, device, precision, workers,
+            on_error=on_error,
+        )  # fmt: skip
 
     def verify_weights(self):
         """Nothing to check: the fitted FineTune holds its weights (it never reads the
         checkpoint it started from)."""
-        check_is_fitted(self, "state_dict_")
+        check_is_fitted(self, "head_state_")
 
     def verify(self):
         """Check that the model's name still builds the architecture it was trained on."""
@@ -460,6 +494,34 @@ class FineTune(NetworkStep, ClassifierMixin, BaseEstimator):
         with training.state_lock(self.checkpoint):  # one run at a time writes a state file
             return self._fit(X, y)
 
+    def _head_only_plan(self, spec, layer, n_images):
+        """The trunk plan of a head trained on the cached codes of ``layer`` (``freeze="all"``,
+        no augmentation), decided without building the network; None otherwise."""
+        if self.freeze != network.FREEZE_ALL:
+            return None
+        tail, _ = trunk_plan(
+            None, spec, layer, network.FREEZE_ALL, n_images, pooling=self.pooling,
+            augment=self.augment, trunk_cache=self.trunk_cache,
+        )  # fmt: skip
+        return tail
+
+    def _cached_codes(self, paths, labels, spec, layer, device, precision, workers):
+        """``(paths, labels, codes)`` of a head-only fit: the codes of ``layer`` from the cache
+        (computed for the images it lacks). Only those are decoded: a cached image was readable
+        when its codes were computed, so the decode screen is the extraction's own; unreadable
+        images raise or are left out with their labels as :meth:`_skip_unreadable` does."""
+        result = self._extract_layer(
+            paths, spec, layer, self.pooling, device, precision, workers, on_error="skip"
+        )
+        codes = result.codes[layer]
+        if not result.skipped:
+            return paths, labels, codes
+        if self.on_error == "raise":
+            first = result.skipped[0]
+            raise ImageLoadError(first.path, first.reason)
+        self._warn_skipped(result.skipped, len(paths))
+        return [paths[i] for i in result.kept], labels[result.kept], codes
+
     def _fit(self, X, y):
         started = time.perf_counter()
         self._check_params()
@@ -467,31 +529,38 @@ class FineTune(NetworkStep, ClassifierMixin, BaseEstimator):
         classes, encoded = training.encode_labels(paths, y)
         spec, layer = self._resolve()
         device, precision, dtype, channels_last, workers = self._runtime()
-        paths, encoded = self._skip_unreadable(paths, encoded)
+        codes = (device, precision, workers)
+        head_only = self._head_only_plan(spec, layer, len(paths))
+        if head_only is not None:
+            paths, encoded, acts = self._cached_codes(paths, encoded, spec, layer, *codes)
+        else:
+            paths, encoded = self._skip_unreadable(paths, encoded)
         if len(np.unique(encoded)) < len(classes):
             raise UsageError("after leaving out unreadable images, a class has no image left")
-        train, valid = training.stratified_split(encoded, self.valid_size, self.seed)
-        net = build_model(spec)
-        freeze = network.check_freeze(self.freeze, net, spec.model)
+        self.valid_size_ = self._valid_size(encoded)
+        train, valid = training.stratified_split(encoded, self.valid_size_, self.seed)
+        # A head on cached codes: the network is neither built nor loaded.
+        net = None if head_only is not None else build_model(spec)
+        freeze = self.freeze if net is None else network.check_freeze(self.freeze, net, spec.model)
         n_inputs = code_size(layer_shapes(spec, [layer])[layer], self.pooling)
+        # A head alone trains on one thread on the CPU (see training.torch_threads).
+        threads = 1 if net is None and device.type == "cpu" else None
         with training.fixed_seed(self.seed):
             head = network.make_head(
                 self.head, n_inputs, len(classes), self.hidden_units, self.dropout
             )
-            trunk, frozen = network.build_trunk(net, layer, freeze)
-            for p in net.parameters():
-                p.requires_grad_(True)
-            module = network.FineTuneNet(trunk, head, self.pooling, frozen, self.train_bn)
-            tail, node = trunk_plan(
-                net, spec, layer, freeze, len(paths), pooling=self.pooling,
-                augment=self.augment, trunk_cache=self.trunk_cache,
-            )  # fmt: skip
-            codes = (device, precision, workers)
+            module, tail, node = self._network(net, spec, layer, freeze, head, len(paths))
             if self.init_head == "probe":
-                probe_paths = [paths[i] for i in train]
-                probe_codes = self._codes(probe_paths, spec, layer, self.pooling, *codes)
+                if head_only is not None:
+                    probe_codes = acts[train]
+                else:
+                    probe_paths = [paths[i] for i in train]
+                    probe_codes = self._codes(probe_paths, spec, layer, self.pooling, *codes)
                 init_head_from_probe(head, probe_codes, encoded[train])
-            if tail is not None:
+            if head_only is not None:
+                dataset = Activations(acts, encoded)
+                trained = module
+            elif tail is not None:
                 pooling = (
                     self.pooling if node == layer and freeze == network.FREEZE_ALL else "flatten"
                 )
@@ -507,25 +576,74 @@ class FineTune(NetworkStep, ClassifierMixin, BaseEstimator):
             valid_set = None
             if len(valid):
                 valid_set = torch.utils.data.Subset(dataset.with_augment("none"), valid)
-            self.history_ = self._train(
-                trained, train_set, encoded[train], valid_set, len(classes), spec, paths,
-                device, dtype, channels_last, workers,
-            )  # fmt: skip
+            with training.torch_threads(threads):
+                self.history_ = self._train(
+                    trained, train_set, encoded[train], valid_set, len(classes), spec, paths,
+                    device, dtype, channels_last, workers,
+                )  # fmt: skip
         module.cpu().eval()
         self.spec_ = spec
         self.layer_ = layer
         self.classes_ = classes
         self.n_features_in_ = 1
         self.trunk_cached_ = tail is not None
-        self.state_dict_ = {k: v.detach().cpu().numpy().copy() for k, v in net.state_dict().items()}
-        self.head_state_ = {
-            k: v.detach().cpu().numpy().copy() for k, v in head.state_dict().items()
-        }
+        # A head-only fit leaves the network as pretrained: its weights are read from the
+        # pretrained checkpoint when first asked for (prediction without the cache, a saved
+        # checkpoint, pickling), not on every fit of a cross-validation.
+        self._state_dict = None if net is None else _arrays(net.state_dict())
+        self.head_state_ = _arrays(head.state_dict())
         self.n_train_ = int(len(train))
         self.fit_seconds_ = time.perf_counter() - started
-        self._module = module
+        self._module = None if net is None else module
         self._trained = None  # the part after the cached trunk, built when predicting
         return self
+
+    def _network(self, net, spec, layer, freeze, head, n_images):
+        """``(module, tail, node)``: the whole fine-tuned network over ``net`` and ``head`` (the
+        head alone where ``net`` is None), the trainable part after the cached frozen one and
+        the node whose cached activations feed it (:func:`~.plan.trunk_plan`)."""
+        if net is None:
+            tail = torch.nn.Identity()
+            return network.FineTuneNet(tail, head, self.pooling, (), self.train_bn), tail, layer
+        trunk, frozen = network.build_trunk(net, layer, freeze)
+        for p in net.parameters():
+            p.requires_grad_(True)
+        module = network.FineTuneNet(trunk, head, self.pooling, frozen, self.train_bn)
+        tail, node = trunk_plan(
+            net, spec, layer, freeze, n_images, pooling=self.pooling, augment=self.augment,
+            trunk_cache=self.trunk_cache,
+        )  # fmt: skip
+        return module, tail, node
+
+    def _valid_size(self, labels):
+        """The fraction held out for validation: ``valid_size``, or with ``"auto"`` what the
+        data allow (:func:`~.training.auto_valid_size`), a warning saying when that is none."""
+        if self.valid_size != AUTO:
+            return self.valid_size
+        size, note = training.auto_valid_size(labels)
+        if note is not None:
+            if self.early_stopping:
+                raise UsageError(
+                    f"early_stopping={self.early_stopping!r} needs a validation split, which "
+                    f"these images do not allow: {note}"
+                )
+            warnings.warn(note, UserWarning, stacklevel=4)
+        return size
+
+    @property
+    def state_dict_(self):
+        """The fine-tuned network's weights (arrays by the architecture's parameter names)."""
+        state = self.__dict__.get("_state_dict")
+        if state is None:
+            if "spec_" not in self.__dict__:
+                raise AttributeError("state_dict_: this FineTune is not fitted")
+            # A head-only fit: the network is the pretrained one, loaded now.
+            state = self._state_dict = _arrays(build_model(self.spec_).state_dict())
+        return state
+
+    @state_dict_.setter
+    def state_dict_(self, value):
+        self._state_dict = value
 
     def _run_fingerprint(self, spec, paths, labels, trunk_cached):
         """What a state file must match to be resumed: settings, network, images and labels."""
@@ -554,6 +672,8 @@ class FineTune(NetworkStep, ClassifierMixin, BaseEstimator):
         state = self.__dict__.copy()
         state.pop("_module", None)
         state.pop("_trained", None)
+        if "spec_" in state:  # a fitted FineTune holds its weights, a head-only one's too
+            state["_state_dict"] = self.state_dict_
         return state
 
     def _fitted_module(self):
@@ -567,8 +687,10 @@ class FineTune(NetworkStep, ClassifierMixin, BaseEstimator):
 
     def _trained_part(self):
         if getattr(self, "_trained", None) is None:
+            # A head alone needs none of the network's weights (nor their loading).
+            held = None if self.freeze == network.FREEZE_ALL else self.state_dict_
             self._trained = trained_part(
-                self.spec_, self.state_dict_, self.layer_, self.freeze, self.head,
+                self.spec_, held, self.layer_, self.freeze, self.head,
                 self.head_state_, len(self.classes_), self.pooling,
                 hidden_units=self.hidden_units, dropout=self.dropout,
             )  # fmt: skip
@@ -585,13 +707,15 @@ class FineTune(NetworkStep, ClassifierMixin, BaseEstimator):
         acts = self._codes(paths, self.spec_, node, pooling, device, precision, workers)
         if pooling == "flatten":
             acts = acts.reshape(len(paths), *layer_shapes(self.spec_, [node])[node])
-        return cached_logits(
-            self._trained_part(), acts, batch_size=self.batch_size, device=device, dtype=dtype,
-            nhwc=channels_last,
-        )  # fmt: skip
+        head_only = self.freeze == network.FREEZE_ALL and device.type == "cpu"
+        with training.torch_threads(1 if head_only else None):  # as the head trained
+            return cached_logits(
+                self._trained_part(), acts, batch_size=self.batch_size, device=device,
+                dtype=dtype, nhwc=channels_last,
+            )  # fmt: skip
 
     def _logits(self, X):
-        check_is_fitted(self, "state_dict_")
+        check_is_fitted(self, "head_state_")
         paths, _ = as_path_list(X, who="FineTune")
         device, precision, dtype, channels_last, workers = self._runtime()
         # Where fit read the frozen part's output from the code cache, so does prediction: the
@@ -608,12 +732,12 @@ class FineTune(NetworkStep, ClassifierMixin, BaseEstimator):
 
     def predict_proba(self, X):
         """Class probabilities of the images ``X``, columns in the order of ``classes_``."""
-        check_is_fitted(self, "state_dict_")
+        check_is_fitted(self, "head_state_")
         return torch.softmax(self._logits(X), 1).numpy()
 
     def predict(self, X):
         """The most probable class of each image in ``X``."""
-        check_is_fitted(self, "state_dict_")
+        check_is_fitted(self, "head_state_")
         return self.classes_[self._logits(X).argmax(1).numpy()]
 
     def save_checkpoint(self, path):
@@ -625,7 +749,7 @@ class FineTune(NetworkStep, ClassifierMixin, BaseEstimator):
 
             CNNCodes(model, weights=path)   # codes of the fine-tuned network
         """
-        check_is_fitted(self, "state_dict_")
+        check_is_fitted(self, "head_state_")
         pre = self.spec_.preprocessing.to_dict()
         entry = {
             "state_dict": {k: torch.as_tensor(v) for k, v in self.state_dict_.items()},

@@ -11,7 +11,7 @@ from ...networks.layers import layer_shapes
 from ...networks.pooling import MAX_FLATTEN_FEATURES, code_size
 from . import network
 
-__all__ = ["MAX_CACHED_TRUNK_BYTES", "init_head_from_probe", "trunk_plan"]
+__all__ = ["MAX_CACHED_TRUNK_BYTES", "fit_probe", "init_head_from_probe", "trunk_plan"]
 
 #: Largest block of cached trunk activations held in memory for training (bytes).
 MAX_CACHED_TRUNK_BYTES = 4 << 30
@@ -49,14 +49,22 @@ def trunk_plan(net, spec, layer, freeze, n_images, *, pooling, augment, trunk_ca
     return tail, node
 
 
-def init_head_from_probe(head, codes, labels):
-    """LP-FT (Kumar et al. 2022): the linear ``head`` starts as a logistic regression fitted on
-    ``codes`` (the head's inputs) and ``labels``."""
+def fit_probe(codes, labels):
+    """LP-FT's linear probe: a logistic regression (C=1) on standardised ``codes``, fitted to
+    ``labels``; a fitted scikit-learn pipeline (scaler, logistic regression)."""
     from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    scaler = StandardScaler().fit(codes)
-    probe = LogisticRegression(C=1.0, max_iter=2000).fit(scaler.transform(codes), labels)
+    return make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=2000)).fit(
+        codes, labels
+    )
+
+
+def init_head_from_probe(head, codes, labels):
+    """LP-FT (Kumar et al. 2022): the linear ``head`` starts as a logistic regression fitted on
+    ``codes`` (the head's inputs) and ``labels`` (:func:`fit_probe`)."""
+    scaler, probe = fit_probe(codes, labels)
     coef, intercept = probe.coef_, probe.intercept_
     if coef.shape[0] == 1:  # binary: the softmax of (-z/2, z/2) is the sigmoid of z
         coef = np.vstack([-coef / 2, coef / 2])

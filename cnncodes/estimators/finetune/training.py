@@ -311,6 +311,43 @@ def restore(net, state):
     torch.set_rng_state(state["rng"])
 
 
+#: The fraction ``valid_size="auto"`` holds out where the data allow it.
+AUTO_VALID_SIZE = 0.1
+
+
+def auto_valid_size(labels):
+    """``(valid_size, note)``: what ``valid_size="auto"`` holds out of images with ``labels``.
+
+    :data:`AUTO_VALID_SIZE` where a stratified split of it keeps an image of each class on each
+    side; else just enough for one image per class (as many classes as validation images);
+    else, where a class has a single image or the classes outnumber half the images, none.
+    ``note``: one line saying why there is no validation split (None when there is one).
+    """
+    labels = np.asarray(labels)
+    n = len(labels)
+    classes, counts = np.unique(labels, return_counts=True)
+    k = len(classes)
+    if n == 0 or not _split_possible(n, counts, AUTO_VALID_SIZE):
+        size = k / n if n else 0.0
+        if n and math.ceil(size * n) > k:  # float rounding: never a validation image too many
+            size = math.nextafter(size, 0.0)
+        if not n or not _split_possible(n, counts, size):
+            smallest = int(counts.min()) if n else 0
+            return 0.0, (
+                f"valid_size='auto': no validation split ({n} images of {k} classes, the "
+                f"smallest with {smallest}: holding out one image per class would leave a class "
+                "without a training image); training runs without validation loss and accuracy"
+            )
+        return size, None
+    return AUTO_VALID_SIZE, None
+
+
+def _split_possible(n, counts, valid_size):
+    n_valid = math.ceil(valid_size * n)
+    k = len(counts)
+    return counts.min() >= 2 and n_valid >= k and n - n_valid >= k
+
+
 def stratified_split(labels, valid_size, seed):
     """``(train_indices, valid_indices)``: skorch's stratified ValidSplit, with clear errors."""
     labels = np.asarray(labels)
@@ -331,6 +368,13 @@ def stratified_split(labels, valid_size, seed):
     dataset = torch.utils.data.TensorDataset(torch.arange(n))
     train, valid = ValidSplit(valid_size, stratified=True, random_state=seed)(dataset, labels)
     return np.asarray(train.indices), np.asarray(valid.indices)
+
+
+def _accuracy(net, X, y):
+    """``valid_acc``: the fraction of validation images predicted right, from skorch's cached
+    predictions; scikit-learn's ``accuracy_score`` without its input checks (which cost 20 ms an
+    epoch on a loaded machine, as much as the epoch of a head on cached codes)."""
+    return float(np.mean(net.predict(X) == np.asarray(y)))
 
 
 def make_classifier(
@@ -398,6 +442,7 @@ def make_classifier(
         callbacks=callbacks,
         device=str(device),
         verbose=1 if progress else 0,
+        callbacks__valid_acc__scoring=_accuracy,
         **(
             {"callbacks__print_log__sink": _stderr_print}
             if progress
@@ -407,6 +452,24 @@ def make_classifier(
     net.autocast_dtype = autocast_dtype
     net.channels_last = channels_last
     return net
+
+
+@contextlib.contextmanager
+def torch_threads(n):
+    """Run the block with ``n`` torch intra-op threads (None: as set); restored after.
+
+    A head on cached codes multiplies matrices of a few thousand values: the OpenMP threads of
+    a second core cost more in synchronisation than they compute, most of all on a loaded
+    machine (bench/RESULTS.md section 13)."""
+    before = torch.get_num_threads()
+    if n is None or n == before:
+        yield
+        return
+    torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 @contextlib.contextmanager
@@ -428,7 +491,9 @@ def encode_labels(paths, y):
         )
     classes, encoded = np.unique(y, return_inverse=True)
     if len(classes) < 2:
-        raise UsageError(f"y holds a single class {classes[0]!r}; fine-tuning needs two or more")
+        raise UsageError(
+            f"y holds a single class {str(classes[0])!r}; fine-tuning needs two or more"
+        )
     return classes, encoded
 
 
