@@ -291,6 +291,24 @@ def file_digests(paths, threads=None):
     return out
 
 
+def known_digests(paths):
+    """``[(path, stamp, digest)]`` of the memoised digests of ``paths``: what
+    :func:`adopt_digests` takes in another process (a grid search's workers), which then
+    rereads no unchanged file. Each keeps its stamp, so a file changed since is hashed anew."""
+    out = []
+    for path in dict.fromkeys(os.fsdecode(p) for p in paths):
+        entry = _DIGESTS.stamped(path)
+        if entry is not None:
+            out.append((path, *entry))
+    return out
+
+
+def adopt_digests(entries):
+    """Memoise the digests :func:`known_digests` gave (in this process)."""
+    for path, stamp, digest in entries:
+        _DIGESTS.put(path, digest, stamp=stamp)
+
+
 def remember_digest(path, data: bytes) -> str:
     """Hash ``data`` (the bytes just read from ``path``) and memoise it for :func:`file_digest`."""
     digest = hashlib.sha256(data).hexdigest()

@@ -50,6 +50,7 @@ from .evaluation import (
     held_out_metrics,
     layer_table,
 )
+from .parallel import parallel_search
 from .rundata import (
     check_on_error,
     data_config,
@@ -456,7 +457,15 @@ def _search(pipe, grid, data, cv, scoring, n_jobs, seed, progress, on_ray, log):
     # On Ray, the fits are Ray tasks reading the warm cache (n_jobs None: every CPU of the
     # cluster); a bar in this process cannot count them.
     backend = joblib_on_ray() if on_ray else contextlib.nullcontext()
-    with _fit_progress(pipe, scoring, fits, progress, -1 if on_ray else n_jobs) as scorer:
+    if on_ray or n_jobs in (None, 1):
+        counting = _fit_progress(pipe, scoring, fits, progress, -1 if on_ray else n_jobs)
+    else:
+        # Loky workers: each ready before its first fit, the fits counted in a tally file.
+        step, prefix = _runs.network_step(pipe)
+        counting = parallel_search(
+            pipe, step, prefix, grid, data.paths, scoring, fits, progress, n_jobs
+        )
+    with counting as scorer:
         search = GridSearchCV(
             pipe, grid, cv=folds, scoring=scorer, n_jobs=n_jobs, refit=True, error_score="raise"
         )
