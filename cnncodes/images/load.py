@@ -242,6 +242,24 @@ def _memoised_digest(path):
     return _DIGESTS.get(os.fsdecode(path), stamp=file_stamp(path, st))
 
 
+def _memoised_digests(paths):
+    """:func:`_memoised_digest` of every path, in one loop (a grid search asks for the digest
+    of every training image in each fit: this is most of a warm ``transform``)."""
+    out = []
+    get, regular, fsdecode = _DIGESTS.get, stat.S_ISREG, os.fsdecode
+    for path in paths:
+        try:
+            st = os.stat(path)
+        except OSError:
+            out.append(None)
+            continue
+        if regular(st.st_mode):
+            out.append(get(fsdecode(path), stamp=file_stamp(path, st)))
+        else:
+            out.append(None)
+    return out
+
+
 def _read_and_hash(path):
     """``(bytes, digest, None)`` of one file, or ``(None, None, ImageLoadError)``."""
     try:
@@ -283,7 +301,7 @@ def file_digests(paths, threads=None):
     Memoised digests are looked up first; the other files are read and hashed by
     :func:`read_and_hash_all`'s threads.
     """
-    out = [_memoised_digest(p) for p in paths]
+    out = _memoised_digests(paths)
     missing = [i for i, d in enumerate(out) if d is None]
     done = read_and_hash_all([paths[i] for i in missing], threads, keep_bytes=False)
     for i, (_, digest, error) in zip(missing, done):

@@ -44,6 +44,7 @@ import errno
 import fcntl
 import hashlib
 import json
+import operator
 import os
 import secrets
 import stat
@@ -180,6 +181,7 @@ class CodeStore:
         self.path = os.path.join(self.root, self.key)
         self._config_json = json.dumps(config, sort_keys=True, indent=1)
         self._swept = False
+        self._built = None  # (shard paths, their entries, the index they make)
 
     # -- layout ------------------------------------------------------------------------------
 
@@ -309,11 +311,23 @@ class CodeStore:
         return out
 
     def _index(self):
+        paths = self.shard_paths()
+        entries = [self._shard_keys(path) for path in paths]
+        built = self._built
+        # The same shards, each unchanged (its memoised entry, checked by its stamp): the same
+        # index, not rebuilt (a grid search lists the shards in every fit).
+        if built is not None and built[0] == paths and all(map(operator.is_, built[1], entries)):
+            return built[2], False
+        out, vanished = self._build_index(paths, entries)
+        if not vanished and len({entry[1] for entry in entries if entry is not None}) < 2:
+            self._built = (paths, entries, out)
+        return out, vanished
+
+    def _build_index(self, paths, entries):
         out = {}
         width = None
         vanished = False
-        for path in self.shard_paths():
-            entry = self._shard_keys(path)
+        for path, entry in zip(paths, entries):
             if entry is None:
                 vanished = vanished or not os.path.lexists(path)
                 continue

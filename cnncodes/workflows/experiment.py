@@ -460,11 +460,9 @@ def _search(pipe, grid, data, cv, scoring, n_jobs, seed, progress, on_ray, log):
     if on_ray or n_jobs in (None, 1):
         counting = _fit_progress(pipe, scoring, fits, progress, -1 if on_ray else n_jobs)
     else:
-        # Loky workers: each ready before its first fit, the fits counted in a tally file.
-        step, prefix = _runs.network_step(pipe)
-        counting = parallel_search(
-            pipe, step, prefix, grid, data.paths, scoring, fits, progress, n_jobs
-        )
+        # Threads reading the warm cache (loky processes for other steps), fits counted.
+        step = _runs.network_step(pipe)[0]
+        counting = parallel_search(pipe, step, data.paths, scoring, fits, progress, n_jobs)
     with counting as scorer:
         search = GridSearchCV(
             pipe, grid, cv=folds, scoring=scorer, n_jobs=n_jobs, refit=True, error_score="raise"

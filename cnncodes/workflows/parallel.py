@@ -1,19 +1,21 @@
-"""A grid search's parallel fits (``n_jobs`` other than 1): ready workers, counted fits.
+"""A grid search's parallel fits (``n_jobs`` other than 1): cheap workers, counted fits.
 
 :func:`parallel_search` is the context :func:`~cnncodes.workflows.experiment.run_experiment`
 runs a search with ``n_jobs`` in. It answers what made ``cnncodes fit --n-jobs 2`` 2.8x slower
 than ``--n-jobs 1`` on cached codes, and silent (bench/RESULTS.md, section 13):
 
-- joblib's loky workers, without psutil installed, call ``gc.collect()`` after a task once a
-  second has passed since the last one, to bound leaks; with torch and a network in the worker
-  (430,000 objects) each collection takes 0.4 s, a third of the worker's time. Each worker
-  therefore imports and resolves the network step once when it starts (:func:`prepare_worker`)
-  and then ``gc.freeze()`` s what that made, which the collections then skip;
-- each worker would hash every image file again (the digests are memoised per process): the
-  parent hands them its digests, with their file stamps, so a file changed since is still
-  hashed anew;
-- BLAS and torch threads: each worker gets ``cpu_count // n_jobs`` (joblib's
-  ``inner_max_num_threads``), said explicitly;
+- the fits of a :class:`~cnncodes.CNNCodes` pipeline only read the warm cache, and each loky
+  worker process first imports scikit-learn, torch and cnncodes and resolves the network
+  (about 10 s of CPU each on a loaded 2-core machine, where the whole sequential search took
+  17 s), then hashes every image file and reads the shards again (the memos are per process).
+  So those fits run on joblib's *threading* backend: no start-up, the parent's memos (digests,
+  resolved network, shard codes) shared, and the GIL released where the work is (libsvm, BLAS).
+  BLAS threads are limited to ``cpu_count // n_jobs`` per fit meanwhile (threadpoolctl);
+- other network steps (a FineTune trains in its fits) keep loky's processes, each prepared
+  once when it starts (:func:`prepare_worker`): the step's modules (torch) imported, the
+  parent's image digests memoised, then ``gc.freeze()``. Without psutil, loky calls ``gc.collect()`` after a
+  task once a second has passed, which with torch loaded (430,000 objects) took 0.4 s each;
+  frozen objects are skipped. Each worker gets ``cpu_count // n_jobs`` BLAS and torch threads;
 - progress: a scorer in a worker cannot reach the parent's bar, so each scored fit appends one
   byte to a tally file, and a thread of the parent reads its size into the same
   ``grid search: N/M fits`` bar or lines as a sequential search.
@@ -30,17 +32,16 @@ import threading
 __all__ = ["TallyScorer", "parallel_search", "prepare_worker"]
 
 
-def prepare_worker(steps, digests):
-    """A loky worker's initializer: resolve every network step of the grid (torch imported, the
-    architecture fingerprinted and traced), memoise the parent's image digests, then freeze what
-    exists for the garbage collector (see the module's docstring)."""
+def prepare_worker(modules, digests):
+    """A loky worker's initializer: import ``modules`` (the network step's, and with it torch),
+    memoise the parent's image digests, then freeze what exists for the garbage collector
+    (see the module's docstring)."""
+    import importlib
+
     from ..images.load import adopt_digests
 
-    for step in steps:
-        try:
-            step.fit(["unread.jpg"])  # fitting resolves the network and reads no image
-        except Exception:  # noqa: BLE001 - a fit in the search reports it, where it belongs
-            break
+    for name in modules:
+        importlib.import_module(name)
     adopt_digests(digests)
     gc.collect()
     gc.freeze()
@@ -64,24 +65,6 @@ class TallyScorer:
         return score
 
 
-def _network_steps(step, prefix, grid):
-    """One unfitted clone of a :class:`~cnncodes.CNNCodes` step per setting of its parameters
-    in ``grid`` (none for another step: fitting a FineTune trains it)."""
-    from sklearn.base import clone
-    from sklearn.model_selection import ParameterGrid
-
-    from ..estimators.codes import CNNCodes
-
-    if not isinstance(step, CNNCodes):
-        return []
-    grids = [grid] if isinstance(grid, dict) else list(grid)
-    settings = {}
-    for params in ParameterGrid(grids):
-        own = {k[len(prefix) :]: v for k, v in params.items() if k.startswith(prefix)}
-        settings.setdefault(repr(sorted(own.items())), own)
-    return [clone(step).set_params(**own) for own in settings.values()]
-
-
 def _follow(tally, bar, stop, every=0.25):
     """Move ``bar`` to the tally's count until ``stop`` is set, then once more."""
     while True:
@@ -97,24 +80,44 @@ def _follow(tally, bar, stop, every=0.25):
 
 
 @contextlib.contextmanager
-def parallel_search(pipe, step, prefix, grid, paths, scoring, fits, progress, n_jobs):
-    """Context of a search with ``n_jobs`` parallel fits on loky workers: yields the scoring
-    to search with (counting fits into a ``grid search`` bar unless ``progress`` is False)."""
+def _threads(inner):
     from joblib import parallel_config
-    from sklearn.metrics import check_scoring
+    from threadpoolctl import threadpool_limits
 
+    with parallel_config(backend="threading"), threadpool_limits(inner):
+        yield
+
+
+def _backend(step, paths, n_jobs):
+    """The joblib context of the search's fits (see the module's docstring)."""
+    from joblib import parallel_config
+
+    from ..estimators.codes import CNNCodes
     from ..images.load import known_digests
-    from ..utils.progress import Progress
 
     cpus = os.cpu_count() or 1
     workers = cpus if n_jobs is None or n_jobs < 0 else min(n_jobs, cpus)
-    setup = (_network_steps(step, prefix, grid), known_digests(paths))
-    config = parallel_config(
+    inner = max(1, cpus // max(1, workers))
+    if isinstance(step, CNNCodes):
+        return _threads(inner)
+    return parallel_config(
         backend="loky",
-        inner_max_num_threads=max(1, cpus // max(1, workers)),
+        inner_max_num_threads=inner,
         initializer=prepare_worker,
-        initargs=setup,
+        initargs=([type(step).__module__], known_digests(paths)),
     )
+
+
+@contextlib.contextmanager
+def parallel_search(pipe, step, paths, scoring, fits, progress, n_jobs):
+    """Context of a search with ``n_jobs`` parallel fits (threads for a CNNCodes step, else
+    loky processes): yields the scoring to search with, counting fits into a ``grid search``
+    bar unless ``progress`` is False."""
+    from sklearn.metrics import check_scoring
+
+    from ..utils.progress import Progress
+
+    config = _backend(step, paths, n_jobs)
     if progress is False:
         with config:
             yield scoring
