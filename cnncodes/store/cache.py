@@ -43,6 +43,7 @@ import contextlib
 import errno
 import fcntl
 import hashlib
+import itertools
 import json
 import operator
 import os
@@ -313,36 +314,26 @@ class CodeStore:
     def _index(self):
         paths = self.shard_paths()
         entries = [self._shard_keys(path) for path in paths]
-        built = self._built
-        # The same shards, each unchanged (its memoised entry, checked by its stamp): the same
-        # index, not rebuilt (a grid search lists the shards in every fit).
+        built = self._built  # the same shards, each unchanged (its memoised entry): not rebuilt
         if built is not None and built[0] == paths and all(map(operator.is_, built[1], entries)):
             return built[2], False
-        out, vanished = self._build_index(paths, entries)
-        if not vanished and len({entry[1] for entry in entries if entry is not None}) < 2:
-            self._built = (paths, entries, out)
-        return out, vanished
-
-    def _build_index(self, paths, entries):
-        out = {}
-        width = None
-        vanished = False
+        out, widths, vanished = {}, set(), False
         for path, entry in zip(paths, entries):
             if entry is None:
                 vanished = vanished or not os.path.lexists(path)
                 continue
             keys, w = entry
-            if width is None:
-                width = w
-            elif w != width:
+            if widths and w not in widths:
                 warnings.warn(
-                    f"ignoring cache file {path}: {w} features, others have {width}",
+                    f"ignoring cache file {path}: {w} features, others have {min(widths)}",
                     CacheWarning,
                     stacklevel=2,
                 )
                 continue
-            for row, key in enumerate(keys):
-                out[key] = (path, row)
+            widths.add(w)
+            out.update(zip(keys, zip(itertools.repeat(path), range(len(keys)))))
+        if not vanished and len({e[1] for e in entries if e is not None}) < 2:
+            self._built = (paths, entries, out)
         return out, vanished
 
     def contains(self, keys):
