@@ -245,19 +245,27 @@ def _memoised_digest(path):
 def _memoised_digests(paths):
     """:func:`_memoised_digest` of every path, in one loop (a grid search asks for the digest
     of every training image in each fit: this is most of a warm ``transform``)."""
-    out = []
-    get, regular, fsdecode = _DIGESTS.get, stat.S_ISREG, os.fsdecode
+    stamps = []
     for path in paths:
         try:
             st = os.stat(path)
         except OSError:
-            out.append(None)
+            stamps.append(None)
             continue
-        if regular(st.st_mode):
-            out.append(get(fsdecode(path), stamp=file_stamp(path, st)))
-        else:
-            out.append(None)
+        stamps.append(file_stamp(path, st) if stat.S_ISREG(st.st_mode) else None)
+    # The same files, each unchanged (same stamps): the digests of last time, in one lookup.
+    key = tuple(stamp[0] if stamp else None for stamp in stamps)
+    batch = _BATCHES.get(key, stamp=stamps)
+    if batch is not None:
+        return list(batch)
+    get = _DIGESTS.get
+    out = [None if stamp is None else get(stamp[0], stamp=stamp) for stamp in stamps]
+    if None not in out:
+        _BATCHES.put(key, tuple(out), stamp=stamps)
     return out
+
+
+_BATCHES = Memo(64)  # the paths of one call -> their digests, stamped with the files' stamps
 
 
 def _read_and_hash(path):
