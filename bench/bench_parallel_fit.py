@@ -10,6 +10,8 @@ cores other processes kept busy meanwhile (the machine is shared).
 Usage::
 
     .venv/bin/python bench/bench_parallel_fit.py --reps 3
+    git archive c3e230d | tar -x -C /tmp/before   # a commit to compare with, side by side
+    .venv/bin/python bench/bench_parallel_fit.py --trees before=/tmp/before,after=$PWD
 """
 
 from __future__ import annotations
@@ -38,12 +40,12 @@ def _seconds(line):
     return total
 
 
-def run_fit(data, cache, n_jobs, model):
+def run_fit(data, cache, n_jobs, model, root=ROOT):
     cmd = [sys.executable, "-m", "cnncodes", "fit", data, "--pipeline", "layer_sweep_svm"]
     cmd += ["--model", model, "--weights", "none", "--cache-dir", cache, "--n-jobs", str(n_jobs)]
-    env = dict(os.environ, PYTHONPATH=ROOT)
+    env = dict(os.environ, PYTHONPATH=root)
     with C.Meter() as meter:
-        done = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=ROOT)
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=root)
     if done.returncode:
         sys.exit(f"{' '.join(cmd)} failed:\n{done.stderr[-3000:]}")
     lines = [ln for ln in done.stderr.splitlines() if ln.startswith("grid search: ")]
@@ -51,6 +53,7 @@ def run_fit(data, cache, n_jobs, model):
     final = [ln for ln in progress if " in " in ln]
     return {
         "seconds": meter.seconds,
+        "cpu_s": meter.cpu_seconds,
         "search_s": _seconds(final[-1]) if final else None,
         "progress_lines": len(progress),
         "example": progress[len(progress) // 2] if progress else None,
@@ -66,6 +69,12 @@ def main(argv=None):
     ap.add_argument("--model", default="resnet18")
     ap.add_argument("--cache-dir", default=os.path.join(C.OUT, "parallel_fit_cache"))
     ap.add_argument("--out", default="parallel_fit.json")
+    ap.add_argument(
+        "--trees",
+        default=f"this={ROOT}",
+        help="LABEL=PATH,...: source trees to run the command from, alternated (to compare "
+        "commits side by side: git archive one into a folder); default this checkout",
+    )
     args = ap.parse_args(argv)
     data = os.path.join(C.ASSETS, "data", "hymenoptera", "train")
     if not os.path.isdir(data):
@@ -75,29 +84,38 @@ def main(argv=None):
     run_fit(data, args.cache_dir, 1, args.model)  # fills the cache (or finds it warm)
     print(f"cache filled/read, one run: {time.perf_counter() - start:.0f} s", flush=True)
     jobs = [int(j) for j in args.jobs.split(",")]
-    runs = {j: [] for j in jobs}
+    trees = dict(item.split("=", 1) for item in args.trees.split(","))
+    cases = [(label, j) for label in trees for j in jobs]
+    runs = {case: [] for case in cases}
     for rep in range(args.reps):
-        for j in jobs:
-            r = run_fit(data, args.cache_dir, j, args.model)
-            runs[j].append(r)
+        for label, j in cases:
+            r = run_fit(data, args.cache_dir, j, args.model, trees[label])
+            runs[label, j].append(r)
             print(
-                f"rep {rep + 1} n_jobs {j}: {r['seconds']:.1f} s (search {r['search_s']} s), "
-                f"{r['progress_lines']} progress line(s), other processes "
-                f"{r['foreign_cores']:.2f} cores, load {r['load']:.1f}; e.g. {r['example']!r}",
+                f"rep {rep + 1} {label} n_jobs {j}: {r['seconds']:.1f} s, CPU {r['cpu_s']:.1f} s "
+                f"(search {r['search_s']} s), {r['progress_lines']} progress line(s), other "
+                f"processes {r['foreign_cores']:.2f} cores, load {r['load']:.1f}; "
+                f"e.g. {r['example']!r}",
                 flush=True,
             )
     print()
-    print("| n_jobs | median s (whole command) | median s (grid search) | runs | progress lines |")
-    print("|---|---|---|---|---|")
-    for j in jobs:
-        s = [r["seconds"] for r in runs[j]]
-        g = [r["search_s"] for r in runs[j] if r["search_s"] is not None]
+    print(
+        "| tree | n_jobs | median s (command) | median CPU s | median s (search) | runs | lines |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for label, j in cases:
+        s = [r["seconds"] for r in runs[label, j]]
+        cpu = [r["cpu_s"] for r in runs[label, j]]
+        g = [r["search_s"] for r in runs[label, j] if r["search_s"] is not None]
         gm = f"{statistics.median(g):.1f}" if g else "-"
-        lines = ", ".join(str(r["progress_lines"]) for r in runs[j])
-        print(f"| {j} | {C.med(s):.1f} | {gm} | {C.fmt_runs(s)} | {lines} |")
-    foreign = [r["foreign_cores"] for j in jobs for r in runs[j]]
+        lines = ", ".join(str(r["progress_lines"]) for r in runs[label, j])
+        print(
+            f"| {label} | {j} | {C.med(s):.1f} | {C.med(cpu):.1f} | {gm} | {C.fmt_runs(s)} | "
+            f"{lines} |"
+        )
+    foreign = [r["foreign_cores"] for case in cases for r in runs[case]]
     print(f"other processes' load: median {C.med(foreign):.2f} cores (of {os.cpu_count()})")
-    C.save_json(args.out, {"machine": info, "runs": {str(j): runs[j] for j in jobs}})
+    C.save_json(args.out, {"machine": info, "runs": {f"{k[0]} {k[1]}": v for k, v in runs.items()}})
 
 
 if __name__ == "__main__":
