@@ -300,7 +300,9 @@ def run_experiment(
     scoring : str, optional
         The search's scoring (default: accuracy).
     n_jobs : int, optional
-        Parallel fits of the search (the codes are extracted once beforehand, in this process).
+        Parallel fits of the search (the codes are extracted once beforehand, in this process):
+        threads reading the warm cache for a CNNCodes pipeline, loky processes for another
+        network step (:mod:`cnncodes.workflows.parallel`); progress is shown either way.
     seed : int
         Seed of the split and of the folds' shuffle.
     on_error : {"raise", "skip"}
