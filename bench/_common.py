@@ -21,7 +21,9 @@ from PIL import Image
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 OUT = os.path.join(HERE, "out")
-ASSETS = os.path.join(ROOT, "..", "shared", "assets")
+#: The shared assets: ``../shared/assets`` beside the checkout, or $CNNCODES_BENCH_ASSETS (a
+#: git worktree elsewhere).
+ASSETS = os.environ.get("CNNCODES_BENCH_ASSETS") or os.path.join(ROOT, "..", "shared", "assets")
 #: The real ImageNet MobileNetV2 weights of the assets (BatchNorm folded; mean = std = 0.5).
 MOBILENET_WEIGHTS = os.path.join(ASSETS, "weights", "mobilenet_v2_imagenet.pth")
 #: The real datasets of the assets, as folders of class folders: hymenoptera's train and val

@@ -105,6 +105,8 @@ def as_path_list(X, who="CNNCodes"):
             raise InputTypeError(f"{who} expects {EXPECTED_X}; got {type(X).__name__}") from None
     if not values:
         raise UsageError(f"X is empty: {who} needs at least one image path")
+    if all(type(value) is str for value in values):  # the usual case, checked fast
+        return values, names
     paths = []
     for i, value in enumerate(values):
         if isinstance(value, os.PathLike):

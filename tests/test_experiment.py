@@ -374,6 +374,74 @@ def test_a_sequential_search_shows_its_fits_as_progress(data, tmp_path, capsys):
     assert shown.metrics["best_params"] == quiet.metrics["best_params"]
 
 
+@pytest.mark.parametrize("n_jobs", [2, -1])
+def test_a_parallel_search_shows_the_same_progress_and_finds_the_same(
+    data, tmp_path, capsys, n_jobs
+):
+    # Issue 21, item 2: --n-jobs 2 printed no progress at all. Its fits are counted in a tally
+    # file, into the same "grid search: N/M fits" bar or lines.
+    import joblib
+
+    paths, labels = data
+    overrides = dict(FAST, cache_dir=str(tmp_path / "cache"), **SMALL_C)
+    sequential = run_experiment(paths, labels, overrides=overrides, cv=2, progress=False)
+    capsys.readouterr()
+    calls = []
+    real = joblib.parallel_config
+
+    def recording(*args, **kwargs):
+        calls.append(kwargs.get("backend"))
+        return real(*args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(joblib, "parallel_config", recording)
+        parallel = run_experiment(
+            paths, labels, overrides=overrides, cv=2, progress=True, n_jobs=n_jobs
+        )
+    err = capsys.readouterr().err
+    assert "grid search: 6/6 fits in" in err  # 3 values of C x 2 folds
+    assert calls == ["threading"]  # a CNNCodes pipeline only reads the warm cache: threads
+    np.testing.assert_array_equal(
+        parallel.search.cv_results_["mean_test_score"],
+        sequential.search.cv_results_["mean_test_score"],
+    )
+    assert parallel.metrics["best_params"] == sequential.metrics["best_params"]
+
+
+def test_the_tally_scorer_counts_in_a_file_from_any_process(tmp_path):
+    import pickle
+
+    from cnncodes.workflows.parallel import TallyScorer
+
+    tally = str(tmp_path / "tally")
+    scorer = pickle.loads(pickle.dumps(TallyScorer(_constant_score, tally)))
+    assert [scorer(None, None, None) for _ in range(3)] == [0.5] * 3
+    assert os.path.getsize(tally) == 3
+
+
+def test_a_loky_worker_is_prepared_once_with_the_parents_digests(data, tmp_path):
+    # Another network step than CNNCodes keeps loky's processes: each imports the step's
+    # module, takes the parent's image digests (with their stamps) and freezes the collector.
+    import gc
+
+    from cnncodes.images.load import file_digests, known_digests
+    from cnncodes.workflows.parallel import prepare_worker
+
+    paths, _ = data
+    digests = file_digests(paths[:3])
+    entries = known_digests(paths[:3])
+    assert [e[2] for e in entries] == digests and all(e[1][0] == e[0] for e in entries)
+    try:
+        prepare_worker(["cnncodes.estimators.codes"], entries)
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+
+
+def _constant_score(estimator, X, y):
+    return 0.5
+
+
 def test_the_default_progress_reaches_the_extraction_in_a_log(data, tmp_path, capsys, monkeypatch):
     # progress=None (what `cnncodes fit` passes): the warm pass reports in a log file as
     # extract_codes does, rather than taking the recipe's silent progress=False.

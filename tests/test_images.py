@@ -506,3 +506,25 @@ def test_file_digests_hash_many_files_in_order_with_errors_in_place(tmp_path, mo
     for i, path in enumerate(paths):
         if path.endswith(".bin") and i != rewritten:
             assert again[i] == out[i]
+
+
+def test_a_repeated_list_of_paths_still_notices_a_rewritten_file(tmp_path):
+    # Issue 21, item 5: the digests of a list asked for again come from one lookup stamped with
+    # every file's stamp; a file rewritten in place (same size, mtime restored) is hashed anew.
+    paths = []
+    for i in range(4):
+        path = tmp_path / f"{i}.bin"
+        path.write_bytes(bytes([i]) * 100)
+        paths.append(str(path))
+    first = images.file_digests(paths)
+    assert images.file_digests(paths) == first
+    st = os.stat(paths[2])
+    with open(paths[2], "r+b") as f:
+        f.write(b"\xff" * 100)
+    os.utime(paths[2], ns=(st.st_atime_ns, st.st_mtime_ns))
+    again = images.file_digests(paths)
+    assert again[:2] == first[:2] and again[3] == first[3]
+    assert again[2] == images.hashlib.sha256(b"\xff" * 100).hexdigest() != first[2]
+    os.remove(paths[1])
+    gone = images.file_digests(paths)
+    assert isinstance(gone[1], images.ImageLoadError) and gone[2] == again[2]

@@ -67,6 +67,9 @@ NETWORK_STEP_CHECKS = {
 }
 
 
+_PARAM_NAMES = {}  # class -> its parameter names
+
+
 class NetworkStep:
     """Mixin: the contract of an estimator whose input is image paths and that runs a network.
 
@@ -90,6 +93,16 @@ class NetworkStep:
     #: True when the fitted step holds its network's weights itself (it never reads the
     #: checkpoint file it started from).
     holds_weights = False
+
+    @classmethod
+    def _get_param_names(cls):
+        """scikit-learn's parameter names (from ``__init__``'s signature), read once per class:
+        a grid search clones the step for every fit, and ``inspect.signature`` was most of a
+        clone's time (bench/RESULTS.md, section 13)."""
+        names = _PARAM_NAMES.get(cls)
+        if names is None:
+            names = _PARAM_NAMES[cls] = tuple(super()._get_param_names())
+        return list(names)
 
     def network_spec(self):
         """The :class:`~cnncodes.ModelSpec` that ``fit`` resolves from the current parameters.

@@ -25,6 +25,7 @@ actors commit codes to the cache themselves).
 
 from __future__ import annotations
 
+import copy
 import os
 import time
 from dataclasses import dataclass, field
@@ -123,7 +124,14 @@ def code_config(spec, layer, pooling, precision, device_type="cpu"):
     :meth:`CodeKey.config <cnncodes.spec.CodeKey.config>` of
     :meth:`CodeKey.for_device <cnncodes.spec.CodeKey.for_device>`; see there.
     """
-    return CodeKey.for_device(spec, layer, pooling, precision, device_type).config()
+    key = (spec, layer, pooling, precision, device_type)
+    config = _CONFIGS.get(key)
+    if config is None:  # memoised: a grid search asks again in every fit (dataclasses.asdict)
+        config = _CONFIGS.put(key, CodeKey.for_device(*key).config())
+    return copy.deepcopy(config)
+
+
+_CONFIGS = Memo(256)
 
 
 def spec_from_config(config, weights_path=None, seed=0, trust_model_code=False):

@@ -242,6 +242,32 @@ def _memoised_digest(path):
     return _DIGESTS.get(os.fsdecode(path), stamp=file_stamp(path, st))
 
 
+def _memoised_digests(paths):
+    """:func:`_memoised_digest` of every path, in one loop (a grid search asks for the digest
+    of every training image in each fit: this is most of a warm ``transform``)."""
+    stamps = []
+    for path in paths:
+        try:
+            st = os.stat(path)
+        except OSError:
+            stamps.append(None)
+            continue
+        stamps.append(file_stamp(path, st) if stat.S_ISREG(st.st_mode) else None)
+    # The same files, each unchanged (same stamps): the digests of last time, in one lookup.
+    key = tuple(stamp[0] if stamp else None for stamp in stamps)
+    batch = _BATCHES.get(key, stamp=stamps)
+    if batch is not None:
+        return list(batch)
+    get = _DIGESTS.get
+    out = [None if stamp is None else get(stamp[0], stamp=stamp) for stamp in stamps]
+    if None not in out:
+        _BATCHES.put(key, tuple(out), stamp=stamps)
+    return out
+
+
+_BATCHES = Memo(64)  # the paths of one call -> their digests, stamped with the files' stamps
+
+
 def _read_and_hash(path):
     """``(bytes, digest, None)`` of one file, or ``(None, None, ImageLoadError)``."""
     try:
@@ -283,12 +309,30 @@ def file_digests(paths, threads=None):
     Memoised digests are looked up first; the other files are read and hashed by
     :func:`read_and_hash_all`'s threads.
     """
-    out = [_memoised_digest(p) for p in paths]
+    out = _memoised_digests(paths)
     missing = [i for i, d in enumerate(out) if d is None]
     done = read_and_hash_all([paths[i] for i in missing], threads, keep_bytes=False)
     for i, (_, digest, error) in zip(missing, done):
         out[i] = digest if error is None else error
     return out
+
+
+def known_digests(paths):
+    """``[(path, stamp, digest)]`` of the memoised digests of ``paths``: what
+    :func:`adopt_digests` takes in another process (a grid search's workers), which then
+    rereads no unchanged file. Each keeps its stamp, so a file changed since is hashed anew."""
+    out = []
+    for path in dict.fromkeys(os.fsdecode(p) for p in paths):
+        entry = _DIGESTS.stamped(path)
+        if entry is not None:
+            out.append((path, *entry))
+    return out
+
+
+def adopt_digests(entries):
+    """Memoise the digests :func:`known_digests` gave (in this process)."""
+    for path, stamp, digest in entries:
+        _DIGESTS.put(path, digest, stamp=stamp)
 
 
 def remember_digest(path, data: bytes) -> str:

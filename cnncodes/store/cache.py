@@ -43,7 +43,9 @@ import contextlib
 import errno
 import fcntl
 import hashlib
+import itertools
 import json
+import operator
 import os
 import secrets
 import stat
@@ -176,6 +178,7 @@ class CodeStore:
         self.path = os.path.join(self.root, self.key)
         self._config_json = json.dumps(config, sort_keys=True, indent=1)
         self._swept = False
+        self._built = None  # (shard paths, their entries, the index they make)
 
     # -- layout ------------------------------------------------------------------------------
 
@@ -303,26 +306,28 @@ class CodeStore:
         return out
 
     def _index(self):
-        out = {}
-        width = None
-        vanished = False
-        for path in self.shard_paths():
-            entry = self._shard_keys(path)
+        paths = self.shard_paths()
+        entries = [self._shard_keys(path) for path in paths]
+        built = self._built  # the same shards, each unchanged (its memoised entry): not rebuilt
+        if built is not None and built[0] == paths and all(map(operator.is_, built[1], entries)):
+            return built[2], False
+        out, widths, vanished = {}, set(), False
+        for path, entry in zip(paths, entries):
             if entry is None:
                 vanished = vanished or not os.path.lexists(path)
                 continue
             keys, w = entry
-            if width is None:
-                width = w
-            elif w != width:
+            if widths and w not in widths:
                 warnings.warn(
-                    f"ignoring cache file {path}: {w} features, others have {width}",
+                    f"ignoring cache file {path}: {w} features, others have {min(widths)}",
                     CacheWarning,
                     stacklevel=2,
                 )
                 continue
-            for row, key in enumerate(keys):
-                out[key] = (path, row)
+            widths.add(w)
+            out.update(zip(keys, zip(itertools.repeat(path), range(len(keys)))))
+        if not vanished and len({e[1] for e in entries if e is not None}) < 2:
+            self._built = (paths, entries, out)
         return out, vanished
 
     def contains(self, keys):

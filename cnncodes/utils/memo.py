@@ -97,6 +97,11 @@ class Memo:
             pass
         return entry[1]
 
+    def stamped(self, key):
+        """``(stamp, value)`` of ``key``, or None; a peek that leaves the order alone (to hand
+        entries to another process, which checks the stamps itself)."""
+        return self._data.get(key)
+
     def put(self, key, value, *, stamp=None):
         """Remember ``value`` under ``key`` (and ``stamp``); returns ``value``."""
         with self._lock:

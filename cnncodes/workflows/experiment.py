@@ -50,6 +50,7 @@ from .evaluation import (
     held_out_metrics,
     layer_table,
 )
+from .parallel import parallel_search
 from .rundata import (
     check_on_error,
     data_config,
@@ -302,7 +303,9 @@ def run_experiment(
     scoring : str, optional
         The search's scoring (default: accuracy).
     n_jobs : int, optional
-        Parallel fits of the search (the codes are extracted once beforehand, in this process).
+        Parallel fits of the search (the codes are extracted once beforehand, in this process):
+        threads reading the warm cache for a CNNCodes pipeline, loky processes for another
+        network step (:mod:`cnncodes.workflows.parallel`); progress is shown either way.
     random_state : int
         Seed of the split and of the folds' shuffle (``cnncodes fit --random-state``).
     on_error : {"raise", "skip"}
@@ -462,7 +465,13 @@ def _search(pipe, grid, data, cv, scoring, n_jobs, seed, progress, on_ray, log):
     # On Ray, the fits are Ray tasks reading the warm cache (n_jobs None: every CPU of the
     # cluster); a bar in this process cannot count them.
     backend = joblib_on_ray() if on_ray else contextlib.nullcontext()
-    with _fit_progress(pipe, scoring, fits, progress, -1 if on_ray else n_jobs) as scorer:
+    if on_ray or n_jobs in (None, 1):
+        counting = _fit_progress(pipe, scoring, fits, progress, -1 if on_ray else n_jobs)
+    else:
+        # Threads reading the warm cache (loky processes for other steps), fits counted.
+        step = _runs.network_step(pipe)[0]
+        counting = parallel_search(pipe, step, data.paths, scoring, fits, progress, n_jobs)
+    with counting as scorer:
         search = GridSearchCV(
             pipe, grid, cv=folds, scoring=scorer, n_jobs=n_jobs, refit=True, error_score="raise"
         )
