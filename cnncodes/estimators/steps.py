@@ -98,7 +98,7 @@ class NetworkStep:
     def _get_param_names(cls):
         """scikit-learn's parameter names (from ``__init__``'s signature), read once per class:
         a grid search clones the step for every fit, and ``inspect.signature`` was most of a
-        clone's time (bench/RESULTS.md, section 13)."""
+        clone's time (bench/RESULTS.md, section 14)."""
         names = _PARAM_NAMES.get(cls)
         if names is None:
             names = _PARAM_NAMES[cls] = tuple(super()._get_param_names())

@@ -2,7 +2,7 @@
 
 :func:`parallel_search` is the context :func:`~cnncodes.workflows.experiment.run_experiment`
 runs a search with ``n_jobs`` in. It answers what made ``cnncodes fit --n-jobs 2`` 2.8x slower
-than ``--n-jobs 1`` on cached codes, and silent (bench/RESULTS.md, section 13):
+than ``--n-jobs 1`` on cached codes, and silent (bench/RESULTS.md, section 14):
 
 - the fits of a :class:`~cnncodes.CNNCodes` pipeline only read the warm cache, and each loky
   worker process first imports scikit-learn, torch and cnncodes and resolves the network
