@@ -9,6 +9,7 @@ import time
 
 import numpy as np
 import pytest
+
 from cnncodes.errors import UsageError
 from cnncodes.store import locks
 from cnncodes.store.cache import CodeStore, list_configs
