@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import json
 import multiprocessing
 import os
 import time
@@ -240,3 +241,63 @@ def test_a_writer_of_the_configuration_being_pruned_never_fails(tmp_path):
     # What is left is sound: every shard verifies.
     for store, _ in list_configs(tmp_path):
         assert all(problem is None for _, problem in store.check_shards())
+
+
+# ----------------------------------------------------------------------------- the command line
+
+
+def _cli(capsys, *argv):
+    from cnncodes import cli
+
+    code = cli.main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_cli_info_names_view_and_last_use(tmp_path, capsys):
+    _filled(tmp_path, "resnet18", age=0)
+    code, out, _ = _cli(capsys, "cache", "info", "--cache-dir", tmp_path)
+    assert code == 0 and "view" in out and "last used" in out and "flip" in out
+    code, out, _ = _cli(capsys, "cache", "info", "--cache-dir", tmp_path, "--json")
+    (config,) = json.loads(out)["configs"]
+    assert config["view"] == "flip" and config["bytes"] > 0 and config["last_used"] > 0
+
+
+def test_cli_clear_needs_yes_for_everything(tmp_path, capsys):
+    _filled(tmp_path, "a")
+    _filled(tmp_path, "b")
+    code, _, err = _cli(capsys, "cache", "clear", "--cache-dir", tmp_path)
+    assert code != 0 and "--yes" in err and str(tmp_path) in err
+    assert _models(tmp_path) == ["a", "b"]
+    code, out, _ = _cli(capsys, "cache", "clear", "--cache-dir", tmp_path, "--dry-run")
+    assert code == 0 and "would remove 2" in out and _models(tmp_path) == ["a", "b"]
+    code, out, _ = _cli(capsys, "cache", "clear", "--cache-dir", tmp_path, "--model", "a", "--json")
+    assert [r["model"] for r in json.loads(out)["removed"]] == ["a"]
+    code, out, _ = _cli(capsys, "cache", "clear", "--cache-dir", tmp_path, "--yes")
+    assert code == 0 and "removed 1" in out and _models(tmp_path) == []
+
+
+def test_cli_prune_by_age_and_size(tmp_path, capsys):
+    _filled(tmp_path, "old", age=3 * 86400)
+    _filled(tmp_path, "new", age=0)
+    code, _, err = _cli(capsys, "cache", "prune", "--cache-dir", tmp_path)
+    assert code != 0 and "--older-than" in err
+    code, _, err = _cli(capsys, "cache", "prune", "--cache-dir", tmp_path, "--older-than", "3x")
+    assert code != 0 and "30d" in err
+    argv = ("cache", "prune", "--cache-dir", tmp_path, "--json")
+    code, out, _ = _cli(capsys, *argv, "--older-than", "2d", "--dry-run")
+    report = json.loads(out)
+    assert report["dry_run"] and [r["model"] for r in report["removed"]] == ["old"]
+    assert _models(tmp_path) == ["new", "old"]
+    code, out, _ = _cli(capsys, *argv, "--max-size", "1KB")
+    assert [r["reason"] for r in json.loads(out)["removed"]] == ["size", "size"]
+    assert _models(tmp_path) == []
+
+
+@pytest.mark.parametrize(
+    "text, size", [("500MB", 500 * 10**6), ("1.5GiB", int(1.5 * 2**30)), ("1000", 1000)]
+)
+def test_cli_sizes(text, size):
+    from cnncodes.cli.cache import _size
+
+    assert _size(text) == size
