@@ -11,6 +11,7 @@ import time
 import numpy as np
 import pytest
 
+import cnncodes.store.prune
 from cnncodes.errors import UsageError
 from cnncodes.store import locks
 from cnncodes.store.cache import CodeStore, list_configs
@@ -117,7 +118,8 @@ def test_clear_everything_or_one_model(tmp_path):
     assert _models(tmp_path) == [] and (tmp_path / "not-a-config").is_dir()
 
 
-def test_a_configuration_being_written_or_compacted_is_left_alone(tmp_path):
+def test_a_configuration_being_written_or_compacted_is_left_alone(tmp_path, monkeypatch):
+    monkeypatch.setattr(cnncodes.store.prune, "BUSY_WAIT", 0.05)
     store = _filled(tmp_path, "a")
     with locks.shared_write_lock(store.path, lambda: None):
         report = clear(tmp_path)
@@ -215,6 +217,7 @@ def _commit_loop(root, stop, results):
         while not stop.is_set():
             store.write(_keys(1, start=commits), _codes(1, seed=commits))
             commits += 1
+            time.sleep(0.002)  # a writer between batches
         results.put((commits, None))
     except BaseException as exc:
         results.put((0, repr(exc)))

@@ -85,8 +85,22 @@ def _remove_trash(root):
             shutil.rmtree(os.path.join(root, name), ignore_errors=True)
 
 
+#: Seconds a prune tries to take a busy configuration's locks before leaving it alone (writers
+#: hold theirs for the milliseconds a shard's commit takes).
+BUSY_WAIT = 1.0
+
+
 def _remove(root, entry):
     """Remove one configuration's folder; ``"removed"``, ``"busy"`` or ``"gone"``."""
+    deadline = time.monotonic() + BUSY_WAIT
+    while True:
+        outcome = _try_remove(root, entry)
+        if outcome != "busy" or time.monotonic() >= deadline:
+            return outcome
+        time.sleep(0.01)
+
+
+def _try_remove(root, entry):
     folder = entry["path"]
     with exclusive_locks(folder) as held:
         if held is None:
