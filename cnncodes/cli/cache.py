@@ -1,8 +1,12 @@
-"""``cnncodes cache info|verify``: list the cache's configurations; check and re-check them."""
+"""``cnncodes cache info|verify|prune|clear``: list the cache's configurations; check and
+re-check them; remove some or all of them."""
 
 from __future__ import annotations
 
+import argparse
 import os
+import re
+import time
 
 from ..extraction.verify import config_summary
 from ..spec import describe_preprocessing
@@ -38,27 +42,36 @@ examples:
   cnncodes cache info --cache-dir /data/cnncodes-cache --json
   cnncodes cache verify                       # integrity of every shard
   cnncodes cache verify --data photos/ --sample 20 --weights mobilenet_v2.pth
+  cnncodes cache prune --older-than 30d --dry-run
+  cnncodes cache prune --max-size 20GB       # least recently used configurations first
+  cnncodes cache clear --yes
 """
 
 
 def add_cache_parser(subparsers):
-    """``cnncodes cache info|verify``."""
+    """``cnncodes cache info|verify|prune|clear``."""
     parser = subparsers.add_parser(
         "cache",
-        help="inspect and verify the code cache",
-        description=_fill("Inspect (info) and verify (verify) the code cache."),
+        help="inspect, verify, prune and clear the code cache",
+        description=_fill(
+            "Inspect (info), verify (verify), prune (prune) and clear (clear) the code cache."
+        ),
         epilog=_CACHE_EPILOG,
         formatter_class=_Formatter,
     )
     commands = parser.add_subparsers(
-        dest="cache_command", required=True, metavar="{info,verify}", parser_class=_Parser
+        dest="cache_command",
+        required=True,
+        metavar="{info,verify,prune,clear}",
+        parser_class=_Parser,
     )
     info = commands.add_parser(
         "info",
         help="list the configurations in the cache with counts and sizes",
         description=_fill(
             "List every configuration (model, weights, layer, pooling, precision) in "
-            "the cache, with its number of stored codes, code length, shards and size on disk."
+            "the cache, with its view, number of stored codes, code length, shards, size on disk "
+            "and last use (the last read, stamped at most once a minute, or the last write)."
         ),
         epilog="examples:\n  cnncodes cache info\n  cnncodes cache info --cache-dir D --json\n",
         formatter_class=_Formatter,
@@ -68,6 +81,7 @@ def add_cache_parser(subparsers):
     info.set_defaults(run=run_cache_info)
 
     _add_verify_parser(commands)
+    _add_prune_parsers(commands)
 
 
 def _add_verify_parser(commands):
@@ -155,11 +169,19 @@ def _model_cell(summary):
     return f"{summary['model']}({', '.join(f'{k}={v!r}' for k, v in kwargs.items())})"
 
 
+def _info_summary(store, info):
+    """:func:`config_summary` with the view, the bytes of the whole folder and the last use."""
+    from ..store.prune import config_usage
+
+    usage = config_usage(store, info)
+    return {**config_summary(store, info), **{k: usage[k] for k in ("view", "bytes", "last_used")}}
+
+
 def run_cache_info(args):
     """List the configurations in the cache."""
     output = _Output(args)
     root, exists = _existing_cache_root(args)
-    configs = [config_summary(s, i) for s, i in list_configs(root)] if exists else []
+    configs = [_info_summary(s, i) for s, i in list_configs(root)] if exists else []
     data = {"cache_dir": root, "configs": configs}
     if not exists:
         lines = [f"no cache at {display(root)}"]
@@ -175,19 +197,20 @@ def run_cache_info(args):
                 _short_weights(str(c["weights"])),
                 c["layer"],
                 c["pooling"],
+                c["view"],
                 c["precision"],
                 c["rows"],
                 c["unique"],
                 c["features"],
                 c["shards"],
                 f"{c['size_mb']:.2f}",
+                _when(c["last_used"]),
             ]
             for c in configs
         ]
         numbers = ("rows", "unique", "features", "shards", "MB")
-        lines += _table(
-            ["key", "model", "weights", "layer", "pooling", "precision", *numbers], rows, numbers
-        )
+        head = ["key", "model", "weights", "layer", "pooling", "view", "precision"]
+        lines += _table([*head, *numbers, "last used"], rows, numbers)
         # Configurations that differ only in preprocessing must not look the same.
         lines.append("preprocessing:")
         lines += [f"{c['key'][:12]}  {_preprocessing_cell(c['preprocessing'])}" for c in configs]
@@ -265,3 +288,170 @@ def _verify_lines(root, exists, reports, cache_warnings, paths, sample):
             "filled from, to recompute a sample"
         )
     return lines
+
+
+_UNITS = {"": 1, "B": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
+_AGE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def _size(text):
+    """``500MB``, ``20G``, ``1.5GiB``, ``1000000`` (bytes) -> bytes."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d*)?)\s*([KMGT]?)(I?)B?\s*", text.upper())
+    if not m:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected a size such as 500MB, 20GB, 1.5GiB or bytes"
+        )
+    number, unit, binary = m.groups()
+    scale = 1024 ** "_KMGT".index(unit) if binary and unit else _UNITS[unit]
+    return int(float(number) * scale)
+
+
+def _age(text):
+    """``30d``, ``12h``, ``90m``, ``45s``, ``2w`` -> seconds."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d*)?)\s*([smhdw])\s*", text.lower())
+    if not m:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected an age such as 30d, 12h, 90m, 45s or 2w"
+        )
+    return float(m.group(1)) * _AGE_UNITS[m.group(2)]
+
+
+def _when(epoch):
+    return "-" if epoch is None else time.strftime("%Y-%m-%d %H:%M", time.localtime(epoch))
+
+
+def _add_prune_parsers(commands):
+    """``cnncodes cache prune ...`` and ``cnncodes cache clear ...``."""
+    prune = commands.add_parser(
+        "prune",
+        help="remove configurations by model, by age or to a size budget",
+        description=_fill(
+            "Remove whole configurations: those of --model, those not used for --older-than, "
+            "then the least recently used ones until the cache fits --max-size. Together, "
+            "--model narrows what may go. A configuration being written or compacted right "
+            "now is left alone (reported as busy); readers elsewhere recompute what went."
+        ),
+        epilog="examples:\n  cnncodes cache prune --older-than 30d --dry-run\n"
+        "  cnncodes cache prune --max-size 20GB\n"
+        "  cnncodes cache prune --model resnet18 --older-than 2w --json\n",
+        formatter_class=_Formatter,
+    )
+    clear = commands.add_parser(
+        "clear",
+        help="remove every configuration (or those of one model)",
+        description=_fill(
+            "Remove every configuration in the cache (only those of --model if given). "
+            "Removing everything needs --yes. Folders that are not configurations are kept."
+        ),
+        epilog="examples:\n  cnncodes cache clear --dry-run\n  cnncodes cache clear --yes\n"
+        "  cnncodes cache clear --model resnet18\n",
+        formatter_class=_Formatter,
+    )
+    for parser in (prune, clear):
+        _add_cache_dir_option(parser, no_cache=False)
+        parser.add_argument("--model", metavar="NAME", help="only configurations of this model")
+        parser.add_argument(
+            "--dry-run", action="store_true", help="remove nothing: list what would be removed"
+        )
+    prune.add_argument(
+        "--older-than", type=_age, metavar="AGE", help="not used for AGE (30d, 12h, 90m, 2w)"
+    )
+    prune.add_argument(
+        "--max-size",
+        type=_size,
+        metavar="SIZE",
+        help="remove least recently used configurations until the cache fits SIZE (20GB, 500MB)",
+    )
+    clear.add_argument(
+        "--yes", action="store_true", help="confirm removing every configuration of the cache"
+    )
+    for parser, run in ((prune, run_cache_prune), (clear, run_cache_clear)):
+        _add_output_options(parser, quiet=False)
+        parser.set_defaults(run=run)
+
+
+def _removal_lines(root, report):
+    verb = "would remove" if report["dry_run"] else "removed"
+    mb = report["freed_bytes"] / 1e6
+    lines = [
+        f"{display(root)}: {verb} {len(report['removed'])} configuration(s), {mb:.1f} MB; "
+        f"{report['kept']} kept, {report['bytes_after'] / 1e6:.1f} MB"
+    ]
+    rows = [
+        [
+            r["key"][:12],
+            r["model"],
+            r["layer"],
+            r["pooling"],
+            r["view"],
+            r["rows"],
+            f"{r['bytes'] / 1e6:.2f}",
+            _when(r["last_used"]),
+            r["reason"],
+        ]
+        for r in report["removed"]
+    ]
+    if rows:
+        headers = ["key", "model", "layer", "pooling", "view", "rows", "MB", "last used", "why"]
+        lines += _table(headers, rows, ("rows", "MB"))
+    for b in report["busy"]:
+        lines.append(f"left alone, being written or compacted now: {b['key'][:12]} {b['model']}")
+    return lines
+
+
+def _empty_report(root, dry_run):
+    return {
+        "cache_dir": root,
+        "dry_run": dry_run,
+        "removed": [],
+        "busy": [],
+        "kept": 0,
+        "bytes_before": 0,
+        "bytes_after": 0,
+        "freed_bytes": 0,
+    }
+
+
+def run_cache_prune(args):
+    """Remove configurations by model, age or size budget."""
+    from ..store.prune import prune
+
+    output = _Output(args)
+    if args.model is None and args.older_than is None and args.max_size is None:
+        raise UsageError(
+            "cache prune needs --model, --older-than or --max-size "
+            "(cnncodes cache clear --yes removes everything)"
+        )
+    root, exists = _existing_cache_root(args)
+    if not exists:
+        output.result(_empty_report(root, args.dry_run), [f"no cache at {display(root)}"])
+        return EXIT_OK
+    report = prune(
+        root,
+        model=args.model,
+        older_than=args.older_than,
+        max_bytes=args.max_size,
+        dry_run=args.dry_run,
+    )
+    output.result(report, _removal_lines(root, report))
+    return EXIT_OK
+
+
+def run_cache_clear(args):
+    """Remove every configuration (or those of --model); everything needs --yes."""
+    from ..store.prune import clear
+
+    output = _Output(args)
+    root, exists = _existing_cache_root(args)
+    if not exists:
+        output.result(_empty_report(root, args.dry_run), [f"no cache at {display(root)}"])
+        return EXIT_OK
+    if args.model is None and not args.yes and not args.dry_run:
+        n = len(list_configs(root))
+        raise UsageError(
+            f"cache clear removes every configuration in {display(root)} ({n} now): "
+            "pass --yes to do it, --dry-run to list them, or --model NAME for one model's"
+        )
+    report = clear(root, model=args.model, dry_run=args.dry_run)
+    output.result(report, _removal_lines(root, report))
+    return EXIT_OK

@@ -66,6 +66,8 @@ from ..utils.files import (
 from ..utils.files import TMP_PREFIX as _TMP_PREFIX
 from ..utils.memo import Memo
 from .configs import CacheWarning, folder_config, write_config_json
+from .locks import COMPACT_LOCK as _COMPACT_LOCK
+from .locks import same_file, shared_write_lock, touch_last_use
 
 __all__ = [
     "FORMAT_VERSION",
@@ -83,7 +85,6 @@ __all__ = [
 DEFAULT_CACHE_DIR = "cache"
 _SHARD_FORMAT = "cnncodes-shard"
 _KEY_DTYPE = "S64"
-_COMPACT_LOCK = ".compact.lock"
 
 
 def resolve_cache_dir(cache_dir="auto"):
@@ -342,6 +343,7 @@ class CodeStore:
         ``index``: what :meth:`index` just returned, to spare listing the shards again (a shard
         removed since by a concurrent compaction makes it list them anew).
         """
+        touch_last_use(self.path)  # at most once a minute: the "last use" prune goes by
         for attempt in range(_RACE_RETRIES):
             idx = self.index() if index is None else index
             index = None
@@ -404,7 +406,10 @@ class CodeStore:
             raise UsageError(f"codes of shape {codes.shape} do not match {len(keys)} keys")
         if not len(keys):
             return None
-        self._ensure_dir()
+        with shared_write_lock(self.path, self._ensure_dir):  # see store/locks.py
+            return self._write(keys, codes)
+
+    def _write(self, keys, codes):
         if not self._swept:  # once per store and process: what killed writers left behind
             self._swept = True
             self.remove_stale_temporaries()
@@ -432,7 +437,12 @@ class CodeStore:
 
     @contextlib.contextmanager
     def _compact_lock(self, blocking):
-        fd = os.open(os.path.join(self.path, _COMPACT_LOCK), os.O_RDWR | os.O_CREAT, 0o644)
+        lock = os.path.join(self.path, _COMPACT_LOCK)
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        except FileNotFoundError:  # the folder was pruned meanwhile: nothing to merge
+            yield False
+            return
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
@@ -441,7 +451,7 @@ class CodeStore:
                     yield False
                     return
                 raise
-            yield True
+            yield same_file(lock, fd)  # False: the folder was pruned while we waited
         finally:
             os.close(fd)
 

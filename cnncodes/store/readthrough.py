@@ -198,7 +198,10 @@ class CodeCache:
             hits = [k for k in groups if k in index]
             have[name] = set(hits)
             if hits:
-                store.read(hits, out=out[name], rows=[groups[k][0] for k in hits], index=index)
+                try:
+                    store.read(hits, out=out[name], rows=[groups[k][0] for k in hits], index=index)
+                except KeyError:  # pruned meanwhile (cnncodes cache prune): computed anew
+                    have[name] = set()
         if not any(have.values()):
             return have
         # The same content asked for in several rows (only where there are such keys).
