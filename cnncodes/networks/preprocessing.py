@@ -332,27 +332,17 @@ def timm_preprocessing(config):
 
 
 def default_preprocessing_note(spec):
-    """A note when a checkpoint file's images are normalised by the ImageNet default, or None.
+    """None: superseded by :class:`PreprocessingWarning`.
 
-    A checkpoint without a ``preprocessing`` entry may have been trained with other values
-    (mean and std of 0.5, another input size) and nothing else says so.
+    This returned a note for callers to log when a checkpoint file's images were normalised
+    with the ImageNet default. :func:`~cnncodes.models.resolve_spec` now warns instead
+    (:func:`warn_default_preprocessing`; the command line shows it once, as
+    ``cnncodes: warning: ...``, even with ``--quiet``), so a caller that still logs this note
+    would repeat it; it is kept so that such code keeps working. The text is
+    :func:`default_preprocessing_warning`'s.
     """
-    if spec.weights_spec.kind != "checkpoint":
-        return None
-    source = dict(spec.preprocessing.source)
-    # Not interpolation: bilinear is near universal, and a wrong one barely changes the codes.
-    keys = [k for k in ("mean", "std", "resize", "crop") if source.get(k) == "ImageNet default"]
-    if not keys:
-        return None
-    has_some = "checkpoint" in source.values()
-    return (
-        f"note: {spec.weights} "
-        + ("gives no " + ", ".join(keys) if has_some else "carries no preprocessing of its own")
-        + f", so {', '.join(keys)} {'is' if len(keys) == 1 else 'are'} the ImageNet default; "
-        "if its network was trained otherwise, give "
-        f"{' '.join('--' + k for k in keys)}, or save the checkpoint as "
-        "{'state_dict': ..., 'preprocessing': {'mean': ..., 'std': ..., ...}}"
-    )
+    del spec
+    return None
 
 
 def _shown(key, value):
