@@ -809,12 +809,13 @@ def test_a_warning_when_a_checkpoint_is_normalised_with_the_imagenet_default(tmp
     assert "--mean M --std S" in note
     own = resolve_spec(TINY, save_checkpoint(tmp_path / "o.pth", OWN))
     assert default_preprocessing_warning(own) is None
+    # Its own normalisation: the default input size is not warned about.
+    some = resolve_spec(TINY, save_checkpoint(tmp_path / "s.pth", {"mean": 0.5, "std": 0.5}))
+    assert default_preprocessing_warning(some) is None
     with pytest.warns(PreprocessingWarning):
-        some = resolve_spec(TINY, save_checkpoint(tmp_path / "s.pth", {"mean": 0.5, "std": 0.5}))
+        some = resolve_spec(TINY, save_checkpoint(tmp_path / "r.pth", {"resize": 40, "crop": 32}))
     note = default_preprocessing_warning(some)
-    assert (
-        "s.pth gives no resize, crop, so the ImageNet default is used: resize=256, crop=224" in note
-    )
+    assert "r.pth gives no mean, std, so the ImageNet default is used: mean=(0.485" in note
     assert default_preprocessing_warning(resolve_spec(TINY, "none")) is None  # not a checkpoint
 
 

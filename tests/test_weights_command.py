@@ -105,9 +105,12 @@ def test_a_checkpoint_without_preprocessing_warns_naming_the_values_and_the_fix(
     assert "cnncodes weights set-preprocessing" in message and "--mean" in message
     # Given explicitly, nothing is left to the default: no warning.
     assert not _resolve(path, mean=0.5, std=0.5, resize=40, crop=32)[1]
-    # Only part given: the rest is named.
-    (message,) = [str(w.message) for w in _resolve(path, mean=0.5, std=0.5)[1]]
-    assert "resize=256" in message and "mean=" not in message
+    # The normalisation given: the default input size is a choice too, not warned about.
+    assert not _resolve(path, mean=0.5, std=0.5)[1]
+    # Only the input size given: the normalisation left to the default is named.
+    (message,) = [str(w.message) for w in _resolve(path, resize=40, crop=32)[1]]
+    assert "mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)." in message
+    assert "resize=" not in message
     assert not _resolve("none")[1]  # not a checkpoint
 
 

@@ -353,13 +353,16 @@ def _shown(key, value):
 
 
 def default_preprocessing_warning(spec):
-    """The :class:`PreprocessingWarning` text for ``spec``, or None: a checkpoint file normalised
-    with (some of) the ImageNet default, naming the values used and how to give its own."""
+    """The :class:`PreprocessingWarning` text for ``spec``, or None: a checkpoint file whose mean
+    or std is the ImageNet default (neither its own nor given), naming every value left to the
+    default (mean, std, resize, crop) and how to give its own."""
     if spec.weights_spec.kind != "checkpoint":
         return None
     source = dict(spec.preprocessing.source)
     keys = [k for k in ("mean", "std", "resize", "crop") if source.get(k) == "ImageNet default"]
-    if not keys:
+    if "mean" not in keys and "std" not in keys:
+        # The normalisation was chosen (the file's own, or given): the default input size is
+        # then a choice too, and the fix the warning proposes has been made.
         return None
     pre = spec.preprocessing
     used = ", ".join(_shown(key, getattr(pre, key)) for key in keys)
