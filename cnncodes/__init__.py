@@ -38,6 +38,7 @@ _EXPORTS = {
     "warm_cache": "estimators.search",
     "FineTune": "estimators.finetune",
     "DatasetWarning": "images.datasets",
+    "PreprocessingWarning": "networks.preprocessing",
     "ImageDataset": "images.datasets",
     "load_dataset": "images.datasets",
     "ModelFileError": "estimators.persistence",

@@ -398,13 +398,14 @@ def test_layers_shows_the_preprocessing_and_where_it_came_from(capsys, tmp_path)
     assert data["preprocessing"]["source"]["std"] == "explicit"
     assert data["preprocessing"]["source"]["mean"] == "checkpoint"
 
-    # A checkpoint without its own: the ImageNet default, said in one note line.
+    # A checkpoint without its own: the ImageNet default, said in one warning line (issue 22).
     code, out, err = run(capsys, "layers", model, "--weights", plain)
     assert code == 0, err
     assert "mean=(0.485, 0.456, 0.406) std=(0.229, 0.224, 0.225) resize=256 crop=224x224" in out
     assert "(from: ImageNet default)" in out
-    [note] = [line for line in err.splitlines() if line.startswith("note:")]
+    [note] = [line for line in err.splitlines() if line.startswith("cnncodes: warning:")]
     assert "plain.pth carries no preprocessing of its own" in note and "--mean" in note
+    assert "cnncodes weights set-preprocessing" in note and "note:" not in err
 
 
 # ----------------------------------------------------------------------------- cache

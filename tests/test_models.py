@@ -33,6 +33,7 @@ from torchvision.models import SqueezeNet1_0_Weights
 from torchvision.models.feature_extraction import get_graph_node_names
 
 from cnncodes import extract_codes
+from cnncodes.networks.preprocessing import PreprocessingWarning, default_preprocessing_warning
 from tests.resnet_cifar import resnet20
 from tests.tiny_nets import DynamicCNN, TinyCNN
 
@@ -795,19 +796,27 @@ def test_crop_off_in_a_checkpoint_echoes_the_checkpoint_value(tmp_path, declare)
         resolve_spec(TINY, path)
 
 
-def test_a_note_when_a_checkpoint_is_normalised_with_the_imagenet_default(tmp_path):
-    plain = resolve_spec(TINY, save_checkpoint(tmp_path / "plain.pth"))
-    note = default_preprocessing_note(plain)
+def test_a_warning_when_a_checkpoint_is_normalised_with_the_imagenet_default(tmp_path):
+    # The note became a PreprocessingWarning (resolve_spec raises it); the note function says
+    # nothing, so that its callers do not repeat it.
+    with pytest.warns(PreprocessingWarning) as caught:
+        plain = resolve_spec(TINY, save_checkpoint(tmp_path / "plain.pth"))
+    assert default_preprocessing_note(plain) is None
+    note = default_preprocessing_warning(plain)
+    assert [str(w.message) for w in caught] == [note]
     assert "plain.pth carries no preprocessing of its own" in note
-    assert "mean, std, resize, crop are the ImageNet default" in note and "--mean" in note
-    assert (
-        default_preprocessing_note(resolve_spec(TINY, save_checkpoint(tmp_path / "o.pth", OWN)))
-        is None
-    )
+    assert "mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), resize=256, crop=224" in note
+    assert "--mean M --std S" in note
+    own = resolve_spec(TINY, save_checkpoint(tmp_path / "o.pth", OWN))
+    assert default_preprocessing_warning(own) is None
+    # Its own normalisation: the default input size is not warned about.
     some = resolve_spec(TINY, save_checkpoint(tmp_path / "s.pth", {"mean": 0.5, "std": 0.5}))
-    note = default_preprocessing_note(some)
-    assert "s.pth gives no resize, crop, so resize, crop are the ImageNet default" in note
-    assert default_preprocessing_note(resolve_spec(TINY, "none")) is None  # not a checkpoint
+    assert default_preprocessing_warning(some) is None
+    with pytest.warns(PreprocessingWarning):
+        some = resolve_spec(TINY, save_checkpoint(tmp_path / "r.pth", {"resize": 40, "crop": 32}))
+    note = default_preprocessing_warning(some)
+    assert "r.pth gives no mean, std, so the ImageNet default is used: mean=(0.485" in note
+    assert default_preprocessing_warning(resolve_spec(TINY, "none")) is None  # not a checkpoint
 
 
 # ----------------------------------------------------------------------------- layers

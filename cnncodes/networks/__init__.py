@@ -36,6 +36,7 @@ _EXPORTS = {
     "code_size": "pooling",
     "pool": "pooling",
     "MAX_SIDE": "preprocessing",
+    "PreprocessingWarning": "preprocessing",
     "BUILTIN_MODEL_CALLABLES": "trust",
     "UntrustedModelCodeError": "trust",
     "check_trust_model_code": "trust",

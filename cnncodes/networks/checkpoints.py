@@ -31,9 +31,12 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
+from ..errors import UsageError
 from ..spec import ModelError, WeightsError, file_sha256
+from ..utils.files import atomic_path, display
 from ..utils.memo import memoize
 from .architectures import _is_callable_name, _timm
+from .preprocessing import checked_preprocessing, resolve_preprocessing
 
 __all__ = [
     "WeightsUnavailableError",
@@ -46,6 +49,7 @@ __all__ = [
     "load_timm_pretrained",
     "read_checkpoint",
     "refuse_weights_kwargs",
+    "set_checkpoint_preprocessing",
     "state_fingerprint",
 ]
 
@@ -344,6 +348,49 @@ def checkpoint_preprocessing(path, weights_id):
     if isinstance(obj, Mapping) and "preprocessing" in obj:
         return obj["preprocessing"]
     return None
+
+
+def set_checkpoint_preprocessing(path, out, *, in_place=False, **values):
+    """Write the checkpoint ``path`` to ``out`` with ``values`` (any of resize, crop, mean, std,
+    interpolation, in :func:`~cnncodes.models.resolve_preprocessing`'s argument forms; None: not
+    given) as its ``preprocessing`` entry, the form :func:`checkpoint_preprocessing` reads.
+
+    The file is loaded with ``weights_only=True``; its state_dict and any other keys are kept
+    (a bare state_dict goes under ``state_dict``), keys of an existing entry that are not given
+    are kept, given ones replaced; ``out`` is written atomically. ``out`` may be ``path`` only
+    with ``in_place=True``. Returns the SHA-256 of ``out``: the file's identity, so codes cached
+    for the old file are not reused for the new one.
+
+    Examples
+    --------
+    >>> set_checkpoint_preprocessing("in.pth", "out.pth", mean=0.5, std=0.5)  # doctest: +SKIP
+    '3f1c...'
+    """
+    given = checked_preprocessing(values)
+    if not given:
+        raise UsageError(
+            "nothing to set: give at least one of resize, crop, mean, std, interpolation"
+        )
+    src = check_weights_file(path)
+    dst = os.path.abspath(out)
+    same = dst == src or (os.path.exists(dst) and os.path.samefile(dst, src))
+    if same and not in_place:
+        raise WeightsError(
+            f"{display(out)} is the checkpoint being read: write a new file, or rewrite it "
+            "in-place (--in-place, in_place=True); either way its SHA-256 changes"
+        )
+    obj = _load_checkpoint(src)
+    _unwrap_state_dict(obj, src)  # refuses a file that holds no state_dict
+    is_state = isinstance(obj, Mapping) and all(isinstance(v, torch.Tensor) for v in obj.values())
+    saved = {"state_dict": obj} if is_state else dict(obj)
+    old = saved.get("preprocessing")
+    merged = {**(old if isinstance(old, Mapping) else {}), **given}
+    # The whole entry must resolve (a crop larger than a kept resize, ...), as it will be read.
+    resolve_preprocessing(checkpoint=merged, checkpoint_path=display(out))
+    saved["preprocessing"] = merged
+    with atomic_path(dst) as tmp:
+        torch.save(saved, tmp)
+    return file_sha256(dst)
 
 
 def load_state(net, state, source, model=None):

@@ -96,6 +96,7 @@ from .preprocessing import (
     default_preprocessing_note,
     resolve_preprocessing,
     timm_preprocessing,
+    warn_default_preprocessing,
 )
 
 # The old private names this facade re-exported before the split (code written then imports
@@ -242,7 +243,9 @@ def resolve_spec(
         impl=impl,
     )
     arch_id = _arch_id(model, resolved.name, kwargs)
-    return ModelSpec(model, resolved.argument, resolved.identity, arch_id, seed, pre, kwargs)
+    spec = ModelSpec(model, resolved.argument, resolved.identity, arch_id, seed, pre, kwargs)
+    warn_default_preprocessing(spec)  # a checkpoint normalised as ImageNet's is never silent
+    return spec
 
 
 def _resolve_weights(model, weights, seed):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import inspect
 import math
 import numbers
+import warnings
 from collections.abc import Mapping
 
 from ..errors import UsageError
@@ -29,15 +30,25 @@ from .architectures import _is_callable_name, _load_callable
 
 __all__ = [
     "MAX_SIDE",
+    "PreprocessingWarning",
+    "checked_preprocessing",
+    "default_preprocessing_warning",
     "default_preprocessing_note",
     "resolve_preprocessing",
     "declared_preprocessing",
     "timm_preprocessing",
+    "warn_default_preprocessing",
 ]
 
 MAX_SIDE = 4096  # pixels; larger resize or crop values are mistakes (a 4096^2 batch of 32 is 6 GB)
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class PreprocessingWarning(UserWarning):
+    """A checkpoint file is used with the ImageNet default preprocessing because it carries none
+    of its own (nor were values given): its network may have been trained otherwise (mean = std
+    = 0.5 is common), and nothing else would say so."""
 
 
 def _pair(value, name, allow_single):
@@ -321,27 +332,77 @@ def timm_preprocessing(config):
 
 
 def default_preprocessing_note(spec):
-    """A note when a checkpoint file's images are normalised by the ImageNet default, or None.
+    """None: superseded by :class:`PreprocessingWarning`.
 
-    A checkpoint without a ``preprocessing`` entry may have been trained with other values
-    (mean and std of 0.5, another input size) and nothing else says so.
+    This returned a note for callers to log when a checkpoint file's images were normalised
+    with the ImageNet default. :func:`~cnncodes.models.resolve_spec` now warns instead
+    (:func:`warn_default_preprocessing`; the command line shows it once, as
+    ``cnncodes: warning: ...``, even with ``--quiet``), so a caller that still logs this note
+    would repeat it; it is kept so that such code keeps working. The text is
+    :func:`default_preprocessing_warning`'s.
     """
+    del spec
+    return None
+
+
+def _shown(key, value):
+    """A resolved value as the options take it: ``resize=256``, ``crop=224``, ``mean=(...)``."""
+    if key in ("resize", "crop") and value is not None and len(set(value)) == 1:
+        return f"{key}={value[0]}"
+    return f"{key}={value!r}" if key in ("mean", "std") else f"{key}={','.join(map(str, value))}"
+
+
+def default_preprocessing_warning(spec):
+    """The :class:`PreprocessingWarning` text for ``spec``, or None: a checkpoint file whose mean
+    or std is the ImageNet default (neither its own nor given), naming every value left to the
+    default (mean, std, resize, crop) and how to give its own."""
     if spec.weights_spec.kind != "checkpoint":
         return None
     source = dict(spec.preprocessing.source)
-    # Not interpolation: bilinear is near universal, and a wrong one barely changes the codes.
     keys = [k for k in ("mean", "std", "resize", "crop") if source.get(k) == "ImageNet default"]
-    if not keys:
+    if "mean" not in keys and "std" not in keys:
+        # The normalisation was chosen (the file's own, or given): the default input size is
+        # then a choice too, and the fix the warning proposes has been made.
         return None
+    pre = spec.preprocessing
+    used = ", ".join(_shown(key, getattr(pre, key)) for key in keys)
     has_some = "checkpoint" in source.values()
-    return (
-        f"note: {spec.weights} "
-        + ("gives no " + ", ".join(keys) if has_some else "carries no preprocessing of its own")
-        + f", so {', '.join(keys)} {'is' if len(keys) == 1 else 'are'} the ImageNet default; "
-        "if its network was trained otherwise, give "
-        f"{' '.join('--' + k for k in keys)}, or save the checkpoint as "
-        "{'state_dict': ..., 'preprocessing': {'mean': ..., 'std': ..., ...}}"
+    options = " ".join(
+        f"--{key} {'M' if key == 'mean' else 'S' if key == 'std' else 'N'}" for key in keys
     )
+    return (
+        f"{spec.weights} "
+        + ("gives no " + ", ".join(keys) if has_some else "carries no preprocessing of its own")
+        + f", so the ImageNet default is used: {used}. If its network was trained otherwise "
+        f"(mean = std = 0.5 is common), give {options} on every command, or write them into the "
+        f"file once: cnncodes weights set-preprocessing {spec.weights} OUT.pth {options} (a new "
+        "file, with a new SHA-256: codes cached for this one are not reused)"
+    )
+
+
+def warn_default_preprocessing(spec):
+    """Warn (:class:`PreprocessingWarning`) when ``spec``'s checkpoint file is normalised with
+    the ImageNet default. The warning is raised from one line, so Python's default filter
+    shows it once per checkpoint file and process however often the file is resolved."""
+    message = default_preprocessing_warning(spec)
+    if message:
+        warnings.warn(message, PreprocessingWarning, stacklevel=1)
+
+
+def checked_preprocessing(values):
+    """``values`` (any of the preprocessing keys, in the arguments' forms; None: not given)
+    checked, in the plain forms a checkpoint's ``preprocessing`` entry stores (lists, ints,
+    floats, str; crop 0 for no crop), so that ``weights_only=True`` loads them."""
+    given = {key: value for key, value in values.items() if value is not None}
+    unknown = [key for key in given if key not in PREPROCESSING_KEYS]
+    if unknown:
+        raise UsageError(f"unknown preprocessing key(s) {', '.join(map(repr, unknown))}")
+    base = {}
+    _apply_preprocessing(base, given, lambda key: key)
+    return {
+        key: (0 if value is None else list(value)) if key != "interpolation" else value
+        for key, value in base.items()
+    }
 
 
 def declared_preprocessing(model):
