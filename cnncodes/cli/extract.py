@@ -139,7 +139,6 @@ def _extractor(args, spec, views):
 def run_extract(args):
     """Extract codes for DATA; print a summary; optionally write them to --out."""
     from ..networks.layers import resolve_layers
-    from ..networks.preprocessing import default_preprocessing_note
 
     output = _Output(args)
     _check_engine_args(args)
@@ -148,11 +147,9 @@ def run_extract(args):
     dataset = _load_data(args, output)
     spec = _spec_from_args(args)
     layers = resolve_layers(spec, args.layer or ["penultimate"])
-    # Normalisation is never silent: a checkpoint normalised with ImageNet's default says so.
+    # Normalisation is never silent: resolve_spec warns (PreprocessingWarning) about a checkpoint
+    # normalised with ImageNet's default.
     output.note(f"preprocessing: {spec.preprocessing.describe()}")
-    note = default_preprocessing_note(spec)
-    if note:
-        output.note(note)
     extract, views = _extractor(args, spec, views)
     result = extract(
         dataset.paths,

@@ -57,7 +57,6 @@ def run_layers(args):
     """Print the layer table of a model."""
     from ..networks.layers import TIMM_ALIASES, resolve_layers
     from ..networks.models import list_layers
-    from ..networks.preprocessing import default_preprocessing_note
 
     output = _Output(args)
     spec = _spec_from_args(args)
@@ -74,9 +73,6 @@ def run_layers(args):
             except UsageError:
                 pass  # untraceable: the name is refused with the reason when asked for
     h, w = spec.preprocessing.input_size
-    note = default_preprocessing_note(spec)
-    if note:
-        output.note(note)
     data = {
         "model": spec.model,
         "weights": spec.weights_id,

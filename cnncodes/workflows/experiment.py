@@ -40,7 +40,6 @@ from ..estimators.fitted import RUNTIME_PARAMS as RUNTIME_PARAMS
 from ..estimators.fitted import predict_images, set_runtime, verify_model
 from ..estimators.fitted import relocate_weights as relocate_weights
 from ..extraction.ray_engine import joblib_on_ray, ray_session
-from ..networks.preprocessing import default_preprocessing_note
 from ..utils.jsonable import jsonable
 from . import recipes
 from .evaluation import (
@@ -422,9 +421,6 @@ def resolve_and_describe(step, paths, log):
     parameter fails here) and note its preprocessing in ``log``; returns its ModelSpec."""
     spec = _runs.resolve_network(step, paths)
     log(f"preprocessing: {spec.preprocessing.describe()}")
-    note = default_preprocessing_note(spec)
-    if note:
-        log(note)
     return spec
 
 
