@@ -59,6 +59,7 @@ _EXPORTS = {
     "build_model": "networks.models",
     "list_layers": "networks.models",
     "resolve_spec": "networks.models",
+    "rank": "workflows.rank",
     "CNNCodesError": "errors",
     "UsageError": "errors",
 }

@@ -105,7 +105,7 @@ def rank(
         candidates that give no ``seed`` of their own.
     timing_images : int
         Where every code came from the cache, this many images are extracted again without it
-        to time the network.
+        to time the network (0: not timed, ``seconds_per_image`` NaN).
     **extract_kwargs
         Passed to :func:`cnncodes.extract_codes` (``cache_dir``, ``batch_size``, ``device``,
         ``on_error``, ``progress``, ...).
@@ -218,7 +218,9 @@ def _subsample(labels, per_class, seed):
 
 
 def _spec(candidate, seed):
-    kwargs = {k: candidate[k] for k in (*PREPROCESSING_KEYS, "impl") if candidate.get(k) is not None}
+    kwargs = {
+        k: candidate[k] for k in (*PREPROCESSING_KEYS, "impl") if candidate.get(k) is not None
+    }
     return resolve_spec(
         candidate["model"],
         candidate.get("weights"),
@@ -245,7 +247,9 @@ def _score_candidate(candidate, paths, y, n_total, seed, timing_images, timings,
     """The rows of one candidate: one extraction per pooling, every layer scored."""
     spec = _spec(candidate, seed)
     infos = {info.name: info for info in list_layers(spec)}
-    layers = candidate.get("layers") or _default_layers(candidate["model"], spec, list(infos.values()))
+    layers = candidate.get("layers") or _default_layers(
+        candidate["model"], spec, list(infos.values())
+    )
     layers = resolve_layers(spec, layers)
     last = list(infos.values())[-1]
     head = last.name if len(last.shape) == 1 and last.shape[0] >= 2 else None
@@ -290,8 +294,10 @@ def _score_candidate(candidate, paths, y, n_total, seed, timing_images, timings,
 def _seconds_per_image(result, paths, spec, layers, pooling, timing_images, kwargs):
     """Wall time per computed image; where the cache served every image, ``timing_images``
     images are extracted again without the cache to time the network."""
-    if result.computed >= min(timing_images, len(paths)) and result.computed > 0:
+    if result.computed > 0 and result.computed >= min(timing_images, len(paths)):
         return result.seconds / result.computed
+    if timing_images < 1:
+        return float("nan")
     probe = {**kwargs, "cache_dir": None, "progress": False, "on_error": "skip"}
     timed = extract_codes(paths[:timing_images], spec, layers, pooling, **probe)
     return timed.seconds / max(1, len(timed.kept))
@@ -373,9 +379,7 @@ def plot_rank(frame, path):
         colours = [f"C{names.index(c) % 10}" for c in frame["candidate"]]
         y = np.arange(len(frame))[::-1]
         ax.barh(y, frame["logme"].to_numpy(dtype=float), color=colours, alpha=0.85)
-        labels = [
-            _drawable(f"{r.candidate}  {r.layer} ({r.pooling})") for r in frame.itertuples()
-        ]
+        labels = [_drawable(f"{r.candidate}  {r.layer} ({r.pooling})") for r in frame.itertuples()]
         ax.set_yticks(y, labels, fontsize=7)
         for yy, r in zip(y, frame.itertuples()):
             ax.annotate(

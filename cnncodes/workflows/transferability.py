@@ -45,10 +45,11 @@ def logme(features, labels):
 
     For each class ``k`` the model is ``y_k = F w + e`` with ``w ~ N(0, 1/alpha)`` and
     ``e ~ N(0, 1/beta)``, ``y_k`` the class's one-vs-rest (0/1) target; ``alpha`` and ``beta``
-    maximise the evidence by MacKay's fixed-point updates, written over the thin SVD of ``F``
-    (``n x d``), so that it costs ``O(n d min(n, d))`` once and then ``O(min(n, d))`` per update
-    and class (every class is updated at once), and is exact with more features than images.
-    Computed in float64.
+    maximise the evidence by MacKay's fixed-point updates, written over the singular values and
+    left singular vectors of ``F`` (``n x d``, from the eigendecomposition of the smaller of
+    ``F F^T`` and ``F^T F``), so that it costs ``O(n d min(n, d))`` once and then
+    ``O(min(n, d))`` per update and class (every class is updated at once), and is exact with
+    more features than images. Computed in float64.
 
     Parameters
     ----------
@@ -75,29 +76,38 @@ def logme(features, labels):
     """
     f = np.asarray(features, dtype=np.float64)
     if f.ndim != 2 or f.shape[0] < 2 or f.shape[1] < 1:
-        raise UsageError(f"logme: features of shape {f.shape}: expected (n_images >= 2, n_features)")
+        raise UsageError(
+            f"logme: features of shape {f.shape}: expected (n_images >= 2, n_features)"
+        )
     if not np.isfinite(f).all():
         raise UsageError("logme: the features hold NaN or infinite values")
     n, d = f.shape
     index, n_classes = _classes(labels, n, "logme")
     targets = (index[:, None] == np.arange(n_classes)).astype(np.float64)  # n x K
-    u, s, _ = np.linalg.svd(f, full_matrices=False)  # u: n x r, r = min(n, d)
-    sigma = (s**2)[:, None]  # r x 1: eigenvalues of F^T F (the other d - r are 0)
-    z2 = (u.T @ targets) ** 2  # r x K: targets' squared coordinates along U
+    sigma, z2 = _spectrum(f, targets)
     outside = np.maximum((targets**2).sum(0) - z2.sum(0), 0.0)  # |y|^2 off the span of F
     alpha, beta = np.ones(n_classes), np.ones(n_classes)
+    evidence = _evidence(alpha, beta, sigma, z2, outside, n, d)
     for _ in range(LOGME_MAX_ITER):
         gamma, mm, residual, _ = _logme_terms(alpha, beta, sigma, z2, outside)
         new_alpha = np.maximum(gamma, _TINY) / np.maximum(mm, _TINY)
         new_beta = np.maximum(n - gamma, _TINY) / np.maximum(residual, _TINY)
-        done = np.all(np.abs(new_alpha - alpha) <= LOGME_TOL * new_alpha) and np.all(
+        fixed = np.all(np.abs(new_alpha - alpha) <= LOGME_TOL * new_alpha) and np.all(
             np.abs(new_beta - beta) <= LOGME_TOL * new_beta
         )
         alpha, beta = new_alpha, new_beta
-        if done:
+        previous, evidence = evidence, _evidence(alpha, beta, sigma, z2, outside, n, d)
+        # Where the codes carry no signal alpha grows without bound while the evidence
+        # settles: stop on the evidence too.
+        if fixed or np.all(np.abs(evidence - previous) <= LOGME_TOL * 1e-2):
             break
+    return float(np.mean(evidence))
+
+
+def _evidence(alpha, beta, sigma, z2, outside, n, d):
+    """The log-evidence per image of each class's model at ``(alpha, beta)``."""
     _, mm, residual, logdet = _logme_terms(alpha, beta, sigma, z2, outside)
-    logdet = logdet + (d - len(s)) * np.log(alpha)  # the d - r zero eigenvalues of F^T F
+    logdet = logdet + (d - len(sigma)) * np.log(alpha)  # the d - r zero eigenvalues of F^T F
     evidence = (
         n / 2 * np.log(beta)
         + d / 2 * np.log(alpha)
@@ -106,7 +116,26 @@ def logme(features, labels):
         - alpha / 2 * mm
         - logdet / 2
     )
-    return float(np.mean(evidence / n))
+    return evidence / n
+
+
+def _spectrum(f, targets):
+    """``(sigma, z2)``: the ``r = min(n, d)`` eigenvalues of ``F^T F`` (as an ``r x 1`` column;
+    the other ``d - r`` are 0) and the targets' squared coordinates along the matching left
+    singular vectors ``U`` of ``F`` (``r x K``), from the eigendecomposition of the smaller
+    Gram matrix (``F F^T`` or ``F^T F``): a fraction of a thin SVD's time."""
+    n, d = f.shape
+    if n <= d:
+        sigma, u = np.linalg.eigh(f @ f.T)  # the full basis of R^n: nothing lies outside it
+        return np.maximum(sigma, 0.0)[:, None], (u.T @ targets) ** 2
+    sigma, v = np.linalg.eigh(f.T @ f)
+    sigma = np.maximum(sigma, 0.0)
+    # U = F V / s; directions with s = 0 hold no part of any target (they are outside F's span).
+    keep = sigma > sigma.max() * d * np.finfo(np.float64).eps
+    projected = v.T @ (f.T @ targets)  # s_i (U^T y)_i
+    z2 = np.zeros_like(projected)
+    z2[keep] = projected[keep] ** 2 / sigma[keep, None]
+    return sigma[:, None], z2
 
 
 def _logme_terms(alpha, beta, sigma, z2, outside):
