@@ -88,18 +88,27 @@ def logme(features, labels):
     outside = np.maximum((targets**2).sum(0) - z2.sum(0), 0.0)  # |y|^2 off the span of F
     alpha, beta = np.ones(n_classes), np.ones(n_classes)
     evidence = _evidence(alpha, beta, sigma, z2, outside, n, d)
+    active = np.ones(n_classes, dtype=bool)
     for _ in range(LOGME_MAX_ITER):
         gamma, mm, residual, _ = _logme_terms(alpha, beta, sigma, z2, outside)
         new_alpha = np.maximum(gamma, _TINY) / np.maximum(mm, _TINY)
         new_beta = np.maximum(n - gamma, _TINY) / np.maximum(residual, _TINY)
-        fixed = np.all(np.abs(new_alpha - alpha) <= LOGME_TOL * new_alpha) and np.all(
-            np.abs(new_beta - beta) <= LOGME_TOL * new_beta
+        new_evidence = _evidence(new_alpha, new_beta, sigma, z2, outside, n, d)
+        # MacKay's updates raise the evidence. Where one lowers it, the class is at its best:
+        # with as many features as images a noise-free fit (beta -> inf) is approached, and
+        # near it rounding sends the updates astray. Where the codes carry no signal alpha
+        # grows without bound while the evidence settles: stop on the evidence too.
+        worse = new_evidence < evidence - 1e-13
+        settled = (np.abs(new_evidence - evidence) <= LOGME_TOL * 1e-2) | (
+            (np.abs(new_alpha - alpha) <= LOGME_TOL * new_alpha)
+            & (np.abs(new_beta - beta) <= LOGME_TOL * new_beta)
         )
-        alpha, beta = new_alpha, new_beta
-        previous, evidence = evidence, _evidence(alpha, beta, sigma, z2, outside, n, d)
-        # Where the codes carry no signal alpha grows without bound while the evidence
-        # settles: stop on the evidence too.
-        if fixed or np.all(np.abs(evidence - previous) <= LOGME_TOL * 1e-2):
+        move = active & ~worse
+        alpha = np.where(move, new_alpha, alpha)
+        beta = np.where(move, new_beta, beta)
+        evidence = np.where(move, new_evidence, evidence)
+        active &= ~worse & ~settled
+        if not active.any():
             break
     return float(np.mean(evidence))
 
