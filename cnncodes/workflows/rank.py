@@ -104,8 +104,8 @@ def rank(
         Seed of the subsample, and of the random initialisation of ``weights="none"``
         candidates that give no ``seed`` of their own.
     timing_images : int
-        Where every code came from the cache, this many images are extracted again without it
-        to time the network (0: not timed, ``seconds_per_image`` NaN).
+        Where the cache served the codes, this many images, then twice as many others, are
+        extracted again without it to time the network (0: not timed, NaN).
     **extract_kwargs
         Passed to :func:`cnncodes.extract_codes` (``cache_dir``, ``batch_size``, ``device``,
         ``on_error``, ``progress``, ...).
@@ -115,12 +115,14 @@ def rank(
     pandas.DataFrame
         One row per candidate x layer x pooling, columns :data:`COLUMNS`, sorted by ``logme``
         (higher is better); ``leep`` and ``nce`` are NaN where the network has no source
-        classifier. ``seconds_per_image`` is the extraction call's wall time (decoding, loading
-        the network, the forward pass up to the deepest layer asked, for all of a candidate's
-        layers at once) over the images it computed; ``estimated_seconds`` is that times the
-        size of the whole dataset. ``attrs`` holds ``n_images``, ``n_scored``, ``n_classes``,
-        ``per_class``, ``seconds`` (the whole ranking), ``extract_seconds`` and
-        ``score_seconds``.
+        classifier. ``seconds_per_image`` is the extraction's wall time per image (decoding and
+        the forward pass up to the deepest layer asked, for all of a candidate's layers at
+        once): over the images the call computed, or, where the cache served them, the
+        difference between two uncached calls on ``timing_images`` and twice as many other
+        images. ``estimated_seconds`` is the fixed cost of a call (loading the network) plus
+        the whole dataset's size times ``seconds_per_image``. ``attrs`` holds ``n_images``,
+        ``n_scored``, ``n_classes``, ``per_class``, ``seconds`` (the whole ranking),
+        ``extract_seconds`` and ``score_seconds``.
 
     Examples
     --------
@@ -263,7 +265,7 @@ def _score_candidate(candidate, paths, y, n_total, seed, timing_images, timings,
             continue
         t0 = time.perf_counter()
         result = extract_codes(paths, spec, wanted, pooling, **kwargs)
-        per_image = _seconds_per_image(result, paths, spec, wanted, pooling, timing_images, kwargs)
+        per_image, per_call = _timing(result, paths, spec, wanted, pooling, timing_images, kwargs)
         t1 = time.perf_counter()
         y_kept = y[result.kept]
         if j == 0 and head:
@@ -282,7 +284,7 @@ def _score_candidate(candidate, paths, y, n_total, seed, timing_images, timings,
                     "logme": logme(codes, y_kept),
                     **source,
                     "seconds_per_image": per_image,
-                    "estimated_seconds": per_image * n_total,
+                    "estimated_seconds": per_call + per_image * n_total,
                     "n_images": len(y_kept),
                 }
             )
@@ -291,16 +293,27 @@ def _score_candidate(candidate, paths, y, n_total, seed, timing_images, timings,
     return rows
 
 
-def _seconds_per_image(result, paths, spec, layers, pooling, timing_images, kwargs):
-    """Wall time per computed image; where the cache served every image, ``timing_images``
-    images are extracted again without the cache to time the network."""
+def _timing(result, paths, spec, layers, pooling, timing_images, kwargs):
+    """``(seconds per image, seconds per call)`` of extracting ``layers``.
+
+    Where the call computed at least ``timing_images`` images, its wall time over them (the
+    call's fixed cost, building the network, spread over them). Else (codes from the cache)
+    two calls without the cache, on ``timing_images`` images and on as many others twice over:
+    the difference is the cost per image, the rest the fixed cost per call.
+    """
     if result.computed > 0 and result.computed >= min(timing_images, len(paths)):
-        return result.seconds / result.computed
+        return result.seconds / result.computed, 0.0
     if timing_images < 1:
-        return float("nan")
+        return float("nan"), float("nan")
     probe = {**kwargs, "cache_dir": None, "progress": False, "on_error": "skip"}
-    timed = extract_codes(paths[:timing_images], spec, layers, pooling, **probe)
-    return timed.seconds / max(1, len(timed.kept))
+    k = timing_images
+    small = extract_codes(paths[:k], spec, layers, pooling, **probe)
+    large = extract_codes(paths[k : 3 * k], spec, layers, pooling, **probe)
+    n_small, n_large = len(small.kept), len(large.kept)
+    if n_large <= n_small or large.seconds <= small.seconds:  # too few images, or noise
+        return max(small.seconds, large.seconds) / max(1, n_small, n_large), 0.0
+    per_image = (large.seconds - small.seconds) / (n_large - n_small)
+    return per_image, max(0.0, small.seconds - per_image * n_small)
 
 
 def rank_to_dict(frame):
