@@ -147,7 +147,7 @@ def run_dataset(name, root, per_class, assets, cache_dir, blas_threads=None, pro
         "blas_threads": blas_threads,
         "load_average": os.getloadavg(),
         "rank_seconds_first_run": first,
-        "extract_seconds_first_run": table.attrs["extract_seconds"],
+        "extract_seconds_first_run": first_table.attrs["extract_seconds"],
         "rank_seconds_cached": cached,
         "score_seconds": table.attrs["score_seconds"],
         "probe_grid_seconds": probe_seconds,
