@@ -135,7 +135,7 @@ def run_dataset(name, root, per_class, assets, cache_dir, blas_threads=None, pro
     tau = kendalltau(table["logme"], table["probe_acc"]).statistic
     print(table[["rank", "candidate", "layer", "pooling", "width", "logme", "leep", "nce",
                  "probe_acc", "seconds_per_image"]].to_string(index=False))  # fmt: skip
-    best_probe = table.loc[table["probe_acc"].idxmax()]
+    best_probe = table.loc[table["probe_acc"].fillna(-1.0).idxmax()]
     result = {
         "dataset": name,
         "n_images": len(paths),
