@@ -60,6 +60,7 @@ _EXPORTS = {
     "build_model": "networks.models",
     "list_layers": "networks.models",
     "resolve_spec": "networks.models",
+    "rank": "workflows.rank",
     "CNNCodesError": "errors",
     "UsageError": "errors",
 }

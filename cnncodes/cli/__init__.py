@@ -43,6 +43,7 @@ from .finetune import add_finetune_parser
 from .fit import add_fit_parser
 from .layers import add_layers_parser
 from .predict import add_predict_parser
+from .rank import add_rank_parser
 from .weights import add_weights_parser
 
 # torch, torchvision and scikit-learn are imported by the commands that need them, not here:
@@ -61,6 +62,7 @@ COMMANDS = [
     add_cache_parser,
     add_weights_parser,
     add_advise_parser,
+    add_rank_parser,
     add_compare_parser,
     add_demo_parser,
 ]

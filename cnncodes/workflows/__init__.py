@@ -1,5 +1,6 @@
 """What the commands run, as plain functions: experiments (:mod:`.experiment`), their
-evaluation and reports, comparisons, advice, the recipe registry and the offline demo.
+evaluation and reports, comparisons, advice, rankings before training (:mod:`.rank`), the
+recipe registry and the offline demo.
 """
 
 from ..utils.lazy import lazy_face
@@ -53,6 +54,13 @@ _EXPORTS = {
     "get": "recipes",
     "layer_mode": "recipes",
     "load": "recipes",
+    "CANDIDATE_KEYS": "rank",
+    "rank": "rank",
+    "rank_to_dict": "rank",
+    "write_rank_report": "rank",
+    "leep": "transferability",
+    "logme": "transferability",
+    "nce": "transferability",
     "make_cv": "recipes",
     "register": "recipes",
     "plot_comparison": "report",
