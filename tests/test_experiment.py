@@ -107,10 +107,10 @@ def test_test_images_go_through_the_network_for_the_winner_only(data, tmp_path, 
     result = run_experiment(
         paths, labels, "layer_sweep_svm", overrides=overrides, cv=2, test=(test_paths, test_labels)
     )
-    # Two poolings: the training images go through the network for each; the 6 test images
-    # only for the refitted winner, once.
-    assert forward_counter.images == 2 * len(paths) + len(test_paths)
-    assert result.extraction["computed"] == 2 * len(paths)
+    # Two poolings from one pass: the training images go through the network once; the 6 test
+    # images only for the refitted winner, once.
+    assert forward_counter.images == len(paths) + len(test_paths)
+    assert result.extraction["computed"] == len(paths)
     assert result.metrics["test"]["n"] == len(test_paths)
 
 
@@ -132,7 +132,7 @@ def test_unreadable_images_are_screened_without_an_extra_pass(data, tmp_path, fo
         log=notes.append,
     )  # fmt: skip
     # The recipe's own pooling (avg) is not in the grid: screening with it would cost a pass.
-    assert forward_counter.images == 2 * len(paths) + len(test_paths)
+    assert forward_counter.images == len(paths) + len(test_paths)
     assert [s.path for s in result.skipped["train"]] == [str(bad_train)]
     assert result.config["train"]["n_images"] == len(paths)
     assert [s.path for s in result.skipped["test"]] == [str(broken)]
