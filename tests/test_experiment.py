@@ -157,10 +157,11 @@ def test_without_a_cache_each_image_still_goes_through_the_network_once(
         test=(test_paths, test_labels), log=notes.append,
     )  # fmt: skip
     # 2 layers x 3 Cs x 2 kernels x 2 poolings x 3 folds, a refit and the test set: each
-    # image once per pooling (the layers share a pass), the test images once.
-    assert forward_counter.images == 2 * len(paths) + len(test_paths)
+    # image once (the layers and poolings share a pass, flatten taking only avg), the test
+    # images once.
+    assert forward_counter.images == len(paths) + len(test_paths)
     assert any("temporary cache" in n for n in notes), notes
-    assert result.extraction["computed"] == 2 * len(paths)
+    assert result.extraction["computed"] == len(paths)
     # Nothing is left on disk, and the model keeps no cache.
     assert list(scratch.iterdir()) == []
     assert result.estimator.steps[0][1].cache_dir is None

@@ -394,8 +394,9 @@ class CNNCodes(NetworkStep, TransformerMixin, BaseEstimator):
 
     def extract(self, paths, poolings=None):
         """Codes of ``paths`` under the fitted configuration: an ExtractionResult (its codes
-        reduced over the views as ``view_reduce`` says). ``poolings``: a list of poolings made
-        from the same pass instead of ``pooling`` (codes keyed by ``(layer, pooling)``)."""
+        reduced over the views as ``view_reduce`` says). ``poolings``: the poolings to make from
+        the same pass instead of ``pooling``, as :func:`extract_codes` takes them (a list, or
+        per layer its own), codes then keyed by ``(layer, pooling)``."""
         self.verify_weights()
         views = getattr(self, "views_", ["center"])
         if views == ["center"]:
@@ -449,8 +450,8 @@ class CNNCodes(NetworkStep, TransformerMixin, BaseEstimator):
             )
         grids = [param_grid] if isinstance(param_grid, dict) else list(param_grid or [{}])
         summary = {"runs": 0, "configurations": 0, "computed": 0, "cached": 0, "skipped": None}
-        for others, layers, poolings in warm_plan(self, paths, grids):
-            candidate = type(self)(layer=layers, pooling=poolings[0], **others).fit(paths)
+        for others, layers, pooling, poolings in warm_plan(self, paths, grids):
+            candidate = type(self)(layer=layers, pooling=pooling, **others).fit(paths)
             result = candidate.extract(paths, poolings)
             summary["runs"] += 1
             summary["configurations"] += len(result.codes) * len(candidate.views_)

@@ -15,10 +15,12 @@ __all__ = ["warm_plan"]
 def warm_plan(step, paths, grids):
     """The extractions that give every code the candidates of ``grids`` read.
 
-    A list of ``(settings, layers, poolings)``: ``settings``, the step's parameters other than
-    ``layer`` and ``pooling``; ``layers`` (resolved names) and ``poolings`` (a list), whose every
-    pair is asked for by some candidate, all made by one pass over the images. Candidates with
-    the same settings whose layers ask for different sets of poolings take one run per set.
+    A list of ``(settings, layers, pooling, poolings)``, one per pass over the images:
+    ``settings``, the step's parameters other than ``layer`` and ``pooling``; ``layers``
+    (resolved names); ``pooling``, one every layer takes (to fit the step with); ``poolings``,
+    the ``pooling`` of :func:`~cnncodes.extract.extract_codes` (a list, or per layer its own),
+    every (layer, pooling) of which some candidate asks for. Candidates with the same settings
+    share one pass, unless no pooling is common to all their layers (then one per set).
     """
     groups = {}  # settings -> (those settings, {layer: [poolings asked for]})
     for params in ParameterGrid(grids):
@@ -34,8 +36,14 @@ def warm_plan(step, paths, grids):
                 poolings.append(pooling)
     plan = []
     for others, by_layer in groups.values():
+        shared = [
+            p for p in next(iter(by_layer.values())) if all(p in v for v in by_layer.values())
+        ]
+        if shared:  # one pass; fitted with a pooling every layer takes
+            plan.append((others, list(by_layer), shared[0], by_layer))
+            continue
         runs = {}  # the poolings asked for -> the layers asking for them
         for layer, poolings in by_layer.items():
-            runs.setdefault(tuple(sorted(poolings)), []).append(layer)
-        plan.extend((others, layers, list(poolings)) for poolings, layers in runs.items())
+            runs.setdefault(tuple(poolings), []).append(layer)
+        plan.extend((others, layers, p[0], list(p)) for p, layers in runs.items())
     return plan

@@ -45,7 +45,7 @@ from ..store.readthrough import CodeCache
 from ..utils.memo import Memo
 from .decode import preprocess, preprocess_bytes
 from .engines import ExtractionJob, engine_for
-from .loop import CPU_FORWARD_BATCH, code_outputs
+from .loop import CPU_FORWARD_BATCH, code_outputs, pooling_key
 from .runtime import _default_workers as default_workers
 from .runtime import exact_fp32, resolve_device, resolve_precision
 
@@ -268,7 +268,8 @@ def extract_codes(
         ``avg``, ``max``, ``avgmax``, ``pyramid`` or ``flatten`` (see :mod:`cnncodes.pooling`).
         A list: every layer pooled each of these ways from the same forward pass, each
         (layer, pooling) cached under its own configuration; ``codes`` and ``configs`` of the
-        result are then keyed by ``(layer, pooling)``.
+        result are then keyed by ``(layer, pooling)``. A dict of (resolved) layer name to list
+        of poolings: each layer pooled its own ways, likewise from one pass.
     cache_dir : "auto", None or path
         Where codes are cached (see :func:`cnncodes.cache.resolve_cache_dir`); None: no cache.
     batch_size : int
@@ -364,6 +365,10 @@ def _check_poolings(pooling):
     """``pooling`` checked: a str as it is, or a list of distinct poolings (not empty)."""
     if isinstance(pooling, str):
         return check_pooling(pooling)
+    if isinstance(pooling, dict) and pooling:  # per layer (resolved names): its poolings
+        return {
+            layer: _check_poolings([p] if isinstance(p, str) else p) for layer, p in pooling.items()
+        }
     if not isinstance(pooling, (list, tuple)) or not pooling:
         raise UsageError(f"pooling={pooling!r}: expected a pooling name or a list of them")
     return list(dict.fromkeys(check_pooling(p) for p in pooling))
@@ -381,11 +386,13 @@ def _plan(spec, layers, pooling, dev, precision, cache_dir, **settings):
     # The network, its layers and code widths are those of every view: traced once, not per view.
     network = spec.with_view("center")
     layers = resolve_layers(network, layers)
+    if isinstance(pooling, dict) and set(pooling) != set(layers):
+        raise UsageError(f"pooling={pooling!r}: expected the poolings of layers {layers!r}")
     # One configuration per code the pass makes: per layer, or per (layer, pooling).
     outputs = code_outputs(layers, pooling)
     configs = {name: code_config(spec, layer, p, precision, dev.type) for name, layer, p in outputs}
     cache = CodeCache(cache_dir, configs)
-    key = (network, tuple(layers), pooling if isinstance(pooling, str) else tuple(pooling))
+    key = (network, tuple(layers), pooling_key(pooling))
     widths = _WIDTHS.get(key) or cache.widths()
     if widths is None:
         # Checks the pooling against each layer's shape before any image is read.

@@ -100,11 +100,21 @@ def code_outputs(layers, pooling):
     """The codes a forward pass makes: ``(name, layer, pooling)`` for every layer and pooling.
 
     ``pooling`` a str: one code per layer, named by the layer (as always). A list of poolings:
-    every layer pooled each way from the same activations, named ``(layer, pooling)``.
+    every layer pooled each way from the same activations, named ``(layer, pooling)``; a dict
+    of layer to list of poolings: each layer pooled its own ways.
     """
     if isinstance(pooling, str):
         return [(layer, layer, pooling) for layer in layers]
+    if isinstance(pooling, dict):  # per layer, its own poolings
+        return [((layer, p), layer, p) for layer in layers for p in pooling[layer]]
     return [((layer, p), layer, p) for layer in layers for p in pooling]
+
+
+def pooling_key(pooling):
+    """``pooling`` (a str, a list, or a dict of layer to list) as a hashable key."""
+    if isinstance(pooling, dict):
+        return tuple((layer, tuple(p)) for layer, p in pooling.items())
+    return pooling if isinstance(pooling, str) else tuple(pooling)
 
 
 def mean_colour_image(preprocessing):
@@ -139,7 +149,7 @@ def shared_forward(spec, layers, pooling, device, precision, batch_size):
     shared = _SHARED.get()
     if shared is None:
         return Forward(spec, layers, pooling, device, precision, batch_size)
-    pooling = pooling if isinstance(pooling, str) else tuple(pooling)
+    pooling = pooling_key(pooling)
     key = (spec.with_view("center"), tuple(layers), pooling, str(device), precision, batch_size)
     if key not in shared:
         shared[key] = Forward(spec, layers, pooling, device, precision, batch_size)
