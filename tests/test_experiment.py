@@ -107,10 +107,10 @@ def test_test_images_go_through_the_network_for_the_winner_only(data, tmp_path, 
     result = run_experiment(
         paths, labels, "layer_sweep_svm", overrides=overrides, cv=2, test=(test_paths, test_labels)
     )
-    # Two poolings: the training images go through the network for each; the 6 test images
-    # only for the refitted winner, once.
-    assert forward_counter.images == 2 * len(paths) + len(test_paths)
-    assert result.extraction["computed"] == 2 * len(paths)
+    # Two poolings from one pass: the training images go through the network once; the 6 test
+    # images only for the refitted winner, once.
+    assert forward_counter.images == len(paths) + len(test_paths)
+    assert result.extraction["computed"] == len(paths)
     assert result.metrics["test"]["n"] == len(test_paths)
 
 
@@ -132,7 +132,7 @@ def test_unreadable_images_are_screened_without_an_extra_pass(data, tmp_path, fo
         log=notes.append,
     )  # fmt: skip
     # The recipe's own pooling (avg) is not in the grid: screening with it would cost a pass.
-    assert forward_counter.images == 2 * len(paths) + len(test_paths)
+    assert forward_counter.images == len(paths) + len(test_paths)
     assert [s.path for s in result.skipped["train"]] == [str(bad_train)]
     assert result.config["train"]["n_images"] == len(paths)
     assert [s.path for s in result.skipped["test"]] == [str(broken)]
@@ -157,10 +157,11 @@ def test_without_a_cache_each_image_still_goes_through_the_network_once(
         test=(test_paths, test_labels), log=notes.append,
     )  # fmt: skip
     # 2 layers x 3 Cs x 2 kernels x 2 poolings x 3 folds, a refit and the test set: each
-    # image once per pooling (the layers share a pass), the test images once.
-    assert forward_counter.images == 2 * len(paths) + len(test_paths)
+    # image once (the layers and poolings share a pass, flatten taking only avg), the test
+    # images once.
+    assert forward_counter.images == len(paths) + len(test_paths)
     assert any("temporary cache" in n for n in notes), notes
-    assert result.extraction["computed"] == 2 * len(paths)
+    assert result.extraction["computed"] == len(paths)
     # Nothing is left on disk, and the model keeps no cache.
     assert list(scratch.iterdir()) == []
     assert result.estimator.steps[0][1].cache_dir is None

@@ -16,7 +16,6 @@ import warnings
 
 import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin, clone
-from sklearn.model_selection import ParameterGrid
 from sklearn.utils.validation import _check_feature_names_in, check_is_fitted
 
 from ..errors import UsageError
@@ -30,6 +29,7 @@ from .resolution import resolve_configuration
 from .search import filter_readable, screened, warm_cache
 from .signedpower import SignedPower
 from .steps import NETWORK_STEP_CHECKS, NetworkStep
+from .warming import warm_plan
 
 __all__ = [
     "CNNCodes",
@@ -392,9 +392,11 @@ class CNNCodes(NetworkStep, TransformerMixin, BaseEstimator):
         self.spec_ = dataclasses.replace(spec, weights=path)
         return self
 
-    def extract(self, paths):
+    def extract(self, paths, poolings=None):
         """Codes of ``paths`` under the fitted configuration: an ExtractionResult (its codes
-        reduced over the views as ``view_reduce`` says)."""
+        reduced over the views as ``view_reduce`` says). ``poolings``: the poolings to make from
+        the same pass instead of ``pooling``, as :func:`extract_codes` takes them (a list, or
+        per layer its own), codes then keyed by ``(layer, pooling)``."""
         self.verify_weights()
         views = getattr(self, "views_", ["center"])
         if views == ["center"]:
@@ -406,7 +408,7 @@ class CNNCodes(NetworkStep, TransformerMixin, BaseEstimator):
             paths,
             self.spec_,
             self.layers_,
-            self.pooling,
+            self.pooling if poolings is None else poolings,
             **by_view,
             cache_dir=self.cache_dir,
             batch_size=self.batch_size,
@@ -438,7 +440,7 @@ class CNNCodes(NetworkStep, TransformerMixin, BaseEstimator):
     def warm(self, paths, param_grid=None):
         """Extract, once, every code a grid search over this step's ``param_grid`` reads.
 
-        Candidates that differ only in ``layer`` share one forward pass. See
+        Candidates that differ only in ``layer`` and ``pooling`` share one forward pass. See
         :func:`~cnncodes.search.warm_cache`.
         """
         if _cache.resolve_cache_dir(self.cache_dir) is None:
@@ -447,20 +449,12 @@ class CNNCodes(NetworkStep, TransformerMixin, BaseEstimator):
                 "('auto' or a folder)"
             )
         grids = [param_grid] if isinstance(param_grid, dict) else list(param_grid or [{}])
-        groups = {}  # settings other than the layer -> (those settings, every layer asked for)
-        for params in ParameterGrid(grids):
-            # Fitting resolves the layer names (aliases such as "penultimate"), reading no image.
-            candidate = clone(self).set_params(**params).fit(paths)
-            others = candidate.get_params()
-            others.pop("layer")
-            entry = groups.setdefault(repr(sorted(others.items())), (others, []))
-            entry[1].extend(name for name in candidate.layers_ if name not in entry[1])
         summary = {"runs": 0, "configurations": 0, "computed": 0, "cached": 0, "skipped": None}
-        for others, layers in groups.values():
-            candidate = type(self)(layer=layers, **others).fit(paths)
-            result = candidate.extract(paths)
+        for others, layers, pooling, poolings in warm_plan(self, paths, grids):
+            candidate = type(self)(layer=layers, pooling=pooling, **others).fit(paths)
+            result = candidate.extract(paths, poolings)
             summary["runs"] += 1
-            summary["configurations"] += len(candidate.layers_) * len(candidate.views_)
+            summary["configurations"] += len(result.codes) * len(candidate.views_)
             summary["computed"] += result.computed
             summary["cached"] += result.cached
             if summary["skipped"] is None:

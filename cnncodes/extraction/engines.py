@@ -45,11 +45,11 @@ class ExtractionJob:
 
     spec: object
     layers: list
-    pooling: str
+    pooling: object  # a str, or a list of poolings (see loop.code_outputs)
     device: object  # torch.device
     precision: str
-    configs: dict  # per layer, the cache configuration
-    widths: dict  # per layer, the code width
+    configs: dict  # per code name (a layer, or (layer, pooling)), the cache configuration
+    widths: dict  # per code name, the code width
     batch_size: int = 32
     num_workers: int = 0
     on_error: str = "raise"

@@ -45,7 +45,7 @@ from ..store.readthrough import CodeCache
 from ..utils.memo import Memo
 from .decode import preprocess, preprocess_bytes
 from .engines import ExtractionJob, engine_for
-from .loop import CPU_FORWARD_BATCH
+from .loop import CPU_FORWARD_BATCH, code_outputs, pooling_key
 from .runtime import _default_workers as default_workers
 from .runtime import exact_fp32, resolve_device, resolve_precision
 
@@ -82,7 +82,8 @@ class ExtractionResult:
     Attributes
     ----------
     codes : dict of str to ndarray
-        Per layer, float32 codes of shape ``(len(kept), n_features)`` in input order.
+        Per layer (per ``(layer, pooling)`` for a list of poolings), float32 codes of shape
+        ``(len(kept), n_features)`` in input order.
     kept : ndarray of int
         Input positions that have a code (all of them unless images were skipped).
     skipped : list of SkippedImage
@@ -263,8 +264,12 @@ def extract_codes(
         A resolved model (:func:`cnncodes.models.resolve_spec`).
     layers : str or list of str
         Graph-node names (or ``"penultimate"``); several come out of one forward pass.
-    pooling : str
+    pooling : str or list of str
         ``avg``, ``max``, ``avgmax``, ``pyramid`` or ``flatten`` (see :mod:`cnncodes.pooling`).
+        A list: every layer pooled each of these ways from the same forward pass, each
+        (layer, pooling) cached under its own configuration; ``codes`` and ``configs`` of the
+        result are then keyed by ``(layer, pooling)``. A dict of (resolved) layer name to list
+        of poolings: each layer pooled its own ways, likewise from one pass.
     cache_dir : "auto", None or path
         Where codes are cached (see :func:`cnncodes.cache.resolve_cache_dir`); None: no cache.
     batch_size : int
@@ -329,7 +334,7 @@ def extract_codes(
     """
     started = time.perf_counter()
     paths = _as_paths(images)
-    check_pooling(pooling)
+    pooling = _check_poolings(pooling)
     check_choice(on_error, "on_error", ON_ERROR)
     if not is_int(batch_size) or batch_size < 1:
         raise UsageError(f"batch_size={batch_size!r}: expected a positive int")
@@ -356,6 +361,19 @@ def extract_codes(
     return result
 
 
+def _check_poolings(pooling):
+    """``pooling`` checked: a str as it is, or a list of distinct poolings (not empty)."""
+    if isinstance(pooling, str):
+        return check_pooling(pooling)
+    if isinstance(pooling, dict) and pooling:  # per layer (resolved names): its poolings
+        return {
+            layer: _check_poolings([p] if isinstance(p, str) else p) for layer, p in pooling.items()
+        }
+    if not isinstance(pooling, (list, tuple)) or not pooling:
+        raise UsageError(f"pooling={pooling!r}: expected a pooling name or a list of them")
+    return list(dict.fromkeys(check_pooling(p) for p in pooling))
+
+
 # Code widths by (spec, layers, pooling), per process: a grid search asks for the same codes
 # once per fold and candidate (measured in bench/RESULTS.md).
 _WIDTHS = Memo(256)
@@ -368,14 +386,18 @@ def _plan(spec, layers, pooling, dev, precision, cache_dir, **settings):
     # The network, its layers and code widths are those of every view: traced once, not per view.
     network = spec.with_view("center")
     layers = resolve_layers(network, layers)
-    configs = {layer: code_config(spec, layer, pooling, precision, dev.type) for layer in layers}
+    if isinstance(pooling, dict) and set(pooling) != set(layers):
+        raise UsageError(f"pooling={pooling!r}: expected the poolings of layers {layers!r}")
+    # One configuration per code the pass makes: per layer, or per (layer, pooling).
+    outputs = code_outputs(layers, pooling)
+    configs = {name: code_config(spec, layer, p, precision, dev.type) for name, layer, p in outputs}
     cache = CodeCache(cache_dir, configs)
-    key = (network, tuple(layers), pooling)
+    key = (network, tuple(layers), pooling_key(pooling))
     widths = _WIDTHS.get(key) or cache.widths()
     if widths is None:
         # Checks the pooling against each layer's shape before any image is read.
         shapes = layer_shapes(network, layers)
-        widths = {layer: code_size(shapes[layer], pooling) for layer in layers}
+        widths = {name: code_size(shapes[layer], p) for name, layer, p in outputs}
     _WIDTHS.put(key, widths)
     job = ExtractionJob(spec, layers, pooling, dev, precision, configs, widths, **settings)
     return job, cache

@@ -33,8 +33,10 @@ def nonfinite_rows(codes):
     for layer, block in codes.items():
         bad = ~np.isfinite(np.asarray(block).reshape(len(block), -1)).all(axis=1)
         rows = rows or [[] for _ in range(len(block))]
+        label = layer[0] if isinstance(layer, tuple) else layer  # (layer, pooling) names
         for r in np.flatnonzero(bad):
-            rows[r].append(layer)
+            if label not in rows[r]:
+                rows[r].append(label)
     return rows or []
 
 
@@ -94,6 +96,27 @@ class FiniteCheck:
         return keep
 
 
+def code_outputs(layers, pooling):
+    """The codes a forward pass makes: ``(name, layer, pooling)`` for every layer and pooling.
+
+    ``pooling`` a str: one code per layer, named by the layer (as always). A list of poolings:
+    every layer pooled each way from the same activations, named ``(layer, pooling)``; a dict
+    of layer to list of poolings: each layer pooled its own ways.
+    """
+    if isinstance(pooling, str):
+        return [(layer, layer, pooling) for layer in layers]
+    if isinstance(pooling, dict):  # per layer, its own poolings
+        return [((layer, p), layer, p) for layer in layers for p in pooling[layer]]
+    return [((layer, p), layer, p) for layer in layers for p in pooling]
+
+
+def pooling_key(pooling):
+    """``pooling`` (a str, a list, or a dict of layer to list) as a hashable key."""
+    if isinstance(pooling, dict):
+        return tuple((layer, tuple(p)) for layer, p in pooling.items())
+    return pooling if isinstance(pooling, str) else tuple(pooling)
+
+
 def mean_colour_image(preprocessing):
     """One (H, W, 3) uint8 image of the normalisation mean's colour, at the network's input
     size: zeros once normalised."""
@@ -126,6 +149,7 @@ def shared_forward(spec, layers, pooling, device, precision, batch_size):
     shared = _SHARED.get()
     if shared is None:
         return Forward(spec, layers, pooling, device, precision, batch_size)
+    pooling = pooling_key(pooling)
     key = (spec.with_view("center"), tuple(layers), pooling, str(device), precision, batch_size)
     if key not in shared:
         shared[key] = Forward(spec, layers, pooling, device, precision, batch_size)
@@ -135,6 +159,9 @@ def shared_forward(spec, layers, pooling, device, precision, batch_size):
 class Forward:
     """The network cut after ``layers``, on its device: uint8 pixel batches -> pooled codes.
 
+    ``pooling``: a str, or a list of poolings each applied to the same activations (see
+    :func:`code_outputs`, which names the codes).
+
     The per-batch step that every engine runs (the local :class:`ForwardLoop` and the Ray
     actors of :mod:`cnncodes.extraction.ray_engine`), so that their codes are the same: the
     extractor is built once (BatchNorm folded, channels_last), then each call normalises a batch
@@ -143,6 +170,7 @@ class Forward:
 
     def __init__(self, spec, layers, pooling, device, precision, batch_size):
         self.layers, self.pooling, self.device = list(layers), pooling, device
+        self.outputs = code_outputs(self.layers, pooling)
         net = build_model(spec)
         extractor = build_extractor(net, self.layers)
         _fold_batchnorm(extractor)
@@ -169,14 +197,15 @@ class Forward:
         return torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2)
 
     def __call__(self, x, on_pass=None):
-        """Codes of the uint8 NCHW batch ``x``: ``{layer: float32 ndarray}``.
+        """Codes of the uint8 NCHW batch ``x``: ``{name: float32 ndarray}`` (by layer, see
+        :func:`code_outputs`).
 
         ``on_pass(n)`` is called after each forward pass with the images it computed.
         """
         dev = self.device
         x = (x.to(dev, non_blocking=True).float().div_(255) - self.mean) / self.std
         x = x.contiguous(memory_format=torch.channels_last)  # a no-op: already is
-        pooled = {layer: [] for layer in self.layers}
+        pooled = {name: [] for name, _, _ in self.outputs}
         with torch.inference_mode():
             for start in range(0, len(x), self.chunk):
                 part = x[start : start + self.chunk]
@@ -188,13 +217,13 @@ class Forward:
                     part = torch.cat([part, part])
                 with self.autocast:
                     feats = self.extractor(part)
-                for layer in self.layers:
-                    code = pool(feats[layer], self.pooling)
-                    pooled[layer].append(code[:1] if single else code)
+                for name, layer, pooling in self.outputs:
+                    code = pool(feats[layer], pooling)
+                    pooled[name].append(code[:1] if single else code)
                 del feats  # activations of early layers are large; free before the next
                 if on_pass is not None:
                     on_pass(1 if single else len(part))
-        return {layer: torch.cat(pooled[layer]).cpu().numpy() for layer in self.layers}
+        return {name: torch.cat(codes).cpu().numpy() for name, codes in pooled.items()}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -208,7 +237,7 @@ class ForwardLoop:
     # What runs, and how.
     spec: object
     layers: list
-    pooling: str
+    pooling: object  # a str, or a list of poolings (see code_outputs)
     device: torch.device
     precision: str
     batch_size: int

@@ -176,7 +176,8 @@ class CodeWriter:
     """
 
     def __init__(self, spec, layers, pooling, precision, batch_size, device_type, root, configs):
-        self.stores = {layer: CodeStore(root, configs[layer]) for layer in layers}
+        # Per code name (a layer, or a (layer, pooling) for several poolings): its store.
+        self.stores = {name: CodeStore(root, config) for name, config in configs.items()}
         for store in self.stores.values():
             try:
                 store.ensure_writable()
@@ -210,9 +211,9 @@ class CodeWriter:
             keys = [a for a, ok in zip(batch["actual"], good) if ok]
             reasons = self._screen(codes, keys, reasons, good)
             keep = [r for r, key in enumerate(keys) if key not in self.nonfinite]
-            for layer, store in self.stores.items():
+            for name, store in self.stores.items():
                 if keep:
-                    store.write([keys[r] for r in keep], codes[layer][keep])
+                    store.write([keys[r] for r in keep], codes[name][keep])
         return {"digest": batch["digest"], "actual": batch["actual"], "reason": reasons}
 
     def _screen(self, codes, keys, reasons, good):

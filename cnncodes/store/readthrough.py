@@ -226,7 +226,7 @@ class _Delivery:
         if set(codes) != set(self.stores):
             raise UsageError(
                 f"compute delivered codes of {', '.join(map(repr, sorted(codes)))} only; "
-                f"expected {', '.join(self.stores)}"
+                f"expected {', '.join(map(repr, self.stores))}"
             )
         stored_as = done if stored_as is None else stored_as
         for key in done:

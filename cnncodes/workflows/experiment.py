@@ -432,7 +432,7 @@ def _warm(pipe, data, grid, log):
     extraction = _runs.warm(pipe, data.paths, grid)
     skipped = {"train": extraction.pop("skipped"), "test": []}
     runs = extraction["runs"]
-    per = f" over {runs} passes of the images (one per setting other than the layer)"
+    per = f" over {runs} passes of the images (one per setting other than the layer and pooling)"
     log(
         f"codes: {extraction['computed']} image codes computed, {extraction['cached']} "
         f"from the cache{per if runs > 1 else ''}; {extraction['configurations']} "
