@@ -9,8 +9,8 @@ model: pass ``layers=[...]`` (see ``cnncodes.list_layers``), or let :func:`defau
 stage outputs of common torchvision families. :func:`layer_table` reports the best score of every
 layer and the best layer.
 
-The search runs the network once per image and pooling (the layers share a forward pass; the cache
-serves every other fold and candidate); a candidate that only differs in ``C`` or the kernel costs
+The search runs the network once per image (all its layers and poolings come from one pass; the
+cache serves every other fold and candidate); a candidate that only differs in ``C`` or the kernel costs
 no extraction at all. Vector layers (``flatten``) are not swept over poolings, which would leave
 them unchanged.
 """
