@@ -610,7 +610,7 @@ def test_read_through_refuses_codes_for_keys_it_did_not_ask_for(tmp_path):
 
     with pytest.raises(ValueError, match=r"compute delivered codes for a key not asked for: '0+7'"):
         cnncodes.readthrough.CodeCache(tmp_path / "cache", CONFIGS).cached(_keys(2), stray, WIDTHS)
-    with pytest.raises(ValueError, match=r"compute delivered codes of 'a' only; expected a, b"):
+    with pytest.raises(ValueError, match=r"compute delivered codes of 'a' only; expected 'a', 'b'"):
         cnncodes.readthrough.CodeCache(None, CONFIGS).cached(
             _keys(2), FakeNetwork(names="a"), WIDTHS
         )

@@ -157,7 +157,7 @@ def run_rank(args):
         seed=args.seed,
         cache_dir=_cache_dir_from_args(args),
         batch_size=args.batch_size,
-        num_workers=args.workers,
+        num_workers=args.num_workers,
         device=args.device,
         precision=args.precision,
         on_error=args.on_error,

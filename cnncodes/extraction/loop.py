@@ -149,8 +149,8 @@ def shared_forward(spec, layers, pooling, device, precision, batch_size):
     shared = _SHARED.get()
     if shared is None:
         return Forward(spec, layers, pooling, device, precision, batch_size)
-    pooling = pooling_key(pooling)
-    key = (spec.with_view("center"), tuple(layers), pooling, str(device), precision, batch_size)
+    key = (spec.with_view("center"), tuple(layers), pooling_key(pooling), str(device), precision)
+    key += (batch_size,)
     if key not in shared:
         shared[key] = Forward(spec, layers, pooling, device, precision, batch_size)
     return shared[key]
