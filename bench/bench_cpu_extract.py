@@ -35,8 +35,8 @@ from cnncodes.models import build_extractor, build_model, resolve_layers, resolv
 from PIL import Image  # noqa: E402
 from torchvision import transforms as T  # noqa: E402
 
-from cnncodes import images as _images  # noqa: E402
 from cnncodes.extraction.fold import _fold_batchnorm  # noqa: E402
+from cnncodes.images import load as _images  # noqa: E402
 
 # The module whose output the naive loop hooks, matching cnncodes' "penultimate" layer.
 NAIVE_HOOK = {"resnet18": "avgpool", "mobilenet_v2": "classifier.0", "resnet50": "avgpool"}

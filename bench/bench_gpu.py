@@ -129,7 +129,7 @@ def cnncodes_codes(paths, device, batch_size, workers, precision, impl="pil"):
     from cnncodes.extract import extract_codes
     from cnncodes.models import resolve_spec
 
-    from cnncodes import images as _images
+    from cnncodes.images import load as _images
 
     _images._DIGESTS.clear()  # hash every file again, as a fresh process would
     spec = resolve_spec("resnet50", "none", impl=impl)

@@ -47,7 +47,7 @@ def pixels(path, spec):
 def extract(paths, spec):
     from cnncodes.extract import extract_codes
 
-    from cnncodes import images as _images
+    from cnncodes.images import load as _images
 
     _images._DIGESTS.clear()  # hash every file again, as a fresh process would
     result = extract_codes(paths, spec, "avgpool", cache_dir=None, device="cpu", progress=False)

@@ -22,8 +22,8 @@ import torch  # noqa: E402
 from cnncodes.extract import CPU_FORWARD_BATCH, extract_codes  # noqa: E402
 from cnncodes.models import build_extractor, build_model, resolve_layers, resolve_spec  # noqa: E402
 
-from cnncodes import images as _images  # noqa: E402
 from cnncodes.extraction.fold import _fold_batchnorm  # noqa: E402
+from cnncodes.images import load as _images  # noqa: E402
 
 # Functions whose cumulative time makes up the split (file fragment, function name).
 PARTS = {
