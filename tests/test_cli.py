@@ -1065,3 +1065,37 @@ def test_extract_views_stores_their_mean_and_refuses_a_stack(capsys, data, cache
     )  # fmt: skip
     assert code == 2
     assert_one_line_error(err, "view='crop:tl' cuts crops of the crop size")
+
+
+def test_advise_ranks_the_top_and_swept_layers_by_logme(capsys, data, cache):
+    # One pass measures the top layer and every layer the recipe would sweep; LogME ranks them,
+    # best first, in the JSON and in a reason line.
+    from cnncodes.workflows.advise import sweep_layers
+
+    code, out, err = run(capsys, "advise", data, *ADVISE_MODEL, "--cache-dir", cache, "--json")
+    assert code == 0, err
+    advice = json.loads(out)
+    ranked = [layer for layer, _ in advice["layer_ranking"]]
+    assert set(ranked) == {advice["top_layer"], *sweep_layers("cnncodes.demo_data:digits_net")}
+    scores = [score for _, score in advice["layer_ranking"]]
+    assert scores == sorted(scores, reverse=True) and all(np.isfinite(scores))
+    assert advice["best_layer"] == ranked[0]
+    assert any(line.startswith("LogME of each layer") for line in advice["reasons"])
+
+
+def test_the_linear_probe_is_advised_on_the_best_ranked_layer():
+    from cnncodes.workflows.advise import Advice, _Command, _suggest_commands
+
+    command = _Command("resnet18", "IMAGENET1K_V1", {}, "DATA")
+    advice = Advice(scenario=1, recipe="linear_probe", command="", top_layer="avgpool")
+    advice.best_layer = "layer3"
+    _suggest_commands(advice, command, 0)
+    assert shlex.split(advice.command)[-2:] == ["--layer", "layer3"]
+    advice = Advice(scenario=1, recipe="linear_probe", command="", top_layer="avgpool")
+    advice.best_layer = "avgpool"  # the top layer ranks first: the recipe's own default
+    _suggest_commands(advice, command, 0)
+    assert "--layer" not in shlex.split(advice.command)
+    untrained = _Command("resnet18", "none", {}, "DATA")  # an untrained network: never advised from
+    advice.best_layer = "layer3"
+    _suggest_commands(advice, untrained, 0)
+    assert "--layer" not in shlex.split(advice.command)

@@ -32,6 +32,7 @@ from ..extraction.extract import extract_codes
 from ..networks.layers import resolve_layers
 from ..networks.models import list_layers, resolve_spec
 from ..params import SMALL_PER_CLASS
+from .transferability import logme
 
 __all__ = ["Advice", "advise", "block_outputs", "sweep_layers", "SMALL_PER_CLASS"]
 
@@ -69,6 +70,8 @@ class Advice:
     top_score: float | None = None
     early_score: float | None = None
     confidence: float | None = None
+    layer_ranking: list = field(default_factory=list)
+    best_layer: str = ""
 
     def to_dict(self):
         """JSON-ready form."""
@@ -253,8 +256,9 @@ def advise(
         f"{advice.median_per_class:g} per class (fewest {advice.min_per_class}): {size_word} "
         f"(large means a median of {SMALL_PER_CLASS} or more images per class)."
     )
+    candidates = resolve_layers(spec, sweep_layers(model, seed=seed, **preprocessing))
     n_measured, n_out = _measure(
-        advice, spec, paths, labels, per_class, random_state, extract_kwargs
+        advice, spec, paths, labels, per_class, random_state, extract_kwargs, candidates
     )
     _judge_similarity(advice, spec, n_measured, n_out)
     advice.scenario = {(True, True): 1, (False, True): 2, (True, False): 3, (False, False): 4}[
@@ -281,14 +285,16 @@ def _check_input(paths, labels, per_class):
     return labels, classes, counts
 
 
-def _measure(advice, spec, paths, labels, per_class, seed, extract_kwargs):
-    """Codes of a stratified subsample: the top and early layers' cross-validated scores and
-    the pretrained classifier's confidence, into ``advice``. Returns ``(images measured,
-    classes of the pretrained head or None)``."""
+def _measure(advice, spec, paths, labels, per_class, seed, extract_kwargs, candidates=()):
+    """Codes of a stratified subsample, in one pass: the top and early layers' cross-validated
+    scores, the LogME ranking of the top layer and ``candidates`` (:func:`_rank_layers`) and the
+    pretrained classifier's confidence, into ``advice``. Returns ``(images measured, classes of
+    the pretrained head or None)``."""
     top, early = advice.top_layer, advice.early_layer or None
     keep = _subsample(labels, per_class, seed)
     sub_paths = [paths[i] for i in keep]
     layers = [top] + ([early] if early else [])
+    layers += [layer for layer in candidates if layer not in layers]
     head = _head_layer(spec)
     if head and head not in layers and spec.weights != "none":
         layers.append(head)
@@ -308,6 +314,7 @@ def _measure(advice, spec, paths, labels, per_class, seed, extract_kwargs):
     advice.top_score = _cv_score(result.codes[top], y, seed)
     if early:
         advice.early_score = _cv_score(result.codes[early], y, seed)
+    _rank_layers(advice, result.codes, [top, *[c for c in candidates if c != top]], y)
     if head not in result.codes:
         return len(y), None
     logits = result.codes[head].astype(np.float64)
@@ -316,6 +323,20 @@ def _measure(advice, spec, paths, labels, per_class, seed, extract_kwargs):
     probs /= probs.sum(1, keepdims=True)
     advice.confidence = float(probs.max(1).mean())
     return len(y), result.codes[head].shape[1]
+
+
+def _rank_layers(advice, codes, layers, y):
+    """``advice.layer_ranking``: LogME (:func:`~cnncodes.workflows.transferability.logme`) of
+    each layer's avg-pooled codes on the measured images, best first; ``advice.best_layer`` the
+    first, the layer a linear probe is advised on (scenario 1) when it ranks above the top
+    layer. An untrained network is ranked but never advised from."""
+    if len(np.unique(y)) < 2:
+        return
+    scores = [(layer, float(logme(codes[layer], y))) for layer in layers]
+    advice.layer_ranking = sorted(scores, key=lambda item: -item[1])
+    advice.best_layer = advice.layer_ranking[0][0]
+    listing = ", ".join(f"{layer} {score:.3f}" for layer, score in advice.layer_ranking)
+    advice.reasons.append(f"LogME of each layer's codes on the measured images: {listing}.")
 
 
 def _judge_similarity(advice, spec, n_measured, n_out):
@@ -393,7 +414,8 @@ def _suggest_commands(advice, command, seed):
         advice.reasons.append(_sweep_note(layers))
         return
     if advice.recipe:
-        advice.command = command("fit", pipeline=advice.recipe)
+        layer = _probe_layer(advice, command)
+        advice.command = command("fit", *layer, pipeline=advice.recipe)
         return
     baseline = "linear_probe" if advice.similar else "layer_sweep_svm"
     options = command.sweep()[0] if baseline == "layer_sweep_svm" else []
@@ -414,6 +436,19 @@ def _suggest_commands(advice, command, seed):
         "linear probe, an SVM layer sweep, the top blocks and every layer fine-tuned); "
         f"`{advice.baseline_command}` is the best fixed-code baseline."
     )
+
+
+def _probe_layer(advice, command):
+    """``--layer`` options of the linear probe: the LogME ranking's best layer where it is not
+    the top one (the recipe's default), for pretrained weights only; else none."""
+    best = advice.best_layer
+    if not best or best == advice.top_layer or command.weights in ("none",):
+        return []
+    advice.reasons.append(
+        f"LogME ranks {best!r} above the top layer {advice.top_layer!r}: the linear probe is "
+        "advised on it (`cnncodes rank` compares layers and networks the same way)."
+    )
+    return ["--layer", best]
 
 
 def _sweep_note(layers):
