@@ -103,7 +103,37 @@ def _probe_all(table, cands, paths, y, cache_dir):
     return accs, probe_seconds
 
 
-def run_dataset(name, root, per_class, assets, cache_dir, blas_threads=None, probe_grid=True):
+def demo_candidates(demo):
+    """The demo's candidates (``cnncodes demo``'s output folder): its small CNN pretrained on
+    digits 0-4 (five layers x avg and max, and its 64-d top) and the same network untrained."""
+    checkpoint = os.path.join(demo, "digits_net_source.pth")
+    layers = ["features.3", "features.7", "features.9", "features.10", "features.11"]
+    return [
+        {
+            "model": "cnncodes.demo_data:digits_net",
+            "weights": checkpoint,
+            "layers": layers,
+            "poolings": ["avg", "max"],
+            "name": "digits-pretrained",
+        },
+        {
+            "model": "cnncodes.demo_data:digits_net",
+            "weights": checkpoint,
+            "layers": ["flatten"],
+            "name": "digits-pretrained-top",
+        },
+        {
+            "model": "cnncodes.demo_data:digits_net",
+            "weights": "none",
+            "layers": ["features.7", "flatten"],
+            "name": "digits-untrained",
+        },
+    ]
+
+
+def run_dataset(
+    name, root, per_class, assets, cache_dir, blas_threads=None, probe_grid=True, cands=None
+):
     from scipy.stats import kendalltau
     from threadpoolctl import threadpool_limits
 
@@ -116,7 +146,7 @@ def run_dataset(name, root, per_class, assets, cache_dir, blas_threads=None, pro
     paths = [dataset.paths[i] for i in keep]
     y = labels[keep]
     print(f"\n== {name}: {len(paths)} of {len(labels)} images, {len(set(y))} classes", flush=True)
-    cands = candidates(assets)
+    cands = cands or candidates(assets)
     t0 = time.perf_counter()
     first_table = rank(paths, y, cands, cache_dir=cache_dir, progress=False)
     first = time.perf_counter() - t0
@@ -178,7 +208,22 @@ def main(argv=None):
     ap.add_argument(
         "--timing-only", action="store_true", help="rank and time the extraction; no probe grid"
     )
+    ap.add_argument(
+        "--demo",
+        metavar="DIR",
+        help="rank on the demo instead: the output folder of `cnncodes demo` (its 871 target "
+        "test images, digits 5-9)",
+    )
     args = ap.parse_args(argv)
+    if args.demo:
+        C.print_machine()
+        print(f"load average at start: {os.getloadavg()}", flush=True)
+        root = os.path.join(args.demo, "data", "target_test")
+        common = (args.assets, args.cache_dir, args.blas_threads, not args.timing_only)
+        result = run_dataset("demo digits 5-9", root, None, *common, demo_candidates(args.demo))
+        print(f"load average at end: {os.getloadavg()}")
+        C.save_json("bench_rank_demo", {"machine": C.machine(), "results": [result]})
+        return
     if not os.path.isdir(args.assets):
         sys.exit(f"needs the real assets at {args.assets} (--assets DIR)")
     C.print_machine()
