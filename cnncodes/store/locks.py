@@ -54,10 +54,10 @@ def shared_write_lock(folder, ensure_dir):
     """
     path = os.path.join(folder, WRITE_LOCK)
     for _ in range(_LOCK_RETRIES):
-        ensure_dir()
         try:
+            ensure_dir()  # a prune may rename the folder away while this writes config.json
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        except FileNotFoundError:  # pruned between ensure_dir() and here
+        except FileNotFoundError:  # pruned while making the folder, or before the lock
             continue
         try:
             fcntl.flock(fd, fcntl.LOCK_SH)
