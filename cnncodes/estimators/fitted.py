@@ -109,9 +109,6 @@ def split_pipeline(estimator):
     return None, estimator
 
 
-_split_pipeline = split_pipeline  # its name before it was public
-
-
 def _scores(clf, X, proba, one_pass=False):
     """(predicted labels, score of the predicted class, probabilities or None, score kind).
 

@@ -18,9 +18,6 @@ from .steps import network_step, step_grid
 
 __all__ = ["drop_skipped", "filter_readable", "screened", "unreadable_files", "warm_cache"]
 
-#: The name this module's step finder had before the network-step contract (cli.fit uses it).
-_find_codes_step = network_step
-
 
 def filter_readable(X, y=None, *, extractor=None):
     """Drop unreadable images together with their labels, so rows cannot misalign.

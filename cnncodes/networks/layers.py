@@ -20,7 +20,7 @@ from torchvision.models import feature_extraction
 from ..errors import UsageError
 from ..spec import ModelSpec
 from ..utils.memo import memoize
-from .architectures import _construct, _meta_model, _parse_named_weights
+from .architectures import _meta_model, build_architecture
 
 __all__ = [
     "PENULTIMATE",
@@ -329,9 +329,9 @@ def probe_layers(spec, meta_net, layers):
         try:
             return build_extractor(meta_net, layers)(torch.empty(1, 3, h, w, device="meta"))
         except (RuntimeError, NotImplementedError):  # e.g. "cannot call .item() on meta tensors"
-            named = spec.weights_spec.name
-            enum = _parse_named_weights(spec.model, named) if named else None
-            net = _construct(spec.model, enum, spec.seed, spec.model_kwargs)
+            net = build_architecture(
+                spec.model, spec.weights_spec.name, spec.seed, spec.model_kwargs
+            )
             try:
                 return build_extractor(net, layers)(torch.zeros(1, 3, h, w))
             except RuntimeError as exc:

@@ -136,11 +136,7 @@ def describe_layers(plan):
 def run_locally(estimator):
     """Set a fitted model's engine back to local: where codes were computed was the run's
     choice, so the saved model extracts locally wherever it is used (Ray need not be there)."""
-    if "engine" in RUNTIME_PARAMS:
-        return set_runtime(estimator, engine="local", ray_address=None)
-    # Until cnncodes.fitted's RUNTIME_PARAMS has engine and ray_address: the same, by hand.
-    step, prefix = _runs.network_step(estimator)
-    return estimator.set_params(**{f"{prefix}engine": "local", f"{prefix}ray_address": None})
+    return set_runtime(estimator, engine="local", ray_address=None)
 
 
 # ----------------------------------------------------------------------------- fit
